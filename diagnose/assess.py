@@ -1,0 +1,336 @@
+"""``diagnose assess``: how far is the target from what the model knows?
+
+One capture pass per dataset (the pretrained model and its random-init
+control run side by side on the target in the same pass), then every
+analysis reuses the cached features: layer-wise probes, domain gap,
+transferability, image statistics, an LR range test for a new head, and a
+first recommendation. No fine-tuning happens here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import probes
+from diagnose import _measure
+from diagnose._prep import prepared_dataset, resolve_device, resolve_preprocessing
+from diagnose._samples import sample_thumbnails
+from diagnose.data import Domain, load_domain
+from diagnose.imagestats import ImageStats, drift_table, normalization_check
+from diagnose.models import LoadedModel, find_head, load_model, random_init_copy
+from diagnose.recommend import recommend
+from diagnose.results import SCHEMA_VERSION, environment
+
+__all__ = ["AssessResult", "assess"]
+
+
+@dataclass
+class AssessResult:
+    """An assessment: ``to_dict()`` is results.json; paths are set when ``out`` was given."""
+
+    results: dict
+    results_path: Path | None = None
+    report_path: Path | None = None
+
+    def to_dict(self) -> dict:
+        return self.results
+
+    @property
+    def recommendation(self) -> dict:
+        return self.results["recommendation"]
+
+
+class _Pair(nn.Module):
+    """Runs the pretrained model and its random-init control on the same batch."""
+
+    def __init__(self, pretrained: nn.Module, control: nn.Module):
+        super().__init__()
+        self.pretrained, self.control = pretrained, control
+
+    def forward(self, x):
+        self.control(x)
+        return self.pretrained(x)
+
+
+def _as_loaded(model: Any, **kwargs) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, str):
+        return load_model(model, **kwargs)
+    if isinstance(model, nn.Module):
+        head = kwargs.get("head") or find_head(model)
+        first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        out = getattr(model.get_submodule(head), "out_features", None) if head else None
+        return LoadedModel(
+            model=model.eval(),
+            name=type(model).__name__,
+            head=head,
+            source_classes=None,
+            num_source_classes=out,
+            input_channels=first_conv.in_channels if first_conv is not None else 3,
+            input_size=None,
+            mean=None,
+            std=None,
+            pretrained=True,
+            notes=["Model given as a Python object; its preprocessing is not known."],
+        )
+    raise TypeError(
+        f"The 'model' parameter must be a spec string, an nn.Module or a LoadedModel. "
+        f"Got {type(model).__name__} instead."
+    )
+
+
+def _as_domain(data: Any, what: str) -> Domain | None:
+    if data is None or isinstance(data, Domain):
+        return data
+    if isinstance(data, (str, Path)):
+        return load_domain(str(data))
+    raise TypeError(
+        f"The '{what}' parameter must be a data spec string or a Domain. Got {type(data).__name__}."
+    )
+
+
+def _subsample(domain: Domain, max_samples: int | None, seed: int) -> np.ndarray:
+    n = len(domain.dataset)
+    if max_samples is None or max_samples >= n:
+        return np.arange(n)
+    if max_samples < 1:
+        raise ValueError(f"--max-samples must be at least 1. Got {max_samples}.")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=max_samples, replace=False))
+
+
+def _restricted_splits(domain: Domain, used: np.ndarray, seed: int) -> dict[str, np.ndarray] | None:
+    """The domain's stratified splits, restricted to ``used`` and re-indexed into it."""
+    if domain.labels is None:
+        return None
+    position = {int(i): k for k, i in enumerate(used)}
+    return {
+        name: np.array([position[int(i)] for i in idx if int(i) in position], dtype=np.int64)
+        for name, idx in domain.splits(seed).items()
+    }
+
+
+def _domain_info(domain: Domain, used: np.ndarray, split: dict | None) -> dict:
+    info = domain.summary()
+    info["n_used"] = int(len(used))
+    if split is not None:
+        info.update({f"n_{k}": int(len(v)) for k, v in split.items()})
+    return info
+
+
+def assess(
+    model: Any,
+    source: Any = None,
+    target: Any = None,
+    *,
+    weights: str | None = None,
+    trust_checkpoint: bool = False,
+    head: str | None = None,
+    layers: str | list[str] = "auto",
+    image_size: int | None = None,
+    normalize: Any = None,
+    device: str = "auto",
+    seed: int = 0,
+    batch_size: int = 64,
+    max_samples: int | None = None,
+    n_permutations: int = 200,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> AssessResult:
+    """Assess how well a pretrained model's features fit a target domain.
+
+    ``model`` is a spec ("demo", "torchvision:resnet18", "pkg.mod:fn", a
+    checkpoint path), an ``nn.Module`` or a ``LoadedModel``; ``source`` and
+    ``target`` are data specs ("demo:digits", an ImageFolder path,
+    "pkg.mod:fn") or Domains. With ``out`` the results.json and report.html
+    are written there. Example::
+
+        res = assess("demo", "demo:digits", "demo:digits-noise", out="report/")
+        res.recommendation["strategy"]
+    """
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    if source is None and target is None:
+        raise ValueError("assess needs --target (and ideally --source) data; neither was given.")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1. Got {batch_size}.")
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    loaded = _as_loaded(
+        model, weights=weights, trust_checkpoint=trust_checkpoint, head=head, progress=progress
+    )
+    src, tgt = _as_domain(source, "source"), _as_domain(target, "target")
+    warnings: list[str] = []
+    for d in (src, tgt):
+        if d is not None:
+            warnings.extend(f"{d.name}: {w}" for w in d.warnings)
+    if src is not None and tgt is not None and src.name == tgt.name:
+        warnings.append("Source and target are the same data; the gap measures nothing but noise.")
+    prep = resolve_preprocessing(
+        loaded, [d for d in (src, tgt) if d is not None], image_size, normalize
+    )
+    net = loaded.model.to(dev)
+    layer_names = probes.discover_layers(net) if layers == "auto" else list(layers)
+    if not layer_names:
+        raise ValueError("no layers to measure: pass --layers a,b,c (see probes.discover_layers).")
+    timings["load"] = time.perf_counter() - t_start
+
+    captured: dict[str, Any] = {}
+    stats: dict[str, ImageStats] = {}
+    used: dict[str, np.ndarray] = {}
+    splits: dict[str, dict | None] = {}
+    has_head = loaded.head is not None
+    t0 = time.perf_counter()
+    if tgt is not None:
+        control = random_init_copy(net, seed=seed).to(dev)
+        pair = _Pair(net, control)
+        used["target"] = _subsample(tgt, max_samples, seed)
+        splits["target"] = _restricted_splits(tgt, used["target"], seed)
+        stats["target"] = ImageStats()
+        data = prepared_dataset(tgt, used["target"], prep, stats["target"])
+        names = [f"pretrained.{n}" for n in layer_names] + [f"control.{n}" for n in layer_names]
+        captured["target"] = probes.capture(
+            pair,
+            data,
+            names,
+            batch_size=batch_size,
+            device=dev,
+            keep_output=has_head,
+            progress=progress,
+            desc="capture target",
+        )
+    if src is not None:
+        used["source"] = _subsample(src, max_samples, seed)
+        splits["source"] = _restricted_splits(src, used["source"], seed)
+        stats["source"] = ImageStats()
+        data = prepared_dataset(src, used["source"], prep, stats["source"])
+        captured["source"] = probes.capture(
+            net,
+            data,
+            layer_names,
+            batch_size=batch_size,
+            device=dev,
+            keep_output=has_head,
+            progress=progress,
+            desc="capture source",
+        )
+    timings["capture"] = time.perf_counter() - t0
+
+    tf = cf = tl = None
+    if "target" in captured:
+        cap = captured["target"]
+        tf = {n: cap.features[f"pretrained.{n}"] for n in layer_names}
+        cf = {n: cap.features[f"control.{n}"] for n in layer_names}
+        tl = cap.labels
+        if tl is not None and (tl < 0).any():
+            warnings.append(
+                "Some target images are unlabelled; target probes use labelled ones only."
+            )
+            tl = None if (tl < 0).all() else tl
+    sf = sl = None
+    if "source" in captured:
+        sf, sl = captured["source"].features, captured["source"].labels
+        if sl is not None and (sl < 0).any():
+            warnings.append("Source images are unlabelled: the source probe is skipped.")
+            sl = None
+    if src is None:
+        warnings.append("No source data: the domain gap and the source probe are skipped.")
+    t0 = time.perf_counter()
+    rows = _measure.layer_measurements(
+        layer_names,
+        tf,
+        cf,
+        tl,
+        splits.get("target"),
+        sf,
+        sl,
+        splits.get("source"),
+        seed=seed,
+        n_permutations=n_permutations,
+        warnings=warnings,
+        progress=progress,
+    )
+    timings["probes_and_gap"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    last = layer_names[-1]
+    transfer = lr_find = None
+    heads: dict[str, float | None] = {}
+    if tf is not None and tl is not None:
+        logits = captured["target"].output if has_head else None
+        transfer = _measure.transferability(tf[last], tl, logits, layer=last, warnings=warnings)
+        train_idx = np.concatenate([splits["target"]["train"], splits["target"]["val"]])
+        lr_find = _measure.safe(
+            "LR range test",
+            warnings,
+            _measure.lr_find_head,
+            tf[last],
+            tl,
+            train_idx,
+            seed=seed,
+            progress=progress,
+        )
+        if has_head and loaded.source_classes and tgt.classes == loaded.source_classes:
+            heads["target_head_accuracy"] = float((logits.argmax(1) == tl).mean())
+    if has_head and sl is not None and src.classes == loaded.source_classes:
+        heads["source_head_accuracy"] = float((captured["source"].output.argmax(1) == sl).mean())
+    timings["transfer_and_lr_find"] = time.perf_counter() - t0
+
+    image_stats: dict = {k: v.to_dict() for k, v in stats.items()}
+    if "source" in stats and "target" in stats:
+        image_stats["drift"] = drift_table(stats["source"], stats["target"])
+    if "target" in stats:
+        if prep.mean is not None:
+            exp_mean, exp_std, frm = prep.mean, prep.std, "the normalisation applied"
+        elif loaded.mean is not None:
+            exp_mean, exp_std, frm = list(loaded.mean), list(loaded.std), "the model's weights"
+        elif "source" in stats:
+            exp_mean, exp_std = stats["source"].channel_mean(), stats["source"].channel_std()
+            frm = "the source images, which the model was trained on"
+        else:
+            exp_mean = exp_std = None
+            frm = "nothing: the model declares no normalisation and there is no source data"
+        check, norm_warnings = normalization_check(stats["target"], exp_mean, exp_std, frm)
+        image_stats["normalization_check"] = check
+        warnings.extend(norm_warnings)
+
+    results: dict = {
+        "schema": SCHEMA_VERSION,
+        "kind": "assess",
+        "model": {**loaded.to_dict(), "layers_from": "auto" if layers == "auto" else "user"},
+        "source": _domain_info(src, used["source"], splits["source"]) if src is not None else None,
+        "target": _domain_info(tgt, used["target"], splits["target"]) if tgt is not None else None,
+        "preprocessing": prep.to_dict(),
+        "layers": rows,
+        "penultimate_layer": last,
+        "transferability": transfer,
+        "head_accuracy": heads,
+        "image_stats": image_stats,
+        "lr_find": lr_find,
+        "samples": sample_thumbnails({"source": src, "target": tgt}, seed=seed),
+        "warnings": warnings,
+    }
+    if results["target"] is not None and splits.get("target"):
+        results["target"]["n_train"] = int(
+            len(splits["target"]["train"]) + len(splits["target"]["val"])
+        )
+    results["recommendation"] = recommend(results)
+    timings["total"] = time.perf_counter() - t_start
+    env = environment(str(dev), seed)
+    env["wall_s"] = timings["total"]
+    env["timings_s"] = timings
+    results["environment"] = env
+    result = AssessResult(results)
+    if out is not None:
+        from diagnose.report import write_outputs
+
+        result.results_path, result.report_path = write_outputs(results, out)
+    return result

@@ -1,0 +1,182 @@
+"""The ``diagnose`` command line.
+
+Exit codes: 0 success, 1 an unexpected internal error, 2 bad input (a one-line
+message on stderr, no traceback unless ``--debug``), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, like every other bad-input error
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _layers(text: str) -> str | list[str]:
+    if text == "auto":
+        return "auto"
+    names = [n.strip() for n in text.split(",")]
+    if not names or any(not n for n in names):
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or comma-separated layer names, got {text!r}"
+        )
+    return names
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info lines")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="diagnose",
+        description="Diagnostics for transfer learning: how far is the target from what a "
+        "pretrained model knows, and how should it be adapted?",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    a = sub.add_parser(
+        "assess", help="pre-project assessment: probes, domain gap, transferability, LR test"
+    )
+    a.add_argument(
+        "--model",
+        required=True,
+        help="demo | torchvision:NAME | pkg.module:function | checkpoint path",
+    )
+    a.add_argument(
+        "--weights",
+        help="state-dict file for the model, or 'random' for an untrained torchvision model",
+    )
+    a.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow loading pickled (non state-dict) checkpoints: only for files you trust",
+    )
+    a.add_argument(
+        "--head", help="name of the source classification head (default: the last nn.Linear)"
+    )
+    a.add_argument(
+        "--source", help="source data: demo:NAME | ImageFolder directory | pkg.module:function"
+    )
+    a.add_argument("--target", help="target data (same forms as --source)")
+    a.add_argument(
+        "--layers", type=_layers, default="auto", help="auto, or comma-separated module names"
+    )
+    a.add_argument("--image-size", type=_positive_int, help="resize images to N x N pixels")
+    a.add_argument("--normalize", help="'none' or MEAN,STD (one pair or one per channel)")
+    a.add_argument(
+        "--out", default="diagnose-report", help="output directory (default: ./diagnose-report)"
+    )
+    a.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--batch-size", type=_positive_int, default=64)
+    a.add_argument("--max-samples", type=_positive_int, help="use at most N images per domain")
+    _common(a)
+
+    r = sub.add_parser("report", help="re-render report.html from a results.json")
+    r.add_argument("results", help="path to a results.json written by a diagnose command")
+    r.add_argument("--out", help="output HTML path (default: report.html beside the results)")
+    _common(r)
+
+    d = sub.add_parser("demo", help="run the whole pipeline offline on the demo model and domains")
+    d.add_argument(
+        "--out", default="diagnose-report", help="output directory (default: ./diagnose-report)"
+    )
+    d.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    d.add_argument("--seed", type=int, default=0)
+    _common(d)
+    return parser
+
+
+def _info(args, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr)
+
+
+def _run(args) -> int:
+    progress = not args.quiet
+    if args.command == "assess":
+        if args.target is None and args.source is None:
+            raise ValueError("assess needs --target DATA (and ideally --source DATA).")
+        from diagnose.assess import assess
+
+        res = assess(
+            args.model,
+            args.source,
+            args.target,
+            weights=args.weights,
+            trust_checkpoint=args.trust_checkpoint,
+            head=args.head,
+            layers=args.layers,
+            image_size=args.image_size,
+            normalize=args.normalize,
+            device=args.device,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            max_samples=args.max_samples,
+            out=args.out,
+            progress=progress,
+        )
+        rec = res.recommendation
+        _info(args, f"recommended strategy: {rec['strategy']} (confidence {rec['confidence']})")
+        for w in res.results.get("warnings", []):
+            _info(args, f"warning: {w}")
+        print(res.report_path)
+    elif args.command == "report":
+        from diagnose.report import render_report_file
+
+        print(render_report_file(args.results, args.out))
+    elif args.command == "demo":
+        from diagnose.demo import run_demo
+
+        overview = run_demo(args.out, seed=args.seed, device=args.device, progress=progress)
+        for row in overview["scenarios"]:
+            _info(args, f"{row['target']}: {row.get('strategy') or row.get('error')}")
+        print(Path(args.out) / "report.html")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``diagnose`` console script; returns the exit code."""
+    args = _build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("diagnose: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, PermissionError, OSError) as exc:
+        if args.debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"diagnose: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # an internal error: still one line unless --debug
+        if args.debug:
+            raise
+        print(
+            f"diagnose: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

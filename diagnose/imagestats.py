@@ -1,0 +1,198 @@
+"""Image statistics per domain, their drift, and the normalisation check.
+
+Statistics are recorded while the capture pass reads the images (no second
+pass over the data): native height and width, brightness (mean pixel value
+in [0, 1]) and contrast (standard deviation of the pixel values) per image,
+and pooled per-channel pixel moments. Source and target are compared with a
+two-sample Kolmogorov-Smirnov test per statistic.
+
+The normalisation check asks whether the target's pixels, as the model will
+see them, have the statistics the model was trained for: the mean and std
+its weights expect, or, for a model without declared normalisation, those of
+the source images. Feeding [0, 255] images to an ImageNet model, or inverted
+contrast, are the classic silent failures this catches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import stats
+from torch.utils.data import Dataset
+
+__all__ = ["ImageStats", "RecordingDataset", "SizeTap", "drift_table", "normalization_check"]
+
+_PER_IMAGE = ("height", "width", "brightness", "contrast")
+
+
+@dataclass
+class ImageStats:
+    """Accumulated statistics of the images of one domain."""
+
+    per_image: dict[str, dict[int, float]] = field(
+        default_factory=lambda: {k: {} for k in _PER_IMAGE}
+    )
+    channel_sum: np.ndarray | None = None
+    channel_sumsq: np.ndarray | None = None
+    pixel_count: int = 0
+    seen: set = field(default_factory=set)
+
+    def record_size(self, index: int, image: torch.Tensor) -> None:
+        self.per_image["height"][index] = float(image.shape[-2])
+        self.per_image["width"][index] = float(image.shape[-1])
+
+    def record_pixels(self, index: int, image: torch.Tensor) -> None:
+        if index in self.seen:  # a second epoch over the same item adds nothing
+            return
+        self.seen.add(index)
+        x = image.detach().to(torch.float64)
+        self.per_image["brightness"][index] = float(x.mean())
+        self.per_image["contrast"][index] = float(x.std(unbiased=False))
+        flat = x.reshape(x.shape[0], -1)
+        s, ss = flat.sum(dim=1).numpy(), (flat**2).sum(dim=1).numpy()
+        if self.channel_sum is None:
+            self.channel_sum, self.channel_sumsq = s, ss
+        elif self.channel_sum.shape == s.shape:
+            self.channel_sum = self.channel_sum + s
+            self.channel_sumsq = self.channel_sumsq + ss
+        self.pixel_count += flat.shape[1]
+
+    @property
+    def n(self) -> int:
+        return len(self.seen)
+
+    def values(self, key: str) -> np.ndarray:
+        return np.array(list(self.per_image[key].values()), dtype=np.float64)
+
+    def channel_mean(self) -> list[float] | None:
+        if self.channel_sum is None or self.pixel_count == 0:
+            return None
+        return (self.channel_sum / self.pixel_count).tolist()
+
+    def channel_std(self) -> list[float] | None:
+        if self.channel_sum is None or self.pixel_count == 0:
+            return None
+        mean = self.channel_sum / self.pixel_count
+        var = np.maximum(self.channel_sumsq / self.pixel_count - mean**2, 0.0)
+        return np.sqrt(var).tolist()
+
+    def to_dict(self) -> dict:
+        out: dict = {"n_images": self.n}
+        for key in _PER_IMAGE:
+            v = self.values(key)
+            out[key] = (
+                {
+                    "mean": float(v.mean()),
+                    "std": float(v.std()),
+                    "min": float(v.min()),
+                    "max": float(v.max()),
+                }
+                if v.size
+                else None
+            )
+        out["channel_mean"] = self.channel_mean()
+        out["channel_std"] = self.channel_std()
+        return out
+
+
+class SizeTap(Dataset):
+    """Pass-through dataset that records each raw image's native size."""
+
+    def __init__(self, base: Dataset, recorder: ImageStats):
+        self.base, self.recorder = base, recorder
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        image, label = self.base[index][:2]
+        self.recorder.record_size(index, image)
+        return image, label
+
+
+class RecordingDataset(Dataset):
+    """Pass-through dataset that records pixel statistics of (channel-matched) images."""
+
+    def __init__(self, base: Dataset, recorder: ImageStats):
+        self.base, self.recorder = base, recorder
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        image, label = self.base[index][:2]
+        self.recorder.record_pixels(index, image)
+        return image, label
+
+
+def drift_table(source: ImageStats, target: ImageStats) -> list[dict]:
+    """One row per statistic: source and target means and a two-sample KS test."""
+    rows = []
+    for key in _PER_IMAGE:
+        s, t = source.values(key), target.values(key)
+        row = {
+            "statistic": key,
+            "source_mean": float(s.mean()) if s.size else None,
+            "target_mean": float(t.mean()) if t.size else None,
+            "ks": None,
+            "p_value": None,
+        }
+        if s.size >= 2 and t.size >= 2:
+            if np.ptp(np.concatenate([s, t])) == 0:  # identical constants: no drift
+                row["ks"], row["p_value"] = 0.0, 1.0
+            else:
+                res = stats.ks_2samp(s, t)
+                row["ks"], row["p_value"] = float(res.statistic), float(res.pvalue)
+        rows.append(row)
+    return rows
+
+
+def normalization_check(
+    target: ImageStats,
+    expected_mean: list[float] | None,
+    expected_std: list[float] | None,
+    expected_from: str,
+    *,
+    z_tolerance: float = 0.5,
+    ratio_tolerance: float = 2.0,
+) -> tuple[dict, list[str]]:
+    """Compare the target's raw per-channel pixel moments with what the model expects.
+
+    A channel fails when its mean is more than ``z_tolerance`` expected stds
+    away from the expected mean, or its std is off by more than a factor of
+    ``ratio_tolerance``. Returns the check as a dict and warning lines.
+    """
+    mean, std = target.channel_mean(), target.channel_std()
+    check = {
+        "expected_from": expected_from,
+        "expected_mean": expected_mean,
+        "expected_std": expected_std,
+        "target_mean": mean,
+        "target_std": std,
+        "channels": [],
+        "ok": None,
+    }
+    if mean is None or expected_mean is None or expected_std is None:
+        return check, []
+    if len(expected_mean) != len(mean):
+        expected_mean = [float(np.mean(expected_mean))] * len(mean)
+        expected_std = [float(np.mean(expected_std))] * len(mean)
+    warnings = []
+    ok = True
+    for c, (m, s, em, es) in enumerate(zip(mean, std, expected_mean, expected_std)):
+        es = max(es, 1e-8)
+        z = (m - em) / es
+        ratio = s / es if es > 0 else float("inf")
+        fine = abs(z) <= z_tolerance and (1 / ratio_tolerance) <= ratio <= ratio_tolerance
+        check["channels"].append({"channel": c, "z": z, "std_ratio": ratio, "ok": fine})
+        if not fine:
+            ok = False
+            warnings.append(
+                f"Target pixels in channel {c} have mean {m:.3f} and std {s:.3f}, but the model "
+                f"expects mean {em:.3f} and std {es:.3f} ({expected_from}); check the "
+                "normalisation (--normalize) and the image encoding before fine-tuning."
+            )
+    check["ok"] = ok
+    return check, warnings
