@@ -1,0 +1,71 @@
+"""The CLI: help, exit codes and one-line errors on stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from diagnose.cli import main
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("sub", ["assess", "report", "demo"])
+def test_help_for_every_subcommand(sub, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([sub, "--help"])
+    assert exc.value.code == 0
+    assert "--quiet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["assess", "--model", "demo", "--target", "/no/such/dir"], "/no/such/dir"),
+        (["assess", "--model", "demo", "--target", "demo:nope"], "demo:nope"),
+        (["assess", "--model", "nonexistent_pkg_xyz:build", "--target", "demo:digits"], "nonexistent_pkg_xyz"),
+        (["assess", "--model", "demo"], "--target"),
+        (["assess", "--model", "demo", "--target", "demo:digits", "--device", "tpu"], "--device"),
+        (["assess", "--model", "demo", "--target", "demo:digits", "--normalize", "abc"], "--normalize"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(argv, fragment, capsys):
+    code, out, err = _run([*argv, "--quiet"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diagnose: error:"), err
+    assert fragment in lines[0]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "x"])
+def test_argument_validation(value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["assess", "--model", "demo", "--target", "demo:digits", "--batch-size", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--batch-size" in err[0]
+
+
+def test_report_of_a_broken_results_file(tmp_path, capsys):
+    bad = tmp_path / "results.json"
+    bad.write_text(json.dumps({"schema": "7.0", "kind": "assess"}))
+    code, _, err = _run(["report", str(bad)], capsys)
+    assert code == 2 and "schema 7.0" in err
+
+
+def test_debug_shows_the_traceback(capsys):
+    with pytest.raises(ValueError):
+        main(["assess", "--model", "demo", "--target", "demo:nope", "--debug", "--quiet"])
+
+
+def test_console_script_is_installed():
+    proc = subprocess.run([sys.executable, "-m", "diagnose.cli", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "assess" in proc.stdout

@@ -1,0 +1,60 @@
+"""Image statistics against direct numpy/scipy computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from diagnose.imagestats import ImageStats, drift_table, normalization_check
+
+
+def _record(images):
+    rec = ImageStats()
+    for i, img in enumerate(images):
+        rec.record_size(i, img)
+        rec.record_pixels(i, img)
+    return rec
+
+
+def test_moments_match_numpy():
+    rng = np.random.default_rng(0)
+    imgs = [torch.tensor(rng.random((3, 5, 7)), dtype=torch.float32) for _ in range(6)]
+    rec = _record(imgs)
+    stack = np.stack([im.numpy().astype(np.float64) for im in imgs])
+    np.testing.assert_allclose(rec.channel_mean(), stack.mean(axis=(0, 2, 3)), rtol=1e-10)
+    np.testing.assert_allclose(rec.channel_std(), stack.std(axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(rec.values("brightness"), stack.mean(axis=(1, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(rec.values("contrast"), stack.std(axis=(1, 2, 3)), rtol=1e-5)
+    assert rec.to_dict()["height"]["mean"] == 5 and rec.n == 6
+    rec.record_pixels(0, imgs[0])  # a second read of the same item is not counted twice
+    assert rec.n == 6
+
+
+def test_drift_uses_two_sample_ks():
+    rng = np.random.default_rng(1)
+    a = [torch.full((1, 4, 4), float(v)) for v in rng.random(30) * 0.5]
+    b = [torch.full((1, 4, 4), float(v)) for v in rng.random(30) * 0.5 + 0.4]
+    rows = {r["statistic"]: r for r in drift_table(_record(a), _record(b))}
+    expected = stats.ks_2samp([float(x.mean()) for x in a], [float(x.mean()) for x in b])
+    assert rows["brightness"]["ks"] == pytest.approx(expected.statistic)
+    assert rows["brightness"]["p_value"] == pytest.approx(expected.pvalue)
+    assert rows["height"]["ks"] == 0.0 and rows["height"]["p_value"] == 1.0
+
+
+def test_normalization_check_flags_inverted_contrast():
+    rng = np.random.default_rng(2)
+    dark = [torch.tensor(rng.random((1, 8, 8)) * 0.3, dtype=torch.float32) for _ in range(20)]
+    inverted = [1 - d for d in dark]
+    src = _record(dark)
+    ok, warn_ok = normalization_check(_record(dark), src.channel_mean(), src.channel_std(), "source")
+    assert ok["ok"] and warn_ok == []
+    bad, warn_bad = normalization_check(_record(inverted), src.channel_mean(), src.channel_std(), "source")
+    assert bad["ok"] is False and len(warn_bad) == 1 and "channel 0" in warn_bad[0]
+
+
+def test_normalization_check_broadcasts_single_channel_expectation():
+    imgs = [torch.full((3, 2, 2), 0.5) for _ in range(3)]
+    check, warns = normalization_check(_record(imgs), [0.5], [0.25], "weights")
+    assert len(check["channels"]) == 3 and check["ok"] is False  # std 0 vs 0.25: ratio 0
