@@ -112,17 +112,8 @@ def recommend(results: dict) -> dict:
     pvals = [(layer.get("gap") or {}).get("mmd_pvalue") for layer in layers]
     block_names = [layer["name"] for layer in layers]
 
-    if benefit is not None and benefit < BENEFIT_MIN:
-        strategy, unfreeze = "scratch", block_names
-        reasons.append(
-            f"The pretrained probe's best accuracy ({best:.3f}) is within {benefit:+.3f} of the "
-            f"random-init control ({max(controls):.3f}): pretraining buys little on this target."
-        )
-        would_change.append(
-            f"The best pretrained probe beating the control by more than {BENEFIT_MIN:.2f}."
-        )
-        confidence = "medium"
-    elif first_gap is not None and first_gap >= INPUT_GAP_PAD and (pvals[0] or 0) < 0.05:
+    no_benefit = benefit is not None and benefit < BENEFIT_MIN
+    if first_gap is not None and first_gap >= INPUT_GAP_PAD and (pvals[0] or 0) < 0.05:
         strategy, unfreeze = "full_low_lr", block_names
         reasons.append(
             f"The domain gap is large already at the first block ({block_names[0]}: PAD "
@@ -132,7 +123,18 @@ def recommend(results: dict) -> dict:
         would_change.append(
             f"PAD at {block_names[0]} below {INPUT_GAP_PAD:.1f}: then the early blocks could stay frozen."
         )
-        confidence = "high" if first_gap >= 1.5 else "medium"
+        confidence = "high" if first_gap >= 1.5 and not no_benefit else "medium"
+    elif no_benefit:
+        strategy, unfreeze = "full_low_lr", block_names
+        reasons.append(
+            "Frozen pretrained features do not beat random ones here, so no block can stay "
+            "frozen: everything trains, and training from scratch is the baseline to compare "
+            "against (diagnose compare measures both)."
+        )
+        would_change.append(
+            f"The best pretrained probe beating the control by more than {BENEFIT_MIN:.2f}."
+        )
+        confidence = "low"
     elif drop >= PROBE_DROP and best_i < len(layers) - 1:
         strategy = "partial"
         unfreeze = block_names[best_i + 1 :]
@@ -168,7 +170,13 @@ def recommend(results: dict) -> dict:
         )
         confidence = "medium"
 
-    if benefit is not None and strategy != "scratch":
+    if no_benefit:
+        reasons.append(
+            f"The pretrained probe's best accuracy ({best:.3f}) is within {benefit:+.3f} of the "
+            f"random-init control ({max(controls):.3f}): frozen pretrained features buy little "
+            "on this target."
+        )
+    elif benefit is not None:
         reasons.append(
             f"Pretraining helps: the best pretrained probe ({best:.3f}) beats the random-init "
             f"control ({max(controls):.3f}) by {benefit:.3f}."
@@ -178,8 +186,6 @@ def recommend(results: dict) -> dict:
     if strategy == "discriminative":
         for depth, name in enumerate(reversed(block_names), start=1):
             lr[name] = head_lr / DISCRIMINATIVE_FACTOR**depth
-    elif strategy == "scratch":
-        lr.update({name: head_lr for name in block_names})
     else:
         lr.update({name: head_lr * BACKBONE_LR_RATIO for name in unfreeze})
 

@@ -50,9 +50,7 @@ def as_features(
     if arr.dtype == object or not (
         np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
     ):
-        raise TypeError(
-            f"The '{name}' parameter must hold numbers. Got dtype {arr.dtype} instead."
-        )
+        raise TypeError(f"The '{name}' parameter must hold numbers. Got dtype {arr.dtype} instead.")
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2:
@@ -62,8 +60,7 @@ def as_features(
         )
     if arr.shape[0] < min_rows:
         raise ValueError(
-            f"The '{name}' parameter needs at least {min_rows} samples. "
-            f"Got {arr.shape[0]} instead."
+            f"The '{name}' parameter needs at least {min_rows} samples. Got {arr.shape[0]} instead."
         )
     if arr.shape[1] == 0:
         raise ValueError(f"The '{name}' parameter has 0 features (shape {tuple(arr.shape)}).")

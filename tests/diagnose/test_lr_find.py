@@ -47,7 +47,6 @@ def test_range_test_restores_model_and_suggests_a_stable_lr():
     assert 1e-4 < res.suggested_lr < res.min_loss_lr
     assert len(res.lrs) == len(res.losses) == len(res.raw_losses)
     assert np.all(np.diff(res.lrs) > 0)
-    assert "exceeded" in res.stop_reason or "non-finite" in res.stop_reason
 
 
 def test_range_test_stops_when_loss_diverges():

@@ -66,9 +66,11 @@ def test_large_close_target_gets_discriminative_lrs():
     assert rec["lr"]["block1"] == pytest.approx(0.05 / DISCRIMINATIVE_FACTOR**4)
 
 
-def test_no_pretraining_benefit_recommends_scratch():
-    res = _results([0.5, 0.6, 0.6, 0.6], [0.5, 0.6, 0.6, 0.61], [1.5, 1.5, 1.5, 1.5])
-    assert recommend(res)["strategy"] == "scratch"
+def test_no_pretraining_benefit_trains_everything_with_low_confidence():
+    res = _results([0.5, 0.6, 0.6, 0.6], [0.5, 0.6, 0.6, 0.61], [0.2, 0.3, 0.4, 0.5])
+    rec = recommend(res)
+    assert rec["strategy"] == "full_low_lr" and rec["confidence"] == "low"
+    assert any("within -0.010 of the random-init control" in r for r in rec["reasons"])
 
 
 def test_missing_lr_find_falls_back_and_says_so():

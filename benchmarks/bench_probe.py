@@ -1,0 +1,221 @@
+"""Benchmark of the linear probe against its peer and against the capture pass.
+
+Rows:
+  1. ``linear_probe`` vs scikit-learn ``LogisticRegressionCV`` (lbfgs) tuned
+     over the same L2 grid with the same 3-fold stratified CV, on synthetic
+     features like a network's (5000 x 512, 10 classes, power-law spectrum,
+     classes in a low-rank subspace, 10% label noise, 80/20 split). Goals:
+     at least 3x faster and test accuracy within 1 point.
+  2. probing every captured layer vs the capture pass itself: torchvision
+     resnet18 (random init, nothing downloaded) on N random 64 x 64 images
+     whose class sets a template pattern. Goal: probes < 10% of the capture.
+  3. the same for a small CNN like the demo model (4 conv blocks,
+     1 -> 16 -> 32 -> 64 -> 128 channels, 32 x 32 inputs), whose cheap forward
+     pass makes it the hardest case for that ratio.
+
+Run ``python benchmarks/bench_probe.py`` (``--quick`` for a smaller run). The
+exit code is always 0: this is a report; a missed goal prints MISSED.
+
+The strength maps as ``C = 1 / (l2 * n_train)``. scikit-learn's C is per
+example summed, so inside its CV folds (2/3 of the rows) the same C is a 1.5x
+stronger l2 than ours; the refit on the full training split is identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from probes.capture import capture  # noqa: E402
+from probes.linear import DEFAULT_L2_GRID, linear_probe  # noqa: E402
+
+
+def make_features(n, d, k=10, rank=64, sep=0.6, label_noise=0.1, seed=0):
+    """Synthetic 'network features': power-law spectrum, ReLU-like skew, classes
+    separated in a rank-``rank`` subspace, a fraction of labels replaced at random."""
+    rng = np.random.default_rng(seed)
+    mix = rng.standard_normal((d, d)) / np.sqrt(d) * (np.arange(1, d + 1) ** -0.5)[:, None] * 4
+    means = rng.standard_normal((k, rank)) * sep
+    y = rng.integers(0, k, n)
+    z = rng.standard_normal((n, d))
+    z[:, :rank] += means[y]
+    x = z @ mix + 0.3 * rng.standard_normal((n, d))
+    x = np.maximum(x, 0) + 0.05 * x
+    noisy = rng.random(n) < label_noise
+    y = np.where(noisy, rng.integers(0, k, n), y)
+    return x.astype(np.float32), y
+
+
+def best_time(fn, repeats):
+    """Smallest wall time over ``repeats`` calls (robust to a busy machine) and the last result."""
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+def sklearn_peer(xtr, ytr, xte, yte, seed=0):
+    """StandardScaler + LogisticRegressionCV(lbfgs) over DEFAULT_L2_GRID, 3-fold stratified.
+
+    Runs on one BLAS thread, like ``linear_probe`` at this size (it limits
+    itself to one torch thread below ~5e7 multiply-adds per product): same
+    compute for both, and on a busy machine a multi-threaded BLAS can be 10-50x
+    slower from threads waiting on each other, which would flatter the ratio.
+    """
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    scaler = StandardScaler().fit(xtr)
+    cs = [1.0 / (lam * len(ytr)) for lam in DEFAULT_L2_GRID]
+    cv = StratifiedKFold(3, shuffle=True, random_state=seed)
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore")  # ConvergenceWarning at the weak end, as for any user
+        model = LogisticRegressionCV(Cs=cs, cv=cv, max_iter=200, tol=1e-4).fit(
+            scaler.transform(xtr), ytr
+        )
+    acc = float(np.mean(model.predict(scaler.transform(xte)) == yte))
+    return acc, 1.0 / (float(model.C_[0]) * len(ytr))
+
+
+def row_sklearn(n, d, repeats):
+    x, y = make_features(n, d)
+    cut = int(0.8 * n)
+    data = (x[:cut], y[:cut], x[cut:], y[cut:])
+    t_ours, ours = best_time(lambda: linear_probe(*data), repeats)
+    t_peer, (peer_acc, peer_l2) = best_time(lambda: sklearn_peer(*data), repeats)
+    speed = t_peer / t_ours
+    dacc = 100 * (ours.accuracy - peer_acc)
+    return {
+        "row": f"probe vs sklearn LogisticRegressionCV, 1 thread ({n}x{d}, 10 classes)",
+        "ours": f"{t_ours:.2f} s, acc {ours.accuracy:.3f}, l2 {ours.l2:.3g}",
+        "peer": f"{t_peer:.2f} s, acc {peer_acc:.3f}, l2 {peer_l2:.3g}",
+        "ratio": f"{speed:.1f}x faster, dacc {dacc:+.1f} pt",
+        "goal": ">= 3x, |dacc| <= 1 pt",
+        "met": speed >= 3 and abs(dacc) <= 1.0,
+    }
+
+
+def _templates(n, k, channels, size, seed):
+    """Images whose class picks a smooth random template, plus pixel noise."""
+    gen = torch.Generator().manual_seed(seed)
+    small = torch.randn(k, channels, 8, 8, generator=gen)
+    templates = nn.functional.interpolate(small, size=(size, size), mode="bilinear")
+    y = torch.randint(0, k, (n,), generator=gen)
+    x = templates[y] + 1.5 * torch.randn(n, channels, size, size, generator=gen)
+    return x, y.numpy()
+
+
+def _demo_like_cnn():
+    def block(c_in, c_out, pool):
+        layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)]
+        layers += [nn.ReLU(inplace=True)] + ([nn.MaxPool2d(2)] if pool else [])
+        return nn.Sequential(*layers)
+
+    return nn.Sequential(
+        block(1, 16, True),
+        block(16, 32, True),
+        block(32, 64, True),
+        block(64, 128, False),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, 10),
+    )
+
+
+def capture_time(model, x, repeats):
+    """Best capture time over torch's default thread count and one thread: the
+    floor at its fastest (on a busy machine threads waiting on each other can
+    make the default 10x slower; on an idle one it is the faster)."""
+    before = torch.get_num_threads()
+    t_default, feats = best_time(lambda: capture(model, x, progress=False), repeats)
+    torch.set_num_threads(1)
+    try:
+        t_single, _ = best_time(lambda: capture(model, x, progress=False), repeats)
+    finally:
+        torch.set_num_threads(before)
+    return min(t_default, t_single), feats
+
+
+def row_capture(name, model, x, y, repeats):
+    torch.manual_seed(0)
+    t_cap, feats = capture_time(model, x, repeats)
+    cut = int(0.8 * len(y))
+
+    def probe_all():
+        return {
+            layer: linear_probe(f[:cut], y[:cut], f[cut:], y[cut:])
+            for layer, f in feats.features.items()
+        }
+
+    t_probe, results = best_time(probe_all, repeats)
+    dims = ",".join(str(f.shape[1]) for f in feats.features.values())
+    accs = ",".join(f"{r.accuracy:.2f}" for r in results.values())
+    ratio = t_probe / t_cap
+    return {
+        "row": f"probe all layers vs capture: {name}, N={len(y)}",
+        "ours": f"{t_probe:.2f} s ({len(results)} layers, D={dims}; acc {accs})",
+        "peer": f"capture {t_cap:.2f} s (best of default/1 thread)",
+        "ratio": f"{ratio:.3f}",
+        "goal": "< 0.10",
+        "met": ratio < 0.10,
+    }
+
+
+def print_table(rows):
+    cols = ["row", "ours", "peer", "ratio", "goal", "met"]
+    heads = ["row", "ours", "peer/floor", "ratio", "goal", "met"]
+    cells = [
+        [str(r[c]) if c != "met" else ("yes" if r[c] else "MISSED") for c in cols] for r in rows
+    ]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+    line = " | ".join(h.ljust(w) for h, w in zip(heads, widths))
+    print(line)
+    print("-+-".join("-" * w for w in widths))
+    for c in cells:
+        print(" | ".join(v.ljust(w) for v, w in zip(c, widths)))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller data, fewer repeats")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs{' (quick)' if args.quick else ''}",
+        flush=True,
+    )
+    rows = []
+    if args.quick:
+        rows.append(row_sklearn(2000, 256, repeats=2))
+    else:
+        rows.append(row_sklearn(5000, 512, repeats=3))
+    n_img = 400 if args.quick else 1000
+    repeats = 1 if args.quick else 2
+    import torchvision
+
+    x, y = _templates(n_img, 10, 3, 64, seed=1)
+    rows.append(row_capture("resnet18 64x64", torchvision.models.resnet18(), x, y, repeats))
+    x, y = _templates(n_img, 10, 1, 32, seed=2)
+    rows.append(row_capture("demo-like CNN 32x32", _demo_like_cnn(), x, y, repeats))
+    print()
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
