@@ -172,6 +172,9 @@ def class_balance_plot(results: dict):
     for key in ("source", "target"):
         info = results.get(key) or {}
         counts = info.get("class_counts") or {}
+        if isinstance(counts, list):  # indexed by label
+            names = info.get("classes") or []
+            counts = {(names[i] if i < len(names) else str(i)): n for i, n in enumerate(counts)}
         rows.extend((key, str(c), int(n)) for c, n in counts.items() if n is not None)
     if not rows:
         return None

@@ -52,7 +52,7 @@ def _num(value, digits: int = 3) -> str:
             return "—"
         if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
             return f"{value:.{max(digits - 1, 1)}e}"
-        return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}f}"
+        return f"{value:,.2f}" if abs(value) >= 1 else f"{value:.{digits}f}"
     return str(value)
 
 

@@ -1,0 +1,30 @@
+"""Shared fixtures: the demo model is pretrained at most once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def demo_cache_dir(tmp_path_factory):
+    """The cache directory holding the pretrained demo model (trained here if missing).
+
+    The session's ``DIAGNOSE_CACHE_DIR`` when set (tests/conftest.py sets it),
+    so every test module shares one pretraining; a fresh directory otherwise.
+    """
+    from diagnose._demo_model import load_or_pretrain
+
+    env = os.environ.get("DIAGNOSE_CACHE_DIR")
+    path = env if env else str(tmp_path_factory.mktemp("demo-cache"))
+    load_or_pretrain(path, seed=0, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def loaded_demo(demo_cache_dir):
+    """``load_model("demo")`` from the session cache (shared: deep-copy before changing it)."""
+    from diagnose.models import load_model
+
+    return load_model("demo", cache_dir=demo_cache_dir, progress=False)

@@ -1,0 +1,42 @@
+"""The examples run as a user would run them, so they never rot."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _load(name):
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        return runpy.run_path(str(EXAMPLES / name))
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+
+def test_assess_own_module_with_imagefolder(tmp_path):
+    mod = _load("assess_own_model.py")
+    assert mod["run"](str(tmp_path / "out")) == 0
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert data["model"]["name"] == "my_model:build"
+    assert [layer["name"] for layer in data["layers"]][:1] == ["stem"]
+    assert data["target"]["channels"] == 3
+
+
+def test_python_api_script(tmp_path):
+    mod = _load("python_api.py")
+    data = mod["run"](str(tmp_path / "api"), open_report=False)
+    assert (tmp_path / "api" / "report.html").exists()
+    assert data["recommendation"]["strategy"]
+
+
+def test_torchvision_with_local_weights(tmp_path):
+    mod = _load("torchvision_local_weights.py")
+    assert mod["run"](str(tmp_path / "tv")) == 0
+    data = json.loads((tmp_path / "tv" / "results.json").read_text())
+    assert [layer["name"] for layer in data["layers"]] == ["maxpool", "layer1", "layer2", "layer3", "layer4"]
+    assert data["preprocessing"]["image_size"] == [64, 64]
