@@ -1,6 +1,6 @@
 """Run every benchmark in this folder (``make bench``); each prints its own table of ratios.
 
-    python benchmarks/run_all.py [--quick]
+python benchmarks/run_all.py [--quick]
 """
 
 from __future__ import annotations

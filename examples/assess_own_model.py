@@ -29,11 +29,20 @@ def run(out: str) -> int:
     data = Path(tempfile.mkdtemp(prefix="diagnose-example-"))
     write_imagefolder("demo:digits", data / "source", per_class=12)
     write_imagefolder("demo:digits-invert", data / "target", per_class=12)
-    return main([
-        "assess", "--model", "my_model:build",
-        "--source", str(data / "source"), "--target", str(data / "target"),
-        "--out", out, "--quiet",
-    ])
+    return main(
+        [
+            "assess",
+            "--model",
+            "my_model:build",
+            "--source",
+            str(data / "source"),
+            "--target",
+            str(data / "target"),
+            "--out",
+            out,
+            "--quiet",
+        ]
+    )
 
 
 if __name__ == "__main__":

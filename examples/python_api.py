@@ -1,6 +1,6 @@
 """The Python API in a script: assess, read the recommendation, open the report.
 
-    python examples/python_api.py [OUT_DIR] [--no-open]
+python examples/python_api.py [OUT_DIR] [--no-open]
 """
 
 from __future__ import annotations
@@ -20,12 +20,16 @@ def run(out: str = "api-report", open_report: bool = True) -> dict:
         progress=False,
     )
     rec = result.recommendation
-    print(f"strategy: {rec['strategy']}  unfreeze: {rec['unfreeze']}  head LR: {rec['lr']['head']:.3g}")
+    print(
+        f"strategy: {rec['strategy']}  unfreeze: {rec['unfreeze']}  head LR: {rec['lr']['head']:.3g}"
+    )
     for reason in rec["reasons"]:
         print(" -", reason)
     for layer in result.to_dict()["layers"]:
         gap = layer["gap"] or {}
-        print(f"{layer['name']:>8}: target probe {layer['probe']['target']['accuracy']:.3f}  PAD {gap.get('pad')}")
+        print(
+            f"{layer['name']:>8}: target probe {layer['probe']['target']['accuracy']:.3f}  PAD {gap.get('pad')}"
+        )
     if open_report:
         webbrowser.open(result.report_path.resolve().as_uri())
     return result.to_dict()

@@ -30,12 +30,26 @@ def run(out: str) -> int:
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     write_imagefolder("demo:digits", work / "source", per_class=6)
     write_imagefolder("demo:digits-rotate", work / "target", per_class=6)
-    return main([
-        "assess", "--model", "torchvision:resnet18", "--weights", str(weights),
-        "--source", str(work / "source"), "--target", str(work / "target"),
-        "--image-size", "64", "--normalize", "0.485,0.456,0.406,0.229,0.224,0.225",
-        "--out", out, "--quiet",
-    ])
+    return main(
+        [
+            "assess",
+            "--model",
+            "torchvision:resnet18",
+            "--weights",
+            str(weights),
+            "--source",
+            str(work / "source"),
+            "--target",
+            str(work / "target"),
+            "--image-size",
+            "64",
+            "--normalize",
+            "0.485,0.456,0.406,0.229,0.224,0.225",
+            "--out",
+            out,
+            "--quiet",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ __all__ = ["h_score", "leep", "logme", "nce"]
 # Floor for the denominators of the evidence updates: only active in the
 # degenerate case of labels orthogonal to (or exactly inside) the feature span.
 _TINY = 1e-300
+_RES_FLOOR = 1e-5
 
 
 def _class_index(labels: np.ndarray, name: str = "labels") -> tuple[np.ndarray, int]:
@@ -101,13 +102,15 @@ def _logme_one(y: np.ndarray, sigma: np.ndarray, u: np.ndarray, tol: float, max_
     res_x2 = max(float(y @ y) - float(x2.sum()), 0.0)
     alpha, beta = 1.0, 1.0
     for _ in range(max_iter):
-        t = alpha / beta
+        t = max(alpha / beta, _TINY)
         gamma, m2, res2 = _evidence_terms(t, sigma, x2, res_x2)
         alpha = gamma / max(m2, _TINY)
-        beta = (n - gamma) / max(res2, _TINY)
+        # y is a 0/1 indicator, so the residual has a fixed scale; the floor (the
+        # authors' 1e-5) keeps β finite when F interpolates y (n <= d).
+        beta = (n - gamma) / max(res2, _RES_FLOOR)
         if abs(alpha / beta - t) / t <= tol:
             break
-    t = alpha / beta
+    t = max(alpha / beta, _TINY)
     _, m2, res2 = _evidence_terms(t, sigma, x2, res_x2)
     # d/2·log α - ½Σ_{i=1..d} log(α + βσ_i) = -½Σ log(1 + σ_i/t): the d - r zero
     # eigenvalues contribute exactly 0, so summing over the r non-zero ones is

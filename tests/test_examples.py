@@ -38,5 +38,11 @@ def test_torchvision_with_local_weights(tmp_path):
     mod = _load("torchvision_local_weights.py")
     assert mod["run"](str(tmp_path / "tv")) == 0
     data = json.loads((tmp_path / "tv" / "results.json").read_text())
-    assert [layer["name"] for layer in data["layers"]] == ["maxpool", "layer1", "layer2", "layer3", "layer4"]
+    assert [layer["name"] for layer in data["layers"]] == [
+        "maxpool",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+    ]
     assert data["preprocessing"]["image_size"] == [64, 64]

@@ -14,8 +14,19 @@ from diagnose.data import load_domain
 from diagnose.models import load_model
 
 TOP_KEYS = {
-    "schema", "kind", "model", "source", "target", "layers", "transferability", "image_stats",
-    "lr_find", "recommendation", "warnings", "environment", "preprocessing",
+    "schema",
+    "kind",
+    "model",
+    "source",
+    "target",
+    "layers",
+    "transferability",
+    "image_stats",
+    "lr_find",
+    "recommendation",
+    "warnings",
+    "environment",
+    "preprocessing",
 }
 
 
@@ -27,7 +38,9 @@ def demo():
 @pytest.fixture(scope="module")
 def noise(demo, tmp_path_factory):
     out = tmp_path_factory.mktemp("noise")
-    return assess(demo, "demo:digits", "demo:digits-noise", out=out, progress=False, n_permutations=50)
+    return assess(
+        demo, "demo:digits", "demo:digits-noise", out=out, progress=False, n_permutations=50
+    )
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +107,16 @@ def test_report_parses_and_has_sections(noise):
             ids.update(v for k, v in attrs if k == "id")
 
     P().feed(noise.report_path.read_text())
-    assert {"summary", "data", "image-stats", "probes", "gap", "transferability", "lr-find", "environment"} <= ids
+    assert {
+        "summary",
+        "data",
+        "image-stats",
+        "probes",
+        "gap",
+        "transferability",
+        "lr-find",
+        "environment",
+    } <= ids
     assert noise.report_path.stat().st_size < 5 * 1024 * 1024
 
 
@@ -108,7 +130,14 @@ def test_no_source_skips_gap_with_a_note(demo):
 
 def test_assess_has_no_side_effect_on_the_model(demo):
     before = {k: v.clone() for k, v in demo.model.state_dict().items()}
-    assess(demo, "demo:digits", "demo:digits-rotate", max_samples=200, progress=False, n_permutations=20)
+    assess(
+        demo,
+        "demo:digits",
+        "demo:digits-rotate",
+        max_samples=200,
+        progress=False,
+        n_permutations=20,
+    )
     after = demo.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not demo.model.training
@@ -116,14 +145,35 @@ def test_assess_has_no_side_effect_on_the_model(demo):
 
 def test_plain_module_and_domain_objects(demo):
     target = load_domain("demo:digits-noise")
-    res = assess(demo.model, load_domain("demo:digits"), target, max_samples=200, progress=False,
-                 n_permutations=20, normalize="none")
+    res = assess(
+        demo.model,
+        load_domain("demo:digits"),
+        target,
+        max_samples=200,
+        progress=False,
+        n_permutations=20,
+        normalize="none",
+    )
     assert res.to_dict()["model"]["head"] == "head"
 
 
 def test_cli_assess_writes_results_and_report(tmp_path, capsys):
-    code = main(["assess", "--model", "demo", "--source", "demo:digits", "--target", "demo:digits-invert",
-                 "--max-samples", "300", "--out", str(tmp_path), "--quiet"])
+    code = main(
+        [
+            "assess",
+            "--model",
+            "demo",
+            "--source",
+            "demo:digits",
+            "--target",
+            "demo:digits-invert",
+            "--max-samples",
+            "300",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
     assert code == 0
     assert capsys.readouterr().out.strip().endswith("report.html")
     data = _strict_json(tmp_path / "results.json")

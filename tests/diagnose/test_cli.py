@@ -30,10 +30,16 @@ def test_help_for_every_subcommand(sub, capsys):
     [
         (["assess", "--model", "demo", "--target", "/no/such/dir"], "/no/such/dir"),
         (["assess", "--model", "demo", "--target", "demo:nope"], "demo:nope"),
-        (["assess", "--model", "nonexistent_pkg_xyz:build", "--target", "demo:digits"], "nonexistent_pkg_xyz"),
+        (
+            ["assess", "--model", "nonexistent_pkg_xyz:build", "--target", "demo:digits"],
+            "nonexistent_pkg_xyz",
+        ),
         (["assess", "--model", "demo"], "--target"),
         (["assess", "--model", "demo", "--target", "demo:digits", "--device", "tpu"], "--device"),
-        (["assess", "--model", "demo", "--target", "demo:digits", "--normalize", "abc"], "--normalize"),
+        (
+            ["assess", "--model", "demo", "--target", "demo:digits", "--normalize", "abc"],
+            "--normalize",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2(argv, fragment, capsys):
@@ -67,5 +73,7 @@ def test_debug_shows_the_traceback(capsys):
 
 
 def test_console_script_is_installed():
-    proc = subprocess.run([sys.executable, "-m", "diagnose.cli", "--help"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "diagnose.cli", "--help"], capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "assess" in proc.stdout

@@ -48,9 +48,13 @@ def test_normalization_check_flags_inverted_contrast():
     dark = [torch.tensor(rng.random((1, 8, 8)) * 0.3, dtype=torch.float32) for _ in range(20)]
     inverted = [1 - d for d in dark]
     src = _record(dark)
-    ok, warn_ok = normalization_check(_record(dark), src.channel_mean(), src.channel_std(), "source")
+    ok, warn_ok = normalization_check(
+        _record(dark), src.channel_mean(), src.channel_std(), "source"
+    )
     assert ok["ok"] and warn_ok == []
-    bad, warn_bad = normalization_check(_record(inverted), src.channel_mean(), src.channel_std(), "source")
+    bad, warn_bad = normalization_check(
+        _record(inverted), src.channel_mean(), src.channel_std(), "source"
+    )
     assert bad["ok"] is False and len(warn_bad) == 1 and "channel 0" in warn_bad[0]
 
 

@@ -93,5 +93,13 @@ def test_pure_function_and_contract():
     assert res == before  # no mutation
     assert recommend(res) == rec  # deterministic
     assert rec["strategy"] in STRATEGIES
-    assert set(rec) >= {"strategy", "unfreeze", "lr", "epochs", "reasons", "would_change_if", "confidence"}
+    assert set(rec) >= {
+        "strategy",
+        "unfreeze",
+        "lr",
+        "epochs",
+        "reasons",
+        "would_change_if",
+        "confidence",
+    }
     assert 5 <= rec["epochs"] <= 50

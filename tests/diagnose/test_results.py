@@ -11,8 +11,14 @@ from diagnose.results import SCHEMA_VERSION, jsonable, load_results, write_resul
 
 
 def test_non_finite_numbers_become_null_with_a_warning(tmp_path):
-    res = {"schema": SCHEMA_VERSION, "kind": "assess", "a": {"b": float("nan")}, "c": np.float32(2.5),
-           "d": np.arange(3), "e": [np.inf]}
+    res = {
+        "schema": SCHEMA_VERSION,
+        "kind": "assess",
+        "a": {"b": float("nan")},
+        "c": np.float32(2.5),
+        "d": np.arange(3),
+        "e": [np.inf],
+    }
     path = write_results(res, tmp_path / "results.json")
     data = json.loads(path.read_text())
     assert data["a"]["b"] is None and data["e"] == [None]

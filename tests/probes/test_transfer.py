@@ -242,3 +242,13 @@ def test_errors_on_bad_input():
         logme(np.zeros((20, 3)), y)
     with pytest.raises(ValueError, match=r"'tol' parameter of logme"):
         logme(f, y, tol=0.0)
+
+
+def test_logme_finite_when_features_interpolate_the_labels():
+    # n < d with full row rank: every one-vs-rest indicator is fit exactly, which
+    # drove beta to infinity before the residual floor.
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(30, 200))
+    y = np.repeat(np.arange(3), 10)
+    value = logme(f, y)
+    assert np.isfinite(value)
