@@ -103,7 +103,7 @@ def gap_plot(results: dict):
         label="proxy A-distance (left)",
     )
     ax.set_ylim(0, 2.05)
-    ax.set_ylabel("proxy A-distance (0 = same, 2 = separable)")
+    ax.set_ylabel("proxy A-distance (0 to 2)")
     ax2 = ax.twinx()
     ax2.plot(
         [i for i, m in enumerate(mmd) if m is not None],
