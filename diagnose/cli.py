@@ -7,7 +7,9 @@ message on stderr, no traceback unless ``--debug``), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +28,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
@@ -91,6 +103,34 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add_argument("--max-samples", type=_positive_int, help="use at most N images per domain")
     _common(a)
 
+    c = sub.add_parser("compare", help="fine-tune with each strategy: accuracy, forgetting, cost")
+    c.add_argument("--model", required=True, help="demo | torchvision:NAME | pkg.module:function | checkpoint path")
+    c.add_argument("--weights", help="state-dict file for the model, or 'random'")
+    c.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow loading pickled (non state-dict) checkpoints: only for files you trust")
+    c.add_argument("--head", help="name of the source classification head (default: the last nn.Linear)")
+    c.add_argument("--source", help="source data, for forgetting (same forms as --target)")
+    c.add_argument("--target", required=True, help="labelled target data: demo:NAME | ImageFolder | pkg.module:function")
+    c.add_argument("--strategies", default="all", help="all, or comma-separated strategy names")
+    c.add_argument("--epochs", type=_positive_int, default=3)
+    c.add_argument("--lr", type=_positive_float, help="head LR (default: the LR range test's suggestion)")
+    c.add_argument("--unfreeze", type=_positive_int, help="blocks the 'partial' strategy tunes, from the top")
+    c.add_argument("--bn", choices=["frozen", "train"], default="frozen",
+                   help="BatchNorm statistics in frozen blocks (default: frozen)")
+    c.add_argument("--max-forgetting", type=float,
+                   help="forgetting budget (source-accuracy drop, or 1 - agreement) for the measured recommendation")
+    c.add_argument("--layers", type=_layers, default="auto", help="auto, or comma-separated module names")
+    c.add_argument("--image-size", type=_positive_int)
+    c.add_argument("--normalize", help="'none' or MEAN,STD (one pair or one per channel)")
+    c.add_argument("--out", default="diagnose-compare", help="output directory (default: ./diagnose-compare)")
+    c.add_argument("--resume", action="store_true", help="keep finished strategies in --out and run the rest")
+    c.add_argument("--save-checkpoints", action="store_true", help="save each fine-tuned state dict under --out/checkpoints")
+    c.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--batch-size", type=_positive_int, default=64)
+    c.add_argument("--max-samples", type=_positive_int, help="use at most N images per domain")
+    _common(c)
+
     r = sub.add_parser("report", help="re-render report.html from a results.json")
     r.add_argument("results", help="path to a results.json written by a diagnose command")
     r.add_argument("--out", help="output HTML path (default: report.html beside the results)")
@@ -140,6 +180,25 @@ def _run(args) -> int:
         for w in res.results.get("warnings", []):
             _info(args, f"warning: {w}")
         print(res.report_path)
+    elif args.command == "compare":
+        from diagnose.compare import compare
+
+        res = compare(
+            args.model, args.source, args.target, weights=args.weights,
+            trust_checkpoint=args.trust_checkpoint, head=args.head, layers=args.layers,
+            strategies=args.strategies, epochs=args.epochs, lr=args.lr, unfreeze=args.unfreeze,
+            bn=args.bn, max_forgetting=args.max_forgetting, image_size=args.image_size,
+            normalize=args.normalize, device=args.device, seed=args.seed,
+            batch_size=args.batch_size, max_samples=args.max_samples, out=args.out,
+            resume=args.resume, save_checkpoints=args.save_checkpoints, progress=progress,
+        )
+        for s in res.strategies:
+            acc = (s.get("target") or {}).get("test_accuracy")
+            shown = f"{acc:.3f}" if isinstance(acc, float) else "-"
+            _info(args, f"{s['name']:>18}: {s['status']:<8} test accuracy {shown}")
+        best = res.results.get("comparison_recommendation", {}).get("strategy")
+        _info(args, f"measured best: {best}")
+        print(res.report_path)
     elif args.command == "report":
         from diagnose.report import render_report_file
 
@@ -154,13 +213,21 @@ def _run(args) -> int:
     return 0
 
 
+def _sigterm_as_interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``diagnose`` console script; returns the exit code."""
     args = _build_parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM takes the same path as Ctrl-C: finished work is already on disk.
+        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         return _run(args)
     except KeyboardInterrupt:
-        print("diagnose: interrupted", file=sys.stderr)
+        print("diagnose: interrupted; finished results are kept in the output directory", file=sys.stderr)
         return 130
     except (ValueError, TypeError, FileNotFoundError, PermissionError, OSError) as exc:
         if args.debug:
@@ -176,6 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
