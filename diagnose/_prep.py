@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from diagnose.data import Domain, preprocess
-from diagnose.imagestats import ImageStats, RecordingDataset, SizeTap
+from diagnose.imagestats import ImageStats, RecordingDataset
 from diagnose.models import LoadedModel
 
 __all__ = [
@@ -152,7 +152,7 @@ def resolve_preprocessing(
 
 def prepared_dataset(domain: Domain, indices, prep: Preprocessing, recorder: ImageStats) -> Dataset:
     """The domain's images (at ``indices``) as the model will see them, recording statistics."""
-    raw = SizeTap(Subset(domain.dataset, list(map(int, indices))), recorder)
+    raw = RecordingDataset(Subset(domain.dataset, list(map(int, indices))), recorder, what="size")
     matched = preprocess(raw, image_size=prep.image_size, channels=prep.channels)
     recorded = RecordingDataset(matched, recorder)
     if prep.mean is None:

@@ -10,7 +10,6 @@ first recommendation. No fine-tuning happens here.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +25,13 @@ from diagnose.data import Domain, load_domain
 from diagnose.imagestats import ImageStats, drift_table, normalization_check
 from diagnose.models import LoadedModel, find_head, load_model, random_init_copy
 from diagnose.recommend import recommend
-from diagnose.results import SCHEMA_VERSION, environment
+from diagnose.results import SCHEMA_VERSION, RunResult, environment
 
 __all__ = ["AssessResult", "assess"]
 
 
-@dataclass
-class AssessResult:
+class AssessResult(RunResult):
     """An assessment: ``to_dict()`` is results.json; paths are set when ``out`` was given."""
-
-    results: dict
-    results_path: Path | None = None
-    report_path: Path | None = None
-
-    def to_dict(self) -> dict:
-        return self.results
 
     @property
     def recommendation(self) -> dict:

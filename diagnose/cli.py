@@ -52,6 +52,46 @@ def _layers(text: str) -> str | list[str]:
     return names
 
 
+def _model_and_data_args(
+    p: argparse.ArgumentParser, *, target_required: bool, default_out: str
+) -> None:
+    p.add_argument(
+        "--model",
+        required=True,
+        help="demo | torchvision:NAME | pkg.module:function | checkpoint path",
+    )
+    p.add_argument(
+        "--weights",
+        help="state-dict file for the model, or 'random' for an untrained torchvision model",
+    )
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow loading pickled (non state-dict) checkpoints: only for files you trust",
+    )
+    p.add_argument(
+        "--head", help="name of the source classification head (default: the last nn.Linear)"
+    )
+    p.add_argument(
+        "--source", help="source data: demo:NAME | ImageFolder directory | pkg.module:function"
+    )
+    p.add_argument(
+        "--target", required=target_required, help="target data (same forms as --source)"
+    )
+    p.add_argument(
+        "--layers", type=_layers, default="auto", help="auto, or comma-separated module names"
+    )
+    p.add_argument("--image-size", type=_positive_int, help="resize images to N x N pixels")
+    p.add_argument("--normalize", help="'none' or MEAN,STD (one pair or one per channel)")
+    p.add_argument(
+        "--out", default=default_out, help=f"output directory (default: ./{default_out})"
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--max-samples", type=_positive_int, help="use at most N images per domain")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or info lines")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
@@ -68,67 +108,38 @@ def _build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser(
         "assess", help="pre-project assessment: probes, domain gap, transferability, LR test"
     )
-    a.add_argument(
-        "--model",
-        required=True,
-        help="demo | torchvision:NAME | pkg.module:function | checkpoint path",
-    )
-    a.add_argument(
-        "--weights",
-        help="state-dict file for the model, or 'random' for an untrained torchvision model",
-    )
-    a.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="allow loading pickled (non state-dict) checkpoints: only for files you trust",
-    )
-    a.add_argument(
-        "--head", help="name of the source classification head (default: the last nn.Linear)"
-    )
-    a.add_argument(
-        "--source", help="source data: demo:NAME | ImageFolder directory | pkg.module:function"
-    )
-    a.add_argument("--target", help="target data (same forms as --source)")
-    a.add_argument(
-        "--layers", type=_layers, default="auto", help="auto, or comma-separated module names"
-    )
-    a.add_argument("--image-size", type=_positive_int, help="resize images to N x N pixels")
-    a.add_argument("--normalize", help="'none' or MEAN,STD (one pair or one per channel)")
-    a.add_argument(
-        "--out", default="diagnose-report", help="output directory (default: ./diagnose-report)"
-    )
-    a.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--batch-size", type=_positive_int, default=64)
-    a.add_argument("--max-samples", type=_positive_int, help="use at most N images per domain")
+    _model_and_data_args(a, target_required=False, default_out="diagnose-report")
     _common(a)
 
     c = sub.add_parser("compare", help="fine-tune with each strategy: accuracy, forgetting, cost")
-    c.add_argument("--model", required=True, help="demo | torchvision:NAME | pkg.module:function | checkpoint path")
-    c.add_argument("--weights", help="state-dict file for the model, or 'random'")
-    c.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow loading pickled (non state-dict) checkpoints: only for files you trust")
-    c.add_argument("--head", help="name of the source classification head (default: the last nn.Linear)")
-    c.add_argument("--source", help="source data, for forgetting (same forms as --target)")
-    c.add_argument("--target", required=True, help="labelled target data: demo:NAME | ImageFolder | pkg.module:function")
+    _model_and_data_args(c, target_required=True, default_out="diagnose-compare")
     c.add_argument("--strategies", default="all", help="all, or comma-separated strategy names")
     c.add_argument("--epochs", type=_positive_int, default=3)
-    c.add_argument("--lr", type=_positive_float, help="head LR (default: the LR range test's suggestion)")
-    c.add_argument("--unfreeze", type=_positive_int, help="blocks the 'partial' strategy tunes, from the top")
-    c.add_argument("--bn", choices=["frozen", "train"], default="frozen",
-                   help="BatchNorm statistics in frozen blocks (default: frozen)")
-    c.add_argument("--max-forgetting", type=float,
-                   help="forgetting budget (source-accuracy drop, or 1 - agreement) for the measured recommendation")
-    c.add_argument("--layers", type=_layers, default="auto", help="auto, or comma-separated module names")
-    c.add_argument("--image-size", type=_positive_int)
-    c.add_argument("--normalize", help="'none' or MEAN,STD (one pair or one per channel)")
-    c.add_argument("--out", default="diagnose-compare", help="output directory (default: ./diagnose-compare)")
-    c.add_argument("--resume", action="store_true", help="keep finished strategies in --out and run the rest")
-    c.add_argument("--save-checkpoints", action="store_true", help="save each fine-tuned state dict under --out/checkpoints")
-    c.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--batch-size", type=_positive_int, default=64)
-    c.add_argument("--max-samples", type=_positive_int, help="use at most N images per domain")
+    c.add_argument(
+        "--lr", type=_positive_float, help="head LR (default: the LR range test's suggestion)"
+    )
+    c.add_argument(
+        "--unfreeze", type=_positive_int, help="blocks the 'partial' strategy tunes, from the top"
+    )
+    c.add_argument(
+        "--bn",
+        choices=["frozen", "train"],
+        default="frozen",
+        help="BatchNorm statistics in frozen blocks (default: frozen)",
+    )
+    c.add_argument(
+        "--max-forgetting",
+        type=float,
+        help="forgetting budget (source-accuracy drop, or 1 - agreement) for the measured recommendation",
+    )
+    c.add_argument(
+        "--resume", action="store_true", help="keep finished strategies in --out and run the rest"
+    )
+    c.add_argument(
+        "--save-checkpoints",
+        action="store_true",
+        help="save each fine-tuned state dict under --out/checkpoints",
+    )
     _common(c)
 
     r = sub.add_parser("report", help="re-render report.html from a results.json")
@@ -184,13 +195,29 @@ def _run(args) -> int:
         from diagnose.compare import compare
 
         res = compare(
-            args.model, args.source, args.target, weights=args.weights,
-            trust_checkpoint=args.trust_checkpoint, head=args.head, layers=args.layers,
-            strategies=args.strategies, epochs=args.epochs, lr=args.lr, unfreeze=args.unfreeze,
-            bn=args.bn, max_forgetting=args.max_forgetting, image_size=args.image_size,
-            normalize=args.normalize, device=args.device, seed=args.seed,
-            batch_size=args.batch_size, max_samples=args.max_samples, out=args.out,
-            resume=args.resume, save_checkpoints=args.save_checkpoints, progress=progress,
+            args.model,
+            args.source,
+            args.target,
+            weights=args.weights,
+            trust_checkpoint=args.trust_checkpoint,
+            head=args.head,
+            layers=args.layers,
+            strategies=args.strategies,
+            epochs=args.epochs,
+            lr=args.lr,
+            unfreeze=args.unfreeze,
+            bn=args.bn,
+            max_forgetting=args.max_forgetting,
+            image_size=args.image_size,
+            normalize=args.normalize,
+            device=args.device,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            max_samples=args.max_samples,
+            out=args.out,
+            resume=args.resume,
+            save_checkpoints=args.save_checkpoints,
+            progress=progress,
         )
         for s in res.strategies:
             acc = (s.get("target") or {}).get("test_accuracy")
@@ -227,7 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     except KeyboardInterrupt:
-        print("diagnose: interrupted; finished results are kept in the output directory", file=sys.stderr)
+        print(
+            "diagnose: interrupted; finished results are kept in the output directory",
+            file=sys.stderr,
+        )
         return 130
     except (ValueError, TypeError, FileNotFoundError, PermissionError, OSError) as exc:
         if args.debug:

@@ -22,7 +22,7 @@ import torch
 from scipy import stats
 from torch.utils.data import Dataset
 
-__all__ = ["ImageStats", "RecordingDataset", "SizeTap", "drift_table", "normalization_check"]
+__all__ = ["ImageStats", "RecordingDataset", "drift_table", "normalization_check"]
 
 _PER_IMAGE = ("height", "width", "brightness", "contrast")
 
@@ -97,33 +97,25 @@ class ImageStats:
         return out
 
 
-class SizeTap(Dataset):
-    """Pass-through dataset that records each raw image's native size."""
-
-    def __init__(self, base: Dataset, recorder: ImageStats):
-        self.base, self.recorder = base, recorder
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int):
-        image, label = self.base[index][:2]
-        self.recorder.record_size(index, image)
-        return image, label
-
-
 class RecordingDataset(Dataset):
-    """Pass-through dataset that records pixel statistics of (channel-matched) images."""
+    """Pass-through dataset that records statistics of each image it serves.
 
-    def __init__(self, base: Dataset, recorder: ImageStats):
+    ``what="size"`` records the native size (wrap the raw images),
+    ``what="pixels"`` the pixel statistics (wrap the channel-matched images).
+    """
+
+    def __init__(self, base: Dataset, recorder: ImageStats, what: str = "pixels"):
+        if what not in ("size", "pixels"):
+            raise ValueError(f"The 'what' parameter must be 'size' or 'pixels'. Got {what!r}.")
         self.base, self.recorder = base, recorder
+        self.record = recorder.record_size if what == "size" else recorder.record_pixels
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, index: int):
         image, label = self.base[index][:2]
-        self.recorder.record_pixels(index, image)
+        self.record(index, image)
         return image, label
 
 

@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 
 __all__ = [
     "SCHEMA_VERSION",
+    "RunResult",
     "atomic_write_text",
     "environment",
     "jsonable",
@@ -27,6 +29,20 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = "1.0"
+
+
+@dataclass
+class RunResult:
+    """What a workflow returns: ``to_dict()`` is results.json; paths are set when written."""
+
+    results: dict
+    results_path: Path | None = None
+    report_path: Path | None = None
+
+    def to_dict(self) -> dict:
+        return self.results
+
+
 _REQUIRED_KEYS = {"schema", "kind"}
 
 
