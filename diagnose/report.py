@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jinja2
 
-from diagnose import _plots
+from diagnose import _plots, _plots_compare
 from diagnose.results import atomic_write_text, load_results, write_results
 
 __all__ = ["render_html", "render_report_file", "write_outputs"]
@@ -73,7 +73,7 @@ def _figure(fn, results: dict) -> dict | None:
 
 
 def render_html(results: dict) -> str:
-    """The report for ``results`` (kind "assess" or "demo") as an HTML string."""
+    """The report for ``results`` (kind "assess", "compare" or "demo") as an HTML string."""
     env = _template_env()
     kind = results.get("kind")
     generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -85,6 +85,13 @@ def render_html(results: dict) -> str:
         "lr_find": _figure(_plots.lr_find_plot, results),
         "balance": _figure(_plots.class_balance_plot, results),
     }
+    if results.get("strategies"):  # kind "compare": the assessment plus the strategy runs
+        figures.update(
+            tradeoff=_figure(_plots_compare.tradeoff_plot, results),
+            forgetting=_figure(_plots_compare.forgetting_curves_plot, results),
+            cka=_figure(_plots_compare.cka_heatmap, results),
+            training_curves=_figure(_plots_compare.training_curves_plot, results),
+        )
     return env.get_template("report.html.j2").render(r=results, fig=figures, generated=generated)
 
 

@@ -1,0 +1,438 @@
+"""Plots of the strategy comparison, each a base64 PNG with a title, labelled axes and a takeaway.
+
+Like :mod:`diagnose._plots`, every function reads only the results dict (its
+``strategies`` list) and returns ``(png_base64, takeaway)``, or ``None`` when the
+data it needs is absent. Entries may be partial (a failed run has only a name,
+status and message; any number may be None), so every field is read defensively.
+One colour per strategy name is kept across plots. Example::
+
+    png_b64, takeaway = tradeoff_plot(results)  # None when no run has accuracy and cost
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from numbers import Real
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
+
+from diagnose._plots import _short  # noqa: E402
+from diagnose.recommend import STRATEGIES  # noqa: E402
+
+__all__ = ["cka_heatmap", "forgetting_curves_plot", "tradeoff_plot", "training_curves_plot"]
+
+_RED = "#b3261e"  # diverged runs, in every plot
+_BLUE, _ORANGE, _GREEN, _PURPLE = "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"
+
+
+def _encode(fig, rect: tuple[float, float, float, float] | None = None) -> str:
+    buf = io.BytesIO()
+    fig.tight_layout(rect=rect)
+    fig.savefig(buf, format="png", dpi=96)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _f(value) -> float | None:
+    """A finite float, or None for anything else (missing, text, bool, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _d(entry: dict, key: str) -> dict:
+    value = entry.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _entries(results: dict) -> list[tuple[str, dict]]:
+    """``(label, entry)`` per strategy; repeated names get a ``#k`` suffix so labels stay unique."""
+    out: list[tuple[str, dict]] = []
+    seen: dict[str, int] = {}
+    for entry in _list(results.get("strategies")):
+        if not isinstance(entry, dict):
+            continue
+        name = str(entry.get("name") or "?")
+        seen[name] = seen.get(name, 0) + 1
+        out.append((name if seen[name] == 1 else f"{name} #{seen[name]}", entry))
+    return out
+
+
+def _color(entry: dict) -> str:
+    # One colour per strategy name across every plot, in the canonical strategy order.
+    palette = sns.color_palette("tab10", 10).as_hex()
+    name = entry.get("name")
+    index = STRATEGIES.index(name) if name in STRATEGIES else len(STRATEGIES)
+    return palette[index % len(palette)]
+
+
+def _curve(entry: dict, key: str) -> list[tuple[float, float]]:
+    points = []
+    for point in _list(entry.get("curves")):
+        if isinstance(point, dict):
+            x, y = _f(point.get("epoch")), _f(point.get(key))
+            if x is not None and y is not None:
+                points.append((x, y))
+    return points
+
+
+def _xy(points) -> tuple[list[float], list[float]]:
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _pareto(points: list[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
+    """Non-dominated ``(label, cost, accuracy)`` points, cheapest first (min cost, max accuracy)."""
+    front, best = [], -math.inf
+    for point in sorted(points, key=lambda p: (p[1], -p[2])):
+        if point[2] > best:
+            front.append(point)
+            best = point[2]
+    return front
+
+
+def tradeoff_plot(results: dict) -> tuple[str, str] | None:
+    """Test accuracy against training FLOPs per strategy, with the Pareto front."""
+    entries = _entries(results)
+    ran = [(label, e) for label, e in entries if e.get("status") != "failed"]
+    y_key = "test_accuracy"
+    if not any(_f(_d(e, "target").get(y_key)) is not None for _, e in ran):
+        y_key = "val_accuracy"  # a partial file without test accuracy still gets a plot
+    x_key = "flops"
+    if not any(_f(_d(e, "cost").get(x_key)) is not None for _, e in ran):
+        x_key = "wall_s"
+    points, diverged, omitted = [], [], []
+    for label, e in entries:
+        if e.get("status") not in ("ok", "diverged"):
+            omitted.append(f"{label} ({e.get('status') or 'no status'})")
+            continue
+        x, y = _f(_d(e, "cost").get(x_key)), _f(_d(e, "target").get(y_key))
+        if x is None or x <= 0 or y is None:
+            omitted.append(f"{label} (no {'cost' if x is None or x <= 0 else 'accuracy'})")
+            continue
+        (points if e.get("status") == "ok" else diverged).append((label, x, y, e))
+    if not points and not diverged:
+        return None
+    x_unit, x_what = ("FLOPs", "training compute") if x_key == "flops" else ("s", "wall time")
+    y_label = f"{'test' if y_key == 'test_accuracy' else 'validation'} accuracy (fraction)"
+
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    span = max(0.05, max(p[2] for p in points + diverged) - min(p[2] for p in points + diverged))
+    placed: list[tuple[float, float]] = []
+    for label, x, y, e in sorted(points + diverged, key=lambda p: -p[2]):
+        bad = e.get("status") != "ok"
+        if bad:
+            ax.scatter([x], [y], s=70, marker="X", color=_RED, zorder=3)
+        else:
+            ax.scatter([x], [y], s=55, color=_color(e), edgecolor="black", linewidth=0.5, zorder=3)
+        # Labels of points close on both axes are stacked downwards instead of overprinting.
+        near = sum(abs(math.log10(x / px)) < 0.3 and abs(y - py) < 0.08 * span for px, py in placed)
+        placed.append((x, y))
+        text = f"{label} (diverged)" if bad else label
+        lead = {"arrowstyle": "-", "color": "grey", "linewidth": 0.6} if near else None
+        offset = (24 if near else 8, 3 - 11 * near)  # stacked labels clear the cluster
+        ax.annotate(
+            text, (x, y), xytext=offset, textcoords="offset points", fontsize=8, arrowprops=lead
+        )
+    front = _pareto([(p[0], p[1], p[2]) for p in points])
+    if front:
+        label = "Pareto front (higher accuracy at no higher cost)"
+        ax.step(*_xy([p[1:] for p in front]), where="post", color="k", alpha=0.6, label=label)
+    if diverged:
+        ax.scatter([], [], marker="X", color=_RED, label="diverged (not on the front)")
+    ys = [p[2] for p in points + diverged]
+    ax.set_ylim(max(0.0, min(ys) - 0.05), min(1.02, max(ys) + 0.05))
+    ax.set_xscale("log")
+    xs = [p[1] for p in points + diverged]
+    # Over a decade wide, so at least one labelled power of ten; room for labels on the right.
+    ax.set_xlim(min(xs) / 3, max(xs) * 4)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(f"{x_what} ({x_unit}, log scale)")
+    ax.set_ylabel(y_label)
+    ax.set_title("Accuracy against training cost per strategy")
+    if front or diverged:
+        ax.legend(loc="best", fontsize=8)
+
+    parts = []
+    if len(front) == 1:
+        label, x, y = front[0]
+        parts.append(
+            f"{label} is both the cheapest and the most accurate ({y:.3f} at {x:.3g} {x_unit}), so it dominates"
+        )
+    elif front:
+        (l0, x0, y0), (l1, x1, y1) = front[0], front[-1]
+        parts.append(
+            f"The Pareto front runs from {l0} ({y0:.3f} at {x0:.3g} {x_unit}) to {l1} ({y1:.3f}, "
+            f"{x1 / x0:.3g}x the cost for {y1 - y0:+.3f})"
+        )
+    dominated = len(points) - len(front)
+    if front and dominated:
+        parts.append(
+            f"{dominated} other strateg{'y is' if dominated == 1 else 'ies are'} dominated"
+        )
+    if diverged:
+        parts.append(f"{', '.join(p[0] for p in diverged)} diverged (shown as ×)")
+    if omitted:
+        parts.append(f"not shown: {', '.join(omitted)}")
+    return _encode(fig), "; ".join(parts) + "."
+
+
+def forgetting_curves_plot(results: dict) -> tuple[str, str] | None:
+    """Source accuracy (or agreement with the pretrained model) over epochs per strategy."""
+    entries = _entries(results)
+    measured = any(_curve(e, "source_accuracy") for _, e in entries)
+    key = "source_accuracy" if measured else "agreement"
+    series = [(label, e, _curve(e, key)) for label, e in entries]
+    series = [s for s in series if s[2]]
+    if not series:
+        return None
+    if key == "source_accuracy":
+        y_label = "source accuracy, original head (fraction)"
+        what = "source accuracy"
+        befores = [_f(_d(e, "forgetting").get("source_accuracy_before")) for _, e, _ in series]
+        reference = next((b for b in befores if b is not None), None)
+    else:
+        y_label = "agreement with pretrained predictions on source (fraction)"
+        what = "agreement with the pretrained model"
+        reference = 1.0  # the pretrained model agrees with itself by definition
+
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    for label, e, pts in series:
+        diverged = e.get("status") == "diverged"
+        style = {"linestyle": "--" if diverged else "-", "color": _color(e)}
+        label += " (diverged)" if diverged else ""
+        ax.plot(*_xy(pts), marker="o", markersize=4, label=label, **style)
+    if reference is not None:
+        ax.axhline(reference, color="black", linestyle=":", linewidth=1, label="pretrained model")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(y_label)
+    ax.set_title("Forgetting of the source task during fine-tuning")
+    ax.legend(fontsize=7, loc="best", ncol=2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+    # Scratch starts from random weights: it has nothing to forget, so it would only
+    # ever be the trivial minimum; it is compared only when it is all there is.
+    finals = [(pts[-1][1], label) for label, e, pts in series if e.get("name") != "scratch"]
+    finals = finals or [(pts[-1][1], label) for label, _, pts in series]
+    (low, low_name), (high, high_name) = min(finals), max(finals)
+    ref_text = (
+        f", against {reference:.3f} for the pretrained model" if reference is not None else ""
+    )
+    if len(finals) == 1:
+        takeaway = f"By its last epoch, {what} is {low:.3f} under {low_name}{ref_text}."
+    else:
+        takeaway = (
+            f"By the last epoch, {what} ranges from {low:.3f} under {low_name} (most forgetting) "
+            f"to {high:.3f} under {high_name}{ref_text}."
+        )
+    return _encode(fig), takeaway
+
+
+def _layer_order(results: dict, rows: list[dict]) -> list[str]:
+    names = [
+        str(layer.get("name")) for layer in _list(results.get("layers")) if isinstance(layer, dict)
+    ]
+    seen = [n for n in names if any(n in r for r in rows)]
+    for r in rows:  # layers the assessment did not list, in the order the run wrote them
+        seen.extend(n for n in r if n not in seen)
+    return seen
+
+
+def cka_heatmap(results: dict) -> tuple[str, str] | None:
+    """Final linear CKA of each block to the pretrained model, strategy x layer."""
+    rows, labels, names = [], [], []
+    for label, e in _entries(results):
+        cka = _d(_d(e, "forgetting"), "cka")
+        cka = {str(k): _f(v) for k, v in cka.items()}
+        if any(v is not None for v in cka.values()):
+            rows.append(cka)
+            labels.append(label)
+            names.append(e.get("name"))
+    if not rows:
+        return None
+    layers = _layer_order(results, rows)
+    data = np.array(
+        [[np.nan if r.get(n) is None else r[n] for n in layers] for r in rows], dtype=float
+    )
+
+    sns.set_theme(style="white")
+    fig, ax = plt.subplots(
+        figsize=(max(5.5, 1.1 * len(layers) + 3.5), max(2.6, 0.45 * len(rows) + 1.6))
+    )
+    cbar = {"label": "linear CKA to pretrained (0 to 1)"}
+    ticks = {"xticklabels": [_short(n) for n in layers], "yticklabels": labels}
+    sns.heatmap(
+        data,
+        mask=np.isnan(data),
+        annot=True,
+        fmt=".2f",
+        vmin=0,
+        vmax=1,
+        cmap="viridis",
+        linewidths=0.5,
+        cbar_kws=cbar,
+        ax=ax,
+        **ticks,
+    )
+    ax.set_xlabel("layer (forward order)")
+    ax.set_ylabel("strategy")
+    ax.set_title("Representation similarity to the pretrained model after fine-tuning")
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    plt.setp(ax.get_yticklabels(), rotation=0)
+
+    # Scratch's low CKA is its random start, not drift: it is left out of the extremes.
+    keep = [i for i, n in enumerate(names) if n != "scratch"] or list(range(len(rows)))
+    sub = data[keep]
+    i, j = np.unravel_index(np.nanargmin(np.where(np.isnan(sub), np.inf, sub)), sub.shape)
+    means = np.nanmean(sub, axis=1)
+    top = int(np.nanargmax(means))
+    takeaway = (
+        f"Representations moved most under {labels[keep[i]]} at {layers[j]} (CKA {sub[i, j]:.2f})"
+    )
+    if len(keep) > 1:
+        takeaway += f" and least under {labels[keep[top]]} (mean CKA {means[top]:.2f})"
+        # A run whose CKA is the same at every layer (e.g. all 1) has no layer of largest change.
+        lows = [
+            int(np.nanargmin(np.where(np.isnan(row), np.inf, row)))
+            for row in sub
+            if np.nanmax(row) - np.nanmin(row) > 1e-9
+        ]
+        if lows:
+            mode = max(sorted(set(lows)), key=lows.count)
+            takeaway += (
+                f"; the largest change is at {layers[mode]} in {lows.count(mode)} of "
+                f"{len(keep)} strategies"
+            )
+    return _encode(fig), takeaway + "."
+
+
+def _diverged_epoch(entry: dict) -> float | None:
+    if entry.get("status") != "diverged":
+        return None
+    epoch = _f(_d(entry, "diverged").get("epoch"))
+    if epoch is None:  # fall back to the last evaluation before the loss went non-finite
+        epochs = [p[0] for p in _curve(entry, "train_loss") + _curve(entry, "val_loss")]
+        epoch = max(epochs) if epochs else None
+    return epoch
+
+
+def training_curves_plot(results: dict) -> tuple[str, str] | None:
+    """Train and validation loss per strategy (small multiples, shared axes)."""
+    panels = []
+    for label, e in _entries(results):
+        train, val = _curve(e, "train_loss"), _curve(e, "val_loss")
+        if train or val:
+            panels.append((label, e, train, val))
+    if not panels:
+        return None
+    # The shared y range shows every healthy run in full; a divergence spike would flatten
+    # the rest, so a diverged run's points above it sit as triangles on the top edge.
+    healthy = [p[1] for _, e, t, v in panels if e.get("status") != "diverged" for p in t + v]
+    firsts = [min(t + v)[1] for _, _, t, v in panels]
+    top = max(1.05 * max(healthy) if healthy else 2.0 * float(np.median(firsts)), 1e-6)
+    shown = [p[1] for _, _, t, v in panels for p in t + v if 0 < p[1] <= top]
+    log = bool(shown) and max(shown) / min(shown) > 50
+
+    n = len(panels)
+    ncols = min(4, n)
+    nrows = math.ceil(n / ncols)
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(2.9 * ncols + 0.8, 2.3 * nrows + 1.2),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+    )
+    notes_div, notes_over, improving = [], [], []
+    for ax, (label, e, train, val) in zip(axes.flat, panels):
+        ax.plot(*_xy(train), color=_BLUE, marker=".")
+        ax.plot(*_xy(val), color=_ORANGE, linestyle="--", marker=".")
+        high = [p[0] for p in train + val if p[1] > top]
+        if high:  # an empty unclipped line would still stretch the layout to the origin
+            ax.plot(high, [top] * len(high), "^", color=_RED, clip_on=False)
+        div = _diverged_epoch(e)
+        if div is not None:
+            ax.axvline(div, color=_RED, linewidth=1.5)
+            lr = _f(_d(e, "diverged").get("lr"))
+            notes_div.append(
+                f"{label} diverged at epoch {div:g}" + (f" (LR {lr:.2g})" if lr is not None else "")
+            )
+        over = _f(_d(e, "overfitting").get("epoch"))
+        if over is not None:
+            ax.axvline(over, color=_PURPLE, linestyle=":", linewidth=1.5)
+            notes_over.append(f"{label} from epoch {over:g}")
+        best = _f(_d(e, "target").get("best_epoch"))
+        at = [p for p in val if p[0] == best]
+        if at:
+            ax.plot(*_xy(at[:1]), marker="*", markersize=12, color=_GREEN, zorder=4)
+        elif best is not None:
+            ax.axvline(best, color=_GREEN, linestyle="-.", linewidth=1.2)
+        epochs = [p[0] for p in train + val]
+        if best is not None and e.get("status") == "ok" and epochs and best >= max(epochs):
+            improving.append(label)
+        ax.set_title(
+            label + ("" if e.get("status") in (None, "ok") else f" ({e.get('status')})"), fontsize=9
+        )
+        ax.tick_params(labelsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.set_visible(False)
+        elif k + ncols >= n:  # the lowest panel of its column carries the epoch axis
+            ax.set_xlabel("epoch", fontsize=9)
+            ax.xaxis.set_tick_params(labelbottom=True)
+    if log:
+        axes[0, 0].set_yscale("log")
+        axes[0, 0].set_ylim(min(shown) / 1.5, top * 1.5)
+    else:
+        axes[0, 0].set_ylim(0, top)
+    fig.supylabel("cross-entropy loss (nats" + (", log scale)" if log else ")"), fontsize=10)
+    fig.suptitle("Training and validation loss per strategy", fontsize=11)
+    handles = [
+        Line2D([], [], color=_BLUE, marker=".", label="train loss"),
+        Line2D([], [], color=_ORANGE, linestyle="--", marker=".", label="validation loss"),
+        Line2D([], [], color=_GREEN, marker="*", ls="", ms=10, label="best validation epoch"),
+    ]
+    if notes_over:
+        handles.append(Line2D([], [], color=_PURPLE, linestyle=":", label="overfitting onset"))
+    if notes_div:
+        handles.append(Line2D([], [], color=_RED, marker="^", label="divergence (off scale)"))
+    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
+
+    parts = []
+    if notes_over:
+        parts.append(
+            "overfitting (validation loss rising while training loss falls): "
+            + ", ".join(notes_over)
+        )
+    if notes_div:
+        parts.append("; ".join(notes_div))
+    if improving:
+        parts.append(
+            f"{', '.join(improving)} {'was' if len(improving) == 1 else 'were'} still improving at the "
+            "last epoch, so more epochs may help"
+        )
+    if not parts:
+        parts.append(f"None of the {n} strategies diverged or overfit")
+    takeaway = "; ".join(parts) + "."
+    rect = (0, 0.07 if nrows == 1 else 0.04, 1, 1)  # room for the figure legend below
+    return _encode(fig, rect), takeaway[0].upper() + takeaway[1:]

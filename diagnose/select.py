@@ -1,0 +1,359 @@
+"""The measured recommendation: which strategy actually did best.
+
+A pure function: the comparison's strategy entries in, a recommendation dict
+out, no I/O. Where :mod:`diagnose.recommend` predicts a strategy from
+measurements taken before any training, this one reads the outcome of each
+fine-tuning run and picks the winner by the rules a practitioner would apply:
+
+1. only runs that finished (status ``"ok"``) with a validation accuracy count;
+2. a run that forgets more than the budget (``max_forgetting``) is excluded;
+   forgetting is the drop in source accuracy with the original head when
+   source labels were available, else the disagreement with the pretrained
+   model's source predictions (``1 - agreement``), both fractions in [0, 1];
+3. the highest validation accuracy wins (never the test accuracy: that would
+   select on the test set), but runs within ``tie_tolerance`` of it are tied
+   and the cheapest of them (training FLOPs, then wall time) wins, because a
+   difference that small is within the noise of one seed.
+
+Example::
+
+    rec = select_strategy(results["strategies"], max_forgetting=0.05,
+                          assessment=results["recommendation"])
+    rec["strategy"], rec["reasons"][0], rec["regret"]
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+__all__ = ["DEFAULT_TIE_TOLERANCE", "forgetting_of", "select_strategy"]
+
+DEFAULT_TIE_TOLERANCE = 0.005
+
+
+def _number(value) -> float | None:
+    """``value`` as a finite float, or None (missing, non-numeric, bool or non-finite)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _sub(entry: dict, key: str) -> dict:
+    value = entry.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def forgetting_of(entry: dict) -> tuple[float | None, str | None]:
+    """How much a strategy forgot of the source task, and how that was measured.
+
+    Returns ``(value, measure)``: the source-accuracy drop (``"source_accuracy_drop"``)
+    when it was measured, else ``1 - agreement`` with the pretrained model's source
+    predictions (``"disagreement"``), else ``(None, None)``. Both are fractions; 0
+    means nothing was forgotten. Example::
+
+        forgetting_of({"forgetting": {"agreement": 0.9}})  # (0.1, "disagreement")
+    """
+    forgetting = _sub(entry, "forgetting")
+    drop = _number(forgetting.get("source_accuracy_drop"))
+    if drop is not None:
+        return drop, "source_accuracy_drop"
+    agreement = _number(forgetting.get("agreement"))
+    if agreement is not None:
+        return 1.0 - agreement, "disagreement"
+    return None, None
+
+
+def _check_fraction(name: str, value, *, upper: float | None = 1.0) -> float | None:
+    if value is None:
+        return None
+    number = _number(value)
+    bound = "in [0, 1]" if upper is not None else "at least 0"
+    if number is None or number < 0 or (upper is not None and number > upper):
+        raise ValueError(
+            f"The '{name}' parameter of select_strategy must be a number {bound} or None. "
+            f"Got {value!r} instead."
+        )
+    return number
+
+
+def _predicted(assessment: dict | None) -> str | None:
+    # Accept the assessment's results dict or its "recommendation" sub-dict.
+    if not isinstance(assessment, dict):
+        return None
+    rec = assessment.get("recommendation")
+    if isinstance(rec, dict):
+        assessment = rec
+    strategy = assessment.get("strategy")
+    return strategy if isinstance(strategy, str) else None
+
+
+def _why_not_ok(entry: dict) -> str:
+    status = entry.get("status")
+    message = entry.get("message")
+    if status == "diverged":
+        div = _sub(entry, "diverged")
+        where = [f"{k} {div[k]:g}" for k in ("epoch", "step") if _number(div.get(k)) is not None]
+        lr = _number(div.get("lr"))
+        text = "diverged" + (f" at {', '.join(where)}" if where else "")
+        text += f" (LR {lr:.3g})" if lr is not None else ""
+        return text + (f": {message}" if message else "")
+    if status == "failed":
+        return "failed" + (f": {message}" if message else "")
+    return f"status {status!r}" + (f": {message}" if message else "")
+
+
+def _cost_key(entry: dict) -> tuple[float, float]:
+    cost = _sub(entry, "cost")
+    flops, wall = _number(cost.get("flops")), _number(cost.get("wall_s"))
+    return (math.inf if flops is None else flops, math.inf if wall is None else wall)
+
+
+def _cost_text(entry: dict) -> str:
+    cost = _sub(entry, "cost")
+    flops, wall = _number(cost.get("flops")), _number(cost.get("wall_s"))
+    parts = []
+    if flops is not None:
+        parts.append(f"{flops:.3g} FLOPs")
+    if wall is not None:
+        parts.append(f"{wall:.1f} s")
+    return ", ".join(parts) or "unknown cost"
+
+
+def _empty(max_forgetting, tolerance, excluded, reasons, predicted) -> dict:
+    return {
+        "strategy": None,
+        "val_accuracy": None,
+        "test_accuracy": None,
+        "forgetting": None,
+        "forgetting_measure": None,
+        "cost_flops": None,
+        "wall_s": None,
+        "max_forgetting": max_forgetting,
+        "tie_tolerance": tolerance,
+        "tied": [],
+        "excluded": excluded,
+        "ranking": [],
+        "reasons": reasons,
+        "assessment_prediction": predicted,
+        "agrees_with_assessment": None,
+        "regret": None,
+    }
+
+
+def select_strategy(
+    strategies: list[dict],
+    *,
+    max_forgetting: float | None = None,
+    assessment: dict | None = None,
+    tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
+) -> dict:
+    """The measured best strategy of a comparison, with its reasons.
+
+    ``strategies`` are the comparison's entries (results.json ``strategies``);
+    ``max_forgetting`` is the largest tolerated forgetting (fraction in [0, 1],
+    see :func:`forgetting_of`; None: no budget); ``assessment`` is the
+    assessment's results dict or its ``recommendation``, whose predicted strategy
+    is checked against the measured one; ``tie_tolerance`` is the validation-
+    accuracy difference (fraction) below which the cheaper run wins.
+
+    Returns a dict with ``strategy`` (None when no run qualifies), its
+    ``val_accuracy``, ``test_accuracy``, ``forgetting``, ``cost_flops``, the
+    ``excluded`` runs with a reason each, the ``ranking`` of qualifying runs
+    (best first), ``reasons`` citing the values, the ``assessment_prediction``,
+    ``agrees_with_assessment`` and ``regret``: the measured best's validation
+    accuracy minus the predicted strategy's (None when it was not measured).
+
+    Example::
+
+        select_strategy([
+            {"name": "feature_extraction", "status": "ok",
+             "target": {"val_accuracy": 0.90}, "cost": {"flops": 1e9}},
+            {"name": "full_low_lr", "status": "ok",
+             "target": {"val_accuracy": 0.903}, "cost": {"flops": 1e11}},
+        ])["strategy"]  # "feature_extraction": tied within 0.005, 100x cheaper
+    """
+    if not isinstance(strategies, (list, tuple)):
+        raise TypeError(
+            "The 'strategies' parameter of select_strategy must be a list of dicts. "
+            f"Got {type(strategies).__name__} instead."
+        )
+    for i, entry in enumerate(strategies):
+        if not isinstance(entry, dict):
+            raise TypeError(
+                f"The 'strategies' parameter of select_strategy must be a list of dicts. "
+                f"Got {type(entry).__name__} at index {i} instead."
+            )
+    budget = _check_fraction("max_forgetting", max_forgetting)
+    tolerance = _check_fraction("tie_tolerance", tie_tolerance, upper=None)
+    predicted = _predicted(assessment)
+
+    excluded: list[dict] = []
+    measured: list[dict] = []  # finished with a validation accuracy, budget or not
+    eligible: list[dict] = []
+    for entry in strategies:
+        name = str(entry.get("name") or "?")
+        val = _number(_sub(entry, "target").get("val_accuracy"))
+        if entry.get("status") != "ok":
+            excluded.append({"name": name, "reason": _why_not_ok(entry)})
+            continue
+        if val is None:
+            excluded.append({"name": name, "reason": "finished without a validation accuracy"})
+            continue
+        measured.append(entry)
+        forgot, measure = forgetting_of(entry)
+        if budget is not None and forgot is None:
+            excluded.append(
+                {
+                    "name": name,
+                    "reason": f"its forgetting was not measured, so it cannot be shown to stay "
+                    f"within the budget of {budget:.3f}",
+                }
+            )
+        elif budget is not None and forgot > budget:
+            label = "source accuracy drop" if measure == "source_accuracy_drop" else "disagreement"
+            excluded.append(
+                {
+                    "name": name,
+                    "reason": f"forgets too much: {label} {forgot:.3f} is above the budget "
+                    f"of {budget:.3f}",
+                }
+            )
+        else:
+            eligible.append(entry)
+
+    def val_of(entry: dict) -> float:
+        return _number(_sub(entry, "target").get("val_accuracy"))
+
+    def measured_val(name: str | None) -> float | None:
+        vals = [val_of(e) for e in measured if e.get("name") == name]
+        return max(vals) if vals else None
+
+    if not eligible:
+        if not strategies:
+            reasons = ["The comparison holds no strategy runs."]
+        elif not measured:
+            reasons = [
+                "No strategy finished with a validation accuracy: "
+                + "; ".join(f"{x['name']} {x['reason']}" for x in excluded)
+                + "."
+            ]
+        else:
+            known = [(forgetting_of(e)[0], str(e.get("name"))) for e in measured]
+            known = [k for k in known if k[0] is not None]
+            reasons = [
+                f"All {len(measured)} finished strategies forget more than the budget of "
+                f"{budget:.3f} or were not measured for forgetting."
+            ]
+            if known:
+                least, who = min(known)
+                reasons.append(
+                    f"The least forgetting was {who}'s ({least:.3f}); a budget of at least "
+                    "that would admit it."
+                )
+        return _empty(budget, tolerance, excluded, reasons, predicted)
+
+    best_val = max(val_of(e) for e in eligible)
+    tied = [e for e in eligible if val_of(e) >= best_val - tolerance - 1e-12]
+    order = {id(e): i for i, e in enumerate(eligible)}
+    # Cheapest first; equal cost falls back to the higher accuracy, then the input order.
+    winner = min(tied, key=lambda e: (*_cost_key(e), -val_of(e), order[id(e)]))
+    rest = sorted(
+        (e for e in eligible if e is not winner),
+        key=lambda e: (-val_of(e), *_cost_key(e), order[id(e)]),
+    )
+    ranking = [str(e.get("name")) for e in [winner, *rest]]
+    name = ranking[0]
+    val = val_of(winner)
+    test = _number(_sub(winner, "target").get("test_accuracy"))
+    forgot, measure = forgetting_of(winner)
+    cost = _sub(winner, "cost")
+
+    reasons = []
+    test_text = f" (test {test:.3f})" if test is not None else ""
+    scope = " within the forgetting budget" if budget is not None else ""
+    if len(tied) == 1:
+        reasons.append(
+            f"{name} reached the highest validation accuracy{scope}: {val:.3f}{test_text}."
+        )
+    else:
+        others = [e for e in tied if e is not winner]
+        reasons.append(
+            f"{name} reached a validation accuracy of {val:.3f}{test_text}, within "
+            f"{tolerance:.3f} of the best{scope} ({best_val:.3f}); among the "
+            f"{len(tied)} tied strategies it is the cheapest ({_cost_text(winner)}, vs "
+            + "; ".join(f"{e.get('name')} {_cost_text(e)}" for e in others)
+            + ")."
+        )
+    if rest:
+        runner = rest[0]
+        reasons.append(
+            f"Next best: {runner.get('name')} at {val_of(runner):.3f} "
+            f"({val_of(runner) - val:+.3f}), {_cost_text(runner)} against {_cost_text(winner)}."
+        )
+    if forgot is None:
+        reasons.append(f"{name}'s forgetting of the source task was not measured.")
+    elif measure == "source_accuracy_drop":
+        reasons.append(
+            f"It lowered source accuracy with the original head by {forgot:.3f}"
+            + (f" (budget {budget:.3f})." if budget is not None else ".")
+        )
+    else:
+        reasons.append(
+            f"Its source predictions disagree with the pretrained model's on {forgot:.3f} of "
+            "the source images" + (f" (budget {budget:.3f})." if budget is not None else ".")
+        )
+    over = [x["name"] for x in excluded if x["reason"].startswith("forgets too much")]
+    if over:
+        reasons.append(f"Excluded for exceeding the forgetting budget: {', '.join(over)}.")
+    scratch = measured_val("scratch")
+    if scratch is not None and name != "scratch":
+        reasons.append(
+            f"Training from scratch reached {scratch:.3f}, so pretraining buys "
+            f"{val - scratch:+.3f} validation accuracy here."
+        )
+
+    agrees = regret = None
+    if predicted is not None:
+        agrees = predicted == name
+        predicted_val = measured_val(predicted)
+        if predicted_val is not None:
+            regret = val - predicted_val
+        if agrees:
+            reasons.append(f"This agrees with the assessment's prediction ({predicted}).")
+        elif predicted_val is not None and regret >= 0:
+            reasons.append(
+                f"The assessment predicted {predicted}, which reached {predicted_val:.3f}: "
+                f"following the prediction would have lost {regret:.3f} validation accuracy."
+            )
+        elif predicted_val is not None:
+            why = next((x["reason"] for x in excluded if x["name"] == predicted), None)
+            reasons.append(
+                f"The assessment predicted {predicted}, which reached {predicted_val:.3f} "
+                f"({-regret:.3f} more) but "
+                + (f"was excluded: {why}." if why else "costs more for a tie.")
+            )
+        else:
+            reasons.append(
+                f"The assessment predicted {predicted}, which was not measured successfully here."
+            )
+
+    return {
+        "strategy": name,
+        "val_accuracy": val,
+        "test_accuracy": test,
+        "forgetting": forgot,
+        "forgetting_measure": measure,
+        "cost_flops": _number(cost.get("flops")),
+        "wall_s": _number(cost.get("wall_s")),
+        "max_forgetting": budget,
+        "tie_tolerance": tolerance,
+        "tied": [str(e.get("name")) for e in tied],
+        "excluded": excluded,
+        "ranking": ranking,
+        "reasons": reasons,
+        "assessment_prediction": predicted,
+        "agrees_with_assessment": agrees,
+        "regret": regret,
+    }
