@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,14 @@ from diagnose._prep import prepared_dataset, resolve_device, resolve_preprocessi
 from diagnose.assess import _as_domain, _as_loaded, _restricted_splits, _subsample, assess
 from diagnose.forgetting import ForgettingTracker
 from diagnose.imagestats import ImageStats
-from diagnose.results import SCHEMA_VERSION, atomic_write_text, environment, jsonable, load_results
+from diagnose.results import (
+    SCHEMA_VERSION,
+    RunResult,
+    atomic_write_text,
+    environment,
+    jsonable,
+    load_results,
+)
 from diagnose.select import select_strategy
 from diagnose.strategies import STRATEGY_NAMES, TrainConfig
 from diagnose.train import TargetData, run_strategy
@@ -37,16 +43,8 @@ MAX_TENSOR_BYTES = 4 * 1024**3
 DEFAULT_HEAD_LR = 1e-2
 
 
-@dataclass
-class CompareResult:
+class CompareResult(RunResult):
     """A comparison: ``to_dict()`` is results.json; paths are set when ``out`` was given."""
-
-    results: dict
-    results_path: Path | None = None
-    report_path: Path | None = None
-
-    def to_dict(self) -> dict:
-        return self.results
 
     @property
     def strategies(self) -> list[dict]:
@@ -83,8 +81,12 @@ def _materialize(dataset, device_batch: int = 256) -> tuple[torch.Tensor, torch.
     return torch.cat(xs), torch.cat(ys)
 
 
-def _fingerprint(model: str, source: str | None, target: str, config: TrainConfig, extra: dict) -> dict:
-    return jsonable({"model": model, "source": source, "target": target, **config.to_dict(), **extra})
+def _fingerprint(
+    model: str, source: str | None, target: str, config: TrainConfig, extra: dict
+) -> dict:
+    return jsonable(
+        {"model": model, "source": source, "target": target, **config.to_dict(), **extra}
+    )
 
 
 def _write(results: dict, out: Path) -> tuple[Path, Path]:
@@ -156,7 +158,9 @@ def compare(
     if resume and out is None:
         raise ValueError("--resume needs --out, the directory of the run to continue.")
     dev = resolve_device(device)
-    loaded = _as_loaded(model, weights=weights, trust_checkpoint=trust_checkpoint, head=head, progress=progress)
+    loaded = _as_loaded(
+        model, weights=weights, trust_checkpoint=trust_checkpoint, head=head, progress=progress
+    )
     if loaded.head is None:
         raise ValueError("compare needs the model's classification head; name it with --head.")
     src, tgt = _as_domain(source, "source"), _as_domain(target, "target")
@@ -166,14 +170,24 @@ def compare(
 
     if with_assessment:
         base = assess(
-            loaded, src, tgt, layers=layers, image_size=image_size, normalize=normalize,
-            device=device, seed=seed, batch_size=batch_size, max_samples=max_samples,
+            loaded,
+            src,
+            tgt,
+            layers=layers,
+            image_size=image_size,
+            normalize=normalize,
+            device=device,
+            seed=seed,
+            batch_size=batch_size,
+            max_samples=max_samples,
             progress=progress,
         ).to_dict()
     else:
         base = {"schema": SCHEMA_VERSION, "model": loaded.to_dict(), "warnings": [], "layers": []}
     warnings: list[str] = list(base.get("warnings", []))
-    prep = resolve_preprocessing(loaded, [d for d in (src, tgt) if d is not None], image_size, normalize)
+    prep = resolve_preprocessing(
+        loaded, [d for d in (src, tgt) if d is not None], image_size, normalize
+    )
     net = loaded.model
     blocks = probes.discover_layers(net) if layers == "auto" else list(layers)
 
@@ -181,26 +195,44 @@ def compare(
     head_lr = lr if lr is not None else (suggested or DEFAULT_HEAD_LR)
     if isinstance(unfreeze, int):
         if not 1 <= unfreeze <= len(blocks):
-            raise ValueError(f"--unfreeze must be between 1 and {len(blocks)} blocks. Got {unfreeze}.")
+            raise ValueError(
+                f"--unfreeze must be between 1 and {len(blocks)} blocks. Got {unfreeze}."
+            )
         unfreeze = blocks[-unfreeze:]
     elif unfreeze is None:
         rec = base.get("recommendation") or {}
         unfreeze = rec.get("unfreeze") if rec.get("strategy") == "partial" else None
     config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, head_lr=float(head_lr), unfreeze=unfreeze, bn=bn, seed=seed
+        epochs=epochs,
+        batch_size=batch_size,
+        head_lr=float(head_lr),
+        unfreeze=unfreeze,
+        bn=bn,
+        seed=seed,
     )
     fingerprint = _fingerprint(
-        loaded.name, getattr(src, "name", None), tgt.name, config,
-        {"max_samples": max_samples, "image_size": image_size, "normalize": str(normalize), "blocks": blocks},
+        loaded.name,
+        getattr(src, "name", None),
+        tgt.name,
+        config,
+        {
+            "max_samples": max_samples,
+            "image_size": image_size,
+            "normalize": str(normalize),
+            "blocks": blocks,
+        },
     )
 
     used = _subsample(tgt, max_samples, seed)
     split = _restricted_splits(tgt, used, seed)
     x, y = _materialize(prepared_dataset(tgt, used, prep, ImageStats()))
     data = TargetData(
-        x_train=x[split["train"]], y_train=y[split["train"]],
-        x_val=x[split["val"]], y_val=y[split["val"]],
-        x_test=x[split["test"]], y_test=y[split["test"]],
+        x_train=x[split["train"]],
+        y_train=y[split["train"]],
+        x_val=x[split["val"]],
+        y_val=y[split["val"]],
+        x_test=x[split["test"]],
+        y_test=y[split["test"]],
         num_classes=len(tgt.classes or []) or int(y.max()) + 1,
     )
     tracker = None
@@ -217,7 +249,11 @@ def compare(
                 "label-free (agreement and CKA) only."
             )
         tracker = ForgettingTracker(
-            net, head=loaded.head, blocks=blocks, source_x=sx, source_y=sy if label_match else None,
+            net,
+            head=loaded.head,
+            blocks=blocks,
+            source_x=sx,
+            source_y=sy if label_match else None,
             device=dev,
         )
     else:
@@ -229,8 +265,12 @@ def compare(
         **base,
         "kind": "compare",
         "compare_config": {
-            "strategies": names, "fingerprint": fingerprint, "train": config.to_dict(),
-            "head_lr_from": "--lr" if lr is not None else ("LR range test" if suggested else "default"),
+            "strategies": names,
+            "fingerprint": fingerprint,
+            "train": config.to_dict(),
+            "head_lr_from": "--lr"
+            if lr is not None
+            else ("LR range test" if suggested else "default"),
             "source_eval_samples": int(len(tracker.source_x)) if tracker is not None else 0,
             "max_forgetting": max_forgetting,
         },
@@ -244,7 +284,8 @@ def compare(
         order = {n: i for i, n in enumerate(names)}
         results["strategies"].sort(key=lambda s: order.get(s["name"], len(order)))
         results["comparison_recommendation"] = select_strategy(
-            results["strategies"], max_forgetting=max_forgetting,
+            results["strategies"],
+            max_forgetting=max_forgetting,
             assessment=base.get("recommendation"),
         )
         env = environment(str(dev), seed)
@@ -257,27 +298,43 @@ def compare(
     todo = [n for n in names if n not in done_names]
     if out_dir is not None:
         (out_dir / "strategies").mkdir(parents=True, exist_ok=True)
-    for name in tqdm(todo, desc="strategies", disable=not progress):
-        ckpt = None
-        if save_checkpoints and out_dir is not None:
-            (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            ckpt = str(out_dir / "checkpoints" / f"{name}.pt")
-        try:
-            entry = run_strategy(
-                name, net, head=loaded.head, blocks=blocks, data=data, tracker=tracker,
-                config=config, device=dev, progress=progress, checkpoint_path=ckpt,
-            )
-        except (KeyboardInterrupt, SystemExit):
+    try:
+        for name in tqdm(todo, desc="strategies", disable=not progress):
+            ckpt = None
+            if save_checkpoints and out_dir is not None:
+                (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+                ckpt = str(out_dir / "checkpoints" / f"{name}.pt")
+            try:
+                entry = run_strategy(
+                    name,
+                    net,
+                    head=loaded.head,
+                    blocks=blocks,
+                    data=data,
+                    tracker=tracker,
+                    config=config,
+                    device=dev,
+                    progress=progress,
+                    checkpoint_path=ckpt,
+                )
+            except Exception as exc:  # one strategy failing must not lose the others
+                entry = {
+                    "name": name,
+                    "status": "failed",
+                    "message": f"{type(exc).__name__}: {exc}",
+                }
+                warnings.append(f"Strategy {name} failed: {exc}")
+            entry = jsonable(entry, warnings, name)
+            results["strategies"].append(entry)
+            if out_dir is not None:
+                text = json.dumps(entry, indent=2) + "\n"
+                atomic_write_text(out_dir / "strategies" / f"{name}.json", text)
             finish(partial=True)
-            raise
-        except Exception as exc:  # one strategy failing must not lose the others
-            entry = {"name": name, "status": "failed", "message": f"{type(exc).__name__}: {exc}"}
-            warnings.append(f"Strategy {name} failed: {exc}")
-        entry = jsonable(entry, warnings, name)
-        results["strategies"].append(entry)
-        if out_dir is not None:
-            atomic_write_text(out_dir / "strategies" / f"{name}.json", json.dumps(entry, indent=2) + "\n")
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM, possibly in the middle of writing: write once more so
+        # results.json and report.html hold every finished strategy, then stop.
         finish(partial=True)
+        raise
     finish(partial=False)
     result = CompareResult(results)
     if out_dir is not None:

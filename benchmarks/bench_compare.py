@@ -1,0 +1,238 @@
+"""Benchmark of the strategy-comparison engine (``diagnose.train.run_strategy``).
+
+Rows (demo CNN pretrained on ``demo:digits``, target ``demo:digits-noise``,
+its stratified train/val/test split, batch 64):
+
+  1. feature extraction on cached features (``run_strategy``: one capture
+     pass over train/val/test, then the head trains on the features) vs the
+     same epochs of head-only training that runs the frozen backbone every
+     epoch (a minimal hand-written loop). Goal: >= 20x faster. The bound is
+     about ``epochs * (n_train + n_val) / (n_train + n_val + n_test)``: the
+     capture pass costs one epoch of backbone forwards, so the ratio grows
+     with the epoch count; the row uses the epochs ``diagnose.recommend``
+     proposes for feature extraction on this target (41).
+  2. forgetting-tracking overhead: ``full_low_lr`` with a ForgettingTracker
+     (one forward pass over the source images + CKA per block each epoch)
+     vs without, as a fraction of training time. Goal: <= 5% at the count
+     ``diagnose.forgetting.suggest_source_samples`` gives for this target
+     (64, its floor); 128 and all 179 held-out source images for information.
+     The tracker's own cost is ~80% the forward pass over the source images.
+  3. (information) ``partial`` (last block) with the frozen prefix cached vs
+     running the prefix every step.
+
+Run ``python benchmarks/bench_compare.py`` (``--quick`` for a smaller run).
+Times are the best of a few repeats on one thread (``--threads``): tiny
+convolutions on a busy 2-core machine are far slower with 2 threads
+contending, which would distort every ratio. The exit code is always 0: this
+is a report; a missed goal prints MISSED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import sys
+import time
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import diagnose._strategy_run as strategy_run  # noqa: E402
+from diagnose.data import load_domain  # noqa: E402
+from diagnose.forgetting import ForgettingTracker, suggest_source_samples  # noqa: E402
+from diagnose.models import load_model  # noqa: E402
+from diagnose.recommend import _epochs  # noqa: E402
+from diagnose.strategies import TrainConfig  # noqa: E402
+from diagnose.train import TargetData, run_strategy  # noqa: E402
+
+BLOCKS = ["block1", "block2", "block3", "block4"]
+CPU = torch.device("cpu")
+
+
+def best_time(fn, repeats):
+    """Smallest wall time over ``repeats`` calls (after one untimed warm-up) and the last result."""
+    fn()  # first calls pay one-off costs (kernel selection, lazy imports)
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+def target_data(spec="demo:digits-noise", seed=0):
+    domain = load_domain(spec)
+    splits = domain.splits(seed=seed)
+    images = domain.dataset.images
+    labels = torch.from_numpy(domain.labels).long()
+    parts = [(images[splits[s]].float(), labels[splits[s]]) for s in ("train", "val", "test")]
+    return TargetData(*parts[0], *parts[1], *parts[2], num_classes=int(labels.max()) + 1)
+
+
+def source_images(n=None):
+    domain = load_domain("demo:digits")
+    test = domain.splits(seed=0)["test"]
+    if n is not None:
+        test = test[:n]
+    return domain.dataset.images[test].float(), torch.from_numpy(domain.labels[test]).long()
+
+
+def naive_head_training(model, data, cfg):
+    """Head-only training that runs the frozen backbone on every batch of every epoch."""
+    net = copy.deepcopy(model)
+    torch.manual_seed(cfg.seed)
+    net.head = nn.Linear(net.head.in_features, data.num_classes)
+    for name, p in net.named_parameters():
+        p.requires_grad_(name.startswith("head."))
+    net.eval()  # frozen backbone: BatchNorm statistics fixed, as in feature extraction
+    opt = torch.optim.SGD(
+        net.head.parameters(), lr=cfg.head_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    steps = cfg.epochs * math.ceil(len(data.y_train) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    best = 0.0
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(data.y_train), generator=gen)
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            loss = nn.functional.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        with torch.no_grad():
+            correct = sum(
+                int((net(data.x_val[i : i + 256]).argmax(1) == data.y_val[i : i + 256]).sum())
+                for i in range(0, len(data.y_val), 256)
+            )
+        best = max(best, correct / len(data.y_val))
+    return best
+
+
+def _run(name, model, data, cfg, tracker=None):
+    return run_strategy(
+        name, model, head="head", blocks=BLOCKS, data=data, tracker=tracker, config=cfg,
+        device=CPU, progress=False,
+    )  # fmt: skip
+
+
+def row_feature_extraction(model, data, epochs, repeats):
+    cfg = TrainConfig(epochs=epochs, batch_size=64, head_lr=0.05)
+    t_ours, entry = best_time(lambda: _run("feature_extraction", model, data, cfg), repeats)
+    t_peer, peer_acc = best_time(lambda: naive_head_training(model, data, cfg), repeats)
+    n_tr, n_va, n_te = len(data.y_train), len(data.y_val), len(data.y_test)
+    bound = epochs * (n_tr + n_va) / (n_tr + n_va + n_te)
+    ratio = t_peer / t_ours
+    return {
+        "row": f"feature extraction, cached vs backbone every epoch ({epochs} epochs, {n_tr} train)",
+        "ours": f"{t_ours:.2f} s, best val acc {entry['target']['val_accuracy']:.3f}",
+        "peer": f"{t_peer:.2f} s, best val acc {peer_acc:.3f}",
+        "ratio": f"{ratio:.1f}x faster (forward-pass bound ~{bound:.0f}x)",
+        "goal": ">= 20x",
+        "met": ratio >= 20,
+    }
+
+
+def row_tracker(model, data, epochs, repeats, counts):
+    """Runs with and without the tracker are interleaved and each side keeps its best
+    time, so a burst of load from other processes cannot land on one side only."""
+    cfg = TrainConfig(epochs=epochs, batch_size=64, head_lr=0.05)
+    suggested = suggest_source_samples(len(data.y_train), len(data.y_val))
+    sizes = [suggested, *(c for c in counts if c != suggested)]
+    trackers = []
+    for n in sizes:
+        xs, ys = source_images(n)
+        trackers.append(
+            ForgettingTracker(
+                model, head="head", blocks=BLOCKS, source_x=xs, source_y=ys, device=CPU
+            )
+        )
+    _run("full_low_lr", model, data, cfg)  # warm-up
+    plain, tracked = [], [[] for _ in trackers]
+    for _ in range(repeats + 2):
+        t0 = time.perf_counter()
+        _run("full_low_lr", model, data, cfg)
+        plain.append(time.perf_counter() - t0)
+        for i, tracker in enumerate(trackers):
+            t0 = time.perf_counter()
+            _run("full_low_lr", model, data, cfg, tracker)
+            tracked[i].append(time.perf_counter() - t0)
+    t_plain = min(plain)
+    rows = []
+    for n, tracker, times in zip(sizes, trackers, tracked):
+        t_with = min(times)
+        t_measure, _ = best_time(lambda tracker=tracker: tracker.measure(model), 10)
+        overhead = (t_with - t_plain) / t_plain
+        # measure() runs once per epoch (the best state's numbers are its epoch's).
+        predicted = epochs * t_measure / t_plain
+        rows.append(
+            {
+                "row": f"tracker overhead, full_low_lr {epochs} epochs, {tracker.n} source images"
+                + (" (suggested)" if n == suggested else ""),
+                "ours": f"{t_with:.2f} s with tracker (measure() {1000 * t_measure:.0f} ms)",
+                "peer": f"{t_plain:.2f} s without",
+                "ratio": f"{100 * overhead:+.1f}% (measure x {epochs} = {100 * predicted:.1f}%)",
+                "goal": "<= 5%" if n == suggested else "(information)",
+                "met": overhead <= 0.05 if n == suggested else None,
+            }
+        )
+    return rows
+
+
+def row_prefix_cache(model, data, epochs, repeats):
+    cfg = TrainConfig(epochs=epochs, batch_size=64, head_lr=0.05, unfreeze=["block4"])
+    t_cached, entry = best_time(lambda: _run("partial", model, data, cfg), repeats)
+    original = strategy_run.build_prefix_cache
+    strategy_run.build_prefix_cache = lambda *a, **k: (None, "disabled by the benchmark")
+    try:
+        t_plain, plain = best_time(lambda: _run("partial", model, data, cfg), repeats)
+    finally:
+        strategy_run.build_prefix_cache = original
+    return {
+        "row": f"partial (block4 + head), frozen prefix cached vs run every step ({epochs} epochs)",
+        "ours": f"{t_cached:.2f} s, {entry['cost']['flops'] / 1e9:.2f} GFLOP",
+        "peer": f"{t_plain:.2f} s, {plain['cost']['flops'] / 1e9:.2f} GFLOP",
+        "ratio": f"{t_plain / t_cached:.1f}x faster",
+        "goal": "(information)",
+        "met": None,
+    }
+
+
+def print_table(rows):
+    cols = ["row", "ours", "peer", "ratio", "goal"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols) + "  status")
+    for r in rows:
+        status = "" if r["met"] is None else ("met" if r["met"] else "MISSED")
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols) + "  " + status)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and epochs")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    repeats = 1 if args.quick else 3
+    model = load_model("demo", progress=False).model
+    data = target_data()
+    print(
+        f"demo CNN, demo:digits-noise: {len(data.y_train)} train / {len(data.y_val)} val / "
+        f"{len(data.y_test)} test images, {data.num_classes} classes, {args.threads} thread(s)"
+    )
+    # Feature extraction runs the epochs the recommender proposes for this target.
+    fe_epochs = _epochs(len(data.y_train) / data.num_classes, "feature_extraction")
+    rows = [row_feature_extraction(model, data, fe_epochs, repeats)]
+    rows += row_tracker(model, data, 2 if args.quick else 5, repeats, [64, 128, None])
+    rows.append(row_prefix_cache(model, data, 2 if args.quick else 5, repeats))
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
