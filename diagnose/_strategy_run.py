@@ -207,7 +207,8 @@ class StrategyRun:
             snap = lambda: cpu_state(head, self.head + ".")  # noqa: E731
             return self.record(e, res, val, fm, drift, lr, snap, "head")
 
-        self.fit_head(self.plan["stages"][0], self.config.epochs, feats, on_epoch, "head")
+        stage = self.plan["stages"][0]
+        self.fit_head(stage, stage["epochs"], feats, on_epoch, "head")
 
     def lp_ft(self) -> None:
         d, cfg = self.data, self.config

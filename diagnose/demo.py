@@ -77,7 +77,13 @@ def run_demo(
     for target in targets:
         folder = target.split(":", 1)[-1]
         try:
-            res = assess(
+            workflow = assess
+            kwargs = {}
+            if run_compare:
+                from diagnose.compare import compare as workflow
+
+                kwargs = {"epochs": epochs}
+            res = workflow(
                 loaded,
                 DEMO_SOURCE,
                 target,
@@ -85,6 +91,7 @@ def run_demo(
                 device=device,
                 out=out / folder,
                 progress=progress,
+                **kwargs,
             ).to_dict()
             rows.append(_scenario_row(target, res, folder))
         except Exception as exc:  # one scenario failing must not lose the others

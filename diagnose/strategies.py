@@ -9,7 +9,7 @@ engine that runs a plan is :func:`diagnose.train.run_strategy`.
 LRs, with ``h = config.head_lr`` and ``r = config.backbone_ratio``:
 
 ==================  =======================================================
-feature_extraction  head at h, on features cached once (backbone frozen)
+feature_extraction  head at h, on features cached once (backbone frozen), max(epochs, lp_epochs)
 partial             ``config.unfreeze`` blocks at h*r, head at h
 full_low_lr         every block at h*r (10x below h by default), head at h
 discriminative      head at h, the block d levels below the head at h/2.6^d
@@ -289,9 +289,12 @@ def plan(name: str, blocks: list[str], config: TrainConfig) -> dict:
     init, penalty, cached = "pretrained", None, False
 
     if name == "feature_extraction":
+        # A head on cached features costs next to nothing per epoch, so it trains to
+        # convergence (as lp_ft's probe stage does) rather than for the shared epoch
+        # budget, which would handicap it; its FLOPs in the results show the cost.
         stages = [
             {
-                "epochs": config.epochs,
+                "epochs": max(config.epochs, config.lp_epochs),
                 "trainable": [HEAD],
                 "lr": {HEAD: h},
                 "on_cached_features": True,
