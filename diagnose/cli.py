@@ -162,6 +162,24 @@ def _info(args, message: str) -> None:
         print(message, file=sys.stderr)
 
 
+def _shared_kwargs(args) -> dict:
+    """The keyword arguments assess and compare take from the shared CLI options."""
+    names = (
+        "weights",
+        "trust_checkpoint",
+        "head",
+        "layers",
+        "image_size",
+        "normalize",
+        "device",
+        "seed",
+        "batch_size",
+        "max_samples",
+        "out",
+    )
+    return {**{n: getattr(args, n) for n in names}, "progress": not args.quiet}
+
+
 def _run(args) -> int:
     progress = not args.quiet
     if args.command == "assess":
@@ -169,23 +187,7 @@ def _run(args) -> int:
             raise ValueError("assess needs --target DATA (and ideally --source DATA).")
         from diagnose.assess import assess
 
-        res = assess(
-            args.model,
-            args.source,
-            args.target,
-            weights=args.weights,
-            trust_checkpoint=args.trust_checkpoint,
-            head=args.head,
-            layers=args.layers,
-            image_size=args.image_size,
-            normalize=args.normalize,
-            device=args.device,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            max_samples=args.max_samples,
-            out=args.out,
-            progress=progress,
-        )
+        res = assess(args.model, args.source, args.target, **_shared_kwargs(args))
         rec = res.recommendation
         _info(args, f"recommended strategy: {rec['strategy']} (confidence {rec['confidence']})")
         for w in res.results.get("warnings", []):
@@ -198,26 +200,15 @@ def _run(args) -> int:
             args.model,
             args.source,
             args.target,
-            weights=args.weights,
-            trust_checkpoint=args.trust_checkpoint,
-            head=args.head,
-            layers=args.layers,
             strategies=args.strategies,
             epochs=args.epochs,
             lr=args.lr,
             unfreeze=args.unfreeze,
             bn=args.bn,
             max_forgetting=args.max_forgetting,
-            image_size=args.image_size,
-            normalize=args.normalize,
-            device=args.device,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            max_samples=args.max_samples,
-            out=args.out,
             resume=args.resume,
             save_checkpoints=args.save_checkpoints,
-            progress=progress,
+            **_shared_kwargs(args),
         )
         for s in res.strategies:
             acc = (s.get("target") or {}).get("test_accuracy")

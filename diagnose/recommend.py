@@ -21,18 +21,11 @@ from __future__ import annotations
 
 import math
 
+from diagnose.strategies import STRATEGY_NAMES
+
 __all__ = ["STRATEGIES", "recommend"]
 
-STRATEGIES = (
-    "feature_extraction",
-    "partial",
-    "full_low_lr",
-    "discriminative",
-    "gradual_unfreeze",
-    "lp_ft",
-    "l2_sp",
-    "scratch",
-)
+STRATEGIES = STRATEGY_NAMES
 
 DISCRIMINATIVE_FACTOR = 2.6
 BACKBONE_LR_RATIO = 0.1

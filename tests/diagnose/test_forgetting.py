@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from tiny_models import Tiny, single_thread
 from torch import nn
 
 from diagnose.forgetting import ForgettingTracker, weight_drift
@@ -17,30 +18,8 @@ BLOCKS = ["block1", "block2", "block3"]
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    # Tiny convolutions on a busy 2-core machine run ~100x slower with 2 threads.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _block(c_in, c_out):
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    )
-
-
-class Tiny(nn.Module):
-    def __init__(self, classes=4):
-        super().__init__()
-        self.block1, self.block2, self.block3 = _block(1, 4), _block(4, 8), _block(8, 8)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(8, classes)
-
-    def forward(self, x):
-        return self.head(self.pool(self.block3(self.block2(self.block1(x)))))
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
