@@ -172,6 +172,7 @@ def assess(
     layer_names = probes.discover_layers(net) if layers == "auto" else list(layers)
     if not layer_names:
         raise ValueError("no layers to measure: pass --layers a,b,c (see probes.discover_layers).")
+    probes.resolve_layers(net, layer_names)  # name errors against the user's model, not a wrapper
     timings["load"] = time.perf_counter() - t_start
 
     captured: dict[str, Any] = {}

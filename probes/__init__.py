@@ -3,7 +3,8 @@
 ``probes`` never imports ``diagnose``. Every function takes numpy arrays or
 torch tensors (rows are examples) and validates its inputs.
 
-Capture:          :func:`discover_layers`, :func:`capture`, :class:`CapturedFeatures`
+Capture:          :func:`discover_layers`, :func:`resolve_layers`, :func:`capture`,
+                  :class:`CapturedFeatures`
 Linear probes:    :func:`linear_probe`, :class:`ProbeResult`
 Similarity:       :func:`cka`, :class:`MinibatchCKA`
 Domain gap:       :func:`domain_gap`, :class:`DomainGap`, :func:`mmd2`,
@@ -11,6 +12,7 @@ Domain gap:       :func:`domain_gap`, :class:`DomainGap`, :func:`mmd2`,
 Transferability:  :func:`logme`, :func:`leep`, :func:`nce`, :func:`h_score`
 """
 
+from probes._layers import resolve_layers
 from probes.capture import CapturedFeatures, capture, discover_layers
 from probes.gap import DomainGap, domain_gap, frechet_distance, mmd2, proxy_a_distance
 from probes.linear import ProbeResult, linear_probe
@@ -34,4 +36,5 @@ __all__ = [
     "mmd2",
     "nce",
     "proxy_a_distance",
+    "resolve_layers",
 ]

@@ -40,6 +40,10 @@ def test_help_for_every_subcommand(sub, capsys):
             ["assess", "--model", "demo", "--target", "demo:digits", "--normalize", "abc"],
             "--normalize",
         ),
+        (
+            ["assess", "--model", "demo", "--target", "demo:digits", "--layers", "block9"],
+            "'block4'",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2(argv, fragment, capsys):
