@@ -109,6 +109,27 @@ def _restricted_splits(domain: Domain, used: np.ndarray, seed: int) -> dict[str,
     }
 
 
+_MAX_UPSCALE = 4  # beyond this a resized image is mostly interpolation, not content
+
+
+def _upscale_warnings(domains: list[Domain], size: tuple[int, int]) -> list[str]:
+    """A warning per domain whose smallest images are blown up more than ``_MAX_UPSCALE`` times.
+
+    Not an error: a tiny image is still valid input, but features of a
+    2x2 image stretched to 32x32 say little about the data.
+    """
+    out = []
+    for d in domains:
+        (h, w), _ = d.size_range
+        if min(size[0] / h, size[1] / w) > _MAX_UPSCALE:
+            out.append(
+                f"{d.name}: its smallest images are {h}x{w} pixels, upscaled more than "
+                f"{_MAX_UPSCALE}x to {size[0]}x{size[1]}: measurements on such images mean "
+                "little; check the data or use a model made for small inputs."
+            )
+    return out
+
+
 def _domain_info(domain: Domain, used: np.ndarray, split: dict | None) -> dict:
     info = domain.summary()
     info["n_used"] = int(len(used))
@@ -168,6 +189,7 @@ def assess(
     prep = resolve_preprocessing(
         loaded, [d for d in (src, tgt) if d is not None], image_size, normalize
     )
+    warnings.extend(_upscale_warnings([d for d in (src, tgt) if d is not None], prep.image_size))
     net = loaded.model.to(dev)
     layer_names = probes.discover_layers(net) if layers == "auto" else list(layers)
     if not layer_names:

@@ -7,6 +7,7 @@ then ``os.replace``) so a crash never leaves a truncated results file.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -80,21 +81,63 @@ def jsonable(obj: Any, warnings: list[str] | None = None, path: str = "") -> Any
     return str(obj)
 
 
+_WRITE_REASONS = {
+    errno.ENOSPC: "no space left on device (the disk is full)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied (the folder is not writable)",
+    errno.EPERM: "permission denied (the folder is not writable)",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOENT: "the folder does not exist",
+}
+
+
+def _write_error(path: Path, exc: OSError) -> OSError:
+    """A one-line error of the same OSError subclass naming ``path`` and why it failed.
+
+    ``errno`` is kept so callers can still branch on it; ``filename`` is not set
+    because it would change ``str()`` back to the terse ``[Errno N] ...`` form.
+    """
+    reason = _WRITE_REASONS.get(exc.errno) or exc.strerror or str(exc) or type(exc).__name__
+    hint = "free some space or " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    err = type(exc)(
+        f"cannot write {path}: {reason}; the previous file, if any, is unchanged "
+        f"({hint}choose another output folder)."
+    )
+    err.errno = exc.errno
+    return err
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically; the parent folder must exist."""
+    """Write ``text`` to ``path`` atomically; the parent folder must exist.
+
+    The text goes to a temporary file in the same folder, which then replaces
+    ``path`` in one step, so a crash or a full disk never leaves a truncated
+    file: the previous ``path`` (if any) stays as it was and the temporary file
+    is removed.
+
+    Raises:
+        OSError: (the same subclass as the underlying error, ``errno`` kept) with a
+            one-line message naming ``path`` and the reason, e.g.
+            ``cannot write out/results.json: no space left on device (the disk is full); ...``.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from exc
         raise
     return path
 

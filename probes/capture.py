@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from probes._capture_data import batches_of, check_positive_int, resolve_device, split_batch
+from probes._forward import call_error, free_device_memory, is_out_of_memory, oom_note
 from probes._layers import discover_layers, resolve_layers
 from probes._pooling import (
     TOKEN_POOL_NAMES,
@@ -53,6 +54,8 @@ class CapturedFeatures:
         projected: layer -> its dimension before random projection, for the
             layers that ``max_dim`` projected.
         pooling: how activations were pooled (``{"pool": ..., "token_pool": ...}``).
+        warnings: notes about the pass, e.g. batches re-run in halves after the
+            device ran out of memory (empty when nothing happened).
 
     Example:
         >>> feats["layer4"].shape          # (N, 512)
@@ -65,6 +68,7 @@ class CapturedFeatures:
     output: np.ndarray | None = None
     projected: dict[str, int] = field(default_factory=dict)
     pooling: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if list(self.features) != list(self.layers):
@@ -121,11 +125,12 @@ class CapturedFeatures:
             output=None if self.output is None else self.output[idx],
             projected=dict(self.projected),
             pooling=dict(self.pooling),
+            warnings=list(self.warnings),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary (never the arrays)."""
-        return {
+        """A JSON-ready summary (never the arrays); ``warnings`` appears only when there are any."""
+        summary = {
             "layers": list(self.layers),
             "dims": self.dims,
             "n": self.n,
@@ -134,20 +139,9 @@ class CapturedFeatures:
             "has_labels": self.labels is not None,
             "has_output": self.output is not None,
         }
-
-
-def _call_error(name: str, count: int) -> ValueError:
-    if count == 0:
-        return ValueError(
-            f"Layer {name!r} was not called during the forward pass (unused in eval mode, "
-            "or called only on some batches); choose a module the forward pass always runs."
-        )
-    parent = repr(name.rsplit(".", 1)[0]) if "." in name else "a block that contains it"
-    return ValueError(
-        f"Layer {name!r} was called {count} times in one forward pass (a module reused at "
-        "several places, such as one shared ReLU), so its outputs cannot be told apart. "
-        f"Capture its parent block instead ({parent})."
-    )
+        if self.warnings:
+            summary["warnings"] = list(self.warnings)
+        return summary
 
 
 def capture(
@@ -199,6 +193,11 @@ def capture(
 
     Returns:
         :class:`CapturedFeatures` with float32 (N, D) arrays per layer.
+
+    A batch that runs out of device memory (``torch.cuda.OutOfMemoryError`` or a
+    RuntimeError saying "out of memory") is re-run in halves, recursively down
+    to single examples, after freeing the CUDA cache; this is recorded in
+    ``warnings`` of the result and reported with ``warnings.warn``.
 
     Raises:
         ValueError: unknown layer names (with the available names and close
@@ -266,7 +265,52 @@ def capture(
 
         return hook
 
+    def forward_once(x: torch.Tensor, depth: int) -> torch.Tensor | None:
+        """One forward pass; checks every hooked layer ran once; the CPU output if kept."""
+        current["batch"] = x.shape[0]
+        calls.update(dict.fromkeys(calls, 0))
+        out = model(x)
+        for name, count in list(calls.items()):
+            if count == 0 and auto and seen == 0:
+                # A discovered module the forward never runs (an auxiliary head).
+                warnings.warn(
+                    f"Layer {name!r} is not run by {type(model).__name__}'s forward "
+                    "pass in eval mode; it is left out.",
+                    stacklevel=4 + depth,
+                )
+                handles.pop(name).remove()
+                del calls[name], stores[name]
+                names.remove(name)
+            elif count != 1:
+                raise call_error(name, count)
+        if not keep_output:
+            return None
+        o = first_tensor(out)
+        if o is None:
+            raise TypeError(
+                f"keep_output=True but the model returned {type(out).__name__}, "
+                "which holds no tensor."
+            )
+        return o.detach().reshape(o.shape[0], -1).to("cpu", torch.float32, copy=True)
+
+    def run_split(x: torch.Tensor, depth: int = 0) -> list[tuple[int, torch.Tensor | None]]:
+        """Forward ``x``; on out-of-memory, drop its partial hook outputs and re-run halves."""
+        marks = {name: len(store) for name, store in stores.items()}
+        try:
+            return [(x.shape[0], forward_once(x, depth))]
+        except Exception as exc:
+            if not is_out_of_memory(exc) or x.shape[0] == 1:
+                raise
+        # Outside the except block, so the traceback no longer pins the failed
+        # forward's tensors and the cache can actually be freed.
+        for name, mark in marks.items():
+            del stores[name][mark:]
+        free_device_memory()
+        half = (x.shape[0] + 1) // 2
+        return run_split(x[:half], depth + 1) + run_split(x[half:], depth + 1)
+
     flags = [(m, m.training) for m in model.modules()]
+    oom = {"batches": 0, "of": 0, "smallest": int(batch_size), "fits": int(batch_size)}
     handles: dict[str, Any] = {}
     labels: list[torch.Tensor] = []
     outputs: list[torch.Tensor] = []
@@ -292,36 +336,19 @@ def capture(
                         "Some batches of 'data' carry integer labels and others do not; "
                         "give every example a label (-1 for unlabelled) or none."
                     )
-                current["batch"] = x.shape[0]
-                calls.update(dict.fromkeys(calls, 0))
                 if x.is_floating_point() and in_dtype is not None:
                     x = x.to(dev, dtype=in_dtype)
                 else:
                     x = x.to(dev)
-                out = model(x)
-                for name, count in list(calls.items()):
-                    if count == 0 and auto and seen == 0:
-                        # A discovered module the forward never runs (an auxiliary head).
-                        warnings.warn(
-                            f"Layer {name!r} is not run by {type(model).__name__}'s forward "
-                            "pass in eval mode; it is left out.",
-                            stacklevel=2,
-                        )
-                        handles.pop(name).remove()
-                        del calls[name], stores[name]
-                        names.remove(name)
-                    elif count != 1:
-                        raise _call_error(name, count)
+                pieces = run_split(x)
+                oom["of"] += 1
+                if len(pieces) > 1:
+                    oom["batches"] += 1
+                    sizes = [n for n, _ in pieces]
+                    oom["smallest"] = min(oom["smallest"], *sizes)
+                    oom["fits"] = min(oom["fits"], max(sizes))
                 if keep_output:
-                    o = first_tensor(out)
-                    if o is None:
-                        raise TypeError(
-                            f"keep_output=True but the model returned {type(out).__name__}, "
-                            "which holds no tensor."
-                        )
-                    outputs.append(
-                        o.detach().reshape(o.shape[0], -1).to("cpu", torch.float32, copy=True)
-                    )
+                    outputs.extend(o for _, o in pieces)
                 if y is not None:
                     labels.append(y)
                 seen += x.shape[0]
@@ -339,6 +366,10 @@ def capture(
         raise ValueError("The 'data' parameter of capture holds no examples.")
     if not names:
         raise ValueError("None of the discovered layers is run by the forward pass.")
+    notes = []
+    if oom["batches"]:
+        notes.append(oom_note(oom["batches"], oom["of"], oom["smallest"], oom["fits"], batch_size))
+        warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
     features = {}
     for name in names:
         widths = {t.shape[1] for t in stores[name]}
@@ -355,4 +386,5 @@ def capture(
         output=torch.cat(outputs).numpy() if keep_output else None,
         projected=projected,
         pooling={"pool": pool if isinstance(pool, str) else int(pool), "token_pool": token_pool},
+        warnings=notes,
     )
