@@ -5,6 +5,7 @@ models, runs the workflows, recommends a strategy and renders reports.
 """
 
 from diagnose.assess import AssessResult, assess
+from diagnose.compare import CompareResult, compare
 from diagnose.data import DEMO_DOMAINS, Domain, load_domain, preprocess
 from diagnose.demo import run_demo
 from diagnose.lr_find import LRFindResult, lr_range_test
@@ -17,10 +18,12 @@ __all__ = [
     "DEMO_DOMAINS",
     "STRATEGIES",
     "AssessResult",
+    "CompareResult",
     "Domain",
     "LRFindResult",
     "LoadedModel",
     "assess",
+    "compare",
     "find_head",
     "load_domain",
     "load_model",

@@ -8,10 +8,12 @@ native size scaled to [0, 1].
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from diagnose.data import Domain, preprocess
@@ -20,10 +22,12 @@ from diagnose.models import LoadedModel
 
 __all__ = [
     "Preprocessing",
+    "expected_size_hint",
     "parse_normalize",
     "prepared_dataset",
     "resolve_device",
     "resolve_preprocessing",
+    "upscale_warnings",
 ]
 
 
@@ -158,3 +162,37 @@ def prepared_dataset(domain: Domain, indices, prep: Preprocessing, recorder: Ima
     if prep.mean is None:
         return recorded
     return preprocess(recorded, mean=prep.mean, std=prep.std)
+
+
+def expected_size_hint(model: nn.Module, channels: int) -> str:
+    """What input a model with a Linear on flattened pixels expects, when it can be told."""
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    if isinstance(first, nn.Linear) and first.in_features % channels == 0:
+        side = math.isqrt(first.in_features // channels)
+        if side * side * channels == first.in_features:
+            return (
+                f"its first layer takes {first.in_features} features, i.e. {channels}x{side}x{side} "
+                f"images: pass --image-size {side}"
+            )
+    return "pass --image-size N with the size the model was built for"
+
+
+_MAX_UPSCALE = 4  # beyond this a resized image is mostly interpolation, not content
+
+
+def upscale_warnings(domains: list[Domain], size: tuple[int, int]) -> list[str]:
+    """A warning per domain whose smallest images are blown up more than ``_MAX_UPSCALE`` times.
+
+    Not an error: a tiny image is still valid input, but features of a
+    2x2 image stretched to 32x32 say little about the data.
+    """
+    out = []
+    for d in domains:
+        (h, w), _ = d.size_range
+        if min(size[0] / h, size[1] / w) > _MAX_UPSCALE:
+            out.append(
+                f"{d.name}: its smallest images are {h}x{w} pixels, upscaled more than "
+                f"{_MAX_UPSCALE}x to {size[0]}x{size[1]}: measurements on such images mean "
+                "little; check the data or use a model made for small inputs."
+            )
+    return out

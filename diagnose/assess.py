@@ -19,7 +19,13 @@ from torch import nn
 
 import probes
 from diagnose import _measure
-from diagnose._prep import prepared_dataset, resolve_device, resolve_preprocessing
+from diagnose._prep import (
+    expected_size_hint,
+    prepared_dataset,
+    resolve_device,
+    resolve_preprocessing,
+    upscale_warnings,
+)
 from diagnose._samples import sample_thumbnails
 from diagnose.data import Domain, load_domain
 from diagnose.imagestats import ImageStats, drift_table, normalization_check
@@ -109,25 +115,33 @@ def _restricted_splits(domain: Domain, used: np.ndarray, seed: int) -> dict[str,
     }
 
 
-_MAX_UPSCALE = 4  # beyond this a resized image is mostly interpolation, not content
+def _check_two_classes(domain: Domain) -> None:
+    """A labelled target needs two classes: probes and transferability scores compare classes."""
+    if domain.labels is None:
+        return
+    present = np.unique(domain.labels[domain.labels >= 0])
+    if len(present) == 1:
+        name = domain._class_name(int(present[0]))
+        raise ValueError(
+            f"target '{domain.name}' has 1 class with images ({name!r}); the probes and "
+            "transferability scores need at least 2: add images of another class "
+            "(for an ImageFolder, a second sub-folder)."
+        )
 
 
-def _upscale_warnings(domains: list[Domain], size: tuple[int, int]) -> list[str]:
-    """A warning per domain whose smallest images are blown up more than ``_MAX_UPSCALE`` times.
-
-    Not an error: a tiny image is still valid input, but features of a
-    2x2 image stretched to 32x32 say little about the data.
-    """
-    out = []
-    for d in domains:
-        (h, w), _ = d.size_range
-        if min(size[0] / h, size[1] / w) > _MAX_UPSCALE:
-            out.append(
-                f"{d.name}: its smallest images are {h}x{w} pixels, upscaled more than "
-                f"{_MAX_UPSCALE}x to {size[0]}x{size[1]}: measurements on such images mean "
-                "little; check the data or use a model made for small inputs."
-            )
-    return out
+def _capture(loaded: LoadedModel, prep, what: str, model: nn.Module, *args, **kwargs):
+    """``probes.capture``, with a model that rejects the images' shape reported as bad input."""
+    try:
+        return probes.capture(model, *args, **kwargs)
+    except RuntimeError as exc:
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise
+        c, (h, w) = prep.channels, prep.image_size
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(
+            f"model {loaded.name} failed on the {what} images, given as {c}x{h}x{w} "
+            f"({type(exc).__name__}: {first}); {expected_size_hint(loaded.model, c)}."
+        ) from exc
 
 
 def _domain_info(domain: Domain, used: np.ndarray, split: dict | None) -> dict:
@@ -175,11 +189,17 @@ def assess(
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1. Got {batch_size}.")
     dev = resolve_device(device)
+    if out is not None:
+        from diagnose.report import check_out_dir
+
+        check_out_dir(out)  # before minutes of measuring, not after
     torch.manual_seed(seed)
     loaded = _as_loaded(
         model, weights=weights, trust_checkpoint=trust_checkpoint, head=head, progress=progress
     )
     src, tgt = _as_domain(source, "source"), _as_domain(target, "target")
+    if tgt is not None:
+        _check_two_classes(tgt)
     warnings: list[str] = []
     for d in (src, tgt):
         if d is not None:
@@ -189,7 +209,7 @@ def assess(
     prep = resolve_preprocessing(
         loaded, [d for d in (src, tgt) if d is not None], image_size, normalize
     )
-    warnings.extend(_upscale_warnings([d for d in (src, tgt) if d is not None], prep.image_size))
+    warnings.extend(upscale_warnings([d for d in (src, tgt) if d is not None], prep.image_size))
     net = loaded.model.to(dev)
     layer_names = probes.discover_layers(net) if layers == "auto" else list(layers)
     if not layer_names:
@@ -211,7 +231,10 @@ def assess(
         stats["target"] = ImageStats()
         data = prepared_dataset(tgt, used["target"], prep, stats["target"])
         names = [f"pretrained.{n}" for n in layer_names] + [f"control.{n}" for n in layer_names]
-        captured["target"] = probes.capture(
+        captured["target"] = _capture(
+            loaded,
+            prep,
+            "target",
             pair,
             data,
             names,
@@ -226,7 +249,10 @@ def assess(
         splits["source"] = _restricted_splits(src, used["source"], seed)
         stats["source"] = ImageStats()
         data = prepared_dataset(src, used["source"], prep, stats["source"])
-        captured["source"] = probes.capture(
+        captured["source"] = _capture(
+            loaded,
+            prep,
+            "source",
             net,
             data,
             layer_names,
@@ -237,6 +263,8 @@ def assess(
             desc="capture source",
         )
     timings["capture"] = time.perf_counter() - t0
+    for cap in captured.values():
+        warnings.extend(getattr(cap, "warnings", []))
 
     tf = cf = tl = None
     if "target" in captured:

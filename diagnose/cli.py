@@ -18,7 +18,8 @@ __all__ = ["main"]
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, like every other bad-input error
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        where = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        self.exit(2, f"diagnose: error: {where}{message} (see --help)\n")
 
 
 def _positive_int(text: str) -> int:

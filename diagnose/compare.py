@@ -25,6 +25,7 @@ from diagnose._prep import prepared_dataset, resolve_device, resolve_preprocessi
 from diagnose.assess import _as_domain, _as_loaded, _restricted_splits, _subsample, assess
 from diagnose.forgetting import ForgettingTracker
 from diagnose.imagestats import ImageStats
+from diagnose.report import check_out_dir
 from diagnose.results import (
     SCHEMA_VERSION,
     RunResult,
@@ -158,6 +159,8 @@ def compare(
     if resume and out is None:
         raise ValueError("--resume needs --out, the directory of the run to continue.")
     dev = resolve_device(device)
+    if out is not None:
+        check_out_dir(out)  # fail before hours of training, not after
     loaded = _as_loaded(
         model, weights=weights, trust_checkpoint=trust_checkpoint, head=head, progress=progress
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import jinja2
 from diagnose import _plots, _plots_compare
 from diagnose.results import atomic_write_text, load_results, write_results
 
-__all__ = ["render_html", "render_report_file", "write_outputs"]
+__all__ = ["check_out_dir", "render_html", "render_report_file", "write_outputs"]
 
 
 def _template_env() -> jinja2.Environment:
@@ -95,16 +96,44 @@ def render_html(results: dict) -> str:
     return env.get_template("report.html.j2").render(r=results, fig=figures, generated=generated)
 
 
-def write_outputs(results: dict, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``results.json`` then ``report.html`` into ``out_dir`` (created if missing)."""
+def check_out_dir(out_dir: str | Path) -> Path:
+    """Fail fast, before any measuring, when ``out_dir`` could not be written; creates nothing.
+
+    Raises ``ValueError`` when it is a file, or when it (or the nearest
+    existing folder above it) is not writable.
+    """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output directory {out} is a file; pass --out a directory path.")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(
+            f"output directory {out} cannot be created: {existing} is a file; "
+            "pass --out a directory path."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == out else f" (its parent {existing} is not writable)"
+        raise ValueError(
+            f"output directory {out} is not writable{where}; pass --out a folder you can write to."
+        )
+    return out
+
+
+def write_outputs(results: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``results.json`` then ``report.html`` into ``out_dir`` (created if missing)."""
+    out = check_out_dir(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"cannot create output directory {out}: {exc.strerror}.") from None
-    results_path = write_results(results, out / "results.json")
+    try:
+        results_path = write_results(results, out / "results.json")
+    except PermissionError:
+        raise ValueError(
+            f"output directory {out} is not writable; pass --out a folder you can write to."
+        ) from None
     report_path = atomic_write_text(out / "report.html", render_html(load_results(results_path)))
     return results_path, report_path
 

@@ -105,9 +105,13 @@ def _why_not_ok(entry: dict) -> str:
 
 
 def _cost_key(entry: dict) -> tuple[float, float]:
+    # FLOPs are deterministic; wall time is noise between runs, so it only breaks
+    # ties when FLOPs are unknown (otherwise the strategy order decides).
     cost = _sub(entry, "cost")
     flops, wall = _number(cost.get("flops")), _number(cost.get("wall_s"))
-    return (math.inf if flops is None else flops, math.inf if wall is None else wall)
+    if flops is not None:
+        return (flops, 0.0)
+    return (math.inf, math.inf if wall is None else wall)
 
 
 def _cost_text(entry: dict) -> str:

@@ -43,9 +43,14 @@ def _error_line(code, err) -> str:
 
 
 def _argparse_error(argv, capsys) -> str:
+    """The one line argparse prints (``diagnose: error: compare: ...``)."""
     with pytest.raises(SystemExit) as exc:
         main([str(a) for a in argv])
-    return _error_line(exc.value.code, capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"diagnose: error: {argv[0]}: "), err
+    return lines[0]
 
 
 def _image(path, size=(32, 32), mode="RGB", value=0):
@@ -92,7 +97,9 @@ def good_folder(tmp_path_factory):
 def test_missing_path(tmp_path, capsys):
     out = tmp_path / "out"
     missing = tmp_path / "no-such-dir"
-    line = _error_line(*_run(["assess", "--model", "demo", "--target", missing, "--out", out, *FAST], capsys)[::2])
+    line = _error_line(
+        *_run(["assess", "--model", "demo", "--target", missing, "--out", out, *FAST], capsys)[::2]
+    )
     assert str(missing) in line and "does not exist" in line and "ImageFolder" in line
     assert not out.exists()
 
@@ -101,7 +108,9 @@ def test_empty_directory(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "out"
-    code, _, err = _run(["assess", "--model", "demo", "--target", empty, "--out", out, *FAST], capsys)
+    code, _, err = _run(
+        ["assess", "--model", "demo", "--target", empty, "--out", out, *FAST], capsys
+    )
     line = _error_line(code, err)
     assert str(empty) in line and "is empty" in line and "<class>" in line
     assert not (out / "results.json").exists()
@@ -120,7 +129,9 @@ def test_class_folder_with_no_images_is_a_warning(tmp_path, capsys):
     data = _folder(tmp_path / "data")
     (data / "empty-class").mkdir()
     out = tmp_path / "out"
-    code, _, err = _run(["assess", "--model", "demo", "--target", data, "--out", out, *FAST], capsys)
+    code, _, err = _run(
+        ["assess", "--model", "demo", "--target", data, "--out", out, *FAST], capsys
+    )
     assert code == 0, err
     warnings = _results(out)["warnings"]
     assert any("1 class folder(s) hold no readable image: empty-class" in w for w in warnings)
@@ -143,7 +154,9 @@ def test_corrupt_and_truncated_images_are_skipped(tmp_path, capsys):
     jpeg = _image(data / "dog" / "photo.jpg", size=(64, 64), value=1).read_bytes()
     (data / "cat" / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     out = tmp_path / "out"
-    code, _, err = _run(["assess", "--model", "demo", "--target", data, "--out", out, *FAST], capsys)
+    code, _, err = _run(
+        ["assess", "--model", "demo", "--target", data, "--out", out, *FAST], capsys
+    )
     assert code == 0, err
     res = _results(out)
     assert any("skipped 3 unreadable image file(s)" in w for w in res["warnings"]), res["warnings"]
@@ -155,11 +168,15 @@ def test_non_image_file_is_ignored(tmp_path, capsys):
     (data / "cat" / "notes.txt").write_text("labelled by hand")
     (data / "dog" / ".DS_Store").write_bytes(b"\0\0")
     out = tmp_path / "out"
-    code, _, err = _run(["assess", "--model", "demo", "--target", data, "--out", out, *FAST], capsys)
+    code, _, err = _run(
+        ["assess", "--model", "demo", "--target", data, "--out", out, *FAST], capsys
+    )
     assert code == 0, err
     res = _results(out)
     assert res["target"]["n"] == 20
-    assert any("ignored 1 file(s) without an image extension: cat/notes.txt" in w for w in res["warnings"])
+    assert any(
+        "ignored 1 file(s) without an image extension: cat/notes.txt" in w for w in res["warnings"]
+    )
 
 
 def test_mixed_grayscale_rgba_rgb(tmp_path, capsys):
@@ -168,7 +185,9 @@ def test_mixed_grayscale_rgba_rgb(tmp_path, capsys):
         for i, mode in enumerate(["L", "RGBA", "RGB"] * 3):
             _image(data / cls / f"{i}.png", mode=mode, value=label)
     out = tmp_path / "out"
-    code, _, err = _run(["assess", "--model", "demo", "--target", data, "--out", out, *FAST], capsys)
+    code, _, err = _run(
+        ["assess", "--model", "demo", "--target", data, "--out", out, *FAST], capsys
+    )
     assert code == 0, err
     res = _results(out)
     assert res["target"]["channels"] == 3 and res["target"]["n"] == 18
@@ -178,7 +197,9 @@ def test_mixed_grayscale_rgba_rgb(tmp_path, capsys):
 def test_tiny_images_are_upscaled_with_a_warning(tmp_path, capsys):
     data = _folder(tmp_path / "data", size=(2, 2))
     out = tmp_path / "out"
-    code, _, err = _run(["assess", "--model", "demo", "--target", data, "--out", out, *FAST], capsys)
+    code, _, err = _run(
+        ["assess", "--model", "demo", "--target", data, "--out", out, *FAST], capsys
+    )
     assert code == 0, err
     warnings = _results(out)["warnings"]
     assert any("2x2" in w and "upscaled" in w and "32x32" in w for w in warnings), warnings
@@ -190,9 +211,12 @@ def test_huge_image_is_resized_on_load(tmp_path, capsys):
     from diagnose.imagestats import ImageStats
 
     data = _folder(tmp_path / "data", n=4)
-    _image(data / "cat" / "huge.png", size=(3000, 4000))
+    # Solid colour: a 12-megapixel PNG that is quick to write and decode.
+    Image.new("RGB", (4000, 3000), (210, 50, 50)).save(data / "cat" / "huge.png")
     out = tmp_path / "out"
-    code, _, err = _run(["assess", "--model", "demo", "--target", data, "--out", out, *FAST], capsys)
+    code, _, err = _run(
+        ["assess", "--model", "demo", "--target", data, "--out", out, *FAST], capsys
+    )
     assert code == 0, err
     assert _results(out)["target"]["size_range"] == [[32, 32], [3000, 4000]]
     # Each item is resized before batching: a batch never holds a full-size image.
@@ -207,7 +231,9 @@ def test_huge_image_is_resized_on_load(tmp_path, capsys):
 def test_target_with_one_class(tmp_path, capsys):
     data = _folder(tmp_path / "data", classes=("only",))
     out = tmp_path / "out"
-    code, _, err = _run(["assess", "--model", "demo", "--target", data, "--out", out, *FAST], capsys)
+    code, _, err = _run(
+        ["assess", "--model", "demo", "--target", data, "--out", out, *FAST], capsys
+    )
     line = _error_line(code, err)
     assert str(data) in line and "1 class" in line and "at least 2" in line
     assert not (out / "results.json").exists()
@@ -247,7 +273,9 @@ def test_model_spec_that_does_not_exist(spec, fragments, good_folder, capsys):
 )
 def test_model_function_that_fails(body, fragments, good_folder, tmp_path, monkeypatch, capsys):
     name = _module(tmp_path, monkeypatch, "bad_model_fn", f"def build():\n    {body}\n")
-    code, _, err = _run(["assess", "--model", f"{name}:build", "--target", good_folder, *FAST], capsys)
+    code, _, err = _run(
+        ["assess", "--model", f"{name}:build", "--target", good_folder, *FAST], capsys
+    )
     line = _error_line(code, err)
     assert "model spec 'bad_model_fn:build'" in line and all(f in line for f in fragments), line
 
@@ -255,7 +283,9 @@ def test_model_function_that_fails(body, fragments, good_folder, tmp_path, monke
 def test_unknown_layer_lists_close_matches(good_folder, capsys):
     argv = ["assess", "--model", "demo", "--target", good_folder, "--layers", "blok4", "--quiet"]
     line = _error_line(*_run(argv, capsys)[::2])
-    assert "'blok4'" in line and "Did you mean 'block4'" in line and "Available module names" in line
+    assert (
+        "'blok4'" in line and "Did you mean 'block4'" in line and "Available module names" in line
+    )
 
 
 def test_weights_of_the_wrong_architecture(good_folder, tmp_path, capsys):
@@ -273,7 +303,11 @@ def test_pickled_model_needs_trust(good_folder, tmp_path, capsys):
         nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 32 * 32, 2)
     )
     torch.save(model, path)
-    line = _error_line(*_run(["assess", "--model", path, "--target", good_folder, *FAST[:2], "--quiet"], capsys)[::2])
+    line = _error_line(
+        *_run(["assess", "--model", path, "--target", good_folder, *FAST[:2], "--quiet"], capsys)[
+            ::2
+        ]
+    )
     assert str(path) in line and "--trust-checkpoint" in line and "state_dict()" in line
     out = tmp_path / "out"
     argv = ["assess", "--model", path, "--trust-checkpoint", "--target", good_folder]
@@ -298,7 +332,9 @@ def test_malicious_checkpoint_is_never_unpickled(as_weights, good_folder, tmp_pa
     torch.save({"state_dict": {}, "extra": _Payload(marker)}, path)
     assert not marker.exists()
     model = ["demo", "--weights", path] if as_weights else [path]
-    line = _error_line(*_run(["assess", "--model", *model, "--target", good_folder, *FAST], capsys)[::2])
+    line = _error_line(
+        *_run(["assess", "--model", *model, "--target", good_folder, *FAST], capsys)[::2]
+    )
     assert "unpickling it could run arbitrary code" in line and "--trust-checkpoint" in line
     assert not marker.exists()
 
@@ -335,7 +371,11 @@ def test_cuda_without_a_gpu(good_folder, tmp_path, capsys):
 def test_output_directory_is_a_file(good_folder, tmp_path, capsys):
     out = tmp_path / "out"
     out.write_text("keep me")
-    line = _error_line(*_run(["assess", "--model", "demo", "--target", good_folder, "--out", out, *FAST], capsys)[::2])
+    line = _error_line(
+        *_run(["assess", "--model", "demo", "--target", good_folder, "--out", out, *FAST], capsys)[
+            ::2
+        ]
+    )
     assert str(out) in line and "is a file" in line and "--out" in line
     assert out.read_text() == "keep me"
 
@@ -352,6 +392,18 @@ def test_output_directory_not_writable(good_folder, tmp_path, capsys):
         assert not any(out.iterdir())
     finally:
         out.chmod(0o700)
+
+
+def test_output_directory_not_writable_as_any_user(good_folder, tmp_path, monkeypatch, capsys):
+    # The same check, with the permission answer forced: it runs under root too.
+    import diagnose.report
+
+    monkeypatch.setattr(diagnose.report.os, "access", lambda path, mode: False)
+    out = tmp_path / "new" / "out"
+    argv = ["assess", "--model", "demo", "--target", good_folder, "--out", out]
+    line = _error_line(*_run([*argv, *FAST], capsys)[::2])
+    assert f"output directory {out} is not writable (its parent {tmp_path} is not writable)" in line
+    assert not (tmp_path / "new").exists()
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -396,7 +448,7 @@ _MNIST_MLP = """
 from torch import nn
 
 def build():
-    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 32), nn.ReLU(), nn.Linear(32, 10))
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 28 * 28, 32), nn.ReLU(), nn.Linear(32, 10))
 """
 
 
@@ -406,7 +458,7 @@ def test_model_input_size_does_not_match_images(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     argv = ["assess", "--model", f"{name}:build", "--target", data, "--out", out, "--quiet"]
     line = _error_line(*_run(argv, capsys)[::2])
-    assert "1x32x32" in line and "--image-size 28" in line
+    assert "mnist_mlp:build" in line and "3x32x32" in line and "--image-size 28" in line
     assert not (out / "results.json").exists()
     # The suggested fix works.
     code, _, err = _run([*argv, "--image-size", "28"], capsys)
@@ -417,22 +469,20 @@ _NAN_MODEL = """
 import torch
 from torch import nn
 
-class NaNForBright(nn.Module):
-    def forward(self, x):
-        bright = x.flatten(1).mean(1) > 0.4
-        return torch.where(bright.view(-1, 1), torch.full_like(x, float("nan")), x)
-
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
         self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Flatten())
-        self.feat = nn.Sequential(nn.Linear(8 * 15 * 15, 16), NaNForBright())
+        self.feat = nn.Linear(8 * 15 * 15, 16)
         self.inf = nn.Identity()
         self.head = nn.Linear(16, 2)
 
     def forward(self, x):
-        z = self.feat(self.features(x))
+        # NaN for bright images only (one class of the test data), inf for every image.
+        bright = x.mean(dim=(1, 2, 3)) > 0.5
+        h = self.features(x)
+        z = self.feat(torch.where(bright.view(-1, 1), torch.full_like(h, float("nan")), h))
         return self.head(self.inf(z * float("inf")))
 
 def build():
@@ -450,7 +500,9 @@ def test_nan_and_inf_features_are_null_with_warnings(tmp_path, monkeypatch, caps
     res = _results(out)
     assert all(row["probe"]["target"] is None and row["gap"] is None for row in res["layers"])
     warnings = " ".join(res["warnings"])
-    assert "target probe at feat was skipped" in warnings and "NaN or infinite" in warnings
+    assert "target probe at feat was skipped: 10 samples have NaN or infinite features" in warnings
+    assert "source probe at inf was skipped: 20 samples have NaN or infinite features" in warnings
+    assert res["transferability"]["logme"] is None and "LogME was skipped" in warnings
     assert "domain gap at inf was skipped" in warnings
 
 

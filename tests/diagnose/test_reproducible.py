@@ -7,6 +7,7 @@ else, every metric, interval and p-value, must be bit-for-bit equal.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -16,6 +17,10 @@ from diagnose.results import jsonable
 
 # Keys whose values measure time or memory of this particular run.
 TIMING_KEYS = {"wall_s", "timings_s", "environment", "peak_mem_bytes"}
+
+
+# Wall-clock seconds quoted inside prose (the recommendation's "..., 4.1 s against ...").
+SECONDS_IN_TEXT = re.compile(r"\b\d+(?:\.\d+)?(?:e[+-]?\d+)? s\b")
 
 
 def _is_timing(key: str) -> bool:
@@ -44,6 +49,8 @@ def _differences(a, b, path: str = "") -> list[str]:
         if len(a) != len(b):
             return [f"{path}: lengths {len(a)} != {len(b)}"]
         return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
+    if isinstance(a, str) and isinstance(b, str):
+        a, b = SECONDS_IN_TEXT.sub("<t> s", a), SECONDS_IN_TEXT.sub("<t> s", b)
     return [] if a == b and type(a) is type(b) else [f"{path}: {a!r} != {b!r}"]
 
 
@@ -60,6 +67,8 @@ def test_differences_helper_sees_changes_and_skips_timings() -> None:
     b = {"x": [1.0, {"y": 3}], "wall_s": 9.0, "environment": {"seed": 1}, "t": {"fit_s": 4}}
     assert _differences(a, b) == ["x[1].y: 2 != 3"]
     assert _differences({"a": 1}, {"a": 1.0}) == ["a: 1 != 1.0"]
+    assert _differences(["1e9 FLOPs, 4.1 s."], ["1e9 FLOPs, 0.2 s."]) == []
+    assert _differences(["2e9 FLOPs, 4.1 s."], ["1e9 FLOPs, 4.1 s."]) != []
 
 
 def test_assess_twice_gives_identical_results(demo_cache_dir) -> None:
