@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,43 @@ def _load_previous(out: Path, fingerprint: dict) -> list[dict]:
             "seed); use another --out or drop --resume to start afresh."
         )
     return [s for s in previous.get("strategies", []) if s.get("status") in ("ok", "diverged")]
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def _run_with_oom_retry(
+    name, net, head, blocks, data, tracker, config, dev, progress, ckpt, warnings
+):
+    """Run one strategy; on device out-of-memory retry it with half the batch size."""
+    while True:
+        try:
+            return run_strategy(
+                name,
+                net,
+                head=head,
+                blocks=blocks,
+                data=data,
+                tracker=tracker,
+                config=config,
+                device=dev,
+                progress=progress,
+                checkpoint_path=ckpt,
+            )
+        except Exception as exc:
+            if not _is_out_of_memory(exc) or config.batch_size <= 1:
+                raise
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            half = config.batch_size // 2
+            warnings.append(
+                f"Strategy {name} ran out of device memory at batch size {config.batch_size}; "
+                f"retried at {half} (pass --batch-size {half} to start there)."
+            )
+            config = replace(config, batch_size=half)
 
 
 def compare(
@@ -308,17 +346,18 @@ def compare(
                 (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
                 ckpt = str(out_dir / "checkpoints" / f"{name}.pt")
             try:
-                entry = run_strategy(
+                entry = _run_with_oom_retry(
                     name,
                     net,
-                    head=loaded.head,
-                    blocks=blocks,
-                    data=data,
-                    tracker=tracker,
-                    config=config,
-                    device=dev,
-                    progress=progress,
-                    checkpoint_path=ckpt,
+                    loaded.head,
+                    blocks,
+                    data,
+                    tracker,
+                    config,
+                    dev,
+                    progress,
+                    ckpt,
+                    warnings,
                 )
             except Exception as exc:  # one strategy failing must not lose the others
                 entry = {

@@ -11,6 +11,7 @@ import time
 from importlib import import_module
 
 import pytest
+import torch
 
 from diagnose.compare import compare, parse_strategies
 from diagnose.strategies import STRATEGY_NAMES
@@ -161,7 +162,8 @@ def test_parse_strategies():
         parse_strategies("lp-ft")
 
 
-def test_sigterm_between_strategies_then_resume(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_between_strategies_then_resume(tmp_path, sig):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [
@@ -195,7 +197,7 @@ def test_sigterm_between_strategies_then_resume(tmp_path):
         time.sleep(0.05)
     if proc.poll() is not None:
         pytest.fail(f"compare ended before it could be interrupted: {proc.communicate()[1][-500:]}")
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in err
@@ -213,3 +215,29 @@ def test_sigterm_between_strategies_then_resume(tmp_path):
         "scratch",
     ]
     assert final["strategies"][0] == saved["strategies"][0]
+
+
+def test_out_of_memory_retries_the_strategy_at_half_the_batch(loaded_demo, tmp_path, monkeypatch):
+    real = compare_mod.run_strategy
+    sizes = []
+
+    def small_device(name, *args, config, **kwargs):
+        sizes.append(config.batch_size)
+        if config.batch_size > 16:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(name, *args, config=config, **kwargs)
+
+    monkeypatch.setattr(compare_mod, "run_strategy", small_device)
+    res = compare(
+        loaded_demo,
+        "demo:digits",
+        "demo:digits-noise",
+        out=tmp_path,
+        strategies="full_low_lr",
+        batch_size=64,
+        **SMALL,
+    )
+    assert sizes == [64, 32, 16]
+    entry = res.strategies[0]
+    assert entry["status"] == "ok" and entry["config"]["batch_size"] == 16
+    assert sum("ran out of device memory" in w for w in res.to_dict()["warnings"]) == 2
