@@ -5,6 +5,7 @@ models, runs the workflows, recommends a strategy and renders reports.
 """
 
 from diagnose.assess import AssessResult, assess
+from diagnose.audit import AuditResult, audit
 from diagnose.compare import CompareResult, compare
 from diagnose.data import DEMO_DOMAINS, Domain, load_domain, preprocess
 from diagnose.demo import run_demo
@@ -18,11 +19,13 @@ __all__ = [
     "DEMO_DOMAINS",
     "STRATEGIES",
     "AssessResult",
+    "AuditResult",
     "CompareResult",
     "Domain",
     "LRFindResult",
     "LoadedModel",
     "assess",
+    "audit",
     "compare",
     "find_head",
     "load_domain",

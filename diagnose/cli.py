@@ -143,6 +143,17 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _common(c)
 
+    u = sub.add_parser(
+        "audit", help="post-training audit: what a fine-tuned checkpoint forgot, and where"
+    )
+    _model_and_data_args(u, target_required=False, default_out="diagnose-audit")
+    u.add_argument(
+        "--finetuned",
+        required=True,
+        help="state dict of the fine-tuned model (same architecture; the head may differ)",
+    )
+    _common(u)
+
     r = sub.add_parser("report", help="re-render report.html from a results.json")
     r.add_argument("results", help="path to a results.json written by a diagnose command")
     r.add_argument("--out", help="output HTML path (default: report.html beside the results)")
@@ -217,6 +228,14 @@ def _run(args) -> int:
             _info(args, f"{s['name']:>18}: {s['status']:<8} test accuracy {shown}")
         best = res.results.get("comparison_recommendation", {}).get("strategy")
         _info(args, f"measured best: {best}")
+        print(res.report_path)
+    elif args.command == "audit":
+        from diagnose.audit import audit
+
+        if args.source is None:
+            raise ValueError("audit needs --source DATA: forgetting is measured on source images.")
+        res = audit(args.model, args.finetuned, args.source, args.target, **_shared_kwargs(args))
+        _info(args, f"verdict: {res.results.get('verdict')}")
         print(res.report_path)
     elif args.command == "report":
         from diagnose.report import render_report_file

@@ -55,6 +55,30 @@ def _scenario_row(target: str, res: dict, folder: str) -> dict:
     }
 
 
+def _demo_audit(loaded, rows: list[dict], out: Path, **kwargs) -> dict:
+    """Audit the first scenario's measured-best checkpoint, as a user of compare would."""
+    row = next((r for r in rows if r.get("status") == "ok" and r.get("measured_best")), None)
+    if row is None:
+        return {"status": "failed", "error": "no comparison finished, so there is no checkpoint"}
+    folder = row["report"].split("/", 1)[0]
+    ckpt = out / folder / "checkpoints" / f"{row['measured_best']}.pt"
+    try:
+        from diagnose.audit import audit
+
+        res = audit(
+            loaded, str(ckpt), DEMO_SOURCE, row["target"], out=out / folder / "audit", **kwargs
+        )
+    except Exception as exc:  # the audit failing must not lose the comparisons
+        return {"status": "failed", "error": str(exc), "target": row["target"]}
+    return {
+        "status": "ok",
+        "target": row["target"],
+        "strategy": row["measured_best"],
+        "verdict": res.to_dict().get("verdict"),
+        "report": f"{folder}/audit/report.html",
+    }
+
+
 def run_demo(
     out: str | Path = "diagnose-report",
     *,
@@ -82,7 +106,7 @@ def run_demo(
             if run_compare:
                 from diagnose.compare import compare as workflow
 
-                kwargs = {"epochs": epochs}
+                kwargs = {"epochs": epochs, "save_checkpoints": True}
             res = workflow(
                 loaded,
                 DEMO_SOURCE,
@@ -104,6 +128,11 @@ def run_demo(
                 }
             )
             warnings.append(f"{target} failed: {exc}")
+    audit_row = None
+    if run_compare:
+        audit_row = _demo_audit(loaded, rows, out, seed=seed, device=device, progress=progress)
+        if audit_row.get("status") == "failed":
+            warnings.append(f"audit failed: {audit_row['error']}")
     env = environment(device, seed)
     env["wall_s"] = time.perf_counter() - t0
     overview = {
@@ -113,6 +142,7 @@ def run_demo(
         "scenarios": rows,
         "model_notes": loaded.notes,
         "compare_epochs": epochs if run_compare else None,
+        "audit": audit_row,
         "warnings": warnings,
         "environment": env,
     }

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jinja2
 
-from diagnose import _plots, _plots_compare
+from diagnose import _plots, _plots_audit, _plots_compare
 from diagnose.results import atomic_write_text, load_results, write_results
 
 __all__ = ["check_out_dir", "render_html", "render_report_file", "write_outputs"]
@@ -74,12 +74,18 @@ def _figure(fn, results: dict) -> dict | None:
 
 
 def render_html(results: dict) -> str:
-    """The report for ``results`` (kind "assess", "compare" or "demo") as an HTML string."""
+    """The report for ``results`` (kind "assess", "compare", "audit" or "demo") as an HTML string."""
     env = _template_env()
     kind = results.get("kind")
     generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if kind == "demo":
         return env.get_template("demo.html.j2").render(r=results, generated=generated)
+    if kind == "audit":
+        figures = {
+            "cka": _figure(_plots_audit.audit_cka_plot, results),
+            "per_class": _figure(_plots_audit.per_class_forgetting_plot, results),
+        }
+        return env.get_template("audit.html.j2").render(r=results, fig=figures, generated=generated)
     figures = {
         "probe": _figure(_plots.probe_plot, results),
         "gap": _figure(_plots.gap_plot, results),

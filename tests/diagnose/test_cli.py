@@ -17,7 +17,7 @@ def _run(argv, capsys):
     return code, out, err
 
 
-@pytest.mark.parametrize("sub", ["assess", "report", "demo"])
+@pytest.mark.parametrize("sub", ["assess", "compare", "audit", "report", "demo"])
 def test_help_for_every_subcommand(sub, capsys):
     with pytest.raises(SystemExit) as exc:
         main([sub, "--help"])
