@@ -10,7 +10,9 @@ from diagnose.demo import run_demo
 
 def test_demo_writes_overview_scenarios_and_audit(tmp_path):
     out = tmp_path / "demo"
-    overview = run_demo(out, targets=("demo:digits-noise", "demo:digits-relabel"), epochs=1, progress=False)
+    overview = run_demo(
+        out, targets=("demo:digits-noise", "demo:digits-relabel"), epochs=1, progress=False
+    )
     assert [r["status"] for r in overview["scenarios"]] == ["ok", "ok"]
     for row in overview["scenarios"]:
         assert row["strategy"] and row["measured_best"]
