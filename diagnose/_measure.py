@@ -14,9 +14,12 @@ import torch
 from tqdm.auto import tqdm
 
 import probes
+from diagnose._prep import prepared_dataset
+from diagnose.imagestats import ImageStats
 from diagnose.lr_find import lr_range_test
+from diagnose.rgn import relative_gradient_norms
 
-__all__ = ["layer_measurements", "lr_find_head", "safe", "transferability"]
+__all__ = ["layer_measurements", "lr_find_head", "safe", "target_rgn", "transferability"]
 
 
 def safe(what: str, warnings: list[str], fn: Callable[..., Any], *args, **kwargs) -> Any:
@@ -180,3 +183,18 @@ def lr_find_head(
     out["batch_size"] = batch_size
     out["optimizer"] = "SGD, momentum 0.9"
     return out
+
+
+def target_rgn(net, head, blocks, tgt, used, train_positions, prep, seed, dev, n_max=128):
+    """Auto-RGN per block on up to ``n_max`` target training images."""
+    rng = np.random.default_rng(seed)
+    pick = np.sort(
+        rng.choice(train_positions, size=min(n_max, len(train_positions)), replace=False)
+    )
+    data = prepared_dataset(tgt, used[pick], prep, ImageStats())
+    x, y = next(iter(torch.utils.data.DataLoader(data, batch_size=len(data))))
+    classes = np.unique(tgt.labels)
+    y = torch.as_tensor(np.searchsorted(classes, np.asarray(y)), dtype=torch.long)
+    return relative_gradient_norms(
+        net, head=head, blocks=blocks, x=x, y=y, num_classes=len(classes), seed=seed, device=dev
+    )

@@ -320,6 +320,23 @@ def assess(
             seed=seed,
             progress=progress,
         )
+        if has_head:
+            rgn = _measure.safe(
+                "relative gradient norms",
+                warnings,
+                _measure.target_rgn,
+                net,
+                loaded.head,
+                layer_names,
+                tgt,
+                used["target"],
+                splits["target"]["train"],
+                prep,
+                seed,
+                dev,
+            )
+            for row in rows:
+                row["rgn"] = (rgn or {}).get(row["name"])
         if has_head and loaded.source_classes and tgt.classes == loaded.source_classes:
             heads["target_head_accuracy"] = float((logits.argmax(1) == tl).mean())
     if has_head and sl is not None and src.classes == loaded.source_classes:

@@ -175,6 +175,16 @@ def recommend(results: dict) -> dict:
             f"control ({max(controls):.3f}) by {benefit:.3f}."
         )
 
+    rgn = {layer["name"]: layer.get("rgn") for layer in layers if layer.get("rgn") is not None}
+    if rgn:
+        top = max(rgn, key=rgn.get)
+        quiet = [n for n, v in rgn.items() if v < 0.25]
+        reasons.append(
+            f"Relative gradient norms (Auto-RGN) are largest at {top}"
+            + (f" and below 0.25 at {', '.join(quiet)}" if quiet else "")
+            + ": where the target's gradient pulls hardest (a signal, not yet a rule)."
+        )
+
     lr = {"head": head_lr}
     if strategy == "discriminative":
         for depth, name in enumerate(reversed(block_names), start=1):
