@@ -51,9 +51,9 @@ def test_matches_a_direct_computation_and_leaves_the_model_alone():
     raw = {}
     for b in BLOCKS:  # zero-norm tensors (zero-initialised BN biases) have no relative norm
         ratios = [
-            float(params[n].grad.norm() / params[n].norm())
+            float(params[n].grad.norm() / params[n].detach().norm())
             for n in groups[b]
-            if params[n].norm() > 0
+            if params[n].detach().norm() > 0
         ]
         raw[b] = sum(ratios) / len(ratios)
     top = max(raw.values())
