@@ -180,15 +180,15 @@ def test_signal_between_strategies_then_resume(tmp_path, sig):
         "--strategies",
         "feature_extraction,full_low_lr,discriminative,scratch",
         "--epochs",
-        "2",
-        "--max-samples",
-        "300",
+        "6",
         "--lr",
         "0.02",
         "--out",
         str(out),
         "--quiet",
     ]
+    # Six epochs on every image leave several seconds of work after the first strategy
+    # finishes, so the signal always lands mid-run, even on a fast machine.
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
