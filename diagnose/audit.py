@@ -39,11 +39,11 @@ import torch
 from torch import nn
 
 import probes
-from diagnose._prep import prepared_dataset, resolve_device, resolve_preprocessing
+from diagnose._evalset import materialize, pick_eval, source_eval_set
+from diagnose._prep import resolve_device, resolve_preprocessing
 from diagnose._weights_io import extract_state_dict, load_state_dict_checked, torch_load
 from diagnose.assess import _as_domain, _as_loaded, _subsample
 from diagnose.forgetting import ForgettingTracker, weight_drift
-from diagnose.imagestats import ImageStats
 from diagnose.report import check_out_dir
 from diagnose.results import SCHEMA_VERSION, RunResult, environment, jsonable
 from diagnose.strategies import parameter_groups
@@ -117,18 +117,6 @@ def build_finetuned(
         replaced = True
     load_state_dict_checked(model, state, str(path))
     return model.eval(), replaced
-
-
-def _pick_eval(pool: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """compare.py's selection rule: ``min(n, len(pool))`` of ``pool``, sorted, seeded."""
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
-
-
-def _materialize(domain, indices, prep, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from diagnose.compare import _materialize as materialize
-
-    return materialize(prepared_dataset(domain, indices, prep, ImageStats()), batch_size)
 
 
 def _span(names: list[str]) -> str:
@@ -257,21 +245,13 @@ def audit(
     net = loaded.model
     blocks = probes.discover_layers(net) if layers == "auto" else list(layers)
 
-    src_split = src.splits(seed)
-    pool = src_split["test"] if len(src_split["test"]) else np.arange(len(src.dataset))
-    sx, sy = _materialize(src, _pick_eval(pool, source_eval_samples, seed), prep, 256)
-    label_match = src.labels is not None and src.classes == loaded.source_classes
-    if src.labels is not None and not label_match:
-        warnings.append(
-            "Source classes do not match the model's head classes: forgetting is measured "
-            "label-free (agreement and CKA) only."
-        )
+    sx, sy = source_eval_set(src, loaded, prep, n=source_eval_samples, seed=seed, warnings=warnings)
     tracker = ForgettingTracker(
         net,
         head=loaded.head,
         blocks=blocks,
         source_x=sx,
-        source_y=sy if label_match else None,
+        source_y=sy,
         device=dev,
         batch_size=batch_size,
     )
@@ -295,7 +275,7 @@ def audit(
             test = set(int(i) for i in tgt.splits(seed)["test"])
             held_out = np.array([i for i in used if int(i) in test], dtype=np.int64)
             tpool = held_out if len(held_out) >= 2 else used
-        tx, _ = _materialize(tgt, _pick_eval(tpool, source_eval_samples, seed), prep, 256)
+        tx, _ = materialize(tgt, pick_eval(tpool, source_eval_samples, seed), prep)
         n_target = int(len(tx))
         target_tracker = ForgettingTracker(
             net,

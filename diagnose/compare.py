@@ -22,10 +22,10 @@ import torch
 from tqdm.auto import tqdm
 
 import probes
-from diagnose._prep import prepared_dataset, resolve_device, resolve_preprocessing
+from diagnose._evalset import materialize, source_eval_set
+from diagnose._prep import resolve_device, resolve_preprocessing
 from diagnose.assess import _as_domain, _as_loaded, _restricted_splits, _subsample, assess
 from diagnose.forgetting import ForgettingTracker
-from diagnose.imagestats import ImageStats
 from diagnose.report import check_out_dir
 from diagnose.results import (
     SCHEMA_VERSION,
@@ -41,7 +41,6 @@ from diagnose.train import TargetData, run_strategy
 
 __all__ = ["CompareResult", "compare", "parse_strategies"]
 
-MAX_TENSOR_BYTES = 4 * 1024**3
 DEFAULT_HEAD_LR = 1e-2
 
 
@@ -65,22 +64,6 @@ def parse_strategies(value: str | list[str] | tuple[str, ...]) -> list[str]:
             f"Got {', '.join(unknown) or 'nothing'}."
         )
     return [n for n in STRATEGY_NAMES if n in names]
-
-
-def _materialize(dataset, device_batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    loader = torch.utils.data.DataLoader(dataset, batch_size=device_batch, shuffle=False)
-    xs, ys = [], []
-    total = 0
-    for x, y in loader:
-        total += x.numel() * 4
-        if total > MAX_TENSOR_BYTES:
-            raise ValueError(
-                "the preprocessed target images exceed 4 GiB in memory; pass --max-samples N "
-                "or a smaller --image-size."
-            )
-        xs.append(x.float())
-        ys.append(torch.as_tensor(y, dtype=torch.long))
-    return torch.cat(xs), torch.cat(ys)
 
 
 def _fingerprint(
@@ -266,7 +249,7 @@ def compare(
 
     used = _subsample(tgt, max_samples, seed)
     split = _restricted_splits(tgt, used, seed)
-    x, y = _materialize(prepared_dataset(tgt, used, prep, ImageStats()))
+    x, y = materialize(tgt, used, prep)
     data = TargetData(
         x_train=x[split["train"]],
         y_train=y[split["train"]],
@@ -278,23 +261,15 @@ def compare(
     )
     tracker = None
     if src is not None:
-        src_split = src.splits(seed)
-        pool = src_split["test"] if len(src_split["test"]) else np.arange(len(src.dataset))
-        rng = np.random.default_rng(seed)
-        pick = np.sort(rng.choice(pool, size=min(source_eval_samples, len(pool)), replace=False))
-        sx, sy = _materialize(prepared_dataset(src, pick, prep, ImageStats()))
-        label_match = src.labels is not None and src.classes == loaded.source_classes
-        if src.labels is not None and not label_match:
-            warnings.append(
-                "Source classes do not match the model's head classes: forgetting is measured "
-                "label-free (agreement and CKA) only."
-            )
+        sx, sy = source_eval_set(
+            src, loaded, prep, n=source_eval_samples, seed=seed, warnings=warnings
+        )
         tracker = ForgettingTracker(
             net,
             head=loaded.head,
             blocks=blocks,
             source_x=sx,
-            source_y=sy if label_match else None,
+            source_y=sy,
             device=dev,
         )
     else:
