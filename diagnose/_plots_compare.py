@@ -23,13 +23,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from diagnose._plots import _short  # noqa: E402
 from diagnose.recommend import STRATEGIES  # noqa: E402
 
-__all__ = ["cka_heatmap", "forgetting_curves_plot", "tradeoff_plot", "training_curves_plot"]
+__all__ = ["cka_heatmap", "forgetting_curves_plot", "tradeoff_plot"]
 
 _RED = "#b3261e"  # diverged runs, in every plot
 _BLUE, _ORANGE, _GREEN, _PURPLE = "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"
@@ -321,118 +320,3 @@ def cka_heatmap(results: dict) -> tuple[str, str] | None:
                 f"{len(keep)} strategies"
             )
     return _encode(fig), takeaway + "."
-
-
-def _diverged_epoch(entry: dict) -> float | None:
-    if entry.get("status") != "diverged":
-        return None
-    epoch = _f(_d(entry, "diverged").get("epoch"))
-    if epoch is None:  # fall back to the last evaluation before the loss went non-finite
-        epochs = [p[0] for p in _curve(entry, "train_loss") + _curve(entry, "val_loss")]
-        epoch = max(epochs) if epochs else None
-    return epoch
-
-
-def training_curves_plot(results: dict) -> tuple[str, str] | None:
-    """Train and validation loss per strategy (small multiples, shared axes)."""
-    panels = []
-    for label, e in _entries(results):
-        train, val = _curve(e, "train_loss"), _curve(e, "val_loss")
-        if train or val:
-            panels.append((label, e, train, val))
-    if not panels:
-        return None
-    # The shared y range shows every healthy run in full; a divergence spike would flatten
-    # the rest, so a diverged run's points above it sit as triangles on the top edge.
-    healthy = [p[1] for _, e, t, v in panels if e.get("status") != "diverged" for p in t + v]
-    firsts = [min(t + v)[1] for _, _, t, v in panels]
-    top = max(1.05 * max(healthy) if healthy else 2.0 * float(np.median(firsts)), 1e-6)
-    shown = [p[1] for _, _, t, v in panels for p in t + v if 0 < p[1] <= top]
-    log = bool(shown) and max(shown) / min(shown) > 50
-
-    n = len(panels)
-    ncols = min(4, n)
-    nrows = math.ceil(n / ncols)
-    sns.set_theme(style="whitegrid")
-    fig, axes = plt.subplots(
-        nrows,
-        ncols,
-        figsize=(2.9 * ncols + 0.8, 2.3 * nrows + 1.2),
-        sharex=True,
-        sharey=True,
-        squeeze=False,
-    )
-    notes_div, notes_over, improving = [], [], []
-    for ax, (label, e, train, val) in zip(axes.flat, panels):
-        ax.plot(*_xy(train), color=_BLUE, marker=".")
-        ax.plot(*_xy(val), color=_ORANGE, linestyle="--", marker=".")
-        high = [p[0] for p in train + val if p[1] > top]
-        if high:  # an empty unclipped line would still stretch the layout to the origin
-            ax.plot(high, [top] * len(high), "^", color=_RED, clip_on=False)
-        div = _diverged_epoch(e)
-        if div is not None:
-            ax.axvline(div, color=_RED, linewidth=1.5)
-            lr = _f(_d(e, "diverged").get("lr"))
-            notes_div.append(
-                f"{label} diverged at epoch {div:g}" + (f" (LR {lr:.2g})" if lr is not None else "")
-            )
-        over = _f(_d(e, "overfitting").get("epoch"))
-        if over is not None:
-            ax.axvline(over, color=_PURPLE, linestyle=":", linewidth=1.5)
-            notes_over.append(f"{label} from epoch {over:g}")
-        best = _f(_d(e, "target").get("best_epoch"))
-        at = [p for p in val if p[0] == best]
-        if at:
-            ax.plot(*_xy(at[:1]), marker="*", markersize=12, color=_GREEN, zorder=4)
-        elif best is not None:
-            ax.axvline(best, color=_GREEN, linestyle="-.", linewidth=1.2)
-        epochs = [p[0] for p in train + val]
-        if best is not None and e.get("status") == "ok" and epochs and best >= max(epochs):
-            improving.append(label)
-        ax.set_title(
-            label + ("" if e.get("status") in (None, "ok") else f" ({e.get('status')})"), fontsize=9
-        )
-        ax.tick_params(labelsize=8)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for k, ax in enumerate(axes.flat):
-        if k >= n:
-            ax.set_visible(False)
-        elif k + ncols >= n:  # the lowest panel of its column carries the epoch axis
-            ax.set_xlabel("epoch", fontsize=9)
-            ax.xaxis.set_tick_params(labelbottom=True)
-    if log:
-        axes[0, 0].set_yscale("log")
-        axes[0, 0].set_ylim(min(shown) / 1.5, top * 1.5)
-    else:
-        axes[0, 0].set_ylim(0, top)
-    fig.supylabel("cross-entropy loss (nats" + (", log scale)" if log else ")"), fontsize=10)
-    fig.suptitle("Training and validation loss per strategy", fontsize=11)
-    handles = [
-        Line2D([], [], color=_BLUE, marker=".", label="train loss"),
-        Line2D([], [], color=_ORANGE, linestyle="--", marker=".", label="validation loss"),
-        Line2D([], [], color=_GREEN, marker="*", ls="", ms=10, label="best validation epoch"),
-    ]
-    if notes_over:
-        handles.append(Line2D([], [], color=_PURPLE, linestyle=":", label="overfitting onset"))
-    if notes_div:
-        handles.append(Line2D([], [], color=_RED, marker="^", label="divergence (off scale)"))
-    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
-
-    parts = []
-    if notes_over:
-        parts.append(
-            "overfitting (validation loss rising while training loss falls): "
-            + ", ".join(notes_over)
-        )
-    if notes_div:
-        parts.append("; ".join(notes_div))
-    if improving:
-        parts.append(
-            f"{', '.join(improving)} {'was' if len(improving) == 1 else 'were'} still improving at the "
-            "last epoch, so more epochs may help"
-        )
-    if not parts:
-        parts.append(f"None of the {n} strategies diverged or overfit")
-    takeaway = "; ".join(parts) + "."
-    rect = (0, 0.07 if nrows == 1 else 0.04, 1, 1)  # room for the figure legend below
-    return _encode(fig, rect), takeaway[0].upper() + takeaway[1:]

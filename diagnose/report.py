@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jinja2
 
-from diagnose import _plots, _plots_audit, _plots_compare
+from diagnose import _plots, _plots_audit, _plots_compare, _plots_training
 from diagnose.results import atomic_write_text, load_results, write_results
 
 __all__ = ["check_out_dir", "render_html", "render_report_file", "write_outputs"]
@@ -97,7 +97,7 @@ def render_html(results: dict) -> str:
             tradeoff=_figure(_plots_compare.tradeoff_plot, results),
             forgetting=_figure(_plots_compare.forgetting_curves_plot, results),
             cka=_figure(_plots_compare.cka_heatmap, results),
-            training_curves=_figure(_plots_compare.training_curves_plot, results),
+            training_curves=_figure(_plots_training.training_curves_plot, results),
         )
     return env.get_template("report.html.j2").render(r=results, fig=figures, generated=generated)
 

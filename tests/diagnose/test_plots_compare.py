@@ -16,8 +16,8 @@ from diagnose._plots_compare import (
     cka_heatmap,
     forgetting_curves_plot,
     tradeoff_plot,
-    training_curves_plot,
 )
+from diagnose._plots_training import training_curves_plot
 from diagnose.report import render_html
 from diagnose.results import SCHEMA_VERSION
 from diagnose.select import select_strategy
