@@ -46,3 +46,11 @@ def test_torchvision_with_local_weights(tmp_path):
         "layer4",
     ]
     assert data["preprocessing"]["image_size"] == [64, 64]
+
+
+def test_compare_and_audit_script(tmp_path):
+    mod = _load("compare_and_audit.py")
+    out = mod["run"](str(tmp_path / "cmp"), epochs=1, max_samples=200)
+    assert out["best"] in {"feature_extraction", "partial", "lp_ft"}
+    assert out["audit"]["kind"] == "audit" and out["audit"]["verdict"]
+    assert (tmp_path / "cmp" / "audit" / "report.html").exists()
