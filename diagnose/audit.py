@@ -256,15 +256,10 @@ def audit(
         batch_size=batch_size,
     )
     ft = ft.to(dev)
-    measured = tracker.measure(ft)
+    measured, preds = tracker.measure_with_predictions(ft)
     per_class: list[dict] = []
-    if tracker.source_y is not None:
-        # One more pass for the per-class predictions (measure() keeps only the summaries).
-        _, preds = tracker._pass(ft)
-        if preds is not None:
-            per_class = _per_class(
-                tracker.reference_predictions, preds, tracker.source_y, src.classes
-            )
+    if tracker.source_y is not None and preds is not None:
+        per_class = _per_class(tracker.reference_predictions, preds, tracker.source_y, src.classes)
 
     cka_target: dict[str, float | None] = {}
     n_target = 0

@@ -80,13 +80,22 @@ def _write(results: dict, out: Path) -> tuple[Path, Path]:
     return write_outputs(results, out)
 
 
-def _load_previous(out: Path, fingerprint: dict) -> list[dict]:
+# Keys a comparison adds to the assessment it starts from; the rest is the assessment.
+_RUN_KEYS = ("kind", "compare_config", "strategies", "comparison_recommendation", "environment")
+
+
+def _read_previous(out: Path) -> dict | None:
+    """The comparison in ``out`` that ``--resume`` continues, or None when there is none."""
     path = out / "results.json"
     if not path.exists():
-        return []
+        return None
     previous = load_results(path)
     if previous.get("kind") != "compare":
         raise ValueError(f"--resume: {path} is not a comparison (kind {previous.get('kind')!r}).")
+    return previous
+
+
+def _finished(previous: dict, fingerprint: dict, path: Path) -> list[dict]:
     if previous.get("compare_config", {}).get("fingerprint") != fingerprint:
         raise ValueError(
             f"--resume: {path} was written with different settings (model, data, epochs, LR or "
@@ -192,7 +201,13 @@ def compare(
         raise ValueError("compare needs labelled --target data.")
     out_dir = Path(out) if out is not None else None
 
-    if with_assessment:
+    previous = _read_previous(out_dir) if resume else None
+    if previous is not None:
+        # Resuming: the assessment (and its LR suggestion) is already on disk.
+        base = {k: v for k, v in previous.items() if k not in _RUN_KEYS}
+        n_base = previous.get("compare_config", {}).get("base_warnings", 0)
+        base["warnings"] = previous.get("warnings", [])[:n_base]
+    elif with_assessment:
         base = assess(
             loaded,
             src,
@@ -209,6 +224,7 @@ def compare(
     else:
         base = {"schema": SCHEMA_VERSION, "model": loaded.to_dict(), "warnings": [], "layers": []}
     warnings: list[str] = list(base.get("warnings", []))
+    n_base_warnings = len(warnings)
     prep = resolve_preprocessing(
         loaded, [d for d in (src, tgt) if d is not None], image_size, normalize
     )
@@ -247,6 +263,7 @@ def compare(
         },
     )
 
+    done = _finished(previous, fingerprint, out_dir / "results.json") if previous else []
     used = _subsample(tgt, max_samples, seed)
     split = _restricted_splits(tgt, used, seed)
     x, y = materialize(tgt, used, prep)
@@ -275,7 +292,6 @@ def compare(
     else:
         warnings.append("No source data: forgetting cannot be measured.")
 
-    done = _load_previous(out_dir, fingerprint) if resume else []
     done_names = {s["name"] for s in done}
     results = {
         **base,
@@ -289,6 +305,7 @@ def compare(
             else ("LR range test" if suggested else "default"),
             "source_eval_samples": int(len(tracker.source_x)) if tracker is not None else 0,
             "max_forgetting": max_forgetting,
+            "base_warnings": n_base_warnings,
         },
         "strategies": [s for s in done if s["name"] in names],
         "warnings": warnings,

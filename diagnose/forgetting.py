@@ -189,6 +189,17 @@ class ForgettingTracker:
             a model whose features are not finite (diverged) gets None for the
             affected entries instead of an error.
         """
+        return self.measure_with_predictions(model)[0]
+
+    def measure_with_predictions(
+        self, model: nn.Module
+    ) -> tuple[dict[str, Any], torch.Tensor | None]:
+        """:meth:`measure` plus the original head's source predictions from the same pass.
+
+        The predictions (a long tensor, one class per source image; None when
+        the features are not finite) let a caller break the accuracy down per
+        class without a second forward pass.
+        """
         feats, preds = self._pass(model)
         sims: dict[str, float | None] = {}
         for b in self.blocks:
@@ -198,12 +209,13 @@ class ForgettingTracker:
             value = cka(self.reference_features[b], feats[b], kernel="linear")
             sims[b] = float(value) if math.isfinite(value) else None
         if preds is None:  # non-finite features reach the head: predictions mean nothing
-            return {"source_accuracy": None, "agreement": None, "cka": sims}
-        return {
+            return {"source_accuracy": None, "agreement": None, "cka": sims}, None
+        summary = {
             "source_accuracy": self._accuracy(preds),
             "agreement": float((preds == self.reference_predictions).double().mean()),
             "cka": sims,
         }
+        return summary, preds
 
 
 def suggest_source_samples(
