@@ -4,17 +4,35 @@ A pure function: the assessment's results dict in, a recommendation dict out,
 no I/O. Every reason cites the measurement and its value, and
 ``would_change_if`` says which measurement would flip the decision.
 
-The rules follow the published evidence (see shared/REFERENCES.md):
-- pretraining helps only where the pretrained probe beats the random-init
-  control probe (Yosinski et al. 2014);
-- an input-level shift (a large domain gap already at the first block, e.g.
-  noise or inverted contrast) wants the early blocks tuned; an output-level
-  shift (little input gap, last-layer probe below an intermediate layer) wants
-  the last blocks and the head tuned (Lee et al. 2023, surgical fine-tuning);
-- small targets whose last-layer features already separate the classes are
-  served best by feature extraction (a new head on frozen features);
-- the head LR comes from the LR range test, the backbone trains 10x lower,
-  and with discriminative LRs each block further down is 2.6x lower (ULMFiT).
+The rules, in the order they are tried (see shared/REFERENCES.md):
+
+1. a forgetting budget below ``SAFE_FORGETTING`` leaves only feature
+   extraction: every other strategy moves the backbone, and how far it then
+   forgets can only be measured (``diagnose compare``);
+2. a small target (< ``SMALL_PER_CLASS`` images per class) without an
+   input-level shift gets a new head on frozen features;
+3. an input-level shift (a large gap already at the first block) whose first
+   block has *lost* the class information it carries on the source (target
+   probe well below the source probe there) needs the early filters re-learnt:
+   every block fine-tunes at a low LR (Lee et al. 2023, surgical fine-tuning;
+   Yosinski et al. 2014). Auto-RGN peaking at the first block supports it;
+4. a large target (>= ``LARGE_PER_CLASS`` per class) without early information
+   loss and without an output-level shift can afford full fine-tuning with
+   discriminative LRs (ULMFiT);
+5. otherwise the pretrained features keep what the target needs: LP-FT, a head
+   fitted on the frozen features first, then everything at a low LR (Kumar et
+   al. 2022). This covers input-level shifts whose early features still carry
+   the classes (inverted contrast), output-level shifts (last-layer probe below
+   an intermediate layer, where tuning from a random head distorts the
+   features before the head is useful) and close targets.
+
+The random-init control probe says whether pretraining helps at all: where it
+does not, the confidence is low. The head LR comes from the LR range test; the
+backbone trains ``BACKBONE_LR_RATIO`` (10x) below it and, with discriminative
+LRs, each block further down is 2.6x lower (ULMFiT).
+
+The thresholds were checked against measurements: benchmarks/bench_recommend.py
+runs assess and every strategy on the four demo targets over several seeds.
 """
 
 from __future__ import annotations
@@ -31,9 +49,13 @@ DISCRIMINATIVE_FACTOR = 2.6
 BACKBONE_LR_RATIO = 0.1
 DEFAULT_HEAD_LR = 1e-2
 INPUT_GAP_PAD = 1.0  # PAD above this at the first block: the inputs themselves differ
+EARLY_LOSS = 0.10  # first-block probe this far below the source's: early features lost the classes
 PROBE_DROP = 0.05  # last-layer probe this far below the best layer: late features do not fit
 BENEFIT_MIN = 0.02  # pretrained probe must beat the control by this much to count
-SMALL_PER_CLASS = 100
+SMALL_PER_CLASS = 30
+LARGE_PER_CLASS = 500
+SAFE_FORGETTING = 0.05  # budgets below this admit no strategy that moves the backbone
+RGN_QUIET = 0.25
 
 
 def _acc(layer: dict, which: str) -> float | None:
@@ -50,20 +72,184 @@ def _epochs(n_per_class: float, strategy: str) -> int:
     return int(min(50, max(5, round(base))))
 
 
-def recommend(results: dict) -> dict:
+def _signals(results: dict, layers: list[dict]) -> dict:
+    """Every measurement a rule reads, in one flat dict (and nothing else)."""
+    names = [layer["name"] for layer in layers]
+    target = [_acc(layer, "target") for layer in layers]
+    control = [c for c in (_acc(layer, "control") for layer in layers) if c is not None]
+    best_i = max(range(len(layers)), key=lambda i: target[i])
+    gap0 = layers[0].get("gap") or {}
+    src_classes = (results.get("source") or {}).get("classes")
+    tgt_classes = (results.get("target") or {}).get("classes")
+    source0 = _acc(layers[0], "source")
+    same_task = bool(src_classes) and src_classes == tgt_classes and source0 is not None
+    rgn = {layer["name"]: layer["rgn"] for layer in layers if layer.get("rgn") is not None}
+    return {
+        "names": names,
+        "best_i": best_i,
+        "best": target[best_i],
+        "last": target[-1],
+        "first": target[0],
+        "source_first": source0 if same_task else None,
+        "drop": target[best_i] - target[-1],
+        "best_control": max(control) if control else None,
+        "benefit": target[best_i] - max(control) if control else None,
+        "pad0": gap0.get("pad"),
+        "p0": gap0.get("mmd_pvalue"),
+        "rgn": rgn,
+    }
+
+
+def _input_shift(s: dict) -> bool:
+    return s["pad0"] is not None and s["pad0"] >= INPUT_GAP_PAD and (s["p0"] or 0.0) < 0.05
+
+
+def _early_loss(s: dict) -> float | None:
+    return None if s["source_first"] is None else s["source_first"] - s["first"]
+
+
+def _decide(s: dict, n_per_class: float, max_forgetting: float | None):
+    """(strategy, unfreeze, confidence, reasons, would_change) from the signals."""
+    names, first = s["names"], s["names"][0]
+    loss = _early_loss(s)
+    shift = _input_shift(s)
+    gap_txt = (
+        f"PAD at {first} is {s['pad0']:.2f}"
+        + (f" (MMD p={s['p0']:.3g})" if s["p0"] is not None else "")
+        if s["pad0"] is not None
+        else f"no gap was measured at {first}"
+    )
+    if max_forgetting is not None and max_forgetting < SAFE_FORGETTING:
+        return (
+            "feature_extraction",
+            [],
+            "high",
+            [
+                f"The forgetting budget is {max_forgetting:.3f} of source accuracy: only a frozen "
+                "backbone is sure to stay within it (every other strategy moves the pretrained "
+                "weights, by an amount only diagnose compare can measure)."
+            ],
+            [f"A forgetting budget of {SAFE_FORGETTING:.2f} or more (--max-forgetting)."],
+        )
+    if n_per_class and n_per_class < SMALL_PER_CLASS and not shift:
+        return (
+            "feature_extraction",
+            [],
+            "high" if s["drop"] < PROBE_DROP else "medium",
+            [
+                f"The target has {n_per_class:.0f} training images per class and no input-level "
+                f"shift ({gap_txt}): a new head on frozen features is the least likely to overfit; "
+                f"its last-layer probe reaches {s['last']:.3f}."
+            ],
+            [
+                f"{SMALL_PER_CLASS} or more training images per class, which would afford tuning "
+                "the backbone after the head (LP-FT).",
+                f"PAD at {first} of {INPUT_GAP_PAD:.1f} or more (an input-level shift).",
+            ],
+        )
+    if shift and loss is not None and loss >= EARLY_LOSS:
+        rgn_top = max(s["rgn"], key=s["rgn"].get) if s["rgn"] else None
+        reasons = [
+            f"An input-level shift ({gap_txt}) that destroys what the early features carry: the "
+            f"target probe at {first} is {s['first']:.3f} against {s['source_first']:.3f} on the "
+            f"source ({loss:.3f} lost). The early filters must be re-learnt, so every block "
+            "fine-tunes at a low LR (Lee et al. 2023: input-level shifts want the early blocks)."
+        ]
+        if rgn_top is not None:
+            reasons.append(
+                f"Auto-RGN {'agrees' if rgn_top == first else 'disagrees'}: the largest relative "
+                f"gradient norm is at {rgn_top}."
+            )
+        strong = loss >= 2 * EARLY_LOSS and rgn_top in (None, first)
+        return (
+            "full_low_lr",
+            list(names),
+            "high" if strong else "medium",
+            reasons,
+            [
+                f"The target probe at {first} within {EARLY_LOSS:.2f} of the source's "
+                f"(now {loss:.3f} below): then LP-FT, which keeps the early features, would do.",
+                f"PAD at {first} below {INPUT_GAP_PAD:.1f}: no input-level shift.",
+            ],
+        )
+    if n_per_class >= LARGE_PER_CLASS and s["drop"] < PROBE_DROP:
+        return (
+            "discriminative",
+            list(names),
+            "medium",
+            [
+                f"The target has {n_per_class:.0f} images per class, enough to fine-tune every "
+                f"block, with LRs falling by {DISCRIMINATIVE_FACTOR} per block going down so the "
+                f"general early features move least (ULMFiT); the last-layer probe ({s['last']:.3f}) "
+                f"is within {s['drop']:.3f} of the best layer."
+            ],
+            [f"Fewer than {LARGE_PER_CLASS} images per class: then LP-FT, head first."],
+        )
+    # LP-FT: the features keep what the target needs; fit the head first, then tune.
+    if shift:
+        why = (
+            f"An input-level shift ({gap_txt}), but the early features still carry the classes: "
+            f"the target probe at {first} is {s['first']:.3f} against {s['source_first']:.3f} on "
+            "the source."
+            if loss is not None
+            else f"An input-level shift ({gap_txt}); without source labels on the same classes "
+            "it cannot be told whether the early features lost the classes."
+        )
+        change = (
+            f"The target probe at {first} falling {EARLY_LOSS:.2f} or more below the source's: "
+            "then the early filters must be re-learnt (full fine-tuning)."
+        )
+    elif s["drop"] >= PROBE_DROP and s["best_i"] < len(names) - 1:
+        why = (
+            f"An output-level shift: the target probe peaks at {names[s['best_i']]} "
+            f"({s['best']:.3f}) and falls to {s['last']:.3f} at the last block. Tuning the later "
+            "blocks from a random head distorts them before the head is useful; fitting the "
+            "head first keeps the intermediate information while the blocks adapt."
+        )
+        change = (
+            f"The last-layer probe within {PROBE_DROP:.2f} of the best layer: a close target, "
+            "same strategy, higher confidence."
+        )
+    else:
+        why = (
+            f"A close target ({gap_txt}; the last-layer probe {s['last']:.3f} is within "
+            f"{s['drop']:.3f} of the best layer) with {n_per_class:.0f} training images per class."
+        )
+        change = (
+            f"Fewer than {SMALL_PER_CLASS} images per class (feature extraction) or "
+            f"{LARGE_PER_CLASS} or more (discriminative full fine-tuning)."
+        )
+    return (
+        "lp_ft",
+        list(names),
+        "medium" if shift or s["drop"] >= PROBE_DROP else "high",
+        [
+            why,
+            "LP-FT fits the head on the frozen features, then fine-tunes every block at a low LR: "
+            "it starts from the probe's accuracy and, unlike fine-tuning from a random head, does "
+            "not distort the pretrained features first (Kumar et al. 2022).",
+        ],
+        [change],
+    )
+
+
+def recommend(results: dict, *, max_forgetting: float | None = None) -> dict:
     """Recommend a strategy, blocks to unfreeze and LRs from an assessment's results.
 
-    Example::
+    ``max_forgetting`` is the user's forgetting budget (a fraction of source
+    accuracy, as ``diagnose compare --max-forgetting``): a tight one leaves
+    only strategies that keep the backbone frozen. Example::
 
         rec = recommend(assess_result.to_dict())
         rec["strategy"], rec["lr"]["head"], rec["reasons"][0]
     """
+    if max_forgetting is not None and not 0 <= max_forgetting <= 1:
+        raise ValueError(f"--max-forgetting must be between 0 and 1. Got {max_forgetting}.")
     layers = [layer for layer in results.get("layers", []) if _acc(layer, "target") is not None]
     names = [layer["name"] for layer in results.get("layers", [])]
     lr_find = results.get("lr_find") or {}
     head_lr = lr_find.get("suggested_lr")
     reasons: list[str] = []
-    would_change: list[str] = []
     if head_lr is None:
         head_lr = DEFAULT_HEAD_LR
         reasons.append(
@@ -88,106 +274,46 @@ def recommend(results: dict) -> dict:
             "weight_decay": 1e-4,
             "optimizer": "SGD, momentum 0.9",
             "confidence": "low",
+            "max_forgetting": max_forgetting,
             "reasons": reasons
             + ["No target probe could be measured, so nothing supports freezing any block."],
             "would_change_if": ["Labelled target data let the layer-wise probes run."],
         }
 
-    target_acc = [_acc(layer, "target") for layer in layers]
-    control_acc = [_acc(layer, "control") for layer in layers]
-    best_i = max(range(len(layers)), key=lambda i: target_acc[i])
-    best, last = target_acc[best_i], target_acc[-1]
-    drop = best - last
-    controls = [c for c in control_acc if c is not None]
-    benefit = best - max(controls) if controls else None
-    gaps = [(layer.get("gap") or {}).get("pad") for layer in layers]
-    first_gap = gaps[0]
-    pvals = [(layer.get("gap") or {}).get("mmd_pvalue") for layer in layers]
-    block_names = [layer["name"] for layer in layers]
-
-    no_benefit = benefit is not None and benefit < BENEFIT_MIN
-    if first_gap is not None and first_gap >= INPUT_GAP_PAD and (pvals[0] or 0) < 0.05:
-        strategy, unfreeze = "full_low_lr", block_names
+    s = _signals(results, layers)
+    strategy, unfreeze, confidence, rule_reasons, would_change = _decide(
+        s, n_per_class, max_forgetting
+    )
+    reasons.extend(rule_reasons)
+    benefit = s["benefit"]
+    if benefit is not None and benefit < BENEFIT_MIN:
+        confidence = "low"
         reasons.append(
-            f"The domain gap is large already at the first block ({block_names[0]}: PAD "
-            f"{first_gap:.2f}, MMD p={pvals[0]:.3g}): an input-level shift, which is served by "
-            "tuning the early blocks too (Lee et al. 2023), so every block trains, at a low LR."
-        )
-        would_change.append(
-            f"PAD at {block_names[0]} below {INPUT_GAP_PAD:.1f}: then the early blocks could stay frozen."
-        )
-        confidence = "high" if first_gap >= 1.5 and not no_benefit else "medium"
-    elif no_benefit:
-        strategy, unfreeze = "full_low_lr", block_names
-        reasons.append(
-            "Frozen pretrained features do not beat random ones here, so no block can stay "
-            "frozen: everything trains, and training from scratch is the baseline to compare "
-            "against (diagnose compare measures both)."
+            f"The pretrained probe's best accuracy ({s['best']:.3f}) is within {benefit:+.3f} of "
+            f"the random-init control ({s['best_control']:.3f}): frozen pretrained features buy "
+            "little on this target, so the confidence is low; diagnose compare measures whether "
+            "the pretrained weights still help as a starting point (against scratch)."
         )
         would_change.append(
             f"The best pretrained probe beating the control by more than {BENEFIT_MIN:.2f}."
         )
-        confidence = "low"
-    elif drop >= PROBE_DROP and best_i < len(layers) - 1:
-        strategy = "partial"
-        unfreeze = block_names[best_i + 1 :]
-        reasons.append(
-            f"The target probe peaks at {block_names[best_i]} ({best:.3f}) and falls to {last:.3f} "
-            f"at the last block: the later blocks discard what the target needs (an output-level "
-            f"shift), so the blocks after {block_names[best_i]} and the head are tuned."
-        )
-        would_change.append(
-            f"The last-layer probe within {PROBE_DROP:.2f} of the best layer: then a new head alone would do."
-        )
-        confidence = "high" if drop >= 2 * PROBE_DROP else "medium"
-    elif n_per_class and n_per_class < SMALL_PER_CLASS:
-        strategy, unfreeze = "feature_extraction", []
-        reasons.append(
-            f"The last-layer probe is within {drop:.3f} of the best layer ({last:.3f}) and the "
-            f"target has {n_per_class:.0f} training images per class: a new head on frozen "
-            "features is the least likely to overfit."
-        )
-        would_change.append(
-            f"More than {SMALL_PER_CLASS} training images per class, which would afford fine-tuning."
-        )
-        confidence = "high" if drop < PROBE_DROP / 2 else "medium"
-    else:
-        strategy, unfreeze = "discriminative", block_names
-        reasons.append(
-            f"The last-layer probe is close to the best layer ({last:.3f} vs {best:.3f}) and the "
-            f"target has {n_per_class:.0f} images per class, enough to fine-tune everything with "
-            f"LRs falling by {DISCRIMINATIVE_FACTOR} per block going down."
-        )
-        would_change.append(
-            f"Fewer than {SMALL_PER_CLASS} images per class: then feature extraction would be safer."
-        )
-        confidence = "medium"
-
-    if no_benefit:
-        reasons.append(
-            f"The pretrained probe's best accuracy ({best:.3f}) is within {benefit:+.3f} of the "
-            f"random-init control ({max(controls):.3f}): frozen pretrained features buy little "
-            "on this target."
-        )
     elif benefit is not None:
         reasons.append(
-            f"Pretraining helps: the best pretrained probe ({best:.3f}) beats the random-init "
-            f"control ({max(controls):.3f}) by {benefit:.3f}."
+            f"Pretraining helps: the best pretrained probe ({s['best']:.3f}) beats the random-init "
+            f"control ({s['best_control']:.3f}) by {benefit:.3f}."
         )
-
-    rgn = {layer["name"]: layer.get("rgn") for layer in layers if layer.get("rgn") is not None}
-    if rgn:
-        top = max(rgn, key=rgn.get)
-        quiet = [n for n, v in rgn.items() if v < 0.25]
+    if s["rgn"] and strategy != "full_low_lr":
+        top = max(s["rgn"], key=s["rgn"].get)
+        quiet = [n for n, v in s["rgn"].items() if v < RGN_QUIET]
         reasons.append(
             f"Relative gradient norms (Auto-RGN) are largest at {top}"
-            + (f" and below 0.25 at {', '.join(quiet)}" if quiet else "")
-            + ": where the target's gradient pulls hardest (a signal, not yet a rule)."
+            + (f" and below {RGN_QUIET} at {', '.join(quiet)}" if quiet else "")
+            + ": where the target's gradient pulls hardest once the backbone trains."
         )
 
     lr = {"head": head_lr}
     if strategy == "discriminative":
-        for depth, name in enumerate(reversed(block_names), start=1):
+        for depth, name in enumerate(reversed(s["names"]), start=1):
             lr[name] = head_lr / DISCRIMINATIVE_FACTOR**depth
     else:
         lr.update({name: head_lr * BACKBONE_LR_RATIO for name in unfreeze})
@@ -200,6 +326,7 @@ def recommend(results: dict) -> dict:
         "weight_decay": 1e-4,
         "optimizer": "SGD, momentum 0.9",
         "confidence": confidence,
+        "max_forgetting": max_forgetting,
         "reasons": reasons,
         "would_change_if": would_change,
     }
