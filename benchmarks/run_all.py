@@ -1,6 +1,8 @@
-"""Run every benchmark in this folder (``make bench``); each prints its own table of ratios.
+"""Run the benchmarks (``make bench``): the performance suite, then the recommender's
+validation and the large-N memory benchmark; each prints its own table.
 
-python benchmarks/run_all.py [--quick]
+``bench_probe.py`` and ``bench_compare.py`` are not run on their own: the suite
+runs their rows. python benchmarks/run_all.py [--quick]
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ def main() -> int:
     here = Path(__file__).resolve().parent
     extra = [a for a in sys.argv[1:] if a == "--quick"]
     failed = []
-    for script in sorted(here.glob("bench_*.py")):
+    names = ["perf_suite.py", "bench_recommend.py", "bench_large_n.py"]
+    for script in (here / n for n in names if (here / n).exists()):
         print(f"\n=== {script.name} ===", flush=True)
         if subprocess.run([sys.executable, str(script), *extra]).returncode != 0:
             failed.append(script.name)

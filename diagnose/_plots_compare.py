@@ -104,8 +104,17 @@ def _pareto(points: list[tuple[str, float, float]]) -> list[tuple[str, float, fl
     return front
 
 
+def _std(entry: dict, group: str, key: str) -> float | None:
+    """The seed-to-seed standard deviation of ``entry[group][key]`` (None for one seed)."""
+    return _f(_d(_d(_d(entry, "spread"), group), key).get("std"))
+
+
 def tradeoff_plot(results: dict) -> tuple[str, str] | None:
-    """Test accuracy against training FLOPs per strategy, with the Pareto front."""
+    """Test accuracy against training FLOPs per strategy, with the Pareto front.
+
+    With several seeds per strategy each point is the mean, with a vertical
+    error bar of one standard deviation across seeds.
+    """
     entries = _entries(results)
     ran = [(label, e) for label, e in entries if e.get("status") != "failed"]
     y_key = "test_accuracy"
@@ -148,14 +157,20 @@ def tradeoff_plot(results: dict) -> tuple[str, str] | None:
         ax.annotate(
             text, (x, y), xytext=offset, textcoords="offset points", fontsize=8, arrowprops=lead
         )
+        std = _std(e, "target", y_key)
+        if std is not None:
+            color = _RED if bad else _color(e)
+            ax.errorbar([x], [y], yerr=[std], fmt="none", ecolor=color, capsize=3, zorder=2)
     front = _pareto([(p[0], p[1], p[2]) for p in points])
     if front:
         label = "Pareto front (higher accuracy at no higher cost)"
         ax.step(*_xy([p[1:] for p in front]), where="post", color="k", alpha=0.6, label=label)
     if diverged:
         ax.scatter([], [], marker="X", color=_RED, label="diverged (not on the front)")
-    ys = [p[2] for p in points + diverged]
-    ax.set_ylim(max(0.0, min(ys) - 0.05), min(1.02, max(ys) + 0.05))
+    stds = [_std(p[3], "target", y_key) or 0.0 for p in points + diverged]
+    lows = [p[2] - sd for p, sd in zip(points + diverged, stds)]
+    highs = [p[2] + sd for p, sd in zip(points + diverged, stds)]
+    ax.set_ylim(max(0.0, min(lows) - 0.05), min(1.02, max(highs) + 0.05))
     ax.set_xscale("log")
     xs = [p[1] for p in points + diverged]
     # Over a decade wide, so at least one labelled power of ten; room for labels on the right.
@@ -188,6 +203,14 @@ def tradeoff_plot(results: dict) -> tuple[str, str] | None:
         parts.append(f"{', '.join(p[0] for p in diverged)} diverged (shown as ×)")
     if omitted:
         parts.append(f"not shown: {', '.join(omitted)}")
+    n_seeds = max((len(_list(p[3].get("seeds"))) for p in points + diverged), default=0)
+    if n_seeds > 1 and any(stds):
+        widest = max(zip(stds, (p[0] for p in points + diverged)))
+        parts.append(
+            f"points are means over {n_seeds} seeds with ±1 standard deviation bars (widest: "
+            f"{widest[1]}, {widest[0]:.3f}); strategies whose bars overlap are not separated "
+            "by these seeds"
+        )
     return _encode(fig), "; ".join(parts) + "."
 
 

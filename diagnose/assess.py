@@ -32,6 +32,7 @@ from diagnose.imagestats import ImageStats, drift_table, normalization_check
 from diagnose.models import LoadedModel, find_head, load_model, random_init_copy
 from diagnose.recommend import recommend
 from diagnose.results import SCHEMA_VERSION, RunResult, environment
+from probes.capture import parse_size
 
 __all__ = ["AssessResult", "assess"]
 
@@ -108,11 +109,15 @@ def _restricted_splits(domain: Domain, used: np.ndarray, seed: int) -> dict[str,
     """The domain's stratified splits, restricted to ``used`` and re-indexed into it."""
     if domain.labels is None:
         return None
-    position = {int(i): k for k, i in enumerate(used)}
-    return {
-        name: np.array([position[int(i)] for i in idx if int(i) in position], dtype=np.int64)
-        for name, idx in domain.splits(seed).items()
-    }
+    # ``used`` is sorted: a binary search re-indexes a million images without a dict.
+    out = {}
+    for name, idx in domain.splits(seed).items():
+        idx = np.asarray(idx, dtype=np.int64)
+        pos = np.searchsorted(used, idx)
+        found = pos < len(used)
+        found[found] = used[pos[found]] == idx[found]
+        out[name] = pos[found].astype(np.int64)
+    return out
 
 
 def _check_two_classes(domain: Domain) -> None:
@@ -170,6 +175,8 @@ def assess(
     n_permutations: int = 200,
     out: str | Path | None = None,
     progress: bool = True,
+    max_memory: int | str | None = None,
+    max_forgetting: float | None = None,
 ) -> AssessResult:
     """Assess how well a pretrained model's features fit a target domain.
 
@@ -177,7 +184,13 @@ def assess(
     checkpoint path), an ``nn.Module`` or a ``LoadedModel``; ``source`` and
     ``target`` are data specs ("demo:digits", an ImageFolder path,
     "pkg.mod:fn") or Domains. With ``out`` the results.json and report.html
-    are written there. Example::
+    are written there. ``max_memory`` (bytes, or "2GB", "512MiB", ...) bounds
+    the captured features, shared between the target and source passes: a pass
+    over its share streams them to temporary ``.npy`` files (see
+    ``probes.capture``) and the probes read them from disk; results.json
+    records the storage under ``capture``. ``max_forgetting`` is the forgetting
+    budget the recommendation must respect (a fraction of source accuracy, as
+    ``diagnose compare --max-forgetting``). Example::
 
         res = assess("demo", "demo:digits", "demo:digits-noise", out="report/")
         res.recommendation["strategy"]
@@ -188,6 +201,9 @@ def assess(
         raise ValueError("assess needs --target (and ideally --source) data; neither was given.")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1. Got {batch_size}.")
+    if max_forgetting is not None and not 0 <= max_forgetting <= 1:
+        raise ValueError(f"--max-forgetting must be between 0 and 1. Got {max_forgetting}.")
+    budget = None if max_memory is None else parse_size(max_memory, "max_memory")
     dev = resolve_device(device)
     if out is not None:
         from diagnose.report import check_out_dir
@@ -222,6 +238,7 @@ def assess(
     used: dict[str, np.ndarray] = {}
     splits: dict[str, dict | None] = {}
     has_head = loaded.head is not None
+    share = None if budget is None else max(1, budget // ((src is not None) + (tgt is not None)))
     t0 = time.perf_counter()
     if tgt is not None:
         control = random_init_copy(net, seed=seed).to(dev)
@@ -243,6 +260,7 @@ def assess(
             keep_output=has_head,
             progress=progress,
             desc="capture target",
+            max_memory=share,
         )
     if src is not None:
         used["source"] = _subsample(src, max_samples, seed)
@@ -261,6 +279,7 @@ def assess(
             keep_output=has_head,
             progress=progress,
             desc="capture source",
+            max_memory=share,
         )
     timings["capture"] = time.perf_counter() - t0
     for cap in captured.values():
@@ -308,7 +327,9 @@ def assess(
     heads: dict[str, float | None] = {}
     if tf is not None and tl is not None:
         logits = captured["target"].output if has_head else None
-        transfer = _measure.transferability(tf[last], tl, logits, layer=last, warnings=warnings)
+        transfer = _measure.transferability(
+            tf[last], tl, logits, layer=last, warnings=warnings, seed=seed
+        )
         train_idx = np.concatenate([splits["target"]["train"], splits["target"]["val"]])
         lr_find = _measure.safe(
             "LR range test",
@@ -381,7 +402,10 @@ def assess(
         results["target"]["n_train"] = int(
             len(splits["target"]["train"]) + len(splits["target"]["val"])
         )
-    results["recommendation"] = recommend(results)
+    results["capture"] = _measure.storage_summary(captured, budget, share)
+    for cap in captured.values():
+        cap.close()  # a temporary on-disk store is deleted now, not at exit
+    results["recommendation"] = recommend(results, max_forgetting=max_forgetting)
     timings["total"] = time.perf_counter() - t_start
     env = environment(str(dev), seed)
     env["wall_s"] = timings["total"]

@@ -42,6 +42,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _memory_size(text: str) -> int:
+    from probes.capture import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a size in bytes with an optional unit (KB, MB, GB, KiB, MiB, GiB), "
+            f"e.g. --max-memory 2GB; got {text!r}"
+        ) from None
+
+
 def _layers(text: str) -> str | list[str]:
     if text == "auto":
         return "auto"
@@ -110,6 +122,17 @@ def _build_parser() -> argparse.ArgumentParser:
         "assess", help="pre-project assessment: probes, domain gap, transferability, LR test"
     )
     _model_and_data_args(a, target_required=False, default_out="diagnose-report")
+    a.add_argument(
+        "--max-memory",
+        type=_memory_size,
+        help="memory budget for captured features, e.g. 2GB or 512MiB: over it they are "
+        "kept in temporary files on disk (default: no limit)",
+    )
+    a.add_argument(
+        "--max-forgetting",
+        type=float,
+        help="forgetting budget (source-accuracy drop, 0-1) the recommendation must respect",
+    )
     _common(a)
 
     c = sub.add_parser("compare", help="fine-tune with each strategy: accuracy, forgetting, cost")
@@ -139,7 +162,22 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--save-checkpoints",
         action="store_true",
-        help="save each fine-tuned state dict under --out/checkpoints",
+        help="save each fine-tuned state dict under --out/checkpoints (first seed only)",
+    )
+    c.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        help="training seeds per strategy (--seed, --seed+1, ...): means with error bars",
+    )
+    c.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local: one run after another; ray: one Ray task (one GPU or CPU) per run",
+    )
+    c.add_argument(
+        "--ray-address", help="address of a running Ray cluster (default: start a local Ray)"
     )
     _common(c)
 
@@ -199,7 +237,14 @@ def _run(args) -> int:
             raise ValueError("assess needs --target DATA (and ideally --source DATA).")
         from diagnose.assess import assess
 
-        res = assess(args.model, args.source, args.target, **_shared_kwargs(args))
+        res = assess(
+            args.model,
+            args.source,
+            args.target,
+            **_shared_kwargs(args),
+            max_memory=args.max_memory,
+            max_forgetting=args.max_forgetting,
+        )
         rec = res.recommendation
         _info(args, f"recommended strategy: {rec['strategy']} (confidence {rec['confidence']})")
         for w in res.results.get("warnings", []):
@@ -220,12 +265,18 @@ def _run(args) -> int:
             max_forgetting=args.max_forgetting,
             resume=args.resume,
             save_checkpoints=args.save_checkpoints,
+            seeds=args.seeds,
+            executor=args.executor,
+            ray_address=args.ray_address,
             **_shared_kwargs(args),
         )
         for s in res.strategies:
             acc = (s.get("target") or {}).get("test_accuracy")
+            spread = ((s.get("spread") or {}).get("target") or {}).get("test_accuracy") or {}
+            std = spread.get("std")
             shown = f"{acc:.3f}" if isinstance(acc, float) else "-"
-            _info(args, f"{s['name']:>18}: {s['status']:<8} test accuracy {shown}")
+            shown += f" ± {std:.3f}" if isinstance(std, float) else ""
+            _info(args, f"{s['name']:>18}: {s['status']:<10} test accuracy {shown}")
         best = res.results.get("comparison_recommendation", {}).get("strategy")
         _info(args, f"measured best: {best}")
         print(res.report_path)

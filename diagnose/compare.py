@@ -7,23 +7,27 @@ output directory atomically as it ends (``strategies/<name>.json``, and
 results.json and report.html re-rendered), ``--resume`` runs only the
 missing ones, and an exception in one strategy marks it "failed" while the
 others still run.
+
+With ``seeds`` > 1 each strategy runs once per training seed and its entry
+reports means with a spread (:mod:`diagnose._seeds`); with ``executor="ray"``
+the (strategy, seed) units run as Ray tasks, one GPU or CPU each
+(:mod:`diagnose._executor`). Both keep the guarantees above per unit.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 import probes
 from diagnose._evalset import materialize, source_eval_set
+from diagnose._executor import EXECUTORS, Job, Unit, execute, import_ray
 from diagnose._prep import resolve_device, resolve_preprocessing
+from diagnose._seeds import RUN_KEYS, finished, read_previous, resumed_text, strategy_entries
 from diagnose.assess import _as_domain, _as_loaded, _restricted_splits, _subsample, assess
 from diagnose.forgetting import ForgettingTracker
 from diagnose.report import check_out_dir
@@ -33,7 +37,6 @@ from diagnose.results import (
     atomic_write_text,
     environment,
     jsonable,
-    load_results,
 )
 from diagnose.select import select_strategy
 from diagnose.strategies import STRATEGY_NAMES, TrainConfig
@@ -80,65 +83,9 @@ def _write(results: dict, out: Path) -> tuple[Path, Path]:
     return write_outputs(results, out)
 
 
-# Keys a comparison adds to the assessment it starts from; the rest is the assessment.
-_RUN_KEYS = ("kind", "compare_config", "strategies", "comparison_recommendation", "environment")
-
-
-def _read_previous(out: Path) -> dict | None:
-    """The comparison in ``out`` that ``--resume`` continues, or None when there is none."""
-    path = out / "results.json"
-    if not path.exists():
-        return None
-    previous = load_results(path)
-    if previous.get("kind") != "compare":
-        raise ValueError(f"--resume: {path} is not a comparison (kind {previous.get('kind')!r}).")
-    return previous
-
-
-def _finished(previous: dict, fingerprint: dict, path: Path) -> list[dict]:
-    if previous.get("compare_config", {}).get("fingerprint") != fingerprint:
-        raise ValueError(
-            f"--resume: {path} was written with different settings (model, data, epochs, LR or "
-            "seed); use another --out or drop --resume to start afresh."
-        )
-    return [s for s in previous.get("strategies", []) if s.get("status") in ("ok", "diverged")]
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
-
-
-def _run_with_oom_retry(
-    name, net, head, blocks, data, tracker, config, dev, progress, ckpt, warnings
-):
-    """Run one strategy; on device out-of-memory retry it with half the batch size."""
-    while True:
-        try:
-            return run_strategy(
-                name,
-                net,
-                head=head,
-                blocks=blocks,
-                data=data,
-                tracker=tracker,
-                config=config,
-                device=dev,
-                progress=progress,
-                checkpoint_path=ckpt,
-            )
-        except Exception as exc:
-            if not _is_out_of_memory(exc) or config.batch_size <= 1:
-                raise
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-            half = config.batch_size // 2
-            warnings.append(
-                f"Strategy {name} ran out of device memory at batch size {config.batch_size}; "
-                f"retried at {half} (pass --batch-size {half} to start there)."
-            )
-            config = replace(config, batch_size=half)
+def _run_strategy(*args, **kwargs) -> dict:
+    # Looked up at call time, so tests can replace this module's run_strategy.
+    return run_strategy(*args, **kwargs)
 
 
 def compare(
@@ -168,8 +115,22 @@ def compare(
     save_checkpoints: bool = False,
     with_assessment: bool = True,
     progress: bool = True,
+    executor: str = "local",
+    ray_address: str | None = None,
+    seeds: int = 1,
 ) -> CompareResult:
     """Fine-tune with each strategy and measure accuracy, forgetting and cost.
+
+    ``seeds``: train each strategy with seeds ``seed`` .. ``seed + seeds - 1``
+    (same data split for all); with more than one, each strategy's entry holds
+    the MEAN of its headline numbers, ``per_seed`` records and their ``spread``
+    (see :mod:`diagnose._seeds`), and ``save_checkpoints`` keeps the first
+    seed's checkpoint only. ``executor``: "local" runs the (strategy, seed)
+    units here one after another; "ray" runs each as a Ray task with one GPU
+    (CUDA device) or one CPU, on a local Ray or the cluster at
+    ``ray_address`` (falls back to local, with a warning, when Ray is not
+    installed). Either way each finished unit is written at once and
+    ``--resume`` runs only the missing units.
 
     Example::
 
@@ -188,6 +149,15 @@ def compare(
         raise ValueError(f"--max-forgetting must be between 0 and 1. Got {max_forgetting}.")
     if resume and out is None:
         raise ValueError("--resume needs --out, the directory of the run to continue.")
+    if executor not in EXECUTORS:
+        raise ValueError(f"--executor must be 'local' or 'ray'. Got {executor!r}.")
+    if ray_address is not None and executor != "ray":
+        raise ValueError("--ray-address needs --executor ray; add it or drop --ray-address.")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(
+            f"--seeds must be a whole number of at least 1 (training runs per strategy). "
+            f"Got {seeds!r}."
+        )
     dev = resolve_device(device)
     if out is not None:
         check_out_dir(out)  # fail before hours of training, not after
@@ -201,10 +171,10 @@ def compare(
         raise ValueError("compare needs labelled --target data.")
     out_dir = Path(out) if out is not None else None
 
-    previous = _read_previous(out_dir) if resume else None
+    previous = read_previous(out_dir) if resume else None
     if previous is not None:
         # Resuming: the assessment (and its LR suggestion) is already on disk.
-        base = {k: v for k, v in previous.items() if k not in _RUN_KEYS}
+        base = {k: v for k, v in previous.items() if k not in RUN_KEYS}
         n_base = previous.get("compare_config", {}).get("base_warnings", 0)
         base["warnings"] = previous.get("warnings", [])[:n_base]
     elif with_assessment:
@@ -219,6 +189,7 @@ def compare(
             seed=seed,
             batch_size=batch_size,
             max_samples=max_samples,
+            max_forgetting=max_forgetting,
             progress=progress,
         ).to_dict()
     else:
@@ -260,10 +231,13 @@ def compare(
             "image_size": image_size,
             "normalize": str(normalize),
             "blocks": blocks,
+            # Absent for one seed, so single-seed runs of earlier versions stay resumable.
+            **({"seeds": seeds} if seeds > 1 else {}),
         },
     )
 
-    done = _finished(previous, fingerprint, out_dir / "results.json") if previous else []
+    seed_list = [seed + i for i in range(seeds)]
+    done = finished(previous, fingerprint, out_dir / "results.json", seed_list) if previous else {}
     used = _subsample(tgt, max_samples, seed)
     split = _restricted_splits(tgt, used, seed)
     x, y = materialize(tgt, used, prep)
@@ -292,7 +266,8 @@ def compare(
     else:
         warnings.append("No source data: forgetting cannot be measured.")
 
-    done_names = {s["name"] for s in done}
+    ray = import_ray(executor, warnings, progress)
+    records = {k: v for k, v in done.items() if k[0] in names}
     results = {
         **base,
         "kind": "compare",
@@ -306,16 +281,17 @@ def compare(
             "source_eval_samples": int(len(tracker.source_x)) if tracker is not None else 0,
             "max_forgetting": max_forgetting,
             "base_warnings": n_base_warnings,
+            "seeds": seed_list,
+            "executor": "ray" if ray is not None else "local",
         },
-        "strategies": [s for s in done if s["name"] in names],
+        "strategies": strategy_entries(names, seed_list, records),
         "warnings": warnings,
     }
-    if done_names:
-        warnings.append(f"Resumed: kept finished strategies {', '.join(sorted(done_names))}.")
+    if records:
+        warnings.append(resumed_text(records, seeds))
 
     def finish(partial: bool) -> None:
-        order = {n: i for i, n in enumerate(names)}
-        results["strategies"].sort(key=lambda s: order.get(s["name"], len(order)))
+        results["strategies"] = strategy_entries(names, seed_list, records)
         results["comparison_recommendation"] = select_strategy(
             results["strategies"],
             max_forgetting=max_forgetting,
@@ -328,45 +304,45 @@ def compare(
         if out_dir is not None:
             _write(results, out_dir)
 
-    todo = [n for n in names if n not in done_names]
+    def on_done(unit: Unit, record: dict, unit_warnings: list[str]) -> None:
+        warnings.extend(unit_warnings)
+        which = unit.name if seeds == 1 else f"{unit.name} (seed {unit.seed})"
+        if record.get("status") == "failed":
+            warnings.append(f"Strategy {which} failed: {record.get('message')}")
+        records[unit] = jsonable(record, warnings, which)
+        if out_dir is not None:
+            entry = strategy_entries([unit.name], seed_list, records)[0]
+            text = json.dumps(entry, indent=2) + "\n"
+            atomic_write_text(out_dir / "strategies" / f"{unit.name}.json", text)
+        finish(partial=True)
+
+    todo = [Unit(n, s) for n in names for s in seed_list if (n, s) not in records]
     if out_dir is not None:
         (out_dir / "strategies").mkdir(parents=True, exist_ok=True)
+    job = Job(
+        net=net,
+        head=loaded.head,
+        blocks=blocks,
+        data=data,
+        tracker=tracker,
+        config=config,
+        device=dev,
+        checkpoint_dir=out_dir / "checkpoints" if save_checkpoints and out_dir else None,
+        first_seed=seed,
+    )
     try:
-        for name in tqdm(todo, desc="strategies", disable=not progress):
-            ckpt = None
-            if save_checkpoints and out_dir is not None:
-                (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-                ckpt = str(out_dir / "checkpoints" / f"{name}.pt")
-            try:
-                entry = _run_with_oom_retry(
-                    name,
-                    net,
-                    loaded.head,
-                    blocks,
-                    data,
-                    tracker,
-                    config,
-                    dev,
-                    progress,
-                    ckpt,
-                    warnings,
-                )
-            except Exception as exc:  # one strategy failing must not lose the others
-                entry = {
-                    "name": name,
-                    "status": "failed",
-                    "message": f"{type(exc).__name__}: {exc}",
-                }
-                warnings.append(f"Strategy {name} failed: {exc}")
-            entry = jsonable(entry, warnings, name)
-            results["strategies"].append(entry)
-            if out_dir is not None:
-                text = json.dumps(entry, indent=2) + "\n"
-                atomic_write_text(out_dir / "strategies" / f"{name}.json", text)
-            finish(partial=True)
+        execute(
+            todo,
+            job=job,
+            on_done=on_done,
+            ray=ray,
+            run=_run_strategy,
+            progress=progress,
+            address=ray_address,
+        )
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM, possibly in the middle of writing: write once more so
-        # results.json and report.html hold every finished strategy, then stop.
+        # results.json and report.html hold every finished unit, then stop.
         finish(partial=True)
         raise
     finish(partial=False)

@@ -15,6 +15,12 @@ fine-tuning run and picks the winner by the rules a practitioner would apply:
    and the cheapest of them (training FLOPs, then wall time) wins, because a
    difference that small is within the noise of one seed.
 
+With several training seeds per strategy (``diagnose compare --seeds N``)
+each entry's numbers are means over the seeds and ``spread`` holds their
+standard deviation: the selection uses the means, and the reasons say when
+the winner and another strategy differ by less than one standard deviation
+(the larger of the two), i.e. when the seeds do not separate them.
+
 Example::
 
     rec = select_strategy(results["strategies"], max_forgetting=0.05,
@@ -26,6 +32,8 @@ from __future__ import annotations
 
 import math
 from numbers import Real
+
+from diagnose._seeds import n_seeds, val_std, val_text, within_spread
 
 __all__ = ["DEFAULT_TIE_TOLERANCE", "forgetting_of", "select_strategy"]
 
@@ -129,6 +137,9 @@ def _empty(max_forgetting, tolerance, excluded, reasons, predicted) -> dict:
     return {
         "strategy": None,
         "val_accuracy": None,
+        "val_accuracy_std": None,
+        "seeds": None,
+        "within_spread": [],
         "test_accuracy": None,
         "forgetting": None,
         "forgetting_measure": None,
@@ -163,7 +174,10 @@ def select_strategy(
     accuracy difference (fraction) below which the cheaper run wins.
 
     Returns a dict with ``strategy`` (None when no run qualifies), its
-    ``val_accuracy``, ``test_accuracy``, ``forgetting``, ``cost_flops``, the
+    ``val_accuracy`` (the mean over seeds when there are several, with
+    ``val_accuracy_std`` and the number of ``seeds``; ``within_spread`` names
+    the strategies less than one std from it), ``test_accuracy``,
+    ``forgetting``, ``cost_flops``, the
     ``excluded`` runs with a reason each, the ``ranking`` of qualifying runs
     (best first), ``reasons`` citing the values, the ``assessment_prediction``,
     ``agrees_with_assessment`` and ``regret``: the measured best's validation
@@ -275,16 +289,20 @@ def select_strategy(
     cost = _sub(winner, "cost")
 
     reasons = []
-    test_text = f" (test {test:.3f})" if test is not None else ""
+    seeds = n_seeds(winner)
+    notes = [f"mean ± std over {seeds} seeds"] if seeds > 1 else []
+    notes += [f"test {test:.3f}"] if test is not None else []
+    test_text = f" ({'; '.join(notes)})" if notes else ""
     scope = " within the forgetting budget" if budget is not None else ""
     if len(tied) == 1:
         reasons.append(
-            f"{name} reached the highest validation accuracy{scope}: {val:.3f}{test_text}."
+            f"{name} reached the highest validation accuracy{scope}: "
+            f"{val_text(winner, val)}{test_text}."
         )
     else:
         others = [e for e in tied if e is not winner]
         reasons.append(
-            f"{name} reached a validation accuracy of {val:.3f}{test_text}, within "
+            f"{name} reached a validation accuracy of {val_text(winner, val)}{test_text}, within "
             f"{tolerance:.3f} of the best{scope} ({best_val:.3f}); among the "
             f"{len(tied)} tied strategies it is the cheapest ({_cost_text(winner)}, vs "
             + "; ".join(f"{e.get('name')} {_cost_text(e)}" for e in others)
@@ -293,9 +311,12 @@ def select_strategy(
     if rest:
         runner = rest[0]
         reasons.append(
-            f"Next best: {runner.get('name')} at {val_of(runner):.3f} "
+            f"Next best: {runner.get('name')} at {val_text(runner, val_of(runner))} "
             f"({val_of(runner) - val:+.3f}), {_cost_text(runner)} against {_cost_text(winner)}."
         )
+    close, spread_reason = within_spread(winner, rest, val_of)
+    if spread_reason:
+        reasons.append(spread_reason)
     if forgot is None:
         reasons.append(f"{name}'s forgetting of the source task was not measured.")
     elif measure == "source_accuracy_drop":
@@ -346,6 +367,9 @@ def select_strategy(
     return {
         "strategy": name,
         "val_accuracy": val,
+        "val_accuracy_std": val_std(winner),
+        "seeds": seeds,
+        "within_spread": [str(e.get("name")) for e in close],
         "test_accuracy": test,
         "forgetting": forgot,
         "forgetting_measure": measure,

@@ -11,7 +11,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-__all__ = ["batches_of", "check_positive_int", "labels_of", "resolve_device", "split_batch"]
+__all__ = [
+    "batches_of",
+    "check_positive_int",
+    "count_examples",
+    "labels_of",
+    "resolve_device",
+    "split_batch",
+]
 
 
 def check_positive_int(value: Any, name: str, allow_none: bool = False) -> None:
@@ -74,6 +81,32 @@ def batches_of(data: Any, batch_size: int, max_samples: int | None) -> tuple[Ite
         "The 'data' parameter of capture must be a torch Dataset, a DataLoader or other "
         f"iterable of batches, or a tensor of inputs. Got {type(data).__name__} instead."
     )
+
+
+def count_examples(data: Any, max_samples: int | None) -> int | None:
+    """How many examples ``data`` will yield, when that is known without iterating it.
+
+    Known for tensors, arrays, sized map-style Datasets and DataLoaders over
+    them with their default samplers; None for iterables (their ``len`` counts
+    batches, not examples) and iterable datasets.
+    """
+    n: int | None = None
+    if isinstance(data, (np.ndarray, torch.Tensor)) and data.ndim > 0:
+        n = int(data.shape[0])
+    elif isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+        n = len(data) if hasattr(data, "__len__") else None
+    elif isinstance(data, DataLoader) and not isinstance(data.dataset, IterableDataset):
+        try:
+            n = len(data.sampler)  # type: ignore[arg-type]
+        except TypeError:
+            n = None
+        if n is not None and data.batch_size is not None and data.drop_last:
+            n -= n % data.batch_size
+        elif data.batch_size is None:
+            n = None  # a custom batch_sampler: batch sizes are its business
+    if n is not None and max_samples is not None:
+        n = min(n, max_samples)
+    return n
 
 
 def labels_of(y: Any, n: int) -> torch.Tensor | None:

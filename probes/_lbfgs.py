@@ -1,35 +1,36 @@
-"""Batched full-batch L-BFGS for L2-regularised multinomial logistic regression.
+"""Batched full-batch L-BFGS for smooth convex problems that share their data.
 
-Private to :mod:`probes.linear`. Solves ``B`` problems that share one feature
-matrix and differ in row weights (the cross-validation folds and the full
-training split) at once: one ``(B*K, p) @ (p, n)`` product gives every
-problem's logits, so the features are read twice per evaluation however many
-problems there are, and a step costs a fixed, small number of tensor ops.
-
-Problem ``b`` minimises, over ``Z_b`` of shape (K, p),
-
-    f_b(Z_b) = sum_i w_bi * CE(softmax(Z_b F_i), y_i) + lam/2 * sum_j pen_j ||Z_b[:, j]||^2
-
-where ``w_b`` sums to one over the rows problem ``b`` is fitted on (so the loss
-is the MEAN cross-entropy; other rows have weight 0) and ``pen_j`` is 1 for
-feature columns and 0 for the unpenalised intercept column.
+Private to :mod:`probes.linear`. Solves ``B`` problems at once (the
+cross-validation folds and the full training split of a linear probe): the
+caller's ``fun(z)`` returns every problem's objective and gradient from one
+pass over the shared features, and an L-BFGS step costs a fixed, small number
+of tensor ops on top, whatever ``B``.
 
 The inverse-Hessian approximation is the compact L-BFGS form (Byrd, Nocedal &
 Schnabel 1994, Nocedal & Wright eq. 7.24) with seed ``H0 = gamma * diag(precond)``:
-a fixed diagonal preconditioner scaled by the usual ``s.y / y.Dy`` factor. The
-line search is batched Armijo backtracking, each problem with its own step.
-The objective is convex, so accepted steps give ``s.y >= 0``; pairs that do not
-(round-off, finished problems) are stored as zeros with a unit diagonal in
-``R`` and drop out of the update.
+a fixed diagonal preconditioner scaled by the usual ``s.y / y.Dy`` factor. With
+``W = [S; D Y]`` (2m rows) it reads ``H g = gamma D g + W^T (M0 + gamma M1) W g``;
+``M0`` and ``M1`` (2m x 2m) are rebuilt once per accepted step, so a direction
+is two thin products. Every product with a vector is written as a row vector
+times a matrix: torch's batched matrix-times-column path is about 4x slower.
+
+The line search is batched Armijo backtracking, each problem with its own
+step. The objective is convex, so accepted steps give ``s.y >= 0``; pairs that
+do not (round-off, finished problems) are stored as zeros with a unit diagonal
+in ``R`` and drop out of the update.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SolveInfo", "multinomial_lbfgs", "multinomial_loss_grad"]
+__all__ = ["SolveInfo", "multinomial_lbfgs"]
+
+#: ``fun(z) -> (objective float64 (B,), gradient shaped like z)``.
+Objective = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -41,45 +42,12 @@ class SolveInfo:
     gamma: torch.Tensor  # (B,) last inverse-Hessian scale, a warm start for the next solve
 
 
-def multinomial_loss_grad(
-    feats: torch.Tensor,
-    feats_t: torch.Tensor,
-    onehot_w: torch.Tensor,
-    weights: torch.Tensor,
-    z: torch.Tensor,
-    lam: float,
-    pen: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Objectives (float64, (B,)), gradients (B, K, p) and logits (B, K, n).
-
-    ``feats`` (n, p) and its contiguous transpose ``feats_t`` (p, n);
-    ``onehot_w`` (B, K, n) is the one-hot label times each problem's row
-    weight; ``weights`` (B, 1, n); ``z`` (B, K, p); ``pen`` (p,). Classes sit
-    before rows so the softmax reduces over a leading axis, which torch
-    vectorises along the contiguous rows (about 20x faster than a softmax
-    over a last axis of 10).
-    """
-    b, k, p = z.shape
-    n = feats.shape[0]
-    logits = (z.reshape(b * k, p) @ feats_t).view(b, k, n)
-    logp = torch.log_softmax(logits, dim=1)
-    zp = z * pen
-    # Sums over rows in the working dtype (pairwise summation), the rest in
-    # float64: the mean cross-entropy must resolve changes near 1e-7.
-    loss = -(onehot_w * logp).sum(dim=2).double().sum(dim=1)
-    loss = loss + (0.5 * lam) * (zp * z).sum(dim=(1, 2)).double()
-    dlogits = torch.exp(logp) * weights - onehot_w
-    grad = (dlogits.view(b * k, n) @ feats).view(b, k, p) + lam * zp
-    return loss, grad, logits
-
-
 class _History:
-    """The last ``size`` curvature pairs of every problem, in time order, with
-    the small matrices of the compact form: ``sy`` (B, m, m) with entries
-    ``s_i.y_j``, ``r`` its upper triangle and ``ydy`` with entries ``y_i.D y_j``.
+    """The last ``size`` curvature pairs of every problem, in time order, and
+    the compact-form matrices built from them (see the module docstring).
 
     A rejected pair (``s.y`` not safely positive: round-off, or a finished
-    problem) is stored as zeros with a unit diagonal in ``r``, so ``r`` stays
+    problem) is stored as zeros with a unit diagonal in ``R``, so ``R`` stays
     invertible and the pair adds nothing to the update.
     """
 
@@ -95,35 +63,37 @@ class _History:
         mask = keep.to(s_new.dtype)[:, None, None]
         self.s = torch.cat([self.s, s_new[:, None] * mask], dim=1)[:, -self.size :]
         self.y = torch.cat([self.y, y_new[:, None] * mask], dim=1)[:, -self.size :]
+        m = self.s.shape[1]
+        dy = self.y * self.d_flat
         sy = torch.bmm(self.s, self.y.transpose(1, 2))
         diag = torch.diagonal(sy, dim1=1, dim2=2)
-        self.diag = torch.diag_embed(diag)
-        self.r = torch.triu(sy) + torch.diag_embed((diag == 0).to(sy.dtype))
-        self.ydy = torch.bmm(self.y * self.d_flat, self.y.transpose(1, 2))
+        r = torch.triu(sy) + torch.diag_embed((diag == 0).to(sy.dtype))
+        eye = torch.eye(m, dtype=sy.dtype, device=sy.device).expand_as(r)
+        rinv = torch.linalg.solve_triangular(r, eye, upper=True)
+        rinv_t = rinv.transpose(1, 2)
+        ydy = torch.bmm(self.y, dy.transpose(1, 2))
+        zero = torch.zeros_like(r)
+        top0 = torch.bmm(rinv_t * diag[:, None, :], rinv)  # R^-T diag(s.y) R^-1
+        top1 = torch.bmm(torch.bmm(rinv_t, ydy), rinv)  # R^-T Y^T D Y R^-1
+        self.m0 = torch.cat([torch.cat([top0, zero], dim=2), torch.cat([zero, zero], dim=2)], dim=1)
+        self.m1 = torch.cat(
+            [torch.cat([top1, -rinv_t], dim=2), torch.cat([-rinv, zero], dim=2)], dim=1
+        )
+        self.w = torch.cat([self.s, dy], dim=1)  # (B, 2m, P)
 
     def direction(self, grad: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         """``-H g`` per problem (Nocedal & Wright eq. 7.24) for ``grad`` (B, P)."""
-        dg = self.d_flat * grad
-        g = gamma[:, None]
+        hg = gamma[:, None] * self.d_flat * grad
         if len(self) == 0:
-            return -g * dg
-        a = torch.bmm(self.s, grad[..., None])  # S^T g
-        u = torch.linalg.solve_triangular(self.r, a, upper=True)
-        mid = torch.bmm(self.diag + g[..., None] * self.ydy, u)
-        mid = mid - g[..., None] * torch.bmm(self.y, dg[..., None])  # - Y^T H0 g
-        top = torch.linalg.solve_triangular(self.r.transpose(1, 2), mid, upper=False)
-        hg = g * dg + torch.bmm(self.s.transpose(1, 2), top)[..., 0]
-        hg = hg - g * self.d_flat * torch.bmm(self.y.transpose(1, 2), u)[..., 0]
-        return -hg
+            return -hg
+        uv = torch.bmm(grad[:, None, :], self.w.transpose(1, 2))  # (B, 1, 2m): [S g, Y D g]
+        mid = self.m0 + gamma[:, None, None] * self.m1
+        coef = torch.bmm(uv, mid.transpose(1, 2))
+        return -(hg + torch.bmm(coef, self.w)[:, 0])
 
 
 def multinomial_lbfgs(
-    feats: torch.Tensor,
-    feats_t: torch.Tensor,
-    onehot_w: torch.Tensor,
-    weights: torch.Tensor,
-    lam: float,
-    pen: torch.Tensor,
+    fun: Objective,
     precond: torch.Tensor,
     z0: torch.Tensor,
     *,
@@ -132,25 +102,22 @@ def multinomial_lbfgs(
     history: int = 8,
     ftol: float = 1e-9,
     gamma0: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, SolveInfo]:
-    """Minimise every problem from ``z0`` (B, K, p); returns the solutions, the
-    logits at them (B, K, n) and a summary.
+) -> tuple[torch.Tensor, SolveInfo]:
+    """Minimise every problem from ``z0`` (B, K, p); returns the solutions and a summary.
 
-    A problem stops when its largest absolute gradient entry is at most ``tol``
-    (scikit-learn's lbfgs criterion on the same mean-loss objective), when its
-    objective changes by less than ``ftol`` relative (float32 resolves little
-    below 1e-7), or when the line search can no longer decrease it; stopped
-    problems keep their iterate while the others go on.
+    ``precond`` (p,) is the diagonal inverse-Hessian seed per column (shared
+    by the ``K`` rows). A problem stops when its largest absolute gradient
+    entry is at most ``tol`` (scikit-learn's lbfgs criterion on the same
+    mean-loss objective), when its objective changes by less than ``ftol``
+    relative (float32 resolves little below 1e-7), or when the line search can
+    no longer decrease it; stopped problems keep their iterate while the
+    others go on.
     """
-
-    def evaluate(zz):
-        return multinomial_loss_grad(feats, feats_t, onehot_w, weights, zz, lam, pen)
-
     z = z0.clone()
     nb, k, p = z.shape
     dt = z.dtype
     d_flat = precond.to(dt)[None, :].expand(k, p).reshape(1, k * p)
-    loss, grad, logits = evaluate(z)
+    loss, grad = fun(z)
     done = grad.abs().amax(dim=(1, 2)) <= tol
     hist = _History(nb, k * p, history, d_flat, z)
     gamma = torch.ones(nb, dtype=dt, device=z.device) if gamma0 is None else gamma0.clone()
@@ -168,16 +135,11 @@ def multinomial_lbfgs(
         slope = slope.masked_fill(done, 0.0).double()
         # Unit step first: L-BFGS scales its direction, so it is accepted almost always.
         new_z = z + direction
-        new_loss, new_grad, new_logits = evaluate(new_z)
+        new_loss, new_grad = fun(new_z)
         accepted = new_loss <= loss + 1e-4 * slope
         if not bool(accepted.all()):
-            new_z, new_loss, new_grad, new_logits, accepted = _backtrack(
-                evaluate,
-                (z, loss, grad, logits),
-                (new_z, new_loss, new_grad, new_logits),
-                slope,
-                direction,
-                accepted,
+            new_z, new_loss, new_grad, accepted = _backtrack(
+                fun, (z, loss, grad), (new_z, new_loss, new_grad), slope, direction, accepted
             )
         s_new = (new_z - z).view(nb, k * p)
         y_new = (new_grad - grad).view(nb, k * p)
@@ -187,20 +149,20 @@ def multinomial_lbfgs(
         ydy = (y_new * d_flat * y_new).sum(dim=1)
         gamma = torch.where(keep, sy / torch.where(keep, ydy, 1.0), gamma)
         change = (loss - new_loss).abs() <= ftol * new_loss.abs().clamp_min(1.0)
-        z, loss, grad, logits = new_z, new_loss, new_grad, new_logits
+        z, loss, grad = new_z, new_loss, new_grad
         done = done | ~accepted | change | (grad.abs().amax(dim=(1, 2)) <= tol)
     converged = grad.abs().amax(dim=(1, 2)) <= tol
-    return z, logits, SolveInfo(n_iter=n_iter, converged=converged, gamma=gamma)
+    return z, SolveInfo(n_iter=n_iter, converged=converged, gamma=gamma)
 
 
-def _backtrack(evaluate, current, unit, slope, direction, ok):
+def _backtrack(fun, current, unit, slope, direction, ok):
     """Armijo backtracking for the problems whose unit step failed (``~ok``).
 
-    ``current`` and ``unit`` are (z, loss, grad, logits) at step 0 and 1. Each
-    failed step shrinks to the minimiser of the quadratic through f(0), f'(0)
-    and f(step), kept within [0.1, 0.5] of it. Returns the accepted iterates
-    (the current one where no decrease was found: the limit of precision) and
-    which problems found a decrease.
+    ``current`` and ``unit`` are (z, loss, grad) at step 0 and 1. Each failed
+    step shrinks to the minimiser of the quadratic through f(0), f'(0) and
+    f(step), kept within [0.1, 0.5] of it. Returns the accepted iterates (the
+    current one where no decrease was found: the limit of precision) and which
+    problems found a decrease.
     """
     z, loss = current[0], current[1]
     m3 = ok[:, None, None]
@@ -208,7 +170,6 @@ def _backtrack(evaluate, current, unit, slope, direction, ok):
         torch.where(m3, unit[0], z),
         torch.where(ok, unit[1], loss),
         torch.where(m3, unit[2], current[2]),
-        torch.where(m3, unit[3], current[3]),
     ]
     step = torch.ones_like(slope)
     t_loss = unit[1]
@@ -219,7 +180,7 @@ def _backtrack(evaluate, current, unit, slope, direction, ok):
         shrink = torch.where(torch.isfinite(t_loss), shrink, 0.1)
         step = torch.where(accepted, step, step * shrink)
         trial = z + step.to(z.dtype)[:, None, None] * direction
-        t_loss, t_grad, t_logits = evaluate(trial)
+        t_loss, t_grad = fun(trial)
         ok = (t_loss <= loss + 1e-4 * step * slope) & ~accepted
         if bool(ok.any()):
             m3 = ok[:, None, None]
@@ -227,7 +188,6 @@ def _backtrack(evaluate, current, unit, slope, direction, ok):
                 torch.where(m3, trial, new[0]),
                 torch.where(ok, t_loss, new[1]),
                 torch.where(m3, t_grad, new[2]),
-                torch.where(m3, t_logits, new[3]),
             ]
             accepted = accepted | ok
         if bool(accepted.all()):

@@ -17,15 +17,20 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from probes._capture_data import batches_of, check_positive_int, resolve_device, split_batch
+from probes._capture_data import (
+    batches_of,
+    check_positive_int,
+    count_examples,
+    resolve_device,
+    split_batch,
+)
 from probes._forward import call_error, free_device_memory, is_out_of_memory, oom_note
 from probes._layers import discover_layers, resolve_layers
 from probes._pooling import (
@@ -35,113 +40,10 @@ from probes._pooling import (
     pool_activation,
     projection_matrix,
 )
+from probes._store import OUTPUT_KEY, CapturedFeatures, FeatureSink, parse_size
 from probes._validation import check_choice
 
-__all__ = ["CapturedFeatures", "capture", "discover_layers"]
-
-
-@dataclass
-class CapturedFeatures:
-    """Pooled activations of several layers for the same N examples.
-
-    Attributes:
-        features: layer name -> float32 array (N, D), in the order of ``layers``.
-        layers: the captured layer names (qualified module names).
-        labels: int64 (N,) class labels, -1 for unlabelled examples; None when
-            the data carried no labels.
-        output: float32 (N, K) final model output (logits) when captured with
-            ``keep_output=True``, else None.
-        projected: layer -> its dimension before random projection, for the
-            layers that ``max_dim`` projected.
-        pooling: how activations were pooled (``{"pool": ..., "token_pool": ...}``).
-        warnings: notes about the pass, e.g. batches re-run in halves after the
-            device ran out of memory (empty when nothing happened).
-
-    Example:
-        >>> feats["layer4"].shape          # (N, 512)
-        >>> feats.subset([0, 2, 4]).n      # 3
-    """
-
-    features: dict[str, np.ndarray]
-    layers: list[str]
-    labels: np.ndarray | None = None
-    output: np.ndarray | None = None
-    projected: dict[str, int] = field(default_factory=dict)
-    pooling: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if list(self.features) != list(self.layers):
-            raise ValueError(
-                f"'features' keys {list(self.features)} must equal 'layers' {list(self.layers)}."
-            )
-        rows = {name: arr.shape[0] for name, arr in self.features.items()}
-        if self.labels is not None:
-            rows["labels"] = self.labels.shape[0]
-        if self.output is not None:
-            rows["output"] = self.output.shape[0]
-        if len(set(rows.values())) > 1:
-            raise ValueError(f"Captured arrays disagree on the number of examples: {rows}.")
-
-    @property
-    def n(self) -> int:
-        """Number of examples (rows)."""
-        if self.features:
-            return int(next(iter(self.features.values())).shape[0])
-        return 0 if self.labels is None else int(self.labels.shape[0])
-
-    @property
-    def dims(self) -> dict[str, int]:
-        """Feature dimension D of each layer, in layer order."""
-        return {name: int(self.features[name].shape[1]) for name in self.layers}
-
-    def __getitem__(self, layer: str) -> np.ndarray:
-        try:
-            return self.features[layer]
-        except KeyError:
-            raise KeyError(
-                f"Layer {layer!r} was not captured. Captured layers: {self.layers}."
-            ) from None
-
-    def subset(self, indices: Sequence[int] | np.ndarray) -> CapturedFeatures:
-        """The same layers for the examples at ``indices`` (integer positions or a boolean mask)."""
-        idx = np.asarray(indices)
-        if idx.dtype == bool:
-            if idx.shape != (self.n,):
-                raise ValueError(
-                    f"A boolean 'indices' mask must have shape ({self.n},). Got {idx.shape} instead."
-                )
-            idx = np.flatnonzero(idx)
-        elif idx.size == 0:
-            idx = idx.astype(np.int64)
-        elif not np.issubdtype(idx.dtype, np.integer):
-            raise TypeError(
-                f"The 'indices' parameter must hold integer positions. Got dtype {idx.dtype} instead."
-            )
-        return CapturedFeatures(
-            features={name: self.features[name][idx] for name in self.layers},
-            layers=list(self.layers),
-            labels=None if self.labels is None else self.labels[idx],
-            output=None if self.output is None else self.output[idx],
-            projected=dict(self.projected),
-            pooling=dict(self.pooling),
-            warnings=list(self.warnings),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary (never the arrays); ``warnings`` appears only when there are any."""
-        summary = {
-            "layers": list(self.layers),
-            "dims": self.dims,
-            "n": self.n,
-            "pooling": dict(self.pooling),
-            "projected": {k: int(v) for k, v in self.projected.items()},
-            "has_labels": self.labels is not None,
-            "has_output": self.output is not None,
-        }
-        if self.warnings:
-            summary["warnings"] = list(self.warnings)
-        return summary
+__all__ = ["CapturedFeatures", "capture", "discover_layers", "parse_size"]
 
 
 def capture(
@@ -159,6 +61,8 @@ def capture(
     seed: int = 0,
     progress: bool = True,
     desc: str = "capture",
+    max_memory: int | str | None = None,
+    store_dir: str | Path | None = None,
 ) -> CapturedFeatures:
     """Run ``model`` once over ``data`` and keep each layer's pooled activation per example.
 
@@ -190,9 +94,23 @@ def capture(
         max_samples: use only the first ``max_samples`` examples in data order.
         seed: seed of the random projections.
         progress, desc: show a tqdm bar over batches, labelled ``desc``.
+        max_memory: budget in bytes (an int, or a string such as ``"2GB"``,
+            ``"512MiB"``) for the captured arrays, N x (sum of D, plus K with
+            ``keep_output``) x 4 bytes. None (default): keep everything in
+            memory. When the capture would exceed it (estimated from ``len(data)``
+            and the first batch's widths; for data of unknown length, once the
+            buffer crosses it), each layer is streamed batch by batch into a
+            float32 ``.npy`` file and the arrays come back as read-only
+            ``np.memmap`` views: memory stays O(batch + model) whatever N is, and
+            the values are identical to an in-memory capture.
+        store_dir: where those files go (created; must be empty; kept
+            afterwards). Given without ``max_memory``, the capture always goes to
+            disk. Default: a temporary directory under ``$TMPDIR``, deleted by
+            ``CapturedFeatures.close()``, on garbage collection or at exit.
 
     Returns:
-        :class:`CapturedFeatures` with float32 (N, D) arrays per layer.
+        :class:`CapturedFeatures` with float32 (N, D) arrays per layer;
+        ``storage`` says "memory" or "disk".
 
     A batch that runs out of device memory (``torch.cuda.OutOfMemoryError`` or a
     RuntimeError saying "out of memory") is re-run in halves, recursively down
@@ -213,6 +131,7 @@ def capture(
     check_positive_int(batch_size, "batch_size")
     check_positive_int(max_dim, "max_dim", allow_none=True)
     check_positive_int(max_samples, "max_samples", allow_none=True)
+    budget = None if max_memory is None else parse_size(max_memory, "max_memory")
     auto = isinstance(layers, str) and layers == "auto"
     if auto:
         names = discover_layers(model)
@@ -233,6 +152,7 @@ def capture(
     float_params = [p for p in model.parameters() if p.is_floating_point()]
     in_dtype = float_params[0].dtype if float_params else None
     batches, total = batches_of(data, int(batch_size), max_samples)
+    sink = FeatureSink(budget, store_dir, count_examples(data, max_samples))
 
     stores: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     calls: dict[str, int] = dict.fromkeys(names, 0)
@@ -313,7 +233,6 @@ def capture(
     oom = {"batches": 0, "of": 0, "smallest": int(batch_size), "fits": int(batch_size)}
     handles: dict[str, Any] = {}
     labels: list[torch.Tensor] = []
-    outputs: list[torch.Tensor] = []
     has_labels: bool | None = None
     seen = 0
     bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress)
@@ -347,14 +266,20 @@ def capture(
                     sizes = [n for n, _ in pieces]
                     oom["smallest"] = min(oom["smallest"], *sizes)
                     oom["fits"] = min(oom["fits"], max(sizes))
+                batch_pieces = {name: stores[name] for name in names}
                 if keep_output:
-                    outputs.extend(o for _, o in pieces)
+                    batch_pieces[OUTPUT_KEY] = [o for _, o in pieces]
+                sink.add(batch_pieces)  # in memory, or written to disk (over the budget)
+                stores.update({name: [] for name in names})
                 if y is not None:
                     labels.append(y)
                 seen += x.shape[0]
                 bar.update(1)
                 if max_samples is not None and seen >= max_samples:
                     break
+    except BaseException:
+        sink.abort()
+        raise
     finally:
         for handle in handles.values():
             handle.remove()
@@ -370,21 +295,22 @@ def capture(
     if oom["batches"]:
         notes.append(oom_note(oom["batches"], oom["of"], oom["smallest"], oom["fits"], batch_size))
         warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
-    features = {}
-    for name in names:
-        widths = {t.shape[1] for t in stores[name]}
-        if len(widths) > 1:
-            raise ValueError(
-                f"Layer {name!r} gave different dimensions across batches ({sorted(widths)}); "
-                "use inputs of one size or an adaptive pool."
-            )
-        features[name] = torch.cat(stores[name]).numpy()
+    try:
+        keys = [*names, *([OUTPUT_KEY] if keep_output else [])]
+        arrays, store = sink.finish(keys)
+    except BaseException:
+        sink.abort()
+        raise
+    output = arrays.pop(OUTPUT_KEY, None)
     return CapturedFeatures(
-        features=features,
+        features=arrays,
         layers=list(names),
         labels=torch.cat(labels).numpy() if has_labels else None,
-        output=torch.cat(outputs).numpy() if keep_output else None,
+        output=output,
         projected=projected,
         pooling={"pool": pool if isinstance(pool, str) else int(pool), "token_pool": token_pool},
         warnings=notes,
+        storage="memory" if store is None else "disk",
+        store_dir=None if store is None else str(store.path),
+        _store=store,
     )

@@ -40,7 +40,9 @@ from probes._probe_fit import (
     cv_path,
     geometric_middle,
     limit_threads,
+    predict,
     prepare,
+    row_blocks,
     stratified_folds,
 )
 from probes._validation import as_features, as_labels
@@ -124,6 +126,52 @@ def wilson_interval(successes: int, n: int, z: float = _Z95) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+# Up to this many values an in-memory input is validated by copying it to
+# float64 (cheap); above it, and for memmaps and other lazily read arrays,
+# it is checked and used block by block so no full float64 copy is ever made.
+_COPY_ELEMS = 1 << 22
+
+
+def _is_lazy(x: Any) -> bool:
+    """A ``numpy.memmap``, or an array-like read by slicing (h5py, zarr, ...)."""
+    if isinstance(x, np.memmap):
+        return True
+    if isinstance(x, (np.ndarray, torch.Tensor, list, tuple)):
+        return False
+    return all(hasattr(x, a) for a in ("shape", "dtype", "__getitem__"))
+
+
+def _features(x: Any, name: str) -> tuple[Any, bool]:
+    """``x`` checked as (n, d) finite numeric features, and whether to stream it.
+
+    Small in-memory inputs become float64 copies (:func:`as_features`); large
+    ones and lazy ones are checked one row block at a time and kept as they are.
+    """
+    lazy = _is_lazy(x)
+    if not lazy:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        if not isinstance(x, np.ndarray) or x.size <= _COPY_ELEMS:
+            return as_features(x, name), False
+    dtype = np.dtype(x.dtype)
+    if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+        raise TypeError(f"The '{name}' parameter must hold numbers. Got dtype {dtype} instead.")
+    if len(x.shape) == 1 and isinstance(x, np.ndarray):
+        x = x[:, None]
+    if len(x.shape) != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(
+            f"The '{name}' parameter must be 2-D (n_samples, n_features) with at least one "
+            f"of each. Got shape {tuple(x.shape)} instead."
+        )
+    bad = sum(int((~np.isfinite(np.asarray(x[a:b]))).sum()) for a, b in row_blocks(*x.shape))
+    if bad:
+        raise ValueError(
+            f"The '{name}' parameter contains {bad} NaN or infinite values; "
+            "drop or impute them before measuring."
+        )
+    return x, lazy
+
+
 def _check_grid(l2_grid: Any) -> list[float]:
     if l2_grid is None:
         return list(DEFAULT_L2_GRID)
@@ -200,7 +248,11 @@ def linear_probe(
     scored on the test split, which plays no part in the choice.
 
     Args:
-        x_train, x_test: (n, d) and (m, d) features, numpy or torch.
+        x_train, x_test: (n, d) and (m, d) features, numpy or torch, or a
+            ``numpy.memmap`` / lazily sliced array-like (h5py, zarr): those,
+            and in-memory inputs over 4M values, are validated, standardised
+            and solved one row block (about 2^18 values) at a time, so no full
+            float64 copy is made; a memmap gives the same result as the array.
         y_train, y_test: non-negative integer labels, any values: they are
             remapped to 0..K-1 from the training labels; a test label never
             seen in training counts as an error.
@@ -241,8 +293,8 @@ def linear_probe(
     max_iter = _check_int(max_iter, "max_iter", 1)
     seed = _check_int(seed, "seed", 0)
     dev = _resolve_device(device, x_train)
-    xtr = as_features(x_train, "x_train")
-    xte = as_features(x_test, "x_test")
+    xtr, stream = _features(x_train, "x_train")
+    xte, _ = _features(x_test, "x_test")
     ytr = as_labels(y_train, "y_train")
     yte = as_labels(y_test, "y_test")
     for x, y, xn, yn in ((xtr, ytr, "x_train", "y_train"), (xte, yte, "x_test", "y_test")):
@@ -268,7 +320,7 @@ def linear_probe(
     # The feature products dominate: n x min(n, d) x (k + 1) x K multiply-adds.
     work = xtr.shape[0] * min(xtr.shape) * (k + 1) * n_classes
     with limit_threads(work, dev):
-        design = prepare(xtr, xte, dev, torch.float32)
+        design = prepare(xtr, dev, torch.float32, stream=stream)
         if k:
             fold = stratified_folds(y_idx, k, seed)
             scores, fulls, _ = cv_path(
@@ -276,25 +328,14 @@ def linear_probe(
             )
             best = int(np.argmax(scores))  # first maximum: the strongest of ties
             lam, cv_acc = grid[best], scores[best]
-            _, fulls, _ = cv_path(
-                design,
-                y_idx,
-                n_classes,
-                None,
-                0,
-                [lam],
-                max_iter=max_iter,
-                tol=_TOL,
-                start=fulls[best],
-            )
-            z = fulls[0]
+            start = fulls[best]
         else:
             lam = grid[0] if len(grid) == 1 else geometric_middle(grid)
-            _, fulls, _ = cv_path(
-                design, y_idx, n_classes, None, 0, [lam], max_iter=max_iter, tol=_TOL
-            )
-            cv_acc, z = None, fulls[0]
-        pred = (design.test @ z.T).argmax(dim=1).cpu().numpy()
+            cv_acc, start = None, None
+        _, fulls, _ = cv_path(
+            design, y_idx, n_classes, None, 0, [lam], max_iter=max_iter, tol=_TOL, start=start
+        )
+        pred = predict(design, xte, fulls[0])
     pos = np.clip(np.searchsorted(classes, yte), 0, n_classes - 1)
     yte_idx = np.where(classes[pos] == yte, pos, -1)  # unseen labels never match
     n_test = len(yte)

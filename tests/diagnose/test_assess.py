@@ -179,3 +179,84 @@ def test_cli_assess_writes_results_and_report(tmp_path, capsys):
     data = _strict_json(tmp_path / "results.json")
     assert data["target"]["n_used"] == 300
     assert any("normalisation" in w for w in data["warnings"])  # inverted contrast is flagged
+
+
+def test_max_memory_puts_features_on_disk_with_the_same_results(demo, tmp_path, monkeypatch):
+    """A tiny budget streams both passes to temporary files; every number stays the same."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    kw = {"max_samples": 150, "n_permutations": 20, "progress": False}
+    ram = assess(demo, "demo:digits", "demo:digits-rotate", **kw).results
+    disk = assess(demo, "demo:digits", "demo:digits-rotate", max_memory="1KB", **kw).results
+    assert list(scratch.iterdir()) == []  # the temporary stores are gone
+    assert ram["capture"]["max_memory_bytes"] is None
+    assert ram["capture"]["target"]["storage"] == ram["capture"]["source"]["storage"] == "memory"
+    cap = disk["capture"]
+    assert cap["max_memory_bytes"] == 1000 and cap["per_pass_bytes"] == 500
+    assert cap["target"]["storage"] == cap["source"]["storage"] == "disk"
+    assert cap["target"]["n"] == 150 and cap["target"]["bytes"] == ram["capture"]["target"]["bytes"]
+    # pretrained + control, block1..block4 (16+32+64+128), and the 10 logits, float32
+    assert cap["target"]["bytes"] == 150 * 4 * (2 * 240 + 10)
+    assert cap["subsample"] == {
+        "gap_max_samples": 2000,
+        "transferability_max_samples": 20000,
+        "cka_batch_size": 1024,
+    }
+    for a, b in zip(ram["layers"], disk["layers"], strict=True):
+        for side in ("target", "control", "source"):
+            pa, pb = a["probe"][side], b["probe"][side]
+            assert pb["accuracy"] == pytest.approx(pa["accuracy"], abs=0.02), (a["name"], side)
+            assert pb["n_train"] == pa["n_train"] and pb["n_test"] == pa["n_test"]
+        assert b["gap"] == a["gap"]  # computed on the same in-memory subsample
+        assert (b["gap"]["n_source"], b["gap"]["n_source_total"]) == (150, 150)
+        assert b["gap"]["max_samples"] == 2000
+        assert b["cka_control"] == a["cka_control"]
+        assert b["cka_control"]["batch_size"] == 1024 and b["cka_control"]["n"] == 150
+    assert disk["transferability"] == ram["transferability"]
+    assert disk["transferability"]["n"] == disk["transferability"]["n_total"] == 150
+    assert disk["lr_find"] == ram["lr_find"]
+    assert disk["head_accuracy"] == ram["head_accuracy"]
+
+
+def test_control_cka_matches_the_debiased_formula_and_streams():
+    """One minibatch is the debiased CKA written out in numpy; many estimate it."""
+    import numpy as np
+
+    from diagnose._measure import control_cka
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 5))
+    y = x @ rng.normal(size=(5, 4)) + 0.5 * rng.normal(size=(300, 4))
+
+    def debiased_hsic(a, b):  # Song et al. 2012, written directly
+        n = a.shape[0]
+        k, l_ = a @ a.T, b @ b.T
+        np.fill_diagonal(k, 0.0)
+        np.fill_diagonal(l_, 0.0)
+        one = np.ones(n)
+        return (
+            np.trace(k @ l_)
+            + (one @ k @ one) * (one @ l_ @ one) / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * (one @ k @ l_ @ one)
+        ) / (n * (n - 3))
+
+    expected = debiased_hsic(x, y) / np.sqrt(debiased_hsic(x, x) * debiased_hsic(y, y))
+    one = control_cka(x, y, seed=3, batch_size=1024)
+    assert one["cka"] == pytest.approx(expected, rel=1e-9) and one["n_batches"] == 1
+    many = control_cka(x, y, seed=3, batch_size=64)
+    assert many["n_batches"] == 4 and many["n"] == 300 and many["batch_size"] == 64
+    assert many["cka"] == pytest.approx(expected, abs=0.05)
+    assert control_cka(x[:3], y[:3], seed=0) is None
+
+
+@pytest.mark.parametrize("bad", ["lots", "2XB", "0", "-5MB"])
+def test_cli_max_memory_rejects_bad_sizes_in_one_line(bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["assess", "--model", "demo", "--target", "demo:digits", f"--max-memory={bad}"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--max-memory" in err and "e.g. --max-memory 2GB" in err
+    assert repr(bad) in err

@@ -463,4 +463,26 @@ def test_captured_features_subset_getitem_and_to_dict() -> None:
         "projected": {},
         "has_labels": True,
         "has_output": False,
+        "storage": "memory",
+        "bytes": 4 * 2 * 4,
     }
+
+
+def test_count_examples_is_known_only_without_iterating() -> None:
+    from torch.utils.data import IterableDataset
+
+    from probes._capture_data import count_examples
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(torch.zeros(5, 3))
+
+    ds = TensorDataset(torch.zeros(10, 3))
+    assert count_examples(torch.zeros(7, 3), None) == 7
+    assert count_examples(np.zeros((7, 3)), 4) == 4
+    assert count_examples(ds, None) == 10 and count_examples(ds, 25) == 10
+    assert count_examples(DataLoader(ds, batch_size=4), None) == 10
+    assert count_examples(DataLoader(ds, batch_size=4, drop_last=True), None) == 8
+    assert count_examples(DataLoader(ds, batch_sampler=[[0, 1], [2]]), None) is None
+    assert count_examples([torch.zeros(4, 3)] * 3, None) is None  # len() counts batches
+    assert count_examples(Stream(), None) is None

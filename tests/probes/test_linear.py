@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -327,3 +328,126 @@ def test_negative_labels_are_an_error():
     x, y = _blobs(n=30)
     with pytest.raises(ValueError, match="non-negative class labels"):
         linear_probe(x, y - 1, x, y)
+
+
+# ------------------------------------------- pinned results and large inputs
+
+
+def _network_like(n, d, k=10, seed=0):
+    """Skewed, correlated features with classes in a low-rank subspace and 10% label noise."""
+    rng = np.random.default_rng(seed)
+    rank = min(d, 64)
+    mix = rng.standard_normal((d, d)) / np.sqrt(d) * (np.arange(1, d + 1) ** -0.5)[:, None] * 4
+    means = rng.standard_normal((k, rank)) * 0.6
+    y = rng.integers(0, k, n)
+    z = rng.standard_normal((n, d))
+    z[:, :rank] += means[y]
+    x = z @ mix + 0.3 * rng.standard_normal((n, d))
+    x = np.maximum(x, 0) + 0.05 * x
+    y = np.where(rng.random(n) < 0.1, rng.integers(0, k, n), y)
+    return x.astype(np.float32), y
+
+
+@pytest.mark.parametrize(
+    ("data", "l2", "accuracy", "cv_accuracy"),
+    # Values recorded with the implementation before the issue-7 speed-up: the
+    # faster solver must choose the same strength and score the same.
+    [
+        (lambda: _blobs(600, 40, 5, 0.6, 21), 0.1333521432163324, 0.2866667, 0.3288889),
+        (lambda: _network_like(1000, 64, seed=3), 0.03162277660168379, 0.768, 0.7413333),
+        (lambda: _network_like(800, 512, seed=4), 0.5623413251903491, 0.8, 0.785),
+    ],
+)
+def test_pinned_choice_and_accuracy(data, l2, accuracy, cv_accuracy):
+    r = linear_probe(*_split(*data()))
+    assert r.l2 == pytest.approx(l2, rel=1e-12)
+    assert r.accuracy == pytest.approx(accuracy, abs=1e-6)
+    assert r.cv_accuracy == pytest.approx(cv_accuracy, abs=1e-6)
+
+
+def test_chosen_strength_predicts_like_sklearn_at_that_c():
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _network_like(1000, 64, seed=3)
+    xtr, ytr, xte, yte = _split(x.astype(np.float64), y)
+    r = linear_probe(xtr, ytr, xte, yte)
+    mean, std = xtr.mean(axis=0), xtr.std(axis=0)
+    ref = LogisticRegression(C=1.0 / (r.l2 * len(ytr)), tol=1e-8, max_iter=10_000)
+    ref.fit((xtr - mean) / std, ytr)
+    ref_acc = np.mean(ref.predict((xte - mean) / std) == yte)
+    # float32 solve stopped at sklearn's default tolerance: at most one borderline row flips.
+    assert abs(r.accuracy - ref_acc) <= 1.0 / len(yte) + 1e-12
+
+
+def _fields(r):
+    return np.array([r.accuracy, *r.ci, r.l2, r.cv_accuracy or 0.0, r.chance])
+
+
+@pytest.mark.parametrize(("n", "d"), [(900, 16), (300, 120)])  # rotated, and unrotated
+def test_memmap_input_gives_the_same_result(tmp_path, monkeypatch, n, d):
+    import probes._probe_fit as fit
+
+    monkeypatch.setattr(fit, "_BLOCK_ELEMS", 2000)  # several row blocks per pass
+    monkeypatch.setattr(fit, "_BLOCK_ROWS", 16)
+    x, y = _network_like(n, d, k=4, seed=5)
+    np.save(tmp_path / "x.npy", x)
+    xm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    cut = int(0.75 * n)
+    a = linear_probe(x[:cut], y[:cut], x[cut:], y[cut:])
+    b = linear_probe(xm[:cut], y[:cut], xm[cut:], y[cut:])
+    assert isinstance(xm[:cut], np.memmap)
+    np.testing.assert_allclose(_fields(b), _fields(a), atol=1e-6)
+    assert (a.n_train, a.n_test, a.folds, a.note) == (b.n_train, b.n_test, b.folds, b.note)
+
+
+def test_memmap_non_finite_values_are_reported(tmp_path):
+    x, y = _blobs(n=60)
+    x[7, 1] = np.inf
+    np.save(tmp_path / "x.npy", x.astype(np.float32))
+    xm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    with pytest.raises(ValueError, match="'x_train' parameter contains 1 NaN or infinite"):
+        linear_probe(xm, y, xm[:5], y[:5])
+
+
+def _anon_rss() -> int:
+    with open("/proc/self/statm") as f:
+        _, resident, shared = (int(v) for v in f.read().split()[:3])
+    return (resident - shared) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_memmap_training_never_copies_x(tmp_path):
+    import threading
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    n, d = 200_000, 64
+    y = rng.integers(0, 5, n)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x[:, :5] += 0.5 * np.eye(5, dtype=np.float32)[y]
+    np.save(tmp_path / "x.npy", x)
+    del x
+    xm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    size = xm.nbytes  # 51 MB; a float64 copy would be twice that
+    peak, stop = [0], threading.Event()
+    base = _anon_rss()
+
+    def watch():  # numpy allocations show in tracemalloc; torch's only in the RSS
+        while not stop.is_set():
+            peak[0] = max(peak[0], _anon_rss() - base)
+            stop.wait(0.002)
+
+    watcher = threading.Thread(target=watch)
+    tracemalloc.start()
+    watcher.start()
+    try:
+        r = linear_probe(xm[:150_000], y[:150_000], xm[150_000:], y[150_000:], l2_grid=[1e-2])
+        traced = tracemalloc.get_traced_memory()[1]
+    finally:
+        stop.set()
+        watcher.join()
+        tracemalloc.stop()
+    assert r.accuracy > 0.3 and r.n_train == 150_000
+    assert traced < 0.25 * size, f"numpy peak {traced / 1e6:.1f} MB for a {size / 1e6:.0f} MB X"
+    # A float32 copy of the training rows alone would be 0.75 * size.
+    assert peak[0] < 0.6 * size, f"anonymous RSS grew {peak[0] / 1e6:.1f} MB"
