@@ -8,14 +8,17 @@ Rows (each against its peer or floor, on the same data in the same process):
   2. whole ``diagnose.assess`` (pretrained + random-init control capture,
      probes, gap, transferability, LR range test, RGN) vs a plain forward
      pass over the same source and target images (resnet18 at 64 px on the
-     demo digits). Goal <= 2.5.
+     demo digits). Goal <= 2.5. The same at 224 px for information: the
+     measurements cost the same at any input size, the forward does not.
   3. ``linear_probe`` vs scikit-learn ``LogisticRegressionCV`` on the same L2
      grid and folds, at equal accuracy. Goal >= 3x faster.
   4. probing every layer vs the capture pass (resnet18 64 px; the demo-like
-     CNN, whose forward is nearly free, for information). Goal < 0.10.
+     CNN, whose forward is nearly free, and resnet18 at 224 px for
+     information). Goal < 0.10.
   5. linear CKA on N=10,000, D=2,048: ``probes.cka`` (feature-space form) and
      ``probes.MinibatchCKA`` vs the textbook N x N Gram-matrix form written
-     here; time and peak memory (RSS growth in a fresh child process).
+     here; time and peak memory (tracemalloc peak of the computation, inputs
+     excluded, each side in a fresh child process).
   6. feature-extraction epochs on cached features vs through the backbone.
      Goal >= 20x.
   7. forgetting-tracker overhead on ``full_low_lr``. Goal <= 5%.
@@ -33,11 +36,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
+import tracemalloc
 
 import numpy as np
 import torch
@@ -53,13 +56,16 @@ from probes.capture import capture  # noqa: E402
 
 
 def interleaved(fns: dict, repeats: int) -> dict:
-    """Median wall time of each callable, the calls interleaved round-robin after a warm-up."""
+    """Median wall time of each callable, interleaved in alternating order after a warm-up."""
     times: dict = {k: [] for k in fns}
     out: dict = {}
     for fn in fns.values():
         fn()
-    for _ in range(repeats):
-        for key, fn in fns.items():
+    keys = list(fns)
+    for r in range(repeats):
+        # Alternate the order (ABBA...) so neither side always runs right after the other.
+        for key in keys if r % 2 == 0 else keys[::-1]:
+            fn = fns[key]
             t0 = time.perf_counter()
             out[key] = fn()
             times[key].append(time.perf_counter() - t0)
@@ -93,27 +99,27 @@ def row_capture_overhead(model, x, repeats):
     }
 
 
-def _assess_inputs(max_samples):
-    """The demo digits as resnet18 sees them in assess: 3 channels, 64 px, ImageNet-normalised."""
+def _assess_inputs(max_samples, size):
+    """The demo digits as resnet18 sees them in assess: 3 channels, ``size`` px, ImageNet-normalised."""
     from diagnose.data import load_domain
 
     xs = []
     for spec in ("demo:digits", "demo:digits-noise"):
         images = load_domain(spec).dataset.images[:max_samples].float()
-        x = torch.nn.functional.interpolate(images, size=(64, 64), mode="bilinear")
+        x = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear")
         mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
         std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
         xs.append((x.expand(-1, 3, -1, -1) - mean) / std)
     return torch.cat(xs)
 
 
-def row_assess(max_samples, repeats):
+def row_assess(max_samples, repeats, size=64):
     import torchvision
 
     from diagnose.assess import assess
 
     model = torchvision.models.resnet18()
-    x = _assess_inputs(max_samples)
+    x = _assess_inputs(max_samples, size)
 
     def run_assess():
         return assess(
@@ -121,7 +127,7 @@ def row_assess(max_samples, repeats):
             "demo:digits",
             "demo:digits-noise",
             weights="random",
-            image_size=64,
+            image_size=size,
             max_samples=max_samples,
             progress=False,
         )
@@ -132,7 +138,7 @@ def row_assess(max_samples, repeats):
     parts = ", ".join(f"{k} {v:.1f}" for k, v in timings.items() if k != "total" and v >= 0.5)
     ratio = t_assess / t_fwd
     return {
-        "row": f"assess vs plain forward over source+target ({len(x)} images, resnet18 64px)",
+        "row": f"assess vs plain forward over source+target ({len(x)} images, resnet18 {size}px)",
         "ours": f"{t_assess:.1f} s ({parts})",
         "peer": f"{t_fwd:.1f} s",
         "ratio": f"{ratio:.2f}",
@@ -167,7 +173,7 @@ def _child_cka(side, n, d):
     from probes.similarity import MinibatchCKA, cka
 
     x, y = _cka_data(n, d)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start()  # numpy reports its buffers to tracemalloc; the inputs are not counted
     t0 = time.perf_counter()
     if side == "ours":
         value = cka(x, y)
@@ -179,8 +185,8 @@ def _child_cka(side, n, d):
     else:
         value = gram_cka(x, y)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"value": value, "wall": wall, "peak_mb": (peak - base) / 1024}))
+    peak = tracemalloc.get_traced_memory()[1]
+    print(json.dumps({"value": value, "wall": wall, "peak_mb": peak / 2**20}))
 
 
 def _run_child(side, n, d):
@@ -198,7 +204,7 @@ def row_cka(n, d):
         f"+{mini['peak_mb']:.0f} MB, CKA {mini['value']:.4f})",
         "peer": f"{gram['wall']:.2f} s, +{gram['peak_mb']:.0f} MB",
         "ratio": f"{gram['wall'] / ours['wall']:.1f}x faster, "
-        f"{gram['peak_mb'] / max(ours['peak_mb'], 1):.0f}x less memory, |dCKA| {agree:.1e}",
+        f"{gram['peak_mb'] / max(ours['peak_mb'], 1e-3):.0f}x less memory, |dCKA| {agree:.1e}",
         "goal": "(time, memory) and |dCKA| < 1e-6",
         "met": agree < 1e-6,
     }
@@ -216,7 +222,7 @@ def main(argv=None):
         return 0
     import torchvision
 
-    repeats = args.repeats or (1 if args.quick else 3)
+    repeats = args.repeats or (2 if args.quick else 4)
     n_img = 300 if args.quick else 1000
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
@@ -232,6 +238,10 @@ def main(argv=None):
     rows.append(row_capture_overhead(resnet, x, repeats))
     print(f"[{time.perf_counter() - t0:.0f} s] capture overhead", flush=True)
     rows.append(row_assess(150 if args.quick else None, 1))
+    # The measurements cost the same whatever the input size; the forward grows with it.
+    big = row_assess(60 if args.quick else 400, 1, size=224)
+    big["goal"], big["met"] = "(information)", None
+    rows.append(big)
     print(f"[{time.perf_counter() - t0:.0f} s] assess", flush=True)
     rows.append(bench_probe.row_sklearn(*((2000, 256) if args.quick else (5000, 512)), repeats))
     rows.append(bench_probe.row_capture("resnet18 64x64", resnet, x, y, repeats))
@@ -241,6 +251,10 @@ def main(argv=None):
     )
     demo_row["goal"], demo_row["met"] = "(information)", None
     rows.append(demo_row)
+    xb, yb = bench_probe._templates(150 if args.quick else 500, 10, 3, 224, seed=3)
+    big = bench_probe.row_capture("resnet18 224x224", resnet, xb, yb, 1)
+    big["goal"], big["met"] = "(information)", None
+    rows.append(big)
     print(f"[{time.perf_counter() - t0:.0f} s] probes", flush=True)
     rows.append(row_cka(2000 if args.quick else 10_000, 512 if args.quick else 2048))
     print(f"[{time.perf_counter() - t0:.0f} s] CKA", flush=True)
