@@ -259,6 +259,11 @@ def forgetting_curves_plot(results: dict) -> tuple[str, str] | None:
     )
     if len(finals) == 1:
         takeaway = f"By its last epoch, {what} is {low:.3f} under {low_name}{ref_text}."
+    elif reference is not None and low >= reference - 0.005:
+        takeaway = (
+            f"No strategy lowered {what} by the last epoch: it ranges from {low:.3f} under "
+            f"{low_name} to {high:.3f} under {high_name}{ref_text}."
+        )
     else:
         takeaway = (
             f"By the last epoch, {what} ranges from {low:.3f} under {low_name} (most forgetting) "

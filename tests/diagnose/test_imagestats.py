@@ -62,3 +62,25 @@ def test_normalization_check_broadcasts_single_channel_expectation():
     imgs = [torch.full((3, 2, 2), 0.5) for _ in range(3)]
     check, warns = normalization_check(_record(imgs), [0.5], [0.25], "weights")
     assert len(check["channels"]) == 3 and check["ok"] is False  # std 0 vs 0.25: ratio 0
+
+
+def test_per_image_values_are_compact_and_keep_the_first_value_per_index():
+    import sys
+
+    from diagnose.imagestats import _Column
+
+    col, ref = _Column(), {}
+    rng = np.random.default_rng(0)
+    for index in rng.integers(0, 5000, 20000):  # repeats and out-of-order indices
+        value = float(rng.random())
+        col.add(int(index), value)
+        ref.setdefault(int(index), value)
+    assert len(col) == len(ref)
+    np.testing.assert_array_equal(col.values(), np.array(list(ref.values())))
+    assert all(col.has(i) == (i in ref) for i in range(6000))
+
+    big = _Column()
+    for index in range(1_000_000):
+        big.add(index, 0.5)
+    # ~8 bytes a value + 1 bit an index (a dict would take ~100 bytes an entry)
+    assert sys.getsizeof(big._values) + sys.getsizeof(big._seen) < 12 * 2**20

@@ -323,3 +323,14 @@ def test_assess_report_has_no_comparison_sections():
     del res["strategies"]
     html = render_html(res)
     assert not any(f'id="{s}"' in html for s in NEW_SECTIONS)
+
+
+def test_forgetting_takeaway_says_when_nothing_was_forgotten():
+    res = _results()
+    for s in res["strategies"]:
+        for row in s.get("curves", []):
+            if row.get("source_accuracy") is not None:
+                row["source_accuracy"] = max(row["source_accuracy"], 0.95)  # never below before
+    takeaway = _png(forgetting_curves_plot(res))
+    assert takeaway.startswith("No strategy lowered source accuracy by the last epoch")
+    assert "most forgetting" not in takeaway
