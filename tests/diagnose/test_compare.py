@@ -189,7 +189,16 @@ def test_signal_between_strategies_then_resume(tmp_path, sig):
     ]
     # Six epochs on every image leave several seconds of work after the first strategy
     # finishes, so the signal always lands mid-run, even on a fast machine.
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell that starts jobs in the background (``cmd &``, as CI runners may) starts them
+    # with SIGINT ignored, and Python then keeps ignoring it: give the child the default.
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if (out / "strategies" / "feature_extraction.json").exists():
