@@ -235,7 +235,7 @@ def main(argv=None):
     rows = []
     resnet = torchvision.models.resnet18().eval()
     x, y = bench_probe._templates(n_img, 10, 3, 64, seed=1)
-    rows.append(row_capture_overhead(resnet, x, repeats))
+    rows.append(row_capture_overhead(resnet, x, 2 * repeats))  # ~1 s a call: cheap to steady
     print(f"[{time.perf_counter() - t0:.0f} s] capture overhead", flush=True)
     rows.append(row_assess(150 if args.quick else None, 1))
     # The measurements cost the same whatever the input size; the forward grows with it.
