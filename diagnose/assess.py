@@ -19,6 +19,7 @@ from torch import nn
 
 import probes
 from diagnose import _measure
+from diagnose._domains import check_two_classes, domain_info, restricted_splits, subsample
 from diagnose._prep import (
     expected_size_hint,
     prepared_dataset,
@@ -95,45 +96,6 @@ def _as_domain(data: Any, what: str) -> Domain | None:
     )
 
 
-def _subsample(domain: Domain, max_samples: int | None, seed: int) -> np.ndarray:
-    n = len(domain.dataset)
-    if max_samples is None or max_samples >= n:
-        return np.arange(n)
-    if max_samples < 1:
-        raise ValueError(f"--max-samples must be at least 1. Got {max_samples}.")
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, size=max_samples, replace=False))
-
-
-def _restricted_splits(domain: Domain, used: np.ndarray, seed: int) -> dict[str, np.ndarray] | None:
-    """The domain's stratified splits, restricted to ``used`` and re-indexed into it."""
-    if domain.labels is None:
-        return None
-    # ``used`` is sorted: a binary search re-indexes a million images without a dict.
-    out = {}
-    for name, idx in domain.splits(seed).items():
-        idx = np.asarray(idx, dtype=np.int64)
-        pos = np.searchsorted(used, idx)
-        found = pos < len(used)
-        found[found] = used[pos[found]] == idx[found]
-        out[name] = pos[found].astype(np.int64)
-    return out
-
-
-def _check_two_classes(domain: Domain) -> None:
-    """A labelled target needs two classes: probes and transferability scores compare classes."""
-    if domain.labels is None:
-        return
-    present = np.unique(domain.labels[domain.labels >= 0])
-    if len(present) == 1:
-        name = domain._class_name(int(present[0]))
-        raise ValueError(
-            f"target '{domain.name}' has 1 class with images ({name!r}); the probes and "
-            "transferability scores need at least 2: add images of another class "
-            "(for an ImageFolder, a second sub-folder)."
-        )
-
-
 def _capture(loaded: LoadedModel, prep, what: str, model: nn.Module, *args, **kwargs):
     """``probes.capture``, with a model that rejects the images' shape reported as bad input."""
     try:
@@ -147,14 +109,6 @@ def _capture(loaded: LoadedModel, prep, what: str, model: nn.Module, *args, **kw
             f"model {loaded.name} failed on the {what} images, given as {c}x{h}x{w} "
             f"({type(exc).__name__}: {first}); {expected_size_hint(loaded.model, c)}."
         ) from exc
-
-
-def _domain_info(domain: Domain, used: np.ndarray, split: dict | None) -> dict:
-    info = domain.summary()
-    info["n_used"] = int(len(used))
-    if split is not None:
-        info.update({f"n_{k}": int(len(v)) for k, v in split.items()})
-    return info
 
 
 def assess(
@@ -215,7 +169,7 @@ def assess(
     )
     src, tgt = _as_domain(source, "source"), _as_domain(target, "target")
     if tgt is not None:
-        _check_two_classes(tgt)
+        check_two_classes(tgt)
     warnings: list[str] = []
     for d in (src, tgt):
         if d is not None:
@@ -243,8 +197,8 @@ def assess(
     if tgt is not None:
         control = random_init_copy(net, seed=seed).to(dev)
         pair = _Pair(net, control)
-        used["target"] = _subsample(tgt, max_samples, seed)
-        splits["target"] = _restricted_splits(tgt, used["target"], seed)
+        used["target"] = subsample(tgt, max_samples, seed)
+        splits["target"] = restricted_splits(tgt, used["target"], seed)
         stats["target"] = ImageStats()
         data = prepared_dataset(tgt, used["target"], prep, stats["target"])
         names = [f"pretrained.{n}" for n in layer_names] + [f"control.{n}" for n in layer_names]
@@ -263,8 +217,8 @@ def assess(
             max_memory=share,
         )
     if src is not None:
-        used["source"] = _subsample(src, max_samples, seed)
-        splits["source"] = _restricted_splits(src, used["source"], seed)
+        used["source"] = subsample(src, max_samples, seed)
+        splits["source"] = restricted_splits(src, used["source"], seed)
         stats["source"] = ImageStats()
         data = prepared_dataset(src, used["source"], prep, stats["source"])
         captured["source"] = _capture(
@@ -386,8 +340,8 @@ def assess(
         "schema": SCHEMA_VERSION,
         "kind": "assess",
         "model": {**loaded.to_dict(), "layers_from": "auto" if layers == "auto" else "user"},
-        "source": _domain_info(src, used["source"], splits["source"]) if src is not None else None,
-        "target": _domain_info(tgt, used["target"], splits["target"]) if tgt is not None else None,
+        "source": domain_info(src, used["source"], splits["source"]) if src is not None else None,
+        "target": domain_info(tgt, used["target"], splits["target"]) if tgt is not None else None,
         "preprocessing": prep.to_dict(),
         "layers": rows,
         "penultimate_layer": last,

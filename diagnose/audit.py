@@ -39,10 +39,11 @@ import torch
 from torch import nn
 
 import probes
+from diagnose._domains import subsample
 from diagnose._evalset import materialize, pick_eval, source_eval_set
 from diagnose._prep import resolve_device, resolve_preprocessing
 from diagnose._weights_io import extract_state_dict, load_state_dict_checked, torch_load
-from diagnose.assess import _as_domain, _as_loaded, _subsample
+from diagnose.assess import _as_domain, _as_loaded
 from diagnose.forgetting import ForgettingTracker, weight_drift
 from diagnose.report import check_out_dir
 from diagnose.results import SCHEMA_VERSION, RunResult, environment, jsonable
@@ -264,7 +265,7 @@ def audit(
     cka_target: dict[str, float | None] = {}
     n_target = 0
     if tgt is not None:
-        used = _subsample(tgt, max_samples, seed)
+        used = subsample(tgt, max_samples, seed)
         tpool = used
         if tgt.labels is not None:
             test = set(int(i) for i in tgt.splits(seed)["test"])

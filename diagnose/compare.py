@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 
 import probes
+from diagnose._domains import restricted_splits, subsample
 from diagnose._evalset import materialize, source_eval_set
 from diagnose._executor import EXECUTORS, Job, Unit, execute, import_ray
 from diagnose._prep import resolve_device, resolve_preprocessing
 from diagnose._seeds import RUN_KEYS, finished, read_previous, resumed_text, strategy_entries
-from diagnose.assess import _as_domain, _as_loaded, _restricted_splits, _subsample, assess
+from diagnose.assess import _as_domain, _as_loaded, assess
 from diagnose.forgetting import ForgettingTracker
 from diagnose.report import check_out_dir
 from diagnose.results import (
@@ -238,8 +239,8 @@ def compare(
 
     seed_list = [seed + i for i in range(seeds)]
     done = finished(previous, fingerprint, out_dir / "results.json", seed_list) if previous else {}
-    used = _subsample(tgt, max_samples, seed)
-    split = _restricted_splits(tgt, used, seed)
+    used = subsample(tgt, max_samples, seed)
+    split = restricted_splits(tgt, used, seed)
     x, y = materialize(tgt, used, prep)
     data = TargetData(
         x_train=x[split["train"]],
