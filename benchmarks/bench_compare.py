@@ -40,6 +40,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _timing import best_time  # noqa: E402
 
 import diagnose._strategy_run as strategy_run  # noqa: E402
 from diagnose.data import load_domain  # noqa: E402
@@ -51,17 +54,6 @@ from diagnose.train import TargetData, run_strategy  # noqa: E402
 
 BLOCKS = ["block1", "block2", "block3", "block4"]
 CPU = torch.device("cpu")
-
-
-def best_time(fn, repeats):
-    """Smallest wall time over ``repeats`` calls (after one untimed warm-up) and the last result."""
-    fn()  # first calls pay one-off costs (kernel selection, lazy imports)
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
 
 
 def target_data(spec="demo:digits-noise", seed=0):
@@ -123,8 +115,12 @@ def _run(name, model, data, cfg, tracker=None):
 
 def row_feature_extraction(model, data, epochs, repeats):
     cfg = TrainConfig(epochs=epochs, batch_size=64, head_lr=0.05)
-    t_ours, entry = best_time(lambda: _run("feature_extraction", model, data, cfg), repeats)
-    t_peer, peer_acc = best_time(lambda: naive_head_training(model, data, cfg), repeats)
+    t_ours, entry = best_time(
+        lambda: _run("feature_extraction", model, data, cfg), repeats, warmup=True
+    )
+    t_peer, peer_acc = best_time(
+        lambda: naive_head_training(model, data, cfg), repeats, warmup=True
+    )
     n_tr, n_va, n_te = len(data.y_train), len(data.y_val), len(data.y_test)
     bound = epochs * (n_tr + n_va) / (n_tr + n_va + n_te)
     ratio = t_peer / t_ours
@@ -166,7 +162,7 @@ def row_tracker(model, data, epochs, repeats, counts):
     rows = []
     for n, tracker, times in zip(sizes, trackers, tracked):
         t_with = min(times)
-        t_measure, _ = best_time(lambda tracker=tracker: tracker.measure(model), 10)
+        t_measure, _ = best_time(lambda tracker=tracker: tracker.measure(model), 10, warmup=True)
         overhead = (t_with - t_plain) / t_plain
         # measure() runs once per epoch (the best state's numbers are its epoch's).
         predicted = epochs * t_measure / t_plain
@@ -186,11 +182,11 @@ def row_tracker(model, data, epochs, repeats, counts):
 
 def row_prefix_cache(model, data, epochs, repeats):
     cfg = TrainConfig(epochs=epochs, batch_size=64, head_lr=0.05, unfreeze=["block4"])
-    t_cached, entry = best_time(lambda: _run("partial", model, data, cfg), repeats)
+    t_cached, entry = best_time(lambda: _run("partial", model, data, cfg), repeats, warmup=True)
     original = strategy_run.build_prefix_cache
     strategy_run.build_prefix_cache = lambda *a, **k: (None, "disabled by the benchmark")
     try:
-        t_plain, plain = best_time(lambda: _run("partial", model, data, cfg), repeats)
+        t_plain, plain = best_time(lambda: _run("partial", model, data, cfg), repeats, warmup=True)
     finally:
         strategy_run.build_prefix_cache = original
     return {

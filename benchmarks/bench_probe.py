@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -34,6 +33,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _timing import best_time  # noqa: E402
 
 from probes.capture import capture  # noqa: E402
 from probes.linear import DEFAULT_L2_GRID, linear_probe  # noqa: E402
@@ -53,16 +55,6 @@ def make_features(n, d, k=10, rank=64, sep=0.6, label_noise=0.1, seed=0):
     noisy = rng.random(n) < label_noise
     y = np.where(noisy, rng.integers(0, k, n), y)
     return x.astype(np.float32), y
-
-
-def best_time(fn, repeats):
-    """Smallest wall time over ``repeats`` calls (robust to a busy machine) and the last result."""
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
 
 
 def sklearn_peer(xtr, ytr, xte, yte, seed=0):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import io
 import math
-from numbers import Real
 
 import matplotlib
 
@@ -27,6 +26,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from diagnose._plots import _short  # noqa: E402
 from diagnose.recommend import STRATEGIES  # noqa: E402
+from diagnose.results import finite, section
 
 __all__ = ["cka_heatmap", "forgetting_curves_plot", "tradeoff_plot"]
 
@@ -40,19 +40,6 @@ def _encode(fig, rect: tuple[float, float, float, float] | None = None) -> str:
     fig.savefig(buf, format="png", dpi=96)
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _f(value) -> float | None:
-    """A finite float, or None for anything else (missing, text, bool, NaN)."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _d(entry: dict, key: str) -> dict:
-    value = entry.get(key)
-    return value if isinstance(value, dict) else {}
 
 
 def _list(value) -> list:
@@ -84,7 +71,7 @@ def _curve(entry: dict, key: str) -> list[tuple[float, float]]:
     points = []
     for point in _list(entry.get("curves")):
         if isinstance(point, dict):
-            x, y = _f(point.get("epoch")), _f(point.get(key))
+            x, y = finite(point.get("epoch")), finite(point.get(key))
             if x is not None and y is not None:
                 points.append((x, y))
     return points
@@ -106,7 +93,7 @@ def _pareto(points: list[tuple[str, float, float]]) -> list[tuple[str, float, fl
 
 def _std(entry: dict, group: str, key: str) -> float | None:
     """The seed-to-seed standard deviation of ``entry[group][key]`` (None for one seed)."""
-    return _f(_d(_d(_d(entry, "spread"), group), key).get("std"))
+    return finite(section(section(section(entry, "spread"), group), key).get("std"))
 
 
 def tradeoff_plot(results: dict) -> tuple[str, str] | None:
@@ -118,17 +105,17 @@ def tradeoff_plot(results: dict) -> tuple[str, str] | None:
     entries = _entries(results)
     ran = [(label, e) for label, e in entries if e.get("status") != "failed"]
     y_key = "test_accuracy"
-    if not any(_f(_d(e, "target").get(y_key)) is not None for _, e in ran):
+    if not any(finite(section(e, "target").get(y_key)) is not None for _, e in ran):
         y_key = "val_accuracy"  # a partial file without test accuracy still gets a plot
     x_key = "flops"
-    if not any(_f(_d(e, "cost").get(x_key)) is not None for _, e in ran):
+    if not any(finite(section(e, "cost").get(x_key)) is not None for _, e in ran):
         x_key = "wall_s"
     points, diverged, omitted = [], [], []
     for label, e in entries:
         if e.get("status") not in ("ok", "diverged"):
             omitted.append(f"{label} ({e.get('status') or 'no status'})")
             continue
-        x, y = _f(_d(e, "cost").get(x_key)), _f(_d(e, "target").get(y_key))
+        x, y = finite(section(e, "cost").get(x_key)), finite(section(e, "target").get(y_key))
         if x is None or x <= 0 or y is None:
             omitted.append(f"{label} (no {'cost' if x is None or x <= 0 else 'accuracy'})")
             continue
@@ -226,7 +213,9 @@ def forgetting_curves_plot(results: dict) -> tuple[str, str] | None:
     if key == "source_accuracy":
         y_label = "source accuracy, original head (fraction)"
         what = "source accuracy"
-        befores = [_f(_d(e, "forgetting").get("source_accuracy_before")) for _, e, _ in series]
+        befores = [
+            finite(section(e, "forgetting").get("source_accuracy_before")) for _, e, _ in series
+        ]
         reference = next((b for b in befores if b is not None), None)
     else:
         y_label = "agreement with pretrained predictions on source (fraction)"
@@ -286,8 +275,8 @@ def cka_heatmap(results: dict) -> tuple[str, str] | None:
     """Final linear CKA of each block to the pretrained model, strategy x layer."""
     rows, labels, names = [], [], []
     for label, e in _entries(results):
-        cka = _d(_d(e, "forgetting"), "cka")
-        cka = {str(k): _f(v) for k, v in cka.items()}
+        cka = section(section(e, "forgetting"), "cka")
+        cka = {str(k): finite(v) for k, v in cka.items()}
         if any(v is not None for v in cka.values()):
             rows.append(cka)
             labels.append(label)

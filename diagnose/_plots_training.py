@@ -17,12 +17,11 @@ from diagnose._plots_compare import (
     _PURPLE,
     _RED,
     _curve,
-    _d,
     _encode,
     _entries,
-    _f,
     _xy,
 )
+from diagnose.results import finite, section
 
 __all__ = ["training_curves_plot"]
 
@@ -30,7 +29,7 @@ __all__ = ["training_curves_plot"]
 def _diverged_epoch(entry: dict) -> float | None:
     if entry.get("status") != "diverged":
         return None
-    epoch = _f(_d(entry, "diverged").get("epoch"))
+    epoch = finite(section(entry, "diverged").get("epoch"))
     if epoch is None:  # fall back to the last evaluation before the loss went non-finite
         epochs = [p[0] for p in _curve(entry, "train_loss") + _curve(entry, "val_loss")]
         epoch = max(epochs) if epochs else None
@@ -76,15 +75,15 @@ def training_curves_plot(results: dict) -> tuple[str, str] | None:
         div = _diverged_epoch(e)
         if div is not None:
             ax.axvline(div, color=_RED, linewidth=1.5)
-            lr = _f(_d(e, "diverged").get("lr"))
+            lr = finite(section(e, "diverged").get("lr"))
             notes_div.append(
                 f"{label} diverged at epoch {div:g}" + (f" (LR {lr:.2g})" if lr is not None else "")
             )
-        over = _f(_d(e, "overfitting").get("epoch"))
+        over = finite(section(e, "overfitting").get("epoch"))
         if over is not None:
             ax.axvline(over, color=_PURPLE, linestyle=":", linewidth=1.5)
             notes_over.append(f"{label} from epoch {over:g}")
-        best = _f(_d(e, "target").get("best_epoch"))
+        best = finite(section(e, "target").get("best_epoch"))
         at = [p for p in val if p[0] == best]
         if at:
             ax.plot(*_xy(at[:1]), marker="*", markersize=12, color=_GREEN, zorder=4)

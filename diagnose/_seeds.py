@@ -38,13 +38,11 @@ Example::
 
 from __future__ import annotations
 
-import math
-from numbers import Real
 from pathlib import Path
 
 import numpy as np
 
-from diagnose.results import load_results
+from diagnose.results import finite, load_results, section
 
 __all__ = [
     "AVERAGED",
@@ -76,15 +74,8 @@ _PER_BLOCK = ("cka", "weight_drift")
 _FINISHED = ("ok", "diverged")
 
 
-def _number(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def _mean(values: list) -> float | int | None:
-    nums = [v for v in (_number(x) for x in values) if v is not None]
+    nums = [v for v in (finite(x) for x in values) if v is not None]
     if not nums:
         return None
     if (
@@ -96,7 +87,7 @@ def _mean(values: list) -> float | int | None:
 
 
 def _spread(values: list) -> dict:
-    nums = np.asarray([v for v in (_number(x) for x in values) if v is not None], dtype=np.float64)
+    nums = np.asarray([v for v in (finite(x) for x in values) if v is not None], dtype=np.float64)
     if nums.size == 0:
         return {"std": None, "min": None, "max": None, "n": 0}
     return {
@@ -107,13 +98,8 @@ def _spread(values: list) -> dict:
     }
 
 
-def _sub(record: dict, key: str) -> dict:
-    value = record.get(key)
-    return value if isinstance(value, dict) else {}
-
-
 def _mean_cka(record: dict) -> float | None:
-    vals = [_number(v) for v in _sub(_sub(record, "forgetting"), "cka").values()]
+    vals = [finite(v) for v in section(section(record, "forgetting"), "cka").values()]
     vals = [v for v in vals if v is not None]
     return float(np.mean(vals)) if vals else None
 
@@ -126,20 +112,22 @@ def _merged(records: list[dict]) -> tuple[dict, dict]:
     for group, fields in AVERAGED.items():
         if not any(isinstance(r.get(group), dict) for r in records):
             continue
-        merged = dict(_sub(first, group))
+        merged = dict(section(first, group))
         spread[group] = {}
         for field in fields:
-            values = [_sub(r, group).get(field) for r in records]
+            values = [section(r, group).get(field) for r in records]
             if all(v is None for v in values):
                 continue
             merged[field] = _mean(values)
             spread[group][field] = _spread(values)
         if group == "forgetting":
             for key in _PER_BLOCK:
-                blocks = list(dict.fromkeys(b for r in records for b in _sub(_sub(r, group), key)))
+                blocks = list(
+                    dict.fromkeys(b for r in records for b in section(section(r, group), key))
+                )
                 if blocks:
                     merged[key] = {
-                        b: _mean([_sub(_sub(r, group), key).get(b) for r in records])
+                        b: _mean([section(section(r, group), key).get(b) for r in records])
                         for b in blocks
                     }
             cka = [_mean_cka(r) for r in records]
@@ -264,9 +252,9 @@ def resumed_text(records: dict, seeds: int) -> str:
 
 def val_std(entry: dict) -> float | None:
     """The seed-to-seed standard deviation of the validation accuracy (None for one seed)."""
-    spread = _sub(_sub(entry, "spread"), "target")
+    spread = section(section(entry, "spread"), "target")
     value = spread.get("val_accuracy")
-    return _number(value.get("std")) if isinstance(value, dict) else None
+    return finite(value.get("std")) if isinstance(value, dict) else None
 
 
 def n_seeds(entry: dict) -> int:

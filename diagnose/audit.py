@@ -268,8 +268,7 @@ def audit(
         used = subsample(tgt, max_samples, seed)
         tpool = used
         if tgt.labels is not None:
-            test = set(int(i) for i in tgt.splits(seed)["test"])
-            held_out = np.array([i for i in used if int(i) in test], dtype=np.int64)
+            held_out = used[np.isin(used, tgt.splits(seed)["test"])]
             tpool = held_out if len(held_out) >= 2 else used
         tx, _ = materialize(tgt, pick_eval(tpool, source_eval_samples, seed), prep)
         n_target = int(len(tx))

@@ -24,12 +24,32 @@ __all__ = [
     "RunResult",
     "atomic_write_text",
     "environment",
+    "finite",
     "jsonable",
     "load_results",
+    "section",
     "write_results",
 ]
 
 SCHEMA_VERSION = "1.0"
+
+
+def finite(value: Any) -> float | None:
+    """A results value as a finite float, or None (missing, text, bool, NaN or inf).
+
+    For reading results.json, where any number may be null: ``finite(0.5) == 0.5``,
+    ``finite(True) is None``, ``finite("0.5") is None``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def section(entry: dict, key: str) -> dict:
+    """``entry[key]`` when it is a dict, else ``{}``: a sub-section that may be absent or null."""
+    value = entry.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 @dataclass

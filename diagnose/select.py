@@ -31,26 +31,13 @@ Example::
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 from diagnose._seeds import n_seeds, val_std, val_text, within_spread
+from diagnose.results import finite, section
 
 __all__ = ["DEFAULT_TIE_TOLERANCE", "forgetting_of", "select_strategy"]
 
 DEFAULT_TIE_TOLERANCE = 0.005
-
-
-def _number(value) -> float | None:
-    """``value`` as a finite float, or None (missing, non-numeric, bool or non-finite)."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _sub(entry: dict, key: str) -> dict:
-    value = entry.get(key)
-    return value if isinstance(value, dict) else {}
 
 
 def forgetting_of(entry: dict) -> tuple[float | None, str | None]:
@@ -63,11 +50,11 @@ def forgetting_of(entry: dict) -> tuple[float | None, str | None]:
 
         forgetting_of({"forgetting": {"agreement": 0.9}})  # (0.1, "disagreement")
     """
-    forgetting = _sub(entry, "forgetting")
-    drop = _number(forgetting.get("source_accuracy_drop"))
+    forgetting = section(entry, "forgetting")
+    drop = finite(forgetting.get("source_accuracy_drop"))
     if drop is not None:
         return drop, "source_accuracy_drop"
-    agreement = _number(forgetting.get("agreement"))
+    agreement = finite(forgetting.get("agreement"))
     if agreement is not None:
         return 1.0 - agreement, "disagreement"
     return None, None
@@ -76,7 +63,7 @@ def forgetting_of(entry: dict) -> tuple[float | None, str | None]:
 def _check_fraction(name: str, value, *, upper: float | None = 1.0) -> float | None:
     if value is None:
         return None
-    number = _number(value)
+    number = finite(value)
     bound = "in [0, 1]" if upper is not None else "at least 0"
     if number is None or number < 0 or (upper is not None and number > upper):
         raise ValueError(
@@ -101,9 +88,9 @@ def _why_not_ok(entry: dict) -> str:
     status = entry.get("status")
     message = entry.get("message")
     if status == "diverged":
-        div = _sub(entry, "diverged")
-        where = [f"{k} {div[k]:g}" for k in ("epoch", "step") if _number(div.get(k)) is not None]
-        lr = _number(div.get("lr"))
+        div = section(entry, "diverged")
+        where = [f"{k} {div[k]:g}" for k in ("epoch", "step") if finite(div.get(k)) is not None]
+        lr = finite(div.get("lr"))
         text = "diverged" + (f" at {', '.join(where)}" if where else "")
         text += f" (LR {lr:.3g})" if lr is not None else ""
         return text + (f": {message}" if message else "")
@@ -115,16 +102,16 @@ def _why_not_ok(entry: dict) -> str:
 def _cost_key(entry: dict) -> tuple[float, float]:
     # FLOPs are deterministic; wall time is noise between runs, so it only breaks
     # ties when FLOPs are unknown (otherwise the strategy order decides).
-    cost = _sub(entry, "cost")
-    flops, wall = _number(cost.get("flops")), _number(cost.get("wall_s"))
+    cost = section(entry, "cost")
+    flops, wall = finite(cost.get("flops")), finite(cost.get("wall_s"))
     if flops is not None:
         return (flops, 0.0)
     return (math.inf, math.inf if wall is None else wall)
 
 
 def _cost_text(entry: dict) -> str:
-    cost = _sub(entry, "cost")
-    flops, wall = _number(cost.get("flops")), _number(cost.get("wall_s"))
+    cost = section(entry, "cost")
+    flops, wall = finite(cost.get("flops")), finite(cost.get("wall_s"))
     parts = []
     if flops is not None:
         parts.append(f"{flops:.3g} FLOPs")
@@ -212,7 +199,7 @@ def select_strategy(
     eligible: list[dict] = []
     for entry in strategies:
         name = str(entry.get("name") or "?")
-        val = _number(_sub(entry, "target").get("val_accuracy"))
+        val = finite(section(entry, "target").get("val_accuracy"))
         if entry.get("status") != "ok":
             excluded.append({"name": name, "reason": _why_not_ok(entry)})
             continue
@@ -242,7 +229,7 @@ def select_strategy(
             eligible.append(entry)
 
     def val_of(entry: dict) -> float:
-        return _number(_sub(entry, "target").get("val_accuracy"))
+        return finite(section(entry, "target").get("val_accuracy"))
 
     def measured_val(name: str | None) -> float | None:
         vals = [val_of(e) for e in measured if e.get("name") == name]
@@ -284,9 +271,9 @@ def select_strategy(
     ranking = [str(e.get("name")) for e in [winner, *rest]]
     name = ranking[0]
     val = val_of(winner)
-    test = _number(_sub(winner, "target").get("test_accuracy"))
+    test = finite(section(winner, "target").get("test_accuracy"))
     forgot, measure = forgetting_of(winner)
-    cost = _sub(winner, "cost")
+    cost = section(winner, "cost")
 
     reasons = []
     seeds = n_seeds(winner)
@@ -373,8 +360,8 @@ def select_strategy(
         "test_accuracy": test,
         "forgetting": forgot,
         "forgetting_measure": measure,
-        "cost_flops": _number(cost.get("flops")),
-        "wall_s": _number(cost.get("wall_s")),
+        "cost_flops": finite(cost.get("flops")),
+        "wall_s": finite(cost.get("wall_s")),
         "max_forgetting": budget,
         "tie_tolerance": tolerance,
         "tied": [str(e.get("name")) for e in tied],
