@@ -82,24 +82,14 @@ def _probe(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, se
         return probes.linear_probe(x_train, y[train], x_test, y[test], seed=seed)
 
 
-def _rows(x: np.ndarray, max_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """At most ``max_samples`` rows, drawn as ``probes.domain_gap`` draws them, in memory."""
-    if x.shape[0] <= max_samples:
-        return np.asarray(x)
-    return np.asarray(x[np.sort(rng.choice(x.shape[0], size=max_samples, replace=False))])
-
-
 def _gap(source: np.ndarray, target: np.ndarray, n_permutations: int, seed: int) -> dict:
     for what, x in (("source", source), ("target", target)):
         keep = _finite_rows(x)
         if not keep.all():
             raise ValueError(f"{int((~keep).sum())} {what} samples have NaN or infinite features")
-    # Subsample here, with domain_gap's own draws, so that it never converts the full
-    # (possibly on-disk) sets to float64; its result is the same as on the full sets.
-    rng = np.random.default_rng(seed)
-    s, t = _rows(source, GAP_MAX_SAMPLES, rng), _rows(target, GAP_MAX_SAMPLES, rng)
+    # domain_gap subsamples before converting, so on-disk sets are read only where sampled.
     gap = probes.domain_gap(
-        s, t, max_samples=GAP_MAX_SAMPLES, n_permutations=n_permutations, seed=seed
+        source, target, max_samples=GAP_MAX_SAMPLES, n_permutations=n_permutations, seed=seed
     ).to_dict()
     gap.update(
         max_samples=GAP_MAX_SAMPLES,

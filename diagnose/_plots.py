@@ -22,9 +22,10 @@ __all__ = ["class_balance_plot", "gap_plot", "lr_find_plot", "probe_plot"]
 _PALETTE = {"target": "#1f77b4", "control": "#7f7f7f", "source": "#2ca02c"}
 
 
-def _encode(fig) -> str:
+def _encode(fig, rect: tuple[float, float, float, float] | None = None) -> str:
+    """The figure as a base64 PNG (closed afterwards); ``rect`` is tight_layout's."""
     buf = io.BytesIO()
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     fig.savefig(buf, format="png", dpi=96)
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")

@@ -11,8 +11,6 @@ One colour per strategy name is kept across plots. Example::
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 
 import matplotlib
@@ -24,7 +22,7 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
-from diagnose._plots import _short  # noqa: E402
+from diagnose._plots import _encode, _short  # noqa: E402
 from diagnose.recommend import STRATEGIES  # noqa: E402
 from diagnose.results import finite, section
 
@@ -32,14 +30,6 @@ __all__ = ["cka_heatmap", "forgetting_curves_plot", "tradeoff_plot"]
 
 _RED = "#b3261e"  # diverged runs, in every plot
 _BLUE, _ORANGE, _GREEN, _PURPLE = "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"
-
-
-def _encode(fig, rect: tuple[float, float, float, float] | None = None) -> str:
-    buf = io.BytesIO()
-    fig.tight_layout(rect=rect)
-    fig.savefig(buf, format="png", dpi=96)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _list(value) -> list:

@@ -352,10 +352,6 @@ def assess(
         "samples": sample_thumbnails({"source": src, "target": tgt}, seed=seed),
         "warnings": warnings,
     }
-    if results["target"] is not None and splits.get("target"):
-        results["target"]["n_train"] = int(
-            len(splits["target"]["train"]) + len(splits["target"]["val"])
-        )
     results["capture"] = _measure.storage_summary(captured, budget, share)
     for cap in captured.values():
         cap.close()  # a temporary on-disk store is deleted now, not at exit

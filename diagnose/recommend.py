@@ -266,7 +266,10 @@ def recommend(results: dict, *, max_forgetting: float | None = None) -> dict:
 
     target = results.get("target") or {}
     n_classes = max(1, len(target.get("classes") or []) or 1)
-    n_train = int(target.get("n_train") or target.get("n") or 0)
+    # Every labelled image a fine-tuning run can learn from or select on: train + val.
+    n_train = int(
+        (target.get("n_train") or 0) + (target.get("n_val") or 0) or target.get("n_used") or 0
+    )
     n_per_class = n_train / n_classes if n_train else 0.0
 
     if not layers:

@@ -33,14 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from probes._size import parse_size
-
 __all__ = [
     "OUTPUT_KEY",
     "CapturedFeatures",
     "FeatureSink",
     "FeatureStore",
-    "parse_size",
 ]
 
 OUTPUT_KEY = "__output__"  # the model's output travels with the layers under this key

@@ -40,7 +40,8 @@ from probes._pooling import (
     pool_activation,
     projection_matrix,
 )
-from probes._store import OUTPUT_KEY, CapturedFeatures, FeatureSink, parse_size
+from probes._size import parse_size
+from probes._store import OUTPUT_KEY, CapturedFeatures, FeatureSink, _width_error
 from probes._validation import check_choice
 
 __all__ = ["CapturedFeatures", "capture", "discover_layers", "parse_size"]
@@ -158,6 +159,7 @@ def capture(
     calls: dict[str, int] = dict.fromkeys(names, 0)
     matrices: dict[str, torch.Tensor] = {}
     projected: dict[str, int] = {}
+    widths: dict[str, int] = {}
     current = {"batch": 0}
 
     def make_hook(name: str):
@@ -168,16 +170,16 @@ def capture(
             pooled = pool_activation(
                 out, layer=name, batch=current["batch"], pool=pool, token_pool=token_pool
             )
-            dim = pooled.shape[1]
-            if max_dim is not None and (dim > max_dim or name in matrices):
+            dim = int(pooled.shape[1])
+            # The raw pooled width must hold for every batch, before any projection:
+            # checked after projecting, a batch of another width could slip through.
+            first = widths.setdefault(name, dim)
+            if dim != first:
+                raise _width_error(name, [first, dim])
+            if max_dim is not None and dim > max_dim:
                 if name not in matrices:
                     matrices[name] = projection_matrix(name, dim, int(max_dim), seed, pooled.device)
-                    projected[name] = int(dim)
-                if matrices[name].shape[0] != dim:
-                    raise ValueError(
-                        f"Layer {name!r} changed dimension between batches "
-                        f"({matrices[name].shape[0]} then {dim}); use inputs of one size."
-                    )
+                    projected[name] = dim
                 pooled = pooled @ matrices[name]
             # A copy, always: a CPU tensor's .to("cpu") shares storage, and an in-place
             # op later in the forward (ReLU(inplace=True)) would overwrite it.

@@ -351,10 +351,13 @@ def coral(source: Any, target: Any) -> float:
     return _coral_from_cov(a_s.T @ a_s, a_t.T @ a_t)
 
 
-def _subsample(x: np.ndarray, max_samples: int, rng: np.random.Generator) -> np.ndarray:
-    if x.shape[0] <= max_samples:
+def _subsample(x: Any, max_samples: int, rng: np.random.Generator) -> Any:
+    """At most ``max_samples`` rows of ``x``, drawn before any conversion: a large
+    (possibly memory-mapped) set is read, checked and copied only where sampled."""
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] <= max_samples:
         return x
-    keep = np.sort(rng.choice(x.shape[0], size=max_samples, replace=False))
+    keep = np.sort(rng.choice(shape[0], size=max_samples, replace=False))
     return x[keep]
 
 
@@ -369,7 +372,8 @@ def domain_gap(
     """Every domain-gap measurement for one pair of feature sets.
 
     Each set is subsampled (without replacement, with ``seed``) to at most
-    ``max_samples`` rows; then :func:`proxy_a_distance`, :func:`mmd2`,
+    ``max_samples`` rows before it is converted or checked (a memory-mapped
+    set is read only where sampled); then :func:`proxy_a_distance`, :func:`mmd2`,
     :func:`frechet_distance` and :func:`coral` are computed on the same rows.
     Deterministic given ``seed``.
 
@@ -380,12 +384,14 @@ def domain_gap(
     >>> (g.n_source, g.n_target, g.dim), g.pad < 0.5, g.mmd_pvalue > 0.05
     ((150, 120, 5), True, True)
     """
-    s, t = _as_pair(source_features, target_features, ("source_features", "target_features"))
     max_samples = _check_int(max_samples, "max_samples", "domain_gap", 2)
     n_permutations = _check_int(n_permutations, "n_permutations", "domain_gap", 0)
     rng = np.random.default_rng(seed)
-    s = _subsample(s, max_samples, rng)
-    t = _subsample(t, max_samples, rng)
+    s, t = _as_pair(
+        _subsample(source_features, max_samples, rng),
+        _subsample(target_features, max_samples, rng),
+        ("source_features", "target_features"),
+    )
 
     pad = proxy_a_distance(s, t, seed=seed)
     mmd = mmd2(s, t, n_permutations=n_permutations, seed=seed)

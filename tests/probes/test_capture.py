@@ -486,3 +486,13 @@ def test_count_examples_is_known_only_without_iterating() -> None:
     assert count_examples(DataLoader(ds, batch_sampler=[[0, 1], [2]]), None) is None
     assert count_examples([torch.zeros(4, 3)] * 3, None) is None  # len() counts batches
     assert count_examples(Stream(), None) is None
+
+
+def test_width_change_is_caught_before_the_projection():
+    # The first batch is exactly max_dim wide (kept as is), the next wider (projected
+    # down to max_dim): after projection the widths would match and mix raw and
+    # projected rows, so the raw width is what must hold.
+    model = nn.Sequential(nn.Flatten())
+    batches = [torch.randn(2, 4), torch.randn(2, 6)]
+    with pytest.raises(ValueError, match=r"Layer '0' gave different dimensions .*\[4, 6\]"):
+        capture(model, iter(batches), ["0"], max_dim=4, progress=False)

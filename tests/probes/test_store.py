@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import IterableDataset, TensorDataset
 
-from probes._store import FeatureSink, FeatureStore, parse_size
+from probes._size import parse_size
+from probes._store import FeatureSink, FeatureStore
 from probes.capture import capture
 
 N, BATCH = 37, 8  # a ragged last batch on purpose
