@@ -22,6 +22,7 @@ from torch import nn
 from diagnose._cost import count_train_step_flops
 from diagnose._device import autocast_context, autocast_dtype, is_cuda, to_device
 from diagnose._loop import Phase, iterate_batches
+from diagnose.models import replace_module
 
 __all__ = ["PrefixCache", "build_prefix_cache", "capture_head_inputs"]
 
@@ -99,14 +100,6 @@ class _Stop(Exception):
     """Raised from a hook to end a forward pass once the wanted activation is stored."""
 
 
-def _swap(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    old = parent._modules[child]
-    parent._modules[child] = new
-    return old
-
-
 class PrefixCache:
     """Cached outputs of a frozen prefix and the module swap that uses them.
 
@@ -132,13 +125,13 @@ class PrefixCache:
         originals = {}
         try:
             for name in self.stubbed:
-                originals[name] = _swap(
+                originals[name] = replace_module(
                     net, name, self._cached if name == self.boundary else _PassThrough()
                 )
             yield self
         finally:
             for name, module in originals.items():
-                _swap(net, name, module)
+                replace_module(net, name, module)
             self._cached.value = None
 
 

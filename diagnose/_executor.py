@@ -46,7 +46,9 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
+from diagnose.results import atomic_write_bytes
 from diagnose.strategies import TrainConfig
+from probes._forward import free_device_memory, is_out_of_memory
 
 __all__ = ["EXECUTORS", "RAY_MISSING", "Job", "Unit", "execute", "import_ray", "run_unit"]
 
@@ -91,12 +93,6 @@ class Job:
 Outcome = tuple[dict, list[str]]  # (the unit's record, the warnings it raised)
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
-
-
 def run_unit(
     job: Job,
     unit: Unit,
@@ -133,17 +129,17 @@ def run_unit(
             )
             return entry, warnings
         except Exception as exc:
-            if _is_out_of_memory(exc) and config.batch_size > 1:
-                if job.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                half = config.batch_size // 2
-                warnings.append(
-                    f"Strategy {unit.name} ran out of device memory at batch size "
-                    f"{config.batch_size}; retried at {half} (pass --batch-size {half} to start there)."
-                )
-                config = replace(config, batch_size=half)
-                continue
-            return _failed(unit, exc), warnings
+            if not (is_out_of_memory(exc) and config.batch_size > 1):
+                return _failed(unit, exc), warnings
+        # Outside the except block, so the traceback no longer pins the failed
+        # attempt's tensors and the cache can actually be freed.
+        free_device_memory()
+        half = config.batch_size // 2
+        warnings.append(
+            f"Strategy {unit.name} ran out of device memory at batch size "
+            f"{config.batch_size}; retried at {half} (pass --batch-size {half} to start there)."
+        )
+        config = replace(config, batch_size=half)
 
 
 def _failed(unit: Unit, exc: BaseException) -> dict:
@@ -253,7 +249,9 @@ def _run_ray(ray, units, job, on_done, progress, address) -> None:
                     cause = getattr(exc, "cause", None) or exc
                     record, warnings, blob = _failed(unit, cause), [], None
                 if blob is not None:
-                    _write_bytes(job.checkpoint_path(unit), blob)
+                    path = job.checkpoint_path(unit)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_bytes(path, blob)
                 on_done(unit, record, warnings)
                 bar.update(1)
         finally:
@@ -264,14 +262,6 @@ def _run_ray(ray, units, job, on_done, progress, address) -> None:
         raise
     finally:
         session.close()
-
-
-def _write_bytes(path: Path, blob: bytes) -> None:
-    """Write ``blob`` to ``path`` atomically (a reader never sees half a checkpoint)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, delete=False) as f:
-        f.write(blob)
-    os.replace(f.name, path)
 
 
 def execute(

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from diagnose._activations import _swap, build_prefix_cache, capture_head_inputs
+from diagnose._activations import build_prefix_cache, capture_head_inputs
 from diagnose._curves import BestState, detect_overfitting, finite_or_none
 from diagnose._device import autocast_context, is_cuda, memory_format, to_device
 from diagnose._loop import Fitter, Phase, evaluate, iterate_batches, make_loader, steps_per_epoch
 from diagnose.forgetting import weight_drift
-from diagnose.models import random_init_copy
+from diagnose.models import random_init_copy, replace_module
 from diagnose.strategies import HEAD, module_groups, parameter_groups, plan
 
 __all__ = ["StrategyRun", "cpu_state"]
@@ -72,7 +72,7 @@ class StrategyRun:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             new_head = nn.Linear(in_features, self.data.num_classes)
-        _swap(src, self.head, new_head)
+        replace_module(src, self.head, new_head)
         self.net = src.to(self.device, memory_format=memory_format(self.device))
         groups = parameter_groups(self.net, self.blocks, self.head)
         params = dict(self.net.named_parameters())
@@ -356,4 +356,3 @@ class StrategyRun:
                 )
         fm, drift = self.best_measure
         self.final, self.final_drift = fm, drift
-        self.best_full_state = cpu_state(self.net)

@@ -45,6 +45,7 @@ from diagnose._prep import resolve_device, resolve_preprocessing
 from diagnose._weights_io import extract_state_dict, load_state_dict_checked, torch_load
 from diagnose.assess import _as_domain, _as_loaded
 from diagnose.forgetting import ForgettingTracker, weight_drift
+from diagnose.models import replace_module
 from diagnose.report import check_out_dir
 from diagnose.results import SCHEMA_VERSION, RunResult, environment, jsonable
 from diagnose.strategies import parameter_groups
@@ -81,12 +82,6 @@ class AuditResult(RunResult):
         return self.results["layers"]
 
 
-def _replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    parent._modules[child] = new
-
-
 def build_finetuned(
     pretrained: nn.Module, head: str, path: str | Path, *, trust_checkpoint: bool = False
 ) -> tuple[nn.Module, bool]:
@@ -114,7 +109,7 @@ def build_finetuned(
         and weight.shape[1] == old.in_features
     ):
         new = nn.Linear(old.in_features, int(weight.shape[0]), bias=f"{head}.bias" in state)
-        _replace_module(model, head, new.to(old.weight.device, old.weight.dtype))
+        replace_module(model, head, new.to(old.weight.device, old.weight.dtype))
         replaced = True
     load_state_dict_checked(model, state, str(path))
     return model.eval(), replaced

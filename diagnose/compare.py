@@ -251,6 +251,7 @@ def compare(
         y_test=y[split["test"]],
         num_classes=len(tgt.classes or []) or int(y.max()) + 1,
     )
+    del x, y  # the splits are copies: do not hold the images twice while training
     tracker = None
     if src is not None:
         sx, sy = source_eval_set(

@@ -35,9 +35,22 @@ __all__ = [
     "load_model",
     "load_weights",
     "random_init_copy",
+    "replace_module",
 ]
 
 _CHECKPOINT_EXT = (".pt", ".pth", ".ckpt", ".bin")
+
+
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` where the submodule ``name`` of ``root`` is; return the module it replaces.
+
+    Example: ``old_head = replace_module(net, "fc", nn.Linear(512, 5))``.
+    """
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    old = parent._modules[child]
+    parent._modules[child] = new
+    return old
 
 
 @dataclass

@@ -22,6 +22,7 @@ import numpy as np
 __all__ = [
     "SCHEMA_VERSION",
     "RunResult",
+    "atomic_write_bytes",
     "atomic_write_text",
     "environment",
     "finite",
@@ -127,10 +128,10 @@ def _write_error(path: Path, exc: OSError) -> OSError:
     return err
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically; the parent folder must exist.
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; the parent folder must exist.
 
-    The text goes to a temporary file in the same folder, which then replaces
+    The bytes go to a temporary file in the same folder, which then replaces
     ``path`` in one step, so a crash or a full disk never leaves a truncated
     file: the previous ``path`` (if any) stays as it was and the temporary file
     is removed.
@@ -146,8 +147,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     except OSError as exc:
         raise _write_error(path, exc) from exc
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -160,6 +161,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             raise _write_error(path, exc) from exc
         raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_results(results: dict, path: str | os.PathLike) -> Path:

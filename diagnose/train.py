@@ -30,7 +30,7 @@ from diagnose._cost import PeakMemory
 from diagnose._curves import BestState, detect_overfitting
 from diagnose._device import configure_backends, is_cuda
 from diagnose._entry import build_entry
-from diagnose._strategy_run import StrategyRun
+from diagnose._strategy_run import StrategyRun, cpu_state
 from diagnose.strategies import TrainConfig, parameter_groups
 
 if TYPE_CHECKING:
@@ -186,5 +186,6 @@ def run_strategy(
         run.bar.close()
     wall = time.perf_counter() - start
     if checkpoint_path is not None and run.best.state is not None:
-        atomic_torch_save(run.best_full_state, checkpoint_path)
+        # finish() left the best state in run.net: the full model, head included.
+        atomic_torch_save(cpu_state(run.net), checkpoint_path)
     return build_entry(run, wall, mem, backends)
