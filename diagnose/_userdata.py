@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from diagnose._imagefolder import pil_to_tensor
+from diagnose._imagefolder import _GRAY_MODES, pil_to_tensor
 from diagnose._specs import call_spec
 
 __all__ = ["callable_domain_fields", "size_facts"]
@@ -27,6 +27,11 @@ def size_facts(
     return native, ((min(hs), min(ws)), (max(hs), max(ws)))
 
 
+def _facts(x: torch.Tensor) -> tuple[int, int, int, float, float]:
+    """(channels, height, width, min, max) of a C x H x W image."""
+    return int(x.shape[0]), int(x.shape[1]), int(x.shape[2]), float(x.min()), float(x.max())
+
+
 def _as_image(x: Any, where: str) -> torch.Tensor:
     """A dataset item's image as a float32 C x H x W tensor (uint8 scaled to [0, 1])."""
     try:
@@ -34,7 +39,7 @@ def _as_image(x: Any, where: str) -> torch.Tensor:
 
         if isinstance(x, Image.Image):
             x.load()
-            gray = x.mode in ("1", "L", "LA", "I", "I;16", "F")
+            gray = x.mode in _GRAY_MODES
             return pil_to_tensor(x, 1 if gray else 3)
     except ImportError:  # pragma: no cover - pillow is a dependency
         pass
@@ -130,14 +135,19 @@ def callable_domain_fields(spec: str) -> dict[str, Any]:
                 f"dataset spec {spec!r}: its 'targets' has shape {labels.shape}, expected ({n},)."
             )
         probe = np.unique(np.linspace(0, n - 1, min(n, _SIZE_SAMPLE)).round().astype(int))
-        images = [_as_image(_split_item(ds[int(i)], spec)[0], f"{spec} item {i}") for i in probe]
+        facts = [
+            _facts(_as_image(_split_item(ds[int(i)], spec)[0], f"{spec} item {i}")) for i in probe
+        ]
         if len(probe) < n:
             notes.append(f"sizes and channels inferred from {len(probe)} of {n} items")
     else:
-        # No `targets`: read every item once, the only way to know the labels.
-        seen = [_split_item(ds[i], f"dataset {spec!r} item {i}") for i in range(n)]
-        images = [_as_image(x, f"dataset {spec!r} item {i}") for i, (x, _) in enumerate(seen)]
-        ys = [y for _, y in seen]
+        # No `targets`: read every item once, the only way to know the labels; keep
+        # only its label and a few numbers, never the decoded images themselves.
+        facts, ys = [], []
+        for i in range(n):
+            x, y = _split_item(ds[i], f"dataset {spec!r} item {i}")
+            facts.append(_facts(_as_image(x, f"dataset {spec!r} item {i}")))
+            ys.append(y)
         if all(y is None for y in ys):
             labels = None
         elif any(y is None for y in ys):
@@ -149,16 +159,16 @@ def callable_domain_fields(spec: str) -> dict[str, Any]:
             f"dataset spec {spec!r}: labels must be class indices >= 0, found {int(labels.min())}."
         )
 
-    channels_seen = {int(x.shape[0]) for x in images}
+    channels_seen = {f[0] for f in facts}
     channels = 3 if channels_seen - {1} else 1
-    lo = min(float(x.min()) for x in images)
-    hi = max(float(x.max()) for x in images)
+    lo = min(f[3] for f in facts)
+    hi = max(f[4] for f in facts)
     if lo < 0.0 or hi > 1.0:
         notes.append(
             f"pixel values span [{lo:.3g}, {hi:.3g}], not [0, 1]: return unnormalised images "
             "so the model's own normalisation can be applied"
         )
-    native, size_range = size_facts([(int(x.shape[1]), int(x.shape[2])) for x in images])
+    native, size_range = size_facts([(f[1], f[2]) for f in facts])
 
     classes = getattr(ds, "classes", None)
     if classes is not None:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from diagnose.assess import assess
-from diagnose.data import DEMO_DOMAINS
+from diagnose.data import DEMO_DOMAINS, load_domain
 from diagnose.models import load_model
 from diagnose.report import write_outputs
 from diagnose.results import SCHEMA_VERSION, environment
@@ -97,6 +97,7 @@ def run_demo(
     t0 = time.perf_counter()
     out = Path(out)
     loaded = load_model("demo", progress=progress)
+    source = load_domain(DEMO_SOURCE)  # loaded once, shared by every scenario
     rows, warnings = [], []
     for target in targets:
         folder = target.split(":", 1)[-1]
@@ -109,7 +110,7 @@ def run_demo(
                 kwargs = {"epochs": epochs, "save_checkpoints": True}
             res = workflow(
                 loaded,
-                DEMO_SOURCE,
+                source,
                 target,
                 seed=seed,
                 device=device,

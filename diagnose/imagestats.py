@@ -206,7 +206,7 @@ def normalization_check(
     for c, (m, s, em, es) in enumerate(zip(mean, std, expected_mean, expected_std)):
         es = max(es, 1e-8)
         z = (m - em) / es
-        ratio = s / es if es > 0 else float("inf")
+        ratio = s / es
         fine = abs(z) <= z_tolerance and (1 / ratio_tolerance) <= ratio <= ratio_tolerance
         check["channels"].append({"channel": c, "z": z, "std_ratio": ratio, "ok": fine})
         if not fine:
