@@ -13,23 +13,11 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 __all__ = [
     "batches_of",
-    "check_positive_int",
     "count_examples",
     "labels_of",
     "resolve_device",
     "split_batch",
 ]
-
-
-def check_positive_int(value: Any, name: str, allow_none: bool = False) -> None:
-    """Raise the scikit-learn style error unless ``value`` is an int >= 1 (or None if allowed)."""
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        expected = "a positive int or None" if allow_none else "a positive int"
-        raise ValueError(
-            f"The '{name}' parameter of capture must be {expected}. Got {value!r} instead."
-        )
 
 
 def resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:

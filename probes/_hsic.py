@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from probes._mmd import median_bandwidth, pooled_sq_distances
+
 __all__ = [
     "center_columns",
     "gram_linear_np",
@@ -45,17 +47,6 @@ def gram_linear_np(x: np.ndarray) -> np.ndarray:
     return x @ x.T
 
 
-def _squared_distances(x: np.ndarray) -> np.ndarray:
-    sq_norms = np.einsum("ij,ij->i", x, x)
-    scale = sq_norms[:, None] + sq_norms[None, :]
-    sq = scale - 2.0 * (x @ x.T)
-    # The Gram trick loses a few ulps of ``scale``: identical rows must come out
-    # at distance exactly 0 (and nothing may be negative).
-    sq[sq <= 1e-12 * scale] = 0.0
-    np.fill_diagonal(sq, 0.0)
-    return sq
-
-
 def gram_rbf_np(x: np.ndarray, threshold: float = 1.0) -> np.ndarray:
     """RBF kernel ``exp(-||x_i - x_j||^2 / (2 sigma^2))``, sigma = threshold x median distance.
 
@@ -64,16 +55,8 @@ def gram_rbf_np(x: np.ndarray, threshold: float = 1.0) -> np.ndarray:
     non-zero distances is used instead. When all rows coincide the kernel is
     the constant 1 (its centred form is 0, so any HSIC with it is 0).
     """
-    n = x.shape[0]
-    sq = _squared_distances(x)
-    dist = np.sqrt(sq[np.triu_indices(n, k=1)])
-    median = float(np.median(dist)) if dist.size else 0.0
-    if median == 0.0:
-        positive = dist[dist > 0]
-        if positive.size == 0:
-            return np.ones((n, n))
-        median = float(np.median(positive))
-    sigma = threshold * median
+    sq = pooled_sq_distances(x)
+    sigma = threshold * median_bandwidth(sq)  # 1.0 when every row coincides: K = 1
     return np.exp(-sq / (2.0 * sigma * sigma))
 
 

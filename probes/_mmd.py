@@ -20,9 +20,11 @@ _PERM_CHUNK = 64
 def pooled_sq_distances(z: np.ndarray) -> np.ndarray:
     """Squared Euclidean distances between all rows of ``z`` (float64, zero diagonal)."""
     sq = np.einsum("ij,ij->i", z, z)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (z @ z.T)
-    # The expansion can go slightly negative by cancellation.
-    np.maximum(d2, 0.0, out=d2)
+    scale = sq[:, None] + sq[None, :]
+    d2 = scale - 2.0 * (z @ z.T)
+    # The Gram trick loses a few ulps of ``scale``: identical rows must come out
+    # at distance exactly 0, and nothing may be negative.
+    d2[d2 <= 1e-12 * scale] = 0.0
     np.fill_diagonal(d2, 0.0)
     return d2
 

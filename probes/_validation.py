@@ -12,7 +12,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["as_features", "as_labels", "as_probabilities", "check_choice", "check_same_rows"]
+__all__ = [
+    "as_features",
+    "as_labels",
+    "as_probabilities",
+    "check_choice",
+    "check_int",
+]
 
 
 def _to_numpy(x: Any, name: str) -> np.ndarray:
@@ -116,15 +122,6 @@ def as_probabilities(p: Any, name: str, *, atol: float = 1e-3) -> np.ndarray:
     return np.clip(arr, 0.0, None)
 
 
-def check_same_rows(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
-    """Raise if two arrays do not describe the same number of samples."""
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(
-            f"'{name_a}' and '{name_b}' must have the same number of samples (rows). "
-            f"Got {a.shape[0]} and {b.shape[0]}."
-        )
-
-
 def check_choice(value: Any, name: str, owner: str, choices: set | tuple | list) -> None:
     """Raise the scikit-learn style error when ``value`` is not one of ``choices``."""
     if value not in choices:
@@ -132,3 +129,21 @@ def check_choice(value: Any, name: str, owner: str, choices: set | tuple | list)
         raise ValueError(
             f"The '{name}' parameter of {owner} must be one of {shown}. Got {value!r} instead."
         )
+
+
+def check_int(
+    value: Any, name: str, owner: str, minimum: int = 1, *, allow_none: bool = False
+) -> int | None:
+    """``value`` as an int, or a ValueError naming the parameter unless it is an int >= ``minimum``.
+
+    Example: ``check_int(folds, "folds", "linear_probe", 2)``.
+    """
+    if allow_none and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        expected = "a positive int (>= 1)" if minimum == 1 else f"an int >= {minimum}"
+        expected += " or None" if allow_none else ""
+        raise ValueError(
+            f"The '{name}' parameter of {owner} must be {expected}. Got {value!r} instead."
+        )
+    return int(value)

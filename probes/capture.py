@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from probes._capture_data import (
     batches_of,
-    check_positive_int,
     count_examples,
     resolve_device,
     split_batch,
@@ -42,7 +41,7 @@ from probes._pooling import (
 )
 from probes._size import parse_size
 from probes._store import OUTPUT_KEY, CapturedFeatures, FeatureSink, _width_error
-from probes._validation import check_choice
+from probes._validation import check_choice, check_int
 
 __all__ = ["CapturedFeatures", "capture", "discover_layers", "parse_size"]
 
@@ -129,9 +128,9 @@ def capture(
         )
     check_pool(pool)
     check_choice(token_pool, "token_pool", "capture", TOKEN_POOL_NAMES)
-    check_positive_int(batch_size, "batch_size")
-    check_positive_int(max_dim, "max_dim", allow_none=True)
-    check_positive_int(max_samples, "max_samples", allow_none=True)
+    check_int(batch_size, "batch_size", "capture")
+    check_int(max_dim, "max_dim", "capture", allow_none=True)
+    check_int(max_samples, "max_samples", "capture", allow_none=True)
     budget = None if max_memory is None else parse_size(max_memory, "max_memory")
     auto = isinstance(layers, str) and layers == "auto"
     if auto:

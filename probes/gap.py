@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from probes._mmd import rbf_mmd2_test
-from probes._validation import as_features
+from probes._validation import as_features, check_int
 
 __all__ = [
     "DomainGap",
@@ -138,15 +138,6 @@ def _as_pair(
     return s, t
 
 
-def _check_int(value: Any, name: str, owner: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(
-            f"The '{name}' parameter of {owner} must be an integer >= {minimum}. "
-            f"Got {value!r} instead."
-        )
-    return int(value)
-
-
 def proxy_a_distance(
     source: Any, target: Any, *, seed: int = 0, folds: int = 5, C: float = 1.0
 ) -> ProxyADistance:
@@ -178,7 +169,7 @@ def proxy_a_distance(
     from sklearn.preprocessing import StandardScaler
 
     s, t = _as_pair(source, target)
-    folds = _check_int(folds, "folds", "proxy_a_distance", 2)
+    folds = check_int(folds, "folds", "proxy_a_distance", 2)
     if not (isinstance(C, Real) and math.isfinite(C) and C > 0):
         raise ValueError(
             f"The 'C' parameter of proxy_a_distance must be a positive number. Got {C!r} instead."
@@ -236,7 +227,7 @@ def mmd2(
     True
     """
     s, t = _as_pair(source, target)
-    n_permutations = _check_int(n_permutations, "n_permutations", "mmd2", 0)
+    n_permutations = check_int(n_permutations, "n_permutations", "mmd2", 0)
     if bandwidth is not None and not (
         isinstance(bandwidth, Real) and math.isfinite(bandwidth) and bandwidth > 0
     ):
@@ -384,8 +375,8 @@ def domain_gap(
     >>> (g.n_source, g.n_target, g.dim), g.pad < 0.5, g.mmd_pvalue > 0.05
     ((150, 120, 5), True, True)
     """
-    max_samples = _check_int(max_samples, "max_samples", "domain_gap", 2)
-    n_permutations = _check_int(n_permutations, "n_permutations", "domain_gap", 0)
+    max_samples = check_int(max_samples, "max_samples", "domain_gap", 2)
+    n_permutations = check_int(n_permutations, "n_permutations", "domain_gap", 0)
     rng = np.random.default_rng(seed)
     s, t = _as_pair(
         _subsample(source_features, max_samples, rng),

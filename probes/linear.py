@@ -45,7 +45,7 @@ from probes._probe_fit import (
     row_blocks,
     stratified_folds,
 )
-from probes._validation import as_features, as_labels
+from probes._validation import as_features, as_labels, check_int
 
 __all__ = ["DEFAULT_L2_GRID", "ProbeResult", "linear_probe", "wilson_interval"]
 
@@ -187,15 +187,6 @@ def _check_grid(l2_grid: Any) -> list[float]:
     return sorted({float(v) for v in arr}, reverse=True)
 
 
-def _check_int(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(
-            f"The '{name}' parameter of linear_probe must be an int >= {low}. "
-            f"Got {value!r} instead."
-        )
-    return int(value)
-
-
 def _resolve_device(device: str | torch.device | None, x: Any) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -289,9 +280,9 @@ def linear_probe(
         (True, 3)
     """
     grid = _check_grid(l2_grid)
-    folds = _check_int(folds, "folds", 2)
-    max_iter = _check_int(max_iter, "max_iter", 1)
-    seed = _check_int(seed, "seed", 0)
+    folds = check_int(folds, "folds", "linear_probe", 2)
+    max_iter = check_int(max_iter, "max_iter", "linear_probe", 1)
+    seed = check_int(seed, "seed", "linear_probe", 0)
     dev = _resolve_device(device, x_train)
     xtr, stream = _features(x_train, "x_train")
     xte, _ = _features(x_test, "x_test")

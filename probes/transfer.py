@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from probes._validation import as_features, as_labels, as_probabilities
+from probes._validation import as_features, as_labels, as_probabilities, check_int
 
 __all__ = ["h_score", "leep", "logme", "nce"]
 
@@ -159,10 +159,7 @@ def logme(features: Any, labels: Any, *, tol: float = 1e-3, max_iter: int = 100)
     f, index, k = _features_and_labels(features, labels)
     if not (isinstance(tol, Real) and math.isfinite(tol) and tol > 0):
         raise ValueError(f"The 'tol' parameter of logme must be a positive number. Got {tol!r}.")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(
-            f"The 'max_iter' parameter of logme must be an integer >= 1. Got {max_iter!r} instead."
-        )
+    max_iter = check_int(max_iter, "max_iter", "logme")
     sigma, u = _spectrum(f)
     evidences = [
         _logme_one((index == c).astype(np.float64), sigma, u, float(tol), int(max_iter))
