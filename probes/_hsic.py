@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from probes._mmd import median_bandwidth, pooled_sq_distances
+from probes._mmd import pooled_sq_distances
 
 __all__ = [
     "center_columns",
@@ -24,6 +24,7 @@ __all__ = [
     "gram_rbf_np",
     "hsic_gram",
     "hsic_linear_features",
+    "median_sq_distance",
     "ratio",
 ]
 
@@ -47,17 +48,36 @@ def gram_linear_np(x: np.ndarray) -> np.ndarray:
     return x @ x.T
 
 
-def gram_rbf_np(x: np.ndarray, threshold: float = 1.0) -> np.ndarray:
-    """RBF kernel ``exp(-||x_i - x_j||^2 / (2 sigma^2))``, sigma = threshold x median distance.
+def median_sq_distance(sq: np.ndarray) -> float:
+    """CKA's RBF scale m: the median of *all* n^2 entries of D, the zero diagonal included.
 
-    The median is over the pairs i < j (the zero diagonal excluded). When more
-    than half of the pairs coincide the median is 0; the median of the
-    non-zero distances is used instead. When all rows coincide the kernel is
-    the constant 1 (its centred form is 0, so any HSIC with it is 0).
+    This is what Kornblith et al.'s reference ``gram_rbf`` computes
+    (``np.median(sq_distances)``), a median of *squared* distances, and is not
+    MMD's median heuristic (:func:`probes._mmd.median_bandwidth`: distances
+    over the distinct pairs). When more than half of the entries are 0
+    (duplicated rows) the median of the non-zero entries is used; when every
+    entry is 0 (all rows coincide) 1.0, which makes the kernel the constant 1.
+    """
+    m = float(np.median(sq))
+    if m > 0.0:
+        return m
+    nonzero = sq[sq > 0.0]
+    return float(np.median(nonzero)) if nonzero.size else 1.0
+
+
+def gram_rbf_np(x: np.ndarray, threshold: float = 1.0) -> np.ndarray:
+    """RBF kernel ``K_ij = exp(-D_ij / (2 t^2 m))`` of Kornblith et al. (2019).
+
+    D_ij = ||x_i - x_j||^2, t = ``threshold`` and m = :func:`median_sq_distance`
+    of D (all n^2 entries, zero diagonal included), exactly as in the paper's
+    reference code. Identical rows are at distance exactly 0
+    (:func:`probes._mmd.pooled_sq_distances`), so their kernel entries are
+    exactly 1; when all rows coincide the kernel is the constant 1 (its centred
+    form is 0, so any HSIC with it is 0).
     """
     sq = pooled_sq_distances(x)
-    sigma = threshold * median_bandwidth(sq)  # 1.0 when every row coincides: K = 1
-    return np.exp(-sq / (2.0 * sigma * sigma))
+    scale = 2.0 * threshold * threshold * median_sq_distance(sq)
+    return np.exp(-sq / scale)
 
 
 def hsic_gram(gram_x: np.ndarray, gram_y: np.ndarray, debiased: bool) -> float:

@@ -32,6 +32,12 @@ def pooled_sq_distances(z: np.ndarray) -> np.ndarray:
 def median_bandwidth(d2: np.ndarray) -> float:
     """Median heuristic: the median pairwise distance (not squared) among distinct pairs.
 
+    This is MMD's convention (Gretton et al., JMLR 2012): sigma = median of
+    ||z_i - z_j|| over the pairs i != j of the pooled sample. CKA's RBF kernel
+    uses a different one (the median of all n^2 *squared* distances, zero
+    diagonal included: :func:`probes._hsic.median_sq_distance`); the two must
+    stay separate.
+
     When more than half the pairs coincide (duplicated rows) the median is 0;
     fall back to the median of the non-zero distances, and to 1.0 when every
     row is identical (the statistic is then 0 whatever the bandwidth).
@@ -78,7 +84,12 @@ def rbf_mmd2_test(
     n_permutations: int,
     seed: int,
 ) -> tuple[float, float | None, float]:
-    """Return (unbiased MMD², permutation p-value or None, bandwidth used)."""
+    """Return (unbiased MMD², permutation p-value or None, bandwidth used).
+
+    k(a, b) = exp(-‖a - b‖² / (2σ²)); σ = ``bandwidth`` or, when None, the
+    median heuristic of :func:`median_bandwidth` (Gretton's convention: the
+    median distance over distinct pairs of the pooled sample).
+    """
     n, m = x.shape[0], y.shape[0]
     z = np.concatenate([x, y], axis=0)
     d2 = pooled_sq_distances(z)

@@ -26,6 +26,9 @@ Conventions:
   HSIC(K, K) = 0; CKA is then *defined* as 0.0 rather than NaN, and likewise
   when a debiased self-HSIC comes out <= 0 at very small n;
 * constant feature columns are harmless (they vanish after centring);
+* the RBF kernel is exactly that of the paper's reference ``gram_rbf``: the
+  scale is the median of all n^2 squared distances, zero diagonal included
+  (see :func:`cka`; MMD's median heuristic in :mod:`probes.gap` differs);
 * everything is accumulated in float64, whatever the input dtype.
 """
 
@@ -83,7 +86,8 @@ def _check_threshold(threshold: Any, owner: str) -> float:
     if not ok or not math.isfinite(threshold) or threshold <= 0:
         raise ValueError(
             f"The 'threshold' parameter of {owner} must be a positive finite number "
-            f"(the RBF bandwidth as a multiple of the median distance). Got {threshold!r} instead."
+            "(t in the RBF kernel exp(-D_ij / (2 t^2 m)), m the median squared distance). "
+            f"Got {threshold!r} instead."
         )
     return float(threshold)
 
@@ -121,11 +125,10 @@ def cka(
         x: (n, p) features, numpy array or torch tensor (a 1-D input is one feature).
         y: (n, q) features of the *same* examples, in the same row order.
         kernel: ``"linear"`` (K = X X^T) or ``"rbf"``
-            (K_ij = exp(-||x_i - x_j||^2 / (2 sigma^2))).
+            (K_ij = exp(-D_ij / (2 t^2 m)), see below).
         debiased: use the unbiased HSIC estimator of Song et al. (2012); needs
             n >= 4. Recommended when n is not much larger than p and q.
-        threshold: RBF only: sigma = threshold x the median pairwise Euclidean
-            distance of that representation's own rows (pairs i < j).
+        threshold: RBF only: t in the kernel below.
 
     Returns:
         A unitless similarity, in [0, 1] for the biased estimator (1 = identical
@@ -138,6 +141,16 @@ def cka(
     so memory is O((p + q)^2) and no n x n matrix is formed; otherwise (wide
     features) the n x n Gram form is cheaper and is used. RBF always uses the
     Gram form (O(n^2) memory).
+
+    RBF kernel convention: exactly that of Kornblith et al.'s reference code
+    (``gram_rbf``), so numbers can be checked against it:
+    ``K_ij = exp(-D_ij / (2 t^2 m))`` with ``D_ij = ||x_i - x_j||^2``,
+    ``t = threshold`` and ``m`` the median of *all n^2 entries* of D, the zero
+    diagonal included (a median of squared distances, computed separately for
+    x and for y). This is not MMD's median heuristic (:func:`probes.gap.mmd2`
+    takes the median distance over the distinct pairs i != j). If more than half
+    of D is 0 (duplicated rows) m is the median of the non-zero entries, and if
+    all rows coincide the kernel is the constant 1 (CKA 0.0, as above).
 
     Example:
         >>> import numpy as np
@@ -178,15 +191,17 @@ def gram_linear(x: Any) -> np.ndarray:
 
 
 def gram_rbf(x: Any, threshold: float = 1.0) -> np.ndarray:
-    """RBF Gram matrix ``exp(-||x_i - x_j||^2 / (2 sigma^2))`` (n x n, float64, entries in (0, 1]).
+    """RBF Gram matrix ``exp(-D_ij / (2 t^2 m))`` (n x n, float64, entries in (0, 1]).
 
-    sigma = ``threshold`` x the median Euclidean distance over the pairs i < j.
-    If more than half the pairs coincide (median 0) the median of the non-zero
-    distances is used; if all rows coincide the result is all ones.
+    As in Kornblith et al.'s reference ``gram_rbf``: ``D_ij = ||x_i - x_j||^2``,
+    t = ``threshold``, m = the median of all n^2 entries of D (zero diagonal
+    included). If more than half of D is 0 (median 0) the median of the
+    non-zero entries is used; if all rows coincide the result is all ones.
 
     Example:
-        >>> k = gram_rbf(np.array([[0.0], [1.0], [3.0]]))  # median distance 2
-        >>> round(float(k[0, 1]), 6) == round(float(np.exp(-1 / 8)), 6)
+        >>> # D = [[0, 1, 9], [1, 0, 4], [9, 4, 0]]: median of the 9 entries is 1
+        >>> k = gram_rbf(np.array([[0.0], [1.0], [3.0]]))
+        >>> round(float(k[0, 1]), 6) == round(float(np.exp(-1 / 2)), 6)
         True
     """
     threshold = _check_threshold(threshold, "gram_rbf")

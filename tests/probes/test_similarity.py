@@ -2,7 +2,8 @@
 
 The references below are written directly from the published formulas
 (Kornblith et al. 2019; Song et al. 2012) with explicit n x n matrices, so
-they share no code with the implementation.
+they share no code with the implementation. ``kornblith_*`` transcribe the
+paper's reference code (``gram_rbf``, ``center_gram``, ``cka``) line by line.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.spatial.distance import pdist, squareform
+from scipy.spatial.distance import pdist
 
 from probes import similarity as sim
+from probes.gap import mmd2
 from probes.similarity import MinibatchCKA, cka, gram_linear, gram_rbf, hsic
 
 KERNELS = ["linear", "rbf"]
@@ -27,9 +29,41 @@ def ref_gram_linear(x):
 
 
 def ref_gram_rbf(x, threshold=1.0):
-    d = pdist(x)  # pairs i < j
-    sigma = threshold * np.median(d)
-    return np.exp(-(squareform(d) ** 2) / (2 * sigma**2))
+    # Kornblith et al. (2019), reference code ``gram_rbf``: the median is over
+    # all n^2 squared distances, the zero diagonal included.
+    dot_products = x.dot(x.T)
+    sq_norms = np.diag(dot_products)
+    sq_distances = -2 * dot_products + sq_norms[:, None] + sq_norms[None, :]
+    sq_median_distance = np.median(sq_distances)
+    return np.exp(-sq_distances / (2 * threshold**2 * sq_median_distance))
+
+
+def kornblith_center_gram(gram, unbiased=False):
+    # Reference code ``center_gram``; unbiased=True is the U-statistic
+    # centring whose inner product is proportional to Song et al.'s HSIC.
+    gram = gram.copy()
+    if unbiased:
+        n = gram.shape[0]
+        np.fill_diagonal(gram, 0)
+        means = np.sum(gram, 0, dtype=np.float64) / (n - 2)
+        means -= np.sum(means) / (2 * (n - 1))
+        gram -= means[:, None]
+        gram -= means[None, :]
+        np.fill_diagonal(gram, 0)
+    else:
+        means = np.mean(gram, 0, dtype=np.float64)
+        means -= np.mean(means) / 2
+        gram -= means[:, None]
+        gram -= means[None, :]
+    return gram
+
+
+def kornblith_cka(gram_x, gram_y, debiased=False):
+    # Reference code ``cka``.
+    gram_x = kornblith_center_gram(gram_x, unbiased=debiased)
+    gram_y = kornblith_center_gram(gram_y, unbiased=debiased)
+    scaled_hsic = gram_x.ravel().dot(gram_y.ravel())
+    return scaled_hsic / (np.linalg.norm(gram_x) * np.linalg.norm(gram_y))
 
 
 def ref_hsic_biased(k, l):  # noqa: E741
@@ -154,13 +188,101 @@ def test_matches_direct_numpy_formulas(kernel, debiased):
 
 
 @pytest.mark.parametrize("threshold", [0.5, 1.0, 2.0])
-def test_rbf_gram_matches_pdist_median_heuristic(threshold):
+def test_rbf_gram_matches_reference_gram_rbf(threshold):
+    # float64 on O(1) entries; only the summation order differs: 1e-12.
     x = np.random.default_rng(7).normal(size=(11, 3))
     assert np.allclose(gram_rbf(x, threshold), ref_gram_rbf(x, threshold), atol=1e-12, rtol=0)
     assert np.allclose(gram_linear(x), x @ x.T, atol=1e-12, rtol=0)
     x2, y2 = related_pair(np.random.default_rng(8), n=15, p=3, q=4)
     expected = ref_cka(ref_gram_rbf(x2, threshold), ref_gram_rbf(y2, threshold), False)
     assert cka(x2, y2, kernel="rbf", threshold=threshold) == pytest.approx(expected, abs=1e-10)
+
+
+# ---------------------------------------------------------------- RBF convention of the paper
+@pytest.mark.parametrize("threshold", [0.5, 1.0])
+@pytest.mark.parametrize("debiased", BOTH)
+def test_rbf_cka_equals_the_reference_code(threshold, debiased):
+    # Issue 13: 60 x 10 Gaussian features and a noisy linear map. With the
+    # distinct-pair median the biased value at t = 0.5 was 0.7749; the
+    # reference code gives 0.7764.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 10))
+    y = x @ rng.normal(size=(10, 10)) + rng.normal(size=(60, 10))
+    kx, ky = ref_gram_rbf(x, threshold), ref_gram_rbf(y, threshold)
+    expected = kornblith_cka(kx, ky, debiased)
+    # Song et al.'s HSIC is proportional to the reference's unbiased centring,
+    # so both transcriptions give the same ratio.
+    assert ref_cka(kx, ky, debiased) == pytest.approx(expected, abs=1e-12)
+    got = cka(x, y, kernel="rbf", debiased=debiased, threshold=threshold)
+    # The issue asks 1e-6; both sides are float64 and differ only in the
+    # summation order of O(n^2) O(1) terms (~n^2 eps ~ 1e-12), so 1e-9 holds
+    # with a wide margin on any BLAS.
+    assert got == pytest.approx(expected, abs=1e-9)
+    if not debiased and threshold == 0.5:
+        assert round(got, 4) == 0.7764
+    # torch float64 input takes the same path
+    t64 = cka(
+        torch.from_numpy(x),
+        torch.from_numpy(y),
+        kernel="rbf",
+        debiased=debiased,
+        threshold=threshold,
+    )
+    assert t64 == pytest.approx(expected, abs=1e-9)
+
+
+def test_rbf_median_includes_the_zero_diagonal():
+    # n = 4 points on a line: the 16 entries of D are 4 zeros (the diagonal)
+    # and the pair distances 1, 1, 1, 4, 4, 9 twice each. Sorted:
+    # 0 0 0 0 1 1 1 1 1 1 4 4 4 4 9 9 -> median m = 1, whereas the median over
+    # the distinct pairs alone would be 2.5.
+    from probes._hsic import median_sq_distance
+    from probes._mmd import pooled_sq_distances
+
+    x = np.array([[0.0], [1.0], [2.0], [3.0]])
+    assert median_sq_distance(pooled_sq_distances(x)) == 1.0
+    k = gram_rbf(x)
+    assert k[0, 3] == pytest.approx(math.exp(-9 / 2), rel=1e-12)
+
+
+def test_rbf_identical_rows_and_constant_kernel_are_exact():
+    # 0.1, 0.7 are not exact in binary: the Gram trick would leave ~1e-17
+    # distances between the duplicated rows; they must be exactly 0 (K = 1).
+    x = np.array([[0.1, 0.7], [1.3, -0.2], [0.1, 0.7], [2.0, 0.4], [0.1, 0.7]])
+    k = gram_rbf(x)
+    assert k[0, 2] == 1.0 and k[0, 4] == 1.0 and k[2, 4] == 1.0
+    assert np.all(np.diag(k) == 1.0)
+    # all rows identical: the constant kernel, and CKA is defined as 0.0
+    same = np.tile([[0.1, 0.7, -3.3]], (6, 1))
+    assert np.all(gram_rbf(same) == 1.0)
+    y = np.random.default_rng(16).normal(size=(6, 2))
+    for debiased in BOTH:
+        assert cka(same, y, kernel="rbf", debiased=debiased) == 0.0
+
+
+def test_mmd_keeps_gretton_distinct_pair_median():
+    # The CKA convention must not leak into MMD: mmd2's bandwidth is the median
+    # Euclidean distance over distinct pairs of the pooled sample, and the
+    # statistic is the unbiased MMD^2 with that sigma.
+    rng = np.random.default_rng(17)
+    a, b = rng.normal(size=(20, 3)), rng.normal(0.5, 1.0, size=(25, 3))
+    z = np.concatenate([a, b])
+    sigma = float(np.median(pdist(z)))
+    cka_scale = math.sqrt(float(np.median(((z[:, None] - z[None]) ** 2).sum(-1))))
+    assert abs(sigma - cka_scale) > 1e-3  # the two conventions really differ here
+    got = mmd2(a, b, n_permutations=0)
+    # float64, summation order only: 1e-12 relative
+    assert got.bandwidth == pytest.approx(sigma, rel=1e-12)
+    d2 = ((z[:, None] - z[None]) ** 2).sum(-1)
+    k = np.exp(-d2 / (2 * sigma**2))
+    n, m = len(a), len(b)
+    kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
+    expected = (
+        (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
+        + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        - 2 * kxy.mean()
+    )
+    assert got.mmd2 == pytest.approx(expected, rel=1e-10, abs=1e-12)
 
 
 # ---------------------------------------------------------------- hand-computed values
@@ -174,11 +296,15 @@ def test_known_values_by_hand():
     # HSIC(K, K) for x = 0..4: (sum (x - 2)^2)^2 / (n-1)^2 = 100 / 16
     g = gram_linear(np.arange(5.0))
     assert hsic(g, g) == pytest.approx(6.25, abs=1e-12)
-    # distances 1, 3, 2: median 2, so sigma = 2
+    # D = [[0, 1, 9], [1, 0, 4], [9, 4, 0]]: the median of all nine entries is
+    # m = 1 (the distinct-pair median would be 4), so K_ij = exp(-D_ij / 2)
     k = gram_rbf(np.array([[0.0], [1.0], [3.0]]))
-    assert k[0, 1] == pytest.approx(math.exp(-1 / 8))
-    assert k[0, 2] == pytest.approx(math.exp(-9 / 8))
-    assert k[1, 2] == pytest.approx(math.exp(-4 / 8))
+    assert k[0, 1] == pytest.approx(math.exp(-1 / 2), rel=1e-12)
+    assert k[0, 2] == pytest.approx(math.exp(-9 / 2), rel=1e-12)
+    assert k[1, 2] == pytest.approx(math.exp(-4 / 2), rel=1e-12)
+    # threshold t = 0.5: exp(-D / (2 t^2 m)) = exp(-2 D)
+    k = gram_rbf(np.array([[0.0], [1.0], [3.0]]), threshold=0.5)
+    assert k[1, 2] == pytest.approx(math.exp(-8.0), rel=1e-12)
 
 
 # ---------------------------------------------------------------- bias
