@@ -110,8 +110,13 @@ class ProbeResult:
 def wilson_interval(successes: int, n: int, z: float = _Z95) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion ``successes / n``.
 
-    Better than the normal interval near 0 and 1 and for small ``n``; it never
-    leaves [0, 1]. ``n == 0`` gives the uninformative ``(0.0, 1.0)``.
+    Better than the normal interval near 0 and 1 and for small ``n``. The
+    returned bounds always satisfy ``0 <= lo <= successes / n <= hi <= 1``
+    exactly: the formula's endpoints are clamped to [0, 1] and to the point
+    estimate, which rounding alone can miss (for ``successes == n`` the upper
+    bound is 1 in exact arithmetic but can come out 0.9999999999999999, and
+    the lower bound for ``successes == 0`` can come out 1e-17 instead of 0).
+    ``n == 0`` gives the uninformative ``(0.0, 1.0)``.
 
     Example:
         >>> tuple(round(v, 4) for v in wilson_interval(8, 10))
@@ -123,7 +128,9 @@ def wilson_interval(successes: int, n: int, z: float = _Z95) -> tuple[float, flo
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo = min(max(0.0, centre - half), p)
+    hi = max(min(1.0, centre + half), p)
+    return (lo, hi)
 
 
 # Up to this many values an in-memory input is validated by copying it to

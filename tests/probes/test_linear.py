@@ -130,6 +130,40 @@ def test_wilson_interval_known_values_and_formula():
     assert wilson_interval(0, 0) == (0.0, 1.0)
 
 
+def _wilson_textbook(k, n, z=1.959963984540054):
+    # Wilson (1927) in its textbook form, no library:
+    # (k + z^2/2 -/+ z sqrt(k (n - k) / n + z^2 / 4)) / (n + z^2)
+    root = z * math.sqrt(k * (n - k) / n + z * z / 4)
+    return (k + z * z / 2 - root) / (n + z * z), (k + z * z / 2 + root) / (n + z * z)
+
+
+def test_wilson_interval_contains_its_point_estimate_exactly():
+    # Every (k, n) up to n = 300 plus large n; k = 0 and k = n included. The
+    # containment and [0, 1] checks are exact (the bounds are clamped, not
+    # merely close); agreement with the textbook form is float64 rounding of
+    # O(1) quantities: 1e-12 absolute.
+    cases = [(k, n) for n in range(1, 301) for k in range(n + 1)]
+    cases += [(k, n) for n in (1000, 10_007, 123_456) for k in (0, 1, n // 3, n - 1, n)]
+    for k, n in cases:
+        p = k / n
+        lo, hi = wilson_interval(k, n)
+        assert 0.0 <= lo <= p <= hi <= 1.0, (k, n, lo, hi)
+        ref_lo, ref_hi = _wilson_textbook(k, n)
+        assert lo == pytest.approx(max(0.0, ref_lo), abs=1e-12), (k, n)
+        assert hi == pytest.approx(min(1.0, ref_hi), abs=1e-12), (k, n)
+    # the endpoints that rounding used to miss are exact
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 7)[0] == 0.0
+    # known values (z = 1.96): 8/10 -> (0.4902, 0.9433); 0/10 -> (0, 0.2775);
+    # 10/10 -> (0.7225, 1); 1/2 -> (0.0945, 0.9055)
+    for (k, n), want in {
+        (8, 10): (0.4902, 0.9433),
+        (0, 10): (0.0, 0.2775),
+        (10, 10): (0.7225, 1.0),
+        (1, 2): (0.0945, 0.9055),
+    }.items():
+        assert tuple(round(v, 4) for v in wilson_interval(k, n)) == want
+
+
 def test_result_ci_is_wilson_of_test_accuracy():
     r = linear_probe(*_split(*_blobs(sep=1.0)))
     correct = round(r.accuracy * r.n_test)
