@@ -20,6 +20,7 @@ from torch import nn
 import probes
 from diagnose import _measure
 from diagnose._domains import check_two_classes, domain_info, restricted_splits, subsample
+from diagnose._evalset import materialize
 from diagnose._prep import (
     expected_size_hint,
     prepared_dataset,
@@ -32,6 +33,11 @@ from diagnose.data import Domain, load_domain
 from diagnose.imagestats import ImageStats, drift_table, normalization_check
 from diagnose.models import LoadedModel, find_head, load_model, random_init_copy
 from diagnose.recommend import recommend
+from diagnose.recommend_measured import (
+    DEFAULT_TRIAL_BUDGET,
+    check_trial_budget,
+    measured_recommendation,
+)
 from diagnose.results import SCHEMA_VERSION, RunResult, environment
 from probes.capture import parse_size
 
@@ -111,6 +117,22 @@ def _capture(loaded: LoadedModel, prep, what: str, model: nn.Module, *args, **kw
         ) from exc
 
 
+def _race_pool(tgt: Domain, used: np.ndarray, split: dict, prep, warnings: list[str]):
+    """The target's labelled train+val images for the race, and train/val positions in them."""
+    idx = np.sort(np.concatenate([split["train"], split["val"]]))
+    try:
+        x, y = materialize(tgt, used[idx], prep)
+    except ValueError as exc:  # too large to hold in memory: the prior stands, said so
+        warnings.append(f"The trial race was skipped: {exc}")
+        return None, None
+    labelled = (y >= 0).numpy()
+    pos = {k: np.searchsorted(idx, split[k]) for k in ("train", "val")}
+    pos = {k: v[labelled[v]] for k, v in pos.items()}
+    if len(pos["train"]) < 2:
+        return None, None
+    return (x, y), pos
+
+
 def assess(
     model: Any,
     source: Any = None,
@@ -131,6 +153,7 @@ def assess(
     progress: bool = True,
     max_memory: int | str | None = None,
     max_forgetting: float | None = None,
+    trial_budget: float = DEFAULT_TRIAL_BUDGET,
 ) -> AssessResult:
     """Assess how well a pretrained model's features fit a target domain.
 
@@ -158,6 +181,7 @@ def assess(
     if max_forgetting is not None and not 0 <= max_forgetting <= 1:
         raise ValueError(f"--max-forgetting must be between 0 and 1. Got {max_forgetting}.")
     budget = None if max_memory is None else parse_size(max_memory, "max_memory")
+    trial_budget = check_trial_budget(trial_budget)
     dev = resolve_device(device)
     if out is not None:
         from diagnose.report import check_out_dir
@@ -355,7 +379,27 @@ def assess(
     results["capture"] = _measure.storage_summary(captured, budget, share)
     for cap in captured.values():
         cap.close()  # a temporary on-disk store is deleted now, not at exit
-    results["recommendation"] = recommend(results, max_forgetting=max_forgetting)
+    t0 = time.perf_counter()
+    prior = recommend(results, max_forgetting=max_forgetting)
+    pool, pool_splits = None, None
+    if trial_budget > 0 and tl is not None and has_head and splits.get("target") is not None:
+        pool, pool_splits = _race_pool(tgt, used["target"], splits["target"], prep, warnings)
+    results["recommendation"] = measured_recommendation(
+        results,
+        prior,
+        model=net if has_head else None,
+        head=loaded.head,
+        blocks=layer_names,
+        pool=pool,
+        splits=pool_splits,
+        trial_budget=trial_budget,
+        batch_size=batch_size,
+        seed=seed,
+        device=dev,
+        progress=progress,
+        warnings=warnings,
+    )
+    timings["race"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     env = environment(str(dev), seed)
     env["wall_s"] = timings["total"]

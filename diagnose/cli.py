@@ -133,6 +133,13 @@ def _build_parser() -> argparse.ArgumentParser:
         type=float,
         help="forgetting budget (source-accuracy drop, 0-1) the recommendation must respect",
     )
+    a.add_argument(
+        "--trial-budget",
+        type=float,
+        default=0.2,
+        help="fraction (0-1) of a full sweep's training FLOPs the recommendation's trial race "
+        "may spend; 0 skips the race and keeps the rules' unmeasured prediction (default 0.2)",
+    )
     _common(a)
 
     c = sub.add_parser("compare", help="fine-tune with each strategy: accuracy, forgetting, cost")
@@ -244,9 +251,16 @@ def _run(args) -> int:
             **_shared_kwargs(args),
             max_memory=args.max_memory,
             max_forgetting=args.max_forgetting,
+            trial_budget=args.trial_budget,
         )
         rec = res.recommendation
-        _info(args, f"recommended strategy: {rec['strategy']} (confidence {rec['confidence']})")
+        how = "measured by the trial race" if rec.get("measured") else "rules only, unmeasured"
+        _info(
+            args,
+            f"recommended strategy: {rec['strategy']} ({how}; confidence {rec['confidence']})",
+        )
+        if rec.get("cut"):
+            _info(args, f"  {rec['cut']}")
         for w in res.results.get("warnings", []):
             _info(args, f"warning: {w}")
         print(res.report_path)

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 import probes
-from diagnose._domains import restricted_splits, subsample
-from diagnose._evalset import materialize, source_eval_set
+from diagnose._domains import drop_positions, restricted_splits, subsample
+from diagnose._evalset import materialize_readable, source_eval_set
 from diagnose._executor import EXECUTORS, Job, Unit, execute, import_ray
 from diagnose._prep import resolve_device, resolve_preprocessing
 from diagnose._seeds import RUN_KEYS, finished, read_previous, resumed_text, strategy_entries
@@ -119,6 +119,7 @@ def compare(
     executor: str = "local",
     ray_address: str | None = None,
     seeds: int = 1,
+    trial_budget: float = 0.0,
 ) -> CompareResult:
     """Fine-tune with each strategy and measure accuracy, forgetting and cost.
 
@@ -132,6 +133,11 @@ def compare(
     ``ray_address`` (falls back to local, with a warning, when Ray is not
     installed). Either way each finished unit is written at once and
     ``--resume`` runs only the missing units.
+
+    ``trial_budget``: the assessment's trial race budget (see
+    :func:`diagnose.assess`). 0 by default: the comparison itself trains every
+    strategy, so the assessment's prediction is the rule prior's; a budget
+    makes the comparison a check of the race's measured recommendation.
 
     Example::
 
@@ -192,6 +198,7 @@ def compare(
             max_samples=max_samples,
             max_forgetting=max_forgetting,
             progress=progress,
+            trial_budget=trial_budget,
         ).to_dict()
     else:
         base = {"schema": SCHEMA_VERSION, "model": loaded.to_dict(), "warnings": [], "layers": []}
@@ -213,7 +220,9 @@ def compare(
         unfreeze = blocks[-unfreeze:]
     elif unfreeze is None:
         rec = base.get("recommendation") or {}
-        unfreeze = rec.get("unfreeze") if rec.get("strategy") == "partial" else None
+        unfreeze = (
+            rec.get("unfreeze_blocks", rec.get("unfreeze")) if rec.get("strategy") == "partial" else None
+        )
     config = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -241,7 +250,9 @@ def compare(
     done = finished(previous, fingerprint, out_dir / "results.json", seed_list) if previous else {}
     used = subsample(tgt, max_samples, seed)
     split = restricted_splits(tgt, used, seed)
-    x, y = materialize(tgt, used, prep)
+    # An image that fails to decode is left out of every split, with a warning.
+    x, y, skipped = materialize_readable(tgt, used, prep, warnings)
+    used, split = drop_positions(used, split, skipped)
     data = TargetData(
         x_train=x[split["train"]],
         y_train=y[split["train"]],

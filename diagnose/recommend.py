@@ -42,7 +42,7 @@ import math
 
 from diagnose.strategies import STRATEGY_NAMES
 
-__all__ = ["STRATEGIES", "recommend"]
+__all__ = ["DEFAULT_HEAD_LR", "SAFE_FORGETTING", "STRATEGIES", "recommend", "recommended_epochs"]
 
 STRATEGIES = STRATEGY_NAMES
 
@@ -64,7 +64,11 @@ def _acc(layer: dict, which: str) -> float | None:
     return None if probe is None else probe.get("accuracy")
 
 
-def _epochs(n_per_class: float, strategy: str) -> int:
+def recommended_epochs(n_per_class: float, strategy: str) -> int:
+    """Epochs of a full fine-tuning run for ``n_per_class`` labelled images per class.
+
+    ``15 sqrt(100 / n)`` clamped to 5..50 (twice that for a head on cached features).
+    """
     # Fewer examples need more passes for the same number of updates; the cap keeps
     # small-data runs from memorising (the comparison issue measures overfitting).
     base = 15.0 * math.sqrt(100.0 / max(n_per_class, 1.0))
@@ -277,7 +281,7 @@ def recommend(results: dict, *, max_forgetting: float | None = None) -> dict:
             "strategy": "full_low_lr",
             "unfreeze": names,
             "lr": {"head": head_lr, **{n: head_lr * BACKBONE_LR_RATIO for n in names}},
-            "epochs": _epochs(n_per_class, "full_low_lr"),
+            "epochs": recommended_epochs(n_per_class, "full_low_lr"),
             "weight_decay": 1e-4,
             "optimizer": "SGD, momentum 0.9",
             "confidence": "low",
@@ -295,11 +299,17 @@ def recommend(results: dict, *, max_forgetting: float | None = None) -> dict:
     benefit = s["benefit"]
     if benefit is not None and benefit < BENEFIT_MIN:
         confidence = "low"
+        versus = (
+            f"is {-benefit:.3f} below the random-init control's ({s['best_control']:.3f}): the "
+            "control is better"
+            if benefit < 0
+            else f"is only {benefit:.3f} above the random-init control's ({s['best_control']:.3f})"
+        )
         reasons.append(
-            f"The pretrained probe's best accuracy ({s['best']:.3f}) is within {benefit:+.3f} of "
-            f"the random-init control ({s['best_control']:.3f}): frozen pretrained features buy "
-            "little on this target, so the confidence is low; diagnose compare measures whether "
-            "the pretrained weights still help as a starting point (against scratch)."
+            f"The pretrained probe's best accuracy ({s['best']:.3f}) {versus}; frozen pretrained "
+            "features buy little on this target, so the confidence is low; diagnose compare "
+            "measures whether the pretrained weights still help as a starting point (against "
+            "scratch)."
         )
         would_change.append(
             f"The best pretrained probe beating the control by more than {BENEFIT_MIN:.2f}."
@@ -329,7 +339,7 @@ def recommend(results: dict, *, max_forgetting: float | None = None) -> dict:
         "strategy": strategy,
         "unfreeze": list(unfreeze),
         "lr": lr,
-        "epochs": _epochs(n_per_class, strategy),
+        "epochs": recommended_epochs(n_per_class, strategy),
         "weight_decay": 1e-4,
         "optimizer": "SGD, momentum 0.9",
         "confidence": confidence,

@@ -171,16 +171,7 @@ def run_strategy(
         with PeakMemory(device) as mem, torch.random.fork_rng(devices=cuda):
             torch.manual_seed(config.seed)
             run.build()
-            if name == "feature_extraction":
-                run.feature_extraction()
-            elif name == "lp_ft":
-                run.lp_ft()
-            else:
-                run.fine_tune(
-                    run.plan["stages"],
-                    config.epochs,
-                    "train" if name != "gradual_unfreeze" else "stage",
-                )
+            run.train()
             run.finish()
     finally:
         run.bar.close()

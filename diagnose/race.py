@@ -1,0 +1,445 @@
+"""A budgeted trial race: successive halving over candidate adaptations, trained for real.
+
+Every candidate (:mod:`diagnose.candidates`) trains on the target with the
+same engine as ``diagnose compare`` (:class:`diagnose._strategy_run.StrategyRun`:
+features cached once for heads, the frozen prefix cached for ``partial``) and
+is scored on held-out target images by the accuracy of its *last-epoch*
+weights (the best epoch of a noisy score over many evaluations would favour
+whoever is evaluated most often). Successive halving (Jamieson & Talwalkar
+2016): every candidate gets a short budget, the best ``1/ETA`` continue with
+``ETA`` times more epochs, and so on up to the full epochs, as long as the
+next rung fits in the FLOPs budget (a fraction of the full sweep: every
+candidate at the full epochs under the same folds).
+
+Scores are honest at small N: a val split under :data:`SMALL_VAL` images
+resolves nothing finer than about +-10 points, so then the race scores by
+repeated stratified k-fold over train+val. The test split is never used.
+The winner's lead is a paired comparison on the same images: an interval on
+the per-image accuracy gap to the runner-up; when the leaders are within it,
+the cheapest of them is the honest pick.
+
+Example:
+    >>> folds, protocol = scoring_folds(y, split["train"], split["val"], seed=0)
+    >>> trials = run_race(cands, folds, x, y, 10, model=net, head="fc", blocks=blocks,
+    ...                   full_epochs=15, budget=0.2, batch_size=64, seed=0,
+    ...                   device=torch.device("cpu"))
+    >>> trials["winner"], trials["flops_spent"] / trials["full_flops_estimate"]
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import RepeatedStratifiedKFold
+from torch import nn
+
+from diagnose._strategy_run import StrategyRun
+from diagnose.candidates import Candidate
+from diagnose.train import TargetData
+
+__all__ = [
+    "ETA",
+    "FIXED_PHASES",
+    "SMALL_VAL",
+    "Fold",
+    "paired_gap",
+    "run_race",
+    "rung_epochs",
+    "scoring_folds",
+]
+
+# Successive halving keeps the best 1/ETA of each rung and gives them ETA times
+# the epochs (Jamieson & Talwalkar 2016 use 2-4; 3 leaves three rungs between
+# 2 and 15 epochs, the typical range here).
+ETA = 3
+MAX_RUNGS = 4
+# Under this many val images one split resolves nothing finer than about +-10
+# points (2 sqrt(p(1-p)/m) at p = 0.9, m = 30; REFERENCES.md): score by k-fold.
+SMALL_VAL = 200
+KFOLD_SPLITS = 3
+KFOLD_REPEATS = 2
+# z of a two-sided 95% normal interval.
+Z95 = 1.959963984540054
+# Phases whose cost does not grow with the epochs of the main stage: the captures,
+# the prefix cache and the head stages on cached features (max(epochs, lp_epochs)).
+FIXED_PHASES = ("capture", "prefix_cache", "head", "linear_probe")
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One scoring split: indices (into the labelled pool) to train on and to score on."""
+
+    train: np.ndarray
+    held_out: np.ndarray
+
+
+def scoring_folds(
+    y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, *, seed: int
+) -> tuple[list[Fold], dict]:
+    """The race's scoring folds over the labelled pool ``y`` and how they were made.
+
+    A val split of at least :data:`SMALL_VAL` images is used as it is; a
+    smaller one is merged with train and re-split by repeated stratified
+    k-fold (:data:`KFOLD_SPLITS` folds, fewer when a class has fewer images;
+    :data:`KFOLD_REPEATS` repeats on a pool under :data:`SMALL_VAL` images, else one). Indices are into ``y``; the test split never
+    enters.
+    """
+    train_idx, val_idx = np.asarray(train_idx), np.asarray(val_idx)
+    if len(val_idx) >= SMALL_VAL:
+        return [Fold(train_idx, val_idx)], {
+            "kind": "val split",
+            "folds": 1,
+            "repeats": 1,
+            "n_images": int(len(train_idx) + len(val_idx)),
+            "n_held_out": int(len(val_idx)),
+        }
+    pool = np.sort(np.concatenate([train_idx, val_idx]))
+    counts = np.bincount(y[pool])
+    smallest = int(counts[counts > 0].min())
+    splits = min(KFOLD_SPLITS, smallest)
+    if splits < 2:
+        return [Fold(train_idx, val_idx)], {
+            "kind": "val split",
+            "folds": 1,
+            "repeats": 1,
+            "n_images": int(len(pool)),
+            "n_held_out": int(len(val_idx)),
+            "note": "a class has a single labelled image, so no stratified k-fold is possible",
+        }
+    # A second partition only where one is noisy: on a pool of SMALL_VAL images or more,
+    # every image scored once already resolves about +-5 points.
+    repeats = KFOLD_REPEATS if len(pool) < SMALL_VAL else 1
+    rskf = RepeatedStratifiedKFold(n_splits=splits, n_repeats=repeats, random_state=seed)
+    folds = [Fold(pool[tr], pool[te]) for tr, te in rskf.split(pool, y[pool])]
+    return folds, {
+        "kind": "repeated stratified k-fold over train+val",
+        "folds": splits,
+        "repeats": repeats,
+        "n_images": int(len(pool)),
+        "n_held_out": int(len(pool)),
+    }
+
+
+def rung_epochs(full_epochs: int, eta: int = ETA) -> list[int]:
+    """Epochs of each rung, ending at ``full_epochs``: e.g. 15 -> [2, 5, 15]."""
+    if full_epochs < 1:
+        raise ValueError(f"The 'full_epochs' parameter must be >= 1. Got {full_epochs!r} instead.")
+    rungs = min(MAX_RUNGS, 1 + int(math.log(full_epochs) / math.log(eta) + 1e-9))
+    out = [max(1, round(full_epochs / eta ** (rungs - 1 - r))) for r in range(rungs)]
+    return sorted(set(out))
+
+
+def paired_gap(a: np.ndarray, b: np.ndarray, image_ids: np.ndarray) -> dict:
+    """Per-image accuracy gap of ``a`` over ``b`` (bool arrays on the same held-out entries).
+
+    Repeated folds score an image more than once, so the differences are
+    averaged per image first and the interval treats images, not entries, as
+    independent: mean +- 1.96 sd / sqrt(images).
+    """
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    ids, inv = np.unique(image_ids, return_inverse=True)
+    per_image = np.bincount(inv, weights=diff) / np.bincount(inv)
+    m = len(ids)
+    mean = float(per_image.mean())
+    sd = float(per_image.std(ddof=1)) if m > 1 else 0.0
+    half = Z95 * sd / math.sqrt(m) if m > 1 else float("inf")
+    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "n_images": int(m)}
+
+
+def _flops(phases) -> tuple[int, int]:
+    """(fixed, epoch-scaled) FLOPs of a run's phases."""
+    fixed = scaled = 0
+    for ph in phases:
+        if ph.flops_per_step is None:
+            continue
+        f = int(ph.flops_per_step) * int(ph.steps)
+        if ph.name in FIXED_PHASES:
+            fixed += f
+        else:
+            scaled += f
+    return fixed, scaled
+
+
+def _trial(cand, fold_data, model, head, blocks, epochs, batch_size, seed, device, reuse) -> dict:
+    """Train ``cand`` for ``epochs`` on one fold; score its last-epoch weights."""
+    start = time.perf_counter()
+    config = cand.config(blocks, epochs=epochs, batch_size=batch_size, seed=seed)
+    run = StrategyRun(
+        cand.strategy,
+        model,
+        head,
+        blocks,
+        fold_data,
+        None,
+        config,
+        device,
+        progress=False,
+        reuse=reuse,
+    )
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            run.build()
+            run.train()
+            logits = run.predict(fold_data.x_val)
+    finally:
+        run.bar.close()
+    y = fold_data.y_val
+    loss = F.cross_entropy(logits, y, reduction="none").double().numpy()
+    correct = (logits.argmax(1) == y).numpy()
+    fixed, scaled = _flops(run.phases)
+    ok = run.diverged is None and bool(np.isfinite(loss).all())
+    return {
+        "correct": correct if ok else np.zeros_like(correct),
+        "loss": loss if ok else np.full_like(loss, np.inf),
+        "fixed_flops": fixed,
+        "scaled_flops": scaled,
+        "wall_s": time.perf_counter() - start,
+        "diverged": None if ok else (run.diverged or {"loss": "non-finite validation loss"}),
+    }
+
+
+class _Arm:
+    """A candidate's record across rungs."""
+
+    def __init__(self, index: int, cand: Candidate):
+        self.index, self.cand = index, cand
+        self.rungs: list[dict] = []
+        self.correct = self.loss = None
+        self.fixed = self.per_epoch = 0.0  # FLOPs over all folds, from its latest rung
+        self.flops = 0
+        self.wall = 0.0
+        self.status, self.reason, self.eliminated_at = "ok", None, None
+
+    def estimate(self, epochs: int) -> float:
+        return self.fixed + self.per_epoch * epochs
+
+    def rank_key(self) -> tuple:
+        if self.status != "ok":
+            return (1, 0.0, 0.0, self.cand.prior_rank, self.index)
+        return (
+            0,
+            -float(self.correct.mean()),
+            float(self.loss.mean()),
+            self.cand.prior_rank,
+            self.index,
+        )
+
+
+def run_race(
+    candidates: list[Candidate],
+    folds: list[Fold],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    *,
+    model: nn.Module,
+    head: str,
+    blocks: list[str],
+    full_epochs: int,
+    budget: float,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    progress: bool = True,
+    warnings: list[str] | None = None,
+) -> dict:
+    """Race ``candidates`` by successive halving under ``budget`` x the full sweep's FLOPs.
+
+    ``x``/``y`` are the labelled pool the folds index (preprocessed images,
+    int64 labels). Rung 0 always runs (it is what estimates every
+    candidate's cost); a later rung runs only for as many of the best as its
+    estimated FLOPs fit in what is left, so the spend stays within the budget
+    or, when rung 0 alone exceeds it, within one rung. Returns the ``trials``
+    dict of results.json (see :func:`diagnose.recommend_measured.measured_recommendation`).
+    """
+    from tqdm.auto import tqdm
+
+    if not candidates:
+        raise ValueError("The 'candidates' parameter of run_race is empty: nothing to race.")
+    if not 0 < budget <= 1:
+        raise ValueError(f"The 'budget' parameter must be in (0, 1]. Got {budget!r} instead.")
+    start = time.perf_counter()
+    fold_data = [
+        TargetData(
+            x[f.train],
+            y[f.train],
+            x[f.held_out],
+            y[f.held_out],
+            x[f.held_out][:1],
+            y[f.held_out][:1],
+            num_classes,
+        )
+        for f in folds
+    ]
+    image_ids = np.concatenate([f.held_out for f in folds])
+    epochs = rung_epochs(full_epochs)
+    arms = [_Arm(i, c) for i, c in enumerate(candidates)]
+    # Head inputs and frozen-prefix outputs per fold, computed by the first candidate that
+    # needs them and reused by the rest (their FLOPs are counted once, where they ran).
+    reuse: dict = {}
+    alive = list(arms)
+    rung_log: list[dict] = []
+    spent, full_estimate, budget_flops = 0, None, None
+    for r, e in enumerate(epochs):
+        if r > 0:
+            alive.sort(key=_Arm.rank_key)
+            alive = [a for a in alive if a.status == "ok"]
+            keep = max(2, math.ceil(len(alive) / ETA)) if len(alive) >= 2 else len(alive)
+            while keep >= 2 and spent + sum(a.estimate(e) for a in alive[:keep]) > budget_flops:
+                keep -= 1
+            if keep < 2:
+                break
+            for a in alive[keep:]:
+                a.eliminated_at = r - 1
+                a.reason = (
+                    f"ranked below the best {keep} of {len(alive)} after {epochs[r - 1]} epochs"
+                )
+            alive = alive[:keep]
+        bar = tqdm(
+            total=len(alive) * len(folds),
+            desc=f"race rung {r + 1}/{len(epochs)} ({e} epochs)",
+            unit="trial",
+            disable=not progress,
+            leave=False,
+        )
+        rung_flops = 0
+        for a in alive:
+            outs = []
+            try:
+                for fd in fold_data:
+                    outs.append(
+                        _trial(a.cand, fd, model, head, blocks, e, batch_size, seed, device, reuse)
+                    )
+                    bar.update(1)
+            except (RuntimeError, ValueError) as exc:  # one failing candidate never ends the race
+                a.status, a.eliminated_at = "failed", r
+                a.reason = (
+                    f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                )
+                if warnings is not None:
+                    warnings.append(f"Race candidate {a.cand.key} {a.reason}")
+                bar.update(len(fold_data) - len(outs))
+                continue
+            a.correct = np.concatenate([o["correct"] for o in outs])
+            a.loss = np.concatenate([o["loss"] for o in outs])
+            fixed = sum(o["fixed_flops"] for o in outs)
+            scaled = sum(o["scaled_flops"] for o in outs)
+            a.fixed, a.per_epoch = float(fixed), scaled / e
+            a.flops += fixed + scaled
+            rung_flops += fixed + scaled
+            wall = sum(o["wall_s"] for o in outs)
+            a.wall += wall
+            bad = next((o["diverged"] for o in outs if o["diverged"]), None)
+            if bad is not None:
+                a.status, a.eliminated_at = "diverged", r
+                a.reason = f"diverged ({bad.get('loss')}) after at most {e} epochs"
+            a.rungs.append(
+                {
+                    "rung": r,
+                    "epochs": int(e),
+                    "val_accuracy": float(a.correct.mean()),
+                    "val_loss": float(a.loss.mean()) if np.isfinite(a.loss).all() else None,
+                    "fold_accuracy": [float(o["correct"].mean()) for o in outs],
+                    "flops": int(fixed + scaled),
+                    "wall_s": round(wall, 4),
+                }
+            )
+        bar.close()
+        spent += rung_flops
+        rung_log.append(
+            {"rung": r, "epochs": int(e), "candidates": len(alive), "flops": rung_flops}
+        )
+        if r == 0:
+            full_estimate = sum(a.estimate(epochs[-1]) for a in arms if a.status != "failed")
+            budget_flops = budget * full_estimate
+    alive.sort(key=_Arm.rank_key)
+    ranked = sorted(arms, key=lambda a: (-(len(a.rungs)),) + a.rank_key())
+    return _summary(
+        arms,
+        ranked,
+        epochs,
+        rung_log,
+        spent,
+        full_estimate,
+        budget,
+        budget_flops,
+        image_ids,
+        time.perf_counter() - start,
+        full_epochs,
+    )
+
+
+def _summary(
+    arms,
+    ranked,
+    epochs,
+    rung_log,
+    spent,
+    full_estimate,
+    budget,
+    budget_flops,
+    image_ids,
+    wall,
+    full_epochs,
+) -> dict:
+    ok = [a for a in ranked if a.status == "ok" and a.correct is not None]
+    winner = ok[0] if ok else None
+    top_rung = len(winner.rungs) if winner else 0
+    leaders, gap, runner = [], None, None
+    if winner is not None:
+        finalists = [a for a in ok if len(a.rungs) == top_rung]
+        others = [a for a in ok if a is not winner]
+        runner = others[0] if others else None
+        if runner is not None:
+            gap = paired_gap(winner.correct, runner.correct, image_ids)
+        leaders = [winner] + [
+            a
+            for a in finalists
+            if a is not winner and paired_gap(winner.correct, a.correct, image_ids)["ci_low"] <= 0
+        ]
+    pick = (
+        min(leaders, key=lambda a: (a.estimate(full_epochs), a.cand.prior_rank, a.index))
+        if leaders
+        else None
+    )
+    for a in arms:
+        if a.status == "ok" and a.eliminated_at is None and a is not winner and a.reason is None:
+            a.reason = f"reached the last rung ({a.rungs[-1]['epochs']} epochs) below the winner"
+    return {
+        "candidates": [
+            {
+                **a.cand.to_dict(),
+                "rungs": a.rungs,
+                "flops": int(a.flops),
+                "wall_s": round(a.wall, 4),
+                "full_run_flops_estimate": a.estimate(full_epochs) if a.rungs else None,
+                "status": a.status,
+                "eliminated_at": a.eliminated_at,
+                "reason": a.reason,
+            }
+            for a in arms
+        ],
+        "rungs": rung_log,
+        "rung_epochs": list(epochs),
+        "eta": ETA,
+        "flops_spent": int(spent),
+        "full_flops_estimate": None if full_estimate is None else float(full_estimate),
+        "budget": float(budget),
+        "budget_flops": None if budget_flops is None else float(budget_flops),
+        "wall_s": round(wall, 4),
+        "winner": None if winner is None else winner.cand.key,
+        "runner_up": None if runner is None else runner.cand.key,
+        "gap": gap,
+        "leaders": [a.cand.key for a in leaders],
+        "within_noise": bool(len(leaders) > 1),
+        "pick": None if pick is None else pick.cand.key,
+        "chosen_by": None
+        if pick is None
+        else ("accuracy" if pick is winner else "the lowest cost among leaders within noise"),
+    }
