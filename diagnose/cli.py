@@ -105,6 +105,21 @@ def _model_and_data_args(
     p.add_argument("--max-samples", type=_positive_int, help="use at most N images per domain")
 
 
+def _depths(value: str) -> int | list[int]:
+    """``2`` -> 2; ``1,2,4`` -> [1, 2, 4] (argparse type of --unfreeze)."""
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    try:
+        depths = [int(p) for p in parts]
+    except ValueError:
+        depths = []
+    if not depths or min(depths) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive whole number or a comma-separated list of them (1,2,4), "
+            f"got {value!r}"
+        )
+    return depths[0] if len(depths) == 1 and "," not in value else depths
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or info lines")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
@@ -150,7 +165,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--lr", type=_positive_float, help="head LR (default: the LR range test's suggestion)"
     )
     c.add_argument(
-        "--unfreeze", type=_positive_int, help="blocks the 'partial' strategy tunes, from the top"
+        "--unfreeze",
+        type=_depths,
+        help="blocks the 'partial' strategy tunes, from the top; several (1,2,4) run partial "
+        "once per depth, each its own row",
     )
     c.add_argument(
         "--bn",

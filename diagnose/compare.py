@@ -212,7 +212,24 @@ def compare(
 
     suggested = (base.get("lr_find") or {}).get("suggested_lr")
     head_lr = lr if lr is not None else (suggested or DEFAULT_HEAD_LR)
-    if isinstance(unfreeze, int):
+    depths = None
+    if isinstance(unfreeze, (list, tuple)) and unfreeze and all(
+        isinstance(k, int) and not isinstance(k, bool) for k in unfreeze
+    ):
+        # Several depths: partial runs once per depth, each its own row "partial@k".
+        bad = [k for k in unfreeze if not 1 <= k <= len(blocks)]
+        if bad:
+            raise ValueError(
+                f"The 'unfreeze' parameter's depths must be between 1 and {len(blocks)} blocks. "
+                f"Got {bad}."
+            )
+        depths = sorted(set(unfreeze))
+        if "partial" not in names:
+            names.append("partial")
+        at = names.index("partial")
+        names[at : at + 1] = [f"partial@{k}" for k in depths]
+        unfreeze = None
+    elif isinstance(unfreeze, int):
         if not 1 <= unfreeze <= len(blocks):
             raise ValueError(
                 f"--unfreeze must be between 1 and {len(blocks)} blocks. Got {unfreeze}."

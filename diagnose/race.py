@@ -211,13 +211,14 @@ class _Arm:
         self.index, self.cand = index, cand
         self.rungs: list[dict] = []
         self.correct = self.loss = None
-        self.fixed = self.per_epoch = 0.0  # FLOPs over all folds, from its latest rung
+        self.fixed = self.per_epoch = 0.0  # FLOPs per fold, from its latest rung
+        self.ids = None  # the held-out image of each entry of ``correct``
         self.flops = 0
         self.wall = 0.0
         self.status, self.reason, self.eliminated_at = "ok", None, None
 
-    def estimate(self, epochs: int) -> float:
-        return self.fixed + self.per_epoch * epochs
+    def estimate(self, epochs: int, folds: int) -> float:
+        return (self.fixed + self.per_epoch * epochs) * folds
 
     def rank_key(self) -> tuple:
         if self.status != "ok":
@@ -277,7 +278,7 @@ def run_race(
         )
         for f in folds
     ]
-    image_ids = np.concatenate([f.held_out for f in folds])
+    n_folds = len(folds)
     epochs = rung_epochs(full_epochs)
     arms = [_Arm(i, c) for i, c in enumerate(candidates)]
     # Head inputs and frozen-prefix outputs per fold, computed by the first candidate that
@@ -291,7 +292,10 @@ def run_race(
             alive.sort(key=_Arm.rank_key)
             alive = [a for a in alive if a.status == "ok"]
             keep = max(2, math.ceil(len(alive) / ETA)) if len(alive) >= 2 else len(alive)
-            while keep >= 2 and spent + sum(a.estimate(e) for a in alive[:keep]) > budget_flops:
+            while (
+                keep >= 2
+                and spent + sum(a.estimate(e, n_folds) for a in alive[:keep]) > budget_flops
+            ):
                 keep -= 1
             if keep < 2:
                 break
@@ -301,8 +305,12 @@ def run_race(
                     f"ranked below the best {keep} of {len(alive)} after {epochs[r - 1]} epochs"
                 )
             alive = alive[:keep]
+        # Rung 0 scores on the first 1/ETA of the folds (every image of the pool once it is
+        # a single split): cheap enough for every candidate, and enough to drop the clearly
+        # worse 2/3. Later rungs score on every fold.
+        rung_folds = max(1, math.ceil(n_folds / ETA)) if r == 0 and n_folds > 1 else n_folds
         bar = tqdm(
-            total=len(alive) * len(folds),
+            total=len(alive) * rung_folds,
             desc=f"race rung {r + 1}/{len(epochs)} ({e} epochs)",
             unit="trial",
             disable=not progress,
@@ -312,7 +320,7 @@ def run_race(
         for a in alive:
             outs = []
             try:
-                for fd in fold_data:
+                for fd in fold_data[:rung_folds]:
                     outs.append(
                         _trial(a.cand, fd, model, head, blocks, e, batch_size, seed, device, reuse)
                     )
@@ -324,13 +332,14 @@ def run_race(
                 )
                 if warnings is not None:
                     warnings.append(f"Race candidate {a.cand.key} {a.reason}")
-                bar.update(len(fold_data) - len(outs))
+                bar.update(rung_folds - len(outs))
                 continue
             a.correct = np.concatenate([o["correct"] for o in outs])
             a.loss = np.concatenate([o["loss"] for o in outs])
             fixed = sum(o["fixed_flops"] for o in outs)
             scaled = sum(o["scaled_flops"] for o in outs)
-            a.fixed, a.per_epoch = float(fixed), scaled / e
+            a.fixed, a.per_epoch = fixed / len(outs), scaled / e / len(outs)
+            a.ids = np.concatenate([f.held_out for f in folds[: len(outs)]])
             a.flops += fixed + scaled
             rung_flops += fixed + scaled
             wall = sum(o["wall_s"] for o in outs)
@@ -356,7 +365,9 @@ def run_race(
             {"rung": r, "epochs": int(e), "candidates": len(alive), "flops": rung_flops}
         )
         if r == 0:
-            full_estimate = sum(a.estimate(epochs[-1]) for a in arms if a.status != "failed")
+            full_estimate = sum(
+                a.estimate(epochs[-1], n_folds) for a in arms if a.status != "failed"
+            )
             budget_flops = budget * full_estimate
     alive.sort(key=_Arm.rank_key)
     ranked = sorted(arms, key=lambda a: (-(len(a.rungs)),) + a.rank_key())
@@ -369,10 +380,17 @@ def run_race(
         full_estimate,
         budget,
         budget_flops,
-        image_ids,
+        n_folds,
         time.perf_counter() - start,
         full_epochs,
     )
+
+
+def _paired(a: _Arm, b: _Arm) -> dict:
+    # Both score the same folds in the same order, one rung possibly on fewer of them:
+    # pair the entries they share (a prefix of the longer one).
+    n = min(len(a.correct), len(b.correct))
+    return paired_gap(a.correct[:n], b.correct[:n], a.ids[:n])
 
 
 def _summary(
@@ -384,7 +402,7 @@ def _summary(
     full_estimate,
     budget,
     budget_flops,
-    image_ids,
+    n_folds,
     wall,
     full_epochs,
 ) -> dict:
@@ -397,14 +415,12 @@ def _summary(
         others = [a for a in ok if a is not winner]
         runner = others[0] if others else None
         if runner is not None:
-            gap = paired_gap(winner.correct, runner.correct, image_ids)
+            gap = _paired(winner, runner)
         leaders = [winner] + [
-            a
-            for a in finalists
-            if a is not winner and paired_gap(winner.correct, a.correct, image_ids)["ci_low"] <= 0
+            a for a in finalists if a is not winner and _paired(winner, a)["ci_low"] <= 0
         ]
     pick = (
-        min(leaders, key=lambda a: (a.estimate(full_epochs), a.cand.prior_rank, a.index))
+        min(leaders, key=lambda a: (a.estimate(full_epochs, n_folds), a.cand.prior_rank, a.index))
         if leaders
         else None
     )
@@ -418,7 +434,7 @@ def _summary(
                 "rungs": a.rungs,
                 "flops": int(a.flops),
                 "wall_s": round(a.wall, 4),
-                "full_run_flops_estimate": a.estimate(full_epochs) if a.rungs else None,
+                "full_run_flops_estimate": a.estimate(full_epochs, n_folds) if a.rungs else None,
                 "status": a.status,
                 "eliminated_at": a.eliminated_at,
                 "reason": a.reason,

@@ -250,3 +250,26 @@ def test_out_of_memory_retries_the_strategy_at_half_the_batch(loaded_demo, tmp_p
     entry = res.strategies[0]
     assert entry["status"] == "ok" and entry["config"]["batch_size"] == 16
     assert sum("ran out of device memory" in w for w in res.to_dict()["warnings"]) == 2
+
+
+def test_unfreeze_several_depths_runs_partial_once_per_depth(loaded_demo, tmp_path):
+    res = compare(
+        loaded_demo,
+        "demo:digits",
+        "demo:digits-noise",
+        strategies="feature_extraction,partial",
+        unfreeze=[1, 3],
+        out=tmp_path,
+        **SMALL,
+    )
+    rows = {s["name"]: s for s in res.strategies}
+    assert list(rows) == ["feature_extraction", "partial@1", "partial@3"]
+    blocks = ["block1", "block2", "block3", "block4"]
+    assert rows["partial@1"]["config"]["trainable"] == ["block4", "head"]
+    assert rows["partial@3"]["config"]["trainable"] == [*blocks[1:], "head"]
+    assert rows["partial@3"]["depth"] == 3 and rows["partial@1"]["status"] == "ok"
+    assert (tmp_path / "strategies" / "partial@3.json").exists()
+    html = (tmp_path / "report.html").read_text()
+    assert "partial fine-tuning, last 3" in html
+    with pytest.raises(ValueError, match="between 1 and 4"):
+        compare(loaded_demo, "demo:digits", "demo:digits-noise", unfreeze=[1, 9], **SMALL)
