@@ -23,6 +23,7 @@ from diagnose._cost import count_train_step_flops
 from diagnose._device import autocast_context, autocast_dtype, is_cuda, to_device
 from diagnose._loop import Phase, iterate_batches
 from diagnose.models import replace_module
+from probes import logits_of
 
 __all__ = ["PrefixCache", "build_prefix_cache", "capture_head_inputs"]
 
@@ -255,6 +256,13 @@ def build_prefix_cache(
     )
 
 
+def _logits_or_none(output: Any) -> torch.Tensor | None:
+    try:
+        return logits_of(output).float()
+    except TypeError:
+        return None
+
+
 def _verify(
     net: nn.Module,
     pc: PrefixCache,
@@ -288,7 +296,7 @@ def _verify(
                             outs.append(net(xb))
                     else:
                         outs.append(net(xb))
-            full, stub = (o.float() if isinstance(o, torch.Tensor) else o for o in outs)
+            full, stub = (_logits_or_none(o) for o in outs)
             if (
                 not isinstance(full, torch.Tensor)
                 or not isinstance(stub, torch.Tensor)

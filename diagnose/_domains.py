@@ -6,7 +6,7 @@ import numpy as np
 
 from diagnose.data import Domain
 
-__all__ = ["check_two_classes", "domain_info", "restricted_splits", "subsample"]
+__all__ = ["check_two_classes", "domain_info", "drop_positions", "restricted_splits", "subsample"]
 
 
 def subsample(domain: Domain, max_samples: int | None, seed: int) -> np.ndarray:
@@ -32,6 +32,30 @@ def restricted_splits(domain: Domain, used: np.ndarray, seed: int) -> dict[str, 
         found[found] = used[pos[found]] == idx[found]
         out[name] = pos[found].astype(np.int64)
     return out
+
+
+def drop_positions(
+    used: np.ndarray, split: dict[str, np.ndarray] | None, skipped
+) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+    """``used`` and its ``split`` (positions into ``used``) without the positions ``skipped``.
+
+    For images a reader left out (``CapturedFeatures.skipped``, the ``skipped``
+    of ``materialize_readable``): the split's positions are re-indexed into
+    the shorter ``used``, so they again index the rows that were read.
+
+    Example:
+        >>> drop_positions(np.array([3, 5, 8]), {"train": np.array([0, 2])}, [1])
+        (array([3, 8]), {'train': array([0, 1])})
+    """
+    skipped = np.asarray(skipped, dtype=np.int64)
+    if not skipped.size:
+        return used, split
+    keep = np.ones(len(used), dtype=bool)
+    keep[skipped] = False
+    new_position = np.cumsum(keep) - 1
+    if split is not None:
+        split = {k: new_position[v[keep[v]]].astype(np.int64) for k, v in split.items()}
+    return used[keep], split
 
 
 def check_two_classes(domain: Domain) -> None:

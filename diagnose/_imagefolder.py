@@ -3,6 +3,13 @@
 Written instead of ``torchvision.datasets.ImageFolder`` so that every problem
 (missing path, flat folder, corrupt files, stray files) is a clear message,
 and so sizes and channels are known from the file headers alone.
+
+The scan skips files that do not open or whose structure is broken, including
+JPEG and GIF files that stop before their end marker (a truncated download),
+which are decoded once to make sure. An image that still fails to decode later
+raises :class:`UndecodableImage` from the dataset, which records its index;
+the readers of ``diagnose`` leave such images out and say so in the warnings.
+PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never changed.
 """
 
 from __future__ import annotations
@@ -15,10 +22,48 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "ImageFolderScan", "scan_image_folder"]
+from probes import UnreadableExample
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageFolderDataset",
+    "ImageFolderScan",
+    "UndecodableImage",
+    "scan_image_folder",
+]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+# The bytes a complete file ends with, for formats whose verify() does not read
+# to the end (PNG's checks every chunk, WebP's the RIFF size).
+_END_MARKERS = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "GIF": b"\x3b"}
+_TAIL_BYTES = 64
+
+
+class UndecodableImage(UnreadableExample, ValueError):
+    """An image that opened but failed to decode (a truncated JPEG, a broken data stream).
+
+    ``index`` is its index in the dataset and ``item`` a short description for
+    warnings ("cat/3.jpg (OSError: image file is truncated)"); both are None
+    when the exception was re-raised from a DataLoader worker. A ValueError,
+    so a reader that does not skip it still ends with one clear line.
+    """
+
+    def __init__(self, message: str, index: int | None = None, item: str | None = None):
+        super().__init__(message, item)
+        self.index = index
+
+
+def _stops_early(path: str, fmt: str | None) -> bool:
+    """True when a JPEG or GIF does not end with its end marker (trailing padding allowed)."""
+    marker = _END_MARKERS.get(fmt or "")
+    if marker is None:
+        return False
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - _TAIL_BYTES))
+        tail = f.read()
+    return not tail.rstrip(b"\x00\r\n\t ").endswith(marker)
 
 
 def _is_image_name(name: str) -> bool:
@@ -101,8 +146,13 @@ def scan_image_folder(root: str | os.PathLike) -> ImageFolderScan:
                     # structure (PNG CRCs) without decoding the pixels.
                     with Image.open(path) as img:
                         width, height = img.size
-                        mode = img.mode
+                        mode, fmt = img.mode, img.format
                         img.verify()
+                    if _stops_early(path, fmt):
+                        # Data after the end marker is legal, truncation is not:
+                        # only a decode tells them apart.
+                        with Image.open(path) as img:
+                            img.load()
                 except Exception as exc:  # PIL raises many types for bad files
                     corrupt.append(f"{rel} ({type(exc).__name__})")
                     continue
@@ -170,13 +220,20 @@ def pil_to_tensor(img, channels: int) -> torch.Tensor:
 
 
 class ImageFolderDataset(Dataset):
-    """Item ``i`` is ``(float32 tensor C x H x W in [0, 1] at native size, label)``."""
+    """Item ``i`` is ``(float32 tensor C x H x W in [0, 1] at native size, label)``.
+
+    An image that fails to decode raises :class:`UndecodableImage` and is
+    recorded in ``undecodable`` (index -> short description; this process
+    only: what DataLoader workers meet stays in the workers).
+    """
 
     def __init__(self, scan: ImageFolderScan, channels: int):
+        self.root = scan.root
         self.paths = scan.paths
         self.targets = scan.labels
         self.classes = scan.classes
         self.channels = channels
+        self.undecodable: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -189,10 +246,14 @@ class ImageFolderDataset(Dataset):
             with Image.open(path) as img:
                 img.load()
                 x = pil_to_tensor(img, self.channels)
-        except Exception as exc:
-            # verify() at scan time does not catch every truncated file (JPEG).
-            raise ValueError(
-                f"image '{path}' could not be decoded ({type(exc).__name__}: {exc}); "
-                "remove or replace the file."
+        except Exception as exc:  # PIL raises many types for bad data
+            # The scan does not decode pixels, so a file can still fail here.
+            why = f"{type(exc).__name__}: {exc}"
+            item = f"{os.path.relpath(path, self.root)} ({why})"
+            self.undecodable[int(index)] = item
+            raise UndecodableImage(
+                f"image '{path}' could not be decoded ({why}); remove or replace the file.",
+                index=int(index),
+                item=item,
             ) from exc
         return x, int(self.targets[index])

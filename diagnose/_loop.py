@@ -21,6 +21,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from diagnose._cost import count_train_step_flops
 from diagnose._device import autocast_context, is_cuda, loader_kwargs
+from probes import logits_of
 
 __all__ = ["Fitter", "Phase", "evaluate", "iterate_batches", "make_loader", "steps_per_epoch"]
 
@@ -98,13 +99,16 @@ def evaluate(
 ) -> tuple[float | None, float | None]:
     """Mean cross-entropy and accuracy of ``forward`` over ``batches`` (float64 sums).
 
-    ``forward(batch)`` returns ``(logits, labels)`` on one device. The caller
-    sets eval mode. Returns (None, None) when there is no example; a non-finite
-    loss is returned as is (the caller reports divergence).
+    ``forward(batch)`` returns ``(output, labels)`` on one device, the output
+    being the logits or what :func:`probes.logits_of` takes them from (a
+    model's dict, tuple or output object). The caller sets eval mode. Returns
+    (None, None) when there is no example; a non-finite loss is returned as is
+    (the caller reports divergence).
     """
     loss_sum, correct, count = None, None, 0
     for batch in batches:
-        logits, y = forward(batch)
+        output, y = forward(batch)
+        logits = logits_of(output)
         loss = F.cross_entropy(logits.float(), y, reduction="sum").double()
         hits = (logits.argmax(dim=1) == y).sum()
         loss_sum = loss if loss_sum is None else loss_sum + loss
@@ -241,6 +245,8 @@ class Fitter:
     ) -> dict[str, Any]:
         """One pass over ``batches``: ``{"train_loss", "train_accuracy", "steps", "diverged"}``.
 
+        ``forward(batch)`` returns ``(output, labels)`` as for :func:`evaluate`.
+
         ``train_loss``/``train_accuracy`` are running means over the epoch's
         examples (in train mode, as the model was while it learned). On the
         first non-finite loss the epoch stops and ``diverged`` is
@@ -285,7 +291,8 @@ class Fitter:
 
             def step_fn(batch: tuple = batch, out: dict = out) -> None:
                 with autocast_context(self.device) if self.use_autocast else nullcontext():
-                    logits, y = forward(batch)
+                    output, y = forward(batch)
+                logits = logits_of(output)
                 loss = F.cross_entropy(logits.float(), y)
                 out.update(loss=loss.detach(), logits=logits.detach(), y=y)
                 if check_every == 1 and not bool(torch.isfinite(loss)):

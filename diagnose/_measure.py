@@ -16,8 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 import probes
-from diagnose._prep import prepared_dataset
-from diagnose.imagestats import ImageStats
+from diagnose._evalset import materialize_readable
 from diagnose.lr_find import lr_range_test
 from diagnose.rgn import relative_gradient_norms
 
@@ -303,13 +302,13 @@ def lr_find_head(
 
 
 def target_rgn(net, head, blocks, tgt, used, train_positions, prep, seed, dev, n_max=128):
-    """Auto-RGN per block on up to ``n_max`` target training images."""
+    """Auto-RGN per block on up to ``n_max`` target training images (those that decode)."""
     rng = np.random.default_rng(seed)
     pick = np.sort(
         rng.choice(train_positions, size=min(n_max, len(train_positions)), replace=False)
     )
-    data = prepared_dataset(tgt, used[pick], prep, ImageStats())
-    x, y = next(iter(torch.utils.data.DataLoader(data, batch_size=len(data))))
+    # Images that fail to decode are left out; the capture pass over them reports such files.
+    x, y, _ = materialize_readable(tgt, used[pick], prep, warnings=[])
     classes = np.unique(tgt.labels)
     y = torch.as_tensor(np.searchsorted(classes, np.asarray(y)), dtype=torch.long)
     return relative_gradient_norms(

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from diagnose._imagefolder import _GRAY_MODES, pil_to_tensor
+from diagnose._imagefolder import _GRAY_MODES, UndecodableImage, pil_to_tensor
 from diagnose._specs import call_spec
 
 __all__ = ["callable_domain_fields", "size_facts"]
@@ -32,17 +32,27 @@ def _facts(x: torch.Tensor) -> tuple[int, int, int, float, float]:
     return int(x.shape[0]), int(x.shape[1]), int(x.shape[2]), float(x.min()), float(x.max())
 
 
-def _as_image(x: Any, where: str) -> torch.Tensor:
-    """A dataset item's image as a float32 C x H x W tensor (uint8 scaled to [0, 1])."""
+def _as_image(x: Any, where: str, index: int | None = None) -> torch.Tensor:
+    """A dataset item's image as a float32 C x H x W tensor (uint8 scaled to [0, 1]).
+
+    A PIL image that fails to decode (opened lazily, then truncated) raises
+    :class:`UndecodableImage`.
+    """
     try:
         from PIL import Image
-
-        if isinstance(x, Image.Image):
-            x.load()
-            gray = x.mode in _GRAY_MODES
-            return pil_to_tensor(x, 1 if gray else 3)
     except ImportError:  # pragma: no cover - pillow is a dependency
-        pass
+        Image = None
+    if Image is not None and isinstance(x, Image.Image):
+        try:
+            x.load()
+            return pil_to_tensor(x, 1 if x.mode in _GRAY_MODES else 3)
+        except Exception as exc:  # PIL raises many types for bad data
+            why = f"{type(exc).__name__}: {exc}"
+            raise UndecodableImage(
+                f"{where}: its image could not be decoded ({why})",
+                index=index,
+                item=f"{where} ({why})",
+            ) from exc
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
@@ -72,13 +82,20 @@ class _ItemAdapter(Dataset):
         self.spec = spec
         self.targets = labels
         self.classes = getattr(base, "classes", None)
+        self.undecodable: dict[int, str] = {}  # index -> description, as ImageFolderDataset
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x, y = _split_item(self.base[index], f"dataset {self.spec!r} item {index}")
-        return _as_image(x, f"dataset {self.spec!r} item {index}"), -1 if y is None else y
+        where = f"dataset {self.spec!r} item {index}"
+        x, y = _split_item(self.base[index], where)
+        try:
+            image = _as_image(x, where, int(index))
+        except UndecodableImage as exc:
+            self.undecodable[int(index)] = exc.describe()
+            raise
+        return image, -1 if y is None else y
 
 
 def _split_item(item: Any, where: str) -> tuple[Any, int | None]:
@@ -106,6 +123,15 @@ def _split_item(item: Any, where: str) -> tuple[Any, int | None]:
     return item, None
 
 
+def _read_facts(x: Any, where: str, bad: list[str]) -> tuple | None:
+    """``_facts`` of one item's image, or None (noted in ``bad``) when it fails to decode."""
+    try:
+        return _facts(_as_image(x, where))
+    except UndecodableImage as exc:
+        bad.append(exc.describe())
+        return None
+
+
 def callable_domain_fields(spec: str) -> dict[str, Any]:
     """The fields of a ``Domain`` for a ``module.path:function`` spec (see ``load_domain``)."""
     ds = call_spec(spec, "a torch Dataset", "dataset spec")
@@ -125,6 +151,7 @@ def callable_domain_fields(spec: str) -> dict[str, Any]:
         raise ValueError(f"dataset spec {spec!r} returned an empty Dataset.")
 
     notes: list[str] = []
+    bad: list[str] = []
     targets = getattr(ds, "targets", None)
     if targets is not None:
         labels = np.asarray(
@@ -135,18 +162,24 @@ def callable_domain_fields(spec: str) -> dict[str, Any]:
                 f"dataset spec {spec!r}: its 'targets' has shape {labels.shape}, expected ({n},)."
             )
         probe = np.unique(np.linspace(0, n - 1, min(n, _SIZE_SAMPLE)).round().astype(int))
-        facts = [
-            _facts(_as_image(_split_item(ds[int(i)], spec)[0], f"{spec} item {i}")) for i in probe
-        ]
+        facts = []
+        for i in probe:
+            where = f"{spec} item {i}"
+            fact = _read_facts(_split_item(ds[int(i)], where)[0], where, bad)
+            if fact is not None:
+                facts.append(fact)
         if len(probe) < n:
-            notes.append(f"sizes and channels inferred from {len(probe)} of {n} items")
+            notes.append(f"sizes and channels inferred from {len(facts)} of {n} items")
     else:
         # No `targets`: read every item once, the only way to know the labels; keep
         # only its label and a few numbers, never the decoded images themselves.
         facts, ys = [], []
         for i in range(n):
-            x, y = _split_item(ds[i], f"dataset {spec!r} item {i}")
-            facts.append(_facts(_as_image(x, f"dataset {spec!r} item {i}")))
+            where = f"dataset {spec!r} item {i}"
+            x, y = _split_item(ds[i], where)
+            fact = _read_facts(x, where, bad)
+            if fact is not None:
+                facts.append(fact)
             ys.append(y)
         if all(y is None for y in ys):
             labels = None
@@ -159,6 +192,13 @@ def callable_domain_fields(spec: str) -> dict[str, Any]:
             f"dataset spec {spec!r}: labels must be class indices >= 0, found {int(labels.min())}."
         )
 
+    if bad:
+        shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        notes.append(f"{len(bad)} item(s) whose image could not be decoded: {shown}")
+        if not facts:
+            raise ValueError(
+                f"dataset spec {spec!r}: none of the items read could be decoded ({bad[0]})."
+            )
     channels_seen = {f[0] for f in facts}
     channels = 3 if channels_seen - {1} else 1
     lo = min(f[3] for f in facts)

@@ -40,7 +40,7 @@ from torch import nn
 
 import probes
 from diagnose._domains import subsample
-from diagnose._evalset import materialize, pick_eval, source_eval_set
+from diagnose._evalset import materialize_readable, pick_eval, source_eval_set
 from diagnose._prep import resolve_device, resolve_preprocessing
 from diagnose._weights_io import extract_state_dict, load_state_dict_checked, torch_load
 from diagnose.assess import _as_domain, _as_loaded
@@ -265,7 +265,9 @@ def audit(
         if tgt.labels is not None:
             held_out = used[np.isin(used, tgt.splits(seed)["test"])]
             tpool = held_out if len(held_out) >= 2 else used
-        tx, _ = materialize(tgt, pick_eval(tpool, source_eval_samples, seed), prep)
+        tx, _, _ = materialize_readable(
+            tgt, pick_eval(tpool, source_eval_samples, seed), prep, warnings
+        )
         n_target = int(len(tx))
         target_tracker = ForgettingTracker(
             net,

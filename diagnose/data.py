@@ -122,8 +122,21 @@ class Domain:
             return self.classes[label]
         return str(label)
 
+    def undecodable(self) -> dict[int, str]:
+        """Items whose image failed to decode when read in this process: index -> description.
+
+        Filled by the dataset as images are read (an ImageFolder file that
+        passed the scan but is truncated, a lazily opened PIL image); the
+        readers of ``diagnose`` leave these items out.
+        """
+        return dict(getattr(self.dataset, "undecodable", None) or {})
+
     def summary(self) -> dict:
-        """Plain-JSON facts: name, description, n, classes, class_counts, channels, sizes, warnings."""
+        """Plain-JSON facts: name, description, n, classes, class_counts, channels, sizes, warnings.
+
+        ``warnings`` ends with a line for the images that failed to decode when
+        read, if any did.
+        """
         counts = None
         if self.labels is not None:
             k = max(len(self.classes or []), int(self.labels.max()) + 1 if len(self.labels) else 0)
@@ -137,8 +150,17 @@ class Domain:
             "channels": int(self.channels),
             "native_size": list(self.native_size) if self.native_size else None,
             "size_range": [list(self.size_range[0]), list(self.size_range[1])],
-            "warnings": list(self.warnings),
+            "warnings": [*self.warnings, *undecodable_note(self.undecodable())],
         }
+
+
+def undecodable_note(items: dict[int, str] | list[str], k: int = 3) -> list[str]:
+    """The warning line for images that failed to decode (none when there are none)."""
+    found = list(items.values()) if isinstance(items, dict) else list(items)
+    if not found:
+        return []
+    shown = ", ".join(found[:k]) + (", ..." if len(found) > k else "")
+    return [f"skipped {len(found)} image(s) that could not be decoded: {shown}"]
 
 
 def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:

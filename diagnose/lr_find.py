@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from probes import logits_of
+
 __all__ = ["LRFindResult", "lr_range_test", "suggest_lr"]
 
 
@@ -75,6 +77,10 @@ def suggest_lr(
     return float(lrs[i_steep]), min_lr
 
 
+def _cross_entropy(output, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits_of(output), y)
+
+
 def lr_range_test(
     model: nn.Module,
     batches: Iterable,
@@ -93,7 +99,10 @@ def lr_range_test(
     """Run an LR range test with SGD (momentum) on ``model`` and restore it afterwards.
 
     ``batches`` yields ``(x, y)``; it is cycled when shorter than ``num_steps``.
-    ``params`` defaults to the trainable parameters. Example::
+    ``params`` defaults to the trainable parameters. The default loss is the
+    cross-entropy of the logits (:func:`probes.logits_of` of the model's
+    output, so dict and tuple outputs work); a ``loss_fn`` gets the output as
+    the model returns it. Example::
 
         head = nn.Linear(128, 10)
         res = lr_range_test(head, [(feats, labels)], num_steps=100)
@@ -103,7 +112,7 @@ def lr_range_test(
         raise ValueError(f"lr_range_test needs 0 < start_lr < end_lr. Got {start_lr} and {end_lr}.")
     if num_steps < 10:
         raise ValueError(f"lr_range_test needs num_steps >= 10. Got {num_steps}.")
-    loss_fn = loss_fn or nn.functional.cross_entropy
+    loss_fn = loss_fn or _cross_entropy
     saved_state = copy.deepcopy(model.state_dict())
     saved_modes = {name: m.training for name, m in model.named_modules()}
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]

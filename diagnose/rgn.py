@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from diagnose.strategies import parameter_groups
+from probes import logits_of
 
 __all__ = ["relative_gradient_norms"]
 
@@ -66,7 +67,7 @@ def relative_gradient_norms(
         p.grad = None
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
-        nn.functional.cross_entropy(net(xb), yb, reduction="sum").backward()
+        nn.functional.cross_entropy(logits_of(net(xb)), yb, reduction="sum").backward()
     params = dict(net.named_parameters())
     groups = parameter_groups(net, blocks, head)
     raw: dict[str, float] = {}

@@ -4,7 +4,8 @@
 torch tensors (rows are examples) and validates its inputs.
 
 Capture:          :func:`discover_layers`, :func:`resolve_layers`, :func:`capture`,
-                  :class:`CapturedFeatures`
+                  :class:`CapturedFeatures`, :class:`UnreadableExample`
+Model outputs:    :func:`logits_of`
 Linear probes:    :func:`linear_probe`, :class:`ProbeResult`
 Similarity:       :func:`cka`, :class:`MinibatchCKA`
 Domain gap:       :func:`domain_gap`, :class:`DomainGap`, :func:`mmd2`,
@@ -12,6 +13,8 @@ Domain gap:       :func:`domain_gap`, :class:`DomainGap`, :func:`mmd2`,
 Transferability:  :func:`logme`, :func:`leep`, :func:`nce`, :func:`h_score`
 """
 
+from probes._capture_data import UnreadableExample
+from probes._forward import logits_of
 from probes._layers import resolve_layers
 from probes.capture import CapturedFeatures, capture, discover_layers
 from probes.gap import DomainGap, domain_gap, frechet_distance, mmd2, proxy_a_distance
@@ -24,6 +27,7 @@ __all__ = [
     "DomainGap",
     "MinibatchCKA",
     "ProbeResult",
+    "UnreadableExample",
     "capture",
     "cka",
     "discover_layers",
@@ -32,6 +36,7 @@ __all__ = [
     "h_score",
     "leep",
     "linear_probe",
+    "logits_of",
     "logme",
     "mmd2",
     "nce",

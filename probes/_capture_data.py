@@ -1,23 +1,121 @@
-"""Turning the ``data`` argument of :func:`probes.capture` into batches of (x, labels)."""
+"""Turning the ``data`` argument of :func:`probes.capture` into batches of (x, labels).
+
+A map-style Dataset whose ``__getitem__`` raises :class:`UnreadableExample`
+(an image file that fails to decode) can be read leaving those examples out:
+:func:`skipping_batches` catches the exception per item, inside DataLoader
+workers too, and hands each batch over with the indices it left out.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, default_collate
 
 __all__ = [
+    "UnreadableExample",
     "batches_of",
     "count_examples",
     "labels_of",
     "resolve_device",
+    "skipping_batches",
     "split_batch",
+    "unreadable_note",
 ]
+
+
+class UnreadableExample(Exception):
+    """Raised by a Dataset's ``__getitem__`` for an example that cannot be read.
+
+    Readers that skip such examples (``capture(..., skip_unreadable=True)``,
+    :func:`skipping_batches`) leave the example out and report ``item`` (a
+    short description such as "cat/3.jpg (OSError: image file is truncated)"),
+    else the message; anything else sees an ordinary exception. Subclasses
+    must accept the message alone (DataLoader workers re-raise exceptions as
+    ``type(message)``).
+    """
+
+    def __init__(self, message: str, item: str | None = None):
+        super().__init__(message)
+        self.item = item
+
+    def describe(self) -> str:
+        """``item`` when given, else the message."""
+        return self.item or str(self)
+
+
+class _Skipped:
+    """What a tolerant item fetch returns instead of an unreadable example."""
+
+    __slots__ = ("index", "reason")
+
+    def __init__(self, index: int, reason: str):
+        self.index, self.reason = index, reason
+
+
+class _Tolerant(Dataset):
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.base[index]
+        except UnreadableExample as exc:
+            return _Skipped(int(index), exc.describe())
+
+
+def _collate_skipping(items: list) -> tuple[Any, list[tuple[int, str]]]:
+    kept = [item for item in items if not isinstance(item, _Skipped)]
+    skipped = [(item.index, item.reason) for item in items if isinstance(item, _Skipped)]
+    return (default_collate(kept) if kept else None), skipped
+
+
+def skipping_batches(
+    dataset: Dataset, batch_size: int, **loader_kwargs: Any
+) -> Iterator[tuple[Any, list[tuple[int, str]]]]:
+    """Batches of a map-style ``dataset`` in order, leaving out unreadable examples.
+
+    Yields ``(batch, skipped)``: ``batch`` is what the default collate makes
+    of the readable items (None when none was), ``skipped`` the
+    ``(index, reason)`` of each item whose ``__getitem__`` raised
+    :class:`UnreadableExample` (reason: its ``describe()``). Other exceptions propagate. ``loader_kwargs``
+    go to the DataLoader (``num_workers``, ``pin_memory``); the catching
+    happens in the workers, so a bad example never costs its whole batch.
+
+    Example:
+        >>> batches = skipping_batches(dataset, 64)
+        >>> for batch, skipped in batches: ...
+    """
+    loader = DataLoader(
+        _Tolerant(dataset),
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=_collate_skipping,
+        **loader_kwargs,
+    )
+    yield from loader
+
+
+def unreadable_note(desc: str, skipped: list[tuple[int, str]], kept: int) -> str:
+    """The one-line warning of a pass that left out ``skipped`` ``(index, reason)`` examples.
+
+    Example:
+        >>> unreadable_note("capture", [(3, "cat/3.jpg (OSError)")], 9)
+        'capture: skipped 1 of 10 examples that could not be read: cat/3.jpg (OSError)'
+    """
+    shown = "; ".join(reason for _, reason in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+    return (
+        f"{desc}: skipped {len(skipped)} of {len(skipped) + kept} examples that could not be "
+        f"read: {shown}"
+    )
 
 
 def resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
@@ -41,8 +139,35 @@ def resolve_device(model: nn.Module, device: str | torch.device | None) -> torch
     return wanted
 
 
-def batches_of(data: Any, batch_size: int, max_samples: int | None) -> tuple[Iterable, int | None]:
-    """An iterable of raw batches and, when known, how many there are."""
+def batches_of(
+    data: Any, batch_size: int, max_samples: int | None, skip_unreadable: bool = False
+) -> tuple[Iterable[tuple[Any, list[tuple[int, str]]]], int | None]:
+    """An iterable of ``(raw batch, skipped)`` and, when known, how many there are.
+
+    ``skipped`` lists the ``(index, reason)`` of the examples left out as
+    unreadable (see :func:`skipping_batches`); only a sized map-style Dataset
+    read with ``skip_unreadable`` leaves any out. A DataLoader or other
+    iterable is read as it is, batch by batch.
+    """
+    if skip_unreadable and _is_map_dataset(data):
+        if max_samples is not None and len(data) > max_samples:
+            data = Subset(data, range(max_samples))
+        return skipping_batches(data, batch_size), math.ceil(len(data) / batch_size)
+    batches, total = _raw_batches(data, batch_size, max_samples)
+    return ((batch, []) for batch in batches), total
+
+
+def _is_map_dataset(data: Any) -> bool:
+    return (
+        isinstance(data, Dataset)
+        and not isinstance(data, IterableDataset)
+        and hasattr(data, "__len__")
+    )
+
+
+def _raw_batches(
+    data: Any, batch_size: int, max_samples: int | None
+) -> tuple[Iterable, int | None]:
     if isinstance(data, np.ndarray):
         data = torch.from_numpy(data)
     if isinstance(data, torch.Tensor):
@@ -53,7 +178,7 @@ def batches_of(data: Any, batch_size: int, max_samples: int | None) -> tuple[Ite
             n / batch_size
         )
     if isinstance(data, Dataset):
-        if not isinstance(data, IterableDataset) and hasattr(data, "__len__"):
+        if _is_map_dataset(data):
             if max_samples is not None and len(data) > max_samples:
                 data = Subset(data, range(max_samples))  # never load examples we will not use
             loader = DataLoader(data, batch_size=batch_size, shuffle=False)

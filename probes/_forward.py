@@ -1,18 +1,81 @@
-"""Checks around one forward pass of :func:`probes.capture`.
+"""Checks around one forward pass of :func:`probes.capture`, and reading its output.
 
 A hooked layer must run exactly once per forward (:func:`call_error` says why
 not), and a batch that runs out of device memory is re-run in halves: these
 helpers say whether an exception is an out-of-memory error, release the
 allocator's cached blocks before the retry and word the recorded warning.
+:func:`logits_of` takes the logits out of whatever a classifier's forward
+returns (a tensor, a Hugging Face style output, a detection-style tuple).
 """
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
-__all__ = ["call_error", "free_device_memory", "is_out_of_memory", "oom_note"]
+from probes._pooling import first_tensor
+
+__all__ = ["call_error", "free_device_memory", "is_out_of_memory", "logits_of", "oom_note"]
+
+_MISSING = object()
+_EXPECTED = (
+    "expected the logits as a tensor, a dict or object with a 'logits' tensor "
+    "(Hugging Face ModelOutput), or a tuple/list/dict whose first tensor is the logits"
+)
+
+
+def _describe(out: Any) -> str:
+    if out is None:
+        return "None"
+    name = type(out).__name__
+    if isinstance(out, Mapping):
+        keys = [str(k) for k in list(out)[:6]]
+        more = ", ..." if len(out) > 6 else ""
+        return f"a {name} with keys [{', '.join(keys)}{more}] and no tensor"
+    if isinstance(out, (tuple, list)):
+        return f"a {name} of {len(out)} item(s), none of them a tensor"
+    return f"a {name}"
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits in a model's forward output.
+
+    In order: a tensor is returned as is; else a ``logits`` entry (dict,
+    Hugging Face ``ModelOutput``) or ``logits`` attribute (an output object,
+    a named tuple); else the first tensor in a tuple, list or dict (nested
+    containers are searched depth first, as detection-style models return).
+
+    Raises:
+        TypeError: one line saying what the forward returned and what is
+            expected, when there is no tensor to take, or ``logits`` is there
+            but is not a tensor.
+
+    Example:
+        >>> logits_of({"loss": None, "logits": torch.ones(2, 3)}).shape
+        torch.Size([2, 3])
+        >>> logits_of((torch.zeros(2, 5), [torch.zeros(2, 4)])).shape
+        torch.Size([2, 5])
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        found = output["logits"] if "logits" in output else _MISSING
+    else:
+        found = getattr(output, "logits", _MISSING)
+    if found is not _MISSING:
+        if isinstance(found, torch.Tensor):
+            return found
+        raise TypeError(
+            f"the model's forward returned a {type(output).__name__} whose 'logits' is a "
+            f"{type(found).__name__}, not a tensor; {_EXPECTED}."
+        )
+    tensor = first_tensor(output) if isinstance(output, (Mapping, tuple, list)) else None
+    if tensor is None:
+        raise TypeError(f"the model's forward returned {_describe(output)}; {_EXPECTED}.")
+    return tensor
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

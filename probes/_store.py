@@ -250,11 +250,15 @@ class CapturedFeatures:
             layers that ``max_dim`` projected.
         pooling: how activations were pooled (``{"pool": ..., "token_pool": ...}``).
         warnings: notes about the pass, e.g. batches re-run in halves after the
-            device ran out of memory (empty when nothing happened).
+            device ran out of memory, or examples left out as unreadable (empty
+            when nothing happened).
         storage: ``"memory"`` or ``"disk"``.
         store_dir: the directory of the ``.npy`` files when on disk, else None.
             A temporary one is deleted by :meth:`close` (or when this object is
             garbage-collected); one given as ``store_dir`` is kept.
+        skipped: sorted indices (in data order) of the examples left out because
+            they could not be read (``capture(..., skip_unreadable=True)``); the
+            rows are the other examples, in order.
 
     Example:
         >>> feats["layer4"].shape          # (N, 512)
@@ -270,6 +274,7 @@ class CapturedFeatures:
     warnings: list[str] = field(default_factory=list)
     storage: str = "memory"
     store_dir: str | None = None
+    skipped: list[int] = field(default_factory=list)
     _store: FeatureStore | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -337,6 +342,7 @@ class CapturedFeatures:
             projected=dict(self.projected),
             pooling=dict(self.pooling),
             warnings=list(self.warnings),
+            skipped=list(self.skipped),
         )
 
     def close(self) -> None:
@@ -355,7 +361,8 @@ class CapturedFeatures:
         self.close()
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary (never the arrays); ``warnings`` appears only when there are any.
+        """A JSON-ready summary (never the arrays); ``warnings`` and ``skipped`` (a count)
+        appear only when there are any.
 
         ``storage`` is "memory" or "disk", ``bytes`` the size of the arrays and
         ``store_dir`` (disk only) where the files are.
@@ -375,4 +382,6 @@ class CapturedFeatures:
             summary["store_dir"] = self.store_dir
         if self.warnings:
             summary["warnings"] = list(self.warnings)
+        if self.skipped:
+            summary["skipped"] = len(self.skipped)
         return summary

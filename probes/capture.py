@@ -29,13 +29,13 @@ from probes._capture_data import (
     count_examples,
     resolve_device,
     split_batch,
+    unreadable_note,
 )
-from probes._forward import call_error, free_device_memory, is_out_of_memory, oom_note
+from probes._forward import call_error, free_device_memory, is_out_of_memory, logits_of, oom_note
 from probes._layers import discover_layers, resolve_layers
 from probes._pooling import (
     TOKEN_POOL_NAMES,
     check_pool,
-    first_tensor,
     pool_activation,
     projection_matrix,
 )
@@ -63,6 +63,7 @@ def capture(
     desc: str = "capture",
     max_memory: int | str | None = None,
     store_dir: str | Path | None = None,
+    skip_unreadable: bool = False,
 ) -> CapturedFeatures:
     """Run ``model`` once over ``data`` and keep each layer's pooled activation per example.
 
@@ -90,7 +91,9 @@ def capture(
         max_dim: if set, a layer whose pooled dimension D exceeds it is multiplied
             by a fixed Gaussian (D, max_dim) matrix (seeded by ``seed`` and the
             layer name) batch by batch, keeping memory O(N x max_dim).
-        keep_output: also keep the model's final output (logits) as (N, K).
+        keep_output: also keep the model's final output (logits) as (N, K): the
+            output itself when it is a tensor, else what :func:`probes.logits_of`
+            takes from it (a ``logits`` entry or attribute, or its first tensor).
         max_samples: use only the first ``max_samples`` examples in data order.
         seed: seed of the random projections.
         progress, desc: show a tqdm bar over batches, labelled ``desc``.
@@ -107,6 +110,11 @@ def capture(
             afterwards). Given without ``max_memory``, the capture always goes to
             disk. Default: a temporary directory under ``$TMPDIR``, deleted by
             ``CapturedFeatures.close()``, on garbage collection or at exit.
+        skip_unreadable: for a map-style Dataset, leave out each example whose
+            ``__getitem__`` raises :class:`probes.UnreadableExample` (an image
+            that fails to decode) instead of failing: its index is recorded in
+            ``skipped`` and the pass gets one warning. Rows then no longer
+            match dataset indices one to one; ``skipped`` says which are gone.
 
     Returns:
         :class:`CapturedFeatures` with float32 (N, D) arrays per layer;
@@ -151,7 +159,7 @@ def capture(
     dev = resolve_device(model, device)
     float_params = [p for p in model.parameters() if p.is_floating_point()]
     in_dtype = float_params[0].dtype if float_params else None
-    batches, total = batches_of(data, int(batch_size), max_samples)
+    batches, total = batches_of(data, int(batch_size), max_samples, bool(skip_unreadable))
     sink = FeatureSink(budget, store_dir, count_examples(data, max_samples))
 
     stores: dict[str, list[torch.Tensor]] = {n: [] for n in names}
@@ -206,12 +214,7 @@ def capture(
                 raise call_error(name, count)
         if not keep_output:
             return None
-        o = first_tensor(out)
-        if o is None:
-            raise TypeError(
-                f"keep_output=True but the model returned {type(out).__name__}, "
-                "which holds no tensor."
-            )
+        o = logits_of(out)
         return o.detach().reshape(o.shape[0], -1).to("cpu", torch.float32, copy=True)
 
     def run_split(x: torch.Tensor, depth: int = 0) -> list[tuple[int, torch.Tensor | None]]:
@@ -235,6 +238,7 @@ def capture(
     handles: dict[str, Any] = {}
     labels: list[torch.Tensor] = []
     has_labels: bool | None = None
+    skipped: list[tuple[int, str]] = []
     seen = 0
     bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress)
     try:
@@ -242,7 +246,11 @@ def capture(
         for name, module in targets:
             handles[name] = module.register_forward_hook(make_hook(name))
         with torch.no_grad():
-            for batch in batches:
+            for batch, left_out in batches:
+                skipped.extend(left_out)
+                if batch is None:  # every example of this batch was unreadable
+                    bar.update(1)
+                    continue
                 x, y = split_batch(batch)
                 if max_samples is not None and seen + x.shape[0] > max_samples:
                     x = x[: max_samples - seen]
@@ -289,12 +297,20 @@ def capture(
         bar.close()
 
     if seen == 0:
+        if skipped:
+            raise ValueError(
+                f"None of the {len(skipped)} examples of 'data' could be read; the first: "
+                f"{skipped[0][1]}"
+            )
         raise ValueError("The 'data' parameter of capture holds no examples.")
     if not names:
         raise ValueError("None of the discovered layers is run by the forward pass.")
     notes = []
     if oom["batches"]:
         notes.append(oom_note(oom["batches"], oom["of"], oom["smallest"], oom["fits"], batch_size))
+        warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
+    if skipped:
+        notes.append(unreadable_note(desc, skipped, seen))
         warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
     try:
         keys = [*names, *([OUTPUT_KEY] if keep_output else [])]
@@ -313,5 +329,6 @@ def capture(
         warnings=notes,
         storage="memory" if store is None else "disk",
         store_dir=None if store is None else str(store.path),
+        skipped=[index for index, _ in skipped],
         _store=store,
     )

@@ -1,13 +1,27 @@
-"""A tiny 3-block CNN shared by the training and forgetting tests."""
+"""A tiny 3-block CNN shared by the training and forgetting tests.
+
+Its subclasses return what other model families' forwards return, the
+logits wrapped: a Hugging Face style dict, a detection-style tuple, an
+output object with ``.logits``; and two forwards with no logits at all.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["Tiny", "single_thread"]
+__all__ = [
+    "Tiny",
+    "TinyDictNoTensor",
+    "TinyReturnsDict",
+    "TinyReturnsObject",
+    "TinyReturnsString",
+    "TinyReturnsTuple",
+    "single_thread",
+]
 
 
 @contextlib.contextmanager
@@ -45,3 +59,44 @@ class Tiny(nn.Module):
         if self.skip:  # block1's output also reaches the head: not a chain
             h = h + self.pool(h1).mean(1, keepdim=True)
         return self.head(h)
+
+
+class TinyReturnsDict(Tiny):
+    """``{"aux": ..., "logits": ...}``: another tensor comes first, as ``loss`` does in HF."""
+
+    def forward(self, x):
+        return {"aux": torch.zeros(x.shape[0], 3, device=x.device), "logits": super().forward(x)}
+
+
+class TinyReturnsTuple(Tiny):
+    """Detection style: ``(logits, boxes)``."""
+
+    def forward(self, x):
+        return super().forward(x), torch.zeros(x.shape[0], 5, 4, device=x.device)
+
+
+@dataclass
+class TinyOutput:
+    hidden: torch.Tensor
+    logits: torch.Tensor
+
+
+class TinyReturnsObject(Tiny):
+    """An output object with a ``.logits`` attribute (and another tensor before it)."""
+
+    def forward(self, x):
+        return TinyOutput(
+            hidden=torch.zeros(x.shape[0], 2, device=x.device), logits=super().forward(x)
+        )
+
+
+class TinyReturnsString(Tiny):
+    def forward(self, x):
+        super().forward(x)
+        return "not logits"
+
+
+class TinyDictNoTensor(Tiny):
+    def forward(self, x):
+        super().forward(x)
+        return {"label": "cat", "score": 0.5}
