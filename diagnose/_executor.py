@@ -112,11 +112,14 @@ def run_unit(
         from diagnose.train import run_strategy as run
     warnings: list[str] = []
     config = replace(job.config, seed=unit.seed)
+    strategy, _, depth = unit.name.partition("@")
+    if depth:  # a compare row "partial@k": partial with the last k blocks
+        config = replace(config, unfreeze=list(job.blocks[-int(depth) :]))
     ckpt = None if checkpoint_path is None else str(checkpoint_path)
     while True:
         try:
             entry = run(
-                unit.name,
+                strategy,
                 job.net,
                 head=job.head,
                 blocks=job.blocks,
@@ -127,6 +130,8 @@ def run_unit(
                 progress=progress,
                 checkpoint_path=ckpt,
             )
+            if depth:
+                entry = {**entry, "name": unit.name, "depth": int(depth)}
             return entry, warnings
         except Exception as exc:
             if not (is_out_of_memory(exc) and config.batch_size > 1):

@@ -22,21 +22,40 @@ from diagnose._loop import Fitter, Phase, evaluate, iterate_batches, make_loader
 from diagnose.forgetting import weight_drift
 from diagnose.models import random_init_copy, replace_module
 from diagnose.strategies import HEAD, module_groups, parameter_groups, plan
+from probes import logits_of
 
-__all__ = ["StrategyRun", "cpu_state"]
+__all__ = ["StrategyRun", "cpu_state", "planned_epochs"]
 
 
 def cpu_state(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
     return {prefix + k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
+def planned_epochs(plan: dict, epochs: int) -> int:
+    """Every epoch a strategy's stages run, the total of its progress bar.
+
+    A stage with its own ``epochs`` (feature extraction's head, LP-FT's linear
+    probe, both on cached features) counts them; stages that split the shared
+    budget by step fraction (gradual unfreezing) count ``epochs`` once.
+    """
+    stages = plan["stages"]
+    own = sum(int(s["epochs"]) for s in stages if "epochs" in s)
+    return own + (epochs if any("epochs" not in s for s in stages) else 0)
+
+
 class StrategyRun:
     """One strategy run: ``build``, then one of the strategy methods, then ``finish``."""
 
-    def __init__(self, name, model, head, blocks, data, tracker, config, device, progress):
+    def __init__(
+        self, name, model, head, blocks, data, tracker, config, device, progress, reuse=None
+    ):
         from tqdm.auto import tqdm
 
         self.plan = plan(name, blocks, config)
+        # ``reuse``: a dict shared by runs of the same pretrained model on the same data
+        # tensors (the trial race): the head's input features and the frozen prefix's
+        # outputs depend on neither the LR nor the epochs, so they are computed once.
+        self.reuse = reuse
         self.name, self.model, self.head, self.blocks = name, model, head, list(blocks)
         self.data, self.tracker, self.config, self.device = data, tracker, config, device
         self.best, self.curves = BestState(), []
@@ -49,9 +68,12 @@ class StrategyRun:
         self.final: dict[str, Any] | None = None
         self.final_drift: dict[str, float] = {}
         self.best_measure: tuple | None = None
-        extra = 1 if name == "lp_ft" else 0
         self.bar = tqdm(
-            total=config.epochs + extra, desc=name, unit="epoch", disable=not progress, leave=False
+            total=planned_epochs(self.plan, config.epochs),
+            desc=name,
+            unit="epoch",
+            disable=not progress,
+            leave=False,
         )
 
     # -- set-up ---------------------------------------------------------------------------
@@ -95,8 +117,11 @@ class StrategyRun:
         fm = self.tracker.measure(self.net) if self.tracker is not None else None
         return fm, weight_drift(self.net, self.w0, self.groups)
 
-    def record(self, epoch, train, val, fm, drift, lr_head, snapshot, stage) -> bool:
-        """Append a curve point; keep the state if best; return False on a non-finite val loss."""
+    def record(self, epoch, train, val, fm, drift, lr_head, snapshot, stage, tick=True) -> bool:
+        """Append a curve point; keep the state if best; return False on a non-finite val loss.
+
+        ``tick`` advances the progress bar by the epoch this point ends (False when
+        the epochs were already counted, as LP-FT's probe epochs are)."""
         val_loss, val_acc = val
         if val_loss is None or finite_or_none(val_loss) is None:
             self.diverged = {
@@ -136,7 +161,8 @@ class StrategyRun:
         self.bar.set_postfix(
             train=f"{train['train_loss'] or 0.0:.3f}", val=f"{val_loss:.3f}", acc=f"{val_acc:.3f}"
         )
-        self.bar.update(1)
+        if tick:
+            self.bar.update(1)
         return True
 
     def set_train_modes(self, trainable: list[str]) -> None:
@@ -188,18 +214,23 @@ class StrategyRun:
         self.phases.extend(fitter.phases)
         self.stage_records[0]["steps"] = fitter.step
 
+    def head_inputs(self, xs: list[torch.Tensor], cap: Phase) -> list[torch.Tensor]:
+        """The head's input features for ``xs`` (pretrained backbone), from ``reuse`` when there."""
+        key = ("head_inputs", *(id(x) for x in xs))
+        if self.reuse is not None and key in self.reuse:
+            return self.reuse[key]
+        feats = capture_head_inputs(
+            self.net, self.head, xs, self.config.batch_size, self.device, cap
+        )
+        if self.reuse is not None:
+            self.reuse[key] = feats
+        return feats
+
     def feature_extraction(self) -> None:
         d, head = self.data, self.net.get_submodule(self.head)
         cap = Phase("capture")
         self.phases.append(cap)
-        feats = capture_head_inputs(
-            self.net,
-            self.head,
-            [d.x_train, d.x_val, d.x_test],
-            self.config.batch_size,
-            self.device,
-            cap,
-        )
+        feats = self.head_inputs([d.x_train, d.x_val, d.x_test], cap)
         self.fe_test = feats[2]
         fm, drift = self.measure()  # once: the backbone never changes
 
@@ -215,20 +246,21 @@ class StrategyRun:
         lp, ft = self.plan["stages"]
         cap = Phase("capture")
         self.phases.append(cap)
-        feats = capture_head_inputs(
-            self.net, self.head, [d.x_train, d.x_val], cfg.batch_size, self.device, cap
-        )
+        feats = self.head_inputs([d.x_train, d.x_val], cap)
         last: dict = {}
 
         def on_epoch(e, res, val, lr):
             last.update(res=res, val=val, lr=lr)
+            self.bar.update(1)  # each probe epoch is one of the bar's epochs
             return finite_or_none(val[0]) is not None
 
         self.fit_head(lp, cfg.lp_epochs, feats, on_epoch, "linear_probe")
         if self.diverged or not last:
             return
         if finite_or_none(last["val"][0]) is None:
-            self.record(0, last["res"], last["val"], None, {}, last["lr"], None, "linear_probe")
+            self.record(
+                0, last["res"], last["val"], None, {}, last["lr"], None, "linear_probe", tick=False
+            )
             return
         fm, drift = self.measure()
         ok = self.record(
@@ -240,6 +272,7 @@ class StrategyRun:
             last["lr"],
             lambda: cpu_state(self.net),
             "linear_probe",
+            tick=False,
         )
         if ok:
             self.fine_tune([ft], cfg.epochs, "fine_tune", record_index=1)
@@ -254,18 +287,24 @@ class StrategyRun:
         # frozen prefix (the same as running it under no_grad); caching skips it entirely.
         if self.name == "partial":
             cache_phase = Phase("prefix_cache")
-            pc, reason = build_prefix_cache(
-                net,
-                owners=self.owners,
-                blocks=self.blocks,
-                trainable=trainable,
-                bn=cfg.bn,
-                splits={"train": d.x_train, "val": d.x_val},
-                batch_size=cfg.batch_size,
-                device=dev,
-                set_train_modes=lambda: self.set_train_modes(stages[0]["trainable"]),
-                phase=cache_phase,
-            )
+            key = ("prefix", id(d.x_train), id(d.x_val), tuple(trainable), cfg.bn)
+            if self.reuse is not None and key in self.reuse:
+                pc, reason = self.reuse[key]
+            else:
+                pc, reason = build_prefix_cache(
+                    net,
+                    owners=self.owners,
+                    blocks=self.blocks,
+                    trainable=trainable,
+                    bn=cfg.bn,
+                    splits={"train": d.x_train, "val": d.x_val},
+                    batch_size=cfg.batch_size,
+                    device=dev,
+                    set_train_modes=lambda: self.set_train_modes(stages[0]["trainable"]),
+                    phase=cache_phase,
+                )
+                if self.reuse is not None:
+                    self.reuse[key] = (pc, reason)
             self.prefix_cache, self.prefix_reason = pc is not None, reason
             if pc is not None:
                 self.phases.append(cache_phase)
@@ -332,7 +371,26 @@ class StrategyRun:
         for i, ph in enumerate(fitter.phases):
             self.stage_records[record_index + i]["steps"] = ph.steps
 
+    def train(self) -> None:
+        """Run every stage of the plan (after :meth:`build`)."""
+        if self.name == "feature_extraction":
+            self.feature_extraction()
+        elif self.name == "lp_ft":
+            self.lp_ft()
+        else:
+            phase = "train" if self.name != "gradual_unfreeze" else "stage"
+            self.fine_tune(self.plan["stages"], self.config.epochs, phase)
+
     # -- the end ----------------------------------------------------------------------------
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 CPU logits of the current (last-epoch) weights on ``x``, in eval mode."""
+        self.net.eval()
+        out = []
+        with torch.no_grad(), autocast_context(self.device):
+            for (xb,) in iterate_batches((x,), self.config.batch_size, None):
+                out.append(logits_of(self.net(to_device(xb, self.device))).float().cpu())
+        return torch.cat(out) if out else torch.empty(0, self.data.num_classes)
+
     def finish(self) -> None:
         if self.best.state is None:
             return

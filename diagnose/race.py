@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from sklearn.model_selection import RepeatedStratifiedKFold
 from torch import nn
 
+from diagnose._loop import steps_per_epoch
 from diagnose._strategy_run import StrategyRun
 from diagnose.candidates import Candidate
 from diagnose.train import TargetData
@@ -58,6 +59,10 @@ __all__ = [
 # 2 and 15 epochs, the typical range here).
 ETA = 3
 MAX_RUNGS = 4
+# A rung shorter than this many optimiser steps is a cosine run that barely leaves its
+# initialisation: at 1 epoch (2 steps) every fine-tuned candidate sat at chance on a
+# 200-image demo target while feature extraction's 50 head epochs did not.
+MIN_RUNG_STEPS = 20
 # Under this many val images one split resolves nothing finer than about +-10
 # points (2 sqrt(p(1-p)/m) at p = 0.9, m = 30; REFERENCES.md): score by k-fold.
 SMALL_VAL = 200
@@ -125,13 +130,31 @@ def scoring_folds(
     }
 
 
-def rung_epochs(full_epochs: int, eta: int = ETA) -> list[int]:
-    """Epochs of each rung, ending at ``full_epochs``: e.g. 15 -> [2, 5, 15]."""
+def rung_epochs(full_epochs: int, eta: int = ETA, min_epochs: int = 1) -> list[int]:
+    """Epochs of each rung, ending at ``full_epochs``, none below ``min_epochs``.
+
+    ``rung_epochs(15) == [2, 5, 15]``; ``rung_epochs(18, min_epochs=4) == [6, 18]``.
+    """
     if full_epochs < 1:
         raise ValueError(f"The 'full_epochs' parameter must be >= 1. Got {full_epochs!r} instead.")
-    rungs = min(MAX_RUNGS, 1 + int(math.log(full_epochs) / math.log(eta) + 1e-9))
-    out = [max(1, round(full_epochs / eta ** (rungs - 1 - r))) for r in range(rungs)]
+    floor = max(1, min(int(min_epochs), full_epochs))
+    rungs = min(MAX_RUNGS, 1 + int(math.log(full_epochs / floor) / math.log(eta) + 1e-9))
+    out = [max(floor, round(full_epochs / eta ** (rungs - 1 - r))) for r in range(rungs)]
     return sorted(set(out))
+
+
+def _survivors(alive: list[_Arm], keep: int) -> list[_Arm]:
+    """The best ``keep`` of ``alive`` (ranked), the best LR of each strategy and depth first.
+
+    Two LRs of one arm are nearly one bet; carrying the best of several arms
+    hedges against an arm that starts slow (the reason Hyperband runs brackets).
+    """
+    firsts, rest, seen = [], [], set()
+    for a in alive:
+        (rest if a.cand.arm in seen else firsts).append(a)
+        seen.add(a.cand.arm)
+    chosen = (firsts + rest)[:keep]
+    return [a for a in alive if a in chosen]
 
 
 def paired_gap(a: np.ndarray, b: np.ndarray, image_ids: np.ndarray) -> dict:
@@ -279,7 +302,8 @@ def run_race(
         for f in folds
     ]
     n_folds = len(folds)
-    epochs = rung_epochs(full_epochs)
+    steps = max(1, steps_per_epoch(len(folds[0].train), batch_size))
+    epochs = rung_epochs(full_epochs, min_epochs=math.ceil(MIN_RUNG_STEPS / steps))
     arms = [_Arm(i, c) for i, c in enumerate(candidates)]
     # Head inputs and frozen-prefix outputs per fold, computed by the first candidate that
     # needs them and reused by the rest (their FLOPs are counted once, where they ran).
@@ -294,17 +318,22 @@ def run_race(
             keep = max(2, math.ceil(len(alive) / ETA)) if len(alive) >= 2 else len(alive)
             while (
                 keep >= 2
-                and spent + sum(a.estimate(e, n_folds) for a in alive[:keep]) > budget_flops
+                and spent + sum(a.estimate(e, n_folds) for a in _survivors(alive, keep))
+                > budget_flops
             ):
                 keep -= 1
             if keep < 2:
                 break
-            for a in alive[keep:]:
+            survivors = _survivors(alive, keep)
+            for a in alive:
+                if a in survivors:
+                    continue
                 a.eliminated_at = r - 1
                 a.reason = (
-                    f"ranked below the best {keep} of {len(alive)} after {epochs[r - 1]} epochs"
+                    f"not among the {keep} carried on of {len(alive)} after {epochs[r - 1]} "
+                    "epochs (ranked by held-out accuracy, the best LR of each strategy first)"
                 )
-            alive = alive[:keep]
+            alive = survivors
         # Rung 0 scores on the first 1/ETA of the folds (every image of the pool once it is
         # a single split): cheap enough for every candidate, and enough to drop the clearly
         # worse 2/3. Later rungs score on every fold.

@@ -25,7 +25,8 @@ from make_imagefolder import write_imagefolder  # noqa: E402
 from diagnose.cli import main  # noqa: E402
 
 
-def run(out: str) -> int:
+def run(out: str, trial_budget: float = 0.2) -> int:
+    """Assess; ``trial_budget`` is the recommendation's trial race (0: rules only, no training)."""
     data = Path(tempfile.mkdtemp(prefix="diagnose-example-"))
     write_imagefolder("demo:digits", data / "source", per_class=12)
     write_imagefolder("demo:digits-invert", data / "target", per_class=12)
@@ -41,6 +42,8 @@ def run(out: str) -> int:
             "--out",
             out,
             "--quiet",
+            "--trial-budget",
+            str(trial_budget),
         ]
     )
 

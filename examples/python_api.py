@@ -11,18 +11,19 @@ import webbrowser
 import diagnose
 
 
-def run(out: str = "api-report", open_report: bool = True) -> dict:
+def run(out: str = "api-report", open_report: bool = True, trial_budget: float = 0.2) -> dict:
     result = diagnose.assess(
         "demo",  # the demo CNN, pretrained on demo:digits at first use
         source="demo:digits",
         target="demo:digits-relabel",
         out=out,
         progress=False,
+        trial_budget=trial_budget,  # the trial race that measures the recommendation
     )
     rec = result.recommendation
-    print(
-        f"strategy: {rec['strategy']}  unfreeze: {rec['unfreeze']}  head LR: {rec['lr']['head']:.3g}"
-    )
+    how = "measured by the trial race" if rec.get("measured") else "rules only"
+    print(f"strategy: {rec['strategy']} ({how})  head LR: {rec['lr']['head']:.3g}")
+    print(f"  {rec.get('cut') or rec['unfreeze']}")
     for reason in rec["reasons"]:
         print(" -", reason)
     for layer in result.to_dict()["layers"]:

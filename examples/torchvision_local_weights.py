@@ -23,7 +23,8 @@ from make_imagefolder import write_imagefolder  # noqa: E402
 from diagnose.cli import main  # noqa: E402
 
 
-def run(out: str) -> int:
+def run(out: str, trial_budget: float = 0.2) -> int:
+    """Assess; ``trial_budget`` is the recommendation's trial race (0: rules only, no training)."""
     work = Path(tempfile.mkdtemp(prefix="diagnose-tv-"))
     weights = work / "resnet18.pth"
     torch.manual_seed(0)
@@ -48,6 +49,8 @@ def run(out: str) -> int:
             "--out",
             out,
             "--quiet",
+            "--trial-budget",
+            str(trial_budget),
         ]
     )
 

@@ -20,7 +20,7 @@ def _load(name):
 
 def test_assess_own_module_with_imagefolder(tmp_path):
     mod = _load("assess_own_model.py")
-    assert mod["run"](str(tmp_path / "out")) == 0
+    assert mod["run"](str(tmp_path / "out"), trial_budget=0) == 0
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert data["model"]["name"] == "my_model:build"
     assert [layer["name"] for layer in data["layers"]][:1] == ["stem"]
@@ -29,14 +29,14 @@ def test_assess_own_module_with_imagefolder(tmp_path):
 
 def test_python_api_script(tmp_path):
     mod = _load("python_api.py")
-    data = mod["run"](str(tmp_path / "api"), open_report=False)
+    data = mod["run"](str(tmp_path / "api"), open_report=False, trial_budget=0.02)
     assert (tmp_path / "api" / "report.html").exists()
     assert data["recommendation"]["strategy"]
 
 
 def test_torchvision_with_local_weights(tmp_path):
     mod = _load("torchvision_local_weights.py")
-    assert mod["run"](str(tmp_path / "tv")) == 0
+    assert mod["run"](str(tmp_path / "tv"), trial_budget=0) == 0
     data = json.loads((tmp_path / "tv" / "results.json").read_text())
     assert [layer["name"] for layer in data["layers"]] == [
         "maxpool",

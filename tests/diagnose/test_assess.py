@@ -39,13 +39,26 @@ def demo():
 def noise(demo, tmp_path_factory):
     out = tmp_path_factory.mktemp("noise")
     return assess(
-        demo, "demo:digits", "demo:digits-noise", out=out, progress=False, n_permutations=50
+        demo,
+        "demo:digits",
+        "demo:digits-noise",
+        out=out,
+        progress=False,
+        n_permutations=50,
+        trial_budget=0,  # the race is tested in test_race.py
     )
 
 
 @pytest.fixture(scope="module")
 def relabel(demo):
-    return assess(demo, "demo:digits", "demo:digits-relabel", progress=False, n_permutations=50)
+    return assess(
+        demo,
+        "demo:digits",
+        "demo:digits-relabel",
+        progress=False,
+        n_permutations=50,
+        trial_budget=0,
+    )
 
 
 def _strict_json(path):
@@ -121,7 +134,9 @@ def test_report_parses_and_has_sections(noise):
 
 
 def test_no_source_skips_gap_with_a_note(demo):
-    res = assess(demo, None, "demo:digits-invert", max_samples=300, progress=False).to_dict()
+    res = assess(
+        demo, None, "demo:digits-invert", max_samples=300, progress=False, trial_budget=0
+    ).to_dict()
     assert all(layer["gap"] is None for layer in res["layers"])
     assert all(layer["probe"]["source"] is None for layer in res["layers"])
     assert any("No source data" in w for w in res["warnings"])
@@ -137,6 +152,7 @@ def test_assess_has_no_side_effect_on_the_model(demo):
         max_samples=200,
         progress=False,
         n_permutations=20,
+        trial_budget=0,
     )
     after = demo.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -153,6 +169,7 @@ def test_plain_module_and_domain_objects(demo):
         progress=False,
         n_permutations=20,
         normalize="none",
+        trial_budget=0,
     )
     assert res.to_dict()["model"]["head"] == "head"
 
@@ -172,6 +189,8 @@ def test_cli_assess_writes_results_and_report(tmp_path, capsys):
             "--out",
             str(tmp_path),
             "--quiet",
+            "--trial-budget",
+            "0",
         ]
     )
     assert code == 0
@@ -188,7 +207,7 @@ def test_max_memory_puts_features_on_disk_with_the_same_results(demo, tmp_path, 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    kw = {"max_samples": 150, "n_permutations": 20, "progress": False}
+    kw = {"max_samples": 150, "n_permutations": 20, "progress": False, "trial_budget": 0}
     ram = assess(demo, "demo:digits", "demo:digits-rotate", **kw).results
     disk = assess(demo, "demo:digits", "demo:digits-rotate", max_memory="1KB", **kw).results
     assert list(scratch.iterdir()) == []  # the temporary stores are gone

@@ -23,7 +23,7 @@ from torch import nn
 from diagnose.cli import main
 
 # One layer keeps each full run to a few seconds; the demo model is session-cached.
-FAST = ["--max-samples", "60", "--layers", "block4", "--quiet"]
+FAST = ["--max-samples", "60", "--layers", "block4", "--quiet", "--trial-budget", "0"]
 
 
 def _run(argv, capsys):

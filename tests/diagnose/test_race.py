@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -35,17 +37,33 @@ def _race(budget=0.5, seed=0, strategies=("feature_extraction", "partial", "lp_f
     torch.manual_seed(0)
     net = Tiny(classes=5)
     blocks = ["block1", "block2", "block3"]
-    layers = [{"name": b, "probe": {"target": {"accuracy": a}}} for b, a in zip(blocks, (0.5, 0.8, 0.7))]
+    layers = [
+        {"name": b, "probe": {"target": {"accuracy": a}}} for b, a in zip(blocks, (0.5, 0.8, 0.7))
+    ]
     results = {"layers": layers, "lr_find": {"suggested_lr": 0.05}}
-    cands = build_candidates(results, {"strategy": "lp_ft"}, safe_forgetting=0.05, strategies=strategies)
+    cands = build_candidates(
+        results, {"strategy": "lp_ft"}, safe_forgetting=0.05, strategies=strategies
+    )
     idx = np.arange(len(y))
     rng = np.random.default_rng(0)
     rng.shuffle(idx)
     folds, protocol = scoring_folds(y.numpy(), idx[:24], idx[24:], seed=seed)
     with single_thread():
         trials = run_race(
-            cands, folds, x, y, 3, model=net, head="head", blocks=blocks, full_epochs=5,
-            budget=budget, batch_size=16, seed=seed, device=torch.device("cpu"), progress=False,
+            cands,
+            folds,
+            x,
+            y,
+            3,
+            model=net,
+            head="head",
+            blocks=blocks,
+            full_epochs=5,
+            budget=budget,
+            batch_size=16,
+            seed=seed,
+            device=torch.device("cpu"),
+            progress=False,
         )
     return cands, trials, protocol
 
@@ -55,6 +73,8 @@ def test_rung_epochs_grow_by_eta_up_to_the_full_epochs():
     assert rung_epochs(5) == [2, 5]
     assert rung_epochs(1) == [1]
     assert rung_epochs(50)[-1] == 50 and len(rung_epochs(50)) == 4
+    assert rung_epochs(18, min_epochs=4) == [6, 18]  # no rung shorter than min_epochs
+    assert rung_epochs(5, min_epochs=9) == [5]
 
 
 def test_small_val_splits_are_replaced_by_repeated_stratified_kfold():
@@ -99,7 +119,9 @@ def test_paired_gap_matches_the_formula_and_averages_repeated_images():
 def test_partial_depths_include_the_fixed_ones_and_the_measured_cuts():
     layers = [
         {"name": f"b{i}", "probe": {"target": {"accuracy": a}}, "rgn": r}
-        for i, (a, r) in enumerate(zip((0.3, 0.6, 0.9, 0.8, 0.7, 0.6), (0.1, 0.2, 0.3, 1.0, 0.4, 0.2)))
+        for i, (a, r) in enumerate(
+            zip((0.3, 0.6, 0.9, 0.8, 0.7, 0.6), (0.1, 0.2, 0.3, 1.0, 0.4, 0.2))
+        )
     ]
     depths = partial_depths(layers)
     assert {1, 2, 3} <= set(depths)  # last, last two, about half of 6
@@ -206,7 +228,12 @@ def test_cut_lists_unprobed_blocks_between_and_after_probed_ones():
     blocks = ["features.0", "features.2", "features.4", "features.6"]
     mods = trainable_modules(net, blocks, "classifier.1", ["features.4", "features.6"])
     assert mods == [
-        "features.3", "features.4", "features.5", "features.6", "features.7", "features.8",
+        "features.3",
+        "features.4",
+        "features.5",
+        "features.6",
+        "features.7",
+        "features.8",
         "classifier.1",
     ]
     assert cut_description(net, blocks, "classifier.1", ["features.4", "features.6"]).startswith(
@@ -219,3 +246,61 @@ def test_candidate_config_trains_the_last_depth_blocks():
     cfg = c.config(["a", "b", "c"], epochs=4, batch_size=8, seed=3)
     assert cfg.unfreeze == ["b", "c"] and cfg.epochs == 4 and cfg.head_lr == 0.01
     assert c.key == "partial@2 lr=0.01"
+
+
+@pytest.fixture(scope="module")
+def demo_race(loaded_demo, tmp_path_factory):
+    from diagnose.assess import assess
+
+    out = tmp_path_factory.mktemp("race")
+    res = assess(
+        loaded_demo,
+        "demo:digits",
+        "demo:digits-noise",
+        max_samples=200,
+        n_permutations=20,
+        progress=False,
+        trial_budget=0.05,
+        out=out,
+    )
+    return res, out
+
+
+def test_assess_on_the_demo_recommends_from_a_measured_race(demo_race):
+    res, out = demo_race
+    rec = res.recommendation
+    trials = rec["trials"]
+    assert rec["measured"] is True and trials["pick"] is not None
+    cand = next(c for c in trials["candidates"] if c["key"] == trials["pick"])
+    assert rec["strategy"] == cand["strategy"] and rec["depth"] == cand["depth"]
+    assert rec["lr"]["head"] == pytest.approx(cand["head_lr"], rel=1e-12)
+    assert rec["unfreeze"][-1] == "head"  # every trainable module, the new head last
+    assert trials["budget"] == 0.05
+    assert trials["flops_spent"] <= trials["budget_flops"] + trials["rungs"][0]["flops"]
+    n = res.to_dict()["target"]
+    assert trials["protocol"]["n_images"] == n["n_train"] + n["n_val"]  # never the test split
+    html = (out / "report.html").read_text()
+    assert "How the recommendation was measured" in html and "Every candidate" in html
+
+
+def test_trial_budget_zero_keeps_the_rules_marked_unmeasured(loaded_demo, tmp_path):
+    from diagnose.assess import assess
+
+    res = assess(
+        loaded_demo,
+        "demo:digits",
+        "demo:digits-noise",
+        max_samples=200,
+        n_permutations=20,
+        progress=False,
+        trial_budget=0,
+        out=tmp_path,
+    )
+    rec = res.recommendation
+    assert rec["measured"] is False and rec["trials"] is None
+    assert "--trial-budget 0" in rec["unmeasured_reason"]
+    assert rec["strategy"] == rec["prior"]["strategy"]
+    assert "unmeasured" in (tmp_path / "report.html").read_text()
+    assert (
+        json.loads((tmp_path / "results.json").read_text())["recommendation"]["measured"] is False
+    )
