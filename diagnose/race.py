@@ -302,6 +302,10 @@ def run_race(
         for f in folds
     ]
     n_folds = len(folds)
+    # Rung 0 scores on the first 1/ETA of the folds: cheap enough for every candidate and
+    # enough to drop the clearly worse 2/3. Later rungs score on more folds as the budget
+    # allows (every fold when it does), so the finalists are compared on the most images.
+    first_folds = max(1, math.ceil(n_folds / ETA)) if n_folds > 1 else 1
     steps = max(1, steps_per_epoch(len(folds[0].train), batch_size))
     epochs = rung_epochs(full_epochs, min_epochs=math.ceil(MIN_RUNG_STEPS / steps))
     arms = [_Arm(i, c) for i, c in enumerate(candidates)]
@@ -316,12 +320,7 @@ def run_race(
             alive.sort(key=_Arm.rank_key)
             alive = [a for a in alive if a.status == "ok"]
             keep = max(2, math.ceil(len(alive) / ETA)) if len(alive) >= 2 else len(alive)
-            while (
-                keep >= 2
-                and spent + sum(a.estimate(e, n_folds) for a in _survivors(alive, keep))
-                > budget_flops
-            ):
-                keep -= 1
+            keep, rung_folds = _fit_rung(alive, keep, e, spent, budget_flops, first_folds, n_folds)
             if keep < 2:
                 break
             survivors = _survivors(alive, keep)
@@ -334,10 +333,8 @@ def run_race(
                     "epochs (ranked by held-out accuracy, the best LR of each strategy first)"
                 )
             alive = survivors
-        # Rung 0 scores on the first 1/ETA of the folds (every image of the pool once it is
-        # a single split): cheap enough for every candidate, and enough to drop the clearly
-        # worse 2/3. Later rungs score on every fold.
-        rung_folds = max(1, math.ceil(n_folds / ETA)) if r == 0 and n_folds > 1 else n_folds
+        if r == 0:
+            rung_folds = first_folds
         bar = tqdm(
             total=len(alive) * rung_folds,
             desc=f"race rung {r + 1}/{len(epochs)} ({e} epochs)",
@@ -384,6 +381,7 @@ def run_race(
                     "val_accuracy": float(a.correct.mean()),
                     "val_loss": float(a.loss.mean()) if np.isfinite(a.loss).all() else None,
                     "fold_accuracy": [float(o["correct"].mean()) for o in outs],
+                    "folds": len(outs),
                     "flops": int(fixed + scaled),
                     "wall_s": round(wall, 4),
                 }
@@ -413,6 +411,18 @@ def run_race(
         time.perf_counter() - start,
         full_epochs,
     )
+
+
+def _fit_rung(alive, keep, epochs, spent, budget_flops, min_folds, n_folds) -> tuple[int, int]:
+    """(survivors, folds) of the next rung that fit the budget: folds give way first
+    (down to rung 0's), then survivors (down to 2; fewer means the race stops)."""
+    while keep >= 2:
+        chosen = _survivors(alive, keep)
+        for folds in range(n_folds, min_folds - 1, -1):
+            if spent + sum(a.estimate(epochs, folds) for a in chosen) <= budget_flops:
+                return keep, folds
+        keep -= 1
+    return keep, min_folds
 
 
 def _paired(a: _Arm, b: _Arm) -> dict:

@@ -76,6 +76,11 @@ def _lr_per_group(cand, blocks: list[str], epochs: int) -> dict[str, float]:
     return {g: float(v) for g, v in p["stages"][-1]["lr"].items()}
 
 
+def _names(keys: list[str], shown: int = 4) -> str:
+    more = len(keys) - shown
+    return ", ".join(keys[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
 def _pct(v: float) -> str:
     return f"{100 * v:+.1f}"
 
@@ -94,7 +99,8 @@ def _reasons(trials: dict, pick: dict, prior: dict, protocol: dict) -> tuple[lis
         f"race (rungs of {', '.join(map(str, trials['rung_epochs']))} epochs), scored by "
         f"{protocol['kind']} on {protocol['n_held_out']} held-out images"
         + (
-            f" ({protocol['folds']} folds x {protocol['repeats']} repeats)"
+            f" ({protocol['folds']} folds, {protocol['repeats']} "
+            f"repeat{'s' if protocol['repeats'] > 1 else ''})"
             if protocol["folds"] > 1
             else ""
         )
@@ -111,7 +117,8 @@ def _reasons(trials: dict, pick: dict, prior: dict, protocol: dict) -> tuple[lis
         )
     if trials["within_noise"]:
         reasons.append(
-            f"The leaders {', '.join(leaders)} are within noise of each other (each paired "
+            f"{len(leaders)} leaders ({_names(leaders)}) are within noise of the winner (each "
+            "paired "
             "interval includes 0): the cheapest of them is recommended"
             + (
                 f" ({pick['key']})."

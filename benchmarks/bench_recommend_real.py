@@ -1,0 +1,154 @@
+"""The measured recommendation against the independent oracle, on real cases (issue 15).
+
+For every real case of :mod:`benchmarks.real_cases` (real pretrained weights,
+real cross-dataset targets, two label budgets, several seeds) this runs
+``diagnose.assess`` the way a user would (the model object, the ImageFolder
+of the labelled images the case allows, the default ``--trial-budget``) and
+reads the oracle's test accuracy of the configuration it recommends from
+``benchmarks/oracle_results.json`` (a separate plain training loop with a
+tuned LR per configuration, scored on unused test images; see
+``oracle_recommend.py``). Nothing here retrains the oracle.
+
+Figures per case and budget:
+- regret: the oracle's best mean test accuracy minus the oracle's mean for the
+  recommended configuration, in points, beside the oracle's seed spread;
+- compute: the race's FLOPs over the full sweep's (every candidate at the full
+  epochs under the same folds).
+Goal: regret <= 1 point at <= 20% of the compute.
+
+    python benchmarks/bench_recommend_real.py [--seeds 0,1] [--budget 0.2] [--cases a,b]
+
+Writes ``benchmarks/recommend_real_results.json`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import diagnose  # noqa: E402
+from benchmarks.real_cases import CASE_NAMES, cases  # noqa: E402
+
+ORACLE = HERE / "oracle_results.json"
+OUT = HERE / "recommend_real_results.json"
+
+
+def oracle_config(rec: dict, stages: tuple[str, ...]) -> str | None:
+    """The oracle configuration that trains what the recommendation trains (None: not in its grid)."""
+    strategy = rec["strategy"]
+    if strategy != "partial":
+        return strategy
+    mods = rec.get("unfreeze") or []
+    k = sum(1 for s in stages if any(m == s or m.startswith(s + ".") for m in mods))
+    n = len(stages)
+    named = {1: "partial_last1", 2: "partial_last2", math.ceil(n / 2): "partial_half"}
+    return named.get(k)
+
+
+def score(row: dict, summary: dict) -> dict:
+    """``row`` (the product's recommendation on one case) with the oracle's figures added."""
+    cell = summary[row["case"]][str(row["budget"])]
+    picked = cell["configs"].get(row["oracle_config"]) if row["oracle_config"] else None
+    return {
+        **row,
+        "oracle_best": cell["best"],
+        "oracle_best_mean": cell["best_mean"],
+        "oracle_best_std": cell["configs"][cell["best"]]["std"],
+        "oracle_recommended_mean": None if picked is None else picked["mean"],
+        "regret_points": None if picked is None else 100 * (cell["best_mean"] - picked["mean"]),
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    print(
+        f"\n{'case':<26}{'budget':>7}{'seed':>5}  {'oracle best (mean±sd)':<32}{'recommended':<22}"
+        f"{'regret (pts)':>13}{'compute':>9}"
+    )
+    for r in rows:
+        regret = "—" if r.get("regret_points") is None else f"{r['regret_points']:+.1f}"
+        comp = "—" if r["compute_fraction"] is None else f"{r['compute_fraction']:.2f}"
+        best = (
+            f"{r['oracle_best']} {r['oracle_best_mean']:.3f}±{r['oracle_best_std']:.3f}"
+            if "oracle_best" in r
+            else "—"
+        )
+        print(
+            f"{r['case']:<26}{r['budget']:>7}{r['seed']:>5}  {best:<32}"
+            f"{str(r['recommended'])[:21]:<22}{regret:>13}{comp:>9}"
+        )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0,1", help="case seeds to run (the oracle has 0,1)")
+    ap.add_argument("--budget", type=float, default=0.2, help="--trial-budget of assess")
+    ap.add_argument("--cases", default=",".join(CASE_NAMES))
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument(
+        "--rescore", action="store_true", help="only re-read the oracle for the saved rows"
+    )
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    if args.rescore:
+        rows = json.loads(out.read_text())["rows"]
+    else:
+        rows = []
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+        for case in cases(names=tuple(args.cases.split(",")), seeds=seeds):
+            t0 = time.perf_counter()
+            res = diagnose.assess(
+                case.model_fn(),
+                str(case.source_dir),
+                str(case.target_dir),
+                head=case.head,
+                image_size=case.image_size,
+                normalize=",".join(str(v) for v in (*case.mean, *case.std)),
+                trial_budget=args.budget,
+                progress=False,
+                seed=case.seed,
+            )
+            rec = res.recommendation
+            trials = rec.get("trials") or {}
+            config = oracle_config(rec, tuple(case.stages))
+            rows.append(
+                {
+                    "case": case.name,
+                    "budget": case.budget,
+                    "seed": case.seed,
+                    "oracle_config": config,
+                    "recommended": config
+                    or f"{rec['strategy']} depth {rec.get('depth')} (not in the oracle grid)",
+                    "cut": rec.get("cut"),
+                    "head_lr": rec.get("head_lr"),
+                    "measured": rec.get("measured"),
+                    "race_winner": trials.get("winner"),
+                    "within_noise": trials.get("within_noise"),
+                    "compute_fraction": trials["flops_spent"] / trials["full_flops_estimate"]
+                    if trials.get("full_flops_estimate")
+                    else None,
+                    "race_wall_s": trials.get("wall_s"),
+                    "wall_s": round(time.perf_counter() - t0, 1),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+            out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    if ORACLE.exists():
+        oracle = json.loads(ORACLE.read_text())
+        summary = oracle.get("summary", oracle)
+        rows = [score(r, summary) for r in rows]
+        out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    else:
+        print(f"{ORACLE} is missing: run oracle_recommend.py, then --rescore.")
+    print_table(rows)
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    main()
