@@ -48,7 +48,7 @@ import diagnose._strategy_run as strategy_run  # noqa: E402
 from diagnose.data import load_domain  # noqa: E402
 from diagnose.forgetting import ForgettingTracker, suggest_source_samples  # noqa: E402
 from diagnose.models import load_model  # noqa: E402
-from diagnose.recommend import _epochs  # noqa: E402
+from diagnose.recommend import recommended_epochs as _epochs  # noqa: E402
 from diagnose.strategies import TrainConfig  # noqa: E402
 from diagnose.train import TargetData, run_strategy  # noqa: E402
 

@@ -262,7 +262,7 @@ def main(argv=None):
     torch.set_num_threads(1)  # as bench_compare: tiny convolutions contend on 2 threads
     try:
         from diagnose.models import load_model
-        from diagnose.recommend import _epochs
+        from diagnose.recommend import recommended_epochs as _epochs
 
         model = load_model("demo", progress=False).model
         data = bench_compare.target_data()

@@ -20,8 +20,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
+from diagnose._names import STRATEGY_LABELS, join_labels, strategy_label  # noqa: E402
 from diagnose._plots import _encode, _short  # noqa: E402
 from diagnose.recommend import STRATEGIES  # noqa: E402
 from diagnose.results import finite, section
@@ -37,7 +38,8 @@ def _list(value) -> list:
 
 
 def _entries(results: dict) -> list[tuple[str, dict]]:
-    """``(label, entry)`` per strategy; repeated names get a ``#k`` suffix so labels stay unique."""
+    """``(label, entry)`` per strategy: its display name (:mod:`diagnose._names`);
+    repeated names get a ``#k`` suffix so labels stay unique."""
     out: list[tuple[str, dict]] = []
     seen: dict[str, int] = {}
     for entry in _list(results.get("strategies")):
@@ -45,7 +47,8 @@ def _entries(results: dict) -> list[tuple[str, dict]]:
             continue
         name = str(entry.get("name") or "?")
         seen[name] = seen.get(name, 0) + 1
-        out.append((name if seen[name] == 1 else f"{name} #{seen[name]}", entry))
+        label = strategy_label(name)
+        out.append((label if seen[name] == 1 else f"{label} #{seen[name]}", entry))
     return out
 
 
@@ -162,9 +165,18 @@ def tradeoff_plot(results: dict) -> tuple[str, str] | None:
     parts = []
     if len(front) == 1:
         label, x, y = front[0]
-        parts.append(
-            f"{label} is both the cheapest and the most accurate ({y:.3f} at {x:.3g} {x_unit}), so it dominates"
-        )
+        # A run at the same cost is not cheaper: say the tie rather than "the cheapest".
+        same = [p[0] for p in points if p[0] != label and math.isclose(p[1], x, rel_tol=1e-9)]
+        if same:
+            parts.append(
+                f"{label} is the most accurate ({y:.3f} at {x:.3g} {x_unit}) and ties on cost with "
+                f"{join_labels(same)}, so it dominates"
+            )
+        else:
+            parts.append(
+                f"{label} is both the cheapest and the most accurate ({y:.3f} at {x:.3g} "
+                f"{x_unit}), so it dominates"
+            )
     elif front:
         (l0, x0, y0), (l1, x1, y1) = front[0], front[-1]
         parts.append(
@@ -177,9 +189,9 @@ def tradeoff_plot(results: dict) -> tuple[str, str] | None:
             f"{dominated} other strateg{'y is' if dominated == 1 else 'ies are'} dominated"
         )
     if diverged:
-        parts.append(f"{', '.join(p[0] for p in diverged)} diverged (shown as ×)")
+        parts.append(f"{join_labels(p[0] for p in diverged)} diverged (shown as ×)")
     if omitted:
-        parts.append(f"not shown: {', '.join(omitted)}")
+        parts.append(f"not shown: {join_labels(omitted)}")
     n_seeds = max((len(_list(p[3].get("seeds"))) for p in points + diverged), default=0)
     if n_seeds > 1 and any(stds):
         widest = max(zip(stds, (p[0] for p in points + diverged)))
@@ -188,15 +200,54 @@ def tradeoff_plot(results: dict) -> tuple[str, str] | None:
             f"{widest[1]}, {widest[0]:.3f}); strategies whose bars overlap are not separated "
             "by these seeds"
         )
-    return _encode(fig), "; ".join(parts) + "."
+    text = "; ".join(parts) + "."
+    first = front[0][0] if front else None
+    if first is not None and text.startswith(first) and first in STRATEGY_LABELS.values():
+        text = text[0].upper() + text[1:]  # a display name opening the sentence
+    return _encode(fig), text
+
+
+def _planned_epochs(entry: dict, points: list[tuple[float, float]]) -> float | None:
+    """The epochs the curve's epoch counter runs to when the run completes.
+
+    The main (last) stage's own epochs (feature extraction's head epochs, LP-FT's
+    fine-tuning), else the run's ``epochs``; a file without its config falls back
+    to the last epoch recorded.
+    """
+    config = section(entry, "config")
+    stages = [s for s in _list(config.get("stages")) if isinstance(s, dict)]
+    for value in ((stages[-1].get("epochs") if stages else None), config.get("epochs")):
+        n = finite(value)
+        if n is not None and n > 0:
+            return n
+    last = max((p[0] for p in points), default=None)
+    return last if last is not None and last > 0 else None
+
+
+def _progress(entry: dict, points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """``points`` with each epoch as the fraction of the run's planned epochs (0 to 1).
+
+    LP-FT's probe point (epoch 0) sits at 0: its backbone is still the pretrained
+    one when fine-tuning starts. A run that stopped early ends short of 1.
+    """
+    n = _planned_epochs(entry, points)
+    if n is None:
+        return []
+    return [(min(max(x / n, 0.0), 1.0), y) for x, y in points]
 
 
 def forgetting_curves_plot(results: dict) -> tuple[str, str] | None:
-    """Source accuracy (or agreement with the pretrained model) over epochs per strategy."""
+    """Source accuracy (or agreement with the pretrained model) over training per strategy.
+
+    The x axis is the fraction of each run's planned epochs completed, so a
+    head trained for 50 cheap epochs and a fine-tuning of 3 share one readable
+    axis. Scratch starts from random weights, so it has no source knowledge to
+    lose: it is drawn dashed and labelled as a baseline, not as forgetting.
+    """
     entries = _entries(results)
     measured = any(_curve(e, "source_accuracy") for _, e in entries)
     key = "source_accuracy" if measured else "agreement"
-    series = [(label, e, _curve(e, key)) for label, e in entries]
+    series = [(label, e, _progress(e, _curve(e, key))) for label, e in entries]
     series = [s for s in series if s[2]]
     if not series:
         return None
@@ -216,17 +267,27 @@ def forgetting_curves_plot(results: dict) -> tuple[str, str] | None:
     fig, ax = plt.subplots(figsize=(7.5, 4.0))
     for label, e, pts in series:
         diverged = e.get("status") == "diverged"
-        style = {"linestyle": "--" if diverged else "-", "color": _color(e)}
-        label += " (diverged)" if diverged else ""
-        ax.plot(*_xy(pts), marker="o", markersize=4, label=label, **style)
+        baseline = e.get("name") == "scratch"
+        if not baseline and reference is not None and pts[0][0] > 0:
+            # Before any training the backbone is the pretrained one: every pretrained
+            # strategy starts from the reference, so its line shows what it lost.
+            pts = [(0.0, reference), *pts]
+        style = {"color": _color(e), "marker": "o", "markersize": 4 if len(pts) <= 15 else 2}
+        if baseline:  # dashed and hollow: a reference level, not a curve of forgetting
+            style.update(linestyle=(0, (5, 3)), markerfacecolor="white", alpha=0.8)
+            label += " (baseline, not forgetting" + ("; diverged)" if diverged else ")")
+        else:
+            style["linestyle"] = ":" if diverged else "-"
+            label += " (diverged)" if diverged else ""
+        ax.plot(*_xy(pts), label=label, **style)
     if reference is not None:
-        ax.axhline(reference, color="black", linestyle=":", linewidth=1, label="pretrained model")
+        ax.axhline(reference, color="black", linestyle="-.", linewidth=1, label="pretrained model")
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("epoch")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel("fraction of each strategy's planned training epochs completed (0 to 1)")
     ax.set_ylabel(y_label)
     ax.set_title("Forgetting of the source task during fine-tuning")
     ax.legend(fontsize=7, loc="best", ncol=2)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
     # Scratch starts from random weights: it has nothing to forget, so it would only
     # ever be the trivial minimum; it is compared only when it is all there is.
@@ -247,6 +308,11 @@ def forgetting_curves_plot(results: dict) -> tuple[str, str] | None:
         takeaway = (
             f"By the last epoch, {what} ranges from {low:.3f} under {low_name} (most forgetting) "
             f"to {high:.3f} under {high_name}{ref_text}."
+        )
+    if any(e.get("name") == "scratch" for _, e, _ in series) and len(series) > 1:
+        takeaway += (
+            f" Training from scratch (dashed) starts from random weights, so its {what} is "
+            "a baseline, not forgetting."
         )
     return _encode(fig), takeaway
 
@@ -282,7 +348,7 @@ def cka_heatmap(results: dict) -> tuple[str, str] | None:
     fig, ax = plt.subplots(
         figsize=(max(5.5, 1.1 * len(layers) + 3.5), max(2.6, 0.45 * len(rows) + 1.6))
     )
-    cbar = {"label": "linear CKA to pretrained (0 to 1)"}
+    cbar = {"label": "CKA to pretrained (0 to 1)"}  # short: the bar is only as tall as the rows
     ticks = {"xticklabels": [_short(n) for n in layers], "yticklabels": labels}
     sns.heatmap(
         data,

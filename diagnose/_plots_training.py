@@ -10,6 +10,7 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from diagnose._names import join_labels
 from diagnose._plots_compare import (
     _BLUE,
     _GREEN,
@@ -37,7 +38,11 @@ def _diverged_epoch(entry: dict) -> float | None:
 
 
 def training_curves_plot(results: dict) -> tuple[str, str] | None:
-    """Train and validation loss per strategy (small multiples, shared axes)."""
+    """Train and validation loss per strategy (small multiples, a shared loss axis).
+
+    Each panel has its own epoch axis: feature extraction's 50 head epochs would
+    squeeze a 3-epoch fine-tuning into a corner of a shared one.
+    """
     panels = []
     for label, e in _entries(results):
         train, val = _curve(e, "train_loss"), _curve(e, "val_loss")
@@ -61,7 +66,7 @@ def training_curves_plot(results: dict) -> tuple[str, str] | None:
         nrows,
         ncols,
         figsize=(2.9 * ncols + 0.8, 2.3 * nrows + 1.2),
-        sharex=True,
+        sharex=False,
         sharey=True,
         squeeze=False,
     )
@@ -100,9 +105,8 @@ def training_curves_plot(results: dict) -> tuple[str, str] | None:
     for k, ax in enumerate(axes.flat):
         if k >= n:
             ax.set_visible(False)
-        elif k + ncols >= n:  # the lowest panel of its column carries the epoch axis
-            ax.set_xlabel("epoch", fontsize=9)
-            ax.xaxis.set_tick_params(labelbottom=True)
+        else:  # every panel has its own epoch range, so each carries its axis label
+            ax.set_xlabel("epoch", fontsize=8)
     if log:
         axes[0, 0].set_yscale("log")
         axes[0, 0].set_ylim(min(shown) / 1.5, top * 1.5)
@@ -125,13 +129,13 @@ def training_curves_plot(results: dict) -> tuple[str, str] | None:
     if notes_over:
         parts.append(
             "overfitting (validation loss rising while training loss falls): "
-            + ", ".join(notes_over)
+            + join_labels(notes_over)
         )
     if notes_div:
         parts.append("; ".join(notes_div))
     if improving:
         parts.append(
-            f"{', '.join(improving)} {'was' if len(improving) == 1 else 'were'} still improving at the "
+            f"{join_labels(improving)} {'was' if len(improving) == 1 else 'were'} still improving at the "
             "last epoch, so more epochs may help"
         )
     if not parts:

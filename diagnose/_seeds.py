@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diagnose._names import strategy_label
 from diagnose.results import finite, load_results, section
 
 __all__ = [
@@ -281,10 +282,11 @@ def within_spread(winner: dict, others: list[dict], val_of) -> tuple[list[dict],
             continue
         (close if abs(val_of(winner) - val_of(e)) <= max(std_w, std_e) else far).append(e)
     n = n_seeds(winner)
-    name, val = winner.get("name"), val_of(winner)
+    name, val = strategy_label(winner.get("name")), val_of(winner)
     if close:
         listed = "; ".join(
-            f"{e.get('name')} {val_text(e, val_of(e))} ({val_of(e) - val:+.3f})" for e in close
+            f"{strategy_label(e.get('name'))} {val_text(e, val_of(e))} ({val_of(e) - val:+.3f})"
+            for e in close
         )
         return close, (
             f"Over {n} seeds, {name} ({val_text(winner, val)}) is within one "
@@ -294,7 +296,7 @@ def within_spread(winner: dict, others: list[dict], val_of) -> tuple[list[dict],
     if far:
         runner = max(far, key=val_of)
         return [], (
-            f"Over {n} seeds the lead over {runner.get('name')} ({val - val_of(runner):+.3f}) "
+            f"Over {n} seeds the lead over {strategy_label(runner.get('name'))} ({val - val_of(runner):+.3f}) "
             f"exceeds one standard deviation ({std_w:.3f} and {val_std(runner):.3f})."
         )
     return [], None

@@ -201,8 +201,7 @@ def normalization_check(
     if len(expected_mean) != len(mean):
         expected_mean = [float(np.mean(expected_mean))] * len(mean)
         expected_std = [float(np.mean(expected_std))] * len(mean)
-    warnings = []
-    ok = True
+    bad = []
     for c, (m, s, em, es) in enumerate(zip(mean, std, expected_mean, expected_std)):
         es = max(es, 1e-8)
         z = (m - em) / es
@@ -210,11 +209,61 @@ def normalization_check(
         fine = abs(z) <= z_tolerance and (1 / ratio_tolerance) <= ratio <= ratio_tolerance
         check["channels"].append({"channel": c, "z": z, "std_ratio": ratio, "ok": fine})
         if not fine:
-            ok = False
-            warnings.append(
-                f"Target pixels in channel {c} have mean {m:.3f} and std {s:.3f}, but the model "
-                f"expects mean {em:.3f} and std {es:.3f} ({expected_from}); check the "
-                "normalisation (--normalize) and the image encoding before fine-tuning."
+            bad.append((c, m, s, em, es))
+    check["ok"] = not bad
+    return check, ([_normalization_warning(bad, len(mean), expected_from)] if bad else [])
+
+
+def _close(values: list[float], tol: float = 0.005) -> bool:
+    # Within half a percent of the pixel range: a grayscale image replicated to RGB
+    # (or re-encoded from one) gives such channels.
+    return max(values) - min(values) <= tol
+
+
+def _channels_text(channels: list[int], total: int) -> str:
+    if len(channels) == 1:
+        return f"channel {channels[0]}"
+    listed = ", ".join(map(str, channels[:-1])) + f" and {channels[-1]}"
+    return f"{'all ' if len(channels) == total else ''}channels {listed}"
+
+
+def _normalization_warning(bad: list[tuple], total: int, expected_from: str) -> str:
+    """One warning for every channel that does not fit, naming the channels.
+
+    Channels with (nearly) the same target moments, as a grayscale image
+    replicated to three channels has, are described once; otherwise each
+    channel's numbers are listed.
+    """
+    channels = [b[0] for b in bad]
+    means, stds, exp_means, exp_stds = ([b[k] for b in bad] for k in range(1, 5))
+    where = _channels_text(channels, total)
+    advice = "; check the normalisation (--normalize) and the image encoding before fine-tuning."
+    if len(bad) == 1:
+        return (
+            f"Target pixels in {where} have mean {means[0]:.3f} and std {stds[0]:.3f}, but the "
+            f"model expects mean {exp_means[0]:.3f} and std {exp_stds[0]:.3f} ({expected_from})"
+            + advice
+        )
+    if _close(means) and _close(stds):
+        exact = all(len({f"{v:.3f}" for v in vals}) == 1 for vals in (means, stds))
+        if _close(exp_means, 1e-9) and _close(exp_stds, 1e-9):
+            expected = f"mean {exp_means[0]:.3f} and std {exp_stds[0]:.3f}"
+        else:
+            expected = (
+                f"means {', '.join(f'{v:.3f}' for v in exp_means)} and stds "
+                f"{', '.join(f'{v:.3f}' for v in exp_stds)}"
             )
-    check["ok"] = ok
-    return check, warnings
+        return (
+            f"Target pixels in {where} have {'the same' if exact else 'nearly the same'} mean "
+            f"{float(np.mean(means)):.3f} and std {float(np.mean(stds)):.3f} (identical "
+            f"channels, as grayscale images replicated to RGB give), but the model expects "
+            f"{expected} ({expected_from})" + advice
+        )
+    listed = "; ".join(
+        f"channel {c} has mean {m:.3f} and std {s:.3f} against {em:.3f} and {es:.3f}"
+        for c, m, s, em, es in bad
+    )
+    return (
+        f"Target pixels in {where} do not fit the normalisation the model expects "
+        f"({expected_from}): {listed}" + advice
+    )

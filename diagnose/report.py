@@ -16,7 +16,8 @@ from pathlib import Path
 
 import jinja2
 
-from diagnose import _plots, _plots_audit, _plots_compare, _plots_training
+from diagnose import _plots, _plots_audit, _plots_compare, _plots_race, _plots_training
+from diagnose._names import strategy_label
 from diagnose.results import atomic_write_text, load_results, write_results
 
 __all__ = ["check_out_dir", "render_html", "render_report_file", "write_outputs"]
@@ -38,7 +39,15 @@ def _template_env() -> jinja2.Environment:
     )
     env.filters["num"] = _num
     env.filters["pct"] = _pct
+    env.filters["strategy"] = _strategy
     return env
+
+
+def _strategy(name) -> str:
+    """The display name of a strategy (``{{ s.name | strategy }}``); "—" when missing."""
+    if name is None or isinstance(name, jinja2.Undefined) or name == "":
+        return "—"
+    return strategy_label(name)
 
 
 def _num(value, digits: int = 3) -> str:
@@ -91,6 +100,7 @@ def render_html(results: dict) -> str:
         "gap": _figure(_plots.gap_plot, results),
         "lr_find": _figure(_plots.lr_find_plot, results),
         "balance": _figure(_plots.class_balance_plot, results),
+        "race": _figure(_plots_race.race_plot, results),
     }
     if results.get("strategies"):  # kind "compare": the assessment plus the strategy runs
         figures.update(

@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "RunResult",
     "atomic_write_bytes",
     "atomic_write_text",
+    "current_umask",
     "environment",
     "finite",
     "jsonable",
@@ -128,13 +130,38 @@ def _write_error(path: Path, exc: OSError) -> OSError:
     return err
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows.
+
+    Linux reports it in ``/proc/self/status``; elsewhere it is read by setting
+    and restoring it under a lock (the umask is process-wide, so only threads
+    that create files outside this function could ever see the brief change).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; the parent folder must exist.
 
     The bytes go to a temporary file in the same folder, which then replaces
     ``path`` in one step, so a crash or a full disk never leaves a truncated
     file: the previous ``path`` (if any) stays as it was and the temporary file
-    is removed.
+    is removed. The file gets the permissions any tool's output gets,
+    ``0o666 & ~umask`` (e.g. ``-rw-r--r--`` under umask 022), not the private
+    ``0o600`` of a temporary file.
 
     Raises:
         OSError: (the same subclass as the underlying error, ``errno`` kept) with a
@@ -148,6 +175,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         raise _write_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
+            if hasattr(os, "fchmod"):  # POSIX; Windows has no such mode bits to set
+                os.fchmod(fh.fileno(), 0o666 & ~current_umask())
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

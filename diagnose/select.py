@@ -12,8 +12,10 @@ fine-tuning run and picks the winner by the rules a practitioner would apply:
    model's source predictions (``1 - agreement``), both fractions in [0, 1];
 3. the highest validation accuracy wins (never the test accuracy: that would
    select on the test set), but runs within ``tie_tolerance`` of it are tied
-   and the cheapest of them (training FLOPs, then wall time) wins, because a
-   difference that small is within the noise of one seed.
+   and the cheapest of them (fewest training FLOPs) wins, because a difference
+   that small is within the noise of one seed. Equal FLOPs go to the higher
+   validation accuracy: wall time varies from run to run, so it decides only
+   when FLOPs are unknown, and the reasons say when FLOPs tie.
 
 With several training seeds per strategy (``diagnose compare --seeds N``)
 each entry's numbers are means over the seeds and ``spread`` holds their
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import math
 
+from diagnose._names import join_labels, strategy_label
 from diagnose._seeds import n_seeds, val_std, val_text, within_spread
 from diagnose.results import finite, section
 
@@ -73,7 +76,7 @@ def _check_fraction(name: str, value, *, upper: float | None = 1.0) -> float | N
     return number
 
 
-def _predicted(assessment: dict | None) -> str | None:
+def _predicted(assessment: dict | None, names: set[str]) -> str | None:
     # Accept the assessment's results dict or its "recommendation" sub-dict.
     if not isinstance(assessment, dict):
         return None
@@ -81,6 +84,11 @@ def _predicted(assessment: dict | None) -> str | None:
     if isinstance(rec, dict):
         assessment = rec
     strategy = assessment.get("strategy")
+    depth = assessment.get("depth")
+    # A measured partial recommendation names its depth: the row of that depth when
+    # the comparison ran partial at several (compare --unfreeze 1,2,4).
+    if strategy == "partial" and isinstance(depth, int) and f"partial@{depth}" in names:
+        return f"partial@{depth}"
     return strategy if isinstance(strategy, str) else None
 
 
@@ -107,6 +115,20 @@ def _cost_key(entry: dict) -> tuple[float, float]:
     if flops is not None:
         return (flops, 0.0)
     return (math.inf, math.inf if wall is None else wall)
+
+
+def _same_flops(a: dict, b: dict) -> bool:
+    fa, fb = finite(section(a, "cost").get("flops")), finite(section(b, "cost").get("flops"))
+    return fa is not None and fb is not None and math.isclose(fa, fb, rel_tol=1e-9)
+
+
+def _wall_text(entry: dict) -> str:
+    wall = finite(section(entry, "cost").get("wall_s"))
+    return f"{_label(entry)} {wall:.1f} s" if wall is not None else f"{_label(entry)} unknown"
+
+
+def _label(entry: dict) -> str:
+    return strategy_label(entry.get("name") or "?")
 
 
 def _cost_text(entry: dict) -> str:
@@ -192,7 +214,7 @@ def select_strategy(
             )
     budget = _check_fraction("max_forgetting", max_forgetting)
     tolerance = _check_fraction("tie_tolerance", tie_tolerance, upper=None)
-    predicted = _predicted(assessment)
+    predicted = _predicted(assessment, {e.get("name") for e in strategies})
 
     excluded: list[dict] = []
     measured: list[dict] = []  # finished with a validation accuracy, budget or not
@@ -241,11 +263,11 @@ def select_strategy(
         elif not measured:
             reasons = [
                 "No strategy finished with a validation accuracy: "
-                + "; ".join(f"{x['name']} {x['reason']}" for x in excluded)
+                + "; ".join(f"{strategy_label(x['name'])} {x['reason']}" for x in excluded)
                 + "."
             ]
         else:
-            known = [(forgetting_of(e)[0], str(e.get("name"))) for e in measured]
+            known = [(forgetting_of(e)[0], _label(e)) for e in measured]
             known = [k for k in known if k[0] is not None]
             reasons = [
                 f"All {len(measured)} finished strategies forget more than the budget of "
@@ -276,6 +298,7 @@ def select_strategy(
     cost = section(winner, "cost")
 
     reasons = []
+    label, opening = strategy_label(name), strategy_label(name, start=True)
     seeds = n_seeds(winner)
     notes = [f"mean ± std over {seeds} seeds"] if seeds > 1 else []
     notes += [f"test {test:.3f}"] if test is not None else []
@@ -283,29 +306,54 @@ def select_strategy(
     scope = " within the forgetting budget" if budget is not None else ""
     if len(tied) == 1:
         reasons.append(
-            f"{name} reached the highest validation accuracy{scope}: "
+            f"{opening} reached the highest validation accuracy{scope}: "
             f"{val_text(winner, val)}{test_text}."
         )
     else:
         others = [e for e in tied if e is not winner]
-        reasons.append(
-            f"{name} reached a validation accuracy of {val_text(winner, val)}{test_text}, within "
-            f"{tolerance:.3f} of the best{scope} ({best_val:.3f}); among the "
-            f"{len(tied)} tied strategies it is the cheapest ({_cost_text(winner)}, vs "
-            + "; ".join(f"{e.get('name')} {_cost_text(e)}" for e in others)
-            + ")."
+        same = [e for e in others if _same_flops(e, winner)]
+        dearer = [e for e in others if e not in same]
+        text = (
+            f"{opening} reached a validation accuracy of {val_text(winner, val)}{test_text}, within "
+            f"{tolerance:.3f} of the best{scope} ({best_val:.3f})"
         )
+        if dearer:
+            text += (
+                f"; among the {len(tied)} tied strategies it is the cheapest "
+                f"({_cost_text(winner)}, vs "
+                + "; ".join(f"{_label(e)} {_cost_text(e)}" for e in dearer)
+                + ")"
+            )
+        if same:
+            # Never "cheapest" against a run of the same FLOPs: say they tie, and on what
+            # the choice then rests; wall time is shown but, being noise, not used.
+            flops = finite(section(winner, "cost").get("flops"))
+            higher = all(val > val_of(e) for e in same)
+            text += (
+                f"; it {'also ' if dearer else ''}ties on training compute with "
+                + join_labels(_label(e) for e in same)
+                + f" ({flops:.3g} FLOPs each), so "
+                + (
+                    "its higher validation accuracy decides"
+                    if higher
+                    else "the order of --strategies decides"
+                )
+                + " (wall time varies from run to run and is not used: "
+                + join_labels(_wall_text(e) for e in [winner, *same])
+                + ")"
+            )
+        reasons.append(text + ".")
     if rest:
         runner = rest[0]
         reasons.append(
-            f"Next best: {runner.get('name')} at {val_text(runner, val_of(runner))} "
+            f"Next best: {_label(runner)} at {val_text(runner, val_of(runner))} "
             f"({val_of(runner) - val:+.3f}), {_cost_text(runner)} against {_cost_text(winner)}."
         )
     close, spread_reason = within_spread(winner, rest, val_of)
     if spread_reason:
         reasons.append(spread_reason)
     if forgot is None:
-        reasons.append(f"{name}'s forgetting of the source task was not measured.")
+        reasons.append(f"{opening}'s forgetting of the source task was not measured.")
     elif measure == "source_accuracy_drop":
         reasons.append(
             f"It lowered source accuracy with the original head by {forgot:.3f}"
@@ -318,7 +366,8 @@ def select_strategy(
         )
     over = [x["name"] for x in excluded if x["reason"].startswith("forgets too much")]
     if over:
-        reasons.append(f"Excluded for exceeding the forgetting budget: {', '.join(over)}.")
+        over = join_labels(strategy_label(n) for n in over)
+        reasons.append(f"Excluded for exceeding the forgetting budget: {over}.")
     scratch = measured_val("scratch")
     if scratch is not None and name != "scratch":
         reasons.append(
@@ -329,26 +378,27 @@ def select_strategy(
     agrees = regret = None
     if predicted is not None:
         agrees = predicted == name
+        said = strategy_label(predicted)
         predicted_val = measured_val(predicted)
         if predicted_val is not None:
             regret = val - predicted_val
         if agrees:
-            reasons.append(f"This agrees with the assessment's prediction ({predicted}).")
+            reasons.append(f"This agrees with the assessment's prediction ({said}).")
         elif predicted_val is not None and regret >= 0:
             reasons.append(
-                f"The assessment predicted {predicted}, which reached {predicted_val:.3f}: "
+                f"The assessment predicted {said}, which reached {predicted_val:.3f}: "
                 f"following the prediction would have lost {regret:.3f} validation accuracy."
             )
         elif predicted_val is not None:
             why = next((x["reason"] for x in excluded if x["name"] == predicted), None)
             reasons.append(
-                f"The assessment predicted {predicted}, which reached {predicted_val:.3f} "
+                f"The assessment predicted {said}, which reached {predicted_val:.3f} "
                 f"({-regret:.3f} more) but "
                 + (f"was excluded: {why}." if why else "costs more for a tie.")
             )
         else:
             reasons.append(
-                f"The assessment predicted {predicted}, which was not measured successfully here."
+                f"The assessment predicted {said}, which was not measured successfully here."
             )
 
     return {

@@ -84,3 +84,39 @@ def test_per_image_values_are_compact_and_keep_the_first_value_per_index():
         big.add(index, 0.5)
     # ~8 bytes a value + 1 bit an index (a dict would take ~100 bytes an entry)
     assert sys.getsizeof(big._values) + sys.getsizeof(big._seen) < 12 * 2**20
+
+
+def _gray_as_rgb(n=12, seed=3, jitter=0.0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        gray = torch.tensor(rng.random((1, 6, 6)) * 0.3, dtype=torch.float32)
+        rgb = gray.repeat(3, 1, 1)
+        rgb[1] += jitter  # a re-encoded grayscale image: channels a hair apart
+        out.append(rgb)
+    return out
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.002])
+def test_a_grayscale_target_replicated_to_rgb_gives_one_warning_naming_the_channels(jitter):
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # ImageNet, per channel
+    check, warns = normalization_check(_record(_gray_as_rgb(jitter=jitter)), mean, std, "weights")
+    assert check["ok"] is False and [c["ok"] for c in check["channels"]] == [False] * 3
+    (warning,) = warns
+    assert "all channels 0, 1 and 2" in warning
+    assert ("the same mean" if jitter == 0 else "nearly the same mean") in warning
+    assert "means 0.485, 0.456, 0.406 and stds 0.229, 0.224, 0.225" in warning
+    assert warning.count("--normalize") == 1
+
+
+def test_channels_that_fail_differently_are_listed_in_one_warning():
+    imgs = [
+        torch.stack([torch.full((4, 4), 0.05), torch.full((4, 4), 0.5), torch.rand(4, 4)])
+        for _ in range(6)
+    ]
+    check, warns = normalization_check(_record(imgs), [0.5] * 3, [0.29] * 3, "weights")
+    failing = [c["channel"] for c in check["channels"] if not c["ok"]]
+    (warning,) = warns
+    assert failing == [0, 1] and "in channels 0 and 1 do not fit" in warning
+    assert "channel 0 has mean 0.050" in warning and "channel 1 has mean 0.500" in warning
+    assert "channel 2" not in warning

@@ -11,6 +11,8 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
+from diagnose import _plots_compare
+from diagnose._names import STRATEGY_LABELS, strategy_label
 from diagnose._plots_compare import (
     _pareto,
     cka_heatmap,
@@ -190,11 +192,14 @@ def test_pareto_front_matches_brute_force_dominance():
 def test_tradeoff_takeaway_names_the_front_and_what_is_missing():
     takeaway = _png(tradeoff_plot(_results()))
     # front by hand: feature_extraction (1e9, 0.80) -> partial (1e10, 0.86) -> full_low_lr (5e10, 0.90)
-    assert "from feature_extraction (0.800 at 1e+09 FLOPs) to full_low_lr (0.900, 50x" in takeaway
+    assert (
+        "from feature extraction (0.800 at 1e+09 FLOPs) to full fine-tuning, low LR (0.900, 50x"
+        in takeaway
+    )
     assert "+0.100" in takeaway
     assert "2 other strategies are dominated" in takeaway  # discriminative, l2_sp
-    assert "scratch diverged" in takeaway
-    assert "gradual_unfreeze (no cost)" in takeaway and "lp_ft (failed)" in takeaway
+    assert "from scratch diverged" in takeaway
+    assert "not shown: gradual unfreezing (no cost), LP-FT (failed)" in takeaway
 
 
 def test_tradeoff_falls_back_to_validation_accuracy_and_wall_time():
@@ -210,14 +215,16 @@ def test_tradeoff_falls_back_to_validation_accuracy_and_wall_time():
 def test_forgetting_uses_source_accuracy_when_measured_else_agreement():
     takeaway = _png(forgetting_curves_plot(_results()))
     # final source accuracy per non-scratch run, by hand: lowest full_low_lr 0.70, highest fe 0.95
-    assert "source accuracy ranges from 0.700 under full_low_lr" in takeaway
-    assert "0.950 under feature_extraction" in takeaway and "0.950 for the pretrained" in takeaway
+    assert "source accuracy ranges from 0.700 under full fine-tuning, low LR" in takeaway
+    assert "0.950 under feature extraction" in takeaway and "0.950 for the pretrained" in takeaway
     res = _results()
     for s in res["strategies"]:
         for row in s.get("curves", []):
             row["source_accuracy"] = None
     takeaway = _png(forgetting_curves_plot(res))
-    assert "agreement with the pretrained model ranges from 0.740 under full_low_lr" in takeaway
+    assert (
+        "agreement with the pretrained model ranges from 0.740 under full fine-tuning" in takeaway
+    )
 
 
 def test_cka_heatmap_takeaway_matches_an_independent_minimum():
@@ -229,19 +236,21 @@ def test_cka_heatmap_takeaway_matches_an_independent_minimum():
         if s.get("forgetting") and s["forgetting"].get("cka") and s["name"] != "scratch"
     }
     name, layer = min(((n, b) for n in rows for b in rows[n]), key=lambda nb: rows[nb[0]][nb[1]])
-    assert takeaway.startswith(f"Representations moved most under {name} at {layer}")
+    assert takeaway.startswith(
+        f"Representations moved most under {strategy_label(name)} at {layer}"
+    )
     means = {n: np.mean(list(v.values())) for n, v in rows.items()}
     top = max(means, key=means.get)
-    assert f"least under {top} (mean CKA {means[top]:.2f})" in takeaway
+    assert f"least under {strategy_label(top)} (mean CKA {means[top]:.2f})" in takeaway
     # feature_extraction's CKA is 1 everywhere: it has no layer of largest change
     assert "largest change is at block3 in 4 of 5 strategies" in takeaway
 
 
 def test_training_curves_mark_overfitting_divergence_and_best_epoch():
     takeaway = _png(training_curves_plot(_results()))
-    assert "full_low_lr from epoch 4" in takeaway
-    assert "scratch diverged at epoch 4 (LR 0.5)" in takeaway
-    assert "still improving at the last epoch" in takeaway and "partial" in takeaway
+    assert "full fine-tuning, low LR from epoch 4" in takeaway
+    assert "from scratch diverged at epoch 4 (LR 0.5)" in takeaway
+    assert "still improving at the last epoch" in takeaway and "partial fine-tuning" in takeaway
 
 
 @pytest.mark.parametrize(
@@ -295,7 +304,10 @@ def test_compare_report_has_every_new_section_and_escapes():
     # the comparison follows the summary card, before the data overview
     assert html.index('id="summary"') < html.index('id="strategies"') < html.index('id="data"')
     best = res["comparison_recommendation"]["strategy"]
-    assert f'Measured best strategy: <span class="strategy">{best}</span>' in html
+    assert (
+        f'Measured best strategy: <span class="strategy">{strategy_label(best)}</span> '
+        f"(<code>{best}</code>)" in html
+    )
     assert "&lt;script&gt;x&lt;/script&gt;</li>" in html  # the failed run in "Not eligible"
     assert "diverged" in html and "epoch 4, step 35, LR 0.5, loss non-finite" in html
 
@@ -334,3 +346,157 @@ def test_forgetting_takeaway_says_when_nothing_was_forgotten():
     takeaway = _png(forgetting_curves_plot(res))
     assert takeaway.startswith("No strategy lowered source accuracy by the last epoch")
     assert "most forgetting" not in takeaway
+
+
+def test_every_strategy_has_one_display_label():
+    from diagnose.strategies import STRATEGY_NAMES
+
+    assert set(STRATEGY_LABELS) == set(STRATEGY_NAMES)
+    assert strategy_label("lp_ft") == "LP-FT" and strategy_label("lp_ft", typed=True) == (
+        "LP-FT (lp_ft)"
+    )
+    assert strategy_label("mine") == "mine" and strategy_label("mine", typed=True) == "mine"
+
+
+def _captured(monkeypatch, module):
+    """Run a plot of ``module`` keeping its matplotlib figure instead of encoding it."""
+    figs = []
+    monkeypatch.setattr(module, "_encode", lambda fig, rect=None: figs.append(fig) or "png")
+    return figs
+
+
+def _run_with_curves(name, epochs, planned, *, stage_epochs=None, lp=False, source=0.9):
+    curves = (
+        [{"epoch": 0, "step": 5, "stage": "linear_probe", "source_accuracy": 0.95}] if lp else []
+    )
+    curves += [
+        {"epoch": e, "step": 10 * e, "source_accuracy": source, "train_loss": 1.0 / e,
+         "val_loss": 1.2 / e}
+        for e in range(1, epochs + 1)
+    ]  # fmt: skip
+    stages = [{"epochs": stage_epochs or planned}]
+    return {
+        "name": name,
+        "status": "ok",
+        "config": {"epochs": planned, "stages": stages},
+        "target": {"val_accuracy": 0.8, "best_epoch": epochs},
+        "forgetting": {"source_accuracy_before": 0.95},
+        "curves": curves,
+    }
+
+
+def test_forgetting_is_plotted_against_the_fraction_of_training_done(monkeypatch):
+    figs = _captured(monkeypatch, _plots_compare)
+    res = {
+        "strategies": [
+            # 50 cheap head epochs against 2 of fine-tuning: both must end at x = 1
+            _run_with_curves("feature_extraction", 50, 2, stage_epochs=50, source=0.95),
+            _run_with_curves("full_low_lr", 2, 2, source=0.6),
+            _run_with_curves("lp_ft", 2, 2, lp=True, source=0.8),
+            _run_with_curves("partial", 1, 4, source=0.9),  # stopped early: ends at 1/4
+            _run_with_curves("scratch", 2, 2, source=0.1),
+        ]
+    }
+    _, takeaway = forgetting_curves_plot(res)
+    (ax,) = figs[0].axes
+    assert "fraction" in ax.get_xlabel() and "(0 to 1)" in ax.get_xlabel()
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    # each pretrained strategy starts at the pretrained model's 0.95 at x = 0
+    fe = list(lines["feature extraction"].get_xdata())
+    assert fe == pytest.approx([0.0] + [e / 50 for e in range(1, 51)])
+    full = lines["full fine-tuning, low LR"]
+    assert list(full.get_xdata()) == pytest.approx([0.0, 0.5, 1.0])
+    assert list(full.get_ydata()) == pytest.approx([0.95, 0.6, 0.6])
+    assert list(lines["LP-FT"].get_xdata()) == pytest.approx([0.0, 0.5, 1.0])  # probe at 0
+    assert list(lines["partial fine-tuning"].get_xdata()) == pytest.approx([0.0, 0.25])
+    assert ax.get_xlim()[1] <= 1.05  # the 50 epochs no longer stretch the axis
+    # scratch has nothing to forget: a dashed baseline, kept out of the forgetting extremes
+    scratch = lines["from scratch (baseline, not forgetting)"]
+    assert scratch.get_linestyle() == "--"
+    assert list(scratch.get_xdata()) == pytest.approx([0.5, 1.0])  # no invented start
+    assert lines["full fine-tuning, low LR"].get_linestyle() == "-"
+    assert (
+        "0.600 under full fine-tuning, low LR" in takeaway and "under from scratch" not in takeaway
+    )
+    assert "baseline, not forgetting" in takeaway
+
+
+def test_training_curve_panels_each_have_their_own_epoch_axis(monkeypatch):
+    from diagnose import _plots_training
+
+    figs = _captured(monkeypatch, _plots_training)
+    res = {
+        "strategies": [
+            _run_with_curves("feature_extraction", 50, 2, stage_epochs=50),
+            _run_with_curves("full_low_lr", 2, 2),
+        ]
+    }
+    training_curves_plot(res)
+    fe, full = figs[0].axes[:2]
+    assert fe.get_xlim()[1] >= 50 and full.get_xlim()[1] < 5
+    assert fe.get_xlabel() == full.get_xlabel() == "epoch"
+
+
+def test_tradeoff_takeaway_says_a_cost_tie_instead_of_cheapest():
+    res = {"strategies": [
+        {"name": "full_low_lr", "status": "ok", "target": {"test_accuracy": 0.9},
+         "cost": {"flops": 2.5e10, "wall_s": 14.9}},
+        {"name": "scratch", "status": "ok", "target": {"test_accuracy": 0.1},
+         "cost": {"flops": 2.5e10, "wall_s": 2.7}},
+    ]}  # fmt: skip
+    takeaway = _png(tradeoff_plot(res))
+    assert "cheapest" not in takeaway
+    assert takeaway.startswith(
+        "Full fine-tuning, low LR is the most accurate (0.900 at 2.5e+10 FLOPs) and ties on "
+        "cost with from scratch"
+    )
+
+
+def _text(html: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def test_one_seed_report_has_no_seed_table_and_says_seed_not_seeds():
+    res = _results()
+    res["compare_config"]["seeds"] = [0]
+    html = render_html(res)
+    assert "Each seed" not in html and 'id="per-seed"' not in html
+    assert "<th>seed</th><td>0 (one training seed)</td>" in html
+    assert "<th>seeds</th>" not in html
+    # several seeds: the table is back, and the settings say how many
+    res["compare_config"]["seeds"] = [0, 1]
+    for s in res["strategies"]:
+        s["per_seed"] = [
+            {"seed": k, "status": "ok", "target": {"val_accuracy": 0.5}} for k in (0, 1)
+        ]
+    html = render_html(res)
+    assert 'id="per-seed"' in html and "<th>seeds</th><td>2 seeds (0, 1)</td>" in html
+
+
+def test_reports_use_display_names_with_the_typed_name_beside_them():
+    res = _results()
+    html = render_html(res)
+    text = _text(html)
+    for name, label in STRATEGY_LABELS.items():  # every strategy of the table, as typed
+        if name in SPEC or name in ("lp_ft", "scratch"):
+            assert f"<td>{label} (<code>{name}</code>)</td>" in html
+    for garbled in ("lp ft", "full low lr", "feature extraction (feature", "gradual unfreeze "):
+        assert garbled not in text
+    assert "Recommended strategy" in text and "partial fine-tuning ( partial )" in text
+    assert "assessment predicted partial fine-tuning" in text
+    assert (
+        "best first: "
+        + " › ".join(strategy_label(n) for n in res["comparison_recommendation"]["ranking"])
+        in text
+    )
+    # the selection rule says what the code does: wall time never splits equal FLOPs
+    assert "cheapest (FLOPs, then wall time)" not in text
+    assert "equal FLOPs go to the higher validation accuracy" in text
+
+
+def test_config_table_shows_the_epochs_a_run_really_trained():
+    res = _results()
+    fe = next(s for s in res["strategies"] if s["name"] == "feature_extraction")
+    fe["config"]["stages"] = [{"epochs": 50, "trainable": ["head"], "on_cached_features": True}]
+    html = render_html(res)
+    assert '<td class="n">50<br><span class="muted">head on cached features</span></td>' in html

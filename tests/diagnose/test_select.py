@@ -37,7 +37,7 @@ def test_highest_validation_accuracy_wins_and_reasons_cite_values():
         r["name"] for r in sorted(runs, key=lambda r: -r["target"]["val_accuracy"])
     ]
     assert "0.900" in rec["reasons"][0] and "0.880" in rec["reasons"][0]
-    assert any("partial at 0.850" in r for r in rec["reasons"])
+    assert any("partial fine-tuning at 0.850" in r for r in rec["reasons"])
     assert rec["excluded"] == [] and rec["max_forgetting"] is None
 
 
@@ -53,7 +53,7 @@ def test_forgetting_budget_excludes_and_says_why():
     (excluded,) = rec["excluded"]
     assert excluded["name"] == "full_low_lr"
     assert "0.200" in excluded["reason"] and "0.050" in excluded["reason"]
-    assert any("full_low_lr" in r and "budget" in r for r in rec["reasons"])
+    assert any("full fine-tuning, low LR" in r and "budget" in r for r in rec["reasons"])
     # the budget is inclusive: forgetting exactly at the budget stays eligible
     assert select_strategy(runs, max_forgetting=0.20)["strategy"] == "full_low_lr"
 
@@ -87,6 +87,43 @@ def test_tie_with_equal_flops_ignores_wall_time_and_unknown_flops_use_it():
     # unknown FLOPs count as more expensive than any known cost
     runs = [_run("a", 0.900, flops=None, wall=1.0), _run("b", 0.899, flops=5e12, wall=99.0)]
     assert select_strategy(runs)["strategy"] == "b"
+
+
+def test_a_flops_tie_is_called_a_tie_not_the_cheaper_run():
+    # As in a real comparison: full fine-tuning and scratch cost the same FLOPs, and the
+    # winner of the tie took 14.9 s against the other's 2.7 s.
+    runs = [
+        _run("full_low_lr", 0.901, flops=2.5e10, wall=14.9),
+        _run("l2_sp", 0.899, flops=2.5e10, wall=2.7),
+    ]
+    rec = select_strategy(runs)
+    assert rec["strategy"] == "full_low_lr"  # deterministic: wall time never decides
+    first = rec["reasons"][0]
+    assert first.startswith("Full fine-tuning, low LR reached")  # a sentence opens capitalised
+    assert "cheapest" not in first and "cheaper" not in first
+    assert "ties on training compute with L2-SP (2.5e+10 FLOPs each)" in first
+    assert "its higher validation accuracy decides" in first
+    assert "full fine-tuning, low LR 14.9 s; L2-SP 2.7 s" in first
+    # a three-way tie: cheapest against the dearer run, a tie against the equal one
+    runs.append(_run("discriminative", 0.900, flops=9e10, wall=1.0))
+    first = select_strategy(runs)["reasons"][0]
+    assert "it is the cheapest (2.5e+10 FLOPs, 14.9 s, vs discriminative LRs 9e+10 FLOPs" in first
+    assert "it also ties on training compute with L2-SP" in first
+    # equal accuracy and FLOPs: the input order decides, and the text says so
+    runs = [_run("partial", 0.9, flops=1e9, wall=5.0), _run("lp_ft", 0.9, flops=1e9, wall=1.0)]
+    rec = select_strategy(runs)
+    assert rec["strategy"] == "partial"
+    assert "the order of --strategies decides" in rec["reasons"][0]
+
+
+def test_reasons_use_display_names():
+    runs = [_run("lp_ft", 0.9, drop=0.3), _run("l2_sp", 0.8, drop=0.01)]
+    rec = select_strategy(runs, max_forgetting=0.1, assessment={"strategy": "lp_ft"})
+    text = " ".join(rec["reasons"])
+    assert rec["strategy"] == "l2_sp" and rec["ranking"] == ["l2_sp"]  # data keeps machine names
+    assert text.startswith("L2-SP reached the highest validation accuracy")
+    assert "budget: LP-FT." in text and "The assessment predicted LP-FT" in text
+    assert "lp_ft" not in text and "l2_sp" not in text
 
 
 def test_failed_and_diverged_runs_are_ignored_even_when_higher():
