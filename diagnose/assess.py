@@ -19,7 +19,13 @@ from torch import nn
 
 import probes
 from diagnose import _measure
-from diagnose._domains import check_two_classes, domain_info, restricted_splits, subsample
+from diagnose._domains import (
+    check_two_classes,
+    domain_info,
+    drop_positions,
+    restricted_splits,
+    subsample,
+)
 from diagnose._evalset import materialize
 from diagnose._prep import (
     expected_size_hint,
@@ -239,6 +245,10 @@ def assess(
             progress=progress,
             desc="capture target",
             max_memory=share,
+            skip_unreadable=True,
+        )
+        used["target"], splits["target"] = drop_positions(
+            used["target"], splits["target"], captured["target"].skipped
         )
     if src is not None:
         used["source"] = subsample(src, max_samples, seed)
@@ -258,6 +268,10 @@ def assess(
             progress=progress,
             desc="capture source",
             max_memory=share,
+            skip_unreadable=True,
+        )
+        used["source"], splits["source"] = drop_positions(
+            used["source"], splits["source"], captured["source"].skipped
         )
     timings["capture"] = time.perf_counter() - t0
     for cap in captured.values():

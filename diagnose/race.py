@@ -396,7 +396,6 @@ def run_race(
                 a.estimate(epochs[-1], n_folds) for a in arms if a.status != "failed"
             )
             budget_flops = budget * full_estimate
-    alive.sort(key=_Arm.rank_key)
     ranked = sorted(arms, key=lambda a: (-(len(a.rungs)),) + a.rank_key())
     return _summary(
         arms,

@@ -220,3 +220,23 @@ def test_a_callable_dataset_with_a_truncated_pil_image(tmp_path, monkeypatch):
         domain.dataset[1]
     assert list(domain.undecodable()) == [1]
     assert domain.dataset[0][0].shape == (3, 96, 96)
+
+
+def test_assess_skips_an_image_first_met_in_the_capture(late_bad, loaded_demo):
+    from diagnose import assess
+
+    domain, bad = late_bad
+    with single_thread():
+        res = assess(
+            loaded_demo,
+            None,
+            domain,
+            layers=["block4"],
+            n_permutations=10,
+            progress=False,
+            trial_budget=0,
+        ).to_dict()
+    # Counted, left out of every split, and the run finished.
+    assert any("could not be read" in w and "cat/late.jpg" in w for w in res["warnings"])
+    assert res["target"]["n_used"] == len(domain) - 1
+    assert res["layers"][0]["probe"]["target"]["accuracy"] is not None
