@@ -167,7 +167,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int = 250):
     return correct / len(y), loss / len(y)
 
 
-def train(model: Suffix, groups: dict[str, float], x, y, epochs: int, seed: int) -> float:
+def train(model: Suffix, groups, x, y, epochs: int, seed: int, bn_train: bool = True) -> float:
     """Plain SGD + cosine; trainable stages in train mode, everything else eval. Returns last loss."""
     params = []
     for name, lr in groups.items():
@@ -184,7 +184,7 @@ def train(model: Suffix, groups: dict[str, float], x, y, epochs: int, seed: int)
     g = torch.Generator().manual_seed(seed)
     model.eval()
     for name in groups:
-        if name != "head":
+        if name != "head" and bn_train:
             model.stages[name.replace(".", "_")].train()
     last = float("nan")
     for _ in range(epochs):
@@ -209,9 +209,13 @@ def better(a: dict, b: dict | None) -> bool:
     return b is None or (a["val_acc"], -a["val_loss"]) > (b["val_acc"], -b["val_loss"])
 
 
-def run_block(case, grid, epochs: int, done: dict, on_config, t_start: float) -> None:
+def run_block(
+    case, grid, epochs: int, done: dict, on_config, t_start: float, configs=CONFIGS
+) -> None:
     """Every configuration of one (case, budget, seed); ``on_config(record)`` after each."""
-    if all(f"{case.key}/{c}" in done for c in CONFIGS):
+    if "lp_ft" in configs and "feature_extraction" not in configs:
+        configs = ("feature_extraction", *configs)  # LP-FT starts from the probe
+    if all(f"{case.key}/{c}" in done for c in configs):
         return
     torch.manual_seed(case.seed)
     base = case.model_fn()
@@ -243,7 +247,7 @@ def run_block(case, grid, epochs: int, done: dict, on_config, t_start: float) ->
     mu = feats.mean(0)
     sd = (feats - mu).pow(2).mean().sqrt().expand_as(mu).clone()
     fe_head = None
-    for config in CONFIGS:
+    for config in configs:
         key = f"{case.key}/{config}"
         if key in done:
             if config == "feature_extraction":
@@ -263,7 +267,12 @@ def run_block(case, grid, epochs: int, done: dict, on_config, t_start: float) ->
             else:
                 model = Suffix(backbone, train_stages, copy.deepcopy(head0))
             groups = stage_lrs(config, stages, h)
-            train_loss = train(model, groups, cache["train"][k], ys["train"], epochs, case.seed)
+            # Every tuned stage trains its BatchNorm (LP-FT too). Tuning LP-FT with BatchNorm
+            # statistics frozen (bn_train=False) was tried and diverged on both cases.
+            bn_train = True
+            train_loss = train(
+                model, groups, cache["train"][k], ys["train"], epochs, case.seed, bn_train
+            )
             val_acc, val_loss = evaluate(model, cache["val"][k], ys["val"])
             rec = {
                 "lr": h,
@@ -459,6 +468,17 @@ def main(argv=None) -> int:
     ap.add_argument("--fresh", action="store_true", help="ignore a previous results file")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--jobs", type=int, default=2, help="processes, one case each (default 2)")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="subset of configurations")
+    ap.add_argument(
+        "--extra",
+        default="",
+        help="with --merge-only: comma-separated result files whose records override the parts",
+    )
+    ap.add_argument(
+        "--merge-only",
+        action="store_true",
+        help="write --out from the per-case part files as they are, training nothing",
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -474,8 +494,9 @@ def main(argv=None) -> int:
     out = args.out or (
         Path(tempfile.gettempdir()) / "oracle_tiny.json" if args.tiny else DEFAULT_OUT
     )
+    configs = tuple(args.configs.split(","))
     settings = {
-        "configs": list(CONFIGS),
+        "configs": list(configs),
         "grid": {k: list(v) for k, v in grid.items() if k in names},
         "epochs_per_budget": {str(b): e for b, e in epochs.items()},
         "batch": BATCH,
@@ -539,13 +560,23 @@ def main(argv=None) -> int:
         runs[key] = record
         save()
 
-    if args.jobs > 1 and len(names) > 1 and not args.child:
+    if args.merge_only:
+        for n in names:
+            part = _part_path(args, n)
+            if part.exists():
+                runs.update(json.loads(part.read_text())["runs"])
+        for extra in filter(None, args.extra.split(",")):
+            doc = json.loads(Path(extra).read_text())
+            keep = set(doc["settings"]["configs"])  # not the probe an LP-FT-only run adds
+            runs.update({k: r for k, r in doc["runs"].items() if r["config"] in keep})
+    elif args.jobs > 1 and len(names) > 1 and not args.child:
         runs.update(_run_children(args, names, out))
     else:
         for case in all_cases:
-            run_block(case, grid[case.name], epochs[case.budget], runs, on_config, t_start)
+            run_block(case, grid[case.name], epochs[case.budget], runs, on_config, t_start, configs)
     wall["seconds"] = time.perf_counter() - t_start
-    summary = save(final=True)
+    expected = {f"{c.key}/{k}" for c in all_cases for k in configs}
+    summary = save(final=expected <= set(runs))
     if not args.child:
         print_table(summary)
     print(
