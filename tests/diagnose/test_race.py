@@ -304,3 +304,11 @@ def test_trial_budget_zero_keeps_the_rules_marked_unmeasured(loaded_demo, tmp_pa
     assert (
         json.loads((tmp_path / "results.json").read_text())["recommendation"]["measured"] is False
     )
+
+
+def test_lr_grid_also_covers_the_usual_head_lrs_when_the_range_test_is_far_off():
+    from diagnose.candidates import lr_grid
+
+    assert lr_grid(0.03) == [0.01, 0.03, 0.09]  # three points around the suggestion
+    far = lr_grid(2.66e-6)  # seen on a real case: every candidate stayed at its init
+    assert {8.87e-07, 2.66e-06, 7.98e-06} <= set(far) and {0.00333, 0.01, 0.03} <= set(far)
