@@ -26,7 +26,6 @@ from diagnose._domains import (
     restricted_splits,
     subsample,
 )
-from diagnose._evalset import materialize
 from diagnose._prep import (
     expected_size_hint,
     prepared_dataset,
@@ -35,14 +34,15 @@ from diagnose._prep import (
     upscale_warnings,
 )
 from diagnose._samples import sample_thumbnails
-from diagnose.data import Domain, load_domain
 from diagnose.imagestats import ImageStats, drift_table, normalization_check
-from diagnose.models import LoadedModel, find_head, load_model, random_init_copy
+from diagnose.inputs import as_domain, as_loaded
+from diagnose.models import LoadedModel, random_init_copy
 from diagnose.recommend import recommend
 from diagnose.recommend_measured import (
     DEFAULT_TRIAL_BUDGET,
     check_trial_budget,
     measured_recommendation,
+    race_pool,
 )
 from diagnose.results import SCHEMA_VERSION, RunResult, environment
 from probes.capture import parse_size
@@ -70,44 +70,6 @@ class _Pair(nn.Module):
         return self.pretrained(x)
 
 
-def _as_loaded(model: Any, **kwargs) -> LoadedModel:
-    if isinstance(model, LoadedModel):
-        return model
-    if isinstance(model, str):
-        return load_model(model, **kwargs)
-    if isinstance(model, nn.Module):
-        head = kwargs.get("head") or find_head(model)
-        first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-        out = getattr(model.get_submodule(head), "out_features", None) if head else None
-        return LoadedModel(
-            model=model.eval(),
-            name=type(model).__name__,
-            head=head,
-            source_classes=None,
-            num_source_classes=out,
-            input_channels=first_conv.in_channels if first_conv is not None else 3,
-            input_size=None,
-            mean=None,
-            std=None,
-            pretrained=True,
-            notes=["Model given as a Python object; its preprocessing is not known."],
-        )
-    raise TypeError(
-        f"The 'model' parameter must be a spec string, an nn.Module or a LoadedModel. "
-        f"Got {type(model).__name__} instead."
-    )
-
-
-def _as_domain(data: Any, what: str) -> Domain | None:
-    if data is None or isinstance(data, Domain):
-        return data
-    if isinstance(data, (str, Path)):
-        return load_domain(str(data))
-    raise TypeError(
-        f"The '{what}' parameter must be a data spec string or a Domain. Got {type(data).__name__}."
-    )
-
-
 def _capture(loaded: LoadedModel, prep, what: str, model: nn.Module, *args, **kwargs):
     """``probes.capture``, with a model that rejects the images' shape reported as bad input."""
     try:
@@ -121,22 +83,6 @@ def _capture(loaded: LoadedModel, prep, what: str, model: nn.Module, *args, **kw
             f"model {loaded.name} failed on the {what} images, given as {c}x{h}x{w} "
             f"({type(exc).__name__}: {first}); {expected_size_hint(loaded.model, c)}."
         ) from exc
-
-
-def _race_pool(tgt: Domain, used: np.ndarray, split: dict, prep, warnings: list[str]):
-    """The target's labelled train+val images for the race, and train/val positions in them."""
-    idx = np.sort(np.concatenate([split["train"], split["val"]]))
-    try:
-        x, y = materialize(tgt, used[idx], prep)
-    except ValueError as exc:  # too large to hold in memory: the prior stands, said so
-        warnings.append(f"The trial race was skipped: {exc}")
-        return None, None
-    labelled = (y >= 0).numpy()
-    pos = {k: np.searchsorted(idx, split[k]) for k in ("train", "val")}
-    pos = {k: v[labelled[v]] for k, v in pos.items()}
-    if len(pos["train"]) < 2:
-        return None, None
-    return (x, y), pos
 
 
 def assess(
@@ -194,10 +140,10 @@ def assess(
 
         check_out_dir(out)  # before minutes of measuring, not after
     torch.manual_seed(seed)
-    loaded = _as_loaded(
+    loaded = as_loaded(
         model, weights=weights, trust_checkpoint=trust_checkpoint, head=head, progress=progress
     )
-    src, tgt = _as_domain(source, "source"), _as_domain(target, "target")
+    src, tgt = as_domain(source, "source"), as_domain(target, "target")
     if tgt is not None:
         check_two_classes(tgt)
     warnings: list[str] = []
@@ -397,7 +343,7 @@ def assess(
     prior = recommend(results, max_forgetting=max_forgetting)
     pool, pool_splits = None, None
     if trial_budget > 0 and tl is not None and has_head and splits.get("target") is not None:
-        pool, pool_splits = _race_pool(tgt, used["target"], splits["target"], prep, warnings)
+        pool, pool_splits = race_pool(tgt, used["target"], splits["target"], prep, warnings)
     results["recommendation"] = measured_recommendation(
         results,
         prior,

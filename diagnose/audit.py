@@ -43,8 +43,8 @@ from diagnose._domains import subsample
 from diagnose._evalset import materialize_readable, pick_eval, source_eval_set
 from diagnose._prep import resolve_device, resolve_preprocessing
 from diagnose._weights_io import extract_state_dict, load_state_dict_checked, torch_load
-from diagnose.assess import _as_domain, _as_loaded
 from diagnose.forgetting import ForgettingTracker, weight_drift
+from diagnose.inputs import as_domain, as_loaded
 from diagnose.models import replace_module
 from diagnose.report import check_out_dir
 from diagnose.results import SCHEMA_VERSION, RunResult, environment, jsonable
@@ -223,12 +223,12 @@ def audit(
     dev = resolve_device(device)
     if out is not None:
         check_out_dir(out)
-    loaded = _as_loaded(
+    loaded = as_loaded(
         model, weights=weights, trust_checkpoint=trust_checkpoint, head=head, progress=progress
     )
     if loaded.head is None:
         raise ValueError("audit needs the model's classification head; name it with --head.")
-    src, tgt = _as_domain(source, "source"), _as_domain(target, "target")
+    src, tgt = as_domain(source, "source"), as_domain(target, "target")
     if src is None:
         raise ValueError("audit needs --source data: forgetting is measured on the source task.")
     ft, replaced = build_finetuned(

@@ -29,8 +29,9 @@ from diagnose._evalset import materialize_readable, source_eval_set
 from diagnose._executor import EXECUTORS, Job, Unit, execute, import_ray
 from diagnose._prep import resolve_device, resolve_preprocessing
 from diagnose._seeds import RUN_KEYS, finished, read_previous, resumed_text, strategy_entries
-from diagnose.assess import _as_domain, _as_loaded, assess
+from diagnose.assess import assess
 from diagnose.forgetting import ForgettingTracker
+from diagnose.inputs import as_domain, as_loaded
 from diagnose.report import check_out_dir
 from diagnose.results import (
     SCHEMA_VERSION,
@@ -168,12 +169,12 @@ def compare(
     dev = resolve_device(device)
     if out is not None:
         check_out_dir(out)  # fail before hours of training, not after
-    loaded = _as_loaded(
+    loaded = as_loaded(
         model, weights=weights, trust_checkpoint=trust_checkpoint, head=head, progress=progress
     )
     if loaded.head is None:
         raise ValueError("compare needs the model's classification head; name it with --head.")
-    src, tgt = _as_domain(source, "source"), _as_domain(target, "target")
+    src, tgt = as_domain(source, "source"), as_domain(target, "target")
     if tgt is None or tgt.labels is None:
         raise ValueError("compare needs labelled --target data.")
     out_dir = Path(out) if out is not None else None
@@ -213,8 +214,10 @@ def compare(
     suggested = (base.get("lr_find") or {}).get("suggested_lr")
     head_lr = lr if lr is not None else (suggested or DEFAULT_HEAD_LR)
     depths = None
-    if isinstance(unfreeze, (list, tuple)) and unfreeze and all(
-        isinstance(k, int) and not isinstance(k, bool) for k in unfreeze
+    if (
+        isinstance(unfreeze, (list, tuple))
+        and unfreeze
+        and all(isinstance(k, int) and not isinstance(k, bool) for k in unfreeze)
     ):
         # Several depths: partial runs once per depth, each its own row "partial@k".
         bad = [k for k in unfreeze if not 1 <= k <= len(blocks)]
@@ -238,7 +241,9 @@ def compare(
     elif unfreeze is None:
         rec = base.get("recommendation") or {}
         unfreeze = (
-            rec.get("unfreeze_blocks", rec.get("unfreeze")) if rec.get("strategy") == "partial" else None
+            rec.get("unfreeze_blocks", rec.get("unfreeze"))
+            if rec.get("strategy") == "partial"
+            else None
         )
     config = TrainConfig(
         epochs=epochs,

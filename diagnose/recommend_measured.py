@@ -21,13 +21,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from diagnose._evalset import materialize
 from diagnose.candidates import build_candidates
 from diagnose.cuts import cut_description, trainable_modules
 from diagnose.race import run_race, scoring_folds
 from diagnose.recommend import SAFE_FORGETTING, recommended_epochs
 from diagnose.strategies import TrainConfig, plan
 
-__all__ = ["DEFAULT_TRIAL_BUDGET", "check_trial_budget", "measured_recommendation", "with_modules"]
+__all__ = [
+    "DEFAULT_TRIAL_BUDGET",
+    "check_trial_budget",
+    "measured_recommendation",
+    "race_pool",
+    "with_modules",
+]
 
 # The race may spend this fraction of the full sweep's training FLOPs (every
 # candidate at the full epochs): successive halving with ETA = 3 over about 20
@@ -148,6 +155,28 @@ def _reasons(trials: dict, pick: dict, prior: dict, protocol: dict) -> tuple[lis
     else:
         reasons.append(f"The rule prior predicted the same strategy ({prior['strategy']}).")
     return reasons, change, confidence
+
+
+def race_pool(tgt, used: np.ndarray, split: dict, prep, warnings: list[str]):
+    """The target's labelled train+val images for the race, and train/val positions in them.
+
+    ``used`` are the domain indices the assessment used and ``split`` its
+    ``{"train", "val", "test"}`` positions into them; the test split is never read.
+    Returns ``((x, y), {"train", "val"})`` or ``(None, None)`` (with a warning when the
+    images do not fit in memory).
+    """
+    idx = np.sort(np.concatenate([split["train"], split["val"]]))
+    try:
+        x, y = materialize(tgt, used[idx], prep)
+    except ValueError as exc:  # too large to hold in memory: the prior stands, said so
+        warnings.append(f"The trial race was skipped: {exc}")
+        return None, None
+    labelled = (y >= 0).numpy()
+    pos = {k: np.searchsorted(idx, split[k]) for k in ("train", "val")}
+    pos = {k: v[labelled[v]] for k, v in pos.items()}
+    if len(pos["train"]) < 2:
+        return None, None
+    return (x, y), pos
 
 
 def measured_recommendation(
