@@ -17,12 +17,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-__all__ = ["class_balance_plot", "gap_plot", "lr_find_plot", "probe_plot"]
+__all__ = [
+    "class_balance_plot",
+    "encode_png",
+    "gap_plot",
+    "lr_find_plot",
+    "probe_plot",
+    "short_name",
+]
 
 _PALETTE = {"target": "#1f77b4", "control": "#7f7f7f", "source": "#2ca02c"}
 
 
-def _encode(fig, rect: tuple[float, float, float, float] | None = None) -> str:
+def encode_png(fig, rect: tuple[float, float, float, float] | None = None) -> str:
     """The figure as a base64 PNG (closed afterwards); ``rect`` is tight_layout's."""
     buf = io.BytesIO()
     fig.tight_layout(rect=rect)
@@ -31,7 +38,7 @@ def _encode(fig, rect: tuple[float, float, float, float] | None = None) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _short(name: str) -> str:
+def short_name(name: str) -> str:
     return name if len(name) <= 18 else "…" + name[-17:]
 
 
@@ -63,7 +70,7 @@ def probe_plot(results: dict):
         ax.errorbar(
             xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=label, color=_PALETTE[which]
         )
-    ax.set_xticks(x, [_short(n) for n in names], rotation=20, ha="right")
+    ax.set_xticks(x, [short_name(n) for n in names], rotation=20, ha="right")
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("layer (forward order)")
     ax.set_ylabel("linear-probe test accuracy (fraction)")
@@ -83,7 +90,7 @@ def probe_plot(results: dict):
             if ctrl:
                 takeaway += f"; the random-init control reaches at most {max(ctrl):.3f}, so pretraining adds {best - max(ctrl):+.3f}"
         takeaway += "."
-    return _encode(fig), takeaway
+    return encode_png(fig), takeaway
 
 
 def gap_plot(results: dict):
@@ -116,7 +123,7 @@ def gap_plot(results: dict):
     )
     ax2.set_ylabel("MMD² (RBF kernel, unitless)")
     ax2.grid(False)
-    ax.set_xticks(x, [_short(n) for n in names], rotation=20, ha="right")
+    ax.set_xticks(x, [short_name(n) for n in names], rotation=20, ha="right")
     ax.set_xlabel("layer (forward order)")
     ax.set_title("Source-target domain gap over depth")
     h1, l1 = ax.get_legend_handles_labels()
@@ -134,7 +141,7 @@ def gap_plot(results: dict):
     takeaway = (
         f"The gap is {kind} (PAD {first:.2f} at {names[0]}, largest {top:.2f} at {names[ti]})."
     )
-    return _encode(fig), takeaway
+    return encode_png(fig), takeaway
 
 
 def lr_find_plot(results: dict):
@@ -165,7 +172,7 @@ def lr_find_plot(results: dict):
         takeaway = (
             "The loss never fell steadily, so no LR is suggested; inspect the data and labels."
         )
-    return _encode(fig), takeaway
+    return encode_png(fig), takeaway
 
 
 def class_balance_plot(results: dict):
@@ -189,7 +196,7 @@ def class_balance_plot(results: dict):
         if vals:
             ax.bar(x + (k - 0.5) * width, [vals.get(c, 0) for c in classes], width, label=key)
     ax.set_xticks(
-        x, [_short(c) for c in classes], rotation=30 if len(classes) > 6 else 0, ha="right"
+        x, [short_name(c) for c in classes], rotation=30 if len(classes) > 6 else 0, ha="right"
     )
     ax.set_xlabel("class")
     ax.set_ylabel("images (count)")
@@ -203,4 +210,4 @@ def class_balance_plot(results: dict):
     takeaway = (
         ("Largest over smallest class: " + ", ".join(parts) + ".") if parts else "No class counts."
     )
-    return _encode(fig), takeaway
+    return encode_png(fig), takeaway

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diagnose._plots import _encode, _short, plt, sns
+from diagnose._plots import encode_png, plt, short_name, sns
 
 __all__ = ["audit_cka_plot", "per_class_forgetting_plot"]
 
@@ -42,7 +42,7 @@ def audit_cka_plot(results: dict):
     if isinstance(thr, (int, float)):
         ax.axhline(thr, color="#7f7f7f", ls="--", lw=1, label=f"unchanged threshold ({thr})")
     ax.set_xticks(x)
-    ax.set_xticklabels([_short(n) for n in names], rotation=20, ha="right")
+    ax.set_xticklabels([short_name(n) for n in names], rotation=20, ha="right")
     low = min(v for vals in series.values() for v in vals if v is not None)
     ax.set_ylim(0.0 if low < 0.5 else low - 0.05, 1.02)
     ax.set_xlabel("block (forward order)")
@@ -56,7 +56,7 @@ def audit_cka_plot(results: dict):
         f"The {'source' if 'source' in series else 'target'} representation changed most at "
         f"{worst_n} (CKA {worst_v:.3f}; 1.0 = unchanged up to rotation and scale)."
     )
-    return _encode(fig), takeaway
+    return encode_png(fig), takeaway
 
 
 def per_class_forgetting_plot(results: dict):
@@ -65,7 +65,7 @@ def per_class_forgetting_plot(results: dict):
     rows = [r for r in rows if r.get("drop") is not None]
     if not rows:
         return None
-    names = [_short(str(r.get("class"))) for r in rows]
+    names = [short_name(str(r.get("class"))) for r in rows]
     drops = [100.0 * float(r["drop"]) for r in rows]
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(7.5, 3.4))
@@ -85,4 +85,4 @@ def per_class_forgetting_plot(results: dict):
         )
     else:
         takeaway = "No source class lost accuracy through the original head."
-    return _encode(fig), takeaway
+    return encode_png(fig), takeaway

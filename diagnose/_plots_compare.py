@@ -23,14 +23,24 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from diagnose._names import STRATEGY_LABELS, join_labels, strategy_label  # noqa: E402
-from diagnose._plots import _encode, _short  # noqa: E402
+from diagnose._plots import encode_png, short_name  # noqa: E402
 from diagnose.recommend import STRATEGIES  # noqa: E402
 from diagnose.results import finite, section
 
-__all__ = ["cka_heatmap", "forgetting_curves_plot", "tradeoff_plot"]
+__all__ = [
+    "BLUE",
+    "GREEN",
+    "ORANGE",
+    "PURPLE",
+    "RED",
+    "cka_heatmap",
+    "curve_values",
+    "forgetting_curves_plot",
+    "tradeoff_plot",
+]
 
-_RED = "#b3261e"  # diverged runs, in every plot
-_BLUE, _ORANGE, _GREEN, _PURPLE = "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"
+RED = "#b3261e"  # diverged runs, in every plot
+BLUE, ORANGE, GREEN, PURPLE = "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"
 
 
 def _list(value) -> list:
@@ -60,7 +70,7 @@ def _color(entry: dict) -> str:
     return palette[index % len(palette)]
 
 
-def _curve(entry: dict, key: str) -> list[tuple[float, float]]:
+def curve_values(entry: dict, key: str) -> list[tuple[float, float]]:
     points = []
     for point in _list(entry.get("curves")):
         if isinstance(point, dict):
@@ -125,7 +135,7 @@ def tradeoff_plot(results: dict) -> tuple[str, str] | None:
     for label, x, y, e in sorted(points + diverged, key=lambda p: -p[2]):
         bad = e.get("status") != "ok"
         if bad:
-            ax.scatter([x], [y], s=70, marker="X", color=_RED, zorder=3)
+            ax.scatter([x], [y], s=70, marker="X", color=RED, zorder=3)
         else:
             ax.scatter([x], [y], s=55, color=_color(e), edgecolor="black", linewidth=0.5, zorder=3)
         # Labels of points close on both axes are stacked downwards instead of overprinting.
@@ -139,14 +149,14 @@ def tradeoff_plot(results: dict) -> tuple[str, str] | None:
         )
         std = _std(e, "target", y_key)
         if std is not None:
-            color = _RED if bad else _color(e)
+            color = RED if bad else _color(e)
             ax.errorbar([x], [y], yerr=[std], fmt="none", ecolor=color, capsize=3, zorder=2)
     front = _pareto([(p[0], p[1], p[2]) for p in points])
     if front:
         label = "Pareto front (higher accuracy at no higher cost)"
         ax.step(*_xy([p[1:] for p in front]), where="post", color="k", alpha=0.6, label=label)
     if diverged:
-        ax.scatter([], [], marker="X", color=_RED, label="diverged (not on the front)")
+        ax.scatter([], [], marker="X", color=RED, label="diverged (not on the front)")
     stds = [_std(p[3], "target", y_key) or 0.0 for p in points + diverged]
     lows = [p[2] - sd for p, sd in zip(points + diverged, stds)]
     highs = [p[2] + sd for p, sd in zip(points + diverged, stds)]
@@ -204,7 +214,7 @@ def tradeoff_plot(results: dict) -> tuple[str, str] | None:
     first = front[0][0] if front else None
     if first is not None and text.startswith(first) and first in STRATEGY_LABELS.values():
         text = text[0].upper() + text[1:]  # a display name opening the sentence
-    return _encode(fig), text
+    return encode_png(fig), text
 
 
 def _planned_epochs(entry: dict, points: list[tuple[float, float]]) -> float | None:
@@ -245,9 +255,9 @@ def forgetting_curves_plot(results: dict) -> tuple[str, str] | None:
     lose: it is drawn dashed and labelled as a baseline, not as forgetting.
     """
     entries = _entries(results)
-    measured = any(_curve(e, "source_accuracy") for _, e in entries)
+    measured = any(curve_values(e, "source_accuracy") for _, e in entries)
     key = "source_accuracy" if measured else "agreement"
-    series = [(label, e, _progress(e, _curve(e, key))) for label, e in entries]
+    series = [(label, e, _progress(e, curve_values(e, key))) for label, e in entries]
     series = [s for s in series if s[2]]
     if not series:
         return None
@@ -314,7 +324,7 @@ def forgetting_curves_plot(results: dict) -> tuple[str, str] | None:
             f" Training from scratch (dashed) starts from random weights, so its {what} is "
             "a baseline, not forgetting."
         )
-    return _encode(fig), takeaway
+    return encode_png(fig), takeaway
 
 
 def _layer_order(results: dict, rows: list[dict]) -> list[str]:
@@ -349,7 +359,7 @@ def cka_heatmap(results: dict) -> tuple[str, str] | None:
         figsize=(max(5.5, 1.1 * len(layers) + 3.5), max(2.6, 0.45 * len(rows) + 1.6))
     )
     cbar = {"label": "CKA to pretrained (0 to 1)"}  # short: the bar is only as tall as the rows
-    ticks = {"xticklabels": [_short(n) for n in layers], "yticklabels": labels}
+    ticks = {"xticklabels": [short_name(n) for n in layers], "yticklabels": labels}
     sns.heatmap(
         data,
         mask=np.isnan(data),
@@ -392,4 +402,4 @@ def cka_heatmap(results: dict) -> tuple[str, str] | None:
                 f"; the largest change is at {layers[mode]} in {lows.count(mode)} of "
                 f"{len(keep)} strategies"
             )
-    return _encode(fig), takeaway + "."
+    return encode_png(fig), takeaway + "."

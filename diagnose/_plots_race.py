@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from diagnose._names import strategy_label  # noqa: E402
-from diagnose._plots import _encode  # noqa: E402
+from diagnose._plots import encode_png  # noqa: E402
 
 __all__ = ["race_plot"]
 
@@ -73,4 +73,4 @@ def race_plot(results: dict):
         )
         + (f", for {100 * frac:.0f}% of a full sweep's FLOPs." if frac is not None else ".")
     )
-    return _encode(fig), takeaway
+    return encode_png(fig), takeaway

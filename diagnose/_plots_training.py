@@ -12,15 +12,15 @@ from matplotlib.ticker import MaxNLocator
 
 from diagnose._names import join_labels
 from diagnose._plots_compare import (
-    _BLUE,
-    _GREEN,
-    _ORANGE,
-    _PURPLE,
-    _RED,
-    _curve,
-    _encode,
+    BLUE,
+    GREEN,
+    ORANGE,
+    PURPLE,
+    RED,
     _entries,
     _xy,
+    curve_values,
+    encode_png,
 )
 from diagnose.results import finite, section
 
@@ -32,7 +32,7 @@ def _diverged_epoch(entry: dict) -> float | None:
         return None
     epoch = finite(section(entry, "diverged").get("epoch"))
     if epoch is None:  # fall back to the last evaluation before the loss went non-finite
-        epochs = [p[0] for p in _curve(entry, "train_loss") + _curve(entry, "val_loss")]
+        epochs = [p[0] for p in curve_values(entry, "train_loss") + curve_values(entry, "val_loss")]
         epoch = max(epochs) if epochs else None
     return epoch
 
@@ -45,7 +45,7 @@ def training_curves_plot(results: dict) -> tuple[str, str] | None:
     """
     panels = []
     for label, e in _entries(results):
-        train, val = _curve(e, "train_loss"), _curve(e, "val_loss")
+        train, val = curve_values(e, "train_loss"), curve_values(e, "val_loss")
         if train or val:
             panels.append((label, e, train, val))
     if not panels:
@@ -72,28 +72,28 @@ def training_curves_plot(results: dict) -> tuple[str, str] | None:
     )
     notes_div, notes_over, improving = [], [], []
     for ax, (label, e, train, val) in zip(axes.flat, panels):
-        ax.plot(*_xy(train), color=_BLUE, marker=".")
-        ax.plot(*_xy(val), color=_ORANGE, linestyle="--", marker=".")
+        ax.plot(*_xy(train), color=BLUE, marker=".")
+        ax.plot(*_xy(val), color=ORANGE, linestyle="--", marker=".")
         high = [p[0] for p in train + val if p[1] > top]
         if high:  # an empty unclipped line would still stretch the layout to the origin
-            ax.plot(high, [top] * len(high), "^", color=_RED, clip_on=False)
+            ax.plot(high, [top] * len(high), "^", color=RED, clip_on=False)
         div = _diverged_epoch(e)
         if div is not None:
-            ax.axvline(div, color=_RED, linewidth=1.5)
+            ax.axvline(div, color=RED, linewidth=1.5)
             lr = finite(section(e, "diverged").get("lr"))
             notes_div.append(
                 f"{label} diverged at epoch {div:g}" + (f" (LR {lr:.2g})" if lr is not None else "")
             )
         over = finite(section(e, "overfitting").get("epoch"))
         if over is not None:
-            ax.axvline(over, color=_PURPLE, linestyle=":", linewidth=1.5)
+            ax.axvline(over, color=PURPLE, linestyle=":", linewidth=1.5)
             notes_over.append(f"{label} from epoch {over:g}")
         best = finite(section(e, "target").get("best_epoch"))
         at = [p for p in val if p[0] == best]
         if at:
-            ax.plot(*_xy(at[:1]), marker="*", markersize=12, color=_GREEN, zorder=4)
+            ax.plot(*_xy(at[:1]), marker="*", markersize=12, color=GREEN, zorder=4)
         elif best is not None:
-            ax.axvline(best, color=_GREEN, linestyle="-.", linewidth=1.2)
+            ax.axvline(best, color=GREEN, linestyle="-.", linewidth=1.2)
         epochs = [p[0] for p in train + val]
         if best is not None and e.get("status") == "ok" and epochs and best >= max(epochs):
             improving.append(label)
@@ -115,14 +115,14 @@ def training_curves_plot(results: dict) -> tuple[str, str] | None:
     fig.supylabel("cross-entropy loss (nats" + (", log scale)" if log else ")"), fontsize=10)
     fig.suptitle("Training and validation loss per strategy", fontsize=11)
     handles = [
-        Line2D([], [], color=_BLUE, marker=".", label="train loss"),
-        Line2D([], [], color=_ORANGE, linestyle="--", marker=".", label="validation loss"),
-        Line2D([], [], color=_GREEN, marker="*", ls="", ms=10, label="best validation epoch"),
+        Line2D([], [], color=BLUE, marker=".", label="train loss"),
+        Line2D([], [], color=ORANGE, linestyle="--", marker=".", label="validation loss"),
+        Line2D([], [], color=GREEN, marker="*", ls="", ms=10, label="best validation epoch"),
     ]
     if notes_over:
-        handles.append(Line2D([], [], color=_PURPLE, linestyle=":", label="overfitting onset"))
+        handles.append(Line2D([], [], color=PURPLE, linestyle=":", label="overfitting onset"))
     if notes_div:
-        handles.append(Line2D([], [], color=_RED, marker="^", label="divergence (off scale)"))
+        handles.append(Line2D([], [], color=RED, marker="^", label="divergence (off scale)"))
     fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
 
     parts = []
@@ -142,4 +142,4 @@ def training_curves_plot(results: dict) -> tuple[str, str] | None:
         parts.append(f"None of the {n} strategies diverged or overfit")
     takeaway = "; ".join(parts) + "."
     rect = (0, 0.07 if nrows == 1 else 0.04, 1, 1)  # room for the figure legend below
-    return _encode(fig, rect), takeaway[0].upper() + takeaway[1:]
+    return encode_png(fig, rect), takeaway[0].upper() + takeaway[1:]

@@ -361,7 +361,7 @@ def test_every_strategy_has_one_display_label():
 def _captured(monkeypatch, module):
     """Run a plot of ``module`` keeping its matplotlib figure instead of encoding it."""
     figs = []
-    monkeypatch.setattr(module, "_encode", lambda fig, rect=None: figs.append(fig) or "png")
+    monkeypatch.setattr(module, "encode_png", lambda fig, rect=None: figs.append(fig) or "png")
     return figs
 
 
