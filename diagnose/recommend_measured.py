@@ -24,7 +24,8 @@ from torch import nn
 from diagnose._evalset import materialize
 from diagnose.candidates import build_candidates
 from diagnose.cuts import cut_description, trainable_modules
-from diagnose.race import run_race, scoring_folds
+from diagnose.race import run_race
+from diagnose.race_scoring import scoring_folds
 from diagnose.recommend import SAFE_FORGETTING, recommended_epochs
 from diagnose.strategies import TrainConfig, plan
 

@@ -12,14 +12,8 @@ import torchvision
 import probes
 from diagnose.candidates import LR_GRID, Candidate, build_candidates, partial_depths
 from diagnose.cuts import cut_description, network_units, trainable_modules
-from diagnose.race import (
-    KFOLD_REPEATS,
-    SMALL_VAL,
-    paired_gap,
-    run_race,
-    rung_epochs,
-    scoring_folds,
-)
+from diagnose.race import run_race, rung_epochs
+from diagnose.race_scoring import KFOLD_REPEATS, SMALL_VAL, paired_gap, scoring_folds
 from diagnose.recommend_measured import check_trial_budget
 from tests.diagnose.tiny_models import Tiny, single_thread
 
