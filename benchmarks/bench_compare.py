@@ -1,4 +1,4 @@
-"""Benchmark of the strategy-comparison engine (``diagnose.train.run_strategy``).
+"""Benchmark of the strategy-comparison engine (``diagnose.training.runner.run_strategy``).
 
 Rows (demo CNN pretrained on ``demo:digits``, target ``demo:digits-noise``,
 its stratified train/val/test split, batch 64):
@@ -14,7 +14,7 @@ its stratified train/val/test split, batch 64):
   2. forgetting-tracking overhead: ``full_low_lr`` with a ForgettingTracker
      (one forward pass over the source images + CKA per block each epoch)
      vs without, as a fraction of training time. Goal: <= 5% at the count
-     ``diagnose.forgetting.suggest_source_samples`` gives for this target
+     ``diagnose.measure.forgetting.suggest_source_samples`` gives for this target
      (64, its floor); 128 and all 179 held-out source images for information.
      The tracker's own cost is ~80% the forward pass over the source images.
   3. (information) ``partial`` (last block) with the frozen prefix cached vs
@@ -44,13 +44,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _timing import best_time  # noqa: E402
 
-import diagnose._strategy_run as strategy_run  # noqa: E402
+import diagnose.training.strategy_run as strategy_run  # noqa: E402
 from diagnose.data import load_domain  # noqa: E402
-from diagnose.forgetting import ForgettingTracker, suggest_source_samples  # noqa: E402
+from diagnose.decide import recommended_epochs as _epochs  # noqa: E402
+from diagnose.measure import ForgettingTracker, suggest_source_samples  # noqa: E402
 from diagnose.models import load_model  # noqa: E402
-from diagnose.recommend import recommended_epochs as _epochs  # noqa: E402
-from diagnose.strategies import TrainConfig  # noqa: E402
-from diagnose.train import TargetData, run_strategy  # noqa: E402
+from diagnose.training import (  # noqa: E402
+    TargetData,
+    TrainConfig,  # noqa: E402
+    run_strategy,
+)
 
 BLOCKS = ["block1", "block2", "block3", "block4"]
 CPU = torch.device("cpu")

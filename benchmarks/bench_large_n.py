@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader, IterableDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import probes  # noqa: E402
-from diagnose._demo_model import DemoCNN  # noqa: E402
+from diagnose.models import DemoCNN  # noqa: E402
 
 
 class SyntheticImages(IterableDataset):

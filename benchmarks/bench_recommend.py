@@ -23,9 +23,8 @@ import statistics
 import time
 from collections import Counter
 
-from diagnose.compare import compare
-from diagnose.demo import DEMO_SOURCE, DEMO_TARGETS
 from diagnose.models import load_model
+from diagnose.workflows import DEMO_SOURCE, DEMO_TARGETS, compare
 
 GOAL = 0.01
 TIE = 0.005  # mean val accuracies this close are a tie, broken by FLOPs (as select.py does)

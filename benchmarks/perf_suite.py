@@ -116,7 +116,7 @@ def _assess_inputs(max_samples, size):
 def row_assess(max_samples, repeats, size=64):
     import torchvision
 
-    from diagnose.assess import assess
+    from diagnose.workflows import assess
 
     model = torchvision.models.resnet18()
     x = _assess_inputs(max_samples, size)
@@ -261,8 +261,8 @@ def main(argv=None):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as bench_compare: tiny convolutions contend on 2 threads
     try:
+        from diagnose.decide import recommended_epochs as _epochs
         from diagnose.models import load_model
-        from diagnose.recommend import recommended_epochs as _epochs
 
         model = load_model("demo", progress=False).model
         data = bench_compare.target_data()

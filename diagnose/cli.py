@@ -260,7 +260,7 @@ def _run(args) -> int:
     if args.command == "assess":
         if args.target is None and args.source is None:
             raise ValueError("assess needs --target DATA (and ideally --source DATA).")
-        from diagnose.assess import assess
+        from diagnose.workflows import assess
 
         res = assess(
             args.model,
@@ -283,7 +283,7 @@ def _run(args) -> int:
             _info(args, f"warning: {w}")
         print(res.report_path)
     elif args.command == "compare":
-        from diagnose.compare import compare
+        from diagnose.workflows import compare
 
         res = compare(
             args.model,
@@ -313,7 +313,7 @@ def _run(args) -> int:
         _info(args, f"measured best: {best}")
         print(res.report_path)
     elif args.command == "audit":
-        from diagnose.audit import audit
+        from diagnose.workflows import audit
 
         if args.source is None:
             raise ValueError("audit needs --source DATA: forgetting is measured on source images.")
@@ -325,7 +325,7 @@ def _run(args) -> int:
 
         print(render_report_file(args.results, args.out))
     elif args.command == "demo":
-        from diagnose.demo import run_demo
+        from diagnose.workflows import run_demo
 
         overview = run_demo(args.out, seed=args.seed, device=args.device, progress=progress)
         for row in overview["scenarios"]:

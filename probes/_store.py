@@ -44,7 +44,7 @@ OUTPUT_KEY = "__output__"  # the model's output travels with the layers under th
 MANIFEST = "manifest.json"
 
 
-def _width_error(name: str, widths: Sequence[int]) -> ValueError:
+def width_error(name: str, widths: Sequence[int]) -> ValueError:
     return ValueError(
         f"Layer {name!r} gave different dimensions across batches ({sorted(set(widths))}); "
         "use inputs of one size or an adaptive pool."
@@ -110,7 +110,7 @@ class FeatureStore:
             self.rows[key] = 0
             self._write_header(handle, key)
         elif block.shape[1] != self._dims[key]:
-            raise _width_error(key, [self._dims[key], int(block.shape[1])])
+            raise width_error(key, [self._dims[key], int(block.shape[1])])
         self._handles[key].write(memoryview(block).cast("B"))
         self.rows[key] += int(block.shape[0])
 
@@ -222,7 +222,7 @@ class FeatureSink:
             tensors = self.memory.pop(key, [])
             widths = {int(t.shape[1]) for t in tensors}
             if len(widths) > 1:
-                raise _width_error(key, list(widths))
+                raise width_error(key, list(widths))
             arrays[key] = torch.cat(tensors).numpy()
         return arrays, None
 

@@ -40,7 +40,7 @@ from probes._pooling import (
     projection_matrix,
 )
 from probes._size import parse_size
-from probes._store import OUTPUT_KEY, CapturedFeatures, FeatureSink, _width_error
+from probes._store import OUTPUT_KEY, CapturedFeatures, FeatureSink, width_error
 from probes._validation import check_choice, check_int
 
 __all__ = ["CapturedFeatures", "capture", "discover_layers", "parse_size"]
@@ -182,7 +182,7 @@ def capture(
             # checked after projecting, a batch of another width could slip through.
             first = widths.setdefault(name, dim)
             if dim != first:
-                raise _width_error(name, [first, dim])
+                raise width_error(name, [first, dim])
             if max_dim is not None and dim > max_dim:
                 if name not in matrices:
                     matrices[name] = projection_matrix(name, dim, int(max_dim), seed, pooled.device)

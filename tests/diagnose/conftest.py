@@ -14,7 +14,7 @@ def demo_cache_dir(tmp_path_factory):
     The session's ``DIAGNOSE_CACHE_DIR`` when set (tests/conftest.py sets it),
     so every test module shares one pretraining; a fresh directory otherwise.
     """
-    from diagnose._demo_model import load_or_pretrain
+    from diagnose.models.demo_cnn import load_or_pretrain
 
     env = os.environ.get("DIAGNOSE_CACHE_DIR")
     path = env if env else str(tmp_path_factory.mktemp("demo-cache"))
@@ -25,6 +25,6 @@ def demo_cache_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def loaded_demo(demo_cache_dir):
     """``load_model("demo")`` from the session cache (shared: deep-copy before changing it)."""
-    from diagnose.models import load_model
+    from diagnose.models.loading import load_model
 
     return load_model("demo", cache_dir=demo_cache_dir, progress=False)

@@ -1,0 +1,348 @@
+"""Loading image domains: demo digits, ImageFolder directories, ``module:function`` datasets.
+
+A *domain* is a labelled (or unlabelled) set of images with what the rest of
+the tool needs to know about it without decoding every image: labels, class
+names, native channels and sizes.
+
+Example:
+    >>> d = load_domain("demo:digits-invert")
+    >>> len(d.dataset), d.channels, d.native_size
+    (896, 1, (32, 32))
+    >>> parts = d.splits(seed=0)   # stratified train / val / test indices
+"""
+
+from __future__ import annotations
+
+import warnings as _warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from diagnose.core import is_callable_spec
+from diagnose.data.demo_data import DEMO_DOMAINS, TensorImageDataset, demo_arrays
+from diagnose.data.imagefolder import ImageFolderDataset, scan_image_folder
+from diagnose.data.userdata import callable_domain_fields, size_facts
+
+__all__ = [
+    "Domain",
+    "load_domain",
+    "preprocess",
+    "undecodable_note",
+]
+
+
+@dataclass
+class Domain:
+    """A set of images from one domain, with what is known about it up front.
+
+    Attributes:
+        name: the spec as given (``"demo:digits-noise"``, a path, ``"pkg.mod:fn"``).
+        dataset: item ``i`` is ``(image, label)``: a float32 tensor C x H x W in
+            [0, 1] and an int (-1 when unlabelled).
+        labels: int64 label per item, known without decoding images; None when unlabelled.
+        classes: class names, index = label; None when unlabelled.
+        channels: native channels of the images (1 or 3).
+        native_size: (H, W) when every image has that size, else None.
+        size_range: smallest and largest (H, W) seen.
+        description: one human-readable line.
+        warnings: problems met while loading (skipped files, assumptions).
+    """
+
+    name: str
+    dataset: Dataset
+    labels: np.ndarray | None
+    classes: list[str] | None
+    channels: int
+    native_size: tuple[int, int] | None
+    size_range: tuple[tuple[int, int], tuple[int, int]]
+    description: str
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def splits(
+        self, seed: int = 0, fractions: Sequence[float] = (0.6, 0.2, 0.2)
+    ) -> dict[str, np.ndarray]:
+        """Disjoint ``"train"``, ``"val"``, ``"test"`` index arrays covering every item.
+
+        Stratified by label when labelled (each class is split by
+        ``fractions``, every split getting at least one item of a class that
+        has at least three), deterministic given ``seed``, indices sorted. A
+        class with fewer items than there are non-empty splits goes wholly to
+        train, with a warning.
+
+        Example:
+            >>> s = load_domain("demo:digits").splits(seed=0)
+            >>> sorted(s), sum(len(v) for v in s.values())
+            (['test', 'train', 'val'], 901)
+        """
+        fr = _check_fractions(fractions)
+        rng = np.random.default_rng(seed)
+        n = len(self)
+        groups = (
+            [np.arange(n)]
+            if self.labels is None
+            else [np.flatnonzero(self.labels == c) for c in np.unique(self.labels)]
+        )
+        needed = int(sum(f > 0 for f in fr))
+        parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+        too_small: list[str] = []
+        for idx in groups:
+            idx = rng.permutation(idx)
+            if len(idx) < needed:
+                parts["train"].append(idx)
+                if self.labels is not None and len(idx):
+                    too_small.append(self._class_name(int(self.labels[idx[0]])))
+                continue
+            n_val = max(1, round(len(idx) * fr[1])) if fr[1] > 0 else 0
+            n_test = max(1, round(len(idx) * fr[2])) if fr[2] > 0 else 0
+            n_train = len(idx) - n_val - n_test
+            if n_train < 1:  # rounding up val and test took everything
+                n_test -= 1 - n_train
+                n_train = 1
+            parts["train"].append(idx[:n_train])
+            parts["val"].append(idx[n_train : n_train + n_val])
+            parts["test"].append(idx[n_train + n_val :])
+        if too_small:
+            msg = (
+                f"{len(too_small)} class(es) of {self.name} have too few items to split "
+                f"and were put in train only: {', '.join(too_small[:5])}"
+            )
+            if msg not in self.warnings:
+                self.warnings.append(msg)
+            _warnings.warn(msg, stacklevel=2)
+        return {
+            k: np.sort(np.concatenate(v)).astype(np.int64) if v else np.zeros(0, np.int64)
+            for k, v in parts.items()
+        }
+
+    def _class_name(self, label: int) -> str:
+        if self.classes is not None and 0 <= label < len(self.classes):
+            return self.classes[label]
+        return str(label)
+
+    def undecodable(self) -> dict[int, str]:
+        """Items whose image failed to decode when read in this process: index -> description.
+
+        Filled by the dataset as images are read (an ImageFolder file that
+        passed the scan but is truncated, a lazily opened PIL image); the
+        readers of ``diagnose`` leave these items out.
+        """
+        return dict(getattr(self.dataset, "undecodable", None) or {})
+
+    def summary(self) -> dict:
+        """Plain-JSON facts: name, description, n, classes, class_counts, channels, sizes, warnings.
+
+        ``warnings`` ends with a line for the images that failed to decode when
+        read, if any did.
+        """
+        counts = None
+        if self.labels is not None:
+            k = max(len(self.classes or []), int(self.labels.max()) + 1 if len(self.labels) else 0)
+            counts = [int(c) for c in np.bincount(self.labels[self.labels >= 0], minlength=k)]
+        return {
+            "name": self.name,
+            "description": self.description,
+            "n": len(self),
+            "classes": list(self.classes) if self.classes is not None else None,
+            "class_counts": counts,
+            "channels": int(self.channels),
+            "native_size": list(self.native_size) if self.native_size else None,
+            "size_range": [list(self.size_range[0]), list(self.size_range[1])],
+            "warnings": [*self.warnings, *undecodable_note(self.undecodable())],
+        }
+
+
+def undecodable_note(items: dict[int, str] | list[str], k: int = 3) -> list[str]:
+    """The warning line for images that failed to decode (none when there are none)."""
+    found = list(items.values()) if isinstance(items, dict) else list(items)
+    if not found:
+        return []
+    shown = ", ".join(found[:k]) + (", ..." if len(found) > k else "")
+    return [f"skipped {len(found)} image(s) that could not be decoded: {shown}"]
+
+
+def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    fr = tuple(float(f) for f in fractions)
+    if len(fr) != 3 or any(not np.isfinite(f) or f < 0 for f in fr) or fr[0] <= 0:
+        raise ValueError(
+            "The 'fractions' parameter of Domain.splits must be three non-negative numbers "
+            f"(train, val, test) with train > 0. Got {tuple(fractions)!r} instead."
+        )
+    if abs(sum(fr) - 1.0) > 1e-6:
+        raise ValueError(
+            f"The 'fractions' parameter of Domain.splits must sum to 1. Got {fr!r} "
+            f"(sum {sum(fr):.4g}) instead."
+        )
+    return fr  # type: ignore[return-value]
+
+
+def load_domain(spec: str) -> Domain:
+    """Load a domain from ``demo:NAME``, an ImageFolder directory or ``module.path:function``.
+
+    ``module.path:function`` must return a map-style ``torch.utils.data.Dataset``
+    whose items are ``(x, y)`` or ``x`` alone, ``x`` being a C x H x W (or
+    H x W) tensor or a PIL image. Class names come from a ``classes``
+    attribute when present; labels from a ``targets`` attribute when present,
+    otherwise by iterating once over the dataset (which decodes every item).
+
+    Raises ``ValueError`` with one line naming the input and the fix.
+    """
+    spec = str(spec)
+    if spec.startswith("demo:"):
+        return _load_demo(spec)
+    if Path(spec).exists() or not is_callable_spec(spec):
+        return _load_image_folder(spec)
+    return _load_callable(spec)
+
+
+def _load_demo(spec: str) -> Domain:
+    if spec not in DEMO_DOMAINS:
+        raise ValueError(f"unknown demo domain {spec!r}: choose one of {', '.join(DEMO_DOMAINS)}.")
+    images, labels, classes, _ = demo_arrays()[spec]
+    n = len(labels)
+    return Domain(
+        name=spec,
+        dataset=TensorImageDataset(images, labels, classes),
+        labels=labels,
+        classes=list(classes),
+        channels=1,
+        native_size=(32, 32),
+        size_range=((32, 32), (32, 32)),
+        description=f"{DEMO_DOMAINS[spec]}; {n} images, 8x8 upsampled to 32x32, 1 channel",
+    )
+
+
+def _load_image_folder(spec: str) -> Domain:
+    scan = scan_image_folder(spec)
+    channels = 1 if scan.all_gray else 3
+    native, size_range = size_facts(scan.sizes)
+    size_text = (
+        f"{native[0]}x{native[1]}" if native else f"sizes {size_range[0]} to {size_range[1]}"
+    )
+    return Domain(
+        name=spec,
+        dataset=ImageFolderDataset(scan, channels),
+        labels=scan.labels,
+        classes=list(scan.classes),
+        channels=channels,
+        native_size=native,
+        size_range=size_range,
+        description=(
+            f"ImageFolder {spec}: {len(scan.paths)} images in {len(scan.classes)} classes, "
+            f"{size_text}, {channels} channel(s)"
+        ),
+        warnings=list(scan.warnings),
+    )
+
+
+def _load_callable(spec: str) -> Domain:
+    return Domain(**callable_domain_fields(spec))
+
+
+class _Preprocessed(Dataset):
+    def __init__(self, base, image_size, mean, std, channels):
+        self.base = base
+        self.image_size = image_size
+        self.channels = channels
+        self.mean = mean
+        self.std = std
+        self.targets = getattr(base, "targets", None)
+        self.classes = getattr(base, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x, y = self.base[index]
+        x = _convert_channels(x, self.channels)
+        if self.image_size is not None and tuple(x.shape[-2:]) != self.image_size:
+            x = F.interpolate(
+                x.unsqueeze(0),
+                size=self.image_size,
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            ).squeeze(0)
+        if self.mean is not None:
+            if self.mean.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"preprocess: mean/std have {self.mean.shape[0]} values but the images have "
+                    f"{x.shape[0]} channels: pass channels={self.mean.shape[0]} or matching mean/std."
+                )
+            x = (x - self.mean) / self.std
+        return x, y
+
+
+def _convert_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
+    c = x.shape[0]
+    if c == 4:  # RGBA: alpha carries no appearance for a classifier
+        x, c = x[:3], 3
+    if channels is None or c == channels:
+        return x
+    if c == 1 and channels == 3:
+        return x.expand(3, -1, -1).clone()
+    if c == 3 and channels == 1:
+        return x.mean(dim=0, keepdim=True)
+    raise ValueError(f"preprocess: cannot convert {c}-channel images to {channels} channels.")
+
+
+def preprocess(
+    dataset: Dataset | Domain,
+    *,
+    image_size: int | tuple[int, int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    channels: int | None = None,
+) -> Dataset:
+    """Wrap a dataset of ``(image, label)`` so images match what a model expects.
+
+    In order: channel conversion (1 -> 3 replicates, 3 -> 1 averages, RGBA
+    drops alpha), bilinear antialiased resize to ``image_size`` (an int means
+    square), then ``(x - mean) / std`` per channel. Labels pass through.
+
+    Example:
+        >>> ds = preprocess(load_domain("demo:digits").dataset, image_size=64,
+        ...                 channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
+        >>> ds[0][0].shape
+        torch.Size([3, 64, 64])
+    """
+    base = dataset.dataset if isinstance(dataset, Domain) else dataset
+    if channels is not None and channels not in (1, 3):
+        raise ValueError(
+            f"The 'channels' parameter of preprocess must be 1 or 3. Got {channels!r} instead."
+        )
+    size: tuple[int, int] | None = None
+    if image_size is not None:
+        size = (
+            (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(image_size)
+        )
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(
+                f"The 'image_size' parameter of preprocess must be a positive int or (H, W). "
+                f"Got {image_size!r} instead."
+            )
+    if (mean is None) != (std is None):
+        raise ValueError("preprocess: pass both mean and std, or neither.")
+    mean_t = std_t = None
+    if mean is not None:
+        mean_t = torch.as_tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
+        std_t = torch.as_tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
+        if mean_t.shape[0] != std_t.shape[0]:
+            raise ValueError(
+                f"preprocess: mean has {mean_t.shape[0]} values and std {std_t.shape[0]}; "
+                "they need one value per channel."
+            )
+        if channels is not None and mean_t.shape[0] != channels:
+            raise ValueError(
+                f"preprocess: mean/std have {mean_t.shape[0]} values for {channels} channels."
+            )
+        if bool((std_t <= 0).any()):
+            raise ValueError(f"preprocess: std must be positive, got {list(std)}.")
+    return _Preprocessed(base, size, mean_t, std_t, channels)

@@ -1,0 +1,237 @@
+"""Datasets from a ``module.path:function`` spec, adapted to ``(image tensor, label)`` items."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from diagnose.core import call_spec
+from diagnose.data.imagefolder import GRAY_MODES, UndecodableImage, pil_to_tensor
+
+__all__ = [
+    "callable_domain_fields",
+    "size_facts",
+]
+
+_SIZE_SAMPLE = 64  # items decoded to infer sizes when labels come from `targets`
+
+
+def size_facts(
+    sizes: list[tuple[int, int]],
+) -> tuple[tuple[int, int] | None, tuple[tuple[int, int], tuple[int, int]]]:
+    """``native_size`` (the common (H, W) or None) and ``size_range`` (min and max (H, W))."""
+    unique = set(sizes)
+    native = next(iter(unique)) if len(unique) == 1 else None
+    hs = [s[0] for s in sizes]
+    ws = [s[1] for s in sizes]
+    return native, ((min(hs), min(ws)), (max(hs), max(ws)))
+
+
+def _facts(x: torch.Tensor) -> tuple[int, int, int, float, float]:
+    """(channels, height, width, min, max) of a C x H x W image."""
+    return int(x.shape[0]), int(x.shape[1]), int(x.shape[2]), float(x.min()), float(x.max())
+
+
+def _as_image(x: Any, where: str, index: int | None = None) -> torch.Tensor:
+    """A dataset item's image as a float32 C x H x W tensor (uint8 scaled to [0, 1]).
+
+    A PIL image that fails to decode (opened lazily, then truncated) raises
+    :class:`UndecodableImage`.
+    """
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        Image = None
+    if Image is not None and isinstance(x, Image.Image):
+        try:
+            x.load()
+            return pil_to_tensor(x, 1 if x.mode in GRAY_MODES else 3)
+        except Exception as exc:  # PIL raises many types for bad data
+            why = f"{type(exc).__name__}: {exc}"
+            raise UndecodableImage(
+                f"{where}: its image could not be decoded ({why})",
+                index=index,
+                item=f"{where} ({why})",
+            ) from exc
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(
+            f"{where}: expected the image as a tensor (C x H x W) or a PIL image, "
+            f"got {type(x).__name__}."
+        )
+    if x.ndim == 2:
+        x = x.unsqueeze(0)
+    if x.ndim != 3 or x.shape[0] not in (1, 3, 4):
+        raise ValueError(
+            f"{where}: expected an image tensor of shape C x H x W with C in 1, 3, 4, "
+            f"got shape {tuple(x.shape)}."
+        )
+    if x.shape[0] == 4:  # RGBA: alpha carries no appearance for a classifier
+        x = x[:3]
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32) / 255.0
+    return x.to(torch.float32)
+
+
+class _ItemAdapter(Dataset):
+    """Wraps a user dataset so items are ``(float32 C x H x W tensor, int label or -1)``."""
+
+    def __init__(self, base: Dataset, spec: str, labels: np.ndarray | None):
+        self.base = base
+        self.spec = spec
+        self.targets = labels
+        self.classes = getattr(base, "classes", None)
+        self.undecodable: dict[int, str] = {}  # index -> description, as ImageFolderDataset
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        where = f"dataset {self.spec!r} item {index}"
+        x, y = _split_item(self.base[index], where)
+        try:
+            image = _as_image(x, where, int(index))
+        except UndecodableImage as exc:
+            self.undecodable[int(index)] = exc.describe()
+            raise
+        return image, -1 if y is None else y
+
+
+def _split_item(item: Any, where: str) -> tuple[Any, int | None]:
+    if isinstance(item, (tuple, list)):
+        if len(item) == 1:
+            return item[0], None
+        if len(item) != 2:
+            raise ValueError(
+                f"{where}: expected (image, label) or an image, got {len(item)} values."
+            )
+        x, y = item
+        if isinstance(y, torch.Tensor):
+            if y.numel() != 1:
+                raise ValueError(
+                    f"{where}: the label must be one integer, got shape {tuple(y.shape)}."
+                )
+            y = y.item()
+        if isinstance(y, (np.integer, np.floating)):
+            y = y.item()
+        if isinstance(y, float) and y.is_integer():
+            y = int(y)
+        if not isinstance(y, int) or isinstance(y, bool):
+            raise ValueError(f"{where}: the label must be an integer class index, got {y!r}.")
+        return x, y
+    return item, None
+
+
+def _read_facts(x: Any, where: str, bad: list[str]) -> tuple | None:
+    """``_facts`` of one item's image, or None (noted in ``bad``) when it fails to decode."""
+    try:
+        return _facts(_as_image(x, where))
+    except UndecodableImage as exc:
+        bad.append(exc.describe())
+        return None
+
+
+def callable_domain_fields(spec: str) -> dict[str, Any]:
+    """The fields of a ``Domain`` for a ``module.path:function`` spec (see ``load_domain``)."""
+    ds = call_spec(spec, "a torch Dataset", "dataset spec")
+    if not isinstance(ds, Dataset):
+        raise ValueError(
+            f"dataset spec {spec!r} returned a {type(ds).__name__}, not a "
+            "torch.utils.data.Dataset: return a Dataset whose items are (image, label)."
+        )
+    try:
+        n = len(ds)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise ValueError(
+            f"dataset spec {spec!r} returned a Dataset without __len__ (an IterableDataset?): "
+            "return a map-style Dataset."
+        ) from exc
+    if n == 0:
+        raise ValueError(f"dataset spec {spec!r} returned an empty Dataset.")
+
+    notes: list[str] = []
+    bad: list[str] = []
+    targets = getattr(ds, "targets", None)
+    if targets is not None:
+        labels = np.asarray(
+            targets.tolist() if isinstance(targets, torch.Tensor) else targets, dtype=np.int64
+        )
+        if labels.shape != (n,):
+            raise ValueError(
+                f"dataset spec {spec!r}: its 'targets' has shape {labels.shape}, expected ({n},)."
+            )
+        probe = np.unique(np.linspace(0, n - 1, min(n, _SIZE_SAMPLE)).round().astype(int))
+        facts = []
+        for i in probe:
+            where = f"{spec} item {i}"
+            fact = _read_facts(_split_item(ds[int(i)], where)[0], where, bad)
+            if fact is not None:
+                facts.append(fact)
+        if len(probe) < n:
+            notes.append(f"sizes and channels inferred from {len(facts)} of {n} items")
+    else:
+        # No `targets`: read every item once, the only way to know the labels; keep
+        # only its label and a few numbers, never the decoded images themselves.
+        facts, ys = [], []
+        for i in range(n):
+            where = f"dataset {spec!r} item {i}"
+            x, y = _split_item(ds[i], where)
+            fact = _read_facts(x, where, bad)
+            if fact is not None:
+                facts.append(fact)
+            ys.append(y)
+        if all(y is None for y in ys):
+            labels = None
+        elif any(y is None for y in ys):
+            raise ValueError(f"dataset spec {spec!r}: some items have a label and some do not.")
+        else:
+            labels = np.asarray(ys, dtype=np.int64)
+    if labels is not None and len(labels) and labels.min() < 0:
+        raise ValueError(
+            f"dataset spec {spec!r}: labels must be class indices >= 0, found {int(labels.min())}."
+        )
+
+    if bad:
+        shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        notes.append(f"{len(bad)} item(s) whose image could not be decoded: {shown}")
+        if not facts:
+            raise ValueError(
+                f"dataset spec {spec!r}: none of the items read could be decoded ({bad[0]})."
+            )
+    channels_seen = {f[0] for f in facts}
+    channels = 3 if channels_seen - {1} else 1
+    lo = min(f[3] for f in facts)
+    hi = max(f[4] for f in facts)
+    if lo < 0.0 or hi > 1.0:
+        notes.append(
+            f"pixel values span [{lo:.3g}, {hi:.3g}], not [0, 1]: return unnormalised images "
+            "so the model's own normalisation can be applied"
+        )
+    native, size_range = size_facts([(f[1], f[2]) for f in facts])
+
+    classes = getattr(ds, "classes", None)
+    if classes is not None:
+        classes = [str(c) for c in classes]
+    elif labels is not None:
+        classes = [str(i) for i in range(int(labels.max()) + 1)]
+    if labels is not None and classes is not None and int(labels.max()) >= len(classes):
+        raise ValueError(
+            f"dataset spec {spec!r}: label {int(labels.max())} has no entry in its "
+            f"{len(classes)} classes."
+        )
+    label_text = f"{len(classes)} classes" if classes is not None else "unlabelled"
+    return dict(
+        name=spec,
+        dataset=_ItemAdapter(ds, spec, labels),
+        labels=labels,
+        classes=classes,
+        channels=channels,
+        native_size=native,
+        size_range=size_range,
+        description=f"dataset from {spec}: {n} images, {label_text}, {channels} channel(s)",
+        warnings=notes,
+    )

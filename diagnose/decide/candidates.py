@@ -1,0 +1,213 @@
+"""The candidate adaptations a trial race tries, placed and ordered by the assessment.
+
+The rules of :mod:`diagnose.recommend` no longer decide: they are the prior
+that orders the candidates (the prior's pick first) and prunes them (a tight
+forgetting budget admits only a frozen backbone). The measurements place the
+depths of partial fine-tuning: besides the last block, the last two and about
+half the network, a cut just after the block where the target probe peaks
+(later blocks are task-specific, Yosinski et al. 2014) and a cut just below
+the lowest block whose relative gradient norm is high (Auto-RGN, Lee et al.
+2023). Each candidate gets a small grid of head LRs around the LR range
+test's suggestion; the race, not a fixed ratio, picks one.
+
+Example:
+    >>> cands = build_candidates(assessment, prior=recommend(assessment))
+    >>> [c.key for c in cands][:3]
+    ['lp_ft lr=0.00333', 'lp_ft lr=0.01', 'lp_ft lr=0.03']
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from diagnose.decide.rules import DEFAULT_HEAD_LR
+from diagnose.training import TrainConfig
+
+__all__ = [
+    "Candidate",
+    "LR_GRID",
+    "PEAK_TOLERANCE",
+    "RACE_STRATEGIES",
+    "RGN_HIGH",
+    "USUAL_LR_BAND",
+    "build_candidates",
+    "lr_grid",
+    "partial_depths",
+]
+
+# The strategies a race can recommend. gradual_unfreeze and l2_sp are variants
+# of full fine-tuning that compare measures; scratch is a baseline, never advice.
+RACE_STRATEGIES = ("feature_extraction", "partial", "full_low_lr", "discriminative", "lp_ft")
+# Multipliers of the LR range test's suggestion: a factor of 3 either side covers
+# the range test's typical error (its suggestion is a steepest-descent point, and
+# the best fixed LR for a whole run sits within about half a decade of it).
+LR_GRID = (1 / 3, 1.0, 3.0)
+# A block counts as "high" Auto-RGN when its relative gradient norm is at least
+# this fraction of the largest: the blocks the target's gradient pulls on.
+RGN_HIGH = 0.5
+# Probe accuracies within this of the peak are "at the peak" when placing the bend
+# (about one standard error of a probe on a few hundred target images).
+PEAK_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration of the race: a strategy, its depth (partial) and its head LR.
+
+    Attributes:
+        strategy: one of :data:`RACE_STRATEGIES`.
+        depth: ``partial`` only: the number of probed blocks below the head that train.
+        head_lr: the head's LR; backbone groups train at ``head_lr * 0.1``
+            (discriminative: ``head_lr / 2.6**d``), as :func:`diagnose.training.strategies.plan` says.
+        placed_by: what put this depth in the race (``"last block"``, ``"probe peak"``, ...).
+        prior_rank: position of its strategy in the rule prior's order (0 = the prior's pick).
+    """
+
+    strategy: str
+    depth: int | None
+    head_lr: float
+    placed_by: str
+    prior_rank: int
+
+    @property
+    def arm(self) -> str:
+        """Strategy and depth without the LR: ``"partial@2"``, ``"lp_ft"``."""
+        return self.strategy if self.depth is None else f"{self.strategy}@{self.depth}"
+
+    @property
+    def key(self) -> str:
+        """A unique, readable name: ``"partial@2 lr=0.01"``."""
+        return f"{self.arm} lr={self.head_lr:.3g}"
+
+    def config(self, blocks: list[str], *, epochs: int, batch_size: int, seed: int) -> TrainConfig:
+        """The engine's :class:`TrainConfig` for this candidate at ``epochs``."""
+        unfreeze = None if self.depth is None else list(blocks[-self.depth :])
+        return TrainConfig(
+            epochs=int(epochs),
+            batch_size=int(batch_size),
+            head_lr=float(self.head_lr),
+            unfreeze=unfreeze,
+            seed=int(seed),
+        )
+
+    def to_dict(self) -> dict:
+        """Plain-JSON fields, plus ``arm`` and ``key``."""
+        return {**asdict(self), "arm": self.arm, "key": self.key}
+
+
+def _target_acc(layer: dict) -> float | None:
+    probe = (layer.get("probe") or {}).get("target")
+    return None if probe is None else probe.get("accuracy")
+
+
+def partial_depths(layers: list[dict]) -> dict[int, str]:
+    """Depths (probed blocks that train) for ``partial``, each with what placed it.
+
+    Always the last block, the last two and about half the network (when the
+    network has that many blocks); then the measured cuts: just after the
+    block where the target probe reaches its peak, and just below the lowest
+    block with high Auto-RGN. A depth equal to every block is full fine-tuning,
+    which the race runs as its own candidates, so it is left out.
+    """
+    n = len(layers)
+    depths: dict[int, str] = {}
+
+    def add(depth: int, why: str) -> None:
+        if 1 <= depth < n and depth not in depths:
+            depths[depth] = why
+
+    add(1, "last block")
+    add(2, "last two blocks")
+    add(max(1, math.ceil(n / 2)), "about half the network")
+    accs = [_target_acc(layer) for layer in layers]
+    if all(a is not None for a in accs) and accs:
+        peak = max(accs)
+        first_at_peak = next(i for i, a in enumerate(accs) if a >= peak - PEAK_TOLERANCE)
+        name = layers[first_at_peak]["name"]
+        add(n - 1 - first_at_peak, f"the target probe peaks at {name} ({accs[first_at_peak]:.3f})")
+    rgn = [layer.get("rgn") for layer in layers]
+    if any(r is not None for r in rgn):
+        top = max(r for r in rgn if r is not None)
+        if top > 0:
+            low = next(i for i, r in enumerate(rgn) if r is not None and r >= RGN_HIGH * top)
+            add(n - low, f"Auto-RGN is high from {layers[low]['name']} up")
+    return dict(sorted(depths.items()))
+
+
+# A range-test suggestion outside this band is more than a decade from the usual head
+# LRs of SGD (1e-2): on a real case (a ResNet-10 on sklearn digits) it suggested 2.7e-6,
+# every candidate then stayed at its initialisation and the race could not tell them
+# apart. Outside the band the grid also covers the usual LRs, so the race decides.
+USUAL_LR_BAND = (1e-3, 1e-1)
+
+
+def lr_grid(suggested: float) -> list[float]:
+    """Head LRs for each candidate: :data:`LR_GRID` around ``suggested``, plus the same
+    multipliers around :data:`DEFAULT_HEAD_LR` when ``suggested`` is outside
+    :data:`USUAL_LR_BAND`. Three significant digits, ascending, no repeats."""
+    centres = [suggested]
+    if not USUAL_LR_BAND[0] <= suggested <= USUAL_LR_BAND[1]:
+        centres.append(DEFAULT_HEAD_LR)
+    return sorted({float(f"{c * m:.3g}") for c in centres for m in LR_GRID})
+
+
+def _prior_order(prior_strategy: str | None) -> list[str]:
+    order = list(RACE_STRATEGIES)
+    if prior_strategy in order:
+        order.remove(prior_strategy)
+        order.insert(0, prior_strategy)
+    return order
+
+
+def build_candidates(
+    assessment: dict,
+    prior: dict,
+    *,
+    safe_forgetting: float,
+    strategies: tuple[str, ...] = RACE_STRATEGIES,
+) -> list[Candidate]:
+    """The race's candidates, in the prior's order.
+
+    Args:
+        assessment: the assessment results (``layers`` with probes and Auto-RGN,
+            ``lr_find``).
+        prior: the rule prior's recommendation (:func:`diagnose.decide.rules.recommend`);
+            its strategy is tried first and breaks exact ties.
+        safe_forgetting: a ``prior["max_forgetting"]`` below this keeps only
+            feature extraction, the one candidate that cannot forget.
+        strategies: the strategies to include (a subset of :data:`RACE_STRATEGIES`).
+    """
+    unknown = [s for s in strategies if s not in RACE_STRATEGIES]
+    if unknown or not strategies:
+        raise ValueError(
+            f"The 'strategies' parameter must name some of {', '.join(RACE_STRATEGIES)}. "
+            f"Got {list(strategies)!r} instead."
+        )
+    layers = [layer for layer in assessment.get("layers", []) if layer.get("name")]
+    suggested = (assessment.get("lr_find") or {}).get("suggested_lr") or DEFAULT_HEAD_LR
+    budget = prior.get("max_forgetting")
+    allowed = (
+        ["feature_extraction"] if budget is not None and budget < safe_forgetting else strategies
+    )
+    order = [s for s in _prior_order(prior.get("strategy")) if s in allowed]
+    depths = partial_depths(layers) if len(layers) >= 2 else {}
+    out: list[Candidate] = []
+    for rank, strategy in enumerate(order):
+        arms = (
+            [(d, why) for d, why in depths.items()]
+            if strategy == "partial"
+            else [(None, "strategy")]
+        )
+        for depth, why in arms:
+            for lr in lr_grid(suggested):
+                out.append(
+                    Candidate(
+                        strategy=strategy,
+                        depth=depth,
+                        head_lr=lr,
+                        placed_by=why,
+                        prior_rank=rank,
+                    )
+                )
+    return out

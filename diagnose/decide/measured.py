@@ -1,0 +1,287 @@
+"""The recommendation, measured: run the trial race on the target and recommend its pick.
+
+:func:`measured_recommendation` is the step of ``diagnose assess`` after its
+measurements: the rule prior (:func:`diagnose.decide.rules.recommend`) orders
+and prunes the candidates (:mod:`diagnose.decide.candidates`), the race
+(:mod:`diagnose.decide.race`) trains them on the target's train+val images, and the
+winner, with its evidence and uncertainty, becomes ``results["recommendation"]``.
+With ``trial_budget=0``, or when the race cannot run (no labels, no head),
+the recommendation is the prior, marked ``measured: false``.
+
+Either way ``unfreeze`` lists every module that trains, in forward order,
+and ``unfreeze_blocks`` the probed blocks the engine's ``partial`` trains.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from diagnose.data import materialize
+from diagnose.decide.candidates import build_candidates
+from diagnose.decide.race import run_race
+from diagnose.decide.race_scoring import scoring_folds
+from diagnose.decide.rules import SAFE_FORGETTING, recommended_epochs
+from diagnose.models import cut_description, trainable_modules
+from diagnose.training import TrainConfig, plan
+
+__all__ = [
+    "DEFAULT_TRIAL_BUDGET",
+    "check_trial_budget",
+    "measured_recommendation",
+    "race_pool",
+    "with_modules",
+]
+
+# The race may spend this fraction of the full sweep's training FLOPs (every
+# candidate at the full epochs): successive halving with ETA = 3 over about 20
+# configurations needs about that much to carry its best few to the full epochs.
+DEFAULT_TRIAL_BUDGET = 0.2
+
+
+def check_trial_budget(trial_budget: Any) -> float:
+    """``trial_budget`` as a float in [0, 1], or a ValueError naming the parameter."""
+    ok = (
+        isinstance(trial_budget, (int, float))
+        and not isinstance(trial_budget, bool)
+        and math.isfinite(trial_budget)
+        and 0 <= trial_budget <= 1
+    )
+    if not ok:
+        raise ValueError(
+            "The 'trial_budget' parameter must be a fraction of the full sweep's FLOPs in [0, 1] "
+            f"(0 skips the race). Got {trial_budget!r} instead."
+        )
+    return float(trial_budget)
+
+
+def with_modules(rec: dict, model: nn.Module | None, blocks: list[str], head: str | None) -> dict:
+    """``rec`` with ``unfreeze`` as every trainable module and ``unfreeze_blocks`` as blocks."""
+    out = dict(rec)
+    groups = [b for b in rec.get("unfreeze") or [] if b in blocks]
+    out["unfreeze_blocks"] = groups
+    if model is not None and head is not None and blocks:
+        out["unfreeze"] = trainable_modules(model, blocks, head, groups)
+        out["cut"] = cut_description(model, blocks, head, groups)
+    return out
+
+
+def _unmeasured(prior: dict, model, blocks, head, why: str) -> dict:
+    rec = with_modules(prior, model, blocks, head)
+    rec["measured"] = False
+    rec["unmeasured_reason"] = why
+    rec["prior"] = {"strategy": prior["strategy"], "confidence": prior["confidence"]}
+    rec["trials"] = None
+    return rec
+
+
+def _lr_per_group(cand, blocks: list[str], epochs: int) -> dict[str, float]:
+    p = plan(cand.strategy, blocks, cand.config(blocks, epochs=epochs, batch_size=1, seed=0))
+    return {g: float(v) for g, v in p["stages"][-1]["lr"].items()}
+
+
+def _names(keys: list[str], shown: int = 4) -> str:
+    more = len(keys) - shown
+    return ", ".join(keys[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:+.1f}"
+
+
+def _reasons(trials: dict, pick: dict, prior: dict, protocol: dict) -> tuple[list, list, str]:
+    gap, leaders = trials["gap"], trials["leaders"]
+    last = pick["rungs"][-1]
+    frac = (
+        trials["flops_spent"] / trials["full_flops_estimate"]
+        if trials["full_flops_estimate"]
+        else None
+    )
+    n_c = len(trials["candidates"])
+    reasons = [
+        f"Measured: {n_c} candidate configurations trained on the target in a successive-halving "
+        f"race (rungs of {', '.join(map(str, trials['rung_epochs']))} epochs), scored by "
+        f"{protocol['kind']} on {protocol['n_held_out']} held-out images"
+        + (
+            f" ({protocol['folds']} folds, {protocol['repeats']} "
+            f"repeat{'s' if protocol['repeats'] > 1 else ''})"
+            if protocol["folds"] > 1
+            else ""
+        )
+        + (f", for {100 * frac:.0f}% of the full sweep's FLOPs." if frac is not None else "."),
+        f"{pick['key']} reached {last['val_accuracy']:.3f} held-out accuracy after "
+        f"{last['epochs']} epochs.",
+    ]
+    change = []
+    if gap is not None:
+        reasons.append(
+            f"Its lead over the runner-up {trials['runner_up']} is {_pct(gap['mean'])} points "
+            f"(95% CI {_pct(gap['ci_low'])} to {_pct(gap['ci_high'])}, paired on the same "
+            f"{gap['n_images']} images)."
+        )
+    if trials["within_noise"]:
+        reasons.append(
+            f"{len(leaders)} leaders ({_names(leaders)}) are within noise of the winner (each "
+            "paired "
+            "interval includes 0): the cheapest of them is recommended"
+            + (
+                f" ({pick['key']})."
+                if pick["key"] != trials["winner"]
+                else ", which is the winner."
+            )
+        )
+        change.append("More labelled target images, which would separate the leaders.")
+        confidence = "low"
+    elif gap is not None:
+        confidence = (
+            "high"
+            if gap["ci_low"] > 0 and len(pick["rungs"]) == len(trials["rung_epochs"])
+            else "medium"
+        )
+        change.append(
+            "A runner-up within the interval of the gap: then the cheaper of the two. A larger "
+            "--trial-budget carries more candidates to the full epochs."
+        )
+    else:
+        confidence = "low"
+    if prior["strategy"] != pick["strategy"]:
+        reasons.append(
+            f"The rule prior predicted {prior['strategy']}; the race measured otherwise, and the "
+            "measurement decides."
+        )
+    else:
+        reasons.append(f"The rule prior predicted the same strategy ({prior['strategy']}).")
+    return reasons, change, confidence
+
+
+def race_pool(tgt, used: np.ndarray, split: dict, prep, warnings: list[str]):
+    """The target's labelled train+val images for the race, and train/val positions in them.
+
+    ``used`` are the domain indices the assessment used and ``split`` its
+    ``{"train", "val", "test"}`` positions into them; the test split is never read.
+    Returns ``((x, y), {"train", "val"})`` or ``(None, None)`` (with a warning when the
+    images do not fit in memory).
+    """
+    idx = np.sort(np.concatenate([split["train"], split["val"]]))
+    try:
+        x, y = materialize(tgt, used[idx], prep)
+    except ValueError as exc:  # too large to hold in memory: the prior stands, said so
+        warnings.append(f"The trial race was skipped: {exc}")
+        return None, None
+    labelled = (y >= 0).numpy()
+    pos = {k: np.searchsorted(idx, split[k]) for k in ("train", "val")}
+    pos = {k: v[labelled[v]] for k, v in pos.items()}
+    if len(pos["train"]) < 2:
+        return None, None
+    return (x, y), pos
+
+
+def measured_recommendation(
+    results: dict,
+    prior: dict,
+    *,
+    model: nn.Module | None,
+    head: str | None,
+    blocks: list[str],
+    pool: tuple[torch.Tensor, torch.Tensor] | None,
+    splits: dict[str, np.ndarray] | None,
+    trial_budget: float,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    progress: bool,
+    warnings: list[str],
+) -> dict:
+    """The assessment's recommendation: the race's pick, or the prior marked unmeasured.
+
+    Args:
+        results: the assessment results so far (layers, lr_find, target).
+        prior: the rule prior's recommendation for the same results.
+        model: the pretrained network with its source head at ``head`` (copied, never changed).
+        head: qualified name of the final ``nn.Linear`` (None: no race).
+        blocks: the probed blocks, in forward order (the engine's parameter groups).
+        pool: ``(x, y)``: the target's labelled train+val images, preprocessed, and labels
+            (None: no race). Positions in it are what ``splits`` index.
+        splits: ``{"train", "val"}`` positions into ``pool``.
+        trial_budget: fraction of the full sweep's FLOPs the race may spend; 0 skips it.
+        batch_size, seed, device, progress: as for :func:`diagnose.assess`.
+        warnings: receives what was skipped.
+    """
+    if trial_budget == 0:
+        return _unmeasured(prior, model, blocks, head, "--trial-budget 0 skipped the race")
+    missing = (
+        "the model has no classification head to replace"
+        if head is None or model is None
+        else "the target has no labelled train+val images"
+        if pool is None or splits is None
+        else None
+    )
+    if missing:
+        warnings.append(f"The recommendation is the rule prior, unmeasured: {missing}.")
+        return _unmeasured(prior, model, blocks, head, missing)
+    x, y = pool
+    y_np = y.numpy()
+    n_classes = int(len((results.get("target") or {}).get("classes") or []) or int(y.max()) + 1)
+    full_epochs = recommended_epochs(len(y_np) / n_classes, "full_low_lr")
+    folds, protocol = scoring_folds(y_np, splits["train"], splits["val"], seed=seed)
+    cands = build_candidates(results, prior, safe_forgetting=SAFE_FORGETTING)
+    trials = run_race(
+        cands,
+        folds,
+        x,
+        y,
+        n_classes,
+        model=model,
+        head=head,
+        blocks=blocks,
+        full_epochs=full_epochs,
+        budget=trial_budget,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        progress=progress,
+        warnings=warnings,
+    )
+    trials["protocol"] = protocol
+    if trials["pick"] is None:
+        warnings.append("Every race candidate failed: the recommendation is the rule prior.")
+        return _unmeasured(prior, model, blocks, head, "every race candidate failed")
+    by_key = {c["key"]: c for c in trials["candidates"]}
+    pick = by_key[trials["pick"]]
+    cand = next(c for c in cands if c.key == pick["key"])
+    groups = (
+        []
+        if cand.strategy == "feature_extraction"
+        else (list(blocks[-cand.depth :]) if cand.depth else list(blocks))
+    )
+    reasons, change, confidence = _reasons(trials, pick, prior, protocol)
+    defaults = TrainConfig()
+    return {
+        "measured": True,
+        "strategy": cand.strategy,
+        "depth": cand.depth,
+        "unfreeze": trainable_modules(model, blocks, head, groups),
+        "unfreeze_blocks": groups,
+        "cut": cut_description(model, blocks, head, groups),
+        "lr": _lr_per_group(cand, blocks, full_epochs),
+        "head_lr": cand.head_lr,
+        "epochs": full_epochs
+        if cand.strategy != "feature_extraction"
+        else max(full_epochs, defaults.lp_epochs),
+        "weight_decay": defaults.weight_decay,
+        "optimizer": f"SGD, momentum {defaults.momentum:g}",
+        "confidence": confidence,
+        "max_forgetting": prior.get("max_forgetting"),
+        "reasons": reasons,
+        "would_change_if": change,
+        "prior": {
+            "strategy": prior["strategy"],
+            "confidence": prior["confidence"],
+            "reasons": prior["reasons"],
+        },
+        "trials": trials,
+    }

@@ -1,0 +1,364 @@
+"""From measurements to a fine-tuning recommendation.
+
+A pure function: the assessment's results dict in, a recommendation dict out,
+no I/O. Every reason cites the measurement and its value, and
+``would_change_if`` says which measurement would flip the decision.
+
+The rules, in the order they are tried (see shared/REFERENCES.md):
+
+1. a forgetting budget below ``SAFE_FORGETTING`` leaves only feature
+   extraction: every other strategy moves the backbone, and how far it then
+   forgets can only be measured (``diagnose compare``);
+2. a small target (< ``SMALL_PER_CLASS`` images per class) without an
+   input-level shift gets a new head on frozen features;
+3. an input-level shift (a large gap already at the first block) whose first
+   block has *lost* the class information it carries on the source (target
+   probe well below the source probe there) needs the early filters to adapt:
+   every block fine-tunes, with discriminative LRs (Lee et al. 2023, surgical
+   fine-tuning; Yosinski et al. 2014; ULMFiT). Auto-RGN peaking at the first
+   block supports it;
+4. a large target (>= ``LARGE_PER_CLASS`` per class) without early information
+   loss and without an output-level shift can afford full fine-tuning with
+   discriminative LRs (ULMFiT);
+5. otherwise the pretrained features keep what the target needs: LP-FT, a head
+   fitted on the frozen features first, then everything at a low LR (Kumar et
+   al. 2022). This covers input-level shifts whose early features still carry
+   the classes (inverted contrast), output-level shifts (last-layer probe below
+   an intermediate layer, where tuning from a random head distorts the
+   features before the head is useful) and close targets.
+
+The random-init control probe says whether pretraining helps at all: where it
+does not, the confidence is low. The head LR comes from the LR range test; the
+backbone trains ``BACKBONE_LR_RATIO`` (10x) below it and, with discriminative
+LRs, each block further down is 2.6x lower (ULMFiT).
+
+The thresholds were checked against measurements: benchmarks/bench_recommend.py
+runs assess and every strategy on the four demo targets over several seeds.
+"""
+
+from __future__ import annotations
+
+import math
+
+from diagnose.core import STRATEGY_NAMES
+
+__all__ = [
+    "BACKBONE_LR_RATIO",
+    "BENEFIT_MIN",
+    "DEFAULT_HEAD_LR",
+    "DISCRIMINATIVE_FACTOR",
+    "EARLY_LOSS",
+    "INPUT_GAP_PAD",
+    "LARGE_PER_CLASS",
+    "PROBE_DROP",
+    "RGN_QUIET",
+    "SAFE_FORGETTING",
+    "SMALL_PER_CLASS",
+    "STRATEGIES",
+    "recommend",
+    "recommended_epochs",
+]
+
+STRATEGIES = STRATEGY_NAMES
+
+DISCRIMINATIVE_FACTOR = 2.6
+BACKBONE_LR_RATIO = 0.1
+DEFAULT_HEAD_LR = 1e-2
+INPUT_GAP_PAD = 1.0  # PAD above this at the first block: the inputs themselves differ
+EARLY_LOSS = 0.10  # first-block probe this far below the source's: early features lost the classes
+PROBE_DROP = 0.05  # last-layer probe this far below the best layer: late features do not fit
+BENEFIT_MIN = 0.02  # pretrained probe must beat the control by this much to count
+SMALL_PER_CLASS = 30
+LARGE_PER_CLASS = 500
+SAFE_FORGETTING = 0.05  # budgets below this admit no strategy that moves the backbone
+RGN_QUIET = 0.25
+
+
+def _acc(layer: dict, which: str) -> float | None:
+    probe = (layer.get("probe") or {}).get(which)
+    return None if probe is None else probe.get("accuracy")
+
+
+def recommended_epochs(n_per_class: float, strategy: str) -> int:
+    """Epochs of a full fine-tuning run for ``n_per_class`` labelled images per class.
+
+    ``15 sqrt(100 / n)`` clamped to 5..50 (twice that for a head on cached features).
+    """
+    # Fewer examples need more passes for the same number of updates; the cap keeps
+    # small-data runs from memorising (the comparison issue measures overfitting).
+    base = 15.0 * math.sqrt(100.0 / max(n_per_class, 1.0))
+    if strategy == "feature_extraction":
+        base *= 2  # epochs on cached features are nearly free
+    return int(min(50, max(5, round(base))))
+
+
+def _signals(results: dict, layers: list[dict]) -> dict:
+    """Every measurement a rule reads, in one flat dict (and nothing else)."""
+    names = [layer["name"] for layer in layers]
+    target = [_acc(layer, "target") for layer in layers]
+    control = [c for c in (_acc(layer, "control") for layer in layers) if c is not None]
+    best_i = max(range(len(layers)), key=lambda i: target[i])
+    gap0 = layers[0].get("gap") or {}
+    src_classes = (results.get("source") or {}).get("classes")
+    tgt_classes = (results.get("target") or {}).get("classes")
+    source0 = _acc(layers[0], "source")
+    same_task = bool(src_classes) and src_classes == tgt_classes and source0 is not None
+    rgn = {layer["name"]: layer["rgn"] for layer in layers if layer.get("rgn") is not None}
+    return {
+        "names": names,
+        "best_i": best_i,
+        "best": target[best_i],
+        "last": target[-1],
+        "first": target[0],
+        "source_first": source0 if same_task else None,
+        "drop": target[best_i] - target[-1],
+        "best_control": max(control) if control else None,
+        "benefit": target[best_i] - max(control) if control else None,
+        "pad0": gap0.get("pad"),
+        "p0": gap0.get("mmd_pvalue"),
+        "rgn": rgn,
+    }
+
+
+def _input_shift(s: dict) -> bool:
+    return s["pad0"] is not None and s["pad0"] >= INPUT_GAP_PAD and (s["p0"] or 0.0) < 0.05
+
+
+def _early_loss(s: dict) -> float | None:
+    return None if s["source_first"] is None else s["source_first"] - s["first"]
+
+
+def _decide(s: dict, n_per_class: float, max_forgetting: float | None):
+    """(strategy, unfreeze, confidence, reasons, would_change) from the signals."""
+    names, first = s["names"], s["names"][0]
+    loss = _early_loss(s)
+    shift = _input_shift(s)
+    gap_txt = (
+        f"PAD at {first} is {s['pad0']:.2f}"
+        + (f" (MMD p={s['p0']:.3g})" if s["p0"] is not None else "")
+        if s["pad0"] is not None
+        else f"no gap was measured at {first}"
+    )
+    if max_forgetting is not None and max_forgetting < SAFE_FORGETTING:
+        return (
+            "feature_extraction",
+            [],
+            "high",
+            [
+                f"The forgetting budget is {max_forgetting:.3f} of source accuracy: only a frozen "
+                "backbone is sure to stay within it (every other strategy moves the pretrained "
+                "weights, by an amount only diagnose compare can measure)."
+            ],
+            [f"A forgetting budget of {SAFE_FORGETTING:.2f} or more (--max-forgetting)."],
+        )
+    if n_per_class and n_per_class < SMALL_PER_CLASS and not shift:
+        return (
+            "feature_extraction",
+            [],
+            "high" if s["drop"] < PROBE_DROP else "medium",
+            [
+                f"The target has {n_per_class:.0f} training images per class and no input-level "
+                f"shift ({gap_txt}): a new head on frozen features is the least likely to overfit; "
+                f"its last-layer probe reaches {s['last']:.3f}."
+            ],
+            [
+                f"{SMALL_PER_CLASS} or more training images per class, which would afford tuning "
+                "the backbone after the head (LP-FT).",
+                f"PAD at {first} of {INPUT_GAP_PAD:.1f} or more (an input-level shift).",
+            ],
+        )
+    if shift and loss is not None and loss >= EARLY_LOSS:
+        rgn_top = max(s["rgn"], key=s["rgn"].get) if s["rgn"] else None
+        reasons = [
+            f"An input-level shift ({gap_txt}) that destroys what the early features carry: the "
+            f"target probe at {first} is {s['first']:.3f} against {s['source_first']:.3f} on the "
+            f"source ({loss:.3f} lost). Every block is unfrozen so the early filters can adapt "
+            "(Lee et al. 2023: input-level shifts want the early blocks), with LRs falling by "
+            f"{DISCRIMINATIVE_FACTOR} per block going down from the head (ULMFiT): the head and "
+            "late blocks, which re-map the shifted features, move most."
+        ]
+        if rgn_top is not None:
+            reasons.append(
+                f"Auto-RGN {'agrees' if rgn_top == first else 'disagrees'}: the largest relative "
+                f"gradient norm is at {rgn_top}."
+            )
+        # On the demo's noise target the full fine-tuning variants and feature extraction
+        # land within about 1.5 points of each other from seed to seed: never "high".
+        return (
+            "discriminative",
+            list(names),
+            "medium" if rgn_top in (None, first) else "low",
+            reasons,
+            [
+                f"The target probe at {first} within {EARLY_LOSS:.2f} of the source's "
+                f"(now {loss:.3f} below): then LP-FT, which keeps the early features, would do.",
+                f"PAD at {first} below {INPUT_GAP_PAD:.1f}: no input-level shift.",
+            ],
+        )
+    if n_per_class >= LARGE_PER_CLASS and s["drop"] < PROBE_DROP:
+        return (
+            "discriminative",
+            list(names),
+            "medium",
+            [
+                f"The target has {n_per_class:.0f} images per class, enough to fine-tune every "
+                f"block, with LRs falling by {DISCRIMINATIVE_FACTOR} per block going down so the "
+                f"general early features move least (ULMFiT); the last-layer probe ({s['last']:.3f}) "
+                f"is within {s['drop']:.3f} of the best layer."
+            ],
+            [f"Fewer than {LARGE_PER_CLASS} images per class: then LP-FT, head first."],
+        )
+    # LP-FT: the features keep what the target needs; fit the head first, then tune.
+    if shift:
+        why = (
+            f"An input-level shift ({gap_txt}), but the early features still carry the classes: "
+            f"the target probe at {first} is {s['first']:.3f} against {s['source_first']:.3f} on "
+            "the source."
+            if loss is not None
+            else f"An input-level shift ({gap_txt}); without source labels on the same classes "
+            "it cannot be told whether the early features lost the classes."
+        )
+        change = (
+            f"The target probe at {first} falling {EARLY_LOSS:.2f} or more below the source's: "
+            "then the early filters must be re-learnt (full fine-tuning)."
+        )
+    elif s["drop"] >= PROBE_DROP and s["best_i"] < len(names) - 1:
+        why = (
+            f"An output-level shift: the target probe peaks at {names[s['best_i']]} "
+            f"({s['best']:.3f}) and falls to {s['last']:.3f} at the last block. Tuning the later "
+            "blocks from a random head distorts them before the head is useful; fitting the "
+            "head first keeps the intermediate information while the blocks adapt."
+        )
+        change = (
+            f"The last-layer probe within {PROBE_DROP:.2f} of the best layer: a close target, "
+            "same strategy, higher confidence."
+        )
+    else:
+        why = (
+            f"A close target ({gap_txt}; the last-layer probe {s['last']:.3f} is within "
+            f"{s['drop']:.3f} of the best layer) with {n_per_class:.0f} training images per class."
+        )
+        change = (
+            f"Fewer than {SMALL_PER_CLASS} images per class (feature extraction) or "
+            f"{LARGE_PER_CLASS} or more (discriminative full fine-tuning)."
+        )
+    return (
+        "lp_ft",
+        list(names),
+        "medium" if shift or s["drop"] >= PROBE_DROP else "high",
+        [
+            why,
+            "LP-FT fits the head on the frozen features, then fine-tunes every block at a low LR: "
+            "it starts from the probe's accuracy and, unlike fine-tuning from a random head, does "
+            "not distort the pretrained features first (Kumar et al. 2022).",
+        ],
+        [change],
+    )
+
+
+def recommend(results: dict, *, max_forgetting: float | None = None) -> dict:
+    """Recommend a strategy, blocks to unfreeze and LRs from an assessment's results.
+
+    ``max_forgetting`` is the user's forgetting budget (a fraction of source
+    accuracy, as ``diagnose compare --max-forgetting``): a tight one leaves
+    only strategies that keep the backbone frozen. Example::
+
+        rec = recommend(assess_result.to_dict())
+        rec["strategy"], rec["lr"]["head"], rec["reasons"][0]
+    """
+    if max_forgetting is not None and not 0 <= max_forgetting <= 1:
+        raise ValueError(f"--max-forgetting must be between 0 and 1. Got {max_forgetting}.")
+    layers = [layer for layer in results.get("layers", []) if _acc(layer, "target") is not None]
+    names = [layer["name"] for layer in results.get("layers", [])]
+    lr_find = results.get("lr_find") or {}
+    head_lr = lr_find.get("suggested_lr")
+    reasons: list[str] = []
+    if head_lr is None:
+        head_lr = DEFAULT_HEAD_LR
+        reasons.append(
+            f"The LR range test gave no suggestion, so the head LR falls back to {DEFAULT_HEAD_LR:g}."
+        )
+    else:
+        reasons.append(
+            f"The LR range test's steepest stable descent is at {head_lr:.3g}: the head LR."
+        )
+
+    target = results.get("target") or {}
+    n_classes = max(1, len(target.get("classes") or []) or 1)
+    # Every labelled image a fine-tuning run can learn from or select on: train + val.
+    n_train = int(
+        (target.get("n_train") or 0) + (target.get("n_val") or 0) or target.get("n_used") or 0
+    )
+    n_per_class = n_train / n_classes if n_train else 0.0
+
+    if not layers:
+        return {
+            "strategy": "full_low_lr",
+            "unfreeze": names,
+            "lr": {"head": head_lr, **{n: head_lr * BACKBONE_LR_RATIO for n in names}},
+            "epochs": recommended_epochs(n_per_class, "full_low_lr"),
+            "weight_decay": 1e-4,
+            "optimizer": "SGD, momentum 0.9",
+            "confidence": "low",
+            "max_forgetting": max_forgetting,
+            "reasons": reasons
+            + ["No target probe could be measured, so nothing supports freezing any block."],
+            "would_change_if": ["Labelled target data let the layer-wise probes run."],
+        }
+
+    s = _signals(results, layers)
+    strategy, unfreeze, confidence, rule_reasons, would_change = _decide(
+        s, n_per_class, max_forgetting
+    )
+    reasons.extend(rule_reasons)
+    benefit = s["benefit"]
+    if benefit is not None and benefit < BENEFIT_MIN:
+        confidence = "low"
+        versus = (
+            f"is {-benefit:.3f} below the random-init control's ({s['best_control']:.3f}): the "
+            "control is better"
+            if benefit < 0
+            else f"is only {benefit:.3f} above the random-init control's ({s['best_control']:.3f})"
+        )
+        reasons.append(
+            f"The pretrained probe's best accuracy ({s['best']:.3f}) {versus}; frozen pretrained "
+            "features buy little on this target, so the confidence is low; diagnose compare "
+            "measures whether the pretrained weights still help as a starting point (against "
+            "scratch)."
+        )
+        would_change.append(
+            f"The best pretrained probe beating the control by more than {BENEFIT_MIN:.2f}."
+        )
+    elif benefit is not None:
+        reasons.append(
+            f"Pretraining helps: the best pretrained probe ({s['best']:.3f}) beats the random-init "
+            f"control ({s['best_control']:.3f}) by {benefit:.3f}."
+        )
+    if s["rgn"] and not any(r.startswith("Auto-RGN") for r in reasons):
+        top = max(s["rgn"], key=s["rgn"].get)
+        quiet = [n for n, v in s["rgn"].items() if v < RGN_QUIET]
+        reasons.append(
+            f"Relative gradient norms (Auto-RGN) are largest at {top}"
+            + (f" and below {RGN_QUIET} at {', '.join(quiet)}" if quiet else "")
+            + ": where the target's gradient pulls hardest once the backbone trains."
+        )
+
+    lr = {"head": head_lr}
+    if strategy == "discriminative":
+        for depth, name in enumerate(reversed(s["names"]), start=1):
+            lr[name] = head_lr / DISCRIMINATIVE_FACTOR**depth
+    else:
+        lr.update({name: head_lr * BACKBONE_LR_RATIO for name in unfreeze})
+
+    return {
+        "strategy": strategy,
+        "unfreeze": list(unfreeze),
+        "lr": lr,
+        "epochs": recommended_epochs(n_per_class, strategy),
+        "weight_decay": 1e-4,
+        "optimizer": "SGD, momentum 0.9",
+        "confidence": confidence,
+        "max_forgetting": max_forgetting,
+        "reasons": reasons,
+        "would_change_if": would_change,
+    }

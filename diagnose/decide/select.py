@@ -1,0 +1,427 @@
+"""The measured recommendation: which strategy actually did best.
+
+A pure function: the comparison's strategy entries in, a recommendation dict
+out, no I/O. Where :mod:`diagnose.recommend` predicts a strategy from
+measurements taken before any training, this one reads the outcome of each
+fine-tuning run and picks the winner by the rules a practitioner would apply:
+
+1. only runs that finished (status ``"ok"``) with a validation accuracy count;
+2. a run that forgets more than the budget (``max_forgetting``) is excluded;
+   forgetting is the drop in source accuracy with the original head when
+   source labels were available, else the disagreement with the pretrained
+   model's source predictions (``1 - agreement``), both fractions in [0, 1];
+3. the highest validation accuracy wins (never the test accuracy: that would
+   select on the test set), but runs within ``tie_tolerance`` of it are tied
+   and the cheapest of them (fewest training FLOPs) wins, because a difference
+   that small is within the noise of one seed. Equal FLOPs go to the higher
+   validation accuracy: wall time varies from run to run, so it decides only
+   when FLOPs are unknown, and the reasons say when FLOPs tie.
+
+With several training seeds per strategy (``diagnose compare --seeds N``)
+each entry's numbers are means over the seeds and ``spread`` holds their
+standard deviation: the selection uses the means, and the reasons say when
+the winner and another strategy differ by less than one standard deviation
+(the larger of the two), i.e. when the seeds do not separate them.
+
+Example::
+
+    rec = select_strategy(results["strategies"], max_forgetting=0.05,
+                          assessment=results["recommendation"])
+    rec["strategy"], rec["reasons"][0], rec["regret"]
+"""
+
+from __future__ import annotations
+
+import math
+
+from diagnose.core import finite, join_labels, section, strategy_label
+from diagnose.training import n_seeds, val_std, val_text, within_spread
+
+__all__ = [
+    "DEFAULT_TIE_TOLERANCE",
+    "forgetting_of",
+    "select_strategy",
+]
+
+DEFAULT_TIE_TOLERANCE = 0.005
+
+
+def forgetting_of(entry: dict) -> tuple[float | None, str | None]:
+    """How much a strategy forgot of the source task, and how that was measured.
+
+    Returns ``(value, measure)``: the source-accuracy drop (``"source_accuracy_drop"``)
+    when it was measured, else ``1 - agreement`` with the pretrained model's source
+    predictions (``"disagreement"``), else ``(None, None)``. Both are fractions; 0
+    means nothing was forgotten. Example::
+
+        forgetting_of({"forgetting": {"agreement": 0.9}})  # (0.1, "disagreement")
+    """
+    forgetting = section(entry, "forgetting")
+    drop = finite(forgetting.get("source_accuracy_drop"))
+    if drop is not None:
+        return drop, "source_accuracy_drop"
+    agreement = finite(forgetting.get("agreement"))
+    if agreement is not None:
+        return 1.0 - agreement, "disagreement"
+    return None, None
+
+
+def _check_fraction(name: str, value, *, upper: float | None = 1.0) -> float | None:
+    if value is None:
+        return None
+    number = finite(value)
+    bound = "in [0, 1]" if upper is not None else "at least 0"
+    if number is None or number < 0 or (upper is not None and number > upper):
+        raise ValueError(
+            f"The '{name}' parameter of select_strategy must be a number {bound} or None. "
+            f"Got {value!r} instead."
+        )
+    return number
+
+
+def _predicted(assessment: dict | None, names: set[str]) -> str | None:
+    # Accept the assessment's results dict or its "recommendation" sub-dict.
+    if not isinstance(assessment, dict):
+        return None
+    rec = assessment.get("recommendation")
+    if isinstance(rec, dict):
+        assessment = rec
+    strategy = assessment.get("strategy")
+    depth = assessment.get("depth")
+    # A measured partial recommendation names its depth: the row of that depth when
+    # the comparison ran partial at several (compare --unfreeze 1,2,4).
+    if strategy == "partial" and isinstance(depth, int) and f"partial@{depth}" in names:
+        return f"partial@{depth}"
+    return strategy if isinstance(strategy, str) else None
+
+
+def _why_not_ok(entry: dict) -> str:
+    status = entry.get("status")
+    message = entry.get("message")
+    if status == "diverged":
+        div = section(entry, "diverged")
+        where = [f"{k} {div[k]:g}" for k in ("epoch", "step") if finite(div.get(k)) is not None]
+        lr = finite(div.get("lr"))
+        text = "diverged" + (f" at {', '.join(where)}" if where else "")
+        text += f" (LR {lr:.3g})" if lr is not None else ""
+        return text + (f": {message}" if message else "")
+    if status == "failed":
+        return "failed" + (f": {message}" if message else "")
+    return f"status {status!r}" + (f": {message}" if message else "")
+
+
+def _cost_key(entry: dict) -> tuple[float, float]:
+    # FLOPs are deterministic; wall time is noise between runs, so it only breaks
+    # ties when FLOPs are unknown (otherwise the strategy order decides).
+    cost = section(entry, "cost")
+    flops, wall = finite(cost.get("flops")), finite(cost.get("wall_s"))
+    if flops is not None:
+        return (flops, 0.0)
+    return (math.inf, math.inf if wall is None else wall)
+
+
+def _same_flops(a: dict, b: dict) -> bool:
+    fa, fb = finite(section(a, "cost").get("flops")), finite(section(b, "cost").get("flops"))
+    return fa is not None and fb is not None and math.isclose(fa, fb, rel_tol=1e-9)
+
+
+def _wall_text(entry: dict) -> str:
+    wall = finite(section(entry, "cost").get("wall_s"))
+    return f"{_label(entry)} {wall:.1f} s" if wall is not None else f"{_label(entry)} unknown"
+
+
+def _label(entry: dict) -> str:
+    return strategy_label(entry.get("name") or "?")
+
+
+def _cost_text(entry: dict) -> str:
+    cost = section(entry, "cost")
+    flops, wall = finite(cost.get("flops")), finite(cost.get("wall_s"))
+    parts = []
+    if flops is not None:
+        parts.append(f"{flops:.3g} FLOPs")
+    if wall is not None:
+        parts.append(f"{wall:.1f} s")
+    return ", ".join(parts) or "unknown cost"
+
+
+def _empty(max_forgetting, tolerance, excluded, reasons, predicted) -> dict:
+    return {
+        "strategy": None,
+        "val_accuracy": None,
+        "val_accuracy_std": None,
+        "seeds": None,
+        "within_spread": [],
+        "test_accuracy": None,
+        "forgetting": None,
+        "forgetting_measure": None,
+        "cost_flops": None,
+        "wall_s": None,
+        "max_forgetting": max_forgetting,
+        "tie_tolerance": tolerance,
+        "tied": [],
+        "excluded": excluded,
+        "ranking": [],
+        "reasons": reasons,
+        "assessment_prediction": predicted,
+        "agrees_with_assessment": None,
+        "regret": None,
+    }
+
+
+def select_strategy(
+    strategies: list[dict],
+    *,
+    max_forgetting: float | None = None,
+    assessment: dict | None = None,
+    tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
+) -> dict:
+    """The measured best strategy of a comparison, with its reasons.
+
+    ``strategies`` are the comparison's entries (results.json ``strategies``);
+    ``max_forgetting`` is the largest tolerated forgetting (fraction in [0, 1],
+    see :func:`forgetting_of`; None: no budget); ``assessment`` is the
+    assessment's results dict or its ``recommendation``, whose predicted strategy
+    is checked against the measured one; ``tie_tolerance`` is the validation-
+    accuracy difference (fraction) below which the cheaper run wins.
+
+    Returns a dict with ``strategy`` (None when no run qualifies), its
+    ``val_accuracy`` (the mean over seeds when there are several, with
+    ``val_accuracy_std`` and the number of ``seeds``; ``within_spread`` names
+    the strategies less than one std from it), ``test_accuracy``,
+    ``forgetting``, ``cost_flops``, the
+    ``excluded`` runs with a reason each, the ``ranking`` of qualifying runs
+    (best first), ``reasons`` citing the values, the ``assessment_prediction``,
+    ``agrees_with_assessment`` and ``regret``: the measured best's validation
+    accuracy minus the predicted strategy's (None when it was not measured).
+
+    Example::
+
+        select_strategy([
+            {"name": "feature_extraction", "status": "ok",
+             "target": {"val_accuracy": 0.90}, "cost": {"flops": 1e9}},
+            {"name": "full_low_lr", "status": "ok",
+             "target": {"val_accuracy": 0.903}, "cost": {"flops": 1e11}},
+        ])["strategy"]  # "feature_extraction": tied within 0.005, 100x cheaper
+    """
+    if not isinstance(strategies, (list, tuple)):
+        raise TypeError(
+            "The 'strategies' parameter of select_strategy must be a list of dicts. "
+            f"Got {type(strategies).__name__} instead."
+        )
+    for i, entry in enumerate(strategies):
+        if not isinstance(entry, dict):
+            raise TypeError(
+                f"The 'strategies' parameter of select_strategy must be a list of dicts. "
+                f"Got {type(entry).__name__} at index {i} instead."
+            )
+    budget = _check_fraction("max_forgetting", max_forgetting)
+    tolerance = _check_fraction("tie_tolerance", tie_tolerance, upper=None)
+    predicted = _predicted(assessment, {e.get("name") for e in strategies})
+
+    excluded: list[dict] = []
+    measured: list[dict] = []  # finished with a validation accuracy, budget or not
+    eligible: list[dict] = []
+    for entry in strategies:
+        name = str(entry.get("name") or "?")
+        val = finite(section(entry, "target").get("val_accuracy"))
+        if entry.get("status") != "ok":
+            excluded.append({"name": name, "reason": _why_not_ok(entry)})
+            continue
+        if val is None:
+            excluded.append({"name": name, "reason": "finished without a validation accuracy"})
+            continue
+        measured.append(entry)
+        forgot, measure = forgetting_of(entry)
+        if budget is not None and forgot is None:
+            excluded.append(
+                {
+                    "name": name,
+                    "reason": f"its forgetting was not measured, so it cannot be shown to stay "
+                    f"within the budget of {budget:.3f}",
+                }
+            )
+        elif budget is not None and forgot > budget:
+            label = "source accuracy drop" if measure == "source_accuracy_drop" else "disagreement"
+            excluded.append(
+                {
+                    "name": name,
+                    "reason": f"forgets too much: {label} {forgot:.3f} is above the budget "
+                    f"of {budget:.3f}",
+                }
+            )
+        else:
+            eligible.append(entry)
+
+    def val_of(entry: dict) -> float:
+        return finite(section(entry, "target").get("val_accuracy"))
+
+    def measured_val(name: str | None) -> float | None:
+        vals = [val_of(e) for e in measured if e.get("name") == name]
+        return max(vals) if vals else None
+
+    if not eligible:
+        if not strategies:
+            reasons = ["The comparison holds no strategy runs."]
+        elif not measured:
+            reasons = [
+                "No strategy finished with a validation accuracy: "
+                + "; ".join(f"{strategy_label(x['name'])} {x['reason']}" for x in excluded)
+                + "."
+            ]
+        else:
+            known = [(forgetting_of(e)[0], _label(e)) for e in measured]
+            known = [k for k in known if k[0] is not None]
+            reasons = [
+                f"All {len(measured)} finished strategies forget more than the budget of "
+                f"{budget:.3f} or were not measured for forgetting."
+            ]
+            if known:
+                least, who = min(known)
+                reasons.append(
+                    f"The least forgetting was {who}'s ({least:.3f}); a budget of at least "
+                    "that would admit it."
+                )
+        return _empty(budget, tolerance, excluded, reasons, predicted)
+
+    best_val = max(val_of(e) for e in eligible)
+    tied = [e for e in eligible if val_of(e) >= best_val - tolerance - 1e-12]
+    order = {id(e): i for i, e in enumerate(eligible)}
+    # Cheapest first; equal cost falls back to the higher accuracy, then the input order.
+    winner = min(tied, key=lambda e: (*_cost_key(e), -val_of(e), order[id(e)]))
+    rest = sorted(
+        (e for e in eligible if e is not winner),
+        key=lambda e: (-val_of(e), *_cost_key(e), order[id(e)]),
+    )
+    ranking = [str(e.get("name")) for e in [winner, *rest]]
+    name = ranking[0]
+    val = val_of(winner)
+    test = finite(section(winner, "target").get("test_accuracy"))
+    forgot, measure = forgetting_of(winner)
+    cost = section(winner, "cost")
+
+    reasons = []
+    label, opening = strategy_label(name), strategy_label(name, start=True)
+    seeds = n_seeds(winner)
+    notes = [f"mean ± std over {seeds} seeds"] if seeds > 1 else []
+    notes += [f"test {test:.3f}"] if test is not None else []
+    test_text = f" ({'; '.join(notes)})" if notes else ""
+    scope = " within the forgetting budget" if budget is not None else ""
+    if len(tied) == 1:
+        reasons.append(
+            f"{opening} reached the highest validation accuracy{scope}: "
+            f"{val_text(winner, val)}{test_text}."
+        )
+    else:
+        others = [e for e in tied if e is not winner]
+        same = [e for e in others if _same_flops(e, winner)]
+        dearer = [e for e in others if e not in same]
+        text = (
+            f"{opening} reached a validation accuracy of {val_text(winner, val)}{test_text}, within "
+            f"{tolerance:.3f} of the best{scope} ({best_val:.3f})"
+        )
+        if dearer:
+            text += (
+                f"; among the {len(tied)} tied strategies it is the cheapest "
+                f"({_cost_text(winner)}, vs "
+                + "; ".join(f"{_label(e)} {_cost_text(e)}" for e in dearer)
+                + ")"
+            )
+        if same:
+            # Never "cheapest" against a run of the same FLOPs: say they tie, and on what
+            # the choice then rests; wall time is shown but, being noise, not used.
+            flops = finite(section(winner, "cost").get("flops"))
+            higher = all(val > val_of(e) for e in same)
+            text += (
+                f"; it {'also ' if dearer else ''}ties on training compute with "
+                + join_labels(_label(e) for e in same)
+                + f" ({flops:.3g} FLOPs each), so "
+                + (
+                    "its higher validation accuracy decides"
+                    if higher
+                    else "the order of --strategies decides"
+                )
+                + " (wall time varies from run to run and is not used: "
+                + join_labels(_wall_text(e) for e in [winner, *same])
+                + ")"
+            )
+        reasons.append(text + ".")
+    if rest:
+        runner = rest[0]
+        reasons.append(
+            f"Next best: {_label(runner)} at {val_text(runner, val_of(runner))} "
+            f"({val_of(runner) - val:+.3f}), {_cost_text(runner)} against {_cost_text(winner)}."
+        )
+    close, spread_reason = within_spread(winner, rest, val_of)
+    if spread_reason:
+        reasons.append(spread_reason)
+    if forgot is None:
+        reasons.append(f"{opening}'s forgetting of the source task was not measured.")
+    elif measure == "source_accuracy_drop":
+        reasons.append(
+            f"It lowered source accuracy with the original head by {forgot:.3f}"
+            + (f" (budget {budget:.3f})." if budget is not None else ".")
+        )
+    else:
+        reasons.append(
+            f"Its source predictions disagree with the pretrained model's on {forgot:.3f} of "
+            "the source images" + (f" (budget {budget:.3f})." if budget is not None else ".")
+        )
+    over = [x["name"] for x in excluded if x["reason"].startswith("forgets too much")]
+    if over:
+        over = join_labels(strategy_label(n) for n in over)
+        reasons.append(f"Excluded for exceeding the forgetting budget: {over}.")
+    scratch = measured_val("scratch")
+    if scratch is not None and name != "scratch":
+        reasons.append(
+            f"Training from scratch reached {scratch:.3f}, so pretraining buys "
+            f"{val - scratch:+.3f} validation accuracy here."
+        )
+
+    agrees = regret = None
+    if predicted is not None:
+        agrees = predicted == name
+        said = strategy_label(predicted)
+        predicted_val = measured_val(predicted)
+        if predicted_val is not None:
+            regret = val - predicted_val
+        if agrees:
+            reasons.append(f"This agrees with the assessment's prediction ({said}).")
+        elif predicted_val is not None and regret >= 0:
+            reasons.append(
+                f"The assessment predicted {said}, which reached {predicted_val:.3f}: "
+                f"following the prediction would have lost {regret:.3f} validation accuracy."
+            )
+        elif predicted_val is not None:
+            why = next((x["reason"] for x in excluded if x["name"] == predicted), None)
+            reasons.append(
+                f"The assessment predicted {said}, which reached {predicted_val:.3f} "
+                f"({-regret:.3f} more) but "
+                + (f"was excluded: {why}." if why else "costs more for a tie.")
+            )
+        else:
+            reasons.append(
+                f"The assessment predicted {said}, which was not measured successfully here."
+            )
+
+    return {
+        "strategy": name,
+        "val_accuracy": val,
+        "val_accuracy_std": val_std(winner),
+        "seeds": seeds,
+        "within_spread": [str(e.get("name")) for e in close],
+        "test_accuracy": test,
+        "forgetting": forgot,
+        "forgetting_measure": measure,
+        "cost_flops": finite(cost.get("flops")),
+        "wall_s": finite(cost.get("wall_s")),
+        "max_forgetting": budget,
+        "tie_tolerance": tolerance,
+        "tied": [str(e.get("name")) for e in tied],
+        "excluded": excluded,
+        "ranking": ranking,
+        "reasons": reasons,
+        "assessment_prediction": predicted,
+        "agrees_with_assessment": agrees,
+        "regret": regret,
+    }

@@ -1,0 +1,37 @@
+"""The assessment's measurements on a loaded model and data: per-layer probes and gaps, the LR range test, Auto-RGN and forgetting."""
+
+from diagnose.measure.forgetting import ForgettingTracker, suggest_source_samples, weight_drift
+from diagnose.measure.layers import (
+    CKA_BATCH,
+    GAP_MAX_SAMPLES,
+    TRANSFER_MAX_SAMPLES,
+    control_cka,
+    layer_measurements,
+    lr_find_head,
+    safe,
+    storage_summary,
+    target_rgn,
+    transferability,
+)
+from diagnose.measure.lr_find import LRFindResult, lr_range_test, suggest_lr
+from diagnose.measure.rgn import relative_gradient_norms
+
+__all__ = [
+    "CKA_BATCH",
+    "ForgettingTracker",
+    "GAP_MAX_SAMPLES",
+    "LRFindResult",
+    "TRANSFER_MAX_SAMPLES",
+    "control_cka",
+    "layer_measurements",
+    "lr_find_head",
+    "lr_range_test",
+    "relative_gradient_norms",
+    "safe",
+    "storage_summary",
+    "suggest_lr",
+    "suggest_source_samples",
+    "target_rgn",
+    "transferability",
+    "weight_drift",
+]

@@ -1,0 +1,290 @@
+"""What fine-tuning made a model forget about its source domain.
+
+Three views, each on a fixed set of held-out source images:
+
+- **source accuracy** with the ORIGINAL classification head applied to the
+  fine-tuned backbone's features (needs source labels);
+- **agreement** (label-free): the fraction of source images on which that
+  original head, on the current features, predicts what the pretrained model
+  predicted; 1.0 means nothing the source task sees has changed;
+- **CKA** (linear, Kornblith et al. 2019) per block between the pretrained and
+  the current model's pooled block outputs: 1.0 = the same representation up
+  to rotation and scale;
+
+plus the **relative weight drift** per block, ``||w - w0|| / ||w0||`` over the
+block's parameters (0 = unchanged, 0.1 = moved by 10% of its norm).
+
+Example:
+    >>> tracker = ForgettingTracker(pretrained, head="head", blocks=["block1", "block2"],
+    ...                             source_x=xs, source_y=ys, device=torch.device("cpu"))
+    >>> tracker.measure(finetuned)
+    {'source_accuracy': 0.91, 'agreement': 0.95, 'cka': {'block1': 0.99, 'block2': 0.93}}
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from diagnose.core import autocast_context, memory_format
+from probes.capture import capture
+from probes.similarity import cka
+
+__all__ = [
+    "ForgettingTracker",
+    "suggest_source_samples",
+    "weight_drift",
+]
+
+
+def _as_tensor(value: Any, name: str) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"The '{name}' parameter of ForgettingTracker must be a torch.Tensor or numpy array. "
+            f"Got {type(value).__name__} instead."
+        )
+    return value
+
+
+class ForgettingTracker:
+    """Measures source forgetting of a model against its pretrained state, on fixed source images.
+
+    The constructor keeps a frozen deep copy of the ORIGINAL head (module
+    ``head`` of ``pretrained``) and computes the reference once: the
+    pretrained model's pooled block outputs and its original-head predictions
+    on ``source_x`` (and its source accuracy when ``source_y`` is given).
+    ``pretrained`` itself is not modified, not even moved between devices.
+
+    Args:
+        pretrained: the pretrained model with its original source head.
+        head: qualified module name of that head (an ``nn.Module`` taking the
+            features; typically an ``nn.Linear``).
+        blocks: module names whose outputs CKA compares (global-average pooled
+            as in :func:`probes.capture`).
+        source_x: (N, ...) preprocessed source images (a fixed batch; a few
+            hundred are enough for CKA and agreement).
+        source_y: (N,) source labels (-1 = unlabelled) or None.
+        device: where the measuring passes run; measured models must be there.
+        batch_size: images per forward pass.
+        max_samples: use only the first ``max_samples`` images (None = all);
+            the cost of every :meth:`measure` is one forward pass over them.
+    """
+
+    def __init__(
+        self,
+        pretrained: nn.Module,
+        *,
+        head: str,
+        blocks: list[str],
+        source_x: torch.Tensor,
+        source_y: torch.Tensor | None,
+        device: torch.device | str,
+        batch_size: int = 128,
+        max_samples: int | None = None,
+    ):
+        modules = dict(pretrained.named_modules())
+        if head not in modules or head == "":
+            raise ValueError(f"head {head!r} is not a module of {type(pretrained).__name__}.")
+        missing = [b for b in blocks if b not in modules]
+        if isinstance(blocks, str) or not blocks or missing:
+            raise ValueError(
+                f"The 'blocks' parameter of ForgettingTracker must be module names of the model. "
+                f"Unknown: {missing or blocks!r}."
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(
+                f"The 'batch_size' parameter of ForgettingTracker must be a positive int. Got {batch_size!r} instead."
+            )
+        x = _as_tensor(source_x, "source_x")
+        y = None if source_y is None else _as_tensor(source_y, "source_y").long()
+        if y is not None and y.shape != (x.shape[0],):
+            raise ValueError(
+                f"'source_y' must have shape ({x.shape[0]},) to match 'source_x' {tuple(x.shape)}. "
+                f"Got {tuple(y.shape)} instead."
+            )
+        if max_samples is not None:
+            x = x[: int(max_samples)]
+            y = None if y is None else y[: int(max_samples)]
+        if x.shape[0] < 2:
+            raise ValueError(
+                f"ForgettingTracker needs at least 2 source images (CKA). Got {x.shape[0]}."
+            )
+        self.head = head
+        self.blocks = list(blocks)
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.source_x = x
+        self.source_y = y if y is not None and bool((y >= 0).any()) else None
+        self._head = copy.deepcopy(modules[head]).to(self.device).eval()
+        for p in self._head.parameters():
+            p.requires_grad_(False)
+
+        reference = pretrained
+        params = list(pretrained.parameters())
+        if params and params[0].device != self.device:
+            # Never move the caller's model; the copy gets the layout the trained copies have.
+            reference = copy.deepcopy(pretrained).to(
+                self.device, memory_format=memory_format(self.device)
+            )
+        self.reference_features, preds = self._pass(reference)
+        if preds is None or not all(np.isfinite(f).all() for f in self.reference_features.values()):
+            raise ValueError("The pretrained model gives non-finite features on 'source_x'.")
+        self.reference_predictions: torch.Tensor = preds
+        self.reference_source_accuracy: float | None = self._accuracy(self.reference_predictions)
+
+    @property
+    def n(self) -> int:
+        """Number of source images each measurement uses."""
+        return int(self.source_x.shape[0])
+
+    def _pass(self, model: nn.Module) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+        """One forward pass: pooled block outputs and original-head predictions."""
+        preds: list[torch.Tensor] = []
+        finite: list[torch.Tensor] = []
+
+        def pre_hook(module: nn.Module, args: tuple) -> None:
+            z = args[0]
+            if z.device != next(self._head.parameters(), z).device:
+                self._head.to(z.device)
+            finite.append(torch.isfinite(z).all())
+            preds.append(self._head(z).argmax(dim=1).to("cpu"))
+
+        handle = model.get_submodule(self.head).register_forward_pre_hook(pre_hook)
+        try:
+            with autocast_context(self.device):
+                feats = capture(
+                    model,
+                    self.source_x,
+                    layers=self.blocks,
+                    batch_size=self.batch_size,
+                    progress=False,
+                )
+        finally:
+            handle.remove()
+        if not preds:
+            raise ValueError(f"The head {self.head!r} was not called by the model's forward pass.")
+        ok = bool(torch.stack(finite).all())
+        return dict(feats.features), torch.cat(preds) if ok else None
+
+    def _accuracy(self, preds: torch.Tensor) -> float | None:
+        if self.source_y is None:
+            return None
+        known = self.source_y >= 0
+        return float((preds[known] == self.source_y[known]).double().mean())
+
+    def measure(self, model: nn.Module) -> dict[str, Any]:
+        """Forgetting of ``model`` (which has the NEW head at ``head``) relative to the pretrained one.
+
+        One forward pass over the source images in eval mode without
+        gradients (train/eval flags restored) captures the pooled block
+        outputs and the head's input; the stored original head applied to
+        that input gives the source predictions.
+
+        Returns:
+            ``{"source_accuracy": float in [0, 1] or None without labels,
+            "agreement": float in [0, 1], "cka": {block: float, 1.0 = unchanged}}``;
+            a model whose features are not finite (diverged) gets None for the
+            affected entries instead of an error.
+        """
+        return self.measure_with_predictions(model)[0]
+
+    def measure_with_predictions(
+        self, model: nn.Module
+    ) -> tuple[dict[str, Any], torch.Tensor | None]:
+        """:meth:`measure` plus the original head's source predictions from the same pass.
+
+        The predictions (a long tensor, one class per source image; None when
+        the features are not finite) let a caller break the accuracy down per
+        class without a second forward pass.
+        """
+        feats, preds = self._pass(model)
+        sims: dict[str, float | None] = {}
+        for b in self.blocks:
+            if not np.isfinite(feats[b]).all():
+                sims[b] = None  # a diverged model: no similarity to speak of
+                continue
+            value = cka(self.reference_features[b], feats[b], kernel="linear")
+            sims[b] = float(value) if math.isfinite(value) else None
+        if preds is None:  # non-finite features reach the head: predictions mean nothing
+            return {"source_accuracy": None, "agreement": None, "cka": sims}, None
+        summary = {
+            "source_accuracy": self._accuracy(preds),
+            "agreement": float((preds == self.reference_predictions).double().mean()),
+            "cka": sims,
+        }
+        return summary, preds
+
+
+def suggest_source_samples(
+    n_train: int, n_val: int = 0, *, budget: float = 0.03, floor: int = 64, cap: int = 1024
+) -> int:
+    """How many source images keep forgetting tracking within ``budget`` of training time.
+
+    Each :meth:`ForgettingTracker.measure` is one forward pass over its source
+    images, once per epoch; an epoch costs about ``3 * n_train`` image-passes
+    (forward + backward) plus ``n_val`` for validation. So ``n_source <=
+    budget * (3 * n_train + n_val)`` keeps the forward passes near ``budget``;
+    the default 3% leaves room for the rest of ``measure`` (hooks, pooling, CKA:
+    about a fifth of its time on the demo CNN) under a 5% total. Clipped to
+    ``[floor, cap]``: below ~64 images agreement and CKA get noisy, so small
+    targets pay a larger share.
+
+    Example:
+        >>> suggest_source_samples(538, 179)   # the demo target: the floor
+        64
+        >>> suggest_source_samples(10_000, 2_000)
+        960
+    """
+    want = int(budget * (3 * int(n_train) + int(n_val)))
+    return int(max(floor, min(cap, want)))
+
+
+def weight_drift(
+    model: nn.Module, reference_state: dict[str, torch.Tensor], groups: dict[str, list[str]]
+) -> dict[str, float]:
+    """Relative L2 drift per parameter group: ``||w - w0|| / ||w0||`` over the group's parameters.
+
+    ``reference_state`` maps parameter names to their reference values (the
+    pretrained weights); ``groups`` is :func:`diagnose.training.strategies.parameter_groups`.
+    The ``"head"`` group is skipped (a new head has no reference) and so are
+    groups without parameters. Accumulated in float64. A group whose reference
+    norm is 0 gets 0.0 if unchanged, else None (no relative scale).
+
+    Example:
+        >>> weight_drift(model, w0, {"block1": ["block1.0.weight"]})  # block1 scaled by 1.1
+        {'block1': 0.1}
+    """
+    params = dict(model.named_parameters())
+    out: dict[str, float] = {}
+    for group, names in groups.items():
+        if group == "head" or not names:
+            continue
+        missing = [n for n in names if n not in params or n not in reference_state]
+        if missing:
+            raise ValueError(
+                f"weight_drift: parameters {missing[:5]} of group {group!r} are missing from the "
+                "model or from 'reference_state'."
+            )
+        # On the parameters' device: one host sync per group, not per tensor.
+        dev = params[names[0]].device
+        num = torch.zeros((), dtype=torch.float64, device=dev)
+        den = torch.zeros((), dtype=torch.float64, device=dev)
+        for n in names:
+            w = params[n].detach().to(dev, torch.float64)
+            w0 = reference_state[n].detach().to(dev, torch.float64)
+            num += (w - w0).pow(2).sum()
+            den += w0.pow(2).sum()
+        num_f, den_f = float(num), float(den)
+        if den_f > 0:
+            value = math.sqrt(num_f) / math.sqrt(den_f)
+            out[group] = value if math.isfinite(value) else None
+        else:
+            out[group] = 0.0 if num_f == 0 else None
+    return out

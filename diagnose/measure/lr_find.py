@@ -1,0 +1,169 @@
+"""Learning-rate range test (Smith 2017; fastai's ``lr_find``).
+
+The LR grows exponentially from ``start_lr`` to ``end_lr`` over ``num_steps``
+optimiser steps; the loss is smoothed with a bias-corrected exponential moving
+average, the test stops once the smoothed loss exceeds ``diverge`` times the
+best seen (or turns non-finite), and the suggestion is the LR of the steepest
+descent of the smoothed loss against log10(LR), taken *before* the minimum
+so it sits in the stable region rather than at the edge of divergence.
+
+The model's parameters, buffers and train/eval flags are restored afterwards,
+so the test has no side effect.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from probes import logits_of
+
+__all__ = [
+    "LRFindResult",
+    "lr_range_test",
+    "suggest_lr",
+]
+
+
+@dataclass
+class LRFindResult:
+    """Outcome of a range test. ``losses`` are smoothed, ``raw_losses`` as measured."""
+
+    lrs: list[float]
+    losses: list[float]
+    raw_losses: list[float]
+    suggested_lr: float | None
+    min_loss_lr: float | None
+    stop_reason: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "suggested_lr": self.suggested_lr,
+            "min_loss_lr": self.min_loss_lr,
+            "lrs": self.lrs,
+            "losses": self.losses,
+            "raw_losses": self.raw_losses,
+            "stop_reason": self.stop_reason,
+            "notes": self.notes,
+        }
+
+
+def suggest_lr(
+    lrs: np.ndarray, losses: np.ndarray, skip_start: int = 5
+) -> tuple[float | None, float | None]:
+    """Return (steepest-descent LR before the minimum, LR at the minimum smoothed loss).
+
+    ``None`` when the curve is too short or never descends.
+    """
+    lrs = np.asarray(lrs, dtype=np.float64)
+    losses = np.asarray(losses, dtype=np.float64)
+    finite = np.isfinite(losses)
+    if finite.sum() < skip_start + 3:
+        return None, None
+    lrs, losses = lrs[finite], losses[finite]
+    i_min = int(np.argmin(losses))
+    min_lr = float(lrs[i_min])
+    if i_min <= skip_start + 1:
+        return None, min_lr
+    grads = np.gradient(losses[: i_min + 1], np.log10(lrs[: i_min + 1]))
+    window = grads[skip_start:i_min]
+    if window.size == 0 or window.min() >= 0:
+        return None, min_lr
+    i_steep = skip_start + int(np.argmin(window))
+    return float(lrs[i_steep]), min_lr
+
+
+def _cross_entropy(output, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits_of(output), y)
+
+
+def lr_range_test(
+    model: nn.Module,
+    batches: Iterable,
+    *,
+    params: Iterable[nn.Parameter] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    start_lr: float = 1e-6,
+    end_lr: float = 10.0,
+    num_steps: int = 100,
+    smoothing: float = 0.98,
+    diverge: float = 4.0,
+    momentum: float = 0.9,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> LRFindResult:
+    """Run an LR range test with SGD (momentum) on ``model`` and restore it afterwards.
+
+    ``batches`` yields ``(x, y)``; it is cycled when shorter than ``num_steps``.
+    ``params`` defaults to the trainable parameters. The default loss is the
+    cross-entropy of the logits (:func:`probes.logits_of` of the model's
+    output, so dict and tuple outputs work); a ``loss_fn`` gets the output as
+    the model returns it. Example::
+
+        head = nn.Linear(128, 10)
+        res = lr_range_test(head, [(feats, labels)], num_steps=100)
+        res.suggested_lr  # e.g. 0.3
+    """
+    if not (0 < start_lr < end_lr):
+        raise ValueError(f"lr_range_test needs 0 < start_lr < end_lr. Got {start_lr} and {end_lr}.")
+    if num_steps < 10:
+        raise ValueError(f"lr_range_test needs num_steps >= 10. Got {num_steps}.")
+    loss_fn = loss_fn or _cross_entropy
+    saved_state = copy.deepcopy(model.state_dict())
+    saved_modes = {name: m.training for name, m in model.named_modules()}
+    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    if not params:
+        raise ValueError("lr_range_test found no trainable parameters in the model.")
+    optimizer = torch.optim.SGD(params, lr=start_lr, momentum=momentum)
+    gamma = (end_lr / start_lr) ** (1.0 / (num_steps - 1))
+    lrs: list[float] = []
+    raw: list[float] = []
+    smooth: list[float] = []
+    avg, best = 0.0, math.inf
+    stop_reason = "reached end_lr"
+    batch_list = list(batches) if not isinstance(batches, list) else batches
+    if not batch_list:
+        raise ValueError("lr_range_test got no batches.")
+    try:
+        model.train()
+        bar = tqdm(range(num_steps), desc="lr range test", disable=not progress, leave=False)
+        for step in bar:
+            lr = start_lr * gamma**step
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = batch_list[step % len(batch_list)]
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                stop_reason = f"loss became non-finite at lr={lr:.3g}"
+                break
+            loss.backward()
+            optimizer.step()
+            avg = smoothing * avg + (1 - smoothing) * value
+            smoothed = avg / (1 - smoothing ** (step + 1))
+            lrs.append(lr)
+            raw.append(value)
+            smooth.append(smoothed)
+            best = min(best, smoothed)
+            if step > 0 and smoothed > diverge * best:
+                stop_reason = f"smoothed loss exceeded {diverge:g}x its minimum at lr={lr:.3g}"
+                break
+    finally:
+        model.load_state_dict(saved_state)
+        for name, m in model.named_modules():
+            m.train(saved_modes.get(name, m.training))
+    suggested, min_lr = suggest_lr(np.array(lrs), np.array(smooth))
+    notes = []
+    if suggested is None:
+        notes.append("The loss never descended steadily; no LR is suggested from this curve.")
+    return LRFindResult(lrs, smooth, raw, suggested, min_lr, stop_reason, notes)

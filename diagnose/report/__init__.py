@@ -1,0 +1,57 @@
+"""Rendering: results.json to a self-contained HTML report and its plots. A pure reader of results."""
+
+from diagnose.report.plots import (
+    class_balance_plot,
+    encode_png,
+    gap_plot,
+    lr_find_plot,
+    probe_plot,
+    short_name,
+)
+from diagnose.report.plots_audit import audit_cka_plot, per_class_forgetting_plot
+from diagnose.report.plots_compare import cka_heatmap, forgetting_curves_plot, tradeoff_plot
+from diagnose.report.plots_entries import (
+    BLUE,
+    GREEN,
+    ORANGE,
+    PURPLE,
+    RED,
+    as_list,
+    curve_values,
+    labelled_entries,
+    strategy_colour,
+    xy_lists,
+)
+from diagnose.report.plots_race import race_plot
+from diagnose.report.plots_training import training_curves_plot
+from diagnose.report.render import check_out_dir, render_html, render_report_file, write_outputs
+
+__all__ = [
+    "BLUE",
+    "GREEN",
+    "ORANGE",
+    "PURPLE",
+    "RED",
+    "as_list",
+    "audit_cka_plot",
+    "check_out_dir",
+    "cka_heatmap",
+    "class_balance_plot",
+    "curve_values",
+    "encode_png",
+    "forgetting_curves_plot",
+    "gap_plot",
+    "labelled_entries",
+    "lr_find_plot",
+    "per_class_forgetting_plot",
+    "probe_plot",
+    "race_plot",
+    "render_html",
+    "render_report_file",
+    "short_name",
+    "strategy_colour",
+    "tradeoff_plot",
+    "training_curves_plot",
+    "write_outputs",
+    "xy_lists",
+]

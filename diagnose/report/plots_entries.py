@@ -1,0 +1,70 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import seaborn as sns  # noqa: E402
+
+from diagnose.core import (  # noqa: E402
+    STRATEGY_NAMES,  # noqa: E402
+    finite,
+    strategy_label,
+)
+
+__all__ = [
+    "BLUE",
+    "GREEN",
+    "ORANGE",
+    "PURPLE",
+    "RED",
+    "as_list",
+    "curve_values",
+    "labelled_entries",
+    "strategy_colour",
+    "xy_lists",
+]
+
+RED = "#b3261e"  # diverged runs, in every plot
+
+
+BLUE, ORANGE, GREEN, PURPLE = "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"
+
+
+def as_list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
+def labelled_entries(results: dict) -> list[tuple[str, dict]]:
+    """``(label, entry)`` per strategy: its display name (:mod:`diagnose.core.names`);
+    repeated names get a ``#k`` suffix so labels stay unique."""
+    out: list[tuple[str, dict]] = []
+    seen: dict[str, int] = {}
+    for entry in as_list(results.get("strategies")):
+        if not isinstance(entry, dict):
+            continue
+        name = str(entry.get("name") or "?")
+        seen[name] = seen.get(name, 0) + 1
+        label = strategy_label(name)
+        out.append((label if seen[name] == 1 else f"{label} #{seen[name]}", entry))
+    return out
+
+
+def strategy_colour(entry: dict) -> str:
+    # One colour per strategy name across every plot, in the canonical strategy order.
+    palette = sns.color_palette("tab10", 10).as_hex()
+    name = entry.get("name")
+    index = STRATEGY_NAMES.index(name) if name in STRATEGY_NAMES else len(STRATEGY_NAMES)
+    return palette[index % len(palette)]
+
+
+def curve_values(entry: dict, key: str) -> list[tuple[float, float]]:
+    points = []
+    for point in as_list(entry.get("curves")):
+        if isinstance(point, dict):
+            x, y = finite(point.get("epoch")), finite(point.get(key))
+            if x is not None and y is not None:
+                points.append((x, y))
+    return points
+
+
+def xy_lists(points) -> tuple[list[float], list[float]]:
+    return [p[0] for p in points], [p[1] for p in points]

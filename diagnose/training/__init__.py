@@ -1,0 +1,100 @@
+"""Training: strategies and their plans, the per-strategy run, the loop, activation caches, curves, cost, executors and seeds."""
+
+from diagnose.training.activations import (
+    DEFAULT_MAX_CACHE_BYTES,
+    PrefixCache,
+    build_prefix_cache,
+    capture_head_inputs,
+)
+from diagnose.training.cost import (
+    PeakMemory,
+    count_train_step_flops,
+    current_rss_bytes,
+    trainable_params,
+)
+from diagnose.training.curves import BestState, detect_overfitting, finite_or_none
+from diagnose.training.entry import build_entry
+from diagnose.training.executor import (
+    EXECUTORS,
+    RAY_MISSING,
+    Job,
+    Outcome,
+    Unit,
+    execute,
+    import_ray,
+    run_unit,
+)
+from diagnose.training.loop import (
+    Fitter,
+    Phase,
+    evaluate,
+    iterate_batches,
+    make_loader,
+    steps_per_epoch,
+)
+from diagnose.training.runner import TargetData, run_strategy
+from diagnose.training.seeds import (
+    AVERAGED,
+    RUN_KEYS,
+    finished,
+    finished_units,
+    n_seeds,
+    read_previous,
+    resumed_text,
+    strategy_entries,
+    strategy_entry,
+    val_std,
+    val_text,
+    within_spread,
+)
+from diagnose.training.strategies import BN_MODES, TrainConfig, plan
+from diagnose.training.strategy_run import StrategyRun, cpu_state, planned_epochs
+
+__all__ = [
+    "AVERAGED",
+    "BN_MODES",
+    "BestState",
+    "DEFAULT_MAX_CACHE_BYTES",
+    "EXECUTORS",
+    "Fitter",
+    "Job",
+    "Outcome",
+    "PeakMemory",
+    "Phase",
+    "PrefixCache",
+    "RAY_MISSING",
+    "RUN_KEYS",
+    "StrategyRun",
+    "TargetData",
+    "TrainConfig",
+    "Unit",
+    "build_entry",
+    "build_prefix_cache",
+    "capture_head_inputs",
+    "count_train_step_flops",
+    "cpu_state",
+    "current_rss_bytes",
+    "detect_overfitting",
+    "evaluate",
+    "execute",
+    "finished",
+    "finished_units",
+    "finite_or_none",
+    "import_ray",
+    "iterate_batches",
+    "make_loader",
+    "n_seeds",
+    "plan",
+    "planned_epochs",
+    "read_previous",
+    "resumed_text",
+    "run_strategy",
+    "run_unit",
+    "steps_per_epoch",
+    "strategy_entries",
+    "strategy_entry",
+    "trainable_params",
+    "val_std",
+    "val_text",
+    "within_spread",
+]

@@ -1,0 +1,342 @@
+"""The optimisation loop shared by every strategy: SGD, one cosine schedule, stages, divergence.
+
+A :class:`Fitter` trains one module (a whole network, or a head on cached
+features) through a list of stages that switch which parameter groups train,
+and reports each epoch's running training loss and accuracy, or the first
+step whose loss was not finite.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
+
+from diagnose.core import autocast_context, is_cuda, loader_kwargs
+from diagnose.training.cost import count_train_step_flops
+from probes import logits_of
+
+__all__ = [
+    "Fitter",
+    "Phase",
+    "evaluate",
+    "iterate_batches",
+    "make_loader",
+    "steps_per_epoch",
+]
+
+# On CUDA a per-step float(loss) would stall the GPU queue; losses are checked in
+# bulk every this many steps (and at each epoch end) and the first bad one reported.
+_CUDA_CHECK_EVERY = 32
+
+
+def _drop_last(n: int, batch_size: int) -> bool:
+    # A final batch of one example breaks BatchNorm in train mode (one value per
+    # channel after pooling); dropping that single example is the least surprise.
+    return n > 1 and n % batch_size == 1
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimiser steps per pass over ``n`` examples (a final batch of 1 is dropped)."""
+    return n // batch_size + (1 if n % batch_size > 1 else 0) if n > 1 else 0
+
+
+class _Rows(Dataset):
+    """Rows of several aligned tensors, fetched a whole batch at a time (one index op)."""
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...]):
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return int(self.tensors[0].shape[0])
+
+    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, ...]:
+        index = torch.as_tensor(idx, dtype=torch.long)
+        return tuple(t[index] for t in self.tensors)
+
+
+def make_loader(
+    tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int, device: torch.device
+) -> DataLoader:
+    """A shuffling loader over in-memory CPU tensors; batch order fixed by ``seed``.
+
+    The order is ``torch.randperm(n, generator=Generator().manual_seed(seed))``
+    per epoch, the same as :func:`iterate_batches`, so every strategy sees the
+    same batches. Pinned memory and workers on CUDA (``_device.loader_kwargs``).
+    """
+    data = _Rows(tensors)
+    gen = torch.Generator().manual_seed(int(seed))
+    sampler = BatchSampler(
+        RandomSampler(data, generator=gen), batch_size, _drop_last(len(data), batch_size)
+    )
+    # Tensors already on the GPU can be neither pinned nor shared with workers.
+    kwargs = loader_kwargs(device) if not tensors[0].is_cuda else {}
+    return DataLoader(data, sampler=sampler, batch_size=None, **kwargs)
+
+
+def iterate_batches(
+    tensors: tuple[torch.Tensor, ...], batch_size: int, generator: torch.Generator | None
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Batches of aligned tensors (on any device), shuffled by ``generator`` or in order if None."""
+    n = int(tensors[0].shape[0])
+    if generator is None:
+        order = None
+        stop = n
+    else:
+        order = torch.randperm(n, generator=generator)
+        stop = n - 1 if _drop_last(n, batch_size) else n
+    for start in range(0, stop, batch_size):
+        if order is None:
+            yield tuple(t[start : start + batch_size] for t in tensors)
+        else:
+            idx = order[start : min(start + batch_size, stop)].to(tensors[0].device)
+            yield tuple(t[idx] for t in tensors)
+
+
+@torch.no_grad()
+def evaluate(
+    forward: Callable[[tuple], tuple[torch.Tensor, torch.Tensor]], batches: Iterable[tuple]
+) -> tuple[float | None, float | None]:
+    """Mean cross-entropy and accuracy of ``forward`` over ``batches`` (float64 sums).
+
+    ``forward(batch)`` returns ``(output, labels)`` on one device, the output
+    being the logits or what :func:`probes.logits_of` takes them from (a
+    model's dict, tuple or output object). The caller sets eval mode. Returns
+    (None, None) when there is no example; a non-finite loss is returned as is
+    (the caller reports divergence).
+    """
+    loss_sum, correct, count = None, None, 0
+    for batch in batches:
+        output, y = forward(batch)
+        logits = logits_of(output)
+        loss = F.cross_entropy(logits.float(), y, reduction="sum").double()
+        hits = (logits.argmax(dim=1) == y).sum()
+        loss_sum = loss if loss_sum is None else loss_sum + loss
+        correct = hits if correct is None else correct + hits
+        count += int(y.shape[0])
+    if count == 0:
+        return None, None
+    return float(loss_sum) / count, float(correct) / count
+
+
+@dataclass
+class Phase:
+    """A distinct kind of step (a stage, a capture pass) and how many were run."""
+
+    name: str
+    flops_per_step: int | None = None
+    steps: int = 0
+
+    def to_dict(self) -> dict:
+        flops = None if self.flops_per_step is None else int(self.flops_per_step) * int(self.steps)
+        return {
+            "name": self.name,
+            "flops_per_step": self.flops_per_step,
+            "steps": self.steps,
+            "flops": flops,
+        }
+
+
+class Fitter:
+    """SGD with momentum through ``stages`` under one cosine schedule of ``total_steps``.
+
+    Args:
+        root: the module trained (its train/eval flags are set each epoch).
+        groups: parameter group -> parameters.
+        stages: plan stages (``trainable``, ``lr``, and ``until_step_fraction``
+            when there are several); the first ``round(fraction * total)`` steps
+            belong to the stages up to that one.
+        total_steps: steps of the whole schedule.
+        weight_decay: group -> SGD weight decay.
+        penalty: ``(alpha, [(param, w0), ...])`` adds alpha (w - w0) to each
+            gradient, the gradient of alpha/2 ||w - w0||^2 (L2-SP).
+        bn_modules: group -> its BatchNorm modules; those of groups that do not
+            train in the current stage are kept in eval mode when ``bn="frozen"``.
+        use_autocast: run the forward under ``_device.autocast_context``.
+        phase_prefix: names the phases, one per stage: ``prefix`` alone for a
+            single stage, else ``f"{prefix}{i}"``.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: nn.Module,
+        groups: dict[str, list[nn.Parameter]],
+        stages: list[dict],
+        total_steps: int,
+        momentum: float,
+        weight_decay: dict[str, float],
+        device: torch.device,
+        penalty: tuple[float, list[tuple[nn.Parameter, torch.Tensor]]] | None = None,
+        bn_modules: dict[str, list[nn.Module]] | None = None,
+        bn: str = "frozen",
+        use_autocast: bool = True,
+        phase_prefix: str = "stage",
+    ):
+        self.root, self.groups, self.stages = root, groups, stages
+        self.total = max(int(total_steps), 1)
+        self.device, self.bn, self.use_autocast = device, bn, use_autocast
+        self.bn_modules = bn_modules or {}
+        self.penalty = penalty
+        ends = [round(s.get("until_step_fraction", 1.0) * self.total) for s in stages]
+        ends[-1] = self.total
+        self.ends = ends
+        ever = [g for g in groups if any(g in s["trainable"] for s in stages)]
+        self.opt = torch.optim.SGD(
+            [
+                {
+                    "params": groups[g],
+                    "lr": 0.0,
+                    "weight_decay": float(weight_decay.get(g, 0.0)),
+                    "group": g,
+                }
+                for g in ever
+                if groups[g]
+            ],
+            lr=0.0,
+            momentum=float(momentum),
+        )
+        self.phases = [
+            Phase(phase_prefix if len(stages) == 1 else f"{phase_prefix}{i}")
+            for i in range(len(stages))
+        ]
+        self.step = 0
+        self.stage = -1
+        self.lr_head: float | None = None
+        self.diverged: dict | None = None
+
+    def factor(self, step: int) -> float:
+        """Cosine multiplier of the base LR at ``step`` (1 at 0, towards 0 at the end; no warm-up)."""
+        return 0.5 * (1.0 + math.cos(math.pi * step / self.total))
+
+    def _stage_at(self, step: int) -> int:
+        for i, end in enumerate(self.ends):
+            if step < end:
+                return i
+        return len(self.ends) - 1
+
+    def set_modes(self) -> None:
+        """Train mode, except BatchNorm of groups frozen in this stage (``bn="frozen"``)."""
+        self.root.train()
+        if self.bn != "frozen":
+            return
+        trainable = set(self.stages[max(self.stage, 0)]["trainable"])
+        for g, modules in self.bn_modules.items():
+            if g not in trainable:
+                for m in modules:
+                    m.eval()
+
+    def _enter(self, stage: int) -> None:
+        self.stage = stage
+        trainable = set(self.stages[stage]["trainable"])
+        for g, params in self.groups.items():
+            for p in params:
+                p.requires_grad_(g in trainable)
+        self.set_modes()
+
+    def _lr_of(self, group: str) -> float:
+        return float(self.stages[self.stage]["lr"].get(group, 0.0))
+
+    def run_epoch(
+        self,
+        batches: Iterable[tuple],
+        forward: Callable[[tuple], tuple[torch.Tensor, torch.Tensor]],
+        epoch: int,
+    ) -> dict[str, Any]:
+        """One pass over ``batches``: ``{"train_loss", "train_accuracy", "steps", "diverged"}``.
+
+        ``forward(batch)`` returns ``(output, labels)`` as for :func:`evaluate`.
+
+        ``train_loss``/``train_accuracy`` are running means over the epoch's
+        examples (in train mode, as the model was while it learned). On the
+        first non-finite loss the epoch stops and ``diverged`` is
+        ``{"step", "epoch", "lr", "loss"}`` (step: 1-based index among this
+        fitter's steps; lr: the head's LR at that step).
+        """
+        if self.stage < 0:
+            self._enter(self._stage_at(self.step))
+        self.set_modes()
+        check_every = _CUDA_CHECK_EVERY if is_cuda(self.device) else 1
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        count = 0
+        pending: list[tuple[int, float | None, torch.Tensor]] = []
+
+        def flush() -> bool:
+            if not pending:
+                return False
+            values = torch.stack([loss for _, _, loss in pending]).float().cpu()
+            bad = (~torch.isfinite(values)).nonzero()
+            if len(bad):
+                i = int(bad[0])
+                step, lr, _ = pending[i]
+                self.diverged = {
+                    "step": step,
+                    "epoch": int(epoch),
+                    "lr": lr,
+                    "loss": str(float(values[i])),
+                }
+            pending.clear()
+            return self.diverged is not None
+
+        for batch in batches:
+            stage = self._stage_at(self.step)
+            if stage != self.stage:
+                self._enter(stage)
+            f = self.factor(self.step)
+            for group in self.opt.param_groups:
+                group["lr"] = self._lr_of(group["group"]) * f
+            self.lr_head = self._lr_of("head") * f
+            out: dict[str, torch.Tensor] = {}
+
+            def step_fn(batch: tuple = batch, out: dict = out) -> None:
+                with autocast_context(self.device) if self.use_autocast else nullcontext():
+                    output, y = forward(batch)
+                logits = logits_of(output)
+                loss = F.cross_entropy(logits.float(), y)
+                out.update(loss=loss.detach(), logits=logits.detach(), y=y)
+                if check_every == 1 and not bool(torch.isfinite(loss)):
+                    return  # diverged: no backward through a non-finite graph
+                loss.backward()
+
+            phase = self.phases[self.stage]
+            if phase.flops_per_step is None:
+                phase.flops_per_step = count_train_step_flops(step_fn)
+            else:
+                step_fn()
+            self.step += 1
+            phase.steps += 1
+            pending.append((self.step, self.lr_head, out["loss"]))
+            if (len(pending) >= check_every and flush()) or self.diverged:
+                return self._epoch_out(loss_sum, correct, count)
+            if self.penalty is not None:
+                alpha, pairs = self.penalty
+                with torch.no_grad():
+                    for p, w0 in pairs:
+                        if p.grad is not None:
+                            p.grad.add_(p.detach() - w0, alpha=alpha)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            n = int(out["y"].shape[0])
+            loss_sum += out["loss"].double() * n
+            correct += (out["logits"].argmax(dim=1) == out["y"]).sum()
+            count += n
+        flush()
+        return self._epoch_out(loss_sum, correct, count)
+
+    def _epoch_out(
+        self, loss_sum: torch.Tensor, correct: torch.Tensor, count: int
+    ) -> dict[str, Any]:
+        return {
+            "train_loss": float(loss_sum) / count if count else None,
+            "train_accuracy": float(correct) / count if count else None,
+            "steps": self.step,
+            "diverged": self.diverged,
+        }

@@ -1,0 +1,267 @@
+"""Fine-tuning strategies as data: which parameter groups train, at which LR, in which stage.
+
+A model is cut into *parameter groups*: one per block (the names the probes
+use, e.g. ``block1`` .. ``block4`` or ``maxpool``, ``layer1`` .. ``layer4``)
+plus ``"head"``. A strategy is a :func:`plan`: a pure description (no model,
+no I/O) of its stages, each with the groups that train and their LRs. The
+engine that runs a plan is :func:`diagnose.training.runner.run_strategy`.
+
+LRs, with ``h = config.head_lr`` and ``r = config.backbone_ratio``:
+
+==================  =======================================================
+feature_extraction  head at h, on features cached once (backbone frozen), max(epochs, lp_epochs)
+partial             ``config.unfreeze`` blocks at h*r, head at h
+full_low_lr         every block at h*r (10x below h by default), head at h
+discriminative      head at h, the block d levels below the head at h/2.6^d
+gradual_unfreeze    stage 0 the head, then one more block per stage from the
+                    top, discriminative LRs; stages split the steps evenly
+lp_ft               linear probe (head at h on cached features, lp_epochs),
+                    then everything at h*r (Kumar et al. 2022)
+l2_sp               as full_low_lr, plus alpha/2 ||w - w0||^2 on pretrained
+                    weights and weight decay only on the head (Li et al. 2018)
+scratch             random init of the same architecture, everything at h
+==================  =======================================================
+
+Example:
+    >>> p = plan("discriminative", ["block1", "block2"], TrainConfig(head_lr=0.026))
+    >>> {g: round(lr, 5) for g, lr in p["stages"][0]["lr"].items()}
+    {'block1': 0.00385, 'block2': 0.01, 'head': 0.026}
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from diagnose.core import STRATEGY_NAMES
+from diagnose.models import HEAD
+
+__all__ = [
+    "BN_MODES",
+    "TrainConfig",
+    "plan",
+]
+
+BN_MODES = ("frozen", "train")
+
+
+@dataclass
+class TrainConfig:
+    """The budget and hyper-parameters shared by every strategy of one comparison.
+
+    Attributes:
+        epochs: passes over the target training set (lp_ft: of its fine-tuning stage).
+        batch_size: examples per optimiser step (also the evaluation batch).
+        head_lr: LR of the new head (from the LR range test or ``--lr``).
+        backbone_ratio: backbone LR / head LR for full_low_lr, partial, l2_sp and
+            lp_ft's fine-tuning stage (0.1 = ten times lower).
+        discriminative_factor: LR divisor per block going down (ULMFiT's 2.6).
+        unfreeze: blocks ``partial`` trains; None means the last block.
+        l2_sp_alpha: strength alpha of the L2-SP pull alpha/2 ||w - w0||^2.
+        weight_decay: SGD weight decay (plain L2) of every trained group
+            (l2_sp: of the head only).
+        momentum: SGD momentum.
+        bn: ``"frozen"``: BatchNorm modules in frozen blocks stay in eval mode
+            (running statistics untouched); ``"train"``: they update their statistics.
+        lp_epochs: epochs of lp_ft's linear-probe stage, on cached features.
+        seed: seeds the new head, the random init of ``scratch`` and the batch order.
+
+    Example:
+        >>> TrainConfig(epochs=5, head_lr=0.05).to_dict()["epochs"]
+        5
+    """
+
+    epochs: int = 3
+    batch_size: int = 64
+    head_lr: float = 0.01
+    backbone_ratio: float = 0.1
+    discriminative_factor: float = 2.6
+    unfreeze: list[str] | None = None
+    l2_sp_alpha: float = 0.01
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    bn: str = "frozen"
+    lp_epochs: int = 50
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        """Plain-JSON copy of every field."""
+        out = asdict(self)
+        out["unfreeze"] = None if self.unfreeze is None else [str(b) for b in self.unfreeze]
+        return out
+
+
+def _positive(value: Any, name: str, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= 0:
+        what = "a positive int" if integer else "a positive finite number"
+        raise ValueError(
+            f"The '{name}' parameter of TrainConfig must be {what}. Got {value!r} instead."
+        )
+
+
+def _check_config(config: TrainConfig) -> None:
+    if not isinstance(config, TrainConfig):
+        raise TypeError(
+            f"The 'config' parameter must be a TrainConfig. Got {type(config).__name__} instead."
+        )
+    for name in ("epochs", "batch_size", "lp_epochs"):
+        _positive(getattr(config, name), name, integer=True)
+    for name in ("head_lr", "backbone_ratio", "discriminative_factor"):
+        _positive(getattr(config, name), name)
+    for name in ("l2_sp_alpha", "weight_decay", "momentum"):
+        value = getattr(config, name)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ValueError(
+                f"The '{name}' parameter of TrainConfig must be a finite number >= 0. Got {value!r} instead."
+            )
+    if config.bn not in BN_MODES:
+        raise ValueError(
+            f"The 'bn' parameter of TrainConfig must be one of {set(BN_MODES)}. Got {config.bn!r} instead."
+        )
+
+
+def _discriminative(blocks: list[str], head_lr: float, factor: float) -> dict[str, float]:
+    n = len(blocks)
+    lr = {b: head_lr / factor ** (n - i) for i, b in enumerate(blocks)}
+    lr[HEAD] = head_lr
+    return lr
+
+
+def plan(name: str, blocks: list[str], config: TrainConfig) -> dict:
+    """What strategy ``name`` trains, at which LR, in which stage (pure; no model needed).
+
+    Returns ``{"name", "stages", "init", "penalty", "frozen", "cached_features"}``:
+
+    - ``stages``: list of ``{"trainable": [groups], "lr": {group: lr}}`` plus
+      either ``"epochs"`` (a stage of its own length) or ``"until_step_fraction"``
+      (the stage ends once that fraction of the strategy's steps is done);
+      ``"on_cached_features": True`` marks a head-only stage trained on
+      features captured once. The last stage is the main one.
+    - ``init``: ``"pretrained"`` or ``"random"`` (scratch).
+    - ``penalty``: None or ``{"kind": "l2_sp", "alpha": alpha}``.
+    - ``frozen``: blocks no stage trains. ``cached_features``: any stage on cached features.
+
+    Raises ValueError for an unknown ``name`` (listing ``STRATEGY_NAMES``),
+    ``config.unfreeze`` naming a block not in ``blocks``, or an invalid config.
+
+    Example:
+        >>> plan("partial", ["b1", "b2", "b3"], TrainConfig(unfreeze=["b3"]))["frozen"]
+        ['b1', 'b2']
+    """
+    if name not in STRATEGY_NAMES:
+        raise ValueError(
+            f"Unknown strategy {name!r}. Choose one of: {', '.join(STRATEGY_NAMES)}."
+            + (
+                f" Did you mean {difflib.get_close_matches(str(name), STRATEGY_NAMES, n=1)[0]!r}?"
+                if difflib.get_close_matches(str(name), STRATEGY_NAMES, n=1)
+                else ""
+            )
+        )
+    if isinstance(blocks, str) or not blocks or not all(isinstance(b, str) for b in blocks):
+        raise ValueError(
+            f"The 'blocks' parameter must be a non-empty list of module names. Got {blocks!r} instead."
+        )
+    blocks = list(blocks)
+    _check_config(config)
+    h, low = float(config.head_lr), float(config.head_lr * config.backbone_ratio)
+    everything = [*blocks, HEAD]
+    init, penalty, cached = "pretrained", None, False
+
+    if name == "feature_extraction":
+        # A head on cached features costs next to nothing per epoch, so it trains to
+        # convergence (as lp_ft's probe stage does) rather than for the shared epoch
+        # budget, which would handicap it; its FLOPs in the results show the cost.
+        stages = [
+            {
+                "epochs": max(config.epochs, config.lp_epochs),
+                "trainable": [HEAD],
+                "lr": {HEAD: h},
+                "on_cached_features": True,
+            }
+        ]
+        cached = True
+    elif name == "partial":
+        unfreeze = [blocks[-1]] if config.unfreeze is None else list(config.unfreeze)
+        bad = [b for b in unfreeze if b not in blocks]
+        if bad or not unfreeze:
+            raise ValueError(
+                f"The 'unfreeze' parameter of TrainConfig must name blocks among {blocks}. Got {unfreeze!r} instead."
+            )
+        trainable = [b for b in blocks if b in unfreeze] + [HEAD]
+        stages = [
+            {
+                "epochs": config.epochs,
+                "trainable": trainable,
+                "lr": {g: (h if g == HEAD else low) for g in trainable},
+            }
+        ]
+    elif name in ("full_low_lr", "l2_sp"):
+        stages = [
+            {
+                "epochs": config.epochs,
+                "trainable": everything,
+                "lr": {g: (h if g == HEAD else low) for g in everything},
+            }
+        ]
+        if name == "l2_sp":
+            penalty = {"kind": "l2_sp", "alpha": float(config.l2_sp_alpha)}
+    elif name == "discriminative":
+        stages = [
+            {
+                "epochs": config.epochs,
+                "trainable": everything,
+                "lr": _discriminative(blocks, h, config.discriminative_factor),
+            }
+        ]
+    elif name == "gradual_unfreeze":
+        lrs = _discriminative(blocks, h, config.discriminative_factor)
+        n_stages = len(blocks) + 1
+        stages = []
+        for k in range(n_stages):
+            trainable = blocks[len(blocks) - k :] + [HEAD]
+            stages.append(
+                {
+                    "until_step_fraction": (k + 1) / n_stages,
+                    "trainable": trainable,
+                    "lr": {g: lrs[g] for g in trainable},
+                }
+            )
+    elif name == "lp_ft":
+        stages = [
+            {
+                "epochs": config.lp_epochs,
+                "trainable": [HEAD],
+                "lr": {HEAD: h},
+                "on_cached_features": True,
+            },
+            {
+                "epochs": config.epochs,
+                "trainable": everything,
+                "lr": dict.fromkeys(everything, low),
+            },
+        ]
+        cached = True
+    else:  # scratch
+        stages = [
+            {"epochs": config.epochs, "trainable": everything, "lr": dict.fromkeys(everything, h)}
+        ]
+        init = "random"
+
+    trained = {g for s in stages for g in s["trainable"]}
+    return {
+        "name": name,
+        "stages": stages,
+        "init": init,
+        "penalty": penalty,
+        "frozen": [b for b in blocks if b not in trained],
+        "cached_features": cached,
+    }

@@ -1,0 +1,427 @@
+"""The state and steps of one strategy run (the engine behind :func:`diagnose.training.runner.run_strategy`).
+
+:class:`StrategyRun` builds the trained copy (new head, parameter groups,
+BatchNorm modules per group, the drift reference), runs the strategy's
+stages and keeps the curves, the best-validation state and the cost phases;
+:func:`diagnose.training.entry.build_entry` turns it into the results entry.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+
+from diagnose.core import autocast_context, is_cuda, memory_format, to_device
+from diagnose.measure import weight_drift
+from diagnose.models import HEAD, module_groups, parameter_groups, random_init_copy, replace_module
+from diagnose.training.activations import build_prefix_cache, capture_head_inputs
+from diagnose.training.curves import BestState, detect_overfitting, finite_or_none
+from diagnose.training.loop import (
+    Fitter,
+    Phase,
+    evaluate,
+    iterate_batches,
+    make_loader,
+    steps_per_epoch,
+)
+from diagnose.training.strategies import plan
+from probes import logits_of
+
+__all__ = [
+    "StrategyRun",
+    "cpu_state",
+    "planned_epochs",
+]
+
+
+def cpu_state(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    return {prefix + k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def planned_epochs(plan: dict, epochs: int) -> int:
+    """Every epoch a strategy's stages run, the total of its progress bar.
+
+    A stage with its own ``epochs`` (feature extraction's head, LP-FT's linear
+    probe, both on cached features) counts them; stages that split the shared
+    budget by step fraction (gradual unfreezing) count ``epochs`` once.
+    """
+    stages = plan["stages"]
+    own = sum(int(s["epochs"]) for s in stages if "epochs" in s)
+    return own + (epochs if any("epochs" not in s for s in stages) else 0)
+
+
+class StrategyRun:
+    """One strategy run: ``build``, then one of the strategy methods, then ``finish``."""
+
+    def __init__(
+        self, name, model, head, blocks, data, tracker, config, device, progress, reuse=None
+    ):
+        from tqdm.auto import tqdm
+
+        self.plan = plan(name, blocks, config)
+        # ``reuse``: a dict shared by runs of the same pretrained model on the same data
+        # tensors (the trial race): the head's input features and the frozen prefix's
+        # outputs depend on neither the LR nor the epochs, so they are computed once.
+        self.reuse = reuse
+        self.name, self.model, self.head, self.blocks = name, model, head, list(blocks)
+        self.data, self.tracker, self.config, self.device = data, tracker, config, device
+        self.best, self.curves = BestState(), []
+        self.phases: list[Phase] = []
+        self.stage_records = [dict(s) for s in self.plan["stages"]]
+        self.diverged = self.overfitting = None
+        self.prefix_cache, self.prefix_reason = False, "only 'partial' caches a frozen prefix"
+        self.steps_done = 0
+        self.test_accuracy = None
+        self.final: dict[str, Any] | None = None
+        self.final_drift: dict[str, float] = {}
+        self.best_measure: tuple | None = None
+        self.bar = tqdm(
+            total=planned_epochs(self.plan, config.epochs),
+            desc=name,
+            unit="epoch",
+            disable=not progress,
+            leave=False,
+        )
+
+    # -- set-up ---------------------------------------------------------------------------
+    def build(self) -> None:
+        cfg = self.config
+        src = (
+            random_init_copy(self.model, seed=cfg.seed)
+            if self.plan["init"] == "random"
+            else copy.deepcopy(self.model)
+        )
+        old = src.get_submodule(self.head)
+        in_features = getattr(old, "in_features", None)
+        if not isinstance(in_features, int):
+            raise ValueError(
+                f"The head {self.head!r} is a {type(old).__name__} without an int 'in_features'; "
+                "pass the qualified name of the final nn.Linear."
+            )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            new_head = nn.Linear(in_features, self.data.num_classes)
+        replace_module(src, self.head, new_head)
+        self.net = src.to(self.device, memory_format=memory_format(self.device))
+        groups = parameter_groups(self.net, self.blocks, self.head)
+        params = dict(self.net.named_parameters())
+        self.groups = groups
+        self.group_params = {g: [params[n] for n in names] for g, names in groups.items()}
+        self.owners = module_groups(self.net, self.blocks, self.head)
+        self.bn_modules: dict[str, list[nn.Module]] = {g: [] for g in groups}
+        for mname, m in self.net.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and mname in self.owners:
+                self.bn_modules[self.owners[mname]].append(m)
+        head_names = set(groups[HEAD])
+        self.w0 = {n: p.detach().clone() for n, p in params.items() if n not in head_names}
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        trained = {g for s in self.plan["stages"] for g in s["trainable"]}
+        self.trainable_params = int(sum(p.numel() for g in trained for p in self.group_params[g]))
+
+    # -- measurement ----------------------------------------------------------------------
+    def measure(self) -> tuple[dict | None, dict[str, float]]:
+        fm = self.tracker.measure(self.net) if self.tracker is not None else None
+        return fm, weight_drift(self.net, self.w0, self.groups)
+
+    def record(self, epoch, train, val, fm, drift, lr_head, snapshot, stage, tick=True) -> bool:
+        """Append a curve point; keep the state if best; return False on a non-finite val loss.
+
+        ``tick`` advances the progress bar by the epoch this point ends (False when
+        the epochs were already counted, as LP-FT's probe epochs are)."""
+        val_loss, val_acc = val
+        if val_loss is None or finite_or_none(val_loss) is None:
+            self.diverged = {
+                "step": self.steps_done,
+                "epoch": int(epoch),
+                "lr": finite_or_none(lr_head),
+                "loss": f"validation {val_loss}",
+                "stage": stage,
+            }
+            return False
+        fm = fm or {}
+        self.curves.append(
+            {
+                "epoch": int(epoch),
+                "step": int(self.steps_done),
+                "stage": stage,
+                "train_loss": finite_or_none(train["train_loss"]),
+                "train_accuracy": finite_or_none(train["train_accuracy"]),
+                "val_loss": finite_or_none(val_loss),
+                "val_accuracy": finite_or_none(val_acc),
+                "source_accuracy": finite_or_none(fm.get("source_accuracy")),
+                "agreement": finite_or_none(fm.get("agreement")),
+                "cka": {k: finite_or_none(v) for k, v in (fm.get("cka") or {}).items()},
+                "weight_drift": {k: finite_or_none(v) for k, v in drift.items()},
+                "lr_head": finite_or_none(lr_head),
+            }
+        )
+        if self.best.offer(epoch, val_acc, val_loss, snapshot):
+            # The best state IS this epoch's state: its forgetting needs no second pass.
+            self.best_measure = (fm or None, drift)
+        if self.overfitting is None:
+            self.overfitting = detect_overfitting(
+                [c["train_loss"] for c in self.curves],
+                [c["val_loss"] for c in self.curves],
+                [c["epoch"] for c in self.curves],
+            )
+        self.bar.set_postfix(
+            train=f"{train['train_loss'] or 0.0:.3f}", val=f"{val_loss:.3f}", acc=f"{val_acc:.3f}"
+        )
+        if tick:
+            self.bar.update(1)
+        return True
+
+    def set_train_modes(self, trainable: list[str]) -> None:
+        self.net.train()
+        if self.config.bn == "frozen":
+            for g, modules in self.bn_modules.items():
+                if g not in trainable:
+                    for m in modules:
+                        m.eval()
+
+    # -- strategies -------------------------------------------------------------------------
+    def head_fitter(self, stage: dict, epochs: int, n: int, phase: str) -> Fitter:
+        head = self.net.get_submodule(self.head)
+        return Fitter(
+            root=head,
+            groups={HEAD: self.group_params[HEAD]},
+            stages=[stage],
+            total_steps=epochs * steps_per_epoch(n, self.config.batch_size),
+            momentum=self.config.momentum,
+            weight_decay={HEAD: self.config.weight_decay},
+            device=self.device,
+            use_autocast=False,
+            phase_prefix=phase,
+        )
+
+    def fit_head(self, stage, epochs, feats, on_epoch, phase) -> None:
+        """Train the new head on cached (train, val) features; ``on_epoch(e, train, val, lr)``
+        after each epoch returns False to stop."""
+        d, cfg, dev = self.data, self.config, self.device
+        head = self.net.get_submodule(self.head)
+        y_tr, y_va = d.y_train.to(dev), d.y_val.to(dev)
+        fitter = self.head_fitter(stage, epochs, len(y_tr), phase)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        fwd = lambda b: (head(b[0]), b[1])  # noqa: E731
+        base = self.steps_done
+        for e in range(1, epochs + 1):
+            res = fitter.run_epoch(iterate_batches((feats[0], y_tr), cfg.batch_size, gen), fwd, e)
+            self.steps_done = base + fitter.step
+            if res["diverged"]:
+                self.diverged = dict(
+                    res["diverged"], step=base + res["diverged"]["step"], stage=phase
+                )
+                break
+            head.eval()
+            val = evaluate(fwd, iterate_batches((feats[1], y_va), cfg.batch_size, None))
+            if not on_epoch(e, res, val, fitter.lr_head):
+                break
+        self.steps_done = base + fitter.step
+        self.phases.extend(fitter.phases)
+        self.stage_records[0]["steps"] = fitter.step
+
+    def head_inputs(self, xs: list[torch.Tensor], cap: Phase) -> list[torch.Tensor]:
+        """The head's input features for ``xs`` (pretrained backbone), from ``reuse`` when there."""
+        key = ("head_inputs", *(id(x) for x in xs))
+        if self.reuse is not None and key in self.reuse:
+            return self.reuse[key]
+        feats = capture_head_inputs(
+            self.net, self.head, xs, self.config.batch_size, self.device, cap
+        )
+        if self.reuse is not None:
+            self.reuse[key] = feats
+        return feats
+
+    def feature_extraction(self) -> None:
+        d, head = self.data, self.net.get_submodule(self.head)
+        cap = Phase("capture")
+        self.phases.append(cap)
+        feats = self.head_inputs([d.x_train, d.x_val, d.x_test], cap)
+        self.fe_test = feats[2]
+        fm, drift = self.measure()  # once: the backbone never changes
+
+        def on_epoch(e, res, val, lr):
+            snap = lambda: cpu_state(head, self.head + ".")  # noqa: E731
+            return self.record(e, res, val, fm, drift, lr, snap, "head")
+
+        stage = self.plan["stages"][0]
+        self.fit_head(stage, stage["epochs"], feats, on_epoch, "head")
+
+    def lp_ft(self) -> None:
+        d, cfg = self.data, self.config
+        lp, ft = self.plan["stages"]
+        cap = Phase("capture")
+        self.phases.append(cap)
+        feats = self.head_inputs([d.x_train, d.x_val], cap)
+        last: dict = {}
+
+        def on_epoch(e, res, val, lr):
+            last.update(res=res, val=val, lr=lr)
+            self.bar.update(1)  # each probe epoch is one of the bar's epochs
+            return finite_or_none(val[0]) is not None
+
+        self.fit_head(lp, cfg.lp_epochs, feats, on_epoch, "linear_probe")
+        if self.diverged or not last:
+            return
+        if finite_or_none(last["val"][0]) is None:
+            self.record(
+                0, last["res"], last["val"], None, {}, last["lr"], None, "linear_probe", tick=False
+            )
+            return
+        fm, drift = self.measure()
+        ok = self.record(
+            0,
+            last["res"],
+            last["val"],
+            fm,
+            drift,
+            last["lr"],
+            lambda: cpu_state(self.net),
+            "linear_probe",
+            tick=False,
+        )
+        if ok:
+            self.fine_tune([ft], cfg.epochs, "fine_tune", record_index=1)
+
+    def fine_tune(self, stages: list[dict], epochs: int, phase: str, record_index: int = 0) -> None:
+        d, cfg, dev, net = self.data, self.config, self.device, self.net
+        trainable = sorted(
+            {g for s in stages for g in s["trainable"]}, key=[*self.blocks, HEAD].index
+        )
+        pc = None
+        # Frozen parameters have requires_grad=False, so autograd records nothing for a
+        # frozen prefix (the same as running it under no_grad); caching skips it entirely.
+        if self.name == "partial":
+            cache_phase = Phase("prefix_cache")
+            key = ("prefix", id(d.x_train), id(d.x_val), tuple(trainable), cfg.bn)
+            if self.reuse is not None and key in self.reuse:
+                pc, reason = self.reuse[key]
+            else:
+                pc, reason = build_prefix_cache(
+                    net,
+                    owners=self.owners,
+                    blocks=self.blocks,
+                    trainable=trainable,
+                    bn=cfg.bn,
+                    splits={"train": d.x_train, "val": d.x_val},
+                    batch_size=cfg.batch_size,
+                    device=dev,
+                    set_train_modes=lambda: self.set_train_modes(stages[0]["trainable"]),
+                    phase=cache_phase,
+                )
+                if self.reuse is not None:
+                    self.reuse[key] = (pc, reason)
+            self.prefix_cache, self.prefix_reason = pc is not None, reason
+            if pc is not None:
+                self.phases.append(cache_phase)
+        train = (d.x_train, pc.cache["train"], d.y_train) if pc else (d.x_train, d.y_train)
+        val = (d.x_val, pc.cache["val"], d.y_val) if pc else (d.x_val, d.y_val)
+        loader = make_loader(train, cfg.batch_size, cfg.seed, dev)
+        penalty, decay = None, dict.fromkeys(self.group_params, cfg.weight_decay)
+        if self.plan["penalty"] is not None:
+            pairs = [
+                (p, self.w0[n])
+                for g, names in self.groups.items()
+                if g != HEAD
+                for n, p in zip(names, self.group_params[g])
+            ]
+            penalty = (float(self.plan["penalty"]["alpha"]), pairs)
+            decay = {g: (cfg.weight_decay if g == HEAD else 0.0) for g in self.group_params}
+        fitter = Fitter(
+            root=net,
+            groups=self.group_params,
+            stages=stages,
+            total_steps=epochs * steps_per_epoch(len(d.y_train), cfg.batch_size),
+            momentum=cfg.momentum,
+            weight_decay=decay,
+            device=dev,
+            penalty=penalty,
+            bn_modules=self.bn_modules,
+            bn=cfg.bn,
+            phase_prefix=phase,
+        )
+        nb = is_cuda(dev)
+
+        def forward(batch):
+            if pc is not None:
+                x, c, y = batch
+                pc.set(to_device(c, dev))
+            else:
+                x, y = batch
+            return net(to_device(x, dev)), y.to(dev, non_blocking=nb)
+
+        base = self.steps_done
+        for epoch in range(1, epochs + 1):
+            with pc.active(net) if pc is not None else nullcontext():
+                res = fitter.run_epoch(loader, forward, epoch)
+                if res["diverged"]:
+                    self.diverged = dict(
+                        res["diverged"], step=base + res["diverged"]["step"], stage=phase
+                    )
+                    break
+                net.eval()
+                with autocast_context(dev):
+                    v = evaluate(forward, iterate_batches(val, cfg.batch_size, None))
+            self.steps_done = base + fitter.step
+            label = fitter.phases[fitter.stage].name
+            if finite_or_none(v[0]) is None:  # weights blew up in the last steps
+                self.record(epoch, res, v, None, {}, fitter.lr_head, None, label)
+                break
+            fm, drift = self.measure()
+            if not self.record(
+                epoch, res, v, fm, drift, fitter.lr_head, lambda: cpu_state(net), label
+            ):
+                break
+        self.steps_done = base + fitter.step
+        self.phases.extend(fitter.phases)
+        for i, ph in enumerate(fitter.phases):
+            self.stage_records[record_index + i]["steps"] = ph.steps
+
+    def train(self) -> None:
+        """Run every stage of the plan (after :meth:`build`)."""
+        if self.name == "feature_extraction":
+            self.feature_extraction()
+        elif self.name == "lp_ft":
+            self.lp_ft()
+        else:
+            phase = "train" if self.name != "gradual_unfreeze" else "stage"
+            self.fine_tune(self.plan["stages"], self.config.epochs, phase)
+
+    # -- the end ----------------------------------------------------------------------------
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 CPU logits of the current (last-epoch) weights on ``x``, in eval mode."""
+        self.net.eval()
+        out = []
+        with torch.no_grad(), autocast_context(self.device):
+            for (xb,) in iterate_batches((x,), self.config.batch_size, None):
+                out.append(logits_of(self.net(to_device(xb, self.device))).float().cpu())
+        return torch.cat(out) if out else torch.empty(0, self.data.num_classes)
+
+    def finish(self) -> None:
+        if self.best.state is None:
+            return
+        self.net.load_state_dict(self.best.state, strict=False)
+        self.net.eval()
+        bs, d, dev = self.config.batch_size, self.data, self.device
+        if self.name == "feature_extraction":
+            head = self.net.get_submodule(self.head)
+            y = d.y_test.to(dev)
+            _, self.test_accuracy = evaluate(
+                lambda b: (head(b[0]), b[1]), iterate_batches((self.fe_test, y), bs, None)
+            )
+        else:
+
+            def fwd(b):
+                return self.net(to_device(b[0], dev)), b[1].to(dev)
+
+            with autocast_context(dev):
+                _, self.test_accuracy = evaluate(
+                    fwd, iterate_batches((d.x_test, d.y_test), bs, None)
+                )
+        fm, drift = self.best_measure
+        self.final, self.final_drift = fm, drift

@@ -1,0 +1,340 @@
+"""``diagnose audit``: what a finished fine-tuning made the model forget.
+
+Given the pretrained model and a fine-tuned checkpoint of the same
+architecture (possibly with a new head, as ``diagnose compare
+--save-checkpoints`` writes), the audit measures on fixed held-out source
+images (and target images when given):
+
+- per-block **linear CKA** between the pretrained and the fine-tuned model
+  (1.0 = the same representation up to rotation and scale);
+- per-block **relative weight drift** ``||w - w0|| / ||w0||`` (head excluded);
+- **source accuracy** of both through the ORIGINAL head, overall and per
+  class (needs source labels matching the head's classes);
+- **agreement**: fraction of source images on which the original head, on the
+  fine-tuned features, predicts what the pretrained model predicted;
+
+and writes a plain-words verdict computed from these numbers.
+
+The source images are chosen exactly as :func:`diagnose.workflows.comparison.compare`
+chooses them (the source test split, ``rng.choice`` of ``source_eval_samples``
+with ``seed``), so auditing a checkpoint written by a comparison reproduces
+its forgetting numbers.
+
+Example::
+
+    res = audit("demo", "cmp/checkpoints/full_low_lr.pt", "demo:digits", "demo:digits-noise")
+    res.verdict
+    # 'forgetting is concentrated in block3-block4; source accuracy -12.3 points; ...'
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import probes
+from diagnose.core import SCHEMA_VERSION, RunResult, environment, jsonable, resolve_device
+from diagnose.data import materialize_readable, pick_eval, subsample
+from diagnose.measure import ForgettingTracker, weight_drift
+from diagnose.models import (
+    extract_state_dict,
+    load_state_dict_checked,
+    parameter_groups,
+    replace_module,
+    resolve_preprocessing,
+    torch_load,
+)
+from diagnose.report import check_out_dir
+from diagnose.workflows.startup import as_domain, as_loaded, source_eval_set
+
+__all__ = [
+    "ACCURACY_DROP_NOTABLE",
+    "AGREEMENT_UNCHANGED",
+    "AuditResult",
+    "CKA_UNCHANGED",
+    "audit",
+    "build_finetuned",
+    "verdict",
+]
+
+# A block whose source CKA with its pretrained self is at least this is "unchanged":
+# on the demo CNN, run-to-run noise of CKA on ~128 images stays above it.
+CKA_UNCHANGED = 0.98
+# Agreement of the original head at least this (and no notable accuracy drop) with every
+# block unchanged means nothing measurable was forgotten.
+AGREEMENT_UNCHANGED = 0.99
+# A source accuracy drop (fraction, 0.01 = 1 point) above this is worth naming.
+ACCURACY_DROP_NOTABLE = 0.01
+
+
+class AuditResult(RunResult):
+    """An audit: ``to_dict()`` is results.json; paths are set when ``out`` was given."""
+
+    @property
+    def verdict(self) -> str:
+        return self.results["verdict"]
+
+    @property
+    def layers(self) -> list[dict]:
+        return self.results["layers"]
+
+
+def build_finetuned(
+    pretrained: nn.Module, head: str, path: str | Path, *, trust_checkpoint: bool = False
+) -> tuple[nn.Module, bool]:
+    """A deep copy of ``pretrained`` with the state dict at ``path`` loaded strictly.
+
+    When the checkpoint's ``<head>.weight`` has another number of outputs
+    than the pretrained head (a new task's head) but the same number of
+    inputs, the copy's head is first replaced by an ``nn.Linear`` of the
+    checkpoint's shape. Returns ``(model in eval mode, head_replaced)``.
+
+    Raises ValueError for an unreadable file, a pickle of Python objects
+    without ``trust_checkpoint``, or keys/shapes that do not match (naming them).
+    """
+    obj = torch_load(path, trust_checkpoint, "fine-tuned checkpoint")
+    state = extract_state_dict(obj, path)
+    model = copy.deepcopy(pretrained)
+    old = model.get_submodule(head)
+    weight = state.get(f"{head}.weight")
+    replaced = False
+    if (
+        isinstance(old, nn.Linear)
+        and isinstance(weight, torch.Tensor)
+        and weight.ndim == 2
+        and tuple(weight.shape) != tuple(old.weight.shape)
+        and weight.shape[1] == old.in_features
+    ):
+        new = nn.Linear(old.in_features, int(weight.shape[0]), bias=f"{head}.bias" in state)
+        replace_module(model, head, new.to(old.weight.device, old.weight.dtype))
+        replaced = True
+    load_state_dict_checked(model, state, str(path))
+    return model.eval(), replaced
+
+
+def _span(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{names[0]}-{names[-1]}"
+
+
+def verdict(layers: list[dict], source_accuracy: dict, agreement: float | None) -> str:
+    """A plain-words verdict from the audit's numbers (thresholds: the module constants).
+
+    Example:
+        >>> verdict([{"name": "b1", "cka_source": 0.995, "weight_drift": 0.01},
+        ...          {"name": "b2", "cka_source": 0.80, "weight_drift": 0.2}],
+        ...         {"drop": 0.123}, 0.8)
+        'forgetting is concentrated in b2; source accuracy -12.3 points; original-head agreement 80.0%; early blocks b1 unchanged (CKA > 0.98)'
+    """
+    known = [x for x in layers if x.get("cka_source") is not None]
+    changed = [x["name"] for x in known if x["cka_source"] < CKA_UNCHANGED]
+    kept = [x["name"] for x in known if x["cka_source"] >= CKA_UNCHANGED]
+    drop = source_accuracy.get("drop")
+    drifts = [x.get("weight_drift") for x in layers if x.get("weight_drift") is not None]
+    acc_ok = drop is None or drop <= ACCURACY_DROP_NOTABLE
+    agree_ok = agreement is None or agreement >= AGREEMENT_UNCHANGED
+    if known and not changed and acc_ok and agree_ok:
+        words = [f"nothing measurable was forgotten: every block keeps CKA > {CKA_UNCHANGED}"]
+        if drifts and max(drifts) == 0:
+            words.append("the backbone weights are unchanged (drift 0)")
+        if agreement is not None:
+            words.append(f"the original head agrees on {100 * agreement:.1f}% of source images")
+        if drop is not None:
+            words.append(f"source accuracy {0.0 - 100 * drop:+.1f} points")
+        return "; ".join(words)
+    words = []
+    if changed:
+        if len(changed) == len(known):
+            words.append(f"forgetting spans every block ({_span(changed)})")
+        else:
+            words.append(f"forgetting is concentrated in {_span(changed)}")
+    elif not known:
+        words.append("CKA could not be measured (non-finite features)")
+    else:
+        words.append(f"representations are kept (CKA > {CKA_UNCHANGED} in every block)")
+    if drop is not None:
+        words.append(f"source accuracy {0.0 - 100 * drop:+.1f} points")
+    if agreement is not None:
+        words.append(f"original-head agreement {100 * agreement:.1f}%")
+    if kept and changed:
+        first = "early blocks" if kept == [x["name"] for x in known[: len(kept)]] else "blocks"
+        words.append(f"{first} {_span(kept)} unchanged (CKA > {CKA_UNCHANGED})")
+    return "; ".join(words)
+
+
+def _per_class(ref: torch.Tensor, ft: torch.Tensor, y: torch.Tensor, classes) -> list[dict]:
+    rows = []
+    for c in sorted(int(v) for v in torch.unique(y[y >= 0])):
+        mask = y == c
+        pre = float((ref[mask] == c).double().mean())
+        post = float((ft[mask] == c).double().mean())
+        name = classes[c] if classes is not None and 0 <= c < len(classes) else str(c)
+        rows.append(
+            {
+                "class": name,
+                "pretrained": pre,
+                "finetuned": post,
+                "drop": pre - post,
+                "n": int(mask.sum()),
+            }
+        )
+    return rows
+
+
+def audit(
+    model: Any,
+    finetuned: str | Path,
+    source: Any,
+    target: Any = None,
+    *,
+    weights: str | None = None,
+    trust_checkpoint: bool = False,
+    head: str | None = None,
+    layers: str | list[str] = "auto",
+    image_size: int | None = None,
+    normalize: Any = None,
+    device: str = "auto",
+    seed: int = 0,
+    batch_size: int = 64,
+    max_samples: int | None = None,
+    source_eval_samples: int = 128,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> AuditResult:
+    """Audit a fine-tuned checkpoint for forgetting of the source task.
+
+    ``model`` is the pretrained model (spec, nn.Module or LoadedModel, as in
+    :func:`diagnose.workflows.assessment.assess`); ``finetuned`` a state dict file of the same
+    architecture (its head may differ). ``source_eval_samples`` source images
+    (from the source test split, chosen as ``compare`` chooses them) and as
+    many target images (from the target test split, within ``max_samples``)
+    are measured. Results are written to ``out`` (results.json, report.html)
+    when given.
+
+    Example::
+
+        audit("demo", "cmp/checkpoints/full_low_lr.pt", "demo:digits").verdict
+    """
+    t_start = time.perf_counter()
+    if isinstance(source_eval_samples, bool) or int(source_eval_samples) < 2:
+        raise ValueError(f"source_eval_samples must be at least 2. Got {source_eval_samples!r}.")
+    dev = resolve_device(device)
+    if out is not None:
+        check_out_dir(out)
+    loaded = as_loaded(
+        model, weights=weights, trust_checkpoint=trust_checkpoint, head=head, progress=progress
+    )
+    if loaded.head is None:
+        raise ValueError("audit needs the model's classification head; name it with --head.")
+    src, tgt = as_domain(source, "source"), as_domain(target, "target")
+    if src is None:
+        raise ValueError("audit needs --source data: forgetting is measured on the source task.")
+    ft, replaced = build_finetuned(
+        loaded.model, loaded.head, finetuned, trust_checkpoint=trust_checkpoint
+    )
+    warnings: list[str] = []
+    prep = resolve_preprocessing(
+        loaded, [d for d in (src, tgt) if d is not None], image_size, normalize
+    )
+    net = loaded.model
+    blocks = probes.discover_layers(net) if layers == "auto" else list(layers)
+
+    sx, sy = source_eval_set(src, loaded, prep, n=source_eval_samples, seed=seed, warnings=warnings)
+    tracker = ForgettingTracker(
+        net,
+        head=loaded.head,
+        blocks=blocks,
+        source_x=sx,
+        source_y=sy,
+        device=dev,
+        batch_size=batch_size,
+    )
+    ft = ft.to(dev)
+    measured, preds = tracker.measure_with_predictions(ft)
+    per_class: list[dict] = []
+    if tracker.source_y is not None and preds is not None:
+        per_class = _per_class(tracker.reference_predictions, preds, tracker.source_y, src.classes)
+
+    cka_target: dict[str, float | None] = {}
+    n_target = 0
+    if tgt is not None:
+        used = subsample(tgt, max_samples, seed)
+        tpool = used
+        if tgt.labels is not None:
+            held_out = used[np.isin(used, tgt.splits(seed)["test"])]
+            tpool = held_out if len(held_out) >= 2 else used
+        tx, _, _ = materialize_readable(
+            tgt, pick_eval(tpool, source_eval_samples, seed), prep, warnings
+        )
+        n_target = int(len(tx))
+        target_tracker = ForgettingTracker(
+            net,
+            head=loaded.head,
+            blocks=blocks,
+            source_x=tx,
+            source_y=None,
+            device=dev,
+            batch_size=batch_size,
+        )
+        cka_target = target_tracker.measure(ft)["cka"]
+
+    groups = parameter_groups(ft, blocks, loaded.head)
+    w0 = {n: p.detach() for n, p in net.named_parameters()}
+    drift = weight_drift(ft, w0, groups)
+    layer_rows = [
+        {
+            "name": b,
+            "cka_source": measured["cka"].get(b),
+            "cka_target": cka_target.get(b) if tgt is not None else None,
+            "weight_drift": drift.get(b),
+        }
+        for b in blocks
+    ]
+    pre, post = tracker.reference_source_accuracy, measured["source_accuracy"]
+    source_accuracy = {
+        "pretrained": pre,
+        "finetuned": post,
+        "drop": pre - post if pre is not None and post is not None else None,
+        "per_class": per_class,
+    }
+    head_module = ft.get_submodule(loaded.head)
+    results: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "kind": "audit",
+        "model": loaded.to_dict(),
+        "finetuned": {
+            "path": str(finetuned),
+            "head_replaced": replaced,
+            "head_outputs": getattr(head_module, "out_features", None),
+        },
+        "source": {**src.summary(), "n_eval": tracker.n},
+        "target": None if tgt is None else {**tgt.summary(), "n_eval": n_target},
+        "blocks": blocks,
+        "layers": layer_rows,
+        "source_accuracy": source_accuracy,
+        "agreement": measured["agreement"],
+        "verdict": verdict(layer_rows, source_accuracy, measured["agreement"]),
+        "thresholds": {
+            "cka_unchanged": CKA_UNCHANGED,
+            "agreement_unchanged": AGREEMENT_UNCHANGED,
+            "accuracy_drop_notable": ACCURACY_DROP_NOTABLE,
+        },
+        "preprocessing": prep.to_dict(),
+        "warnings": warnings,
+    }
+    env = environment(str(dev), seed)
+    env["wall_s"] = time.perf_counter() - t_start
+    results["environment"] = env
+    results = jsonable(results, warnings)
+    results["warnings"] = warnings
+    result = AuditResult(results)
+    if out is not None:
+        from diagnose.report import write_outputs
+
+        result.results_path, result.report_path = write_outputs(results, out)
+    return result

@@ -1,0 +1,404 @@
+"""``diagnose compare``: run the fine-tuning strategies under one budget.
+
+Each strategy gets the same target data, epochs, schedule family and seed;
+each is tracked for target accuracy, forgetting on a fixed source batch and
+compute cost. Nothing is lost: every finished strategy is written to the
+output directory atomically as it ends (``strategies/<name>.json``, and
+results.json and report.html re-rendered), ``--resume`` runs only the
+missing ones, and an exception in one strategy marks it "failed" while the
+others still run.
+
+With ``seeds`` > 1 each strategy runs once per training seed and its entry
+reports means with a spread (:mod:`diagnose.training.seeds`); with ``executor="ray"``
+the (strategy, seed) units run as Ray tasks, one GPU or CPU each
+(:mod:`diagnose.training.executor`). Both keep the guarantees above per unit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import probes
+from diagnose.core import (
+    SCHEMA_VERSION,
+    STRATEGY_NAMES,
+    RunResult,
+    atomic_write_text,
+    environment,
+    jsonable,
+    resolve_device,
+)
+from diagnose.data import drop_positions, materialize_readable, restricted_splits, subsample
+from diagnose.decide import select_strategy
+from diagnose.measure import ForgettingTracker
+from diagnose.models import resolve_preprocessing
+from diagnose.report import check_out_dir
+from diagnose.training import (
+    EXECUTORS,
+    RUN_KEYS,
+    Job,
+    TargetData,
+    TrainConfig,
+    Unit,
+    execute,
+    finished,
+    import_ray,
+    read_previous,
+    resumed_text,
+    run_strategy,
+    strategy_entries,
+)
+from diagnose.workflows.assessment import assess
+from diagnose.workflows.startup import as_domain, as_loaded, source_eval_set
+
+__all__ = [
+    "CompareResult",
+    "DEFAULT_HEAD_LR",
+    "compare",
+    "parse_strategies",
+]
+
+DEFAULT_HEAD_LR = 1e-2
+
+
+class CompareResult(RunResult):
+    """A comparison: ``to_dict()`` is results.json; paths are set when ``out`` was given."""
+
+    @property
+    def strategies(self) -> list[dict]:
+        return self.results["strategies"]
+
+
+def parse_strategies(value: str | list[str] | tuple[str, ...]) -> list[str]:
+    """``all`` or a comma-separated subset of the strategy names, in canonical order."""
+    names = list(STRATEGY_NAMES) if value == "all" else value
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in names if n not in STRATEGY_NAMES]
+    if unknown or not names:
+        raise ValueError(
+            f"--strategies must be 'all' or names from {', '.join(STRATEGY_NAMES)}. "
+            f"Got {', '.join(unknown) or 'nothing'}."
+        )
+    return [n for n in STRATEGY_NAMES if n in names]
+
+
+def _fingerprint(
+    model: str, source: str | None, target: str, config: TrainConfig, extra: dict
+) -> dict:
+    return jsonable(
+        {"model": model, "source": source, "target": target, **config.to_dict(), **extra}
+    )
+
+
+def _write(results: dict, out: Path) -> tuple[Path, Path]:
+    from diagnose.report import write_outputs
+
+    return write_outputs(results, out)
+
+
+def _run_strategy(*args, **kwargs) -> dict:
+    # Looked up at call time, so tests can replace this module's run_strategy.
+    return run_strategy(*args, **kwargs)
+
+
+def compare(
+    model: Any,
+    source: Any,
+    target: Any,
+    *,
+    weights: str | None = None,
+    trust_checkpoint: bool = False,
+    head: str | None = None,
+    layers: str | list[str] = "auto",
+    strategies: str | list[str] = "all",
+    epochs: int = 3,
+    lr: float | None = None,
+    unfreeze: list[str] | int | None = None,
+    bn: str = "frozen",
+    max_forgetting: float | None = None,
+    image_size: int | None = None,
+    normalize: Any = None,
+    device: str = "auto",
+    seed: int = 0,
+    batch_size: int = 64,
+    max_samples: int | None = None,
+    source_eval_samples: int = 128,
+    out: str | Path | None = None,
+    resume: bool = False,
+    save_checkpoints: bool = False,
+    with_assessment: bool = True,
+    progress: bool = True,
+    executor: str = "local",
+    ray_address: str | None = None,
+    seeds: int = 1,
+    trial_budget: float = 0.0,
+) -> CompareResult:
+    """Fine-tune with each strategy and measure accuracy, forgetting and cost.
+
+    ``seeds``: train each strategy with seeds ``seed`` .. ``seed + seeds - 1``
+    (same data split for all); with more than one, each strategy's entry holds
+    the MEAN of its headline numbers, ``per_seed`` records and their ``spread``
+    (see :mod:`diagnose.training.seeds`), and ``save_checkpoints`` keeps the first
+    seed's checkpoint only. ``executor``: "local" runs the (strategy, seed)
+    units here one after another; "ray" runs each as a Ray task with one GPU
+    (CUDA device) or one CPU, on a local Ray or the cluster at
+    ``ray_address`` (falls back to local, with a warning, when Ray is not
+    installed). Either way each finished unit is written at once and
+    ``--resume`` runs only the missing units.
+
+    ``trial_budget``: the assessment's trial race budget (see
+    :func:`diagnose.assess`). 0 by default: the comparison itself trains every
+    strategy, so the assessment's prediction is the rule prior's; a budget
+    makes the comparison a check of the race's measured recommendation.
+
+    Example::
+
+        res = compare("demo", "demo:digits", "demo:digits-noise", epochs=3, out="cmp/")
+        [(s["name"], s["target"]["test_accuracy"]) for s in res.strategies]
+    """
+    t_start = time.perf_counter()
+    names = parse_strategies(strategies)
+    if epochs < 1:
+        raise ValueError(f"--epochs must be at least 1. Got {epochs}.")
+    if lr is not None and not (lr > 0 and np.isfinite(lr)):
+        raise ValueError(f"--lr must be a positive number. Got {lr}.")
+    if bn not in ("frozen", "train"):
+        raise ValueError(f"--bn must be 'frozen' or 'train'. Got {bn!r}.")
+    if max_forgetting is not None and not 0 <= max_forgetting <= 1:
+        raise ValueError(f"--max-forgetting must be between 0 and 1. Got {max_forgetting}.")
+    if resume and out is None:
+        raise ValueError("--resume needs --out, the directory of the run to continue.")
+    if executor not in EXECUTORS:
+        raise ValueError(f"--executor must be 'local' or 'ray'. Got {executor!r}.")
+    if ray_address is not None and executor != "ray":
+        raise ValueError("--ray-address needs --executor ray; add it or drop --ray-address.")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(
+            f"--seeds must be a whole number of at least 1 (training runs per strategy). "
+            f"Got {seeds!r}."
+        )
+    dev = resolve_device(device)
+    if out is not None:
+        check_out_dir(out)  # fail before hours of training, not after
+    loaded = as_loaded(
+        model, weights=weights, trust_checkpoint=trust_checkpoint, head=head, progress=progress
+    )
+    if loaded.head is None:
+        raise ValueError("compare needs the model's classification head; name it with --head.")
+    src, tgt = as_domain(source, "source"), as_domain(target, "target")
+    if tgt is None or tgt.labels is None:
+        raise ValueError("compare needs labelled --target data.")
+    out_dir = Path(out) if out is not None else None
+
+    previous = read_previous(out_dir) if resume else None
+    if previous is not None:
+        # Resuming: the assessment (and its LR suggestion) is already on disk.
+        base = {k: v for k, v in previous.items() if k not in RUN_KEYS}
+        n_base = previous.get("compare_config", {}).get("base_warnings", 0)
+        base["warnings"] = previous.get("warnings", [])[:n_base]
+    elif with_assessment:
+        base = assess(
+            loaded,
+            src,
+            tgt,
+            layers=layers,
+            image_size=image_size,
+            normalize=normalize,
+            device=device,
+            seed=seed,
+            batch_size=batch_size,
+            max_samples=max_samples,
+            max_forgetting=max_forgetting,
+            progress=progress,
+            trial_budget=trial_budget,
+        ).to_dict()
+    else:
+        base = {"schema": SCHEMA_VERSION, "model": loaded.to_dict(), "warnings": [], "layers": []}
+    warnings: list[str] = list(base.get("warnings", []))
+    n_base_warnings = len(warnings)
+    prep = resolve_preprocessing(
+        loaded, [d for d in (src, tgt) if d is not None], image_size, normalize
+    )
+    net = loaded.model
+    blocks = probes.discover_layers(net) if layers == "auto" else list(layers)
+
+    suggested = (base.get("lr_find") or {}).get("suggested_lr")
+    head_lr = lr if lr is not None else (suggested or DEFAULT_HEAD_LR)
+    depths = None
+    if (
+        isinstance(unfreeze, (list, tuple))
+        and unfreeze
+        and all(isinstance(k, int) and not isinstance(k, bool) for k in unfreeze)
+    ):
+        # Several depths: partial runs once per depth, each its own row "partial@k".
+        bad = [k for k in unfreeze if not 1 <= k <= len(blocks)]
+        if bad:
+            raise ValueError(
+                f"The 'unfreeze' parameter's depths must be between 1 and {len(blocks)} blocks. "
+                f"Got {bad}."
+            )
+        depths = sorted(set(unfreeze))
+        if "partial" not in names:
+            names.append("partial")
+        at = names.index("partial")
+        names[at : at + 1] = [f"partial@{k}" for k in depths]
+        unfreeze = None
+    elif isinstance(unfreeze, int):
+        if not 1 <= unfreeze <= len(blocks):
+            raise ValueError(
+                f"--unfreeze must be between 1 and {len(blocks)} blocks. Got {unfreeze}."
+            )
+        unfreeze = blocks[-unfreeze:]
+    elif unfreeze is None:
+        rec = base.get("recommendation") or {}
+        unfreeze = (
+            rec.get("unfreeze_blocks", rec.get("unfreeze"))
+            if rec.get("strategy") == "partial"
+            else None
+        )
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        head_lr=float(head_lr),
+        unfreeze=unfreeze,
+        bn=bn,
+        seed=seed,
+    )
+    fingerprint = _fingerprint(
+        loaded.name,
+        getattr(src, "name", None),
+        tgt.name,
+        config,
+        {
+            "max_samples": max_samples,
+            "image_size": image_size,
+            "normalize": str(normalize),
+            "blocks": blocks,
+            # Absent for one seed, so single-seed runs of earlier versions stay resumable.
+            **({"seeds": seeds} if seeds > 1 else {}),
+        },
+    )
+
+    seed_list = [seed + i for i in range(seeds)]
+    done = finished(previous, fingerprint, out_dir / "results.json", seed_list) if previous else {}
+    used = subsample(tgt, max_samples, seed)
+    split = restricted_splits(tgt, used, seed)
+    # An image that fails to decode is left out of every split, with a warning.
+    x, y, skipped = materialize_readable(tgt, used, prep, warnings)
+    used, split = drop_positions(used, split, skipped)
+    data = TargetData(
+        x_train=x[split["train"]],
+        y_train=y[split["train"]],
+        x_val=x[split["val"]],
+        y_val=y[split["val"]],
+        x_test=x[split["test"]],
+        y_test=y[split["test"]],
+        num_classes=len(tgt.classes or []) or int(y.max()) + 1,
+    )
+    del x, y  # the splits are copies: do not hold the images twice while training
+    tracker = None
+    if src is not None:
+        sx, sy = source_eval_set(
+            src, loaded, prep, n=source_eval_samples, seed=seed, warnings=warnings
+        )
+        tracker = ForgettingTracker(
+            net,
+            head=loaded.head,
+            blocks=blocks,
+            source_x=sx,
+            source_y=sy,
+            device=dev,
+        )
+    else:
+        warnings.append("No source data: forgetting cannot be measured.")
+
+    ray = import_ray(executor, warnings, progress)
+    records = {k: v for k, v in done.items() if k[0] in names}
+    results = {
+        **base,
+        "kind": "compare",
+        "compare_config": {
+            "strategies": names,
+            "fingerprint": fingerprint,
+            "train": config.to_dict(),
+            "head_lr_from": "--lr"
+            if lr is not None
+            else ("LR range test" if suggested else "default"),
+            "source_eval_samples": int(len(tracker.source_x)) if tracker is not None else 0,
+            "max_forgetting": max_forgetting,
+            "base_warnings": n_base_warnings,
+            "seeds": seed_list,
+            "executor": "ray" if ray is not None else "local",
+        },
+        "strategies": strategy_entries(names, seed_list, records),
+        "warnings": warnings,
+    }
+    if records:
+        warnings.append(resumed_text(records, seeds))
+
+    def finish(partial: bool) -> None:
+        results["strategies"] = strategy_entries(names, seed_list, records)
+        results["comparison_recommendation"] = select_strategy(
+            results["strategies"],
+            max_forgetting=max_forgetting,
+            assessment=base.get("recommendation"),
+        )
+        env = environment(str(dev), seed)
+        env["wall_s"] = time.perf_counter() - t_start
+        env["partial"] = partial
+        results["environment"] = env
+        if out_dir is not None:
+            _write(results, out_dir)
+
+    def on_done(unit: Unit, record: dict, unit_warnings: list[str]) -> None:
+        warnings.extend(unit_warnings)
+        which = unit.name if seeds == 1 else f"{unit.name} (seed {unit.seed})"
+        if record.get("status") == "failed":
+            warnings.append(f"Strategy {which} failed: {record.get('message')}")
+        records[unit] = jsonable(record, warnings, which)
+        if out_dir is not None:
+            entry = strategy_entries([unit.name], seed_list, records)[0]
+            text = json.dumps(entry, indent=2) + "\n"
+            atomic_write_text(out_dir / "strategies" / f"{unit.name}.json", text)
+        finish(partial=True)
+
+    todo = [Unit(n, s) for n in names for s in seed_list if (n, s) not in records]
+    if out_dir is not None:
+        (out_dir / "strategies").mkdir(parents=True, exist_ok=True)
+    job = Job(
+        net=net,
+        head=loaded.head,
+        blocks=blocks,
+        data=data,
+        tracker=tracker,
+        config=config,
+        device=dev,
+        checkpoint_dir=out_dir / "checkpoints" if save_checkpoints and out_dir else None,
+        first_seed=seed,
+    )
+    try:
+        execute(
+            todo,
+            job=job,
+            on_done=on_done,
+            ray=ray,
+            run=_run_strategy,
+            progress=progress,
+            address=ray_address,
+        )
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM, possibly in the middle of writing: write once more so
+        # results.json and report.html hold every finished unit, then stop.
+        finish(partial=True)
+        raise
+    finish(partial=False)
+    result = CompareResult(results)
+    if out_dir is not None:
+        result.results_path, result.report_path = out_dir / "results.json", out_dir / "report.html"
+    return result

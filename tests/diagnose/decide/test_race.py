@@ -1,0 +1,308 @@
+"""The trial race: successive halving over real training runs, its budget, folds and gap."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import probes
+from diagnose.decide.candidates import LR_GRID, Candidate, build_candidates, partial_depths
+from diagnose.decide.measured import check_trial_budget
+from diagnose.decide.race import run_race, rung_epochs
+from diagnose.decide.race_scoring import KFOLD_REPEATS, SMALL_VAL, paired_gap, scoring_folds
+from diagnose.models.cuts import cut_description, network_units, trainable_modules
+from tests.diagnose.tiny_models import Tiny, single_thread
+
+
+def _pool(n_per_class=12, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    x = torch.randn(len(y), 1, 8, 8, generator=g) * 0.3
+    x += 1.5 * y.view(-1, 1, 1, 1).float()  # a class signal any pooled CNN feature carries
+    return x, y
+
+
+def _race(budget=0.5, seed=0, strategies=("feature_extraction", "partial", "lp_ft")):
+    x, y = _pool()
+    torch.manual_seed(0)
+    net = Tiny(classes=5)
+    blocks = ["block1", "block2", "block3"]
+    layers = [
+        {"name": b, "probe": {"target": {"accuracy": a}}} for b, a in zip(blocks, (0.5, 0.8, 0.7))
+    ]
+    results = {"layers": layers, "lr_find": {"suggested_lr": 0.05}}
+    cands = build_candidates(
+        results, {"strategy": "lp_ft"}, safe_forgetting=0.05, strategies=strategies
+    )
+    idx = np.arange(len(y))
+    rng = np.random.default_rng(0)
+    rng.shuffle(idx)
+    folds, protocol = scoring_folds(y.numpy(), idx[:24], idx[24:], seed=seed)
+    with single_thread():
+        trials = run_race(
+            cands,
+            folds,
+            x,
+            y,
+            3,
+            model=net,
+            head="head",
+            blocks=blocks,
+            full_epochs=12,
+            budget=budget,
+            batch_size=4,
+            seed=seed,
+            device=torch.device("cpu"),
+            progress=False,
+        )
+    return cands, trials, protocol
+
+
+def test_rung_epochs_grow_by_eta_up_to_the_full_epochs():
+    assert rung_epochs(15) == [2, 5, 15]
+    assert rung_epochs(5) == [2, 5]
+    assert rung_epochs(1) == [1]
+    assert rung_epochs(50)[-1] == 50 and len(rung_epochs(50)) == 4
+    assert rung_epochs(18, min_epochs=4) == [6, 18]  # no rung shorter than min_epochs
+    assert rung_epochs(5, min_epochs=9) == [5]
+
+
+def test_small_val_splits_are_replaced_by_repeated_stratified_kfold():
+    y = np.repeat(np.arange(4), 10)
+    train, val = np.arange(0, 40, 2), np.arange(1, 40, 2)
+    folds, protocol = scoring_folds(y, train, val, seed=0)
+    assert len(val) < SMALL_VAL and protocol["kind"].startswith("repeated stratified k-fold")
+    assert len(folds) == protocol["folds"] * protocol["repeats"]
+    assert protocol["repeats"] == KFOLD_REPEATS
+    for f in folds:
+        assert not set(f.train) & set(f.held_out)
+        assert set(f.train) | set(f.held_out) == set(range(40))  # train+val, nothing else
+        assert np.bincount(y[f.held_out]).min() >= 1  # stratified
+    # Each repeat scores every image exactly once.
+    ids = np.concatenate([f.held_out for f in folds])
+    assert np.all(np.bincount(ids) == protocol["repeats"])
+
+
+def test_a_large_val_split_is_used_as_it_is():
+    y = np.repeat(np.arange(2), 300)
+    train, val = np.arange(0, 600, 2), np.arange(1, 600, 2)
+    folds, protocol = scoring_folds(y, train, val, seed=0)
+    assert len(folds) == 1 and protocol["kind"] == "val split"
+    assert np.array_equal(folds[0].held_out, val)
+
+
+def test_paired_gap_matches_the_formula_and_averages_repeated_images():
+    a = np.array([1, 1, 0, 1, 1, 1, 0, 1], bool)
+    b = np.array([1, 0, 0, 0, 1, 1, 1, 0], bool)
+    ids = np.arange(8)
+    gap = paired_gap(a, b, ids)
+    d = a.astype(float) - b.astype(float)
+    half = 1.959963984540054 * d.std(ddof=1) / np.sqrt(8)
+    assert gap["mean"] == pytest.approx(d.mean(), abs=1e-15)
+    assert gap["ci_low"] == pytest.approx(d.mean() - half, abs=1e-15)
+    assert gap["n_images"] == 8
+    # The same images scored twice (two repeats) are still 8 images, not 16.
+    twice = paired_gap(np.tile(a, 2), np.tile(b, 2), np.tile(ids, 2))
+    assert twice["n_images"] == 8 and twice["ci_high"] == pytest.approx(gap["ci_high"], abs=1e-15)
+
+
+def test_partial_depths_include_the_fixed_ones_and_the_measured_cuts():
+    layers = [
+        {"name": f"b{i}", "probe": {"target": {"accuracy": a}}, "rgn": r}
+        for i, (a, r) in enumerate(
+            zip((0.3, 0.6, 0.9, 0.8, 0.7, 0.6), (0.1, 0.2, 0.3, 1.0, 0.4, 0.2))
+        )
+    ]
+    depths = partial_depths(layers)
+    assert {1, 2, 3} <= set(depths)  # last, last two, about half of 6
+    # Peak at b2: everything after it (b3, b4, b5) is a cut of depth 3, already present;
+    # Auto-RGN high (>= half the max) from b3 up: depth 3 too. Both are within 1..5.
+    assert all(1 <= d < len(layers) for d in depths)
+    layers[1]["probe"]["target"]["accuracy"] = 0.95  # peak at b1: cut after it, depth 4
+    assert partial_depths(layers)[4].startswith("the target probe peaks at b1")
+
+
+def test_candidates_cover_the_strategies_depths_and_an_lr_grid_in_prior_order():
+    layers = [{"name": f"b{i}", "probe": {"target": {"accuracy": 0.5}}} for i in range(4)]
+    cands = build_candidates(
+        {"layers": layers, "lr_find": {"suggested_lr": 0.03}},
+        {"strategy": "discriminative"},
+        safe_forgetting=0.05,
+    )
+    arms = {c.arm for c in cands}
+    assert {"feature_extraction", "full_low_lr", "discriminative", "lp_ft"} <= arms
+    # Last, last two (= about half of 4), and the flat probe curve's "peak" at b0: train
+    # everything after it (depth 3). Depth 4 would be full fine-tuning, its own candidate.
+    assert {a for a in arms if a.startswith("partial@")} == {"partial@1", "partial@2", "partial@3"}
+    assert cands[0].strategy == "discriminative"  # the prior's pick first
+    lrs = sorted({c.head_lr for c in cands if c.arm == "lp_ft"})
+    assert len(lrs) == len(LR_GRID) >= 3 and lrs[1] == 0.03
+    assert len({c.key for c in cands}) == len(cands)
+    # A tight forgetting budget prunes every candidate that moves the backbone.
+    tight = build_candidates(
+        {"layers": layers}, {"strategy": "lp_ft", "max_forgetting": 0.01}, safe_forgetting=0.05
+    )
+    assert {c.strategy for c in tight} == {"feature_extraction"}
+
+
+def test_race_on_the_tiny_model_holds_its_budget_and_reports_every_candidate():
+    cands, trials, _ = _race(budget=0.8)
+    assert [c["key"] for c in trials["candidates"]] == [c.key for c in cands]
+    assert trials["winner"] in {c.key for c in cands} and trials["pick"] in trials["leaders"]
+    rung0 = trials["rungs"][0]["flops"]
+    # FLOPs spent never exceed the budget plus one rung (rung 0 estimates every cost).
+    assert trials["flops_spent"] <= trials["budget_flops"] + rung0
+    assert trials["flops_spent"] == sum(r["flops"] for r in trials["rungs"])
+    assert trials["flops_spent"] == sum(c["flops"] for c in trials["candidates"])
+    assert 0 < trials["flops_spent"] < trials["full_flops_estimate"]
+    for c in trials["candidates"]:
+        assert c["rungs"] and c["rungs"][0]["epochs"] == trials["rung_epochs"][0]
+        assert 0 <= c["rungs"][-1]["val_accuracy"] <= 1
+        if c["key"] != trials["winner"]:
+            assert c["reason"]  # why it did not win
+    later = [c for c in trials["candidates"] if len(c["rungs"]) > 1]
+    assert later and len(later) < len(cands)  # the better part continued, not everyone
+
+
+def test_race_is_deterministic_under_a_seed():
+    _, a, _ = _race(budget=0.3, seed=1)
+    _, b, _ = _race(budget=0.3, seed=1)
+    strip = lambda t: [  # noqa: E731
+        (c["key"], [(r["epochs"], r["val_accuracy"], r["flops"]) for r in c["rungs"]])
+        for c in t["candidates"]
+    ]
+    assert strip(a) == strip(b)  # same code, same data, same process: exact
+    assert a["pick"] == b["pick"] and a["gap"] == b["gap"]
+
+
+def test_a_tiny_budget_stops_after_the_first_rung():
+    _, trials, _ = _race(budget=0.01)
+    assert len(trials["rungs"]) == 1
+    assert trials["flops_spent"] == trials["rungs"][0]["flops"]
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.2", True])
+def test_trial_budget_errors_name_the_parameter(bad):
+    with pytest.raises(ValueError, match="'trial_budget' parameter"):
+        check_trial_budget(bad)
+
+
+@pytest.mark.parametrize(
+    "arch, expected_last2",
+    [
+        ("resnet18", ["layer3", "layer4", "fc"]),
+        ("efficientnet_b0", ["features.7", "features.8", "classifier.1"]),
+        ("mobilenet_v3_small", ["features.11", "features.12", "classifier.0", "classifier.3"]),
+    ],
+)
+def test_cut_names_every_trainable_module(arch, expected_last2):
+    net = getattr(torchvision.models, arch)(num_classes=10)
+    from diagnose.models.loaded import find_head
+
+    head = find_head(net)
+    blocks = probes.discover_layers(net)
+    assert trainable_modules(net, blocks, head, blocks[-2:]) == expected_last2
+    units = network_units(net, blocks, head)
+    every = trainable_modules(net, blocks, head, blocks)
+    assert every == units  # every module with parameters, in forward order
+    owned = {n for n, _ in net.named_parameters()}
+    covered = {n for n in owned if any(n == u or n.startswith(u + ".") for u in every)}
+    assert covered == owned  # no parameter outside the listed modules
+    assert cut_description(net, blocks, head, []).startswith("only the new head")
+
+
+def test_cut_lists_unprobed_blocks_between_and_after_probed_ones():
+    # Probing a subset (as timm's EfficientNet reports blocks 0, 1, 2, 4, 6): a cut before
+    # features.4 trains features.3 too, and everything after the last probed block.
+    net = torchvision.models.efficientnet_b0(num_classes=10)
+    blocks = ["features.0", "features.2", "features.4", "features.6"]
+    mods = trainable_modules(net, blocks, "classifier.1", ["features.4", "features.6"])
+    assert mods == [
+        "features.3",
+        "features.4",
+        "features.5",
+        "features.6",
+        "features.7",
+        "features.8",
+        "classifier.1",
+    ]
+    assert cut_description(net, blocks, "classifier.1", ["features.4", "features.6"]).startswith(
+        "everything after features.2 trains"
+    )
+
+
+def test_candidate_config_trains_the_last_depth_blocks():
+    c = Candidate("partial", 2, 0.01, "last two blocks", 0)
+    cfg = c.config(["a", "b", "c"], epochs=4, batch_size=8, seed=3)
+    assert cfg.unfreeze == ["b", "c"] and cfg.epochs == 4 and cfg.head_lr == 0.01
+    assert c.key == "partial@2 lr=0.01"
+
+
+@pytest.fixture(scope="module")
+def demo_race(loaded_demo, tmp_path_factory):
+    from diagnose.workflows.assessment import assess
+
+    out = tmp_path_factory.mktemp("race")
+    res = assess(
+        loaded_demo,
+        "demo:digits",
+        "demo:digits-noise",
+        max_samples=200,
+        n_permutations=20,
+        progress=False,
+        trial_budget=0.05,
+        out=out,
+    )
+    return res, out
+
+
+def test_assess_on_the_demo_recommends_from_a_measured_race(demo_race):
+    res, out = demo_race
+    rec = res.recommendation
+    trials = rec["trials"]
+    assert rec["measured"] is True and trials["pick"] is not None
+    cand = next(c for c in trials["candidates"] if c["key"] == trials["pick"])
+    assert rec["strategy"] == cand["strategy"] and rec["depth"] == cand["depth"]
+    assert rec["lr"]["head"] == pytest.approx(cand["head_lr"], rel=1e-12)
+    assert rec["unfreeze"][-1] == "head"  # every trainable module, the new head last
+    assert trials["budget"] == 0.05
+    assert trials["flops_spent"] <= trials["budget_flops"] + trials["rungs"][0]["flops"]
+    n = res.to_dict()["target"]
+    assert trials["protocol"]["n_images"] == n["n_train"] + n["n_val"]  # never the test split
+    html = (out / "report.html").read_text()
+    assert "How the recommendation was measured" in html and "Every candidate" in html
+
+
+def test_trial_budget_zero_keeps_the_rules_marked_unmeasured(loaded_demo, tmp_path):
+    from diagnose.workflows.assessment import assess
+
+    res = assess(
+        loaded_demo,
+        "demo:digits",
+        "demo:digits-noise",
+        max_samples=200,
+        n_permutations=20,
+        progress=False,
+        trial_budget=0,
+        out=tmp_path,
+    )
+    rec = res.recommendation
+    assert rec["measured"] is False and rec["trials"] is None
+    assert "--trial-budget 0" in rec["unmeasured_reason"]
+    assert rec["strategy"] == rec["prior"]["strategy"]
+    assert "unmeasured" in (tmp_path / "report.html").read_text()
+    assert (
+        json.loads((tmp_path / "results.json").read_text())["recommendation"]["measured"] is False
+    )
+
+
+def test_lr_grid_also_covers_the_usual_head_lrs_when_the_range_test_is_far_off():
+    from diagnose.decide.candidates import lr_grid
+
+    assert lr_grid(0.03) == [0.01, 0.03, 0.09]  # three points around the suggestion
+    far = lr_grid(2.66e-6)  # seen on a real case: every candidate stayed at its init
+    assert {8.87e-07, 2.66e-06, 7.98e-06} <= set(far) and {0.00333, 0.01, 0.03} <= set(far)

@@ -1,0 +1,174 @@
+"""ForgettingTracker and weight_drift against hand computations."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import Tiny, single_thread
+from torch import nn
+
+from diagnose.measure.forgetting import ForgettingTracker, weight_drift
+from diagnose.models.groups import parameter_groups
+
+BLOCKS = ["block1", "block2", "block3"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    for m in model.modules():  # non-trivial BN statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(48, 1, 8, 8)
+    y = model(x).argmax(1)
+    y[::3] = (y[::3] + 1) % 4  # reference accuracy 2/3, not 1
+    return model, x, y
+
+
+def _tracker(model, x, y, **kw):
+    return ForgettingTracker(
+        model, head="head", blocks=BLOCKS, source_x=x, source_y=y, device="cpu", batch_size=16, **kw
+    )
+
+
+def _with_new_head(model, classes=3):
+    m = copy.deepcopy(model)
+    m.head = nn.Linear(8, classes)
+    return m
+
+
+def _linear_cka(a, b):
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    return np.linalg.norm(b.T @ a) ** 2 / (np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b))
+
+
+def test_pretrained_with_new_head_has_not_forgotten(setup):
+    model, x, y = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tracker = _tracker(model, x, y)
+    assert tracker.reference_source_accuracy == pytest.approx(32 / 48)
+    out = tracker.measure(_with_new_head(model))
+    assert out["agreement"] == 1.0
+    assert out["source_accuracy"] == tracker.reference_source_accuracy
+    assert set(out["cka"]) == set(BLOCKS)
+    for v in out["cka"].values():
+        assert v == pytest.approx(1.0, abs=1e-9)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_perturbed_block_lowers_agreement_and_cka(setup):
+    model, x, y = setup
+    tracker = _tracker(model, x, y)
+    changed = _with_new_head(model)
+    with torch.no_grad():
+        changed.block2[0].weight.add_(torch.randn_like(changed.block2[0].weight) * 0.8)
+    out = tracker.measure(changed)
+    assert out["cka"]["block1"] == pytest.approx(1.0, abs=1e-9)
+    assert out["cka"]["block2"] < 0.99 and out["cka"]["block3"] < 0.99
+    assert out["agreement"] < 1.0
+
+    # Independent computation: pooled block outputs and the original head, by hand.
+    with torch.no_grad():
+        feats, ref, h, r = {}, {}, x, x
+        for b in BLOCKS:
+            h = getattr(changed, b)(h)
+            r = getattr(model, b)(r)
+            feats[b], ref[b] = h.mean((2, 3)), r.mean((2, 3))
+        preds = model.head(feats["block3"]).argmax(1)  # the ORIGINAL head on new features
+        ref_preds = model(x).argmax(1)
+    assert out["agreement"] == pytest.approx(float((preds == ref_preds).float().mean()))
+    assert out["source_accuracy"] == pytest.approx(float((preds == y).float().mean()))
+    for b in BLOCKS:
+        expected = _linear_cka(ref[b].double().numpy(), feats[b].double().numpy())
+        assert out["cka"][b] == pytest.approx(expected, rel=1e-5)
+
+
+def test_measure_restores_modes_and_removes_hooks(setup):
+    model, x, y = setup
+    tracker = _tracker(model, x, None)
+    assert tracker.reference_source_accuracy is None
+    m = _with_new_head(model).train()
+    out = tracker.measure(m)
+    assert out["source_accuracy"] is None and out["agreement"] == 1.0
+    assert all(mod.training for mod in m.modules())
+    assert len(m.head._forward_pre_hooks) == 0
+    assert all(len(mod._forward_hooks) == 0 for mod in m.modules())
+
+    class Boom(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    m.block3 = Boom()
+    with pytest.raises(RuntimeError, match="boom"):
+        tracker.measure(m)
+    assert len(m.head._forward_pre_hooks) == 0
+    assert all(len(mod._forward_hooks) == 0 for mod in m.modules())
+
+
+def test_max_samples_and_validation(setup):
+    model, x, y = setup
+    tracker = _tracker(model, x, y, max_samples=20)
+    assert tracker.n == 20
+    with pytest.raises(ValueError, match=r"'source_y' must have shape \(48,\)"):
+        _tracker(model, x, y[:5])
+    with pytest.raises(ValueError, match=r"head 'fc' is not a module of Tiny"):
+        ForgettingTracker(model, head="fc", blocks=BLOCKS, source_x=x, source_y=None, device="cpu")
+
+
+def test_weight_drift_known_values(setup):
+    model, _, _ = setup
+    groups = parameter_groups(model, BLOCKS, "head")
+    ref = {k: v.detach().clone() for k, v in model.named_parameters()}
+    assert weight_drift(model, ref, groups) == dict.fromkeys(BLOCKS, 0.0)
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in scaled.block2.parameters():
+            p.mul_(1.1)
+        scaled.head.weight.mul_(5.0)  # the head is not measured
+    drift = weight_drift(scaled, ref, groups)
+    assert set(drift) == set(BLOCKS)
+    assert drift["block2"] == pytest.approx(0.1, rel=1e-6)
+    assert drift["block1"] == 0.0 and drift["block3"] == 0.0
+    # Relative to the whole group's norm, not per tensor: scale one tensor only.
+    one = copy.deepcopy(model)
+    with torch.no_grad():
+        one.block3[0].weight.mul_(2.0)
+    w = ref["block3.0.weight"].double()
+    rest = sum(float(ref[n].double().pow(2).sum()) for n in groups["block3"])
+    expected = float(w.pow(2).sum()) ** 0.5 / rest**0.5
+    assert weight_drift(one, ref, groups)["block3"] == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match=r"missing from the model or from 'reference_state'"):
+        weight_drift(model, {}, groups)
+
+
+def test_suggest_source_samples_follows_the_cost_model():
+    from diagnose.measure.forgetting import suggest_source_samples
+
+    assert suggest_source_samples(10_000, 2_000) == int(0.03 * (3 * 10_000 + 2_000))
+    assert suggest_source_samples(538, 179) == 64  # floor: fewer images make CKA noisy
+    assert suggest_source_samples(10**6) == 1024
+    assert suggest_source_samples(2000, budget=0.1, floor=1) == 600
+
+
+def test_a_diverged_model_gives_none_not_an_error(setup):
+    model, x, y = setup
+    tracker = _tracker(model, x, y)
+    broken = _with_new_head(model)
+    with torch.no_grad():
+        broken.block3[0].weight.fill_(float("nan"))
+    out = tracker.measure(broken)
+    assert out["cka"]["block1"] == pytest.approx(1.0, abs=1e-9)
+    assert out["cka"]["block3"] is None
+    assert out["agreement"] is None and out["source_accuracy"] is None

@@ -1,0 +1,275 @@
+"""compare end to end: every strategy's fields, divergence, failures, interruption and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from importlib import import_module
+
+import pytest
+import torch
+
+from diagnose.core.names import STRATEGY_NAMES
+from diagnose.workflows.comparison import compare, parse_strategies
+
+compare_mod = import_module("diagnose.workflows.comparison")  # the module, not the re-exported function
+
+SMALL = dict(epochs=1, max_samples=200, progress=False, with_assessment=False, lr=0.02)
+
+
+@pytest.fixture(scope="module")
+def all_strategies(loaded_demo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp")
+    res = compare(
+        loaded_demo, "demo:digits", "demo:digits-noise", out=out, save_checkpoints=True, **SMALL
+    )
+    return res, out
+
+
+def test_every_strategy_reports_every_field(all_strategies):
+    res, out = all_strategies
+    data = json.loads((out / "results.json").read_text())
+    assert data["kind"] == "compare"
+    assert [s["name"] for s in data["strategies"]] == list(STRATEGY_NAMES)
+    for s in data["strategies"]:
+        assert s["status"] == "ok", (s["name"], s.get("message"))
+        assert set(s["config"]) >= {"lr", "frozen", "epochs", "bn"}
+        assert 0 <= s["target"]["val_accuracy"] <= 1 and 0 <= s["target"]["test_accuracy"] <= 1
+        f = s["forgetting"]
+        assert {"source_accuracy", "source_accuracy_drop", "agreement", "cka"} <= set(f)
+        assert set(f["cka"]) == {"block1", "block2", "block3", "block4"}
+        c = s["cost"]
+        assert (
+            c["wall_s"] > 0
+            and c["flops"] > 0
+            and c["trainable_params"] > 0
+            and c["peak_mem_bytes"] > 0
+        )
+        assert len(s["curves"]) >= 1
+        assert (out / "strategies" / f"{s['name']}.json").exists()
+        assert (out / "checkpoints" / f"{s['name']}.pt").exists()
+    assert data["comparison_recommendation"]["strategy"] in STRATEGY_NAMES
+    assert (out / "report.html").exists()
+
+
+def test_feature_extraction_forgets_nothing(all_strategies):
+    res, _ = all_strategies
+    fe = next(s for s in res.strategies if s["name"] == "feature_extraction")
+    assert fe["forgetting"]["agreement"] == pytest.approx(1.0)
+    assert all(v == pytest.approx(1.0, abs=1e-6) for v in fe["forgetting"]["cka"].values())
+    assert fe["forgetting"]["source_accuracy_drop"] == pytest.approx(0.0, abs=1e-9)
+    full = next(s for s in res.strategies if s["name"] == "full_low_lr")
+    assert full["cost"]["trainable_params"] > fe["cost"]["trainable_params"]
+
+
+def test_absurd_lr_diverges_and_the_others_finish(loaded_demo, tmp_path):
+    res = compare(
+        loaded_demo,
+        "demo:digits",
+        "demo:digits-noise",
+        out=tmp_path,
+        strategies="feature_extraction,full_low_lr",
+        **{**SMALL, "lr": 1e8},
+    )
+    status = {s["name"]: s for s in res.strategies}
+    assert status["full_low_lr"]["status"] == "diverged"
+    d = status["full_low_lr"]["diverged"]
+    assert d["step"] >= 0 and d["lr"] > 0
+    assert len(res.strategies) == 2
+
+
+def test_a_failing_strategy_does_not_stop_the_others(loaded_demo, tmp_path, monkeypatch):
+    real = compare_mod.run_strategy
+
+    def flaky(name, *args, **kwargs):
+        if name == "partial":
+            raise RuntimeError("boom in partial")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(compare_mod, "run_strategy", flaky)
+    res = compare(
+        loaded_demo,
+        "demo:digits",
+        "demo:digits-noise",
+        out=tmp_path,
+        strategies="feature_extraction,partial,scratch",
+        **SMALL,
+    )
+    by = {s["name"]: s for s in res.strategies}
+    assert by["partial"]["status"] == "failed" and "boom in partial" in by["partial"]["message"]
+    assert by["feature_extraction"]["status"] == by["scratch"]["status"] == "ok"
+    assert "boom in partial" in (tmp_path / "report.html").read_text()
+
+
+def test_interrupt_keeps_finished_and_resume_runs_only_the_rest(loaded_demo, tmp_path, monkeypatch):
+    real = compare_mod.run_strategy
+    calls = []
+
+    def interrupted(name, *args, **kwargs):
+        calls.append(name)
+        if name == "scratch":
+            raise KeyboardInterrupt
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(compare_mod, "run_strategy", interrupted)
+    kwargs = dict(out=tmp_path, strategies="feature_extraction,partial,scratch", **SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        compare(loaded_demo, "demo:digits", "demo:digits-noise", **kwargs)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [s["name"] for s in saved["strategies"]] == ["feature_extraction", "partial"]
+    assert (tmp_path / "report.html").exists()
+    calls.clear()
+    monkeypatch.setattr(
+        compare_mod,
+        "run_strategy",
+        lambda name, *a, **k: (calls.append(name), real(name, *a, **k))[1],
+    )
+    res = compare(loaded_demo, "demo:digits", "demo:digits-noise", resume=True, **kwargs)
+    assert calls == ["scratch"]
+    assert [s["name"] for s in res.strategies] == ["feature_extraction", "partial", "scratch"]
+    assert res.strategies[0] == saved["strategies"][0]
+
+
+def test_resume_refuses_different_settings(loaded_demo, tmp_path):
+    compare(
+        loaded_demo,
+        "demo:digits",
+        "demo:digits-noise",
+        out=tmp_path,
+        strategies="feature_extraction",
+        **SMALL,
+    )
+    with pytest.raises(ValueError, match="different settings"):
+        compare(
+            loaded_demo,
+            "demo:digits",
+            "demo:digits-noise",
+            out=tmp_path,
+            resume=True,
+            strategies="feature_extraction",
+            **{**SMALL, "epochs": 2},
+        )
+
+
+def test_parse_strategies():
+    assert parse_strategies("all") == list(STRATEGY_NAMES)
+    assert parse_strategies("scratch,feature_extraction") == ["feature_extraction", "scratch"]
+    with pytest.raises(ValueError, match="lp-ft"):
+        parse_strategies("lp-ft")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_between_strategies_then_resume(tmp_path, sig):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "diagnose.cli",
+        "compare",
+        "--model",
+        "demo",
+        "--source",
+        "demo:digits",
+        "--target",
+        "demo:digits-invert",
+        "--strategies",
+        "feature_extraction,full_low_lr,discriminative,scratch",
+        "--epochs",
+        "6",
+        "--lr",
+        "0.02",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    # Six epochs on every image leave several seconds of work after the first strategy
+    # finishes, so the signal always lands mid-run, even on a fast machine.
+    # A shell that starts jobs in the background (``cmd &``, as CI runners may) starts them
+    # with SIGINT ignored, and Python then keeps ignoring it: give the child the default.
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "strategies" / "feature_extraction.json").exists():
+            break
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        pytest.fail(f"compare ended before it could be interrupted: {proc.communicate()[1][-500:]}")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    saved = json.loads((out / "results.json").read_text())
+    finished = [s["name"] for s in saved["strategies"]]
+    assert "feature_extraction" in finished and len(finished) < 4
+    assert (out / "report.html").exists()
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    final = json.loads((out / "results.json").read_text())
+    assert [s["name"] for s in final["strategies"]] == [
+        "feature_extraction",
+        "full_low_lr",
+        "discriminative",
+        "scratch",
+    ]
+    assert final["strategies"][0] == saved["strategies"][0]
+
+
+def test_out_of_memory_retries_the_strategy_at_half_the_batch(loaded_demo, tmp_path, monkeypatch):
+    real = compare_mod.run_strategy
+    sizes = []
+
+    def small_device(name, *args, config, **kwargs):
+        sizes.append(config.batch_size)
+        if config.batch_size > 16:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(name, *args, config=config, **kwargs)
+
+    monkeypatch.setattr(compare_mod, "run_strategy", small_device)
+    res = compare(
+        loaded_demo,
+        "demo:digits",
+        "demo:digits-noise",
+        out=tmp_path,
+        strategies="full_low_lr",
+        batch_size=64,
+        **SMALL,
+    )
+    assert sizes == [64, 32, 16]
+    entry = res.strategies[0]
+    assert entry["status"] == "ok" and entry["config"]["batch_size"] == 16
+    assert sum("ran out of device memory" in w for w in res.to_dict()["warnings"]) == 2
+
+
+def test_unfreeze_several_depths_runs_partial_once_per_depth(loaded_demo, tmp_path):
+    res = compare(
+        loaded_demo,
+        "demo:digits",
+        "demo:digits-noise",
+        strategies="feature_extraction,partial",
+        unfreeze=[1, 3],
+        out=tmp_path,
+        **SMALL,
+    )
+    rows = {s["name"]: s for s in res.strategies}
+    assert list(rows) == ["feature_extraction", "partial@1", "partial@3"]
+    blocks = ["block1", "block2", "block3", "block4"]
+    assert rows["partial@1"]["config"]["trainable"] == ["block4", "head"]
+    assert rows["partial@3"]["config"]["trainable"] == [*blocks[1:], "head"]
+    assert rows["partial@3"]["depth"] == 3 and rows["partial@1"]["status"] == "ok"
+    assert (tmp_path / "strategies" / "partial@3.json").exists()
+    html = (tmp_path / "report.html").read_text()
+    assert "partial fine-tuning, last 3" in html
+    with pytest.raises(ValueError, match="between 1 and 4"):
+        compare(loaded_demo, "demo:digits", "demo:digits-noise", unfreeze=[1, 9], **SMALL)

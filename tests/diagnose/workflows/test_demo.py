@@ -1,0 +1,32 @@
+"""The demo pipeline end to end (two targets, one epoch, to stay fast)."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+from diagnose.workflows.demo import run_demo
+
+
+def test_demo_writes_overview_scenarios_and_audit(tmp_path):
+    out = tmp_path / "demo"
+    overview = run_demo(
+        out, targets=("demo:digits-noise", "demo:digits-relabel"), epochs=1, progress=False
+    )
+    assert [r["status"] for r in overview["scenarios"]] == ["ok", "ok"]
+    for row in overview["scenarios"]:
+        assert row["strategy"] and row["measured_best"]
+        assert (out / row["report"]).exists()
+        data = json.loads((out / row["report"]).with_name("results.json").read_text())
+        assert data["kind"] == "compare" and len(data["strategies"]) == 8
+    audit = overview["audit"]
+    assert audit["status"] == "ok", audit
+    assert (out / audit["report"]).exists() and audit["verdict"]
+    links = []
+
+    class P(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            links.extend(v for k, v in attrs if k == "href")
+
+    P().feed((out / "report.html").read_text())
+    assert {r["report"] for r in overview["scenarios"]} | {audit["report"]} <= set(links)
