@@ -11,7 +11,7 @@ its stratified train/val/test split, batch 64):
      capture pass costs one epoch of backbone forwards, so the ratio grows
      with the epoch count; the row uses the epochs ``diagnose.recommend``
      proposes for feature extraction on this target (41).
-  2. forgetting-tracking overhead: ``full_low_lr`` with a ForgettingTracker
+  2. forgetting-tracking overhead: ``full_low_lr`` with a ForgettingMeter
      (one forward pass over the source images + CKA per block each epoch)
      vs without, as a fraction of training time. Goal: <= 5% at the count
      ``diagnose.measure.forgetting.suggest_source_samples`` gives for this target
@@ -47,7 +47,7 @@ from _timing import best_time  # noqa: E402
 import diagnose.training.strategy_run as strategy_run  # noqa: E402
 from diagnose.data import load_domain  # noqa: E402
 from diagnose.decide import recommended_epochs as _epochs  # noqa: E402
-from diagnose.measure import ForgettingTracker, suggest_source_samples  # noqa: E402
+from diagnose.measure import ForgettingMeter, suggest_source_samples  # noqa: E402
 from diagnose.models import load_model  # noqa: E402
 from diagnose.training import (  # noqa: E402
     TargetData,
@@ -147,7 +147,7 @@ def row_tracker(model, data, epochs, repeats, counts):
     for n in sizes:
         xs, ys = source_images(n)
         trackers.append(
-            ForgettingTracker(
+            ForgettingMeter(
                 model, head="head", blocks=BLOCKS, source_x=xs, source_y=ys, device=CPU
             )
         )

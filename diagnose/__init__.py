@@ -1,4 +1,4 @@
-"""Transfer-learning diagnosis workflows: assess, report, demo.
+"""Transfer-learning diagnosis workflows: assess, compare, audit, track, report, demo.
 
 The measurement primitives live in :mod:`probes`; this package loads data and
 models, runs the workflows, recommends a strategy and renders reports.
@@ -14,6 +14,7 @@ from diagnose.workflows import (
     AssessResult,
     AuditResult,
     CompareResult,
+    ForgettingTracker,
     assess,
     audit,
     compare,
@@ -27,6 +28,8 @@ __all__ = [
     "AuditResult",
     "CompareResult",
     "Domain",
+    "ForgettingCallback",
+    "ForgettingTracker",
     "LRFindResult",
     "LoadedModel",
     "assess",
@@ -45,3 +48,12 @@ __all__ = [
     "run_demo",
     "write_results",
 ]
+
+
+def __getattr__(name: str):
+    # The Lightning callback needs the optional extra: imported on first use only.
+    if name == "ForgettingCallback":
+        from diagnose.workflows import ForgettingCallback
+
+        return ForgettingCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

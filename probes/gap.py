@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from probes._gaussian import centre, coral_from_covariances, frechet_from_moments
 from probes._mmd import rbf_mmd2_test
 from probes._validation import as_features, check_int
 
@@ -239,63 +240,6 @@ def mmd2(
     return MMDResult(mmd2=value, p_value=p_value, bandwidth=sigma, n_permutations=n_permutations)
 
 
-def _centre(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and the centred rows scaled by 1/sqrt(n - 1), so that Σ = aᵀa (unbiased)."""
-    mu = x.mean(axis=0)
-    return mu, (x - mu) / np.sqrt(x.shape[0] - 1)
-
-
-def _clip_spectrum(w: np.ndarray) -> np.ndarray:
-    """Zero the eigenvalues of a PSD matrix that are rounding noise.
-
-    A square root turns rounding noise ε ~ 1e-16·λmax on a zero eigenvalue
-    into √ε ~ 1e-8·√λmax, and there are D - N such eigenvalues when D > N;
-    below the numerical-rank threshold they are set to exactly 0.
-    """
-    top = float(w.max(initial=0.0))
-    return np.where(w > top * w.size * np.finfo(np.float64).eps, w, 0.0)
-
-
-def _psd_sqrt(c: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh(c)
-    return (v * np.sqrt(_clip_spectrum(w))) @ v.T
-
-
-def _trace_sqrt_product(
-    a_s: np.ndarray, a_t: np.ndarray, cov_s: np.ndarray | None, cov_t: np.ndarray | None
-) -> float:
-    """tr (Σs Σt)^{1/2} for Σs = a_sᵀa_s, Σt = a_tᵀa_t, by the cheaper of two exact routes."""
-    d = a_s.shape[1]
-    if d > min(a_s.shape[0], a_t.shape[0]):
-        # More features than rows: Σs Σt has the same non-zero eigenvalues as
-        # K Kᵀ with K = a_s a_tᵀ (n_s x n_t), so the trace is the sum of the
-        # singular values of K: no D x D decomposition, no square root of
-        # rounding noise.
-        return float(np.linalg.svd(a_s @ a_t.T, compute_uv=False).sum())
-    cov_s = a_s.T @ a_s if cov_s is None else cov_s
-    cov_t = a_t.T @ a_t if cov_t is None else cov_t
-    # Σs^{1/2} Σt Σs^{1/2} is symmetric PSD with the eigenvalues of Σs Σt,
-    # so eigh is stable where sqrtm of the non-symmetric product is not.
-    root = _psd_sqrt(cov_s)
-    middle = root @ cov_t @ root
-    eig = _clip_spectrum(np.linalg.eigvalsh(0.5 * (middle + middle.T)))
-    return float(np.sqrt(eig).sum())
-
-
-def _frechet(
-    mu_s: np.ndarray,
-    a_s: np.ndarray,
-    mu_t: np.ndarray,
-    a_t: np.ndarray,
-    cov_s: np.ndarray | None = None,
-    cov_t: np.ndarray | None = None,
-) -> float:
-    diff = mu_s - mu_t
-    traces = float(np.sum(a_s * a_s) + np.sum(a_t * a_t))  # tr Σs + tr Σt
-    value = float(diff @ diff) + traces - 2.0 * _trace_sqrt_product(a_s, a_t, cov_s, cov_t)
-    return max(value, 0.0)
-
-
 def frechet_distance(source: Any, target: Any) -> float:
     """Fréchet distance between Gaussians fitted to the two sets (the FID formula).
 
@@ -313,14 +257,9 @@ def frechet_distance(source: Any, target: Any) -> float:
     2.0
     """
     s, t = _as_pair(source, target)
-    mu_s, a_s = _centre(s)
-    mu_t, a_t = _centre(t)
-    return _frechet(mu_s, a_s, mu_t, a_t)
-
-
-def _coral_from_cov(cov_s: np.ndarray, cov_t: np.ndarray) -> float:
-    d = cov_s.shape[0]
-    return float(np.sum((cov_s - cov_t) ** 2) / (4.0 * d * d))
+    mu_s, a_s = centre(s)
+    mu_t, a_t = centre(t)
+    return frechet_from_moments(mu_s, a_s, mu_t, a_t)
 
 
 def coral(source: Any, target: Any) -> float:
@@ -338,8 +277,8 @@ def coral(source: Any, target: Any) -> float:
     True
     """
     s, t = _as_pair(source, target)
-    a_s, a_t = _centre(s)[1], _centre(t)[1]
-    return _coral_from_cov(a_s.T @ a_s, a_t.T @ a_t)
+    a_s, a_t = centre(s)[1], centre(t)[1]
+    return coral_from_covariances(a_s.T @ a_s, a_t.T @ a_t)
 
 
 def _subsample(x: Any, max_samples: int, rng: np.random.Generator) -> Any:
@@ -386,8 +325,8 @@ def domain_gap(
 
     pad = proxy_a_distance(s, t, seed=seed)
     mmd = mmd2(s, t, n_permutations=n_permutations, seed=seed)
-    mu_s, a_s = _centre(s)
-    mu_t, a_t = _centre(t)
+    mu_s, a_s = centre(s)
+    mu_t, a_t = centre(t)
     cov_s, cov_t = a_s.T @ a_s, a_t.T @ a_t
     return DomainGap(
         pad=pad.pad,
@@ -396,8 +335,8 @@ def domain_gap(
         mmd2=mmd.mmd2,
         mmd_pvalue=mmd.p_value,
         mmd_bandwidth=mmd.bandwidth,
-        frechet=_frechet(mu_s, a_s, mu_t, a_t, cov_s, cov_t),
-        coral=_coral_from_cov(cov_s, cov_t),
+        frechet=frechet_from_moments(mu_s, a_s, mu_t, a_t, cov_s, cov_t),
+        coral=coral_from_covariances(cov_s, cov_t),
         n_source=int(s.shape[0]),
         n_target=int(t.shape[0]),
         dim=int(s.shape[1]),

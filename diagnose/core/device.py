@@ -124,9 +124,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = str(device)
     if not (dev == "cpu" or dev.startswith("cuda")):
-        raise ValueError(f"--device must be one of auto, cpu, cuda[:N]. Got {dev!r}.")
+        raise ValueError(f"'device' must be one of auto, cpu, cuda[:N]. Got {dev!r}.")
     if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
-            "--device cuda was requested but no CUDA GPU is available; use --device cpu."
-        )
+        raise ValueError("device=cuda was requested but no CUDA GPU is available; use device=cpu.")
     return torch.device(dev)

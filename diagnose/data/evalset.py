@@ -88,7 +88,7 @@ def _stack(domain: Domain, batches) -> tuple[torch.Tensor, torch.Tensor]:
         if total > MAX_TENSOR_BYTES:
             raise ValueError(
                 f"the preprocessed images of {domain.name} exceed 4 GiB in memory; pass "
-                "--max-samples N or a smaller --image-size."
+                "max_samples=N or a smaller 'image_size'."
             )
         xs.append(x.float())
         ys.append(torch.as_tensor(y, dtype=torch.long))

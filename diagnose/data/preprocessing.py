@@ -55,7 +55,7 @@ def parse_normalize(value: str | Sequence | None) -> tuple[list[float], list[flo
             numbers = [float(v) for v in value.split(",") if v.strip()]
         except ValueError:
             raise ValueError(
-                f"--normalize must be 'none' or comma-separated numbers MEAN,STD (one pair or one "
+                f"'normalize' must be 'none' or comma-separated numbers MEAN,STD (one pair or one "
                 f"per channel). Got {value!r}."
             ) from None
     else:
@@ -63,13 +63,13 @@ def parse_normalize(value: str | Sequence | None) -> tuple[list[float], list[flo
         numbers = [*mean, *std]
     if len(numbers) < 2 or len(numbers) % 2:
         raise ValueError(
-            f"--normalize needs a mean and a std, either one pair or one per channel "
+            f"'normalize' needs a mean and a std, either one pair or one per channel "
             f"(e.g. 0.5,0.25 or 0.485,0.456,0.406,0.229,0.224,0.225). Got {len(numbers)} numbers."
         )
     half = len(numbers) // 2
     mean, std = numbers[:half], numbers[half:]
     if any(s <= 0 for s in std):
-        raise ValueError(f"--normalize std values must be positive. Got {std}.")
+        raise ValueError(f"'normalize' std values must be positive. Got {std}.")
     return mean, std
 
 

@@ -20,7 +20,7 @@ def subsample(domain: Domain, max_samples: int | None, seed: int) -> np.ndarray:
     if max_samples is None or max_samples >= n:
         return np.arange(n)
     if max_samples < 1:
-        raise ValueError(f"--max-samples must be at least 1. Got {max_samples}.")
+        raise ValueError(f"'max_samples' must be at least 1. Got {max_samples}.")
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n, size=max_samples, replace=False))
 

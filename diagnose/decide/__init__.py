@@ -28,6 +28,7 @@ from diagnose.decide.race_scoring import (
     paired_gap,
     scoring_folds,
 )
+from diagnose.decide.race_verdict import paired_arms, race_summary
 from diagnose.decide.rules import (
     BACKBONE_LR_RATIO,
     BENEFIT_MIN,
@@ -45,6 +46,15 @@ from diagnose.decide.rules import (
     recommended_epochs,
 )
 from diagnose.decide.select import DEFAULT_TIE_TOLERANCE, forgetting_of, select_strategy
+from diagnose.decide.select_reasons import (
+    cost_text,
+    entry_label,
+    forgetting_reason,
+    no_winner_reasons,
+    prediction_check,
+    wall_text,
+    why_not_ok,
+)
 
 __all__ = [
     "BACKBONE_LR_RATIO",
@@ -78,17 +88,26 @@ __all__ = [
     "Z95",
     "build_candidates",
     "check_trial_budget",
+    "cost_text",
+    "entry_label",
     "forgetting_of",
+    "forgetting_reason",
     "lr_grid",
     "measured_recommendation",
+    "no_winner_reasons",
+    "paired_arms",
     "paired_gap",
     "partial_depths",
+    "prediction_check",
     "race_pool",
+    "race_summary",
     "recommend",
     "recommended_epochs",
     "run_race",
     "rung_epochs",
     "scoring_folds",
     "select_strategy",
+    "wall_text",
+    "why_not_ok",
     "with_modules",
 ]

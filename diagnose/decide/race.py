@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from diagnose.decide.candidates import Candidate
-from diagnose.decide.race_scoring import Fold, paired_gap
+from diagnose.decide.race_scoring import Fold
+from diagnose.decide.race_verdict import race_summary
 from diagnose.training import StrategyRun, TargetData, steps_per_epoch
 
 __all__ = [
@@ -313,19 +314,15 @@ def run_race(
             )
             budget_flops = budget * full_estimate
     ranked = sorted(arms, key=lambda a: (-(len(a.rungs)),) + a.rank_key())
-    return _summary(
-        arms,
-        ranked,
-        epochs,
-        rung_log,
-        spent,
-        full_estimate,
-        budget,
-        budget_flops,
-        n_folds,
-        time.perf_counter() - start,
-        full_epochs,
-    )
+    schedule = {"rungs": rung_log, "rung_epochs": list(epochs), "eta": ETA}
+    spend = {
+        "flops_spent": int(spent),
+        "full_flops_estimate": None if full_estimate is None else float(full_estimate),
+        "budget": float(budget),
+        "budget_flops": None if budget_flops is None else float(budget_flops),
+        "wall_s": round(time.perf_counter() - start, 4),
+    }
+    return race_summary(arms, ranked, schedule, spend, n_folds=n_folds, full_epochs=full_epochs)
 
 
 def _fit_rung(alive, keep, epochs, spent, budget_flops, min_folds, n_folds) -> tuple[int, int]:
@@ -338,78 +335,3 @@ def _fit_rung(alive, keep, epochs, spent, budget_flops, min_folds, n_folds) -> t
                 return keep, folds
         keep -= 1
     return keep, min_folds
-
-
-def _paired(a: _Arm, b: _Arm) -> dict:
-    # Both score the same folds in the same order, one rung possibly on fewer of them:
-    # pair the entries they share (a prefix of the longer one).
-    n = min(len(a.correct), len(b.correct))
-    return paired_gap(a.correct[:n], b.correct[:n], a.ids[:n])
-
-
-def _summary(
-    arms,
-    ranked,
-    epochs,
-    rung_log,
-    spent,
-    full_estimate,
-    budget,
-    budget_flops,
-    n_folds,
-    wall,
-    full_epochs,
-) -> dict:
-    ok = [a for a in ranked if a.status == "ok" and a.correct is not None]
-    winner = ok[0] if ok else None
-    top_rung = len(winner.rungs) if winner else 0
-    leaders, gap, runner = [], None, None
-    if winner is not None:
-        finalists = [a for a in ok if len(a.rungs) == top_rung]
-        others = [a for a in ok if a is not winner]
-        runner = others[0] if others else None
-        if runner is not None:
-            gap = _paired(winner, runner)
-        leaders = [winner] + [
-            a for a in finalists if a is not winner and _paired(winner, a)["ci_low"] <= 0
-        ]
-    pick = (
-        min(leaders, key=lambda a: (a.estimate(full_epochs, n_folds), a.cand.prior_rank, a.index))
-        if leaders
-        else None
-    )
-    for a in arms:
-        if a.status == "ok" and a.eliminated_at is None and a is not winner and a.reason is None:
-            a.reason = f"reached the last rung ({a.rungs[-1]['epochs']} epochs) below the winner"
-    return {
-        "candidates": [
-            {
-                **a.cand.to_dict(),
-                "rungs": a.rungs,
-                "flops": int(a.flops),
-                "wall_s": round(a.wall, 4),
-                "full_run_flops_estimate": a.estimate(full_epochs, n_folds) if a.rungs else None,
-                "status": a.status,
-                "eliminated_at": a.eliminated_at,
-                "reason": a.reason,
-            }
-            for a in arms
-        ],
-        "rungs": rung_log,
-        "rung_epochs": list(epochs),
-        "eta": ETA,
-        "flops_spent": int(spent),
-        "full_flops_estimate": None if full_estimate is None else float(full_estimate),
-        "budget": float(budget),
-        "budget_flops": None if budget_flops is None else float(budget_flops),
-        "wall_s": round(wall, 4),
-        "winner": None if winner is None else winner.cand.key,
-        "runner_up": None if runner is None else runner.cand.key,
-        "gap": gap,
-        "leaders": [a.cand.key for a in leaders],
-        "within_noise": bool(len(leaders) > 1),
-        "pick": None if pick is None else pick.cand.key,
-        "chosen_by": None
-        if pick is None
-        else ("accuracy" if pick is winner else "the lowest cost among leaders within noise"),
-    }

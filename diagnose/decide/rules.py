@@ -267,7 +267,7 @@ def recommend(results: dict, *, max_forgetting: float | None = None) -> dict:
         rec["strategy"], rec["lr"]["head"], rec["reasons"][0]
     """
     if max_forgetting is not None and not 0 <= max_forgetting <= 1:
-        raise ValueError(f"--max-forgetting must be between 0 and 1. Got {max_forgetting}.")
+        raise ValueError(f"'max_forgetting' must be between 0 and 1. Got {max_forgetting}.")
     layers = [layer for layer in results.get("layers", []) if _acc(layer, "target") is not None]
     names = [layer["name"] for layer in results.get("layers", [])]
     lr_find = results.get("lr_find") or {}

@@ -35,6 +35,15 @@ from __future__ import annotations
 import math
 
 from diagnose.core import finite, join_labels, section, strategy_label
+from diagnose.decide.select_reasons import (
+    cost_text,
+    entry_label,
+    forgetting_reason,
+    no_winner_reasons,
+    prediction_check,
+    wall_text,
+    why_not_ok,
+)
 from diagnose.training import n_seeds, val_std, val_text, within_spread
 
 __all__ = [
@@ -95,21 +104,6 @@ def _predicted(assessment: dict | None, names: set[str]) -> str | None:
     return strategy if isinstance(strategy, str) else None
 
 
-def _why_not_ok(entry: dict) -> str:
-    status = entry.get("status")
-    message = entry.get("message")
-    if status == "diverged":
-        div = section(entry, "diverged")
-        where = [f"{k} {div[k]:g}" for k in ("epoch", "step") if finite(div.get(k)) is not None]
-        lr = finite(div.get("lr"))
-        text = "diverged" + (f" at {', '.join(where)}" if where else "")
-        text += f" (LR {lr:.3g})" if lr is not None else ""
-        return text + (f": {message}" if message else "")
-    if status == "failed":
-        return "failed" + (f": {message}" if message else "")
-    return f"status {status!r}" + (f": {message}" if message else "")
-
-
 def _cost_key(entry: dict) -> tuple[float, float]:
     # FLOPs are deterministic; wall time is noise between runs, so it only breaks
     # ties when FLOPs are unknown (otherwise the strategy order decides).
@@ -123,26 +117,6 @@ def _cost_key(entry: dict) -> tuple[float, float]:
 def _same_flops(a: dict, b: dict) -> bool:
     fa, fb = finite(section(a, "cost").get("flops")), finite(section(b, "cost").get("flops"))
     return fa is not None and fb is not None and math.isclose(fa, fb, rel_tol=1e-9)
-
-
-def _wall_text(entry: dict) -> str:
-    wall = finite(section(entry, "cost").get("wall_s"))
-    return f"{_label(entry)} {wall:.1f} s" if wall is not None else f"{_label(entry)} unknown"
-
-
-def _label(entry: dict) -> str:
-    return strategy_label(entry.get("name") or "?")
-
-
-def _cost_text(entry: dict) -> str:
-    cost = section(entry, "cost")
-    flops, wall = finite(cost.get("flops")), finite(cost.get("wall_s"))
-    parts = []
-    if flops is not None:
-        parts.append(f"{flops:.3g} FLOPs")
-    if wall is not None:
-        parts.append(f"{wall:.1f} s")
-    return ", ".join(parts) or "unknown cost"
 
 
 def _empty(max_forgetting, tolerance, excluded, reasons, predicted) -> dict:
@@ -226,7 +200,7 @@ def select_strategy(
         name = str(entry.get("name") or "?")
         val = finite(section(entry, "target").get("val_accuracy"))
         if entry.get("status") != "ok":
-            excluded.append({"name": name, "reason": _why_not_ok(entry)})
+            excluded.append({"name": name, "reason": why_not_ok(entry)})
             continue
         if val is None:
             excluded.append({"name": name, "reason": "finished without a validation accuracy"})
@@ -261,27 +235,9 @@ def select_strategy(
         return max(vals) if vals else None
 
     if not eligible:
-        if not strategies:
-            reasons = ["The comparison holds no strategy runs."]
-        elif not measured:
-            reasons = [
-                "No strategy finished with a validation accuracy: "
-                + "; ".join(f"{strategy_label(x['name'])} {x['reason']}" for x in excluded)
-                + "."
-            ]
-        else:
-            known = [(forgetting_of(e)[0], _label(e)) for e in measured]
-            known = [k for k in known if k[0] is not None]
-            reasons = [
-                f"All {len(measured)} finished strategies forget more than the budget of "
-                f"{budget:.3f} or were not measured for forgetting."
-            ]
-            if known:
-                least, who = min(known)
-                reasons.append(
-                    f"The least forgetting was {who}'s ({least:.3f}); a budget of at least "
-                    "that would admit it."
-                )
+        least = [(forgetting_of(e)[0], entry_label(e)) for e in measured]
+        least = [k for k in least if k[0] is not None]
+        reasons = no_winner_reasons(len(strategies), len(measured), excluded, budget, least)
         return _empty(budget, tolerance, excluded, reasons, predicted)
 
     best_val = max(val_of(e) for e in eligible)
@@ -323,8 +279,8 @@ def select_strategy(
         if dearer:
             text += (
                 f"; among the {len(tied)} tied strategies it is the cheapest "
-                f"({_cost_text(winner)}, vs "
-                + "; ".join(f"{_label(e)} {_cost_text(e)}" for e in dearer)
+                f"({cost_text(winner)}, vs "
+                + "; ".join(f"{entry_label(e)} {cost_text(e)}" for e in dearer)
                 + ")"
             )
         if same:
@@ -334,7 +290,7 @@ def select_strategy(
             higher = all(val > val_of(e) for e in same)
             text += (
                 f"; it {'also ' if dearer else ''}ties on training compute with "
-                + join_labels(_label(e) for e in same)
+                + join_labels(entry_label(e) for e in same)
                 + f" ({flops:.3g} FLOPs each), so "
                 + (
                     "its higher validation accuracy decides"
@@ -342,31 +298,20 @@ def select_strategy(
                     else "the order of --strategies decides"
                 )
                 + " (wall time varies from run to run and is not used: "
-                + join_labels(_wall_text(e) for e in [winner, *same])
+                + join_labels(wall_text(e) for e in [winner, *same])
                 + ")"
             )
         reasons.append(text + ".")
     if rest:
         runner = rest[0]
         reasons.append(
-            f"Next best: {_label(runner)} at {val_text(runner, val_of(runner))} "
-            f"({val_of(runner) - val:+.3f}), {_cost_text(runner)} against {_cost_text(winner)}."
+            f"Next best: {entry_label(runner)} at {val_text(runner, val_of(runner))} "
+            f"({val_of(runner) - val:+.3f}), {cost_text(runner)} against {cost_text(winner)}."
         )
     close, spread_reason = within_spread(winner, rest, val_of)
     if spread_reason:
         reasons.append(spread_reason)
-    if forgot is None:
-        reasons.append(f"{opening}'s forgetting of the source task was not measured.")
-    elif measure == "source_accuracy_drop":
-        reasons.append(
-            f"It lowered source accuracy with the original head by {forgot:.3f}"
-            + (f" (budget {budget:.3f})." if budget is not None else ".")
-        )
-    else:
-        reasons.append(
-            f"Its source predictions disagree with the pretrained model's on {forgot:.3f} of "
-            "the source images" + (f" (budget {budget:.3f})." if budget is not None else ".")
-        )
+    reasons.append(forgetting_reason(opening, forgot, measure, budget))
     over = [x["name"] for x in excluded if x["reason"].startswith("forgets too much")]
     if over:
         over = join_labels(strategy_label(n) for n in over)
@@ -378,31 +323,8 @@ def select_strategy(
             f"{val - scratch:+.3f} validation accuracy here."
         )
 
-    agrees = regret = None
-    if predicted is not None:
-        agrees = predicted == name
-        said = strategy_label(predicted)
-        predicted_val = measured_val(predicted)
-        if predicted_val is not None:
-            regret = val - predicted_val
-        if agrees:
-            reasons.append(f"This agrees with the assessment's prediction ({said}).")
-        elif predicted_val is not None and regret >= 0:
-            reasons.append(
-                f"The assessment predicted {said}, which reached {predicted_val:.3f}: "
-                f"following the prediction would have lost {regret:.3f} validation accuracy."
-            )
-        elif predicted_val is not None:
-            why = next((x["reason"] for x in excluded if x["name"] == predicted), None)
-            reasons.append(
-                f"The assessment predicted {said}, which reached {predicted_val:.3f} "
-                f"({-regret:.3f} more) but "
-                + (f"was excluded: {why}." if why else "costs more for a tie.")
-            )
-        else:
-            reasons.append(
-                f"The assessment predicted {said}, which was not measured successfully here."
-            )
+    agrees, regret, said = prediction_check(predicted, name, val, measured_val(predicted), excluded)
+    reasons += said
 
     return {
         "strategy": name,

@@ -1,6 +1,6 @@
 """The assessment's measurements on a loaded model and data: per-layer probes and gaps, the LR range test, Auto-RGN and forgetting."""
 
-from diagnose.measure.forgetting import ForgettingTracker, suggest_source_samples, weight_drift
+from diagnose.measure.forgetting import ForgettingMeter, suggest_source_samples, weight_drift
 from diagnose.measure.layers import (
     CKA_BATCH,
     GAP_MAX_SAMPLES,
@@ -18,7 +18,7 @@ from diagnose.measure.rgn import relative_gradient_norms
 
 __all__ = [
     "CKA_BATCH",
-    "ForgettingTracker",
+    "ForgettingMeter",
     "GAP_MAX_SAMPLES",
     "LRFindResult",
     "TRANSFER_MAX_SAMPLES",

@@ -15,7 +15,7 @@ plus the **relative weight drift** per block, ``||w - w0|| / ||w0||`` over the
 block's parameters (0 = unchanged, 0.1 = moved by 10% of its norm).
 
 Example:
-    >>> tracker = ForgettingTracker(pretrained, head="head", blocks=["block1", "block2"],
+    >>> tracker = ForgettingMeter(pretrained, head="head", blocks=["block1", "block2"],
     ...                             source_x=xs, source_y=ys, device=torch.device("cpu"))
     >>> tracker.measure(finetuned)
     {'source_accuracy': 0.91, 'agreement': 0.95, 'cka': {'block1': 0.99, 'block2': 0.93}}
@@ -36,7 +36,7 @@ from probes.capture import capture
 from probes.similarity import cka
 
 __all__ = [
-    "ForgettingTracker",
+    "ForgettingMeter",
     "suggest_source_samples",
     "weight_drift",
 ]
@@ -47,13 +47,13 @@ def _as_tensor(value: Any, name: str) -> torch.Tensor:
         value = torch.from_numpy(value)
     if not isinstance(value, torch.Tensor):
         raise TypeError(
-            f"The '{name}' parameter of ForgettingTracker must be a torch.Tensor or numpy array. "
+            f"The '{name}' parameter of ForgettingMeter must be a torch.Tensor or numpy array. "
             f"Got {type(value).__name__} instead."
         )
     return value
 
 
-class ForgettingTracker:
+class ForgettingMeter:
     """Measures source forgetting of a model against its pretrained state, on fixed source images.
 
     The constructor keeps a frozen deep copy of the ORIGINAL head (module
@@ -95,12 +95,12 @@ class ForgettingTracker:
         missing = [b for b in blocks if b not in modules]
         if isinstance(blocks, str) or not blocks or missing:
             raise ValueError(
-                f"The 'blocks' parameter of ForgettingTracker must be module names of the model. "
+                f"The 'blocks' parameter of ForgettingMeter must be module names of the model. "
                 f"Unknown: {missing or blocks!r}."
             )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(
-                f"The 'batch_size' parameter of ForgettingTracker must be a positive int. Got {batch_size!r} instead."
+                f"The 'batch_size' parameter of ForgettingMeter must be a positive int. Got {batch_size!r} instead."
             )
         x = _as_tensor(source_x, "source_x")
         y = None if source_y is None else _as_tensor(source_y, "source_y").long()
@@ -114,7 +114,7 @@ class ForgettingTracker:
             y = None if y is None else y[: int(max_samples)]
         if x.shape[0] < 2:
             raise ValueError(
-                f"ForgettingTracker needs at least 2 source images (CKA). Got {x.shape[0]}."
+                f"ForgettingMeter needs at least 2 source images (CKA). Got {x.shape[0]}."
             )
         self.head = head
         self.blocks = list(blocks)
@@ -227,7 +227,7 @@ def suggest_source_samples(
 ) -> int:
     """How many source images keep forgetting tracking within ``budget`` of training time.
 
-    Each :meth:`ForgettingTracker.measure` is one forward pass over its source
+    Each :meth:`ForgettingMeter.measure` is one forward pass over its source
     images, once per epoch; an epoch costs about ``3 * n_train`` image-passes
     (forward + backward) plus ``n_val`` for validation. So ``n_source <=
     budget * (3 * n_train + n_val)`` keeps the forward passes near ``budget``;

@@ -26,7 +26,7 @@ def resolve_preprocessing(
     channels = loaded.input_channels
     if image_size is not None:
         if int(image_size) < 1:
-            raise ValueError(f"--image-size must be a positive number of pixels. Got {image_size}.")
+            raise ValueError(f"'image_size' must be a positive number of pixels. Got {image_size}.")
         size = (int(image_size), int(image_size))
         notes.append(f"Images resized to {size[0]}x{size[1]} (--image-size).")
     elif loaded.input_size is not None:
@@ -43,7 +43,7 @@ def resolve_preprocessing(
         else:
             raise ValueError(
                 "the images do not share one size and the model declares no input size; "
-                "pass --image-size N."
+                "pass image_size=N."
             )
     parsed = parse_normalize(normalize)
     if parsed == "none":
@@ -63,7 +63,7 @@ def resolve_preprocessing(
         )
     if mean is not None and len(mean) not in (1, channels):
         raise ValueError(
-            f"--normalize gives {len(mean)} channel means but the model takes {channels} channels."
+            f"'normalize' gives {len(mean)} channel means but the model takes {channels} channels."
         )
     if mean is not None and len(mean) == 1 and channels > 1:
         mean, std = mean * channels, std * channels

@@ -145,7 +145,7 @@ def _load_checkpoint(spec: str, weights: str | None, trust_checkpoint: bool) -> 
     if not isinstance(obj, nn.Module):
         if isinstance(obj, Mapping):
             raise ValueError(
-                f"{spec} is a state dict with no architecture: pass --model ARCH --weights {spec} "
+                f"{spec} is a state dict with no architecture: pass model=ARCH weights={spec} "
                 "(ARCH: torchvision:NAME or module.path:function)."
             )
         raise ValueError(f"checkpoint '{spec}' holds a {type(obj).__name__}, not an nn.Module.")

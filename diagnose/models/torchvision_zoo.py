@@ -69,15 +69,15 @@ def load_torchvision(spec: str, weights: str | None, trust_checkpoint: bool) -> 
     if weights is None:
         if default is None:
             raise ValueError(
-                f"torchvision model {name!r} has no default weights: pass --weights PATH "
-                "(a state dict file) or --weights random."
+                f"torchvision model {name!r} has no default weights: pass weights=PATH "
+                "(a state dict file) or weights=random."
             )
         path = torchvision_weights_path(default.url)
         if not path.is_file():
             raise ValueError(
                 f"the default weights of {spec} ({default}) are not in the local torchvision "
-                f"cache at {path}; nothing is downloaded: pass --weights PATH (a state dict "
-                "file) or --weights random."
+                f"cache at {path}; nothing is downloaded: pass weights=PATH (a state dict "
+                "file) or weights=random."
             )
         state = torch_load(path, False, "weights file")
         load_state_dict_checked(model, state, str(path))

@@ -59,14 +59,14 @@ def torch_load(path: str | os.PathLike, trust_checkpoint: bool, what: str) -> An
             raise ValueError(
                 f"{what} '{path}' holds pickled Python objects, not only tensors (a whole saved "
                 "model?); unpickling it could run arbitrary code, so it was not loaded. Pass "
-                "--trust-checkpoint (trust_checkpoint=True) only if you trust the file, or save "
+                "'trust_checkpoint' (trust_checkpoint=True) only if you trust the file, or save "
                 "a state dict (torch.save(model.state_dict(), path))."
             ) from exc
     try:
         return torch.load(p, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise ValueError(
-            f"{what} '{path}' could not be unpickled even with --trust-checkpoint "
+            f"{what} '{path}' could not be unpickled even with 'trust_checkpoint' "
             f"({type(exc).__name__}: {exc}); is the code that defines its classes importable?"
         ) from exc
 

@@ -23,6 +23,7 @@ from diagnose.report.plots_entries import (
     xy_lists,
 )
 from diagnose.report.plots_race import race_plot
+from diagnose.report.plots_track import track_cka_plot, track_drift_heatmap, track_forgetting_plot
 from diagnose.report.plots_training import training_curves_plot
 from diagnose.report.render import check_out_dir, render_html, render_report_file, write_outputs
 
@@ -50,6 +51,9 @@ __all__ = [
     "render_report_file",
     "short_name",
     "strategy_colour",
+    "track_cka_plot",
+    "track_drift_heatmap",
+    "track_forgetting_plot",
     "tradeoff_plot",
     "training_curves_plot",
     "write_outputs",

@@ -21,6 +21,7 @@ from diagnose.report import plots as _plots
 from diagnose.report import plots_audit as _plots_audit
 from diagnose.report import plots_compare as _plots_compare
 from diagnose.report import plots_race as _plots_race
+from diagnose.report import plots_track
 from diagnose.report import plots_training as _plots_training
 
 __all__ = [
@@ -37,7 +38,7 @@ def _template_env() -> jinja2.Environment:
             str(resources.files("diagnose.templates"))
         )
     except ModuleNotFoundError:  # running from a checkout without installing
-        loader = jinja2.FileSystemLoader(str(Path(__file__).resolve().parent.parent / "templates"))
+        loader = jinja2.FileSystemLoader(str(Path(__file__).resolve().parents[2] / "templates"))
     env = jinja2.Environment(
         loader=loader,
         autoescape=True,
@@ -91,12 +92,19 @@ def _figure(fn, results: dict) -> dict | None:
 
 
 def render_html(results: dict) -> str:
-    """The report for ``results`` (kind "assess", "compare", "audit" or "demo") as an HTML string."""
+    """The report for ``results`` (kind "assess", "compare", "audit", "track" or "demo") as an HTML string."""
     env = _template_env()
     kind = results.get("kind")
     generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if kind == "demo":
         return env.get_template("demo.html.j2").render(r=results, generated=generated)
+    if kind == "track":
+        figures = {
+            "forgetting": _figure(plots_track.track_forgetting_plot, results),
+            "cka": _figure(plots_track.track_cka_plot, results),
+            "drift": _figure(plots_track.track_drift_heatmap, results),
+        }
+        return env.get_template("track.html.j2").render(r=results, fig=figures, generated=generated)
     if kind == "audit":
         figures = {
             "cka": _figure(_plots_audit.audit_cka_plot, results),
@@ -128,19 +136,19 @@ def check_out_dir(out_dir: str | Path) -> Path:
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"output directory {out} is a file; pass --out a directory path.")
+        raise ValueError(f"output directory {out} is a file; pass out=DIR, a directory path.")
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         raise ValueError(
             f"output directory {out} cannot be created: {existing} is a file; "
-            "pass --out a directory path."
+            "pass out=DIR, a directory path."
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         where = "" if existing == out else f" (its parent {existing} is not writable)"
         raise ValueError(
-            f"output directory {out} is not writable{where}; pass --out a folder you can write to."
+            f"output directory {out} is not writable{where}; pass out=DIR, a folder you can write to."
         )
     return out
 
@@ -156,7 +164,7 @@ def write_outputs(results: dict, out_dir: str | Path) -> tuple[Path, Path]:
         results_path = write_results(results, out / "results.json")
     except PermissionError:
         raise ValueError(
-            f"output directory {out} is not writable; pass --out a folder you can write to."
+            f"output directory {out} is not writable; pass out=DIR, a folder you can write to."
         ) from None
     report_path = atomic_write_text(out / "report.html", render_html(load_results(results_path)))
     return results_path, report_path

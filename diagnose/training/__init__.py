@@ -24,6 +24,7 @@ from diagnose.training.executor import (
     import_ray,
     run_unit,
 )
+from diagnose.training.head_stages import HeadStages, cpu_state
 from diagnose.training.loop import (
     Fitter,
     Phase,
@@ -48,7 +49,7 @@ from diagnose.training.seeds import (
     within_spread,
 )
 from diagnose.training.strategies import BN_MODES, TrainConfig, plan
-from diagnose.training.strategy_run import StrategyRun, cpu_state, planned_epochs
+from diagnose.training.strategy_run import StrategyRun, planned_epochs
 
 __all__ = [
     "AVERAGED",
@@ -57,6 +58,7 @@ __all__ = [
     "DEFAULT_MAX_CACHE_BYTES",
     "EXECUTORS",
     "Fitter",
+    "HeadStages",
     "Job",
     "Outcome",
     "PeakMemory",

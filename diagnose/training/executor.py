@@ -87,7 +87,7 @@ class Job:
     head: str
     blocks: list[str]
     data: Any  # diagnose.training.runner.TargetData
-    tracker: Any  # diagnose.measure.forgetting.ForgettingTracker | None
+    tracker: Any  # diagnose.measure.forgetting.ForgettingMeter | None
     config: TrainConfig
     device: torch.device
     checkpoint_dir: Path | None = None
@@ -243,8 +243,8 @@ def _run_ray(ray, units, job, on_done, progress, address) -> None:
     try:
         if cuda and ray.cluster_resources().get("GPU", 0) < 1:
             raise ValueError(
-                "--executor ray with a CUDA --device needs GPUs in the Ray cluster, and it has "
-                "none; pass --device cpu or start Ray on machines with GPUs."
+                "executor=ray with a CUDA 'device' needs GPUs in the Ray cluster, and it has "
+                "none; pass device=cpu or start Ray on machines with GPUs."
             )
         shared = ray.put(_portable(job))  # once: every task reads the same copy
         need = {"num_gpus": 1} if cuda else {"num_cpus": 1}

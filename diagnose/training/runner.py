@@ -33,7 +33,7 @@ from diagnose.training.strategies import TrainConfig
 from diagnose.training.strategy_run import StrategyRun, cpu_state
 
 if TYPE_CHECKING:
-    from diagnose.measure import ForgettingTracker
+    from diagnose.measure import ForgettingMeter
 
 __all__ = [
     "TargetData",
@@ -91,7 +91,7 @@ def run_strategy(
     head: str,
     blocks: list[str],
     data: TargetData,
-    tracker: ForgettingTracker | None,
+    tracker: ForgettingMeter | None,
     config: TrainConfig,
     device: torch.device,
     progress: bool = True,

@@ -224,7 +224,7 @@ def read_previous(out: Path) -> dict | None:
         return None
     previous = load_results(path)
     if previous.get("kind") != "compare":
-        raise ValueError(f"--resume: {path} is not a comparison (kind {previous.get('kind')!r}).")
+        raise ValueError(f"'resume': {path} is not a comparison (kind {previous.get('kind')!r}).")
     return previous
 
 
@@ -232,8 +232,8 @@ def finished(previous: dict, fingerprint: dict, path: Path, seeds: list[int]) ->
     """The previous run's finished (strategy, seed) records, once its settings are ours."""
     if previous.get("compare_config", {}).get("fingerprint") != fingerprint:
         raise ValueError(
-            f"--resume: {path} was written with different settings (model, data, epochs, LR, "
-            "seed or seeds); use another --out or drop --resume to start afresh."
+            f"'resume': {path} was written with different settings (model, data, epochs, LR, "
+            "seed or seeds); use another 'out' or drop 'resume' to start afresh."
         )
     return finished_units(previous.get("strategies", []), seeds)
 

@@ -18,8 +18,9 @@ from torch import nn
 from diagnose.core import autocast_context, is_cuda, memory_format, to_device
 from diagnose.measure import weight_drift
 from diagnose.models import HEAD, module_groups, parameter_groups, random_init_copy, replace_module
-from diagnose.training.activations import build_prefix_cache, capture_head_inputs
+from diagnose.training.activations import build_prefix_cache
 from diagnose.training.curves import BestState, detect_overfitting, finite_or_none
+from diagnose.training.head_stages import HeadStages, cpu_state
 from diagnose.training.loop import (
     Fitter,
     Phase,
@@ -33,13 +34,8 @@ from probes import logits_of
 
 __all__ = [
     "StrategyRun",
-    "cpu_state",
     "planned_epochs",
 ]
-
-
-def cpu_state(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
-    return {prefix + k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 def planned_epochs(plan: dict, epochs: int) -> int:
@@ -54,7 +50,7 @@ def planned_epochs(plan: dict, epochs: int) -> int:
     return own + (epochs if any("epochs" not in s for s in stages) else 0)
 
 
-class StrategyRun:
+class StrategyRun(HeadStages):
     """One strategy run: ``build``, then one of the strategy methods, then ``finish``."""
 
     def __init__(
@@ -184,110 +180,7 @@ class StrategyRun:
                     for m in modules:
                         m.eval()
 
-    # -- strategies -------------------------------------------------------------------------
-    def head_fitter(self, stage: dict, epochs: int, n: int, phase: str) -> Fitter:
-        head = self.net.get_submodule(self.head)
-        return Fitter(
-            root=head,
-            groups={HEAD: self.group_params[HEAD]},
-            stages=[stage],
-            total_steps=epochs * steps_per_epoch(n, self.config.batch_size),
-            momentum=self.config.momentum,
-            weight_decay={HEAD: self.config.weight_decay},
-            device=self.device,
-            use_autocast=False,
-            phase_prefix=phase,
-        )
-
-    def fit_head(self, stage, epochs, feats, on_epoch, phase) -> None:
-        """Train the new head on cached (train, val) features; ``on_epoch(e, train, val, lr)``
-        after each epoch returns False to stop."""
-        d, cfg, dev = self.data, self.config, self.device
-        head = self.net.get_submodule(self.head)
-        y_tr, y_va = d.y_train.to(dev), d.y_val.to(dev)
-        fitter = self.head_fitter(stage, epochs, len(y_tr), phase)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        fwd = lambda b: (head(b[0]), b[1])  # noqa: E731
-        base = self.steps_done
-        for e in range(1, epochs + 1):
-            res = fitter.run_epoch(iterate_batches((feats[0], y_tr), cfg.batch_size, gen), fwd, e)
-            self.steps_done = base + fitter.step
-            if res["diverged"]:
-                self.diverged = dict(
-                    res["diverged"], step=base + res["diverged"]["step"], stage=phase
-                )
-                break
-            head.eval()
-            val = evaluate(fwd, iterate_batches((feats[1], y_va), cfg.batch_size, None))
-            if not on_epoch(e, res, val, fitter.lr_head):
-                break
-        self.steps_done = base + fitter.step
-        self.phases.extend(fitter.phases)
-        self.stage_records[0]["steps"] = fitter.step
-
-    def head_inputs(self, xs: list[torch.Tensor], cap: Phase) -> list[torch.Tensor]:
-        """The head's input features for ``xs`` (pretrained backbone), from ``reuse`` when there."""
-        key = ("head_inputs", *(id(x) for x in xs))
-        if self.reuse is not None and key in self.reuse:
-            return self.reuse[key]
-        feats = capture_head_inputs(
-            self.net, self.head, xs, self.config.batch_size, self.device, cap
-        )
-        if self.reuse is not None:
-            self.reuse[key] = feats
-        return feats
-
-    def feature_extraction(self) -> None:
-        d, head = self.data, self.net.get_submodule(self.head)
-        cap = Phase("capture")
-        self.phases.append(cap)
-        feats = self.head_inputs([d.x_train, d.x_val, d.x_test], cap)
-        self.fe_test = feats[2]
-        fm, drift = self.measure()  # once: the backbone never changes
-
-        def on_epoch(e, res, val, lr):
-            snap = lambda: cpu_state(head, self.head + ".")  # noqa: E731
-            return self.record(e, res, val, fm, drift, lr, snap, "head")
-
-        stage = self.plan["stages"][0]
-        self.fit_head(stage, stage["epochs"], feats, on_epoch, "head")
-
-    def lp_ft(self) -> None:
-        d, cfg = self.data, self.config
-        lp, ft = self.plan["stages"]
-        cap = Phase("capture")
-        self.phases.append(cap)
-        feats = self.head_inputs([d.x_train, d.x_val], cap)
-        last: dict = {}
-
-        def on_epoch(e, res, val, lr):
-            last.update(res=res, val=val, lr=lr)
-            self.bar.update(1)  # each probe epoch is one of the bar's epochs
-            return finite_or_none(val[0]) is not None
-
-        self.fit_head(lp, cfg.lp_epochs, feats, on_epoch, "linear_probe")
-        if self.diverged or not last:
-            return
-        if finite_or_none(last["val"][0]) is None:
-            self.record(
-                0, last["res"], last["val"], None, {}, last["lr"], None, "linear_probe", tick=False
-            )
-            return
-        fm, drift = self.measure()
-        ok = self.record(
-            0,
-            last["res"],
-            last["val"],
-            fm,
-            drift,
-            last["lr"],
-            lambda: cpu_state(self.net),
-            "linear_probe",
-            tick=False,
-        )
-        if ok:
-            self.fine_tune([ft], cfg.epochs, "fine_tune", record_index=1)
-
+    # -- strategies (the head-only stages are in HeadStages) --------------------------------
     def fine_tune(self, stages: list[dict], epochs: int, phase: str, record_index: int = 0) -> None:
         d, cfg, dev, net = self.data, self.config, self.device, self.net
         trainable = sorted(

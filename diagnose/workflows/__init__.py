@@ -10,9 +10,11 @@ from diagnose.workflows.checkpoint_audit import (
     build_finetuned,
     verdict,
 )
+from diagnose.workflows.compare_args import check_compare_args, resolve_unfreeze
 from diagnose.workflows.comparison import DEFAULT_HEAD_LR, CompareResult, compare, parse_strategies
 from diagnose.workflows.demo import DEMO_SOURCE, DEMO_TARGETS, run_demo
 from diagnose.workflows.startup import as_domain, as_loaded, source_eval_set
+from diagnose.workflows.tracking import DEFAULT_TRACK_IMAGES, ForgettingTracker
 
 __all__ = [
     "ACCURACY_DROP_NOTABLE",
@@ -22,16 +24,32 @@ __all__ = [
     "CKA_UNCHANGED",
     "CompareResult",
     "DEFAULT_HEAD_LR",
+    "DEFAULT_TRACK_IMAGES",
     "DEMO_SOURCE",
     "DEMO_TARGETS",
+    "ForgettingCallback",
+    "ForgettingTracker",
     "as_domain",
     "as_loaded",
     "assess",
     "audit",
     "build_finetuned",
+    "check_compare_args",
     "compare",
     "parse_strategies",
+    "resolve_unfreeze",
     "run_demo",
     "source_eval_set",
     "verdict",
 ]
+
+# Imported on first use: these need an optional extra.
+_LAZY = {"ForgettingCallback": "diagnose.workflows.lightning"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

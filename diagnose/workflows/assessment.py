@@ -127,11 +127,11 @@ def assess(
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     if source is None and target is None:
-        raise ValueError("assess needs --target (and ideally --source) data; neither was given.")
+        raise ValueError("assess needs 'target' (and ideally 'source') data; neither was given.")
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1. Got {batch_size}.")
+        raise ValueError(f"'batch_size' must be at least 1. Got {batch_size}.")
     if max_forgetting is not None and not 0 <= max_forgetting <= 1:
-        raise ValueError(f"--max-forgetting must be between 0 and 1. Got {max_forgetting}.")
+        raise ValueError(f"'max_forgetting' must be between 0 and 1. Got {max_forgetting}.")
     budget = None if max_memory is None else parse_size(max_memory, "max_memory")
     trial_budget = check_trial_budget(trial_budget)
     dev = resolve_device(device)
@@ -159,7 +159,7 @@ def assess(
     net = loaded.model.to(dev)
     layer_names = probes.discover_layers(net) if layers == "auto" else list(layers)
     if not layer_names:
-        raise ValueError("no layers to measure: pass --layers a,b,c (see probes.discover_layers).")
+        raise ValueError("no layers to measure: pass layers=a,b,c (see probes.discover_layers).")
     probes.resolve_layers(net, layer_names)  # name errors against the user's model, not a wrapper
     timings["load"] = time.perf_counter() - t_start
 

@@ -41,7 +41,7 @@ from torch import nn
 import probes
 from diagnose.core import SCHEMA_VERSION, RunResult, environment, jsonable, resolve_device
 from diagnose.data import materialize_readable, pick_eval, subsample
-from diagnose.measure import ForgettingTracker, weight_drift
+from diagnose.measure import ForgettingMeter, weight_drift
 from diagnose.models import (
     extract_state_dict,
     load_state_dict_checked,
@@ -230,10 +230,10 @@ def audit(
         model, weights=weights, trust_checkpoint=trust_checkpoint, head=head, progress=progress
     )
     if loaded.head is None:
-        raise ValueError("audit needs the model's classification head; name it with --head.")
+        raise ValueError("audit needs the model's classification head; name it with 'head'.")
     src, tgt = as_domain(source, "source"), as_domain(target, "target")
     if src is None:
-        raise ValueError("audit needs --source data: forgetting is measured on the source task.")
+        raise ValueError("audit needs 'source' data: forgetting is measured on the source task.")
     ft, replaced = build_finetuned(
         loaded.model, loaded.head, finetuned, trust_checkpoint=trust_checkpoint
     )
@@ -245,7 +245,7 @@ def audit(
     blocks = probes.discover_layers(net) if layers == "auto" else list(layers)
 
     sx, sy = source_eval_set(src, loaded, prep, n=source_eval_samples, seed=seed, warnings=warnings)
-    tracker = ForgettingTracker(
+    tracker = ForgettingMeter(
         net,
         head=loaded.head,
         blocks=blocks,
@@ -272,7 +272,7 @@ def audit(
             tgt, pick_eval(tpool, source_eval_samples, seed), prep, warnings
         )
         n_target = int(len(tx))
-        target_tracker = ForgettingTracker(
+        target_tracker = ForgettingMeter(
             net,
             head=loaded.head,
             blocks=blocks,

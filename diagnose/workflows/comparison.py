@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import probes
 from diagnose.core import (
     SCHEMA_VERSION,
@@ -35,11 +33,10 @@ from diagnose.core import (
 )
 from diagnose.data import drop_positions, materialize_readable, restricted_splits, subsample
 from diagnose.decide import select_strategy
-from diagnose.measure import ForgettingTracker
+from diagnose.measure import ForgettingMeter
 from diagnose.models import resolve_preprocessing
 from diagnose.report import check_out_dir
 from diagnose.training import (
-    EXECUTORS,
     RUN_KEYS,
     Job,
     TargetData,
@@ -54,6 +51,7 @@ from diagnose.training import (
     strategy_entries,
 )
 from diagnose.workflows.assessment import assess
+from diagnose.workflows.compare_args import check_compare_args, resolve_unfreeze
 from diagnose.workflows.startup import as_domain, as_loaded, source_eval_set
 
 __all__ = [
@@ -82,7 +80,7 @@ def parse_strategies(value: str | list[str] | tuple[str, ...]) -> list[str]:
     unknown = [n for n in names if n not in STRATEGY_NAMES]
     if unknown or not names:
         raise ValueError(
-            f"--strategies must be 'all' or names from {', '.join(STRATEGY_NAMES)}. "
+            f"'strategies' must be 'all' or names from {', '.join(STRATEGY_NAMES)}. "
             f"Got {', '.join(unknown) or 'nothing'}."
         )
     return [n for n in STRATEGY_NAMES if n in names]
@@ -164,25 +162,17 @@ def compare(
     """
     t_start = time.perf_counter()
     names = parse_strategies(strategies)
-    if epochs < 1:
-        raise ValueError(f"--epochs must be at least 1. Got {epochs}.")
-    if lr is not None and not (lr > 0 and np.isfinite(lr)):
-        raise ValueError(f"--lr must be a positive number. Got {lr}.")
-    if bn not in ("frozen", "train"):
-        raise ValueError(f"--bn must be 'frozen' or 'train'. Got {bn!r}.")
-    if max_forgetting is not None and not 0 <= max_forgetting <= 1:
-        raise ValueError(f"--max-forgetting must be between 0 and 1. Got {max_forgetting}.")
-    if resume and out is None:
-        raise ValueError("--resume needs --out, the directory of the run to continue.")
-    if executor not in EXECUTORS:
-        raise ValueError(f"--executor must be 'local' or 'ray'. Got {executor!r}.")
-    if ray_address is not None and executor != "ray":
-        raise ValueError("--ray-address needs --executor ray; add it or drop --ray-address.")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(
-            f"--seeds must be a whole number of at least 1 (training runs per strategy). "
-            f"Got {seeds!r}."
-        )
+    check_compare_args(
+        epochs=epochs,
+        lr=lr,
+        bn=bn,
+        max_forgetting=max_forgetting,
+        resume=resume,
+        out=out,
+        executor=executor,
+        ray_address=ray_address,
+        seeds=seeds,
+    )
     dev = resolve_device(device)
     if out is not None:
         check_out_dir(out)  # fail before hours of training, not after
@@ -190,10 +180,10 @@ def compare(
         model, weights=weights, trust_checkpoint=trust_checkpoint, head=head, progress=progress
     )
     if loaded.head is None:
-        raise ValueError("compare needs the model's classification head; name it with --head.")
+        raise ValueError("compare needs the model's classification head; name it with 'head'.")
     src, tgt = as_domain(source, "source"), as_domain(target, "target")
     if tgt is None or tgt.labels is None:
-        raise ValueError("compare needs labelled --target data.")
+        raise ValueError("compare needs labelled 'target' data.")
     out_dir = Path(out) if out is not None else None
 
     previous = read_previous(out_dir) if resume else None
@@ -230,38 +220,7 @@ def compare(
 
     suggested = (base.get("lr_find") or {}).get("suggested_lr")
     head_lr = lr if lr is not None else (suggested or DEFAULT_HEAD_LR)
-    depths = None
-    if (
-        isinstance(unfreeze, (list, tuple))
-        and unfreeze
-        and all(isinstance(k, int) and not isinstance(k, bool) for k in unfreeze)
-    ):
-        # Several depths: partial runs once per depth, each its own row "partial@k".
-        bad = [k for k in unfreeze if not 1 <= k <= len(blocks)]
-        if bad:
-            raise ValueError(
-                f"The 'unfreeze' parameter's depths must be between 1 and {len(blocks)} blocks. "
-                f"Got {bad}."
-            )
-        depths = sorted(set(unfreeze))
-        if "partial" not in names:
-            names.append("partial")
-        at = names.index("partial")
-        names[at : at + 1] = [f"partial@{k}" for k in depths]
-        unfreeze = None
-    elif isinstance(unfreeze, int):
-        if not 1 <= unfreeze <= len(blocks):
-            raise ValueError(
-                f"--unfreeze must be between 1 and {len(blocks)} blocks. Got {unfreeze}."
-            )
-        unfreeze = blocks[-unfreeze:]
-    elif unfreeze is None:
-        rec = base.get("recommendation") or {}
-        unfreeze = (
-            rec.get("unfreeze_blocks", rec.get("unfreeze"))
-            if rec.get("strategy") == "partial"
-            else None
-        )
+    names, unfreeze = resolve_unfreeze(unfreeze, names, blocks, base.get("recommendation"))
     config = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -307,7 +266,7 @@ def compare(
         sx, sy = source_eval_set(
             src, loaded, prep, n=source_eval_samples, seed=seed, warnings=warnings
         )
-        tracker = ForgettingTracker(
+        tracker = ForgettingMeter(
             net,
             head=loaded.head,
             blocks=blocks,

@@ -75,13 +75,26 @@ def as_domain(data: Any, what: str) -> Domain | None:
 
 
 def source_eval_set(
-    src: Domain, loaded: LoadedModel, prep: Preprocessing, *, n: int, seed: int, warnings: list[str]
+    src: Domain,
+    loaded: LoadedModel,
+    prep: Preprocessing,
+    *,
+    n: int,
+    seed: int,
+    warnings: list[str],
+    labels: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Held-out source images and, when they match the head's classes, their labels."""
+    """Held-out source images and, when they match the head's classes, their labels.
+
+    ``labels``: None returns the labels when the source's class names are the
+    model's; True returns them whenever the source has labels; False never.
+    """
     split = src.splits(seed)
     pool = split["test"] if len(split["test"]) else np.arange(len(src.dataset))
     x, y, _ = materialize_readable(src, pick_eval(pool, n, seed), prep, warnings)
     label_match = src.labels is not None and src.classes == loaded.source_classes
+    if labels is not None:
+        return x, (y if labels and src.labels is not None else None)
     if src.labels is not None and not label_match:
         warnings.append(
             "Source classes do not match the model's head classes: forgetting is measured "

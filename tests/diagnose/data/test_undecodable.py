@@ -17,14 +17,13 @@ import pytest
 from PIL import Image, ImageFile
 from tiny_models import single_thread
 
-from diagnose import load_domain
+from diagnose import compare, load_domain
 from diagnose.cli import main
 from diagnose.data.evalset import materialize, materialize_readable
 from diagnose.data.imagefolder import UndecodableImage, scan_image_folder
 from diagnose.data.samples import sample_thumbnails
 from diagnose.data.splits import drop_positions
 from diagnose.models.expected_input import resolve_preprocessing
-from diagnose.workflows import comparison as compare
 from probes import UnreadableExample
 
 FAST = ["--max-samples", "60", "--layers", "block4", "--quiet"]
@@ -224,7 +223,7 @@ def test_a_callable_dataset_with_a_truncated_pil_image(tmp_path, monkeypatch):
 
 
 def test_assess_skips_an_image_first_met_in_the_capture(late_bad, loaded_demo):
-    from diagnose.workflows import assessment as assess
+    from diagnose import assess
 
     domain, bad = late_bad
     with single_thread():

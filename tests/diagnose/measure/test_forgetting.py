@@ -1,4 +1,4 @@
-"""ForgettingTracker and weight_drift against hand computations."""
+"""ForgettingMeter and weight_drift against hand computations."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from tiny_models import Tiny, single_thread
 from torch import nn
 
-from diagnose.measure.forgetting import ForgettingTracker, weight_drift
+from diagnose.measure.forgetting import ForgettingMeter, weight_drift
 from diagnose.models.groups import parameter_groups
 
 BLOCKS = ["block1", "block2", "block3"]
@@ -37,7 +37,7 @@ def setup():
 
 
 def _tracker(model, x, y, **kw):
-    return ForgettingTracker(
+    return ForgettingMeter(
         model, head="head", blocks=BLOCKS, source_x=x, source_y=y, device="cpu", batch_size=16, **kw
     )
 
@@ -124,7 +124,7 @@ def test_max_samples_and_validation(setup):
     with pytest.raises(ValueError, match=r"'source_y' must have shape \(48,\)"):
         _tracker(model, x, y[:5])
     with pytest.raises(ValueError, match=r"head 'fc' is not a module of Tiny"):
-        ForgettingTracker(model, head="fc", blocks=BLOCKS, source_x=x, source_y=None, device="cpu")
+        ForgettingMeter(model, head="fc", blocks=BLOCKS, source_x=x, source_y=None, device="cpu")
 
 
 def test_weight_drift_known_values(setup):

@@ -21,9 +21,8 @@ from tiny_models import (
     single_thread,
 )
 
+from diagnose import assess, compare
 from diagnose.cli import main
-from diagnose.workflows import assessment as assess
-from diagnose.workflows import comparison as compare
 
 WRAPPED = [TinyReturnsDict, TinyReturnsTuple, TinyReturnsObject]
 FAST = dict(

@@ -17,6 +17,7 @@ import torch
 from tiny_models import single_thread
 from torch import nn
 
+import diagnose.workflows
 from diagnose.cli import main
 from diagnose.decide.select import select_strategy
 from diagnose.report.plots_compare import tradeoff_plot
@@ -518,7 +519,7 @@ def test_cli_flags_reach_compare(monkeypatch, tmp_path, capsys):
         seen.update(kwargs)
         return Fake()
 
-    monkeypatch.setattr(compare_mod, "compare", fake)
+    monkeypatch.setattr(diagnose.workflows, "compare", fake)  # what the CLI calls
     base = ["compare", "--model", "demo", "--target", "demo:digits", "--out", str(tmp_path)]
     flags = ["--seeds", "3", "--executor", "ray", "--ray-address", "ray://head:10001"]
     assert main([*base, *flags]) == 0

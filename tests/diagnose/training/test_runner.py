@@ -14,7 +14,7 @@ from torch import nn
 
 import diagnose.training.strategy_run
 from diagnose.core.names import STRATEGY_NAMES
-from diagnose.measure.forgetting import ForgettingTracker
+from diagnose.measure.forgetting import ForgettingMeter
 from diagnose.training.curves import BestState, detect_overfitting
 from diagnose.training.runner import TargetData, run_strategy
 from diagnose.training.strategies import TrainConfig
@@ -64,7 +64,7 @@ def data():
 def tracker(pretrained):
     x, _ = _images(32, torch.Generator().manual_seed(3))
     y = pretrained(x).argmax(1)
-    return ForgettingTracker(
+    return ForgettingMeter(
         pretrained, head="head", blocks=BLOCKS, source_x=x, source_y=y, device=CPU, batch_size=16
     )
 

@@ -16,7 +16,9 @@ import torch
 from diagnose.core.names import STRATEGY_NAMES
 from diagnose.workflows.comparison import compare, parse_strategies
 
-compare_mod = import_module("diagnose.workflows.comparison")  # the module, not the re-exported function
+compare_mod = import_module(
+    "diagnose.workflows.comparison"
+)  # the module, not the re-exported function
 
 SMALL = dict(epochs=1, max_samples=200, progress=False, with_assessment=False, lr=0.02)
 

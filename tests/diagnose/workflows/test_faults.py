@@ -11,10 +11,11 @@ import pytest
 import torch
 from torch import nn
 
+from diagnose.core import files as files_mod
 from diagnose.core import schema as results_mod
 from diagnose.core.files import atomic_write_text
 from diagnose.core.schema import load_results, write_results
-from probes._forward import is_out_of_memory
+from probes import is_out_of_memory
 from probes.capture import capture
 
 OLD = {"schema": results_mod.SCHEMA_VERSION, "kind": "assess", "value": 1.0}
@@ -22,12 +23,12 @@ NEW = {"schema": results_mod.SCHEMA_VERSION, "kind": "assess", "value": 2.0}
 
 
 def _fail_on(monkeypatch, target: str, code: int = errno.ENOSPC) -> None:
-    """Make ``os.<target>`` as seen by diagnose.core.schema raise OSError(code), as a full disk does."""
+    """Make ``os.<target>`` as seen by diagnose.core.files raise OSError(code), as a full disk does."""
 
     def broken(*args, **kwargs):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(results_mod.os, target, broken)
+    monkeypatch.setattr(files_mod.os, target, broken)
 
 
 @pytest.mark.parametrize("target", ["fsync", "replace"])
@@ -61,7 +62,7 @@ def test_unwritable_folder_names_path_and_reason(tmp_path, monkeypatch) -> None:
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(results_mod.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(files_mod.tempfile, "mkstemp", denied)
     target = tmp_path / "out" / "results.json"
     with pytest.raises(
         PermissionError, match=r"cannot write .*out.results\.json: permission denied"

@@ -1,0 +1,80 @@
+"""The race's verdict: the winner, the leaders within noise, the cheapest pick, the record."""
+
+from __future__ import annotations
+
+from diagnose.decide.race_scoring import paired_gap
+
+__all__ = [
+    "paired_arms",
+    "race_summary",
+]
+
+
+def paired_arms(a, b) -> dict:
+    """The paired gap (:func:`paired_gap`) between two arms' per-image correctness."""
+    # Both score the same folds in the same order, one rung possibly on fewer of them:
+    # pair the entries they share (a prefix of the longer one).
+    n = min(len(a.correct), len(b.correct))
+    return paired_gap(a.correct[:n], b.correct[:n], a.ids[:n])
+
+
+def race_summary(
+    arms: list, ranked: list, schedule: dict, spend: dict, *, n_folds: int, full_epochs: int
+) -> dict:
+    """The race's record and verdict (``recommendation["trials"]`` in results.json).
+
+    ``arms`` are the race's candidates in candidate order and ``ranked`` the same
+    best first; ``schedule`` holds ``rungs``, ``rung_epochs`` and ``eta``, and
+    ``spend`` the FLOPs and seconds spent against the budget. The winner is the
+    best-ranked finished candidate; the *leaders* are it and every finalist whose
+    paired 95% interval on the gap to it includes 0, and the *pick* is the
+    cheapest leader at the full epochs (prior order, then candidate order, break
+    ties).
+    """
+    ok = [a for a in ranked if a.status == "ok" and a.correct is not None]
+    winner = ok[0] if ok else None
+    top_rung = len(winner.rungs) if winner else 0
+    leaders, gap, runner = [], None, None
+    if winner is not None:
+        finalists = [a for a in ok if len(a.rungs) == top_rung]
+        others = [a for a in ok if a is not winner]
+        runner = others[0] if others else None
+        if runner is not None:
+            gap = paired_arms(winner, runner)
+        leaders = [winner] + [
+            a for a in finalists if a is not winner and paired_arms(winner, a)["ci_low"] <= 0
+        ]
+    pick = (
+        min(leaders, key=lambda a: (a.estimate(full_epochs, n_folds), a.cand.prior_rank, a.index))
+        if leaders
+        else None
+    )
+    for a in arms:
+        if a.status == "ok" and a.eliminated_at is None and a is not winner and a.reason is None:
+            a.reason = f"reached the last rung ({a.rungs[-1]['epochs']} epochs) below the winner"
+    return {
+        "candidates": [
+            {
+                **a.cand.to_dict(),
+                "rungs": a.rungs,
+                "flops": int(a.flops),
+                "wall_s": round(a.wall, 4),
+                "full_run_flops_estimate": a.estimate(full_epochs, n_folds) if a.rungs else None,
+                "status": a.status,
+                "eliminated_at": a.eliminated_at,
+                "reason": a.reason,
+            }
+            for a in arms
+        ],
+        **schedule,
+        **spend,
+        "winner": None if winner is None else winner.cand.key,
+        "runner_up": None if runner is None else runner.cand.key,
+        "gap": gap,
+        "leaders": [a.cand.key for a in leaders],
+        "within_noise": bool(len(leaders) > 1),
+        "pick": None if pick is None else pick.cand.key,
+        "chosen_by": None
+        if pick is None
+        else ("accuracy" if pick is winner else "the lowest cost among leaders within noise"),
+    }

@@ -1,0 +1,98 @@
+"""The checks and resolution of ``compare``'s parameters, before anything is loaded or trained.
+
+Every error here is raised before hours of training, not after.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from diagnose.training import EXECUTORS
+
+__all__ = [
+    "check_compare_args",
+    "resolve_unfreeze",
+]
+
+
+def check_compare_args(
+    *,
+    epochs: int,
+    lr: float | None,
+    bn: str,
+    max_forgetting: float | None,
+    resume: bool,
+    out: Any,
+    executor: str,
+    ray_address: str | None,
+    seeds: int,
+) -> None:
+    """``ValueError`` naming the first of ``compare``'s parameters that is out of range."""
+    if epochs < 1:
+        raise ValueError(f"'epochs' must be at least 1. Got {epochs}.")
+    if lr is not None and not (lr > 0 and np.isfinite(lr)):
+        raise ValueError(f"'lr' must be a positive number. Got {lr}.")
+    if bn not in ("frozen", "train"):
+        raise ValueError(f"'bn' must be 'frozen' or 'train'. Got {bn!r}.")
+    if max_forgetting is not None and not 0 <= max_forgetting <= 1:
+        raise ValueError(f"'max_forgetting' must be between 0 and 1. Got {max_forgetting}.")
+    if resume and out is None:
+        raise ValueError("'resume' needs 'out', the directory of the run to continue.")
+    if executor not in EXECUTORS:
+        raise ValueError(f"'executor' must be 'local' or 'ray'. Got {executor!r}.")
+    if ray_address is not None and executor != "ray":
+        raise ValueError("'ray_address' needs executor=ray; add it or drop 'ray_address'.")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(
+            f"'seeds' must be a whole number of at least 1 (training runs per strategy). "
+            f"Got {seeds!r}."
+        )
+
+
+def resolve_unfreeze(
+    unfreeze: list[str] | list[int] | int | None,
+    names: list[str],
+    blocks: list[str],
+    recommendation: dict | None,
+) -> tuple[list[str], list[str] | None]:
+    """``(strategy rows, blocks partial unfreezes)`` from ``compare``'s ``unfreeze``.
+
+    Several depths (a list of ints) make one row ``partial@k`` per depth; one
+    int ``k`` unfreezes the last ``k`` blocks; None takes the assessment's
+    recommendation (``recommendation``) when it recommends ``partial``.
+    """
+    names = list(names)
+    if (
+        isinstance(unfreeze, (list, tuple))
+        and unfreeze
+        and all(isinstance(k, int) and not isinstance(k, bool) for k in unfreeze)
+    ):
+        # Several depths: partial runs once per depth, each its own row "partial@k".
+        bad = [k for k in unfreeze if not 1 <= k <= len(blocks)]
+        if bad:
+            raise ValueError(
+                f"The 'unfreeze' parameter's depths must be between 1 and {len(blocks)} blocks. "
+                f"Got {bad}."
+            )
+        depths = sorted(set(unfreeze))
+        if "partial" not in names:
+            names.append("partial")
+        at = names.index("partial")
+        names[at : at + 1] = [f"partial@{k}" for k in depths]
+        unfreeze = None
+    elif isinstance(unfreeze, int):
+        if not 1 <= unfreeze <= len(blocks):
+            raise ValueError(
+                f"'unfreeze' must be between 1 and {len(blocks)} blocks. Got {unfreeze}."
+            )
+        unfreeze = blocks[-unfreeze:]
+    elif unfreeze is None:
+        rec = recommendation or {}
+        unfreeze = (
+            rec.get("unfreeze_blocks", rec.get("unfreeze"))
+            if rec.get("strategy") == "partial"
+            else None
+        )
+    return names, unfreeze
