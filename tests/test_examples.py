@@ -54,3 +54,17 @@ def test_compare_and_audit_script(tmp_path):
     assert out["best"] in {"feature_extraction", "partial", "lp_ft"}
     assert out["audit"]["kind"] == "audit" and out["audit"]["verdict"]
     assert (tmp_path / "cmp" / "audit" / "report.html").exists()
+
+
+def test_track_own_loop_script(tmp_path):
+    mod = _load("track_own_loop.py")
+    data = mod["run"](str(tmp_path / "track"), epochs=1, every=3)
+    steps = [r["step"] for r in data["history"]]
+    assert steps == list(range(3, 3 * len(steps) + 1, 3)) and len(steps) >= 5
+    first = data["history"][0]
+    assert 0.0 <= first["agreement"] <= 1.0 and set(first["cka"]) == set(data["config"]["layers"])
+    # The budget flag is the measurement: exceeded iff some forgetting is above 0.10.
+    assert data["exceeded"] == any(r["forgetting"] > 0.10 for r in data["history"])
+    saved = json.loads((tmp_path / "track" / "results.json").read_text())
+    assert saved["kind"] == "track" and saved["history"] == data["history"]
+    assert "Forgetting during fine-tuning" in (tmp_path / "track" / "report.html").read_text()

@@ -111,10 +111,26 @@ def _examples(items: list[str], k: int = 3) -> str:
     return ", ".join(items[:k]) + (", ..." if len(items) > k else "")
 
 
+def _unwrapped(state: Mapping[str, torch.Tensor], own: Mapping[str, Any]) -> Mapping:
+    """The model's keys out of a wrapper's state dict: a LightningModule saves its network
+    under its attribute name (``net.layer1.0.weight``), next to anything else it holds."""
+    needed = [k for k in own if not k.endswith("num_batches_tracked")]
+    if not needed or all(k in state for k in needed):
+        return state
+    first = needed[0]
+    prefixes = {k[: -len(first)] for k in state if k.endswith("." + first)}
+    for prefix in sorted(prefixes, key=len):
+        inner = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if all(k in inner for k in needed):
+            return inner
+    return state
+
+
 def load_state_dict_checked(
     model: nn.Module, state: Mapping[str, torch.Tensor], source: str
 ) -> None:
     own = model.state_dict()
+    state = _unwrapped(state, own)
     if any(_DENSENET_KEY.match(k) for k in state) and not any(_DENSENET_KEY.match(k) for k in own):
         state = {_DENSENET_KEY.sub(r"\1\2", k): v for k, v in state.items()}
     # BatchNorm fills in a missing num_batches_tracked itself (old checkpoints).

@@ -210,8 +210,9 @@ class ForgettingTracker:
 
         Returns:
             ``{"step", "source_accuracy", "source_accuracy_drop", "agreement",
-            "forgetting", "cka": {block: 0..1}, "drift": {block: ||w - w0|| / ||w0||},
-            "seconds"}``; numbers a diverged model cannot give are None.
+            "forgetting", "forgetting_measure", "cka": {block: 0..1},
+            "drift": {block: ||w - w0|| / ||w0||}, "seconds", "over_budget"}``;
+            numbers a diverged model cannot give are None.
         """
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -243,14 +244,29 @@ class ForgettingTracker:
         }
         self.history.append(record)
         budget = self.max_forgetting
-        if budget is not None and forgetting is not None and forgetting > budget:
-            what = "source-accuracy drop" if drop is not None else "disagreement"
-            self.warnings.append(
-                f"Step {step}: {what} {forgetting:.3f} exceeds the forgetting budget {budget:.3f}."
-            )
-            if not self.exceeded:
-                self.exceeded, self.exceeded_at = True, int(step)
+        record["over_budget"] = bool(
+            budget is not None and forgetting is not None and forgetting > budget
+        )
+        if record["over_budget"] and not self.exceeded:
+            self.exceeded, self.exceeded_at = True, int(step)
         return record
+
+    def _budget_warning(self) -> list[str]:
+        """One line for every measurement over the budget: how often, first, worst."""
+        over = [r for r in self.history if r.get("over_budget")]
+        if not over:
+            return []
+        worst = max(over, key=lambda r: r["forgetting"])
+        what = (
+            "source-accuracy drop"
+            if worst["forgetting_measure"] == "source_accuracy_drop"
+            else "disagreement with the pretrained model"
+        )
+        return [
+            f"The forgetting budget {self.max_forgetting:.3f} was exceeded at {len(over)} of "
+            f"{len(self.history)} measured steps, first at step {self.exceeded_at}; the worst "
+            f"{what} was {worst['forgetting']:.3f} at step {worst['step']}."
+        ]
 
     def _warn_once(self, text: str) -> None:
         if text not in self.warnings:
@@ -279,7 +295,7 @@ class ForgettingTracker:
             "history": copy.deepcopy(self.history),
             "exceeded": self.exceeded,
             "exceeded_at": self.exceeded_at,
-            "warnings": list(self.warnings),
+            "warnings": [*self.warnings, *self._budget_warning()],
             "environment": {
                 **environment(str(self.meter.device), self.seed),
                 "wall_s": time.perf_counter() - self._started,
