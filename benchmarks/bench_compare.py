@@ -147,9 +147,7 @@ def row_tracker(model, data, epochs, repeats, counts):
     for n in sizes:
         xs, ys = source_images(n)
         trackers.append(
-            ForgettingMeter(
-                model, head="head", blocks=BLOCKS, source_x=xs, source_y=ys, device=CPU
-            )
+            ForgettingMeter(model, head="head", blocks=BLOCKS, source_x=xs, source_y=ys, device=CPU)
         )
     _run("full_low_lr", model, data, cfg)  # warm-up
     plain, tracked = [], [[] for _ in trackers]

@@ -135,6 +135,28 @@ def main(argv: list[str] | None = None) -> dict:
                     else None,
                     "race_wall_s": trials.get("wall_s"),
                     "wall_s": round(time.perf_counter() - t0, 1),
+                    "pick": trials.get("pick"),
+                    "tied": trials.get("tied"),
+                    "leaders": trials.get("leaders"),
+                    # Every candidate's rungs and gap to the winner: picks under another
+                    # rule can be re-scored from these without re-running the race.
+                    "candidates": [
+                        {
+                            k: c.get(k)
+                            for k in (
+                                "key",
+                                "strategy",
+                                "depth",
+                                "modules",
+                                "lr",
+                                "rungs",
+                                "gap_to_winner",
+                                "full_run_flops_estimate",
+                                "status",
+                            )
+                        }
+                        for c in trials.get("candidates", [])
+                    ],
                 }
             )
             print(json.dumps(rows[-1]), flush=True)

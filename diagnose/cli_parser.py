@@ -261,4 +261,6 @@ def in_flag_words(message: str, flags: dict[str, str]) -> str:
 
     message = re.sub(r"The '([a-z_]+)' parameter(?: of \w+)?", quoted, message)
     message = re.sub(r"'([a-z_]+)'", quoted, message)
+    # A switch: ``trust_checkpoint=True`` is the bare flag.
+    message = re.sub(r"(?<![\w.])([a-z_]+)=True\b", quoted, message)
     return re.sub(r"(?<![\w.])([a-z_]+)=(?=[^\s=])", assigned, message)

@@ -28,7 +28,7 @@ from diagnose.decide.race_scoring import (
     paired_gap,
     scoring_folds,
 )
-from diagnose.decide.race_verdict import paired_arms, race_summary
+from diagnose.decide.race_verdict import TIE_TOLERANCE, paired_arms, race_summary
 from diagnose.decide.rules import (
     BACKBONE_LR_RATIO,
     BENEFIT_MIN,
@@ -84,6 +84,7 @@ __all__ = [
     "SMALL_PER_CLASS",
     "SMALL_VAL",
     "STRATEGIES",
+    "TIE_TOLERANCE",
     "USUAL_LR_BAND",
     "Z95",
     "build_candidates",

@@ -124,14 +124,16 @@ def _reasons(trials: dict, pick: dict, prior: dict, protocol: dict) -> tuple[lis
             f"{gap['n_images']} images)."
         )
     if trials["within_noise"]:
+        tol = trials["tie_tolerance"]
         reasons.append(
             f"{len(leaders)} leaders ({_names(leaders)}) are within noise of the winner (each "
-            "paired "
-            "interval includes 0): the cheapest of them is recommended"
+            "paired interval includes 0): these held-out images cannot separate them. "
             + (
-                f" ({pick['key']})."
+                f"{pick['key']} is within {tol:.3f} of the winner's accuracy and cheaper, so it "
+                "is recommended."
                 if pick["key"] != trials["winner"]
-                else ", which is the winner."
+                else f"The winner, the best estimate, is recommended: no cheaper leader is "
+                f"within {tol:.3f} of its accuracy."
             )
         )
         change.append("More labelled target images, which would separate the leaders.")

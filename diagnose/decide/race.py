@@ -15,8 +15,9 @@ Scores are honest at small N: a val split under :data:`SMALL_VAL` images
 resolves nothing finer than about +-10 points, so then the race scores by
 repeated stratified k-fold over train+val. The test split is never used.
 The winner's lead is a paired comparison on the same images: an interval on
-the per-image accuracy gap to the runner-up; when the leaders are within it,
-the cheapest of them is the honest pick.
+the per-image accuracy gap to the runner-up. Leaders within noise are named;
+a cheaper one replaces the winner only when it is also tied in practice
+(:mod:`diagnose.decide.race_verdict`).
 
 Example:
     >>> folds, protocol = scoring_folds(y, split["train"], split["val"], seed=0)

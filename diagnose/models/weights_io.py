@@ -59,7 +59,7 @@ def torch_load(path: str | os.PathLike, trust_checkpoint: bool, what: str) -> An
             raise ValueError(
                 f"{what} '{path}' holds pickled Python objects, not only tensors (a whole saved "
                 "model?); unpickling it could run arbitrary code, so it was not loaded. Pass "
-                "'trust_checkpoint' (trust_checkpoint=True) only if you trust the file, or save "
+                "trust_checkpoint=True only if you trust the file, or save "
                 "a state dict (torch.save(model.state_dict(), path))."
             ) from exc
     try:

@@ -52,11 +52,24 @@ def track_forgetting_plot(results: dict):
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     # Agreement dashed and under: with a pretrained accuracy of 100% the two coincide.
-    ax.plot(agr_x, [100 * v for v in agr_y], marker="s", ms=7, ls="--", color=BLUE,
-            label="agreement with pretrained")
+    ax.plot(
+        agr_x,
+        [100 * v for v in agr_y],
+        marker="s",
+        ms=7,
+        ls="--",
+        color=BLUE,
+        label="agreement with pretrained",
+    )
     if acc_x:
-        ax.plot(acc_x, [100 * v for v in acc_y], marker="o", ms=4, color=GREEN,
-                label="source accuracy (original head)")
+        ax.plot(
+            acc_x,
+            [100 * v for v in acc_y],
+            marker="o",
+            ms=4,
+            color=GREEN,
+            label="source accuracy (original head)",
+        )
     ref = finite(results.get("reference_source_accuracy"))
     budget = finite((results.get("config") or {}).get("max_forgetting"))
     if ref is not None:

@@ -81,3 +81,29 @@ def test_console_script_is_installed():
         [sys.executable, "-m", "diagnose.cli", "--help"], capture_output=True, text=True
     )
     assert proc.returncode == 0 and "assess" in proc.stdout
+
+
+def test_python_errors_name_parameters_and_the_cli_names_flags(capsys):
+    import pytest
+
+    import diagnose
+    from diagnose.cli_parser import build_parser, flags_of, in_flag_words
+
+    with pytest.raises(ValueError, match=r"^'epochs' must be at least 1\. Got 0\.$"):
+        diagnose.compare("demo", "demo:digits", "demo:digits-noise", epochs=0, progress=False)
+    argv = ["assess", "--model", "demo", "--target", "demo:digits", "--max-forgetting", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == "diagnose: error: --max-forgetting must be between 0 and 1. Got 2.0.\n"
+    flags = flags_of(build_parser())
+    cases = {
+        "'resume' needs 'out', the directory": "--resume needs --out, the directory",
+        "pass weights=PATH or weights=random.": "pass --weights PATH or --weights random.",
+        "Pass trust_checkpoint=True only if": "Pass --trust-checkpoint only if",
+        "The 'unfreeze' parameter's depths": "--unfreeze's depths",
+        # Quoted values that are not parameters, and keyword text, are left alone.
+        "'bn' must be 'frozen' or 'train'.": "--bn must be 'frozen' or 'train'.",
+        "f(x=1) and 'nope'": "f(x=1) and 'nope'",
+    }
+    for python, cli in cases.items():
+        assert in_flag_words(python, flags) == cli

@@ -99,7 +99,7 @@ def test_loose_forgetting_budget_does_not_force_feature_extraction():
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5])
 def test_forgetting_budget_out_of_range_is_a_one_line_error(bad):
-    with pytest.raises(ValueError, match=r"--max-forgetting must be between 0 and 1"):
+    with pytest.raises(ValueError, match=r"'max_forgetting' must be between 0 and 1"):
         recommend(_close(), max_forgetting=bad)
 
 

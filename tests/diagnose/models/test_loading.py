@@ -191,7 +191,7 @@ def test_torchvision_offline_error_is_immediate(monkeypatch, tmp_path):
     with pytest.raises(
         ValueError,
         match=r"not in the local torchvision cache at .*resnet18-f37072fd\.pth; nothing is "
-        r"downloaded: pass --weights PATH .* or --weights random",
+        r"downloaded: pass weights=PATH .* or weights=random",
     ):
         load_model("torchvision:resnet18")
     assert time.perf_counter() - start < 5.0
@@ -286,9 +286,9 @@ def test_full_pickled_model_needs_trust(tmp_path):
     full = DemoCNN()
     path = tmp_path / "full.pt"
     torch.save(full, path)
-    with pytest.raises(ValueError, match=r"could run arbitrary code.*--trust-checkpoint"):
+    with pytest.raises(ValueError, match=r"could run arbitrary code.*trust_checkpoint=True"):
         load_model(str(path))
-    with pytest.raises(ValueError, match=r"could run arbitrary code.*--trust-checkpoint"):
+    with pytest.raises(ValueError, match=r"could run arbitrary code.*trust_checkpoint=True"):
         load_weights(DemoCNN(), path)
     lm = load_model(str(path), trust_checkpoint=True)
     assert _same_state(lm.model, full) and lm.head == "head" and not lm.model.training
@@ -301,7 +301,7 @@ def test_state_dict_checkpoint_as_model_says_what_to_pass(tmp_path):
     torch.save(DemoCNN().state_dict(), path)
     with pytest.raises(
         ValueError,
-        match=r"is a state dict with no architecture: pass --model ARCH --weights .*sd.pth",
+        match=r"is a state dict with no architecture: pass model=ARCH weights=.*sd.pth",
     ):
         load_model(str(path))
     with pytest.raises(ValueError, match=r"checkpoint '.*missing.ckpt' does not exist"):

@@ -488,10 +488,10 @@ def test_a_seed_missing_failed_or_diverged_shows_in_the_status():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"executor": "dask"}, r"--executor must be 'local' or 'ray'\. Got 'dask'"),
-        ({"seeds": 0}, r"--seeds must be a whole number of at least 1 .* Got 0"),
-        ({"seeds": True}, r"--seeds must be a whole number"),
-        ({"ray_address": "auto"}, r"--ray-address needs --executor ray"),
+        ({"executor": "dask"}, r"'executor' must be 'local' or 'ray'\. Got 'dask'"),
+        ({"seeds": 0}, r"'seeds' must be a whole number of at least 1 .* Got 0"),
+        ({"seeds": True}, r"'seeds' must be a whole number"),
+        ({"ray_address": "auto"}, r"'ray_address' needs executor=ray"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(kwargs, match):
