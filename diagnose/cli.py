@@ -36,6 +36,7 @@ def _shared_kwargs(args) -> dict:
         "batch_size",
         "max_samples",
         "out",
+        "pool",
     )
     return {**{n: getattr(args, n) for n in names}, "progress": not args.quiet}
 

@@ -69,11 +69,11 @@ def _model_and_data_args(
     p.add_argument(
         "--model",
         required=True,
-        help="demo | torchvision:NAME | pkg.module:function | checkpoint path",
+        help="demo | torchvision:NAME | timm:NAME | pkg.module:function | checkpoint path",
     )
     p.add_argument(
         "--weights",
-        help="state-dict file for the model, or 'random' for an untrained torchvision model",
+        help="state-dict file for the model, or 'random' for an untrained torchvision/timm model",
     )
     p.add_argument(
         "--trust-checkpoint",
@@ -92,7 +92,17 @@ def _model_and_data_args(
     p.add_argument(
         "--layers", type=_layers, default="auto", help="auto, or comma-separated module names"
     )
-    p.add_argument("--image-size", type=_positive_int, help="resize images to N x N pixels")
+    p.add_argument(
+        "--image-size",
+        type=_positive_int,
+        help="resize images to N x N pixels (a timm ViT is created at this size)",
+    )
+    p.add_argument(
+        "--pool",
+        choices=("mean", "cls"),
+        default="mean",
+        help="token pooling of transformer blocks: mean over tokens or the class token",
+    )
     p.add_argument("--normalize", help="'none' or MEAN,STD (one pair or one per channel)")
     p.add_argument(
         "--out", default=default_out, help=f"output directory (default: ./{default_out})"

@@ -1,6 +1,11 @@
 """The assessment's measurements on a loaded model and data: per-layer probes and gaps, the LR range test, Auto-RGN and forgetting."""
 
-from diagnose.measure.forgetting import ForgettingMeter, suggest_source_samples, weight_drift
+from diagnose.measure.forgetting import (
+    TOKEN_POOLS,
+    ForgettingMeter,
+    suggest_source_samples,
+    weight_drift,
+)
 from diagnose.measure.layers import (
     CKA_BATCH,
     GAP_MAX_SAMPLES,
@@ -21,6 +26,7 @@ __all__ = [
     "ForgettingMeter",
     "GAP_MAX_SAMPLES",
     "LRFindResult",
+    "TOKEN_POOLS",
     "TRANSFER_MAX_SAMPLES",
     "control_cka",
     "layer_measurements",

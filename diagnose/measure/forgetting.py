@@ -37,9 +37,14 @@ from probes.similarity import cka
 
 __all__ = [
     "ForgettingMeter",
+    "TOKEN_POOLS",
     "suggest_source_samples",
     "weight_drift",
 ]
+
+
+# How a block's token sequence becomes one vector per image (probes.capture's token_pool).
+TOKEN_POOLS = ("mean", "cls")
 
 
 def _as_tensor(value: Any, name: str) -> torch.Tensor:
@@ -75,6 +80,8 @@ class ForgettingMeter:
         batch_size: images per forward pass.
         max_samples: use only the first ``max_samples`` images (None = all);
             the cost of every :meth:`measure` is one forward pass over them.
+        token_pool: how a block's token sequence (N, T, D) is pooled: ``"mean"``
+            or ``"cls"`` (see :func:`probes.capture`).
     """
 
     def __init__(
@@ -88,6 +95,7 @@ class ForgettingMeter:
         device: torch.device | str,
         batch_size: int = 128,
         max_samples: int | None = None,
+        token_pool: str = "mean",
     ):
         modules = dict(pretrained.named_modules())
         if head not in modules or head == "":
@@ -116,6 +124,12 @@ class ForgettingMeter:
             raise ValueError(
                 f"ForgettingMeter needs at least 2 source images (CKA). Got {x.shape[0]}."
             )
+        if token_pool not in TOKEN_POOLS:
+            raise ValueError(
+                f"The 'token_pool' parameter of ForgettingMeter must be 'mean' or 'cls'. "
+                f"Got {token_pool!r}."
+            )
+        self.token_pool = token_pool
         self.head = head
         self.blocks = list(blocks)
         self.device = torch.device(device)
@@ -165,6 +179,7 @@ class ForgettingMeter:
                     layers=self.blocks,
                     batch_size=self.batch_size,
                     progress=False,
+                    token_pool=self.token_pool,
                 )
         finally:
             handle.remove()

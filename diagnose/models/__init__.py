@@ -30,6 +30,7 @@ from diagnose.models.loaded import (
     replace_module,
 )
 from diagnose.models.loading import demo_model, demo_model_info, load_model
+from diagnose.models.timm_zoo import load_timm, timm_cached_file
 from diagnose.models.torchvision_zoo import load_torchvision, torchvision_weights_path
 from diagnose.models.weights_io import extract_state_dict, load_state_dict_checked, torch_load
 
@@ -54,6 +55,7 @@ __all__ = [
     "load_model",
     "load_or_pretrain",
     "load_state_dict_checked",
+    "load_timm",
     "load_torchvision",
     "load_weights",
     "module_groups",
@@ -64,6 +66,7 @@ __all__ = [
     "replace_module",
     "resolve_cache_dir",
     "resolve_preprocessing",
+    "timm_cached_file",
     "torch_load",
     "torchvision_weights_path",
     "trainable_groups_at_depth",

@@ -64,13 +64,17 @@ def load_model(
     head: str | None = None,
     progress: bool = True,
     cache_dir: str | None = None,
+    image_size: int | None = None,
 ) -> LoadedModel:
-    """Load a model from ``demo``, ``torchvision:NAME``, ``module.path:function`` or a checkpoint.
+    """Load a model from ``demo``, ``torchvision:NAME``, ``timm:NAME``, ``module.path:function``
+    or a checkpoint.
 
     ``weights``: a state dict file to load into the architecture, or
     ``"random"`` for a random initialisation; for ``torchvision:NAME`` the
     default (None) reads torchvision's default weights from its local cache
-    only. ``head`` overrides the detected classification head (a module
+    only, and for ``timm:NAME`` timm's local cache only (the ``timm`` extra).
+    ``image_size`` creates a timm model with a fixed input size (a ViT) at that
+    size. ``head`` overrides the detected classification head (a module
     name). The model is returned in eval mode. Every failure is a one-line
     ``ValueError`` saying what to pass instead.
     """
@@ -81,6 +85,10 @@ def load_model(
         lm = _load_demo(weights, trust_checkpoint, progress, cache_dir)
     elif spec.startswith("torchvision:"):
         lm = load_torchvision(spec, weights, trust_checkpoint)
+    elif spec.startswith("timm:"):
+        from diagnose.models.timm_zoo import load_timm
+
+        lm = load_timm(spec, weights, trust_checkpoint, image_size=image_size)
     elif os.path.isfile(spec) or spec.lower().endswith(_CHECKPOINT_EXT):
         lm = _load_checkpoint(spec, weights, trust_checkpoint)
     elif is_callable_spec(spec):
@@ -88,7 +96,7 @@ def load_model(
     else:
         raise ValueError(
             f"unknown model spec {spec!r}: pass 'demo', 'torchvision:NAME' (e.g. "
-            "torchvision:resnet18), module.path:function returning an nn.Module, or a "
+            "torchvision:resnet18), 'timm:NAME' (e.g. timm:resnet18), module.path:function returning an nn.Module, or a "
             "checkpoint file (.pt/.pth/.ckpt)."
         )
     if head is not None:

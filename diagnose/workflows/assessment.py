@@ -39,6 +39,7 @@ from diagnose.decide import (
     race_pool,
     recommend,
 )
+from diagnose.measure import TOKEN_POOLS
 from diagnose.measure import layers as _measure
 from diagnose.models import LoadedModel, expected_size_hint, random_init_copy, resolve_preprocessing
 from diagnose.workflows.startup import as_domain, as_loaded
@@ -106,6 +107,7 @@ def assess(
     max_memory: int | str | None = None,
     max_forgetting: float | None = None,
     trial_budget: float = DEFAULT_TRIAL_BUDGET,
+    pool: str = "mean",
 ) -> AssessResult:
     """Assess how well a pretrained model's features fit a target domain.
 
@@ -119,7 +121,9 @@ def assess(
     ``probes.capture``) and the probes read them from disk; results.json
     records the storage under ``capture``. ``max_forgetting`` is the forgetting
     budget the recommendation must respect (a fraction of source accuracy, as
-    ``diagnose compare --max-forgetting``). Example::
+    ``diagnose compare --max-forgetting``). ``pool``: how a block that outputs a
+    token sequence (a Vision Transformer's) becomes one vector per image,
+    ``"mean"`` over its tokens or ``"cls"`` (the class token). Example::
 
         res = assess("demo", "demo:digits", "demo:digits-noise", out="report/")
         res.recommendation["strategy"]
@@ -128,6 +132,8 @@ def assess(
     timings: dict[str, float] = {}
     if source is None and target is None:
         raise ValueError("assess needs 'target' (and ideally 'source') data; neither was given.")
+    if pool not in TOKEN_POOLS:
+        raise ValueError(f"'pool' must be 'mean' or 'cls' (token pooling). Got {pool!r}.")
     if batch_size < 1:
         raise ValueError(f"'batch_size' must be at least 1. Got {batch_size}.")
     if max_forgetting is not None and not 0 <= max_forgetting <= 1:
@@ -141,7 +147,12 @@ def assess(
         check_out_dir(out)  # before minutes of measuring, not after
     torch.manual_seed(seed)
     loaded = as_loaded(
-        model, weights=weights, trust_checkpoint=trust_checkpoint, head=head, progress=progress
+        model,
+        weights=weights,
+        trust_checkpoint=trust_checkpoint,
+        head=head,
+        progress=progress,
+        image_size=image_size,
     )
     src, tgt = as_domain(source, "source"), as_domain(target, "target")
     if tgt is not None:
@@ -192,6 +203,7 @@ def assess(
             desc="capture target",
             max_memory=share,
             skip_unreadable=True,
+            token_pool=pool,
         )
         used["target"], splits["target"] = drop_positions(
             used["target"], splits["target"], captured["target"].skipped
@@ -215,6 +227,7 @@ def assess(
             desc="capture source",
             max_memory=share,
             skip_unreadable=True,
+            token_pool=pool,
         )
         used["source"], splits["source"] = drop_positions(
             used["source"], splits["source"], captured["source"].skipped

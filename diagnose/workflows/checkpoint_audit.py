@@ -205,6 +205,7 @@ def audit(
     source_eval_samples: int = 128,
     out: str | Path | None = None,
     progress: bool = True,
+    pool: str = "mean",
 ) -> AuditResult:
     """Audit a fine-tuned checkpoint for forgetting of the source task.
 
@@ -214,7 +215,8 @@ def audit(
     (from the source test split, chosen as ``compare`` chooses them) and as
     many target images (from the target test split, within ``max_samples``)
     are measured. Results are written to ``out`` (results.json, report.html)
-    when given.
+    when given. ``pool``: token pooling of transformer blocks, ``"mean"`` or
+    ``"cls"`` (see :func:`diagnose.assess`).
 
     Example::
 
@@ -227,7 +229,12 @@ def audit(
     if out is not None:
         check_out_dir(out)
     loaded = as_loaded(
-        model, weights=weights, trust_checkpoint=trust_checkpoint, head=head, progress=progress
+        model,
+        weights=weights,
+        trust_checkpoint=trust_checkpoint,
+        head=head,
+        progress=progress,
+        image_size=image_size,
     )
     if loaded.head is None:
         raise ValueError("audit needs the model's classification head; name it with 'head'.")
@@ -253,6 +260,7 @@ def audit(
         source_y=sy,
         device=dev,
         batch_size=batch_size,
+        token_pool=pool,
     )
     ft = ft.to(dev)
     measured, preds = tracker.measure_with_predictions(ft)
@@ -280,6 +288,7 @@ def audit(
             source_y=None,
             device=dev,
             batch_size=batch_size,
+            token_pool=pool,
         )
         cka_target = target_tracker.measure(ft)["cka"]
 

@@ -136,6 +136,7 @@ def compare(
     ray_address: str | None = None,
     seeds: int = 1,
     trial_budget: float = 0.0,
+    pool: str = "mean",
 ) -> CompareResult:
     """Fine-tune with each strategy and measure accuracy, forgetting and cost.
 
@@ -154,6 +155,9 @@ def compare(
     :func:`diagnose.assess`). 0 by default: the comparison itself trains every
     strategy, so the assessment's prediction is the rule prior's; a budget
     makes the comparison a check of the race's measured recommendation.
+
+    ``pool``: token pooling of transformer blocks, ``"mean"`` or ``"cls"`` (see
+    :func:`diagnose.assess`).
 
     Example::
 
@@ -177,7 +181,12 @@ def compare(
     if out is not None:
         check_out_dir(out)  # fail before hours of training, not after
     loaded = as_loaded(
-        model, weights=weights, trust_checkpoint=trust_checkpoint, head=head, progress=progress
+        model,
+        weights=weights,
+        trust_checkpoint=trust_checkpoint,
+        head=head,
+        progress=progress,
+        image_size=image_size,
     )
     if loaded.head is None:
         raise ValueError("compare needs the model's classification head; name it with 'head'.")
@@ -207,6 +216,7 @@ def compare(
             max_forgetting=max_forgetting,
             progress=progress,
             trial_budget=trial_budget,
+            pool=pool,
         ).to_dict()
     else:
         base = {"schema": SCHEMA_VERSION, "model": loaded.to_dict(), "warnings": [], "layers": []}
@@ -273,6 +283,7 @@ def compare(
             source_x=sx,
             source_y=sy,
             device=dev,
+            token_pool=pool,
         )
     else:
         warnings.append("No source data: forgetting cannot be measured.")

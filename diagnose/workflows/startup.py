@@ -39,6 +39,7 @@ def as_loaded(model: Any, **kwargs) -> LoadedModel:
         return model
     if isinstance(model, str):
         return load_model(model, **kwargs)
+    kwargs.pop("image_size", None)  # a module is used as built
     if isinstance(model, nn.Module):
         head = kwargs.get("head") or find_head(model)
         first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)

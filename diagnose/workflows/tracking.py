@@ -108,6 +108,8 @@ class ForgettingTracker:
             pass runs; :meth:`measure` runs where the measured model is.
         batch_size: images per forward pass.
         seed: picks the held-out source images.
+        pool: how a block's token sequence (a Vision Transformer's) becomes one
+            vector per image: ``"mean"`` over tokens or ``"cls"``.
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class ForgettingTracker:
         device: str = "auto",
         batch_size: int = 64,
         seed: int = 0,
+        pool: str = "mean",
     ):
         if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 2:
             raise ValueError(
@@ -136,7 +139,7 @@ class ForgettingTracker:
                 f"The 'source_labels' parameter must be None, True or False. Got {source_labels!r}."
             )
         self.max_forgetting = _check_budget(max_forgetting)
-        loaded = as_loaded(pretrained, head=head, progress=False)
+        loaded = as_loaded(pretrained, head=head, progress=False, image_size=image_size)
         if head is not None and head not in dict(loaded.model.named_modules()):
             raise ValueError(
                 f"The 'head' parameter names {head!r}, which is not a module of "
@@ -170,6 +173,7 @@ class ForgettingTracker:
                 source_y=sy,
                 device=dev,
                 batch_size=batch_size,
+                token_pool=pool,
             )
         except (RuntimeError, ValueError) as exc:
             first = " ".join(str(exc).split())[:300]
