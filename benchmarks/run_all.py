@@ -16,7 +16,7 @@ def main() -> int:
     here = Path(__file__).resolve().parent
     extra = [a for a in sys.argv[1:] if a == "--quick"]
     failed = []
-    names = ["perf_suite.py", "bench_recommend.py", "bench_large_n.py"]
+    names = ["perf_suite.py", "bench_recommend.py", "bench_large_n.py", "bench_tracker.py"]
     for script in (here / n for n in names if (here / n).exists()):
         print(f"\n=== {script.name} ===", flush=True)
         if subprocess.run([sys.executable, str(script), *extra]).returncode != 0:
