@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--quick", action="store_true", help="the demo CNN only, 3 repeats")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.models, args.repeats = "demo", 3
     rows = [measure_case(m, args.batch, args.repeats) for m in args.models.split(",")]
     print(
         f"\n{'model':<10}{'px':>4}{'step (ms)':>11}{'measure (ms)':>14}{'measure/step':>14}"
