@@ -1,5 +1,6 @@
 """The workflows users run (assess, compare, audit, demo) and their shared start-up."""
 
+from diagnose.workflows.assess_capture import capture_domains, memory_share
 from diagnose.workflows.assessment import AssessResult, assess
 from diagnose.workflows.checkpoint_audit import (
     ACCURACY_DROP_NOTABLE,
@@ -10,8 +11,8 @@ from diagnose.workflows.checkpoint_audit import (
     build_finetuned,
     verdict,
 )
-from diagnose.workflows.compare_args import check_compare_args, resolve_unfreeze
-from diagnose.workflows.comparison import DEFAULT_HEAD_LR, CompareResult, compare, parse_strategies
+from diagnose.workflows.compare_args import check_compare_args, parse_strategies, resolve_unfreeze
+from diagnose.workflows.comparison import DEFAULT_HEAD_LR, CompareResult, compare
 from diagnose.workflows.demo import DEMO_SOURCE, DEMO_TARGETS, run_demo
 from diagnose.workflows.startup import as_domain, as_loaded, source_eval_set
 from diagnose.workflows.tracking import DEFAULT_TRACK_IMAGES, ForgettingTracker
@@ -34,8 +35,10 @@ __all__ = [
     "assess",
     "audit",
     "build_finetuned",
+    "capture_domains",
     "check_compare_args",
     "compare",
+    "memory_share",
     "parse_strategies",
     "resolve_unfreeze",
     "run_demo",

@@ -15,21 +15,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 import probes
 from diagnose.core import SCHEMA_VERSION, RunResult, environment, resolve_device
 from diagnose.data import (
-    ImageStats,
     check_two_classes,
     domain_info,
     drift_table,
-    drop_positions,
     normalization_check,
-    prepared_dataset,
-    restricted_splits,
     sample_thumbnails,
-    subsample,
     upscale_warnings,
 )
 from diagnose.decide import (
@@ -41,7 +35,8 @@ from diagnose.decide import (
 )
 from diagnose.measure import TOKEN_POOLS
 from diagnose.measure import layers as _measure
-from diagnose.models import LoadedModel, expected_size_hint, random_init_copy, resolve_preprocessing
+from diagnose.models import resolve_preprocessing
+from diagnose.workflows.assess_capture import capture_domains, memory_share
 from diagnose.workflows.startup import as_domain, as_loaded
 from probes.capture import parse_size
 
@@ -57,33 +52,6 @@ class AssessResult(RunResult):
     @property
     def recommendation(self) -> dict:
         return self.results["recommendation"]
-
-
-class _Pair(nn.Module):
-    """Runs the pretrained model and its random-init control on the same batch."""
-
-    def __init__(self, pretrained: nn.Module, control: nn.Module):
-        super().__init__()
-        self.pretrained, self.control = pretrained, control
-
-    def forward(self, x):
-        self.control(x)
-        return self.pretrained(x)
-
-
-def _capture(loaded: LoadedModel, prep, what: str, model: nn.Module, *args, **kwargs):
-    """``probes.capture``, with a model that rejects the images' shape reported as bad input."""
-    try:
-        return probes.capture(model, *args, **kwargs)
-    except RuntimeError as exc:
-        if isinstance(exc, torch.OutOfMemoryError):
-            raise
-        c, (h, w) = prep.channels, prep.image_size
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ValueError(
-            f"model {loaded.name} failed on the {what} images, given as {c}x{h}x{w} "
-            f"({type(exc).__name__}: {first}); {expected_size_hint(loaded.model, c)}."
-        ) from exc
 
 
 def assess(
@@ -109,21 +77,55 @@ def assess(
     trial_budget: float = DEFAULT_TRIAL_BUDGET,
     pool: str = "mean",
 ) -> AssessResult:
-    """Assess how well a pretrained model's features fit a target domain.
+    """Assess how well a pretrained model's features fit a target domain, and how to adapt it.
 
-    ``model`` is a spec ("demo", "torchvision:resnet18", "pkg.mod:fn", a
-    checkpoint path), an ``nn.Module`` or a ``LoadedModel``; ``source`` and
-    ``target`` are data specs ("demo:digits", an ImageFolder path,
-    "pkg.mod:fn") or Domains. With ``out`` the results.json and report.html
-    are written there. ``max_memory`` (bytes, or "2GB", "512MiB", ...) bounds
-    the captured features, shared between the target and source passes: a pass
-    over its share streams them to temporary ``.npy`` files (see
-    ``probes.capture``) and the probes read them from disk; results.json
-    records the storage under ``capture``. ``max_forgetting`` is the forgetting
-    budget the recommendation must respect (a fraction of source accuracy, as
-    ``diagnose compare --max-forgetting``). ``pool``: how a block that outputs a
-    token sequence (a Vision Transformer's) becomes one vector per image,
-    ``"mean"`` over its tokens or ``"cls"`` (the class token). Example::
+    Captures every block's pooled features on source and target (and on a
+    random-init control), measures per-layer linear probes, domain gaps,
+    transferability scores, image statistics, an LR range test and Auto-RGN,
+    then recommends an adaptation from a budgeted trial race
+    (:mod:`diagnose.decide.race`), or from the rules alone at ``trial_budget=0``.
+
+    Args:
+        model: a spec (``"demo"``, ``"torchvision:resnet18"``, ``"timm:NAME"``,
+            ``"pkg.mod:fn"``, a checkpoint path), an ``nn.Module`` or a
+            :class:`diagnose.models.LoadedModel`.
+        source: the source data (what the model was trained on): a data spec
+            (``"demo:digits"``, an ImageFolder path, ``"pkg.mod:fn"``), a
+            :class:`diagnose.data.Domain`, or None.
+        target: the target data, in the same forms; needs labels for probes.
+        weights: a state dict file for a spec's architecture, or ``"random"``.
+        trust_checkpoint: allow pickled (non state-dict) checkpoint files; only
+            for files you trust (they can run code when loaded).
+        head: qualified module name of the classification head (None: found).
+        layers: block names to measure, or ``"auto"`` (:func:`probes.discover_layers`).
+        image_size: resize images to this many pixels square (None: the model's
+            declared size, else the images' native size).
+        normalize: ``"MEAN,STD"`` (one pair or one per channel), ``"none"``, or
+            None for the model's own normalisation.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
+        seed: seeds the splits, subsamples, control model and race.
+        batch_size: images per forward pass (and per training step in the race).
+        max_samples: at most this many images per domain (None: all).
+        n_permutations: permutations of the MMD test (more: a finer p-value).
+        out: write results.json and report.html to this folder.
+        progress: show progress bars with their true totals.
+        max_memory: bound on the captured features (bytes, or ``"2GB"``,
+            ``"512MiB"``), shared by the target and source passes; a pass over
+            its share streams features to temporary ``.npy`` files.
+        max_forgetting: the forgetting budget the recommendation must respect,
+            a fraction in [0, 1] of source accuracy (below 0.05 only feature
+            extraction qualifies).
+        trial_budget: the share of a full sweep's training FLOPs the trial race
+            may spend, in [0, 1]; 0 skips the race (the rules' prediction,
+            marked unmeasured).
+        pool: how a block that outputs a token sequence (a Vision Transformer's)
+            becomes one vector per image: ``"mean"`` over tokens or ``"cls"``.
+
+    Returns:
+        An :class:`AssessResult`; ``to_dict()`` is results.json and
+        ``recommendation`` the recommended strategy, cut, LRs and epochs.
+
+    Example::
 
         res = assess("demo", "demo:digits", "demo:digits-noise", out="report/")
         res.recommendation["strategy"]
@@ -174,64 +176,22 @@ def assess(
     probes.resolve_layers(net, layer_names)  # name errors against the user's model, not a wrapper
     timings["load"] = time.perf_counter() - t_start
 
-    captured: dict[str, Any] = {}
-    stats: dict[str, ImageStats] = {}
-    used: dict[str, np.ndarray] = {}
-    splits: dict[str, dict | None] = {}
     has_head = loaded.head is not None
-    share = None if budget is None else max(1, budget // ((src is not None) + (tgt is not None)))
     t0 = time.perf_counter()
-    if tgt is not None:
-        control = random_init_copy(net, seed=seed).to(dev)
-        pair = _Pair(net, control)
-        used["target"] = subsample(tgt, max_samples, seed)
-        splits["target"] = restricted_splits(tgt, used["target"], seed)
-        stats["target"] = ImageStats()
-        data = prepared_dataset(tgt, used["target"], prep, stats["target"])
-        names = [f"pretrained.{n}" for n in layer_names] + [f"control.{n}" for n in layer_names]
-        captured["target"] = _capture(
-            loaded,
-            prep,
-            "target",
-            pair,
-            data,
-            names,
-            batch_size=batch_size,
-            device=dev,
-            keep_output=has_head,
-            progress=progress,
-            desc="capture target",
-            max_memory=share,
-            skip_unreadable=True,
-            token_pool=pool,
-        )
-        used["target"], splits["target"] = drop_positions(
-            used["target"], splits["target"], captured["target"].skipped
-        )
-    if src is not None:
-        used["source"] = subsample(src, max_samples, seed)
-        splits["source"] = restricted_splits(src, used["source"], seed)
-        stats["source"] = ImageStats()
-        data = prepared_dataset(src, used["source"], prep, stats["source"])
-        captured["source"] = _capture(
-            loaded,
-            prep,
-            "source",
-            net,
-            data,
-            layer_names,
-            batch_size=batch_size,
-            device=dev,
-            keep_output=has_head,
-            progress=progress,
-            desc="capture source",
-            max_memory=share,
-            skip_unreadable=True,
-            token_pool=pool,
-        )
-        used["source"], splits["source"] = drop_positions(
-            used["source"], splits["source"], captured["source"].skipped
-        )
+    captured, stats, used, splits = capture_domains(
+        loaded,
+        prep,
+        src,
+        tgt,
+        layer_names,
+        max_samples=max_samples,
+        seed=seed,
+        batch_size=batch_size,
+        device=dev,
+        progress=progress,
+        max_memory=budget,
+        pool=pool,
+    )
     timings["capture"] = time.perf_counter() - t0
     for cap in captured.values():
         warnings.extend(getattr(cap, "warnings", []))
@@ -349,7 +309,7 @@ def assess(
         "samples": sample_thumbnails({"source": src, "target": tgt}, seed=seed),
         "warnings": warnings,
     }
-    results["capture"] = _measure.storage_summary(captured, budget, share)
+    results["capture"] = _measure.storage_summary(captured, budget, memory_share(budget, src, tgt))
     for cap in captured.values():
         cap.close()  # a temporary on-disk store is deleted now, not at exit
     t0 = time.perf_counter()

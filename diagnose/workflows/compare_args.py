@@ -9,10 +9,16 @@ from typing import Any
 
 import numpy as np
 
-from diagnose.training import EXECUTORS
+from diagnose.core import (
+    STRATEGY_NAMES,
+)
+from diagnose.training import (
+    EXECUTORS,
+)
 
 __all__ = [
     "check_compare_args",
+    "parse_strategies",
     "resolve_unfreeze",
 ]
 
@@ -96,3 +102,17 @@ def resolve_unfreeze(
             else None
         )
     return names, unfreeze
+
+
+def parse_strategies(value: str | list[str] | tuple[str, ...]) -> list[str]:
+    """``all`` or a comma-separated subset of the strategy names, in canonical order."""
+    names = list(STRATEGY_NAMES) if value == "all" else value
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in names if n not in STRATEGY_NAMES]
+    if unknown or not names:
+        raise ValueError(
+            f"'strategies' must be 'all' or names from {', '.join(STRATEGY_NAMES)}. "
+            f"Got {', '.join(unknown) or 'nothing'}."
+        )
+    return [n for n in STRATEGY_NAMES if n in names]

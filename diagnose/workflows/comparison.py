@@ -24,7 +24,6 @@ from typing import Any
 import probes
 from diagnose.core import (
     SCHEMA_VERSION,
-    STRATEGY_NAMES,
     RunResult,
     atomic_write_text,
     environment,
@@ -51,14 +50,13 @@ from diagnose.training import (
     strategy_entries,
 )
 from diagnose.workflows.assessment import assess
-from diagnose.workflows.compare_args import check_compare_args, resolve_unfreeze
+from diagnose.workflows.compare_args import check_compare_args, parse_strategies, resolve_unfreeze
 from diagnose.workflows.startup import as_domain, as_loaded, source_eval_set
 
 __all__ = [
     "CompareResult",
     "DEFAULT_HEAD_LR",
     "compare",
-    "parse_strategies",
 ]
 
 DEFAULT_HEAD_LR = 1e-2
@@ -70,20 +68,6 @@ class CompareResult(RunResult):
     @property
     def strategies(self) -> list[dict]:
         return self.results["strategies"]
-
-
-def parse_strategies(value: str | list[str] | tuple[str, ...]) -> list[str]:
-    """``all`` or a comma-separated subset of the strategy names, in canonical order."""
-    names = list(STRATEGY_NAMES) if value == "all" else value
-    if isinstance(names, str):
-        names = [n.strip() for n in names.split(",") if n.strip()]
-    unknown = [n for n in names if n not in STRATEGY_NAMES]
-    if unknown or not names:
-        raise ValueError(
-            f"'strategies' must be 'all' or names from {', '.join(STRATEGY_NAMES)}. "
-            f"Got {', '.join(unknown) or 'nothing'}."
-        )
-    return [n for n in STRATEGY_NAMES if n in names]
 
 
 def _fingerprint(
@@ -138,26 +122,58 @@ def compare(
     trial_budget: float = 0.0,
     pool: str = "mean",
 ) -> CompareResult:
-    """Fine-tune with each strategy and measure accuracy, forgetting and cost.
+    """Fine-tune with each strategy under one budget and measure accuracy, forgetting and cost.
 
-    ``seeds``: train each strategy with seeds ``seed`` .. ``seed + seeds - 1``
-    (same data split for all); with more than one, each strategy's entry holds
-    the MEAN of its headline numbers, ``per_seed`` records and their ``spread``
-    (see :mod:`diagnose.training.seeds`), and ``save_checkpoints`` keeps the first
-    seed's checkpoint only. ``executor``: "local" runs the (strategy, seed)
-    units here one after another; "ray" runs each as a Ray task with one GPU
-    (CUDA device) or one CPU, on a local Ray or the cluster at
-    ``ray_address`` (falls back to local, with a warning, when Ray is not
-    installed). Either way each finished unit is written at once and
-    ``--resume`` runs only the missing units.
+    Every strategy gets the same target data, epochs, schedule family and seed,
+    and is tracked for target accuracy, forgetting on a fixed source batch and
+    compute cost; the measured best is selected (:func:`diagnose.decide.select_strategy`).
+    Every finished unit is written at once, so an interrupted run loses nothing.
 
-    ``trial_budget``: the assessment's trial race budget (see
-    :func:`diagnose.assess`). 0 by default: the comparison itself trains every
-    strategy, so the assessment's prediction is the rule prior's; a budget
-    makes the comparison a check of the race's measured recommendation.
+    Args:
+        model: a spec, an ``nn.Module`` or a ``LoadedModel`` (as :func:`diagnose.assess`).
+        source: the source data, for forgetting (None: forgetting is not measured).
+        target: the labelled target data.
+        weights: a state dict file for a spec's architecture, or ``"random"``.
+        trust_checkpoint: allow pickled checkpoint files you trust.
+        head: qualified module name of the classification head (None: found).
+        layers: block names (parameter groups, CKA), or ``"auto"``.
+        strategies: ``"all"`` or names from :data:`diagnose.STRATEGIES`.
+        epochs: training epochs per strategy (every strategy the same).
+        lr: the head LR (None: the assessment's LR range test, else 1e-2);
+            backbone LRs follow from it per strategy.
+        unfreeze: for ``partial``: an int k (the last k blocks), block names, or
+            several depths ``[1, 2, 4]`` (one row ``partial@k`` each); None takes
+            the assessment's recommendation.
+        bn: BatchNorm statistics of trained blocks: ``"frozen"`` or ``"train"``.
+        max_forgetting: the forgetting budget of the selection, a fraction in [0, 1].
+        image_size: resize images to this many pixels square.
+        normalize: ``"MEAN,STD"``, ``"none"``, or None for the model's own.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
+        seed: the data split and the first training seed.
+        batch_size: images per step.
+        max_samples: at most this many target images.
+        source_eval_samples: held-out source images forgetting is measured on.
+        out: write results.json, report.html and strategies/*.json here.
+        resume: continue the run in ``out``, training only the missing units.
+        save_checkpoints: keep each fine-tuned state dict under ``out/checkpoints``.
+        with_assessment: run :func:`diagnose.assess` first (its LR suggestion,
+            its prediction checked against the measured best).
+        progress: show progress bars.
+        executor: ``"local"`` runs the (strategy, seed) units here one after
+            another; ``"ray"`` runs each as a Ray task with one GPU or one CPU
+            (falls back to local, with a warning, without Ray).
+        ray_address: the Ray cluster to join (with ``executor="ray"``).
+        seeds: training seeds per strategy (``seed`` .. ``seed + seeds - 1``, same
+            split); with more than one each entry holds means, ``per_seed``
+            records and their ``spread``, and only the first seed's checkpoint
+            is kept.
+        trial_budget: the assessment's trial race budget (see :func:`diagnose.assess`);
+            0 by default, since the comparison itself trains every strategy.
+        pool: token pooling of transformer blocks, ``"mean"`` or ``"cls"``.
 
-    ``pool``: token pooling of transformer blocks, ``"mean"`` or ``"cls"`` (see
-    :func:`diagnose.assess`).
+    Returns:
+        A :class:`CompareResult`: ``strategies`` (one entry per strategy) and
+        ``results["comparison_recommendation"]``.
 
     Example::
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from diagnose.core.names import STRATEGY_NAMES
-from diagnose.workflows.comparison import compare, parse_strategies
+from diagnose.workflows.compare_args import parse_strategies
+from diagnose.workflows.comparison import compare
 
 compare_mod = import_module(
     "diagnose.workflows.comparison"

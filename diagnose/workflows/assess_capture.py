@@ -1,0 +1,147 @@
+"""The assessment's capture pass: every block's pooled features, on target and source.
+
+The target pass runs the pretrained model and its random-init control on the
+same batches (one read of the images for both); the source pass runs the
+pretrained model alone. A ``max_memory`` budget is shared between the passes,
+and an image that fails to decode is skipped and dropped from the splits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import probes
+from diagnose.data import (
+    Domain,
+    ImageStats,
+    Preprocessing,
+    drop_positions,
+    prepared_dataset,
+    restricted_splits,
+    subsample,
+)
+from diagnose.models import LoadedModel, expected_size_hint, random_init_copy
+
+__all__ = [
+    "capture_domains",
+    "memory_share",
+]
+
+
+def memory_share(max_memory: int | None, src, tgt) -> int | None:
+    """Each capture pass's share of ``max_memory`` (bytes; None: no bound)."""
+    if max_memory is None:
+        return None
+    return max(1, max_memory // ((src is not None) + (tgt is not None)))
+
+
+class _Pair(nn.Module):
+    """Runs the pretrained model and its random-init control on the same batch."""
+
+    def __init__(self, pretrained: nn.Module, control: nn.Module):
+        super().__init__()
+        self.pretrained, self.control = pretrained, control
+
+    def forward(self, x):
+        self.control(x)
+        return self.pretrained(x)
+
+
+def _capture(loaded: LoadedModel, prep, what: str, model: nn.Module, *args, **kwargs):
+    """``probes.capture``, with a model that rejects the images' shape reported as bad input."""
+    try:
+        return probes.capture(model, *args, **kwargs)
+    except RuntimeError as exc:
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise
+        c, (h, w) = prep.channels, prep.image_size
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(
+            f"model {loaded.name} failed on the {what} images, given as {c}x{h}x{w} "
+            f"({type(exc).__name__}: {first}); {expected_size_hint(loaded.model, c)}."
+        ) from exc
+
+
+def capture_domains(
+    loaded: LoadedModel,
+    prep: Preprocessing,
+    src: Domain | None,
+    tgt: Domain | None,
+    layer_names: list[str],
+    *,
+    max_samples: int | None,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+    progress: bool,
+    max_memory: int | None,
+    pool: str,
+) -> tuple[dict[str, Any], dict[str, ImageStats], dict[str, np.ndarray], dict[str, dict | None]]:
+    """``(captured, image stats, used image indices, splits)`` per domain ("target", "source").
+
+    Target features are keyed ``pretrained.<block>`` and ``control.<block>``;
+    source features by the block names. ``max_memory`` (bytes, None: no bound)
+    is split evenly between the passes that run.
+    """
+    net, dev, has_head = loaded.model, device, loaded.head is not None
+    share = memory_share(max_memory, src, tgt)
+    captured: dict[str, Any] = {}
+    stats: dict[str, ImageStats] = {}
+    used: dict[str, np.ndarray] = {}
+    splits: dict[str, dict | None] = {}
+    if tgt is not None:
+        control = random_init_copy(net, seed=seed).to(dev)
+        pair = _Pair(net, control)
+        used["target"] = subsample(tgt, max_samples, seed)
+        splits["target"] = restricted_splits(tgt, used["target"], seed)
+        stats["target"] = ImageStats()
+        data = prepared_dataset(tgt, used["target"], prep, stats["target"])
+        names = [f"pretrained.{n}" for n in layer_names] + [f"control.{n}" for n in layer_names]
+        captured["target"] = _capture(
+            loaded,
+            prep,
+            "target",
+            pair,
+            data,
+            names,
+            batch_size=batch_size,
+            device=dev,
+            keep_output=has_head,
+            progress=progress,
+            desc="capture target",
+            max_memory=share,
+            skip_unreadable=True,
+            token_pool=pool,
+        )
+        used["target"], splits["target"] = drop_positions(
+            used["target"], splits["target"], captured["target"].skipped
+        )
+    if src is not None:
+        used["source"] = subsample(src, max_samples, seed)
+        splits["source"] = restricted_splits(src, used["source"], seed)
+        stats["source"] = ImageStats()
+        data = prepared_dataset(src, used["source"], prep, stats["source"])
+        captured["source"] = _capture(
+            loaded,
+            prep,
+            "source",
+            net,
+            data,
+            layer_names,
+            batch_size=batch_size,
+            device=dev,
+            keep_output=has_head,
+            progress=progress,
+            desc="capture source",
+            max_memory=share,
+            skip_unreadable=True,
+            token_pool=pool,
+        )
+        used["source"], splits["source"] = drop_positions(
+            used["source"], splits["source"], captured["source"].skipped
+        )
+    return captured, stats, used, splits
