@@ -201,7 +201,11 @@ def row_prefix_cache(model, data, epochs, repeats):
 
 
 def print_table(rows):
-    cols = ["row", "ours", "peer", "ratio", "goal"]
+    cols = (
+        ["name", "ours", "peer", "ratio", "goal"]
+        if all("name" in r for r in rows)
+        else ["row", "ours", "peer", "ratio", "goal"]
+    )
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols) + "  status")
     for r in rows:

@@ -52,12 +52,56 @@ def oracle_config(rec: dict, stages: tuple[str, ...]) -> str | None:
     return named.get(k)
 
 
+def candidate_config(cand: dict, n_stages: int) -> str | None:
+    """The oracle configuration of a race candidate (its strategy, or partial's depth)."""
+    if cand.get("strategy") != "partial":
+        return cand.get("strategy")
+    named = {1: "partial_last1", 2: "partial_last2", math.ceil(n_stages / 2): "partial_half"}
+    return named.get(cand.get("depth"))
+
+
+def rule_picks(row: dict, n_stages: int, tolerance: float = 0.005) -> dict:
+    """The race's pick under three rules, from the saved candidates (no re-run):
+
+    - ``winner``: the best held-out accuracy;
+    - ``tie``: the cheapest finalist within noise AND within ``tolerance`` of the
+      winner's accuracy (the product's rule);
+    - ``cheapest_within_noise``: the cheapest finalist whose paired interval on
+      the gap to the winner includes 0 (the earlier rule).
+    """
+    cands = {c["key"]: c for c in row.get("candidates") or []}
+    winner = cands.get(row.get("race_winner"))
+    if winner is None:
+        return {}
+    top = len(winner["rungs"])
+    finalists = [c for c in cands.values() if c["status"] == "ok" and len(c["rungs"]) == top]
+    noise = [c for c in finalists if c.get("gap_to_winner") and c["gap_to_winner"]["ci_low"] <= 0]
+    tied = [c for c in noise if c["gap_to_winner"]["mean"] <= tolerance + 1e-12]
+
+    def cost(c):
+        return c.get("full_run_flops_estimate") or math.inf
+
+    picks = {
+        "winner": winner,
+        "tie": min([winner, *tied], key=cost),
+        "cheapest_within_noise": min([winner, *noise], key=cost),
+    }
+    return {rule: candidate_config(c, n_stages) for rule, c in picks.items()}
+
+
 def score(row: dict, summary: dict) -> dict:
     """``row`` (the product's recommendation on one case) with the oracle's figures added."""
     cell = summary[row["case"]][str(row["budget"])]
     picked = cell["configs"].get(row["oracle_config"]) if row["oracle_config"] else None
+    by_rule = {
+        rule: None
+        if cfg is None or cfg not in cell["configs"]
+        else 100 * (cell["best_mean"] - cell["configs"][cfg]["mean"])
+        for rule, cfg in (row.get("rule_picks") or {}).items()
+    }
     return {
         **row,
+        "regret_by_rule": by_rule,
         "oracle_best": cell["best"],
         "oracle_best_mean": cell["best_mean"],
         "oracle_best_std": cell["configs"][cell["best"]]["std"],
@@ -83,6 +127,14 @@ def print_table(rows: list[dict]) -> None:
             f"{r['case']:<26}{r['budget']:>7}{r['seed']:>5}  {best:<32}"
             f"{str(r['recommended'])[:21]:<22}{regret:>13}{comp:>9}"
         )
+        if r.get("regret_by_rule"):
+            print(
+                "      regret by pick rule: "
+                + ", ".join(
+                    f"{k} {'—' if v is None else f'{v:+.1f}'} ({r['rule_picks'][k]})"
+                    for k, v in r["regret_by_rule"].items()
+                )
+            )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -94,10 +146,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--rescore", action="store_true", help="only re-read the oracle for the saved rows"
     )
+    ap.add_argument(
+        "--inputs", default="", help="with --rescore: comma-separated row files to merge into --out"
+    )
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.rescore:
-        rows = json.loads(out.read_text())["rows"]
+        sources = [Path(p) for p in args.inputs.split(",") if p] or [out]
+        rows = [r for p in sources for r in json.loads(p.read_text())["rows"]]
     else:
         rows = []
         seeds = tuple(int(s) for s in args.seeds.split(","))
@@ -119,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
             config = oracle_config(rec, tuple(case.stages))
             rows.append(
                 {
+                    "n_stages": len(case.stages),
                     "case": case.name,
                     "budget": case.budget,
                     "seed": case.seed,
@@ -161,6 +218,9 @@ def main(argv: list[str] | None = None) -> dict:
             )
             print(json.dumps(rows[-1]), flush=True)
             out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    for r in rows:
+        if r.get("candidates") and r.get("n_stages"):
+            r["rule_picks"] = rule_picks(r, r["n_stages"])
     if ORACLE.exists():
         oracle = json.loads(ORACLE.read_text())
         summary = oracle.get("summary", oracle)

@@ -15,18 +15,29 @@ Rows (each against its peer or floor, on the same data in the same process):
   4. probing every layer vs the capture pass (resnet18 64 px; the demo-like
      CNN, whose forward is nearly free, and resnet18 at 224 px for
      information). Goal < 0.10.
-  5. linear CKA on N=10,000, D=2,048: ``probes.cka`` (feature-space form) and
-     ``probes.MinibatchCKA`` vs the textbook N x N Gram-matrix form written
-     here; time and peak memory (tracemalloc peak of the computation, inputs
-     excluded, each side in a fresh child process).
+  5. linear CKA on N=10,000, D=2,048: ``probes.cka`` (feature-space form) vs
+     ckatorch's ``cka_base`` (the pip-installable PyTorch CKA library, in the
+     ``bench`` extra), and ``probes.MinibatchCKA`` vs ckatorch's batched
+     ``cka_batch``; time, peak resident memory above the inputs (sampled
+     every ms, each side in a fresh process) and the value. Goal >= 5x
+     faster, <= 1/4 of the memory, the same value to 1e-6.
   6. feature-extraction epochs on cached features vs through the backbone.
      Goal >= 20x.
   7. forgetting-tracker overhead on ``full_low_lr``. Goal <= 5%.
+  8. the recommendation's trial race vs the full sweep of the same candidates
+     on the demo: FLOPs (and wall time at the race's seconds per FLOP).
+     Goal <= 0.2.
+  9. GPU rows (resnet50 at 224 px, bf16 autocast, channels_last): capture
+     images/s against a plain forward and a fine-tuning epoch; "not measured
+     (no GPU)" where there is none.
+
+``--json PATH`` writes every row as ``{name, ours, peer, ratio, goal, met,
+note}``; the printed table shows the same rows.
 
 Timed sides are interleaved and each keeps its median (``--repeats``), so a
 burst of load from other processes cannot land on one side only.
 
-    python benchmarks/perf_suite.py [--quick] [--repeats N]
+    python benchmarks/perf_suite.py [--quick] [--repeats N] [--json PATH] [--skip cka,gpu]
 
 The exit code is 0 (a report); a missed goal prints MISSED.
 """
@@ -40,7 +51,6 @@ import statistics
 import subprocess
 import sys
 import time
-import tracemalloc
 
 import numpy as np
 import torch
@@ -169,24 +179,71 @@ def gram_cka(x, y):
     return float(np.sum(k * l_) / np.sqrt(np.sum(k * k) * np.sum(l_ * l_)))
 
 
+class _PeakRSS:
+    """The peak resident memory above the level at entry, sampled every millisecond.
+
+    The same meter for numpy and torch (tracemalloc does not see torch's CPU
+    allocator), so every side's peak is measured the same way."""
+
+    def __enter__(self):
+        import threading
+
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _watch(self):
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
 def _child_cka(side, n, d):
     from probes.similarity import MinibatchCKA, cka
 
     x, y = _cka_data(n, d)
-    tracemalloc.start()  # numpy reports its buffers to tracemalloc; the inputs are not counted
-    t0 = time.perf_counter()
-    if side == "ours":
-        value = cka(x, y)
-    elif side == "minibatch":
-        m = MinibatchCKA()
-        for i in range(0, n, 1000):
-            m.update(x[i : i + 1000], y[i : i + 1000])
-        value = m.compute()
-    else:
-        value = gram_cka(x, y)
-    wall = time.perf_counter() - t0
-    peak = tracemalloc.get_traced_memory()[1]
-    print(json.dumps({"value": value, "wall": wall, "peak_mb": peak / 2**20}))
+    batch = 1000
+    if side.startswith("ckatorch"):
+        import ckatorch
+
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)  # views: no copy of the inputs
+    with _PeakRSS() as mem:
+        t0 = time.perf_counter()
+        if side == "ours":
+            value = cka(x, y)
+        elif side == "minibatch":
+            m = MinibatchCKA()
+            for i in range(0, n, batch):
+                m.update(x[i : i + batch], y[i : i + batch])
+            value = m.compute()
+        elif side == "ckatorch":
+            value = float(ckatorch.cka_base(tx, ty, kernel="linear"))
+        elif side == "ckatorch_batch":
+            k = n // batch
+            value = float(
+                ckatorch.cka_batch(
+                    tx[: k * batch].view(k, batch, -1), ty[: k * batch].view(k, batch, -1)
+                )
+            )
+        else:
+            value = gram_cka(x, y)
+        wall = time.perf_counter() - t0
+    print(json.dumps({"value": value, "wall": wall, "peak_mb": mem.mb}))
 
 
 def _run_child(side, n, d):
@@ -195,19 +252,154 @@ def _run_child(side, n, d):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def row_cka(n, d):
-    ours, mini, gram = (_run_child(s, n, d) for s in ("ours", "minibatch", "gram"))
-    agree = abs(ours["value"] - gram["value"])
+def _have_ckatorch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ckatorch") is not None
+
+
+def rows_cka(n, d):
+    """CKA vs ckatorch (the PyTorch CKA library a user would pick), full and minibatch."""
+    if not _have_ckatorch():
+        missing = {
+            "ours": "—",
+            "peer": "—",
+            "ratio": "—",
+            "met": None,
+            "note": "not measured: ckatorch is not installed (pip install -e '.[bench]')",
+        }
+        return [
+            {"row": "CKA vs ckatorch", "goal": ">= 5x faster, <= 1/4 memory", **missing},
+            {"row": "MinibatchCKA vs ckatorch batched", "goal": "same value", **missing},
+        ]
+    ours, peer = _run_child("ours", n, d), _run_child("ckatorch", n, d)
+    mini, peer_b = _run_child("minibatch", n, d), _run_child("ckatorch_batch", n, d)
+    speed, mem = peer["wall"] / ours["wall"], peer["peak_mb"] / max(ours["peak_mb"], 1.0)
+    agree = abs(ours["value"] - peer["value"])
+    agree_b = abs(mini["value"] - peer_b["value"])
+    return [
+        {
+            "row": "CKA vs ckatorch",
+            "ours": f"{ours['wall']:.2f} s, +{ours['peak_mb']:.0f} MB",
+            "peer": f"{peer['wall']:.2f} s, +{peer['peak_mb']:.0f} MB (ckatorch.cka_base)",
+            "ratio": f"{speed:.1f}x faster, {mem:.0f}x less memory, |dCKA| {agree:.1e}",
+            "goal": ">= 5x faster, <= 1/4 memory, |dCKA| < 1e-6",
+            "met": speed >= 5 and mem >= 4 and agree < 1e-6,
+            "note": f"linear CKA, N={n}, D={d}, float32 inputs; peak RSS above the inputs, "
+            "sampled every ms, each side in a fresh process (memory floor 1 MB)",
+        },
+        {
+            "row": "MinibatchCKA vs ckatorch batched",
+            "ours": f"{mini['wall']:.2f} s, +{mini['peak_mb']:.0f} MB, CKA {mini['value']:.6f}",
+            "peer": f"{peer_b['wall']:.2f} s, +{peer_b['peak_mb']:.0f} MB, CKA "
+            f"{peer_b['value']:.6f} (ckatorch.cka_batch)",
+            "ratio": f"{peer_b['wall'] / mini['wall']:.1f}x faster, |dCKA| {agree_b:.1e}",
+            "goal": "same value (|dCKA| < 1e-6)",
+            "met": agree_b < 1e-6,
+            "note": "unbiased HSIC (Nguyen et al. 2021) over batches of 1000",
+        },
+    ]
+
+
+def row_race(quick: bool):
+    """The trial race's FLOPs and wall time against the full sweep of the same candidates."""
+    import diagnose
+
+    torch.manual_seed(0)
+    res = diagnose.assess(
+        "demo",
+        "demo:digits",
+        "demo:digits-noise",
+        progress=False,
+        max_samples=200 if quick else None,
+        trial_budget=0.2,
+    ).to_dict()
+    t = res["recommendation"]["trials"]
+    frac = t["flops_spent"] / t["full_flops_estimate"]
+    per_flop = t["wall_s"] / max(t["flops_spent"], 1)
     return {
-        "row": f"linear CKA N={n}, D={d}: feature-space form vs N x N Gram matrices",
-        "ours": f"{ours['wall']:.2f} s, +{ours['peak_mb']:.0f} MB (minibatch: {mini['wall']:.2f} s, "
-        f"+{mini['peak_mb']:.0f} MB, CKA {mini['value']:.4f})",
-        "peer": f"{gram['wall']:.2f} s, +{gram['peak_mb']:.0f} MB",
-        "ratio": f"{gram['wall'] / ours['wall']:.1f}x faster, "
-        f"{gram['peak_mb'] / max(ours['peak_mb'], 1e-3):.0f}x less memory, |dCKA| {agree:.1e}",
-        "goal": "(time, memory) and |dCKA| < 1e-6",
-        "met": agree < 1e-6,
+        "row": "race vs full sweep",
+        "ours": f"{t['flops_spent'] / 1e9:.1f} GFLOPs, {t['wall_s']:.0f} s",
+        "peer": f"{t['full_flops_estimate'] / 1e9:.1f} GFLOPs, ~{per_flop * t['full_flops_estimate']:.0f} s",
+        "ratio": f"{frac:.3f}",
+        "goal": "<= 0.2",
+        "met": frac <= 0.2 + 1e-9,
+        "note": f"demo:digits -> demo:digits-noise, {len(t['candidates'])} candidates, "
+        f"pick {t['pick']}; the full sweep (every candidate x full epochs x the same folds) "
+        "is the race's own estimate from rung 0's measured cost per epoch, and its wall time "
+        "that FLOP count at the race's seconds per FLOP",
     }
+
+
+def rows_gpu():
+    """Capture images/s and a fine-tuning epoch on the GPU (resnet50, 224 px, bf16, channels_last)."""
+    if not torch.cuda.is_available():
+        none = {
+            "ours": "—",
+            "peer": "—",
+            "ratio": "—",
+            "goal": "(GPU)",
+            "met": None,
+            "note": "not measured (no GPU)",
+        }
+        return [
+            {"row": "GPU capture (resnet50, 224 px)", **none},
+            {"row": "GPU fine-tuning epoch (resnet50, 224 px)", **none},
+        ]
+    import torchvision
+
+    dev = torch.device("cuda")
+    model = torchvision.models.resnet50().to(dev, memory_format=torch.channels_last).eval()
+    x = torch.randn(512, 3, 224, 224).to(memory_format=torch.channels_last)
+
+    def plain():
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            for i in range(0, len(x), 128):
+                model(x[i : i + 128].to(dev, non_blocking=True))
+        torch.cuda.synchronize()
+
+    def ours():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            capture(model, x, layers="auto", batch_size=128, device=dev, progress=False)
+        torch.cuda.synchronize()
+
+    t = interleaved({"plain": plain, "ours": ours}, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    y = torch.randint(0, 1000, (len(x),))
+
+    def epoch():
+        model.train()
+        for i in range(0, len(x), 64):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(
+                    model(x[i : i + 64].to(dev, non_blocking=True)), y[i : i + 64].to(dev)
+                )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        torch.cuda.synchronize()
+
+    te = interleaved({"epoch": epoch}, 3)["epoch"]
+    return [
+        {
+            "row": "GPU capture (resnet50, 224 px)",
+            "ours": f"{len(x) / t['ours']:.0f} img/s",
+            "peer": f"{len(x) / t['plain']:.0f} img/s plain forward",
+            "ratio": f"{t['ours'] / t['plain']:.2f}",
+            "goal": "<= 1.10",
+            "met": t["ours"] / t["plain"] <= 1.10,
+            "note": f"{torch.cuda.get_device_name()}, bf16 autocast, channels_last, batch 128",
+        },
+        {
+            "row": "GPU fine-tuning epoch (resnet50, 224 px)",
+            "ours": f"{len(x) / te:.0f} img/s",
+            "peer": "—",
+            "ratio": "—",
+            "goal": "(information)",
+            "met": None,
+            "note": "SGD, batch 64, bf16 autocast, channels_last, 512 images",
+        },
+    ]
 
 
 def main(argv=None):
@@ -215,6 +407,12 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="smaller data, one repeat")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per side")
     parser.add_argument("--child-cka", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--json", default=None, help="also write one row per figure here")
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated row groups to skip: capture,assess,probes,cka,training,race,gpu",
+    )
     args = parser.parse_args(argv)
     if args.child_cka:
         side, n, d = args.child_cka
@@ -222,6 +420,7 @@ def main(argv=None):
         return 0
     import torchvision
 
+    skip = set(filter(None, args.skip.split(",")))
     repeats = args.repeats or (2 if args.quick else 4)
     n_img = 300 if args.quick else 1000
     print(
@@ -232,49 +431,100 @@ def main(argv=None):
     )
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    rows = []
+    rows: list[dict] = []
+
+    def add(name: str, row: dict, info: bool = False) -> None:
+        if info:
+            row["goal"], row["met"] = "(information)", None
+        rows.append({"name": name, **row})
+
+    def done(what: str) -> None:
+        print(f"[{time.perf_counter() - t0:.0f} s] {what}", flush=True)
+
     resnet = torchvision.models.resnet18().eval()
     x, y = bench_probe._templates(n_img, 10, 3, 64, seed=1)
-    rows.append(row_capture_overhead(resnet, x, 2 * repeats))  # ~1 s a call: cheap to steady
-    print(f"[{time.perf_counter() - t0:.0f} s] capture overhead", flush=True)
-    rows.append(row_assess(150 if args.quick else None, 1))
-    # The measurements cost the same whatever the input size; the forward grows with it.
-    big = row_assess(60 if args.quick else 400, 1, size=224)
-    big["goal"], big["met"] = "(information)", None
-    rows.append(big)
-    print(f"[{time.perf_counter() - t0:.0f} s] assess", flush=True)
-    rows.append(bench_probe.row_sklearn(*((2000, 256) if args.quick else (5000, 512)), repeats))
-    rows.append(bench_probe.row_capture("resnet18 64x64", resnet, x, y, repeats))
-    xd, yd = bench_probe._templates(n_img, 10, 1, 32, seed=2)
-    demo_row = bench_probe.row_capture(
-        "demo-like CNN 32x32", bench_probe._demo_like_cnn(), xd, yd, repeats
-    )
-    demo_row["goal"], demo_row["met"] = "(information)", None
-    rows.append(demo_row)
-    xb, yb = bench_probe._templates(150 if args.quick else 500, 10, 3, 224, seed=3)
-    big = bench_probe.row_capture("resnet18 224x224", resnet, xb, yb, 1)
-    big["goal"], big["met"] = "(information)", None
-    rows.append(big)
-    print(f"[{time.perf_counter() - t0:.0f} s] probes", flush=True)
-    rows.append(row_cka(2000 if args.quick else 10_000, 512 if args.quick else 2048))
-    print(f"[{time.perf_counter() - t0:.0f} s] CKA", flush=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as bench_compare: tiny convolutions contend on 2 threads
-    try:
-        from diagnose.decide import recommended_epochs as _epochs
-        from diagnose.models import load_model
+    if "capture" not in skip:
+        # ~1 s a call: cheap to steady
+        add("capture vs forward", row_capture_overhead(resnet, x, 2 * repeats))
+        done("capture overhead")
+    if "assess" not in skip:
+        add("assess vs forward (64 px)", row_assess(150 if args.quick else None, 1))
+        # The measurements cost the same whatever the input size; the forward grows with it.
+        add("assess vs forward (224 px)", row_assess(60 if args.quick else 400, 1, size=224), True)
+        done("assess")
+    if "probes" not in skip:
+        add(
+            "linear_probe vs scikit-learn",
+            bench_probe.row_sklearn(*((2000, 256) if args.quick else (5000, 512)), repeats),
+        )
+        add("probing vs capture", bench_probe.row_capture("resnet18 64x64", resnet, x, y, repeats))
+        xd, yd = bench_probe._templates(n_img, 10, 1, 32, seed=2)
+        demo_cnn = bench_probe._demo_like_cnn()
+        add(
+            "probing vs capture (demo-like CNN)",
+            bench_probe.row_capture("demo-like CNN 32x32", demo_cnn, xd, yd, repeats),
+            True,
+        )
+        xb, yb = bench_probe._templates(150 if args.quick else 500, 10, 3, 224, seed=3)
+        add(
+            "probing vs capture (224 px)",
+            bench_probe.row_capture("resnet18 224x224", resnet, xb, yb, 1),
+            True,
+        )
+        done("probes")
+    if "cka" not in skip:
+        for row in rows_cka(2000 if args.quick else 10_000, 512 if args.quick else 2048):
+            add(row["row"], row)
+        done("CKA")
+    if "training" not in skip:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as bench_compare: tiny convolutions contend on 2 threads
+        try:
+            from diagnose.decide import recommended_epochs
+            from diagnose.models import load_model
 
-        model = load_model("demo", progress=False).model
-        data = bench_compare.target_data()
-        fe_epochs = _epochs(len(data.y_train) / data.num_classes, "feature_extraction")
-        rows.append(bench_compare.row_feature_extraction(model, data, fe_epochs, repeats))
-        tracker_rows = bench_compare.row_tracker(model, data, 2 if args.quick else 5, repeats, [64])
-        rows.extend(tracker_rows)
-    finally:
-        torch.set_num_threads(threads)
-    print(f"[{time.perf_counter() - t0:.0f} s] training rows\n", flush=True)
+            model = load_model("demo", progress=False).model
+            data = bench_compare.target_data()
+            fe_epochs = recommended_epochs(
+                len(data.y_train) / data.num_classes, "feature_extraction"
+            )
+            add(
+                "feature extraction: cached vs backbone",
+                bench_compare.row_feature_extraction(model, data, fe_epochs, repeats),
+            )
+            for row in bench_compare.row_tracker(
+                model, data, 2 if args.quick else 5, repeats, [64]
+            ):
+                add("tracker overhead", row)
+        finally:
+            torch.set_num_threads(threads)
+        done("training rows")
+    if "race" not in skip:
+        add("race vs full sweep", row_race(args.quick))
+        done("race")
+    if "gpu" not in skip:
+        for row in rows_gpu():
+            add(row["row"], row)
+    for row in rows:
+        row.setdefault("note", "")
+    print()
     bench_compare.print_table(rows)
     print(f"\nsuite wall time {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        keys = ("name", "ours", "peer", "ratio", "goal", "met", "note")
+        payload = {
+            "environment": {
+                "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(),
+                "cpus": os.cpu_count(),
+                "quick": bool(args.quick),
+                "repeats": repeats,
+            },
+            "rows": [{k: r.get(k) for k in keys} | {"detail": r.get("row")} for r in rows],
+        }
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
     return 0
 
 

@@ -71,16 +71,27 @@ def test_report_of_a_broken_results_file(tmp_path, capsys):
     assert code == 2 and "schema 7.0" in err
 
 
-def test_debug_shows_the_traceback(capsys):
-    with pytest.raises(ValueError):
-        main(["assess", "--model", "demo", "--target", "demo:nope", "--debug", "--quiet"])
+def test_debug_shows_the_traceback():
+    argv = ["assess", "--model", "demo", "--target", "demo:nope", "--quiet"]
+    cmd = [sys.executable, "-m", "diagnose.cli", *argv]
+    plain = subprocess.run(cmd, capture_output=True, text=True)
+    debug = subprocess.run([*cmd, "--debug"], capture_output=True, text=True)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert plain.stderr.count("\n") == 1 and "demo:nope" in plain.stderr
+    assert debug.returncode != 0
+    assert debug.stderr.startswith("Traceback (most recent call last):")
+    assert "load_domain" in debug.stderr  # the frames are there, down to where it failed
+    assert debug.stderr.strip().splitlines()[-1].startswith("ValueError:")
 
 
 def test_console_script_is_installed():
-    proc = subprocess.run(
-        [sys.executable, "-m", "diagnose.cli", "--help"], capture_output=True, text=True
-    )
-    assert proc.returncode == 0 and "assess" in proc.stdout
+    import shutil
+
+    script = shutil.which("diagnose")
+    assert script is not None, "the 'diagnose' console script is not on PATH (pip install -e .)"
+    proc = subprocess.run([script, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert all(cmd in proc.stdout for cmd in ("assess", "compare", "audit", "report", "demo"))
 
 
 def test_python_errors_name_parameters_and_the_cli_names_flags(capsys):

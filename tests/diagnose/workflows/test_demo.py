@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from html.parser import HTMLParser
 
+from diagnose import STRATEGIES
 from diagnose.workflows.demo import run_demo
 
 
@@ -15,13 +16,14 @@ def test_demo_writes_overview_scenarios_and_audit(tmp_path):
     )
     assert [r["status"] for r in overview["scenarios"]] == ["ok", "ok"]
     for row in overview["scenarios"]:
-        assert row["strategy"] and row["measured_best"]
+        assert row["strategy"] in STRATEGIES and row["measured_best"] in STRATEGIES
         assert (out / row["report"]).exists()
         data = json.loads((out / row["report"]).with_name("results.json").read_text())
         assert data["kind"] == "compare" and len(data["strategies"]) == 8
     audit = overview["audit"]
     assert audit["status"] == "ok", audit
-    assert (out / audit["report"]).exists() and audit["verdict"]
+    audit_data = json.loads((out / audit["report"]).with_name("results.json").read_text())
+    assert audit["verdict"] == audit_data["verdict"] and audit_data["kind"] == "audit"
     links = []
 
     class P(HTMLParser):
