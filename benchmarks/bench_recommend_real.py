@@ -48,16 +48,15 @@ def oracle_config(rec: dict, stages: tuple[str, ...]) -> str | None:
     mods = rec.get("unfreeze") or []
     k = sum(1 for s in stages if any(m == s or m.startswith(s + ".") for m in mods))
     n = len(stages)
-    named = {1: "partial_last1", 2: "partial_last2", math.ceil(n / 2): "partial_half"}
-    return named.get(k)
+    return "partial_half" if k == math.ceil(n / 2) else f"partial_last{k}"
 
 
 def candidate_config(cand: dict, n_stages: int) -> str | None:
     """The oracle configuration of a race candidate (its strategy, or partial's depth)."""
     if cand.get("strategy") != "partial":
         return cand.get("strategy")
-    named = {1: "partial_last1", 2: "partial_last2", math.ceil(n_stages / 2): "partial_half"}
-    return named.get(cand.get("depth"))
+    depth = cand.get("depth")
+    return "partial_half" if depth == math.ceil(n_stages / 2) else f"partial_last{depth}"
 
 
 def rule_picks(row: dict, n_stages: int, tolerance: float = 0.005) -> dict:

@@ -98,7 +98,10 @@ def trainable_stages(config: str, stages: tuple[str, ...]) -> tuple[str, ...]:
         "partial_last1": 1,
         "partial_last2": 2,
         "partial_half": math.ceil(n / 2),
-    }.get(config, n)
+    }.get(config)
+    if k is None:
+        # "partial_lastK": any other depth a race may pick (checked with --configs)
+        k = int(config[len("partial_last") :]) if config.startswith("partial_last") else n
     return stages[n - k :]
 
 
@@ -230,7 +233,7 @@ def run_block(
         assert torch.allclose(probe(xs), base(xs), atol=1e-4), "forward convention mismatch"
     torch.manual_seed(1_000 + case.seed)
     head0 = nn.Linear(in_features, case.n_classes)
-    cuts = {n - len(trainable_stages(c, stages)) for c in CONFIGS}
+    cuts = {n - len(trainable_stages(c, stages)) for c in (*CONFIGS, *configs)}
     t0 = time.perf_counter()
     cache = {
         split: prefix_outputs(base, stages, x, cuts)
