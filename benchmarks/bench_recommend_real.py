@@ -217,11 +217,14 @@ def main(argv: list[str] | None = None) -> dict:
             )
             print(json.dumps(rows[-1]), flush=True)
             out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    oracle = json.loads(ORACLE.read_text()) if ORACLE.exists() else {}
     for r in rows:
-        if r.get("candidates") and r.get("n_stages"):
-            r["rule_picks"] = rule_picks(r, r["n_stages"])
+        n_stages = r.get("n_stages") or len(
+            ((oracle.get("cases") or {}).get(r["case"]) or {}).get("stages") or []
+        )
+        if r.get("candidates") and n_stages:
+            r["rule_picks"] = rule_picks(r, n_stages)
     if ORACLE.exists():
-        oracle = json.loads(ORACLE.read_text())
         summary = oracle.get("summary", oracle)
         rows = [score(r, summary) for r in rows]
         out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
