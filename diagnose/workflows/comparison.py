@@ -321,6 +321,10 @@ def compare(
             "base_warnings": n_base_warnings,
             "seeds": seed_list,
             "executor": "ray" if ray is not None else "local",
+            # Images per split: every accuracy is a count over these.
+            "n_train": int(len(data.y_train)),
+            "n_val": int(len(data.y_val)),
+            "n_test": int(len(data.y_test)),
         },
         "strategies": strategy_entries(names, seed_list, records),
         "warnings": warnings,
