@@ -81,7 +81,7 @@ def _unmeasured(prior: dict, model, blocks, head, why: str) -> dict:
 
 def _lr_per_group(cand, blocks: list[str], epochs: int) -> dict[str, float]:
     p = plan(cand.strategy, blocks, cand.config(blocks, epochs=epochs, batch_size=1, seed=0))
-    return {g: float(v) for g, v in p["stages"][-1]["lr"].items()}
+    return {g: float(v) for g, v in p.stages[-1].lr.items()}
 
 
 def _names(keys: list[str], shown: int = 4) -> str:

@@ -18,8 +18,8 @@ _FORWARD_ONLY = ("capture", "prefix_cache")  # phases that are passes, not optim
 def build_entry(self: StrategyRun, wall: float, mem: PeakMemory, backends: dict) -> dict:
     """The results entry of ``self`` (see :func:`diagnose.training.runner.run_strategy`)."""
     cfg, p = self.config, self.plan
-    stages = p["stages"]
-    trainable = [b for b in self.blocks if any(b in s["trainable"] for s in stages)]
+    stages = p.stages
+    trainable = [b for b in self.blocks if any(b in s.trainable for s in stages)]
     before = self.tracker.reference_source_accuracy if self.tracker is not None else None
     fm = self.final or {}
     after = finite_or_none(fm.get("source_accuracy"))
@@ -54,25 +54,25 @@ def build_entry(self: StrategyRun, wall: float, mem: PeakMemory, backends: dict)
         },
         "overfitting": self.overfitting,
         "config": {
-            "lr": dict(stages[-1]["lr"]),
+            "lr": dict(stages[-1].lr),
             "stages": self.stage_records,
-            "frozen": list(p["frozen"]),
+            "frozen": list(p.frozen),
             "trainable": [*trainable, HEAD],
             "epochs": cfg.epochs,
             "batch_size": cfg.batch_size,
             "optimizer": f"SGD (momentum {cfg.momentum:g})",
             "momentum": cfg.momentum,
             "weight_decay": cfg.weight_decay,
-            "weight_decay_on": "head only" if p["penalty"] else "all trained parameters",
+            "weight_decay_on": "head only" if p.penalty else "all trained parameters",
             "schedule": "cosine",
             "bn": cfg.bn,
-            "init": p["init"],
-            "l2_sp_alpha": p["penalty"]["alpha"] if p["penalty"] else None,
-            "lp_epochs": cfg.lp_epochs if self.name == "lp_ft" else None,
+            "init": p.init,
+            "l2_sp_alpha": p.penalty["alpha"] if p.penalty else None,
+            "lp_epochs": cfg.lp_epochs if p.route == "probe_then_tune" else None,
             "prefix_cache": bool(self.prefix_cache),
             "prefix_cache_reason": self.prefix_reason,
-            "cached_features": bool(p["cached_features"]),
-            "drift_reference": "random init" if p["init"] == "random" else "pretrained",
+            "cached_features": bool(p.cached_features),
+            "drift_reference": "random init" if p.init == "random" else "pretrained",
             "seed": cfg.seed,
             "device": describe(self.device),
             "backends": backends,

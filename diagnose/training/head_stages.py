@@ -17,6 +17,7 @@ from diagnose.models import HEAD
 from diagnose.training.activations import capture_head_inputs
 from diagnose.training.curves import finite_or_none
 from diagnose.training.loop import Fitter, Phase, evaluate, iterate_batches, steps_per_epoch
+from diagnose.training.strategies import Stage
 
 __all__ = [
     "HeadStages",
@@ -32,7 +33,7 @@ def cpu_state(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
 class HeadStages:
     """Feature extraction and LP-FT's linear probe, on the head's cached input features."""
 
-    def head_fitter(self, stage: dict, epochs: int, n: int, phase: str) -> Fitter:
+    def head_fitter(self, stage: Stage, epochs: int, n: int, phase: str) -> Fitter:
         """The optimiser loop of the head alone (``n`` training images, ``epochs`` epochs)."""
         head = self.net.get_submodule(self.head)
         return Fitter(
@@ -98,13 +99,13 @@ class HeadStages:
             snap = lambda: cpu_state(head, self.head + ".")  # noqa: E731
             return self.record(e, res, val, fm, drift, lr, snap, "head")
 
-        stage = self.plan["stages"][0]
-        self.fit_head(stage, stage["epochs"], feats, on_epoch, "head")
+        stage = self.plan.stages[0]
+        self.fit_head(stage, stage.epochs, feats, on_epoch, "head")
 
     def lp_ft(self) -> None:
         """The linear probe on cached features, then every layer fine-tuned from it."""
         d, cfg = self.data, self.config
-        lp, ft = self.plan["stages"]
+        lp, ft = self.plan.stages
         cap = Phase("capture")
         self.phases.append(cap)
         feats = self.head_inputs([d.x_train, d.x_val], cap)

@@ -21,6 +21,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from diagnose.core import autocast_context, is_cuda, loader_kwargs
 from diagnose.training.cost import count_train_step_flops
+from diagnose.training.strategies import Stage
 from probes import logits_of
 
 __all__ = [
@@ -169,7 +170,7 @@ class Fitter:
         *,
         root: nn.Module,
         groups: dict[str, list[nn.Parameter]],
-        stages: list[dict],
+        stages: list[Stage] | tuple[Stage, ...],
         total_steps: int,
         momentum: float,
         weight_decay: dict[str, float],
@@ -185,10 +186,13 @@ class Fitter:
         self.device, self.bn, self.use_autocast = device, bn, use_autocast
         self.bn_modules = bn_modules or {}
         self.penalty = penalty
-        ends = [round(s.get("until_step_fraction", 1.0) * self.total) for s in stages]
+        ends = [
+            round((1.0 if s.until_step_fraction is None else s.until_step_fraction) * self.total)
+            for s in stages
+        ]
         ends[-1] = self.total
         self.ends = ends
-        ever = [g for g in groups if any(g in s["trainable"] for s in stages)]
+        ever = [g for g in groups if any(g in s.trainable for s in stages)]
         self.opt = torch.optim.SGD(
             [
                 {
@@ -227,7 +231,7 @@ class Fitter:
         self.root.train()
         if self.bn != "frozen":
             return
-        trainable = set(self.stages[max(self.stage, 0)]["trainable"])
+        trainable = set(self.stages[max(self.stage, 0)].trainable)
         for g, modules in self.bn_modules.items():
             if g not in trainable:
                 for m in modules:
@@ -235,14 +239,14 @@ class Fitter:
 
     def _enter(self, stage: int) -> None:
         self.stage = stage
-        trainable = set(self.stages[stage]["trainable"])
+        trainable = set(self.stages[stage].trainable)
         for g, params in self.groups.items():
             for p in params:
                 p.requires_grad_(g in trainable)
         self.set_modes()
 
     def _lr_of(self, group: str) -> float:
-        return float(self.stages[self.stage]["lr"].get(group, 0.0))
+        return float(self.stages[self.stage].lr.get(group, 0.0))
 
     def run_epoch(
         self,

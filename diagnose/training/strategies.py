@@ -24,7 +24,7 @@ scratch             random init of the same architecture, everything at h
 
 Example:
     >>> p = plan("discriminative", ["block1", "block2"], TrainConfig(head_lr=0.026))
-    >>> {g: round(lr, 5) for g, lr in p["stages"][0]["lr"].items()}
+    >>> {g: round(lr, 5) for g, lr in p.stages[0].lr.items()}
     {'block1': 0.00385, 'block2': 0.01, 'head': 0.026}
 """
 
@@ -136,26 +136,113 @@ def _discriminative(blocks: list[str], head_lr: float, factor: float) -> dict[st
     return lr
 
 
-def plan(name: str, blocks: list[str], config: TrainConfig) -> dict:
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a plan: which parameter groups train, at which LR, for how long.
+
+    Attributes:
+        trainable: the parameter groups that train (block names and ``"head"``).
+        lr: the LR of each trainable group.
+        epochs: a stage of its own length (a head on cached features), else None.
+        until_step_fraction: the stage ends once this fraction of the strategy's
+            steps is done (gradual unfreezing), else None.
+        on_cached_features: a head-only stage trained on features captured once.
+    """
+
+    trainable: tuple[str, ...]
+    lr: dict[str, float]
+    epochs: int | None = None
+    until_step_fraction: float | None = None
+    on_cached_features: bool = False
+
+    def to_dict(self) -> dict:
+        """The stage as results.json records it (absent fields left out)."""
+        out: dict = {"trainable": list(self.trainable), "lr": dict(self.lr)}
+        if self.epochs is not None:
+            out["epochs"] = self.epochs
+        if self.until_step_fraction is not None:
+            out["until_step_fraction"] = self.until_step_fraction
+        if self.on_cached_features:
+            out["on_cached_features"] = True
+        return out
+
+
+# How the engine runs a plan's stages.
+ROUTES = ("head", "probe_then_tune", "tune")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a strategy trains, at which LR, in which stage: the engine reads only this.
+
+    Attributes:
+        name: the strategy.
+        stages: the stages in order; the last is the main one.
+        init: ``"pretrained"`` or ``"random"`` (scratch).
+        penalty: None or ``{"kind": "l2_sp", "alpha": alpha}``.
+        frozen: blocks no stage trains.
+        cached_features: some stage trains a head on cached features.
+        route: ``"head"`` (one head-only stage on cached features),
+            ``"probe_then_tune"`` (that, then the network tuned from it) or
+            ``"tune"`` (the stages on the network).
+        frozen_prefix_cache: the frozen blocks never train in any stage, so
+            their outputs may be computed once and cached.
+        staged: the stages split the steps by ``until_step_fraction``.
+    """
+
+    name: str
+    stages: tuple[Stage, ...]
+    init: str
+    penalty: dict | None
+    frozen: tuple[str, ...]
+    cached_features: bool
+    route: str
+    frozen_prefix_cache: bool
+    staged: bool
+
+    def trained_groups(self) -> set[str]:
+        """Every parameter group some stage trains."""
+        return {g for s in self.stages for g in s.trainable}
+
+    def to_dict(self) -> dict:
+        """Plain JSON: ``{"name", "stages", "init", "penalty", "frozen", "cached_features", ...}``."""
+        return {
+            "name": self.name,
+            "stages": [s.to_dict() for s in self.stages],
+            "init": self.init,
+            "penalty": None if self.penalty is None else dict(self.penalty),
+            "frozen": list(self.frozen),
+            "cached_features": self.cached_features,
+            "route": self.route,
+            "frozen_prefix_cache": self.frozen_prefix_cache,
+            "staged": self.staged,
+        }
+
+
+def _stage(d: dict) -> Stage:
+    return Stage(
+        trainable=tuple(d["trainable"]),
+        lr=dict(d["lr"]),
+        epochs=d.get("epochs"),
+        until_step_fraction=d.get("until_step_fraction"),
+        on_cached_features=bool(d.get("on_cached_features", False)),
+    )
+
+
+def plan(name: str, blocks: list[str], config: TrainConfig) -> Plan:
     """What strategy ``name`` trains, at which LR, in which stage (pure; no model needed).
 
-    Returns ``{"name", "stages", "init", "penalty", "frozen", "cached_features"}``:
-
-    - ``stages``: list of ``{"trainable": [groups], "lr": {group: lr}}`` plus
-      either ``"epochs"`` (a stage of its own length) or ``"until_step_fraction"``
-      (the stage ends once that fraction of the strategy's steps is done);
-      ``"on_cached_features": True`` marks a head-only stage trained on
-      features captured once. The last stage is the main one.
-    - ``init``: ``"pretrained"`` or ``"random"`` (scratch).
-    - ``penalty``: None or ``{"kind": "l2_sp", "alpha": alpha}``.
-    - ``frozen``: blocks no stage trains. ``cached_features``: any stage on cached features.
+    Returns a :class:`Plan`: its :class:`Stage` list (which groups train, their
+    LRs, each stage's length), the initialisation, the penalty, the frozen
+    blocks, and how the engine runs it (``route``, ``frozen_prefix_cache``,
+    ``staged``). The engine branches on these fields, never on the name.
 
     Raises ValueError for an unknown ``name`` (listing ``STRATEGY_NAMES``),
     ``config.unfreeze`` naming a block not in ``blocks``, or an invalid config.
 
     Example:
-        >>> plan("partial", ["b1", "b2", "b3"], TrainConfig(unfreeze=["b3"]))["frozen"]
-        ['b1', 'b2']
+        >>> plan("partial", ["b1", "b2", "b3"], TrainConfig(unfreeze=["b3"])).frozen
+        ('b1', 'b2')
     """
     if name not in STRATEGY_NAMES:
         raise ValueError(
@@ -256,12 +343,21 @@ def plan(name: str, blocks: list[str], config: TrainConfig) -> dict:
         ]
         init = "random"
 
-    trained = {g for s in stages for g in s["trainable"]}
-    return {
-        "name": name,
-        "stages": stages,
-        "init": init,
-        "penalty": penalty,
-        "frozen": [b for b in blocks if b not in trained],
-        "cached_features": cached,
-    }
+    typed = tuple(_stage(s) for s in stages)
+    trained = {g for s in typed for g in s.trainable}
+    frozen = tuple(b for b in blocks if b not in trained)
+    first_on_cache = typed[0].on_cached_features
+    route = ("head" if len(typed) == 1 else "probe_then_tune") if first_on_cache else "tune"
+    return Plan(
+        name=name,
+        stages=typed,
+        init=init,
+        penalty=penalty,
+        frozen=frozen,
+        cached_features=cached,
+        route=route,
+        # One stage on the network with blocks below it frozen throughout: their
+        # outputs never change, so computing them once is exact.
+        frozen_prefix_cache=route == "tune" and len(typed) == 1 and bool(frozen),
+        staged=any(s.until_step_fraction is not None for s in typed),
+    )

@@ -29,7 +29,7 @@ from diagnose.training.loop import (
     make_loader,
     steps_per_epoch,
 )
-from diagnose.training.strategies import plan
+from diagnose.training.strategies import Plan, Stage, plan
 from probes import logits_of
 
 __all__ = [
@@ -38,16 +38,16 @@ __all__ = [
 ]
 
 
-def planned_epochs(plan: dict, epochs: int) -> int:
+def planned_epochs(plan: Plan, epochs: int) -> int:
     """Every epoch a strategy's stages run, the total of its progress bar.
 
     A stage with its own ``epochs`` (feature extraction's head, LP-FT's linear
     probe, both on cached features) counts them; stages that split the shared
     budget by step fraction (gradual unfreezing) count ``epochs`` once.
     """
-    stages = plan["stages"]
-    own = sum(int(s["epochs"]) for s in stages if "epochs" in s)
-    return own + (epochs if any("epochs" not in s for s in stages) else 0)
+    stages = plan.stages
+    own = sum(int(s.epochs) for s in stages if s.epochs is not None)
+    return own + (epochs if any(s.epochs is None for s in stages) else 0)
 
 
 class StrategyRun(HeadStages):
@@ -67,9 +67,9 @@ class StrategyRun(HeadStages):
         self.data, self.tracker, self.config, self.device = data, tracker, config, device
         self.best, self.curves = BestState(), []
         self.phases: list[Phase] = []
-        self.stage_records = [dict(s) for s in self.plan["stages"]]
+        self.stage_records = [s.to_dict() for s in self.plan.stages]
         self.diverged = self.overfitting = None
-        self.prefix_cache, self.prefix_reason = False, "only 'partial' caches a frozen prefix"
+        self.prefix_cache, self.prefix_reason = False, "no block stays frozen through training"
         self.steps_done = 0
         self.test_accuracy = None
         self.final: dict[str, Any] | None = None
@@ -88,7 +88,7 @@ class StrategyRun(HeadStages):
         cfg = self.config
         src = (
             random_init_copy(self.model, seed=cfg.seed)
-            if self.plan["init"] == "random"
+            if self.plan.init == "random"
             else copy.deepcopy(self.model)
         )
         old = src.get_submodule(self.head)
@@ -116,7 +116,7 @@ class StrategyRun(HeadStages):
         self.w0 = {n: p.detach().clone() for n, p in params.items() if n not in head_names}
         for p in self.net.parameters():
             p.requires_grad_(False)
-        trained = {g for s in self.plan["stages"] for g in s["trainable"]}
+        trained = self.plan.trained_groups()
         self.trainable_params = int(sum(p.numel() for g in trained for p in self.group_params[g]))
 
     # -- measurement ----------------------------------------------------------------------
@@ -181,15 +181,15 @@ class StrategyRun(HeadStages):
                         m.eval()
 
     # -- strategies (the head-only stages are in HeadStages) --------------------------------
-    def fine_tune(self, stages: list[dict], epochs: int, phase: str, record_index: int = 0) -> None:
+    def fine_tune(
+        self, stages: tuple[Stage, ...], epochs: int, phase: str, record_index: int = 0
+    ) -> None:
         d, cfg, dev, net = self.data, self.config, self.device, self.net
-        trainable = sorted(
-            {g for s in stages for g in s["trainable"]}, key=[*self.blocks, HEAD].index
-        )
+        trainable = sorted({g for s in stages for g in s.trainable}, key=[*self.blocks, HEAD].index)
         pc = None
         # Frozen parameters have requires_grad=False, so autograd records nothing for a
         # frozen prefix (the same as running it under no_grad); caching skips it entirely.
-        if self.name == "partial":
+        if self.plan.frozen_prefix_cache and len(stages) == 1:
             cache_phase = Phase("prefix_cache")
             key = ("prefix", id(d.x_train), id(d.x_val), tuple(trainable), cfg.bn)
             if self.reuse is not None and key in self.reuse:
@@ -204,7 +204,7 @@ class StrategyRun(HeadStages):
                     splits={"train": d.x_train, "val": d.x_val},
                     batch_size=cfg.batch_size,
                     device=dev,
-                    set_train_modes=lambda: self.set_train_modes(stages[0]["trainable"]),
+                    set_train_modes=lambda: self.set_train_modes(stages[0].trainable),
                     phase=cache_phase,
                 )
                 if self.reuse is not None:
@@ -216,14 +216,14 @@ class StrategyRun(HeadStages):
         val = (d.x_val, pc.cache["val"], d.y_val) if pc else (d.x_val, d.y_val)
         loader = make_loader(train, cfg.batch_size, cfg.seed, dev)
         penalty, decay = None, dict.fromkeys(self.group_params, cfg.weight_decay)
-        if self.plan["penalty"] is not None:
+        if self.plan.penalty is not None:
             pairs = [
                 (p, self.w0[n])
                 for g, names in self.groups.items()
                 if g != HEAD
                 for n, p in zip(names, self.group_params[g])
             ]
-            penalty = (float(self.plan["penalty"]["alpha"]), pairs)
+            penalty = (float(self.plan.penalty["alpha"]), pairs)
             decay = {g: (cfg.weight_decay if g == HEAD else 0.0) for g in self.group_params}
         fitter = Fitter(
             root=net,
@@ -277,13 +277,13 @@ class StrategyRun(HeadStages):
 
     def train(self) -> None:
         """Run every stage of the plan (after :meth:`build`)."""
-        if self.name == "feature_extraction":
+        if self.plan.route == "head":
             self.feature_extraction()
-        elif self.name == "lp_ft":
+        elif self.plan.route == "probe_then_tune":
             self.lp_ft()
         else:
-            phase = "train" if self.name != "gradual_unfreeze" else "stage"
-            self.fine_tune(self.plan["stages"], self.config.epochs, phase)
+            phase = "stage" if self.plan.staged else "train"
+            self.fine_tune(self.plan.stages, self.config.epochs, phase)
 
     # -- the end ----------------------------------------------------------------------------
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -301,7 +301,7 @@ class StrategyRun(HeadStages):
         self.net.load_state_dict(self.best.state, strict=False)
         self.net.eval()
         bs, d, dev = self.config.batch_size, self.data, self.device
-        if self.name == "feature_extraction":
+        if self.plan.route == "head":  # the backbone never changed: its cached features
             head = self.net.get_submodule(self.head)
             y = d.y_test.to(dev)
             _, self.test_accuracy = evaluate(

@@ -12,7 +12,14 @@ from torch import nn
 from diagnose.core.names import STRATEGY_NAMES
 from diagnose.models.demo_cnn import DemoCNN
 from diagnose.models.groups import parameter_groups
-from diagnose.training.strategies import TrainConfig, plan
+from diagnose.training.strategies import Plan, TrainConfig
+from diagnose.training.strategies import plan as typed_plan
+
+
+def plan(name, blocks, config) -> dict:
+    """The plan as results.json records it: the assertions below read that form."""
+    return typed_plan(name, blocks, config).to_dict()
+
 
 BLOCKS = ["b1", "b2", "b3", "b4"]
 RESNET_BLOCKS = ["maxpool", "layer1", "layer2", "layer3", "layer4"]
@@ -220,3 +227,25 @@ def test_parameter_groups_unknown_names():
         parameter_groups(model, ["block1"], "fc")
     with pytest.raises(ValueError, match=r"cannot also be a block"):
         parameter_groups(model, ["block1", "head"], "head")
+
+
+def test_the_engine_reads_how_to_run_a_plan_from_its_fields():
+    cfg = TrainConfig(unfreeze=["b3", "b4"])
+    routes = {n: typed_plan(n, BLOCKS, cfg) for n in STRATEGY_NAMES}
+    assert all(isinstance(p, Plan) for p in routes.values())
+    assert {n: p.route for n, p in routes.items()} == {
+        "feature_extraction": "head",
+        "partial": "tune",
+        "full_low_lr": "tune",
+        "discriminative": "tune",
+        "gradual_unfreeze": "tune",
+        "lp_ft": "probe_then_tune",
+        "l2_sp": "tune",
+        "scratch": "tune",
+    }
+    # Only a single stage with blocks frozen throughout may cache the frozen prefix.
+    assert [n for n, p in routes.items() if p.frozen_prefix_cache] == ["partial"]
+    assert [n for n, p in routes.items() if p.staged] == ["gradual_unfreeze"]
+    assert typed_plan("partial", BLOCKS, TrainConfig(unfreeze=BLOCKS)).frozen_prefix_cache is False
+    with pytest.raises(AttributeError):  # frozen: the engine cannot change a plan
+        routes["partial"].route = "head"
