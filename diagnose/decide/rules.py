@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 
 from diagnose.core import STRATEGY_NAMES
+from diagnose.training import TrainConfig, plan
 
 __all__ = [
     "BACKBONE_LR_RATIO",
@@ -50,19 +51,24 @@ __all__ = [
     "EARLY_LOSS",
     "INPUT_GAP_PAD",
     "LARGE_PER_CLASS",
+    "OPTIMIZER",
     "PROBE_DROP",
     "RGN_QUIET",
     "SAFE_FORGETTING",
     "SMALL_PER_CLASS",
     "STRATEGIES",
+    "group_lrs",
     "recommend",
     "recommended_epochs",
 ]
 
 STRATEGIES = STRATEGY_NAMES
 
-DISCRIMINATIVE_FACTOR = 2.6
-BACKBONE_LR_RATIO = 0.1
+# The training defaults the recommendation is for: read from TrainConfig, never restated.
+_DEFAULTS = TrainConfig()
+DISCRIMINATIVE_FACTOR = _DEFAULTS.discriminative_factor
+BACKBONE_LR_RATIO = _DEFAULTS.backbone_ratio
+OPTIMIZER = f"SGD, momentum {_DEFAULTS.momentum:g}"
 DEFAULT_HEAD_LR = 1e-2
 INPUT_GAP_PAD = 1.0  # PAD above this at the first block: the inputs themselves differ
 EARLY_LOSS = 0.10  # first-block probe this far below the source's: early features lost the classes
@@ -77,6 +83,23 @@ RGN_QUIET = 0.25
 def _acc(layer: dict, which: str) -> float | None:
     probe = (layer.get("probe") or {}).get(which)
     return None if probe is None else probe.get("accuracy")
+
+
+def group_lrs(strategy: str, blocks: list[str], unfreeze: list[str], head_lr: float) -> dict:
+    """The LR of the head and of every block that trains, from the training plan itself.
+
+    One formula for the whole toolkit: :func:`diagnose.training.plan`'s main
+    stage (discriminative: ``head_lr / 2.6**depth``; otherwise the blocks in
+    ``unfreeze`` at ``head_lr * 0.1``). ``"head"`` is ``head_lr``: LP-FT's
+    probe LR, the one its fine-tuning stage scales down.
+    """
+    if not blocks:
+        return {"head": float(head_lr)}
+    chosen = list(unfreeze) if strategy == "partial" and unfreeze else None
+    main = plan(strategy, list(blocks), TrainConfig(head_lr=float(head_lr), unfreeze=chosen))
+    lrs = main.stages[-1].lr
+    keep = set(blocks) if strategy == "discriminative" else set(unfreeze)
+    return {"head": float(head_lr), **{g: lrs[g] for g in blocks if g in keep and g in lrs}}
 
 
 def recommended_epochs(n_per_class: float, strategy: str) -> int:
@@ -295,10 +318,10 @@ def recommend(results: dict, *, max_forgetting: float | None = None) -> dict:
         return {
             "strategy": "full_low_lr",
             "unfreeze": names,
-            "lr": {"head": head_lr, **{n: head_lr * BACKBONE_LR_RATIO for n in names}},
+            "lr": group_lrs("full_low_lr", names, names, head_lr),
             "epochs": recommended_epochs(n_per_class, "full_low_lr"),
-            "weight_decay": 1e-4,
-            "optimizer": "SGD, momentum 0.9",
+            "weight_decay": _DEFAULTS.weight_decay,
+            "optimizer": OPTIMIZER,
             "confidence": "low",
             "max_forgetting": max_forgetting,
             "reasons": reasons
@@ -343,20 +366,15 @@ def recommend(results: dict, *, max_forgetting: float | None = None) -> dict:
             + ": where the target's gradient pulls hardest once the backbone trains."
         )
 
-    lr = {"head": head_lr}
-    if strategy == "discriminative":
-        for depth, name in enumerate(reversed(s["names"]), start=1):
-            lr[name] = head_lr / DISCRIMINATIVE_FACTOR**depth
-    else:
-        lr.update({name: head_lr * BACKBONE_LR_RATIO for name in unfreeze})
+    lr = group_lrs(strategy, s["names"], unfreeze, head_lr)
 
     return {
         "strategy": strategy,
         "unfreeze": list(unfreeze),
         "lr": lr,
         "epochs": recommended_epochs(n_per_class, strategy),
-        "weight_decay": 1e-4,
-        "optimizer": "SGD, momentum 0.9",
+        "weight_decay": _DEFAULTS.weight_decay,
+        "optimizer": OPTIMIZER,
         "confidence": confidence,
         "max_forgetting": max_forgetting,
         "reasons": reasons,

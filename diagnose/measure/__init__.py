@@ -9,6 +9,7 @@ from diagnose.measure.forgetting import (
 from diagnose.measure.layers import (
     CKA_BATCH,
     GAP_MAX_SAMPLES,
+    LR_TEST_MOMENTUM,
     TRANSFER_MAX_SAMPLES,
     control_cka,
     layer_measurements,
@@ -26,6 +27,7 @@ __all__ = [
     "ForgettingMeter",
     "GAP_MAX_SAMPLES",
     "LRFindResult",
+    "LR_TEST_MOMENTUM",
     "TOKEN_POOLS",
     "TRANSFER_MAX_SAMPLES",
     "control_cka",

@@ -23,6 +23,7 @@ from diagnose.measure.rgn import relative_gradient_norms
 __all__ = [
     "CKA_BATCH",
     "GAP_MAX_SAMPLES",
+    "LR_TEST_MOMENTUM",
     "TRANSFER_MAX_SAMPLES",
     "control_cka",
     "layer_measurements",
@@ -32,6 +33,10 @@ __all__ = [
     "target_rgn",
     "transferability",
 ]
+
+# The range test's optimiser is the training engine's (TrainConfig's momentum), so the LR it
+# suggests is one for the same SGD.
+LR_TEST_MOMENTUM = 0.9
 
 # Large-N limits. Probes use every row (memmaps on the disk path); the rest
 # subsample, and each result records the sizes it used.
@@ -293,11 +298,13 @@ def lr_find_head(
     batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     torch.manual_seed(seed)
     head = torch.nn.Linear(x.shape[1], len(classes))
-    res = lr_range_test(head, batches, num_steps=num_steps, progress=progress)
+    res = lr_range_test(
+        head, batches, num_steps=num_steps, momentum=LR_TEST_MOMENTUM, progress=progress
+    )
     out = res.to_dict()
     out["batch_size"] = batch_size
     out["n_examples"] = len(rows)
-    out["optimizer"] = "SGD, momentum 0.9"
+    out["optimizer"] = f"SGD, momentum {LR_TEST_MOMENTUM:g}"
     return out
 
 

@@ -48,7 +48,7 @@ from diagnose.training.seeds import (
     val_text,
     within_spread,
 )
-from diagnose.training.strategies import BN_MODES, TrainConfig, plan
+from diagnose.training.strategies import BN_MODES, ROUTES, Plan, Stage, TrainConfig, plan
 from diagnose.training.strategy_run import StrategyRun, planned_epochs
 
 __all__ = [
@@ -63,9 +63,12 @@ __all__ = [
     "Outcome",
     "PeakMemory",
     "Phase",
+    "Plan",
     "PrefixCache",
     "RAY_MISSING",
+    "ROUTES",
     "RUN_KEYS",
+    "Stage",
     "StrategyRun",
     "TargetData",
     "TrainConfig",

@@ -40,6 +40,9 @@ from diagnose.models import HEAD
 
 __all__ = [
     "BN_MODES",
+    "Plan",
+    "ROUTES",
+    "Stage",
     "TrainConfig",
     "plan",
 ]

@@ -286,3 +286,18 @@ def test_cli_rejects_a_forgetting_budget_outside_0_1(capsys):
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--max-forgetting must be between 0 and 1" in err[0]
+
+
+def test_the_rules_read_the_training_defaults_and_the_plan_s_lrs():
+    from diagnose.decide.rules import OPTIMIZER, group_lrs
+    from diagnose.measure.layers import LR_TEST_MOMENTUM
+    from diagnose.training import TrainConfig, plan
+
+    defaults = TrainConfig()
+    assert OPTIMIZER == f"SGD, momentum {defaults.momentum:g}"
+    assert LR_TEST_MOMENTUM == defaults.momentum  # the range test tunes the same SGD
+    blocks = ["b1", "b2", "b3"]
+    main = plan("discriminative", blocks, TrainConfig(head_lr=0.026)).stages[-1].lr
+    assert group_lrs("discriminative", blocks, blocks, 0.026) == dict(main)
+    assert group_lrs("partial", blocks, ["b3"], 0.02) == {"head": 0.02, "b3": 0.02 * 0.1}
+    assert group_lrs("feature_extraction", blocks, [], 0.02) == {"head": 0.02}
