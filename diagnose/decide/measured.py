@@ -25,7 +25,8 @@ from diagnose.data import materialize
 from diagnose.decide.candidates import build_candidates
 from diagnose.decide.race import run_race
 from diagnose.decide.race_scoring import scoring_folds
-from diagnose.decide.rules import SAFE_FORGETTING, recommended_epochs
+from diagnose.decide.recipe import recommended_epochs
+from diagnose.decide.rules import SAFE_FORGETTING
 from diagnose.models import cut_description, trainable_modules
 from diagnose.training import TrainConfig, plan
 

@@ -15,7 +15,7 @@ selection (:mod:`diagnose.decide.select`) uses.
 from __future__ import annotations
 
 from diagnose.decide.race_scoring import paired_gap
-from diagnose.decide.select import DEFAULT_TIE_TOLERANCE
+from diagnose.decide.select import DEFAULT_TIE_TOLERANCE, FLOAT_SLACK
 
 # A leader this close to the winner's accuracy (fraction) is tied with it: the cheaper wins.
 TIE_TOLERANCE = DEFAULT_TIE_TOLERANCE
@@ -61,7 +61,9 @@ def race_summary(
             gap = paired_arms(winner, runner)
         gaps = {id(a): paired_arms(winner, a) for a in finalists if a is not winner}
         leaders = [winner] + [a for a in finalists if id(a) in gaps and gaps[id(a)]["ci_low"] <= 0]
-        tied = [winner] + [a for a in leaders[1:] if gaps[id(a)]["mean"] <= TIE_TOLERANCE + 1e-12]
+        tied = [winner] + [
+            a for a in leaders[1:] if gaps[id(a)]["mean"] <= TIE_TOLERANCE + FLOAT_SLACK
+        ]
     pick = (
         min(tied, key=lambda a: (a.estimate(full_epochs, n_folds), a.cand.prior_rank, a.index))
         if tied

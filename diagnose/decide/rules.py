@@ -38,81 +38,53 @@ runs assess and every strategy on the four demo targets over several seeds.
 
 from __future__ import annotations
 
-import math
-
 from diagnose.core import STRATEGY_NAMES
-from diagnose.training import TrainConfig, plan
+from diagnose.decide.recipe import (
+    DISCRIMINATIVE_FACTOR,
+    OPTIMIZER,
+    TRAIN_DEFAULTS,
+    group_lrs,
+    recommended_epochs,
+)
 
 __all__ = [
-    "BACKBONE_LR_RATIO",
     "BENEFIT_MIN",
     "DEFAULT_HEAD_LR",
-    "DISCRIMINATIVE_FACTOR",
     "EARLY_LOSS",
+    "GAP_SIGNIFICANCE",
     "INPUT_GAP_PAD",
     "LARGE_PER_CLASS",
-    "OPTIMIZER",
     "PROBE_DROP",
     "RGN_QUIET",
     "SAFE_FORGETTING",
     "SMALL_PER_CLASS",
     "STRATEGIES",
-    "group_lrs",
     "recommend",
-    "recommended_epochs",
 ]
 
 STRATEGIES = STRATEGY_NAMES
 
-# The training defaults the recommendation is for: read from TrainConfig, never restated.
-_DEFAULTS = TrainConfig()
-DISCRIMINATIVE_FACTOR = _DEFAULTS.discriminative_factor
-BACKBONE_LR_RATIO = _DEFAULTS.backbone_ratio
-OPTIMIZER = f"SGD, momentum {_DEFAULTS.momentum:g}"
 DEFAULT_HEAD_LR = 1e-2
 INPUT_GAP_PAD = 1.0  # PAD above this at the first block: the inputs themselves differ
 EARLY_LOSS = 0.10  # first-block probe this far below the source's: early features lost the classes
 PROBE_DROP = 0.05  # last-layer probe this far below the best layer: late features do not fit
 BENEFIT_MIN = 0.02  # pretrained probe must beat the control by this much to count
+# Labelled images per class below which a target counts as small, and above which as
+# large: with 30 a 10-class val split holds ~30 images, about +-10 points of resolution.
 SMALL_PER_CLASS = 30
 LARGE_PER_CLASS = 500
 SAFE_FORGETTING = 0.05  # budgets below this admit no strategy that moves the backbone
+# A block whose relative gradient norm (Auto-RGN, normalised to the largest) is below this
+# barely moves once the backbone trains; the prior reports it, the race decides.
 RGN_QUIET = 0.25
+# The first block's MMD gap counts as real below this permutation p-value (the usual 5%
+# test level; the permutation test has 200 permutations by default, resolution 0.005).
+GAP_SIGNIFICANCE = 0.05
 
 
 def _acc(layer: dict, which: str) -> float | None:
     probe = (layer.get("probe") or {}).get(which)
     return None if probe is None else probe.get("accuracy")
-
-
-def group_lrs(strategy: str, blocks: list[str], unfreeze: list[str], head_lr: float) -> dict:
-    """The LR of the head and of every block that trains, from the training plan itself.
-
-    One formula for the whole toolkit: :func:`diagnose.training.plan`'s main
-    stage (discriminative: ``head_lr / 2.6**depth``; otherwise the blocks in
-    ``unfreeze`` at ``head_lr * 0.1``). ``"head"`` is ``head_lr``: LP-FT's
-    probe LR, the one its fine-tuning stage scales down.
-    """
-    if not blocks:
-        return {"head": float(head_lr)}
-    chosen = list(unfreeze) if strategy == "partial" and unfreeze else None
-    main = plan(strategy, list(blocks), TrainConfig(head_lr=float(head_lr), unfreeze=chosen))
-    lrs = main.stages[-1].lr
-    keep = set(blocks) if strategy == "discriminative" else set(unfreeze)
-    return {"head": float(head_lr), **{g: lrs[g] for g in blocks if g in keep and g in lrs}}
-
-
-def recommended_epochs(n_per_class: float, strategy: str) -> int:
-    """Epochs of a full fine-tuning run for ``n_per_class`` labelled images per class.
-
-    ``15 sqrt(100 / n)`` clamped to 5..50 (twice that for a head on cached features).
-    """
-    # Fewer examples need more passes for the same number of updates; the cap keeps
-    # small-data runs from memorising (the comparison issue measures overfitting).
-    base = 15.0 * math.sqrt(100.0 / max(n_per_class, 1.0))
-    if strategy == "feature_extraction":
-        base *= 2  # epochs on cached features are nearly free
-    return int(min(50, max(5, round(base))))
 
 
 def _signals(results: dict, layers: list[dict]) -> dict:
@@ -144,7 +116,9 @@ def _signals(results: dict, layers: list[dict]) -> dict:
 
 
 def _input_shift(s: dict) -> bool:
-    return s["pad0"] is not None and s["pad0"] >= INPUT_GAP_PAD and (s["p0"] or 0.0) < 0.05
+    return (
+        s["pad0"] is not None and s["pad0"] >= INPUT_GAP_PAD and (s["p0"] or 0.0) < GAP_SIGNIFICANCE
+    )
 
 
 def _early_loss(s: dict) -> float | None:
@@ -320,7 +294,7 @@ def recommend(results: dict, *, max_forgetting: float | None = None) -> dict:
             "unfreeze": names,
             "lr": group_lrs("full_low_lr", names, names, head_lr),
             "epochs": recommended_epochs(n_per_class, "full_low_lr"),
-            "weight_decay": _DEFAULTS.weight_decay,
+            "weight_decay": TRAIN_DEFAULTS.weight_decay,
             "optimizer": OPTIMIZER,
             "confidence": "low",
             "max_forgetting": max_forgetting,
@@ -373,7 +347,7 @@ def recommend(results: dict, *, max_forgetting: float | None = None) -> dict:
         "unfreeze": list(unfreeze),
         "lr": lr,
         "epochs": recommended_epochs(n_per_class, strategy),
-        "weight_decay": _DEFAULTS.weight_decay,
+        "weight_decay": TRAIN_DEFAULTS.weight_decay,
         "optimizer": OPTIMIZER,
         "confidence": confidence,
         "max_forgetting": max_forgetting,

@@ -48,11 +48,14 @@ from diagnose.training import n_seeds, val_std, val_text, within_spread
 
 __all__ = [
     "DEFAULT_TIE_TOLERANCE",
+    "FLOAT_SLACK",
     "forgetting_of",
     "select_strategy",
 ]
 
 DEFAULT_TIE_TOLERANCE = 0.005
+# Accuracies are k / n in float: a difference exactly at the tolerance may round past it.
+FLOAT_SLACK = 1e-12
 
 
 def forgetting_of(entry: dict) -> tuple[float | None, str | None]:
@@ -241,7 +244,7 @@ def select_strategy(
         return _empty(budget, tolerance, excluded, reasons, predicted)
 
     best_val = max(val_of(e) for e in eligible)
-    tied = [e for e in eligible if val_of(e) >= best_val - tolerance - 1e-12]
+    tied = [e for e in eligible if val_of(e) >= best_val - tolerance - FLOAT_SLACK]
     order = {id(e): i for i, e in enumerate(eligible)}
     # Cheapest first; equal cost falls back to the higher accuracy, then the input order.
     winner = min(tied, key=lambda e: (*_cost_key(e), -val_of(e), order[id(e)]))
