@@ -85,10 +85,15 @@ def test_debug_shows_the_traceback():
 
 
 def test_console_script_is_installed():
+    import os
     import shutil
+    import sysconfig
 
-    script = shutil.which("diagnose")
-    assert script is not None, "the 'diagnose' console script is not on PATH (pip install -e .)"
+    # Where pip puts console scripts: PATH, this interpreter's scripts dir, the user scheme's.
+    dirs = [os.environ.get("PATH", ""), sysconfig.get_path("scripts")]
+    dirs.append(sysconfig.get_path("scripts", f"{os.name}_user"))
+    script = shutil.which("diagnose", path=os.pathsep.join(dirs))
+    assert script is not None, "the 'diagnose' console script is not installed (pip install -e .)"
     proc = subprocess.run([script, "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert all(cmd in proc.stdout for cmd in ("assess", "compare", "audit", "report", "demo"))
