@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""Atomic file writes that follow the umask: results, reports and cached weights.
+
+A write goes to a temporary file in the same folder, is fsynced, then replaces
+the target with ``os.replace``, so a reader (or a crash) never sees half a file;
+the final mode is what ``open`` would give under the process's umask. A full
+disk or a denied folder is one ``OSError`` line naming the path and the reason.
+"""
 
 from __future__ import annotations
 

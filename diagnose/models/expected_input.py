@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""The input a model expects: image size, channels and normalisation, resolved once.
+
+``--image-size`` and ``--normalize`` win; otherwise the model's own declared
+size and mean/std (torchvision and timm weights declare them), else the
+images' native size scaled to [0, 1]. Channels follow the model's first layer.
+The model decides its input, so :mod:`diagnose.data` never imports models.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""Parameter groups: which block (or the head) owns each parameter and module.
+
+A group is a probed block name or ``"head"``; a parameter outside every block
+belongs to the block it feeds, the next one in forward order (a stem to the
+first block), and one after the last block (a final norm) to the last block.
+The training engine, Auto-RGN and the unfreezing cuts all read these groups.
+"""
 
 from __future__ import annotations
 

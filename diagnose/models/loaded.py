@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""A loaded model and what is known about it (:class:`LoadedModel`), and helpers on modules.
+
+``LoadedModel`` carries the module with its spec name, head, source classes,
+input size, channels, normalisation and notes. The helpers find the
+classification head, replace a submodule, make a random-init copy, and load
+a weights file strictly (``weights_only=True`` unless trusted).
+"""
 
 from __future__ import annotations
 

@@ -1,11 +1,16 @@
-"""TODO docstring."""
+"""Reading comparison entries for plots: display labels, one colour per strategy, curves.
+
+Shared by :mod:`diagnose.report.plots_compare` and
+:mod:`diagnose.report.plots_training`. Entries may be partial (a failed run has
+only a name and status), so every field is read defensively.
+"""
 
 from __future__ import annotations
 
-import seaborn as sns  # noqa: E402
+import seaborn as sns
 
-from diagnose.core import (  # noqa: E402
-    STRATEGY_NAMES,  # noqa: E402
+from diagnose.core import (
+    STRATEGY_NAMES,
     finite,
     strategy_label,
 )
