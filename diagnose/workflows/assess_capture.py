@@ -93,55 +93,34 @@ def capture_domains(
     stats: dict[str, ImageStats] = {}
     used: dict[str, np.ndarray] = {}
     splits: dict[str, dict | None] = {}
+    passes = []
     if tgt is not None:
-        control = random_init_copy(net, seed=seed).to(dev)
-        pair = _Pair(net, control)
-        used["target"] = subsample(tgt, max_samples, seed)
-        splits["target"] = restricted_splits(tgt, used["target"], seed)
-        stats["target"] = ImageStats()
-        data = prepared_dataset(tgt, used["target"], prep, stats["target"])
+        # The target pass runs the random-init control on the same batches.
+        pair = _Pair(net, random_init_copy(net, seed=seed).to(dev))
         names = [f"pretrained.{n}" for n in layer_names] + [f"control.{n}" for n in layer_names]
-        captured["target"] = _capture(
+        passes.append(("target", tgt, pair, names))
+    if src is not None:
+        passes.append(("source", src, net, layer_names))
+    for what, domain, model, names in passes:
+        used[what] = subsample(domain, max_samples, seed)
+        splits[what] = restricted_splits(domain, used[what], seed)
+        stats[what] = ImageStats()
+        data = prepared_dataset(domain, used[what], prep, stats[what])
+        captured[what] = _capture(
             loaded,
             prep,
-            "target",
-            pair,
+            what,
+            model,
             data,
             names,
             batch_size=batch_size,
             device=dev,
             keep_output=has_head,
             progress=progress,
-            desc="capture target",
+            desc=f"capture {what}",
             max_memory=share,
             skip_unreadable=True,
             token_pool=pool,
         )
-        used["target"], splits["target"] = drop_positions(
-            used["target"], splits["target"], captured["target"].skipped
-        )
-    if src is not None:
-        used["source"] = subsample(src, max_samples, seed)
-        splits["source"] = restricted_splits(src, used["source"], seed)
-        stats["source"] = ImageStats()
-        data = prepared_dataset(src, used["source"], prep, stats["source"])
-        captured["source"] = _capture(
-            loaded,
-            prep,
-            "source",
-            net,
-            data,
-            layer_names,
-            batch_size=batch_size,
-            device=dev,
-            keep_output=has_head,
-            progress=progress,
-            desc="capture source",
-            max_memory=share,
-            skip_unreadable=True,
-            token_pool=pool,
-        )
-        used["source"], splits["source"] = drop_positions(
-            used["source"], splits["source"], captured["source"].skipped
-        )
+        used[what], splits[what] = drop_positions(used[what], splits[what], captured[what].skipped)
     return captured, stats, used, splits
