@@ -14,7 +14,7 @@ from diagnose.workflows.checkpoint_audit import (
 from diagnose.workflows.compare_args import check_compare_args, parse_strategies, resolve_unfreeze
 from diagnose.workflows.comparison import DEFAULT_HEAD_LR, CompareResult, compare
 from diagnose.workflows.demo import DEMO_SOURCE, DEMO_TARGETS, run_demo
-from diagnose.workflows.startup import as_domain, as_loaded, source_eval_set
+from diagnose.workflows.startup import as_domain, as_loaded, model_and_data, source_eval_set
 from diagnose.workflows.tracking import DEFAULT_TRACK_IMAGES, ForgettingTracker
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "check_compare_args",
     "compare",
     "memory_share",
+    "model_and_data",
     "parse_strategies",
     "resolve_unfreeze",
     "run_demo",

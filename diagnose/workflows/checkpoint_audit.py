@@ -51,7 +51,7 @@ from diagnose.models import (
     torch_load,
 )
 from diagnose.report import check_out_dir
-from diagnose.workflows.startup import as_domain, as_loaded, source_eval_set
+from diagnose.workflows.startup import model_and_data, source_eval_set
 
 __all__ = [
     "ACCURACY_DROP_NOTABLE",
@@ -228,17 +228,17 @@ def audit(
     dev = resolve_device(device)
     if out is not None:
         check_out_dir(out)
-    loaded = as_loaded(
+    loaded, src, tgt = model_and_data(
+        "audit",
         model,
+        source,
+        target,
         weights=weights,
         trust_checkpoint=trust_checkpoint,
         head=head,
         progress=progress,
         image_size=image_size,
     )
-    if loaded.head is None:
-        raise ValueError("audit needs the model's classification head; name it with 'head'.")
-    src, tgt = as_domain(source, "source"), as_domain(target, "target")
     if src is None:
         raise ValueError("audit needs 'source' data: forgetting is measured on the source task.")
     ft, replaced = build_finetuned(

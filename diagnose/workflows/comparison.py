@@ -51,7 +51,7 @@ from diagnose.training import (
 )
 from diagnose.workflows.assessment import assess
 from diagnose.workflows.compare_args import check_compare_args, parse_strategies, resolve_unfreeze
-from diagnose.workflows.startup import as_domain, as_loaded, source_eval_set
+from diagnose.workflows.startup import model_and_data, source_eval_set
 
 __all__ = [
     "CompareResult",
@@ -196,17 +196,17 @@ def compare(
     dev = resolve_device(device)
     if out is not None:
         check_out_dir(out)  # fail before hours of training, not after
-    loaded = as_loaded(
+    loaded, src, tgt = model_and_data(
+        "compare",
         model,
+        source,
+        target,
         weights=weights,
         trust_checkpoint=trust_checkpoint,
         head=head,
         progress=progress,
         image_size=image_size,
     )
-    if loaded.head is None:
-        raise ValueError("compare needs the model's classification head; name it with 'head'.")
-    src, tgt = as_domain(source, "source"), as_domain(target, "target")
     if tgt is None or tgt.labels is None:
         raise ValueError("compare needs labelled 'target' data.")
     out_dir = Path(out) if out is not None else None

@@ -25,6 +25,7 @@ from diagnose.models import LoadedModel, find_head, load_model
 __all__ = [
     "as_domain",
     "as_loaded",
+    "model_and_data",
     "source_eval_set",
 ]
 
@@ -102,3 +103,32 @@ def source_eval_set(
             "label-free (agreement and CKA) only."
         )
     return x, (y if label_match else None)
+
+
+def model_and_data(
+    workflow: str,
+    model: Any,
+    source: Any,
+    target: Any,
+    *,
+    weights: str | None,
+    trust_checkpoint: bool,
+    head: str | None,
+    progress: bool,
+    image_size: int | None,
+) -> tuple[LoadedModel, Domain | None, Domain | None]:
+    """The loaded model (which must have a classification head) and the two domains.
+
+    ``workflow`` names the caller in the error when no head is found.
+    """
+    loaded = as_loaded(
+        model,
+        weights=weights,
+        trust_checkpoint=trust_checkpoint,
+        head=head,
+        progress=progress,
+        image_size=image_size,
+    )
+    if loaded.head is None:
+        raise ValueError(f"{workflow} needs the model's classification head; name it with 'head'.")
+    return loaded, as_domain(source, "source"), as_domain(target, "target")
