@@ -16,7 +16,7 @@ Figures per case and budget:
   epochs under the same folds).
 Goal: regret <= 1 point at <= 20% of the compute.
 
-    python benchmarks/bench_recommend_real.py [--seeds 0,1] [--budget 0.2] [--cases a,b]
+    python benchmarks/bench_recommend_real.py [--seeds 0,1] [--budget 0.2] [--cases a,b] [--budgets 10,40]
 
 Writes ``benchmarks/recommend_real_results.json`` and prints the table.
 """
@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", default="0,1", help="case seeds to run (the oracle has 0,1)")
     ap.add_argument("--budget", type=float, default=0.2, help="--trial-budget of assess")
     ap.add_argument("--cases", default=",".join(CASE_NAMES))
+    ap.add_argument("--budgets", default="10,40", help="labels per class to run")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument(
         "--rescore", action="store_true", help="only re-read the oracle for the saved rows"
@@ -156,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         rows = []
         seeds = tuple(int(s) for s in args.seeds.split(","))
-        for case in cases(names=tuple(args.cases.split(",")), seeds=seeds):
+        budgets = tuple(int(b) for b in args.budgets.split(","))
+        for case in cases(names=tuple(args.cases.split(",")), seeds=seeds, budgets=budgets):
             t0 = time.perf_counter()
             res = diagnose.assess(
                 case.model_fn(),

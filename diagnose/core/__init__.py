@@ -11,6 +11,7 @@ from diagnose.core.device import (
     resolve_device,
     to_device,
 )
+from diagnose.core.entry import Cost, Divergence, Forgetting, StrategyEntry, TargetScores
 from diagnose.core.files import (
     atomic_torch_save,
     atomic_write_bytes,
@@ -18,6 +19,22 @@ from diagnose.core.files import (
     current_umask,
 )
 from diagnose.core.names import STRATEGY_LABELS, STRATEGY_NAMES, join_labels, strategy_label
+from diagnose.core.record import (
+    Record,
+    as_bool,
+    as_dict,
+    as_integer,
+    as_is,
+    as_number,
+    as_number_map,
+    as_record,
+    as_record_or_empty,
+    as_records,
+    as_text,
+    as_tuple,
+    json_form,
+    read_as,
+)
 from diagnose.core.schema import (
     SCHEMA_VERSION,
     RunResult,
@@ -31,6 +48,25 @@ from diagnose.core.schema import (
 from diagnose.core.specs import call_spec, is_callable_spec
 
 __all__ = [
+    "Cost",
+    "Divergence",
+    "Forgetting",
+    "Record",
+    "as_bool",
+    "as_dict",
+    "as_integer",
+    "as_is",
+    "as_number",
+    "as_number_map",
+    "as_record",
+    "as_record_or_empty",
+    "as_records",
+    "as_text",
+    "as_tuple",
+    "json_form",
+    "read_as",
+    "StrategyEntry",
+    "TargetScores",
     "RunResult",
     "SCHEMA_VERSION",
     "STRATEGY_LABELS",

@@ -18,7 +18,15 @@ from diagnose.decide.measured import (
     race_pool,
     with_modules,
 )
-from diagnose.decide.race import ETA, FIXED_PHASES, MAX_RUNGS, MIN_RUNG_STEPS, run_race, rung_epochs
+from diagnose.decide.race import (
+    EDGE_STEP,
+    ETA,
+    MAX_RUNGS,
+    MIN_RUNG_STEPS,
+    edge_extensions,
+    run_race,
+    rung_epochs,
+)
 from diagnose.decide.race_scoring import (
     KFOLD_REPEATS,
     KFOLD_SPLITS,
@@ -28,6 +36,7 @@ from diagnose.decide.race_scoring import (
     paired_gap,
     scoring_folds,
 )
+from diagnose.decide.race_trials import FIXED_PHASES, Arm, RaceContext, phase_flops, train_trial
 from diagnose.decide.race_verdict import TIE_TOLERANCE, paired_arms, race_summary
 from diagnose.decide.recipe import (
     BACKBONE_LR_RATIO,
@@ -62,13 +71,16 @@ from diagnose.decide.select import (
     select_strategy,
 )
 from diagnose.decide.select_reasons import (
+    as_entry,
     cost_text,
     entry_label,
     forgetting_reason,
     no_winner_reasons,
     prediction_check,
+    val_text,
     wall_text,
     why_not_ok,
+    within_spread,
 )
 
 __all__ = [
@@ -82,7 +94,13 @@ __all__ = [
     "EARLY_LOSS",
     "EPOCHS_AT_REFERENCE",
     "ETA",
+    "EDGE_STEP",
+    "edge_extensions",
     "FIXED_PHASES",
+    "Arm",
+    "RaceContext",
+    "phase_flops",
+    "train_trial",
     "FLOAT_SLACK",
     "Fold",
     "GAP_SIGNIFICANCE",
@@ -134,5 +152,8 @@ __all__ = [
     "select_strategy",
     "wall_text",
     "why_not_ok",
+    "as_entry",
+    "val_text",
+    "within_spread",
     "with_modules",
 ]

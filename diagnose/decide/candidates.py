@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from diagnose.decide.rules import DEFAULT_HEAD_LR
 from diagnose.training import TrainConfig
@@ -62,6 +62,8 @@ class Candidate:
             (discriminative: ``head_lr / 2.6**d``), as :func:`diagnose.training.strategies.plan` says.
         placed_by: what put this depth in the race (``"last block"``, ``"probe peak"``, ...).
         prior_rank: position of its strategy in the rule prior's order (0 = the prior's pick).
+        lr_edge: its LR was added by the race beyond the edge of the grid, because that
+            edge was the best LR of its strategy and depth after the first rung.
     """
 
     strategy: str
@@ -69,6 +71,7 @@ class Candidate:
     head_lr: float
     placed_by: str
     prior_rank: int
+    lr_edge: bool = False
 
     @property
     def arm(self) -> str:
@@ -94,6 +97,11 @@ class Candidate:
     def to_dict(self) -> dict:
         """Plain-JSON fields, plus ``arm`` and ``key``."""
         return {**asdict(self), "arm": self.arm, "key": self.key}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Candidate:
+        """The candidate of a race entry (``to_dict()``'s output; extra keys are ignored)."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 def _target_acc(layer: dict) -> float | None:

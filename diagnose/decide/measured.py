@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from diagnose.data import materialize
-from diagnose.decide.candidates import build_candidates
+from diagnose.decide.candidates import Candidate, build_candidates
 from diagnose.decide.race import run_race
 from diagnose.decide.race_scoring import scoring_folds
 from diagnose.decide.recipe import recommended_epochs
@@ -255,7 +255,7 @@ def measured_recommendation(
         return _unmeasured(prior, model, blocks, head, "every race candidate failed")
     by_key = {c["key"]: c for c in trials["candidates"]}
     pick = by_key[trials["pick"]]
-    cand = next(c for c in cands if c.key == pick["key"])
+    cand = Candidate.from_dict(pick)  # a given candidate, or an LR the race added past an edge
     groups = (
         []
         if cand.strategy == "feature_extraction"

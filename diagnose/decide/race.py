@@ -31,22 +31,23 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from diagnose.decide.candidates import Candidate
 from diagnose.decide.race_scoring import Fold
+from diagnose.decide.race_trials import Arm, RaceContext
 from diagnose.decide.race_verdict import race_summary
-from diagnose.training import StrategyRun, TargetData, steps_per_epoch
+from diagnose.training import TargetData, steps_per_epoch
 
 __all__ = [
+    "EDGE_STEP",
     "ETA",
-    "FIXED_PHASES",
     "MAX_RUNGS",
     "MIN_RUNG_STEPS",
+    "edge_extensions",
     "run_race",
     "rung_epochs",
 ]
@@ -56,13 +57,12 @@ __all__ = [
 # 2 and 15 epochs, the typical range here).
 ETA = 3
 MAX_RUNGS = 4
+# The factor beyond a grid's winning edge (the grid's own spacing, candidates.LR_GRID).
+EDGE_STEP = 3.0
 # A rung shorter than this many optimiser steps is a cosine run that barely leaves its
 # initialisation: at 1 epoch (2 steps) every fine-tuned candidate sat at chance on a
 # 200-image demo target while feature extraction's 50 head epochs did not.
 MIN_RUNG_STEPS = 20
-# Phases whose cost does not grow with the epochs of the main stage: the captures,
-# the prefix cache and the head stages on cached features (max(epochs, lp_epochs)).
-FIXED_PHASES = ("capture", "prefix_cache", "head", "linear_probe")
 
 
 def rung_epochs(full_epochs: int, eta: int = ETA, min_epochs: int = 1) -> list[int]:
@@ -78,7 +78,7 @@ def rung_epochs(full_epochs: int, eta: int = ETA, min_epochs: int = 1) -> list[i
     return sorted(set(out))
 
 
-def _survivors(alive: list[_Arm], keep: int) -> list[_Arm]:
+def _survivors(alive: list[Arm], keep: int) -> list[Arm]:
     """The best ``keep`` of ``alive`` (ranked), the best LR of each strategy and depth first.
 
     Two LRs of one arm are nearly one bet; carrying the best of several arms
@@ -90,87 +90,6 @@ def _survivors(alive: list[_Arm], keep: int) -> list[_Arm]:
         seen.add(a.cand.arm)
     chosen = (firsts + rest)[:keep]
     return [a for a in alive if a in chosen]
-
-
-def _flops(phases) -> tuple[int, int]:
-    """(fixed, epoch-scaled) FLOPs of a run's phases."""
-    fixed = scaled = 0
-    for ph in phases:
-        if ph.flops_per_step is None:
-            continue
-        f = int(ph.flops_per_step) * int(ph.steps)
-        if ph.name in FIXED_PHASES:
-            fixed += f
-        else:
-            scaled += f
-    return fixed, scaled
-
-
-def _trial(cand, fold_data, model, head, blocks, epochs, batch_size, seed, device, reuse) -> dict:
-    """Train ``cand`` for ``epochs`` on one fold; score its last-epoch weights."""
-    start = time.perf_counter()
-    config = cand.config(blocks, epochs=epochs, batch_size=batch_size, seed=seed)
-    run = StrategyRun(
-        cand.strategy,
-        model,
-        head,
-        blocks,
-        fold_data,
-        None,
-        config,
-        device,
-        progress=False,
-        reuse=reuse,
-    )
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            run.build()
-            run.train()
-            logits = run.predict(fold_data.x_val)
-    finally:
-        run.bar.close()
-    y = fold_data.y_val
-    loss = F.cross_entropy(logits, y, reduction="none").double().numpy()
-    correct = (logits.argmax(1) == y).numpy()
-    fixed, scaled = _flops(run.phases)
-    ok = run.diverged is None and bool(np.isfinite(loss).all())
-    return {
-        "correct": correct if ok else np.zeros_like(correct),
-        "loss": loss if ok else np.full_like(loss, np.inf),
-        "fixed_flops": fixed,
-        "scaled_flops": scaled,
-        "wall_s": time.perf_counter() - start,
-        "diverged": None if ok else (run.diverged or {"loss": "non-finite validation loss"}),
-    }
-
-
-class _Arm:
-    """A candidate's record across rungs."""
-
-    def __init__(self, index: int, cand: Candidate):
-        self.index, self.cand = index, cand
-        self.rungs: list[dict] = []
-        self.correct = self.loss = None
-        self.fixed = self.per_epoch = 0.0  # FLOPs per fold, from its latest rung
-        self.ids = None  # the held-out image of each entry of ``correct``
-        self.flops = 0
-        self.wall = 0.0
-        self.status, self.reason, self.eliminated_at = "ok", None, None
-
-    def estimate(self, epochs: int, folds: int) -> float:
-        return (self.fixed + self.per_epoch * epochs) * folds
-
-    def rank_key(self) -> tuple:
-        if self.status != "ok":
-            return (1, 0.0, 0.0, self.cand.prior_rank, self.index)
-        return (
-            0,
-            -float(self.correct.mean()),
-            float(self.loss.mean()),
-            self.cand.prior_rank,
-            self.index,
-        )
 
 
 def run_race(
@@ -226,16 +145,16 @@ def run_race(
     first_folds = max(1, math.ceil(n_folds / ETA)) if n_folds > 1 else 1
     steps = max(1, steps_per_epoch(len(folds[0].train), batch_size))
     epochs = rung_epochs(full_epochs, min_epochs=math.ceil(MIN_RUNG_STEPS / steps))
-    arms = [_Arm(i, c) for i, c in enumerate(candidates)]
-    # Head inputs and frozen-prefix outputs per fold, computed by the first candidate that
-    # needs them and reused by the rest (their FLOPs are counted once, where they ran).
-    reuse: dict = {}
+    arms = [Arm(i, c) for i, c in enumerate(candidates)]
+    # Head inputs and frozen-prefix outputs per fold are shared by the candidates in ``ctx``
+    # (their FLOPs are counted once, where they ran).
+    ctx = RaceContext(fold_data, folds, model, head, blocks, batch_size, seed, device, {}, warnings)
     alive = list(arms)
     rung_log: list[dict] = []
     spent, full_estimate, budget_flops = 0, None, None
     for r, e in enumerate(epochs):
         if r > 0:
-            alive.sort(key=_Arm.rank_key)
+            alive.sort(key=Arm.rank_key)
             alive = [a for a in alive if a.status == "ok"]
             keep = max(2, math.ceil(len(alive) / ETA)) if len(alive) >= 2 else len(alive)
             keep, rung_folds = _fit_rung(alive, keep, e, spent, budget_flops, first_folds, n_folds)
@@ -260,50 +179,17 @@ def run_race(
             disable=not progress,
             leave=False,
         )
-        rung_flops = 0
-        for a in alive:
-            outs = []
-            try:
-                for fd in fold_data[:rung_folds]:
-                    outs.append(
-                        _trial(a.cand, fd, model, head, blocks, e, batch_size, seed, device, reuse)
-                    )
-                    bar.update(1)
-            except (RuntimeError, ValueError) as exc:  # one failing candidate never ends the race
-                a.status, a.eliminated_at = "failed", r
-                a.reason = (
-                    f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                )
-                if warnings is not None:
-                    warnings.append(f"Race candidate {a.cand.key} {a.reason}")
-                bar.update(rung_folds - len(outs))
-                continue
-            a.correct = np.concatenate([o["correct"] for o in outs])
-            a.loss = np.concatenate([o["loss"] for o in outs])
-            fixed = sum(o["fixed_flops"] for o in outs)
-            scaled = sum(o["scaled_flops"] for o in outs)
-            a.fixed, a.per_epoch = fixed / len(outs), scaled / e / len(outs)
-            a.ids = np.concatenate([f.held_out for f in folds[: len(outs)]])
-            a.flops += fixed + scaled
-            rung_flops += fixed + scaled
-            wall = sum(o["wall_s"] for o in outs)
-            a.wall += wall
-            bad = next((o["diverged"] for o in outs if o["diverged"]), None)
-            if bad is not None:
-                a.status, a.eliminated_at = "diverged", r
-                a.reason = f"diverged ({bad.get('loss')}) after at most {e} epochs"
-            a.rungs.append(
-                {
-                    "rung": r,
-                    "epochs": int(e),
-                    "val_accuracy": float(a.correct.mean()),
-                    "val_loss": float(a.loss.mean()) if np.isfinite(a.loss).all() else None,
-                    "fold_accuracy": [float(o["correct"].mean()) for o in outs],
-                    "folds": len(outs),
-                    "flops": int(fixed + scaled),
-                    "wall_s": round(wall, 4),
-                }
-            )
+        rung_flops = sum(ctx.run_arm(a, bar, e=e, r=r, n_folds=rung_folds) for a in alive)
+        if r == 0:
+            # A grid whose best LR is on its edge has not bracketed the optimum: one more
+            # point beyond that edge, for that strategy and depth, at rung 0's cost.
+            extra = edge_extensions(arms)
+            if extra:
+                bar.total += len(extra) * rung_folds
+                bar.refresh()
+                arms += extra
+                alive += extra
+                rung_flops += sum(ctx.run_arm(a, bar, e=e, r=r, n_folds=rung_folds) for a in extra)
         bar.close()
         spent += rung_flops
         rung_log.append(
@@ -324,6 +210,34 @@ def run_race(
         "wall_s": round(time.perf_counter() - start, 4),
     }
     return race_summary(arms, ranked, schedule, spend, n_folds=n_folds, full_epochs=full_epochs)
+
+
+def edge_extensions(arms: list[Arm]) -> list[Arm]:
+    """One new arm per strategy and depth whose best rung-0 LR is the top or bottom of its grid.
+
+    The new LR is :data:`EDGE_STEP` times beyond that edge. An arm whose grid has a
+    single LR, or whose best is inside its grid, gets none; the extension runs once
+    (its own result is not extended again), so it costs at most one rung-0 trial per arm.
+    """
+    by_arm: dict[str, list[Arm]] = {}
+    for a in arms:
+        by_arm.setdefault(a.cand.arm, []).append(a)
+    out: list[Arm] = []
+    for group in by_arm.values():
+        finished = [a for a in group if a.status == "ok" and a.correct is not None]
+        lrs = sorted({a.cand.head_lr for a in group})
+        if len(lrs) < 2 or not finished:
+            continue
+        best = min(finished, key=Arm.rank_key)
+        if best.cand.head_lr == lrs[-1]:
+            lr = lrs[-1] * EDGE_STEP
+        elif best.cand.head_lr == lrs[0]:
+            lr = lrs[0] / EDGE_STEP
+        else:
+            continue
+        cand = replace(best.cand, head_lr=float(f"{lr:.3g}"), lr_edge=True)
+        out.append(Arm(len(arms) + len(out), cand))
+    return out
 
 
 def _fit_rung(alive, keep, epochs, spent, budget_flops, min_folds, n_folds) -> tuple[int, int]:

@@ -34,17 +34,19 @@ from __future__ import annotations
 
 import math
 
-from diagnose.core import finite, join_labels, section, strategy_label
+from diagnose.core import StrategyEntry, finite, join_labels, strategy_label
 from diagnose.decide.select_reasons import (
+    as_entry,
     cost_text,
     entry_label,
     forgetting_reason,
     no_winner_reasons,
     prediction_check,
+    val_text,
     wall_text,
     why_not_ok,
+    within_spread,
 )
-from diagnose.training import n_seeds, val_std, val_text, within_spread
 
 __all__ = [
     "DEFAULT_TIE_TOLERANCE",
@@ -58,7 +60,7 @@ DEFAULT_TIE_TOLERANCE = 0.005
 FLOAT_SLACK = 1e-12
 
 
-def forgetting_of(entry: dict) -> tuple[float | None, str | None]:
+def forgetting_of(entry: StrategyEntry | dict) -> tuple[float | None, str | None]:
     """How much a strategy forgot of the source task, and how that was measured.
 
     Returns ``(value, measure)``: the source-accuracy drop (``"source_accuracy_drop"``)
@@ -68,11 +70,11 @@ def forgetting_of(entry: dict) -> tuple[float | None, str | None]:
 
         forgetting_of({"forgetting": {"agreement": 0.9}})  # (0.1, "disagreement")
     """
-    forgetting = section(entry, "forgetting")
-    drop = finite(forgetting.get("source_accuracy_drop"))
+    forgetting = as_entry(entry).forgetting
+    drop = forgetting.source_accuracy_drop
     if drop is not None:
         return drop, "source_accuracy_drop"
-    agreement = finite(forgetting.get("agreement"))
+    agreement = forgetting.agreement
     if agreement is not None:
         return 1.0 - agreement, "disagreement"
     return None, None
@@ -107,18 +109,17 @@ def _predicted(assessment: dict | None, names: set[str]) -> str | None:
     return strategy if isinstance(strategy, str) else None
 
 
-def _cost_key(entry: dict) -> tuple[float, float]:
+def _cost_key(entry: StrategyEntry) -> tuple[float, float]:
     # FLOPs are deterministic; wall time is noise between runs, so it only breaks
     # ties when FLOPs are unknown (otherwise the strategy order decides).
-    cost = section(entry, "cost")
-    flops, wall = finite(cost.get("flops")), finite(cost.get("wall_s"))
+    flops, wall = entry.cost.flops, entry.cost.wall_s
     if flops is not None:
         return (flops, 0.0)
     return (math.inf, math.inf if wall is None else wall)
 
 
-def _same_flops(a: dict, b: dict) -> bool:
-    fa, fb = finite(section(a, "cost").get("flops")), finite(section(b, "cost").get("flops"))
+def _same_flops(a: StrategyEntry, b: StrategyEntry) -> bool:
+    fa, fb = a.cost.flops, b.cost.flops
     return fa is not None and fb is not None and math.isclose(fa, fb, rel_tol=1e-9)
 
 
@@ -195,14 +196,15 @@ def select_strategy(
     budget = _check_fraction("max_forgetting", max_forgetting)
     tolerance = _check_fraction("tie_tolerance", tie_tolerance, upper=None)
     predicted = _predicted(assessment, {e.get("name") for e in strategies})
+    entries = [StrategyEntry.from_dict(e) for e in strategies]
 
     excluded: list[dict] = []
-    measured: list[dict] = []  # finished with a validation accuracy, budget or not
-    eligible: list[dict] = []
-    for entry in strategies:
-        name = str(entry.get("name") or "?")
-        val = finite(section(entry, "target").get("val_accuracy"))
-        if entry.get("status") != "ok":
+    measured: list[StrategyEntry] = []  # finished with a validation accuracy, budget or not
+    eligible: list[StrategyEntry] = []
+    for entry in entries:
+        name = str(entry.name or "?")
+        val = entry.target.val_accuracy
+        if not entry.ok:
             excluded.append({"name": name, "reason": why_not_ok(entry)})
             continue
         if val is None:
@@ -230,11 +232,11 @@ def select_strategy(
         else:
             eligible.append(entry)
 
-    def val_of(entry: dict) -> float:
-        return finite(section(entry, "target").get("val_accuracy"))
+    def val_of(entry: StrategyEntry) -> float:
+        return entry.target.val_accuracy
 
     def measured_val(name: str | None) -> float | None:
-        vals = [val_of(e) for e in measured if e.get("name") == name]
+        vals = [val_of(e) for e in measured if e.name == name]
         return max(vals) if vals else None
 
     if not eligible:
@@ -252,16 +254,15 @@ def select_strategy(
         (e for e in eligible if e is not winner),
         key=lambda e: (-val_of(e), *_cost_key(e), order[id(e)]),
     )
-    ranking = [str(e.get("name")) for e in [winner, *rest]]
+    ranking = [str(e.name) for e in [winner, *rest]]
     name = ranking[0]
     val = val_of(winner)
-    test = finite(section(winner, "target").get("test_accuracy"))
+    test = winner.target.test_accuracy
     forgot, measure = forgetting_of(winner)
-    cost = section(winner, "cost")
 
     reasons = []
     label, opening = strategy_label(name), strategy_label(name, start=True)
-    seeds = n_seeds(winner)
+    seeds = winner.n_seeds
     notes = [f"mean ± std over {seeds} seeds"] if seeds > 1 else []
     notes += [f"test {test:.3f}"] if test is not None else []
     test_text = f" ({'; '.join(notes)})" if notes else ""
@@ -289,7 +290,7 @@ def select_strategy(
         if same:
             # Never "cheapest" against a run of the same FLOPs: say they tie, and on what
             # the choice then rests; wall time is shown but, being noise, not used.
-            flops = finite(section(winner, "cost").get("flops"))
+            flops = winner.cost.flops
             higher = all(val > val_of(e) for e in same)
             text += (
                 f"; it {'also ' if dearer else ''}ties on training compute with "
@@ -332,17 +333,17 @@ def select_strategy(
     return {
         "strategy": name,
         "val_accuracy": val,
-        "val_accuracy_std": val_std(winner),
+        "val_accuracy_std": winner.spread_std("target", "val_accuracy"),
         "seeds": seeds,
-        "within_spread": [str(e.get("name")) for e in close],
+        "within_spread": [str(e.name) for e in close],
         "test_accuracy": test,
         "forgetting": forgot,
         "forgetting_measure": measure,
-        "cost_flops": finite(cost.get("flops")),
-        "wall_s": finite(cost.get("wall_s")),
+        "cost_flops": winner.cost.flops,
+        "wall_s": winner.cost.wall_s,
         "max_forgetting": budget,
         "tie_tolerance": tolerance,
-        "tied": [str(e.get("name")) for e in tied],
+        "tied": [str(e.name) for e in tied],
         "excluded": excluded,
         "ranking": ranking,
         "reasons": reasons,

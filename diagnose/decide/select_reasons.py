@@ -7,27 +7,40 @@ run) into sentences that cite the measured values.
 
 from __future__ import annotations
 
-from diagnose.core import finite, section, strategy_label
+from collections.abc import Callable, Mapping
+
+from diagnose.core import StrategyEntry, strategy_label
 
 __all__ = [
+    "as_entry",
     "cost_text",
     "entry_label",
     "forgetting_reason",
     "no_winner_reasons",
     "prediction_check",
+    "val_text",
     "wall_text",
     "why_not_ok",
+    "within_spread",
 ]
 
 
-def why_not_ok(entry: dict) -> str:
+def as_entry(entry: StrategyEntry | Mapping) -> StrategyEntry:
+    """``entry`` as a :class:`StrategyEntry` (a results.json dict is read with ``from_dict``)."""
+    return entry if isinstance(entry, StrategyEntry) else StrategyEntry.from_dict(entry)
+
+
+def why_not_ok(entry: StrategyEntry) -> str:
     """Why a run that did not finish is excluded, in words (status, where it diverged, LR)."""
-    status = entry.get("status")
-    message = entry.get("message")
+    status, message = entry.status, entry.message
     if status == "diverged":
-        div = section(entry, "diverged")
-        where = [f"{k} {div[k]:g}" for k in ("epoch", "step") if finite(div.get(k)) is not None]
-        lr = finite(div.get("lr"))
+        div = entry.diverged
+        where = [
+            f"{k} {v:g}"
+            for k, v in (("epoch", div and div.epoch), ("step", div and div.step))
+            if v is not None
+        ]
+        lr = div.lr if div is not None else None
         text = "diverged" + (f" at {', '.join(where)}" if where else "")
         text += f" (LR {lr:.3g})" if lr is not None else ""
         return text + (f": {message}" if message else "")
@@ -36,9 +49,9 @@ def why_not_ok(entry: dict) -> str:
     return f"status {status!r}" + (f": {message}" if message else "")
 
 
-def wall_text(entry: dict) -> str:
+def wall_text(entry: StrategyEntry) -> str:
     """'<strategy> 12.3 s', or '<strategy> unknown'."""
-    wall = finite(section(entry, "cost").get("wall_s"))
+    wall = entry.cost.wall_s
     return (
         f"{entry_label(entry)} {wall:.1f} s"
         if wall is not None
@@ -46,15 +59,14 @@ def wall_text(entry: dict) -> str:
     )
 
 
-def entry_label(entry: dict) -> str:
+def entry_label(entry: StrategyEntry) -> str:
     """The display name of an entry's strategy."""
-    return strategy_label(entry.get("name") or "?")
+    return strategy_label(entry.name or "?")
 
 
-def cost_text(entry: dict) -> str:
+def cost_text(entry: StrategyEntry) -> str:
     """An entry's training FLOPs and wall seconds, in words."""
-    cost = section(entry, "cost")
-    flops, wall = finite(cost.get("flops")), finite(cost.get("wall_s"))
+    flops, wall = entry.cost.flops, entry.cost.wall_s
     parts = []
     if flops is not None:
         parts.append(f"{flops:.3g} FLOPs")
@@ -148,3 +160,45 @@ def prediction_check(
             f"The assessment predicted {said}, which was not measured successfully here."
         )
     return agrees, regret, reasons
+
+
+def val_text(entry: StrategyEntry, val: float) -> str:
+    """``val`` as text, with `` ± std`` when the entry has a seed spread."""
+    std = entry.spread_std("target", "val_accuracy")
+    return f"{val:.3f}" if std is None else f"{val:.3f} ± {std:.3f}"
+
+
+def within_spread(
+    winner: StrategyEntry,
+    others: list[StrategyEntry],
+    val_of: Callable[[StrategyEntry], float],
+) -> tuple[list[StrategyEntry], str | None]:
+    """The strategies whose mean is within one std of the winner's, and the reason saying so."""
+    std_w = winner.spread_std("target", "val_accuracy")
+    if std_w is None:
+        return [], None
+    close, far = [], []
+    for e in others:
+        std_e = e.spread_std("target", "val_accuracy")
+        if std_e is None:
+            continue
+        (close if abs(val_of(winner) - val_of(e)) <= max(std_w, std_e) else far).append(e)
+    name, val = entry_label(winner), val_of(winner)
+    if close:
+        listed = "; ".join(
+            f"{entry_label(e)} {val_text(e, val_of(e))} ({val_of(e) - val:+.3f})" for e in close
+        )
+        return close, (
+            f"Over {winner.n_seeds} seeds, {name} ({val_text(winner, val)}) is within one "
+            f"standard deviation of {listed}: the seeds do not separate them, and another "
+            "set of seeds could rank them the other way."
+        )
+    if far:
+        runner = max(far, key=val_of)
+        std_r = runner.spread_std("target", "val_accuracy")
+        return [], (
+            f"Over {winner.n_seeds} seeds the lead over {entry_label(runner)} "
+            f"({val - val_of(runner):+.3f}) exceeds one standard deviation ({std_w:.3f} and "
+            f"{std_r:.3f})."
+        )
+    return [], None

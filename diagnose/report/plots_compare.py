@@ -26,7 +26,6 @@ from diagnose.core import (  # noqa: E402
     STRATEGY_LABELS,
     finite,
     join_labels,
-    section,
 )
 from diagnose.report.plots import encode_png, short_name  # noqa: E402
 from diagnose.report.plots_entries import (
@@ -55,11 +54,6 @@ def _pareto(points: list[tuple[str, float, float]]) -> list[tuple[str, float, fl
     return front
 
 
-def _std(entry: dict, group: str, key: str) -> float | None:
-    """The seed-to-seed standard deviation of ``entry[group][key]`` (None for one seed)."""
-    return finite(section(section(section(entry, "spread"), group), key).get("std"))
-
-
 def tradeoff_plot(results: dict) -> tuple[str, str] | None:
     """Test accuracy against training FLOPs per strategy, with the Pareto front.
 
@@ -67,23 +61,23 @@ def tradeoff_plot(results: dict) -> tuple[str, str] | None:
     error bar of one standard deviation across seeds.
     """
     entries = labelled_entries(results)
-    ran = [(label, e) for label, e in entries if e.get("status") != "failed"]
+    ran = [(label, e) for label, e in entries if e.status != "failed"]
     y_key = "test_accuracy"
-    if not any(finite(section(e, "target").get(y_key)) is not None for _, e in ran):
+    if not any(getattr(e.target, y_key) is not None for _, e in ran):
         y_key = "val_accuracy"  # a partial file without test accuracy still gets a plot
     x_key = "flops"
-    if not any(finite(section(e, "cost").get(x_key)) is not None for _, e in ran):
+    if not any(getattr(e.cost, x_key) is not None for _, e in ran):
         x_key = "wall_s"
     points, diverged, omitted = [], [], []
     for label, e in entries:
-        if e.get("status") not in ("ok", "diverged"):
-            omitted.append(f"{label} ({e.get('status') or 'no status'})")
+        if e.status not in ("ok", "diverged"):
+            omitted.append(f"{label} ({e.status or 'no status'})")
             continue
-        x, y = finite(section(e, "cost").get(x_key)), finite(section(e, "target").get(y_key))
+        x, y = getattr(e.cost, x_key), getattr(e.target, y_key)
         if x is None or x <= 0 or y is None:
             omitted.append(f"{label} (no {'cost' if x is None or x <= 0 else 'accuracy'})")
             continue
-        (points if e.get("status") == "ok" else diverged).append((label, x, y, e))
+        (points if e.status == "ok" else diverged).append((label, x, y, e))
     if not points and not diverged:
         return None
     x_unit, x_what = ("FLOPs", "training compute") if x_key == "flops" else ("s", "wall time")
@@ -94,7 +88,7 @@ def tradeoff_plot(results: dict) -> tuple[str, str] | None:
     span = max(0.05, max(p[2] for p in points + diverged) - min(p[2] for p in points + diverged))
     placed: list[tuple[float, float]] = []
     for label, x, y, e in sorted(points + diverged, key=lambda p: -p[2]):
-        bad = e.get("status") != "ok"
+        bad = e.status != "ok"
         if bad:
             ax.scatter([x], [y], s=70, marker="X", color=RED, zorder=3)
         else:
@@ -110,7 +104,7 @@ def tradeoff_plot(results: dict) -> tuple[str, str] | None:
         ax.annotate(
             text, (x, y), xytext=offset, textcoords="offset points", fontsize=8, arrowprops=lead
         )
-        std = _std(e, "target", y_key)
+        std = e.spread_std("target", y_key)
         if std is not None:
             color = RED if bad else strategy_colour(e)
             ax.errorbar([x], [y], yerr=[std], fmt="none", ecolor=color, capsize=3, zorder=2)
@@ -120,7 +114,7 @@ def tradeoff_plot(results: dict) -> tuple[str, str] | None:
         ax.step(*xy_lists([p[1:] for p in front]), where="post", color="k", alpha=0.6, label=label)
     if diverged:
         ax.scatter([], [], marker="X", color=RED, label="diverged (not on the front)")
-    stds = [_std(p[3], "target", y_key) or 0.0 for p in points + diverged]
+    stds = [p[3].spread_std("target", y_key) or 0.0 for p in points + diverged]
     lows = [p[2] - sd for p, sd in zip(points + diverged, stds)]
     highs = [p[2] + sd for p, sd in zip(points + diverged, stds)]
     ax.set_ylim(max(0.0, min(lows) - 0.05), min(1.02, max(highs) + 0.05))
@@ -165,7 +159,7 @@ def tradeoff_plot(results: dict) -> tuple[str, str] | None:
         parts.append(f"{join_labels(p[0] for p in diverged)} diverged (shown as ×)")
     if omitted:
         parts.append(f"not shown: {join_labels(omitted)}")
-    n_seeds = max((len(as_list(p[3].get("seeds"))) for p in points + diverged), default=0)
+    n_seeds = max((p[3].n_seeds for p in points + diverged), default=0)
     if n_seeds > 1 and any(stds):
         widest = max(zip(stds, (p[0] for p in points + diverged)))
         parts.append(
@@ -187,7 +181,7 @@ def _planned_epochs(entry: dict, points: list[tuple[float, float]]) -> float | N
     fine-tuning), else the run's ``epochs``; a file without its config falls back
     to the last epoch recorded.
     """
-    config = section(entry, "config")
+    config = entry.config or {}
     stages = [s for s in as_list(config.get("stages")) if isinstance(s, dict)]
     for value in ((stages[-1].get("epochs") if stages else None), config.get("epochs")):
         n = finite(value)
@@ -227,9 +221,7 @@ def forgetting_curves_plot(results: dict) -> tuple[str, str] | None:
     if key == "source_accuracy":
         y_label = "source accuracy, original head (fraction)"
         what = "source accuracy"
-        befores = [
-            finite(section(e, "forgetting").get("source_accuracy_before")) for _, e, _ in series
-        ]
+        befores = [e.forgetting.source_accuracy_before for _, e, _ in series]
         reference = next((b for b in befores if b is not None), None)
     else:
         y_label = "agreement with pretrained predictions on source (fraction)"
@@ -239,8 +231,8 @@ def forgetting_curves_plot(results: dict) -> tuple[str, str] | None:
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(7.5, 4.0))
     for label, e, pts in series:
-        diverged = e.get("status") == "diverged"
-        baseline = e.get("name") == "scratch"
+        diverged = e.status == "diverged"
+        baseline = e.name == "scratch"
         if not baseline and reference is not None and pts[0][0] > 0:
             # Before any training the backbone is the pretrained one: every pretrained
             # strategy starts from the reference, so its line shows what it lost.
@@ -268,7 +260,7 @@ def forgetting_curves_plot(results: dict) -> tuple[str, str] | None:
 
     # Scratch starts from random weights: it has nothing to forget, so it would only
     # ever be the trivial minimum; it is compared only when it is all there is.
-    finals = [(pts[-1][1], label) for label, e, pts in series if e.get("name") != "scratch"]
+    finals = [(pts[-1][1], label) for label, e, pts in series if e.name != "scratch"]
     finals = finals or [(pts[-1][1], label) for label, _, pts in series]
     (low, low_name), (high, high_name) = min(finals), max(finals)
     ref_text = (
@@ -286,7 +278,7 @@ def forgetting_curves_plot(results: dict) -> tuple[str, str] | None:
             f"By the last epoch, {what} ranges from {low:.3f} under {low_name} (most forgetting) "
             f"to {high:.3f} under {high_name}{ref_text}."
         )
-    if any(e.get("name") == "scratch" for _, e, _ in series) and len(series) > 1:
+    if any(e.name == "scratch" for _, e, _ in series) and len(series) > 1:
         takeaway += (
             f" Training from scratch (dashed) starts from random weights, so its {what} is "
             "a baseline, not forgetting."
@@ -310,12 +302,11 @@ def cka_heatmap(results: dict) -> tuple[str, str] | None:
     """Final linear CKA of each block to the pretrained model, strategy x layer."""
     rows, labels, names = [], [], []
     for label, e in labelled_entries(results):
-        cka = section(section(e, "forgetting"), "cka")
-        cka = {str(k): finite(v) for k, v in cka.items()}
+        cka = e.forgetting.cka or {}
         if any(v is not None for v in cka.values()):
             rows.append(cka)
             labels.append(label)
-            names.append(e.get("name"))
+            names.append(e.name)
     if not rows:
         return None
     layers = _layer_order(results, rows)

@@ -1,8 +1,9 @@
 """Reading comparison entries for plots: display labels, one colour per strategy, curves.
 
 Shared by :mod:`diagnose.report.plots_compare` and
-:mod:`diagnose.report.plots_training`. Entries may be partial (a failed run has
-only a name and status), so every field is read defensively.
+:mod:`diagnose.report.plots_training`. Entries are read as
+:class:`diagnose.core.StrategyEntry` (a failed run has only a name and status:
+its sections read as None).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import seaborn as sns
 
 from diagnose.core import (
     STRATEGY_NAMES,
+    StrategyEntry,
     finite,
     strategy_label,
 )
@@ -38,32 +40,34 @@ def as_list(value) -> list:
     return value if isinstance(value, list) else []
 
 
-def labelled_entries(results: dict) -> list[tuple[str, dict]]:
-    """``(label, entry)`` per strategy: its display name (:mod:`diagnose.core.names`);
-    repeated names get a ``#k`` suffix so labels stay unique."""
-    out: list[tuple[str, dict]] = []
+def labelled_entries(results: dict) -> list[tuple[str, StrategyEntry]]:
+    """``(label, entry)`` per strategy, each read with :meth:`StrategyEntry.from_dict`: its
+    display name (:mod:`diagnose.core.names`); repeated names get a ``#k`` suffix so
+    labels stay unique."""
+    out: list[tuple[str, StrategyEntry]] = []
     seen: dict[str, int] = {}
-    for entry in as_list(results.get("strategies")):
-        if not isinstance(entry, dict):
+    for raw in as_list(results.get("strategies")):
+        if not isinstance(raw, dict):
             continue
-        name = str(entry.get("name") or "?")
+        entry = StrategyEntry.from_dict(raw)
+        name = str(entry.name or "?")
         seen[name] = seen.get(name, 0) + 1
         label = strategy_label(name)
         out.append((label if seen[name] == 1 else f"{label} #{seen[name]}", entry))
     return out
 
 
-def strategy_colour(entry: dict) -> str:
+def strategy_colour(entry: StrategyEntry) -> str:
     # One colour per strategy name across every plot, in the canonical strategy order.
     palette = sns.color_palette("tab10", 10).as_hex()
-    name = entry.get("name")
+    name = entry.name
     index = STRATEGY_NAMES.index(name) if name in STRATEGY_NAMES else len(STRATEGY_NAMES)
     return palette[index % len(palette)]
 
 
-def curve_values(entry: dict, key: str) -> list[tuple[float, float]]:
+def curve_values(entry: StrategyEntry, key: str) -> list[tuple[float, float]]:
     points = []
-    for point in as_list(entry.get("curves")):
+    for point in entry.curves or ():
         if isinstance(point, dict):
             x, y = finite(point.get("epoch")), finite(point.get(key))
             if x is not None and y is not None:

@@ -10,7 +10,7 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from diagnose.core import finite, join_labels, section
+from diagnose.core import finite, join_labels
 from diagnose.report.plots import encode_png
 from diagnose.report.plots_entries import (
     BLUE,
@@ -29,9 +29,9 @@ __all__ = [
 
 
 def _diverged_epoch(entry: dict) -> float | None:
-    if entry.get("status") != "diverged":
+    if entry.status != "diverged":
         return None
-    epoch = finite(section(entry, "diverged").get("epoch"))
+    epoch = entry.diverged.epoch if entry.diverged else None
     if epoch is None:  # fall back to the last evaluation before the loss went non-finite
         epochs = [p[0] for p in curve_values(entry, "train_loss") + curve_values(entry, "val_loss")]
         epoch = max(epochs) if epochs else None
@@ -53,7 +53,7 @@ def training_curves_plot(results: dict) -> tuple[str, str] | None:
         return None
     # The shared y range shows every healthy run in full; a divergence spike would flatten
     # the rest, so a diverged run's points above it sit as triangles on the top edge.
-    healthy = [p[1] for _, e, t, v in panels if e.get("status") != "diverged" for p in t + v]
+    healthy = [p[1] for _, e, t, v in panels if e.status != "diverged" for p in t + v]
     firsts = [min(t + v)[1] for _, _, t, v in panels]
     top = max(1.05 * max(healthy) if healthy else 2.0 * float(np.median(firsts)), 1e-6)
     shown = [p[1] for _, _, t, v in panels for p in t + v if 0 < p[1] <= top]
@@ -81,26 +81,24 @@ def training_curves_plot(results: dict) -> tuple[str, str] | None:
         div = _diverged_epoch(e)
         if div is not None:
             ax.axvline(div, color=RED, linewidth=1.5)
-            lr = finite(section(e, "diverged").get("lr"))
+            lr = e.diverged.lr if e.diverged else None
             notes_div.append(
                 f"{label} diverged at epoch {div:g}" + (f" (LR {lr:.2g})" if lr is not None else "")
             )
-        over = finite(section(e, "overfitting").get("epoch"))
+        over = finite((e.overfitting or {}).get("epoch"))
         if over is not None:
             ax.axvline(over, color=PURPLE, linestyle=":", linewidth=1.5)
             notes_over.append(f"{label} from epoch {over:g}")
-        best = finite(section(e, "target").get("best_epoch"))
+        best = e.target.best_epoch
         at = [p for p in val if p[0] == best]
         if at:
             ax.plot(*xy_lists(at[:1]), marker="*", markersize=12, color=GREEN, zorder=4)
         elif best is not None:
             ax.axvline(best, color=GREEN, linestyle="-.", linewidth=1.2)
         epochs = [p[0] for p in train + val]
-        if best is not None and e.get("status") == "ok" and epochs and best >= max(epochs):
+        if best is not None and e.status == "ok" and epochs and best >= max(epochs):
             improving.append(label)
-        ax.set_title(
-            label + ("" if e.get("status") in (None, "ok") else f" ({e.get('status')})"), fontsize=9
-        )
+        ax.set_title(label + ("" if e.status in (None, "ok") else f" ({e.status})"), fontsize=9)
         ax.tick_params(labelsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for k, ax in enumerate(axes.flat):

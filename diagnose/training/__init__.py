@@ -39,14 +39,10 @@ from diagnose.training.seeds import (
     RUN_KEYS,
     finished,
     finished_units,
-    n_seeds,
     read_previous,
     resumed_text,
     strategy_entries,
     strategy_entry,
-    val_std,
-    val_text,
-    within_spread,
 )
 from diagnose.training.strategies import BN_MODES, ROUTES, Plan, Stage, TrainConfig, plan
 from diagnose.training.strategy_run import StrategyRun, planned_epochs
@@ -88,7 +84,6 @@ __all__ = [
     "import_ray",
     "iterate_batches",
     "make_loader",
-    "n_seeds",
     "plan",
     "planned_epochs",
     "read_previous",
@@ -99,7 +94,4 @@ __all__ = [
     "strategy_entries",
     "strategy_entry",
     "trainable_params",
-    "val_std",
-    "val_text",
-    "within_spread",
 ]

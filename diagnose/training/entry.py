@@ -1,8 +1,8 @@
-"""The per-strategy results entry (plain JSON) built from a finished :class:`StrategyRun`."""
+"""The per-strategy results entry (:class:`diagnose.core.StrategyEntry`) of a finished :class:`StrategyRun`."""
 
 from __future__ import annotations
 
-from diagnose.core import describe
+from diagnose.core import Cost, Divergence, Forgetting, StrategyEntry, TargetScores, describe
 from diagnose.models import HEAD
 from diagnose.training.cost import PeakMemory
 from diagnose.training.curves import finite_or_none
@@ -16,7 +16,9 @@ _FORWARD_ONLY = ("capture", "prefix_cache")  # phases that are passes, not optim
 
 
 def build_entry(self: StrategyRun, wall: float, mem: PeakMemory, backends: dict) -> dict:
-    """The results entry of ``self`` (see :func:`diagnose.training.runner.run_strategy`)."""
+    """The results entry of ``self`` as results.json holds it: a
+    :class:`~diagnose.core.StrategyEntry`'s ``to_dict()`` (see
+    :func:`diagnose.training.runner.run_strategy`)."""
     cfg, p = self.config, self.plan
     stages = p.stages
     trainable = [b for b in self.blocks if any(b in s.trainable for s in stages)]
@@ -39,21 +41,21 @@ def build_entry(self: StrategyRun, wall: float, mem: PeakMemory, backends: dict)
                 else "no evaluation had completed, so there are no results"
             )
         )
-    return {
-        "name": self.name,
-        "status": status,
-        "message": message,
-        "diverged": None
+    return StrategyEntry(
+        name=self.name,
+        status=status,
+        message=message,
+        diverged=None
         if not self.diverged
-        else {
-            "step": int(self.diverged["step"]),
-            "epoch": int(self.diverged["epoch"]),
-            "lr": finite_or_none(self.diverged["lr"]),
-            "loss": str(self.diverged["loss"]),
-            "stage": self.diverged.get("stage"),
-        },
-        "overfitting": self.overfitting,
-        "config": {
+        else Divergence(
+            step=int(self.diverged["step"]),
+            epoch=int(self.diverged["epoch"]),
+            lr=finite_or_none(self.diverged["lr"]),
+            loss=str(self.diverged["loss"]),
+            stage=self.diverged.get("stage"),
+        ),
+        overfitting=self.overfitting,
+        config={
             "lr": dict(stages[-1].lr),
             "stages": self.stage_records,
             "frozen": list(p.frozen),
@@ -77,31 +79,31 @@ def build_entry(self: StrategyRun, wall: float, mem: PeakMemory, backends: dict)
             "device": describe(self.device),
             "backends": backends,
         },
-        "target": {
-            "val_accuracy": finite_or_none(self.best.val_accuracy),
-            "test_accuracy": finite_or_none(self.test_accuracy),
-            "best_epoch": self.best.epoch,
-            "val_loss": finite_or_none(self.best.val_loss),
-        },
-        "forgetting": {
-            "source_accuracy": after,
-            "source_accuracy_before": finite_or_none(before),
-            "source_accuracy_drop": (before - after)
+        target=TargetScores(
+            val_accuracy=finite_or_none(self.best.val_accuracy),
+            test_accuracy=finite_or_none(self.test_accuracy),
+            best_epoch=self.best.epoch,
+            val_loss=finite_or_none(self.best.val_loss),
+        ),
+        forgetting=Forgetting(
+            source_accuracy=after,
+            source_accuracy_before=finite_or_none(before),
+            source_accuracy_drop=(before - after)
             if before is not None and after is not None
             else None,
-            "agreement": finite_or_none(fm.get("agreement")),
-            "cka": {k: finite_or_none(v) for k, v in (fm.get("cka") or {}).items()},
-            "weight_drift": {k: finite_or_none(v) for k, v in self.final_drift.items()},
-        },
-        "cost": {
-            "wall_s": round(float(wall), 4),
-            "flops": int(sum(ph.flops_per_step * ph.steps for ph in counted)),
-            "flops_per_step": None if main is None else main.flops_per_step,
-            "steps": int(sum(ph.steps for ph in train_phases)),
-            "trainable_params": self.trainable_params,
-            "peak_mem_bytes": mem.peak_bytes,
-            "peak_mem_kind": mem.kind,
-            "phases": [ph.to_dict() for ph in self.phases],
-        },
-        "curves": self.curves,
-    }
+            agreement=finite_or_none(fm.get("agreement")),
+            cka={k: finite_or_none(v) for k, v in (fm.get("cka") or {}).items()},
+            weight_drift={k: finite_or_none(v) for k, v in self.final_drift.items()},
+        ),
+        cost=Cost(
+            wall_s=round(float(wall), 4),
+            flops=int(sum(ph.flops_per_step * ph.steps for ph in counted)),
+            flops_per_step=None if main is None else main.flops_per_step,
+            steps=int(sum(ph.steps for ph in train_phases)),
+            trainable_params=self.trainable_params,
+            peak_mem_bytes=mem.peak_bytes,
+            peak_mem_kind=mem.kind,
+            phases=tuple(ph.to_dict() for ph in self.phases),
+        ),
+        curves=tuple(self.curves),
+    ).to_dict()

@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from diagnose.core import atomic_write_bytes
+from diagnose.core import StrategyEntry, atomic_write_bytes
 from diagnose.training.strategies import TrainConfig
 from probes import free_device_memory, is_out_of_memory
 
@@ -157,7 +157,9 @@ def run_unit(
 
 
 def _failed(unit: Unit, exc: BaseException) -> dict:
-    return {"name": unit.name, "status": "failed", "message": f"{type(exc).__name__}: {exc}"}
+    return StrategyEntry(
+        name=unit.name, status="failed", message=f"{type(exc).__name__}: {exc}"
+    ).to_dict()
 
 
 def import_ray(executor: str, warnings: list[str], progress: bool = True):

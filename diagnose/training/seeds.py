@@ -42,21 +42,17 @@ from pathlib import Path
 
 import numpy as np
 
-from diagnose.core import finite, load_results, section, strategy_label
+from diagnose.core import finite, load_results, section
 
 __all__ = [
     "AVERAGED",
     "RUN_KEYS",
     "finished",
     "finished_units",
-    "n_seeds",
     "read_previous",
     "resumed_text",
     "strategy_entries",
     "strategy_entry",
-    "val_std",
-    "val_text",
-    "within_spread",
 ]
 
 # The per-strategy numbers the report's table shows (and selection reads): averaged over seeds.
@@ -245,57 +241,3 @@ def resumed_text(records: dict, seeds: int) -> str:
         return f"Resumed: kept finished strategies {', '.join(names)}."
     kept = [f"{n} ({sum(k[0] == n for k in records)} of {seeds} seeds)" for n in names]
     return f"Resumed: kept finished runs of {', '.join(kept)}."
-
-
-# -- selection over seeds (used by diagnose.decide.select) ------------------------------------------
-
-
-def val_std(entry: dict) -> float | None:
-    """The seed-to-seed standard deviation of the validation accuracy (None for one seed)."""
-    spread = section(section(entry, "spread"), "target")
-    value = spread.get("val_accuracy")
-    return finite(value.get("std")) if isinstance(value, dict) else None
-
-
-def n_seeds(entry: dict) -> int:
-    """How many seeds an entry's numbers are the mean of (1 for a single-seed entry)."""
-    seeds = entry.get("seeds")
-    return len(seeds) if isinstance(seeds, list) and seeds else 1
-
-
-def val_text(entry: dict, val: float) -> str:
-    """``val`` as text, with `` ± std`` when the entry has a seed spread."""
-    std = val_std(entry)
-    return f"{val:.3f}" if std is None else f"{val:.3f} ± {std:.3f}"
-
-
-def within_spread(winner: dict, others: list[dict], val_of) -> tuple[list[dict], str | None]:
-    """The strategies whose mean is within one std of the winner's, and the reason saying so."""
-    std_w = val_std(winner)
-    if std_w is None:
-        return [], None
-    close, far = [], []
-    for e in others:
-        std_e = val_std(e)
-        if std_e is None:
-            continue
-        (close if abs(val_of(winner) - val_of(e)) <= max(std_w, std_e) else far).append(e)
-    n = n_seeds(winner)
-    name, val = strategy_label(winner.get("name")), val_of(winner)
-    if close:
-        listed = "; ".join(
-            f"{strategy_label(e.get('name'))} {val_text(e, val_of(e))} ({val_of(e) - val:+.3f})"
-            for e in close
-        )
-        return close, (
-            f"Over {n} seeds, {name} ({val_text(winner, val)}) is within one "
-            f"standard deviation of {listed}: the seeds do not separate them, and another "
-            "set of seeds could rank them the other way."
-        )
-    if far:
-        runner = max(far, key=val_of)
-        return [], (
-            f"Over {n} seeds the lead over {strategy_label(runner.get('name'))} ({val - val_of(runner):+.3f}) "
-            f"exceeds one standard deviation ({std_w:.3f} and {val_std(runner):.3f})."
-        )
-    return [], None

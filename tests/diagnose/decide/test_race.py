@@ -151,8 +151,13 @@ def test_candidates_cover_the_strategies_depths_and_an_lr_grid_in_prior_order():
 
 def test_race_on_the_tiny_model_holds_its_budget_and_reports_every_candidate():
     cands, trials, _ = _race(budget=0.8)
-    assert [c["key"] for c in trials["candidates"]] == [c.key for c in cands]
-    assert trials["winner"] in {c.key for c in cands} and trials["pick"] in trials["leaders"]
+    keys = [c["key"] for c in trials["candidates"]]
+    assert keys[: len(cands)] == [c.key for c in cands]
+    # Beyond the given ones come only LRs past a grid edge, at most one per strategy and depth.
+    extra = trials["candidates"][len(cands) :]
+    assert all(c["lr_edge"] for c in extra) and len({c["arm"] for c in extra}) == len(extra)
+    assert not any(c["lr_edge"] for c in trials["candidates"][: len(cands)])
+    assert trials["winner"] in keys and trials["pick"] in trials["leaders"]
     rung0 = trials["rungs"][0]["flops"]
     # FLOPs spent never exceed the budget plus one rung (rung 0 estimates every cost).
     assert trials["flops_spent"] <= trials["budget_flops"] + rung0
@@ -166,6 +171,33 @@ def test_race_on_the_tiny_model_holds_its_budget_and_reports_every_candidate():
             assert c["reason"]  # why it did not win
     later = [c for c in trials["candidates"] if len(c["rungs"]) > 1]
     assert later and len(later) < len(cands)  # the better part continued, not everyone
+
+
+def test_a_grid_whose_best_lr_is_on_its_edge_gets_one_point_beyond_it():
+    from diagnose.decide.race import EDGE_STEP, edge_extensions
+    from diagnose.decide.race_trials import Arm
+
+    def arm(i, strategy, lr, acc):
+        a = Arm(i, Candidate(strategy, None, lr, "strategy", 0))
+        a.correct = np.array([True] * int(acc * 4) + [False] * (4 - int(acc * 4)))
+        a.loss = np.full(4, 1.0 - acc)
+        return a
+
+    arms = [
+        arm(0, "lp_ft", 0.01, 0.25),
+        arm(1, "lp_ft", 0.03, 0.5),
+        arm(2, "lp_ft", 0.1, 1.0),  # top edge best: extend upwards
+        arm(3, "full_low_lr", 0.01, 1.0),  # bottom edge best: extend downwards
+        arm(4, "full_low_lr", 0.03, 0.5),
+        arm(5, "discriminative", 0.01, 0.25),
+        arm(6, "discriminative", 0.03, 1.0),  # inside the grid: bracketed, no extension
+        arm(7, "discriminative", 0.1, 0.5),
+    ]
+    extra = edge_extensions(arms)
+    got = {(a.cand.strategy, a.cand.head_lr) for a in extra}
+    assert got == {("lp_ft", float(f"{0.1 * EDGE_STEP:.3g}")), ("full_low_lr", 0.00333)}
+    assert all(a.cand.lr_edge for a in extra)
+    assert [a.index for a in extra] == [8, 9]  # after every given candidate
 
 
 def test_race_is_deterministic_under_a_seed():
@@ -233,6 +265,12 @@ def test_cut_lists_unprobed_blocks_between_and_after_probed_ones():
     assert cut_description(net, blocks, "classifier.1", ["features.4", "features.6"]).startswith(
         "everything after features.2 trains"
     )
+
+
+def test_a_candidate_reads_back_from_its_race_entry():
+    c = Candidate("partial", 2, 0.03, "last two blocks", 1, lr_edge=True)
+    entry = {**c.to_dict(), "rungs": [], "status": "ok"}
+    assert Candidate.from_dict(entry) == c
 
 
 def test_candidate_config_trains_the_last_depth_blocks():

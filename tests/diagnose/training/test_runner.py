@@ -13,6 +13,7 @@ from tiny_models import Tiny, single_thread
 from torch import nn
 
 import diagnose.training.strategy_run
+from diagnose.core.entry import StrategyEntry
 from diagnose.core.names import STRATEGY_NAMES
 from diagnose.measure.forgetting import ForgettingMeter
 from diagnose.training.curves import BestState, detect_overfitting
@@ -115,6 +116,9 @@ def test_every_strategy_leaves_the_pretrained_model_untouched(pretrained, data, 
         assert entry["forgetting"]["source_accuracy_before"] == 1.0
         assert set(entry["forgetting"]["cka"]) == set(BLOCKS)
         assert entry["config"]["schedule"] == "cosine" and entry["config"]["bn"] == "frozen"
+        typed = StrategyEntry.from_dict(entry)
+        assert typed.to_dict() == entry  # the typed entry reads and writes the file unchanged
+        assert typed.target.val_accuracy == entry["target"]["val_accuracy"] and typed.finished
     assert all(
         len(m._forward_hooks) == 0 and len(m._forward_pre_hooks) == 0 for m in pretrained.modules()
     )

@@ -1,0 +1,186 @@
+"""One trial of the race: a candidate trained on the scoring folds, and its record.
+
+Kept apart from the schedule (:mod:`diagnose.decide.race`): this trains and
+scores one candidate with the comparison's engine and keeps what the schedule
+ranks it by (per-image correctness and loss on the held-out images, FLOPs).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diagnose.decide.candidates import Candidate
+from diagnose.training import StrategyRun
+
+__all__ = ["FIXED_PHASES", "Arm", "RaceContext", "phase_flops", "train_trial"]
+
+# Phases whose cost does not grow with the epochs of the main stage: the captures,
+# the prefix cache and the head stages on cached features (max(epochs, lp_epochs)).
+FIXED_PHASES = ("capture", "prefix_cache", "head", "linear_probe")
+
+
+def phase_flops(phases) -> tuple[int, int]:
+    """(fixed, epoch-scaled) FLOPs of a run's phases."""
+    fixed = scaled = 0
+    for ph in phases:
+        if ph.flops_per_step is None:
+            continue
+        f = int(ph.flops_per_step) * int(ph.steps)
+        if ph.name in FIXED_PHASES:
+            fixed += f
+        else:
+            scaled += f
+    return fixed, scaled
+
+
+def train_trial(
+    cand, fold_data, model, head, blocks, epochs, batch_size, seed, device, reuse
+) -> dict:
+    """Train ``cand`` for ``epochs`` on one fold; score its last-epoch weights."""
+    start = time.perf_counter()
+    config = cand.config(blocks, epochs=epochs, batch_size=batch_size, seed=seed)
+    run = StrategyRun(
+        cand.strategy,
+        model,
+        head,
+        blocks,
+        fold_data,
+        None,
+        config,
+        device,
+        progress=False,
+        reuse=reuse,
+    )
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            run.build()
+            run.train()
+            logits = run.predict(fold_data.x_val)
+    finally:
+        run.bar.close()
+    y = fold_data.y_val
+    loss = F.cross_entropy(logits, y, reduction="none").double().numpy()
+    correct = (logits.argmax(1) == y).numpy()
+    fixed, scaled = phase_flops(run.phases)
+    ok = run.diverged is None and bool(np.isfinite(loss).all())
+    return {
+        "correct": correct if ok else np.zeros_like(correct),
+        "loss": loss if ok else np.full_like(loss, np.inf),
+        "fixed_flops": fixed,
+        "scaled_flops": scaled,
+        "wall_s": time.perf_counter() - start,
+        "diverged": None if ok else (run.diverged or {"loss": "non-finite validation loss"}),
+    }
+
+
+class Arm:
+    """A candidate's record across rungs."""
+
+    def __init__(self, index: int, cand: Candidate):
+        self.index, self.cand = index, cand
+        self.rungs: list[dict] = []
+        self.correct = self.loss = None
+        self.fixed = self.per_epoch = 0.0  # FLOPs per fold, from its latest rung
+        self.ids = None  # the held-out image of each entry of ``correct``
+        self.flops = 0
+        self.wall = 0.0
+        self.status, self.reason, self.eliminated_at = "ok", None, None
+
+    def estimate(self, epochs: int, folds: int) -> float:
+        return (self.fixed + self.per_epoch * epochs) * folds
+
+    def rank_key(self) -> tuple:
+        if self.status != "ok":
+            return (1, 0.0, 0.0, self.cand.prior_rank, self.index)
+        return (
+            0,
+            -float(self.correct.mean()),
+            float(self.loss.mean()),
+            self.cand.prior_rank,
+            self.index,
+        )
+
+
+@dataclass
+class RaceContext:
+    """What every trial of one race shares: the folds, the model and the engine's settings.
+
+    ``reuse`` holds the head inputs and frozen-prefix outputs per fold, computed by the
+    first candidate that needs them and reused by the rest; ``warnings`` (when given)
+    collects one line per candidate that failed.
+    """
+
+    fold_data: list
+    folds: list
+    model: nn.Module
+    head: str
+    blocks: list[str]
+    batch_size: int
+    seed: int
+    device: torch.device
+    reuse: dict = field(default_factory=dict)
+    warnings: list[str] | None = None
+
+    def run_arm(self, a: Arm, bar, *, e: int, r: int, n_folds: int) -> int:
+        """Train ``a`` for ``e`` epochs on the first ``n_folds`` folds as rung ``r``; record
+        its scores and cost on ``a`` and return the FLOPs it spent (0 when it failed)."""
+        outs = []
+        try:
+            for fd in self.fold_data[:n_folds]:
+                outs.append(
+                    train_trial(
+                        a.cand,
+                        fd,
+                        self.model,
+                        self.head,
+                        self.blocks,
+                        e,
+                        self.batch_size,
+                        self.seed,
+                        self.device,
+                        self.reuse,
+                    )
+                )
+                bar.update(1)
+        except (RuntimeError, ValueError) as exc:  # one failing candidate never ends the race
+            a.status, a.eliminated_at = "failed", r
+            a.reason = (
+                f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            )
+            if self.warnings is not None:
+                self.warnings.append(f"Race candidate {a.cand.key} {a.reason}")
+            bar.update(n_folds - len(outs))
+            return 0
+        a.correct = np.concatenate([o["correct"] for o in outs])
+        a.loss = np.concatenate([o["loss"] for o in outs])
+        fixed = sum(o["fixed_flops"] for o in outs)
+        scaled = sum(o["scaled_flops"] for o in outs)
+        a.fixed, a.per_epoch = fixed / len(outs), scaled / e / len(outs)
+        a.ids = np.concatenate([f.held_out for f in self.folds[: len(outs)]])
+        a.flops += fixed + scaled
+        wall = sum(o["wall_s"] for o in outs)
+        a.wall += wall
+        bad = next((o["diverged"] for o in outs if o["diverged"]), None)
+        if bad is not None:
+            a.status, a.eliminated_at = "diverged", r
+            a.reason = f"diverged ({bad.get('loss')}) after at most {e} epochs"
+        a.rungs.append(
+            {
+                "rung": r,
+                "epochs": int(e),
+                "val_accuracy": float(a.correct.mean()),
+                "val_loss": float(a.loss.mean()) if np.isfinite(a.loss).all() else None,
+                "fold_accuracy": [float(o["correct"].mean()) for o in outs],
+                "folds": len(outs),
+                "flops": int(fixed + scaled),
+                "wall_s": round(wall, 4),
+            }
+        )
+        return fixed + scaled
