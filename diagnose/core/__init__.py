@@ -18,6 +18,7 @@ from diagnose.core.files import (
     atomic_write_text,
     current_umask,
 )
+from diagnose.core.layer import PROBE_ROLES, LayerResult, ProbeScore
 from diagnose.core.names import STRATEGY_LABELS, STRATEGY_NAMES, join_labels, strategy_label
 from diagnose.core.record import (
     Record,
@@ -48,6 +49,9 @@ from diagnose.core.schema import (
 from diagnose.core.specs import call_spec, is_callable_spec
 
 __all__ = [
+    "PROBE_ROLES",
+    "LayerResult",
+    "ProbeScore",
     "Cost",
     "Divergence",
     "Forgetting",

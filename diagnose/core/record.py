@@ -137,29 +137,39 @@ class Record:
 
     ``extra`` holds the keys of the dict it was read from that the class does not
     declare, in their order; ``to_dict()`` writes them after the declared fields.
+    A record read by ``from_dict`` writes back the declared keys its dict had (so
+    a hand-written or older file round-trips exactly); one built directly writes
+    the fields its :meth:`emits` allows.
     """
 
     extra: Mapping[str, Any] = field(default_factory=dict, kw_only=True, compare=False)
+    present: frozenset[str] | None = field(default=None, kw_only=True, compare=False, repr=False)
 
     @classmethod
     def from_dict(cls: type[R], d: Any) -> R:
         """The record of dict ``d``; anything that is not a dict reads as an empty one."""
         d = d if isinstance(d, Mapping) else {}
-        declared = [f for f in fields(cls) if f.name != "extra"]
+        declared = [f for f in fields(cls) if f.name not in ("extra", "present")]
         names = {f.name for f in declared}
         kwargs = {f.name: f.metadata["read"](d[f.name]) for f in declared if f.name in d}
-        return cls(**kwargs, extra={k: v for k, v in d.items() if k not in names})
+        return cls(
+            **kwargs,
+            extra={k: v for k, v in d.items() if k not in names},
+            present=frozenset(kwargs),
+        )
 
     def emits(self, name: str) -> bool:
-        """Whether ``to_dict()`` writes field ``name`` (every field, unless a subclass says)."""
+        """Whether a record built directly writes field ``name`` (every field, unless a
+        subclass says otherwise)."""
         return True
 
     def to_dict(self) -> dict:
         """The plain-JSON dict results.json holds."""
+        keep = self.emits if self.present is None else self.present.__contains__
         out = {
             f.name: json_form(getattr(self, f.name))
             for f in fields(self)
-            if f.name != "extra" and self.emits(f.name)
+            if f.name not in ("extra", "present") and keep(f.name)
         }
         out.update({k: v for k, v in self.extra.items() if k not in out})
         return out

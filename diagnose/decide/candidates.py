@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+from diagnose.core import LayerResult
 from diagnose.decide.rules import DEFAULT_HEAD_LR
 from diagnose.training import TrainConfig
 
@@ -104,12 +105,7 @@ class Candidate:
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
-def _target_acc(layer: dict) -> float | None:
-    probe = (layer.get("probe") or {}).get("target")
-    return None if probe is None else probe.get("accuracy")
-
-
-def partial_depths(layers: list[dict]) -> dict[int, str]:
+def partial_depths(layers: list[LayerResult | dict]) -> dict[int, str]:
     """Depths (probed blocks that train) for ``partial``, each with what placed it.
 
     Always the last block, the last two and about half the network (when the
@@ -118,6 +114,7 @@ def partial_depths(layers: list[dict]) -> dict[int, str]:
     block with high Auto-RGN. A depth equal to every block is full fine-tuning,
     which the race runs as its own candidates, so it is left out.
     """
+    layers = [x if isinstance(x, LayerResult) else LayerResult.from_dict(x) for x in layers]
     n = len(layers)
     depths: dict[int, str] = {}
 
@@ -128,18 +125,18 @@ def partial_depths(layers: list[dict]) -> dict[int, str]:
     add(1, "last block")
     add(2, "last two blocks")
     add(max(1, math.ceil(n / 2)), "about half the network")
-    accs = [_target_acc(layer) for layer in layers]
+    accs = [layer.accuracy("target") for layer in layers]
     if all(a is not None for a in accs) and accs:
         peak = max(accs)
         first_at_peak = next(i for i, a in enumerate(accs) if a >= peak - PEAK_TOLERANCE)
-        name = layers[first_at_peak]["name"]
+        name = layers[first_at_peak].name
         add(n - 1 - first_at_peak, f"the target probe peaks at {name} ({accs[first_at_peak]:.3f})")
-    rgn = [layer.get("rgn") for layer in layers]
+    rgn = [layer.rgn for layer in layers]
     if any(r is not None for r in rgn):
         top = max(r for r in rgn if r is not None)
         if top > 0:
             low = next(i for i, r in enumerate(rgn) if r is not None and r >= RGN_HIGH * top)
-            add(n - low, f"Auto-RGN is high from {layers[low]['name']} up")
+            add(n - low, f"Auto-RGN is high from {layers[low].name} up")
     return dict(sorted(depths.items()))
 
 
@@ -192,7 +189,8 @@ def build_candidates(
             f"The 'strategies' parameter must name some of {', '.join(RACE_STRATEGIES)}. "
             f"Got {list(strategies)!r} instead."
         )
-    layers = [layer for layer in assessment.get("layers", []) if layer.get("name")]
+    layers = [LayerResult.from_dict(x) for x in assessment.get("layers") or []]
+    layers = [layer for layer in layers if layer.name]
     suggested = (assessment.get("lr_find") or {}).get("suggested_lr") or DEFAULT_HEAD_LR
     budget = prior.get("max_forgetting")
     allowed = (

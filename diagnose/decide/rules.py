@@ -38,7 +38,7 @@ runs assess and every strategy on the four demo targets over several seeds.
 
 from __future__ import annotations
 
-from diagnose.core import STRATEGY_NAMES
+from diagnose.core import STRATEGY_NAMES, LayerResult
 from diagnose.decide.recipe import (
     DISCRIMINATIVE_FACTOR,
     OPTIMIZER,
@@ -82,23 +82,17 @@ RGN_QUIET = 0.25
 GAP_SIGNIFICANCE = 0.05
 
 
-def _acc(layer: dict, which: str) -> float | None:
-    probe = (layer.get("probe") or {}).get(which)
-    return None if probe is None else probe.get("accuracy")
-
-
-def _signals(results: dict, layers: list[dict]) -> dict:
+def _signals(results: dict, layers: list[LayerResult]) -> dict:
     """Every measurement a rule reads, in one flat dict (and nothing else)."""
-    names = [layer["name"] for layer in layers]
-    target = [_acc(layer, "target") for layer in layers]
-    control = [c for c in (_acc(layer, "control") for layer in layers) if c is not None]
+    names = [layer.name for layer in layers]
+    target = [layer.accuracy("target") for layer in layers]
+    control = [c for c in (layer.accuracy("control") for layer in layers) if c is not None]
     best_i = max(range(len(layers)), key=lambda i: target[i])
-    gap0 = layers[0].get("gap") or {}
     src_classes = (results.get("source") or {}).get("classes")
     tgt_classes = (results.get("target") or {}).get("classes")
-    source0 = _acc(layers[0], "source")
+    source0 = layers[0].accuracy("source")
     same_task = bool(src_classes) and src_classes == tgt_classes and source0 is not None
-    rgn = {layer["name"]: layer["rgn"] for layer in layers if layer.get("rgn") is not None}
+    rgn = {layer.name: layer.rgn for layer in layers if layer.rgn is not None}
     return {
         "names": names,
         "best_i": best_i,
@@ -109,8 +103,8 @@ def _signals(results: dict, layers: list[dict]) -> dict:
         "drop": target[best_i] - target[-1],
         "best_control": max(control) if control else None,
         "benefit": target[best_i] - max(control) if control else None,
-        "pad0": gap0.get("pad"),
-        "p0": gap0.get("mmd_pvalue"),
+        "pad0": layers[0].gap_value("pad"),
+        "p0": layers[0].gap_value("mmd_pvalue"),
         "rgn": rgn,
     }
 
@@ -265,8 +259,9 @@ def recommend(results: dict, *, max_forgetting: float | None = None) -> dict:
     """
     if max_forgetting is not None and not 0 <= max_forgetting <= 1:
         raise ValueError(f"'max_forgetting' must be between 0 and 1. Got {max_forgetting}.")
-    layers = [layer for layer in results.get("layers", []) if _acc(layer, "target") is not None]
-    names = [layer["name"] for layer in results.get("layers", [])]
+    every = [LayerResult.from_dict(layer) for layer in results.get("layers") or []]
+    layers = [layer for layer in every if layer.accuracy("target") is not None]
+    names = [layer.name for layer in every]
     lr_find = results.get("lr_find") or {}
     head_lr = lr_find.get("suggested_lr")
     reasons: list[str] = []

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 import probes
+from diagnose.core import LayerResult, ProbeScore
 from diagnose.data import materialize_readable
 from diagnose.measure.lr_find import lr_range_test
 from diagnose.measure.rgn import relative_gradient_norms
@@ -145,8 +146,9 @@ def layer_measurements(
     n_permutations: int,
     warnings: list[str],
     progress: bool,
-) -> list[dict]:
-    """Per layer: target, control and source probes and the source-target gap."""
+) -> list[LayerResult]:
+    """Per layer: target, control and source probes and the source-target gap (no Auto-RGN:
+    the assessment adds it)."""
     rows = []
     for name in tqdm(layers, desc="probes and gaps", disable=not progress, leave=False):
         row: dict = {"name": name, "dim": None, "probe": {}, "gap": None, "cka_control": None}
@@ -211,8 +213,23 @@ def layer_measurements(
                 n_permutations,
                 seed,
             )
-        rows.append(row)
+        rows.append(
+            LayerResult(
+                name=name,
+                dim=row["dim"],
+                probe={role: _score(v) for role, v in probe_row.items()},
+                gap=row["gap"],
+                cka_control=row["cka_control"],
+            )
+        )
     return rows
+
+
+def _score(result: Any) -> ProbeScore | None:
+    """A probe's result (:class:`probes.ProbeResult`, or None when it was skipped) as a record."""
+    if result is None:
+        return None
+    return ProbeScore.from_dict(result.to_dict() if hasattr(result, "to_dict") else result)
 
 
 def storage_summary(captured: dict, budget: int | None, share: int | None) -> dict:

@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from diagnose.core import PROBE_ROLES, LayerResult  # noqa: E402
+
 __all__ = [
     "class_balance_plot",
     "encode_png",
@@ -42,13 +44,18 @@ def short_name(name: str) -> str:
     return name if len(name) <= 18 else "…" + name[-17:]
 
 
+def _layers(results: dict) -> list[LayerResult]:
+    return [LayerResult.from_dict(x) for x in results.get("layers") or [] if isinstance(x, dict)]
+
+
 def probe_plot(results: dict):
-    layers = results.get("layers") or []
-    names = [layer.get("name", "?") for layer in layers]
+    layers = _layers(results)
+    names = [layer.name or "?" for layer in layers]
     series = {}
-    for which in ("target", "control", "source"):
-        acc = [((layer.get("probe") or {}).get(which) or {}).get("accuracy") for layer in layers]
-        ci = [((layer.get("probe") or {}).get(which) or {}).get("ci") for layer in layers]
+    for which in PROBE_ROLES:
+        scores = [(layer.probe or {}).get(which) for layer in layers]
+        acc = [None if p is None else p.accuracy for p in scores]
+        ci = [None if p is None else p.ci for p in scores]
         if any(a is not None for a in acc):
             series[which] = (acc, ci)
     if not series:
@@ -94,10 +101,10 @@ def probe_plot(results: dict):
 
 
 def gap_plot(results: dict):
-    layers = results.get("layers") or []
-    names = [layer.get("name", "?") for layer in layers]
-    pad = [(layer.get("gap") or {}).get("pad") for layer in layers]
-    mmd = [(layer.get("gap") or {}).get("mmd2") for layer in layers]
+    layers = _layers(results)
+    names = [layer.name or "?" for layer in layers]
+    pad = [layer.gap_value("pad") for layer in layers]
+    mmd = [layer.gap_value("mmd2") for layer in layers]
     if not any(p is not None for p in pad):
         return None
     sns.set_theme(style="whitegrid")

@@ -10,6 +10,7 @@ first recommendation. No fine-tuning happens here.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -267,8 +268,7 @@ def assess(
                 seed,
                 dev,
             )
-            for row in rows:
-                row["rgn"] = (rgn or {}).get(row["name"])
+            rows = [replace(row, rgn=(rgn or {}).get(row.name)) for row in rows]
         if has_head and loaded.source_classes and tgt.classes == loaded.source_classes:
             heads["target_head_accuracy"] = float((logits.argmax(1) == tl).mean())
     if has_head and sl is not None and src.classes == loaded.source_classes:
@@ -300,7 +300,7 @@ def assess(
         "source": domain_info(src, used["source"], splits["source"]) if src is not None else None,
         "target": domain_info(tgt, used["target"], splits["target"]) if tgt is not None else None,
         "preprocessing": prep.to_dict(),
-        "layers": rows,
+        "layers": [row.to_dict() for row in rows],
         "penultimate_layer": last,
         "transferability": transfer,
         "head_accuracy": heads,

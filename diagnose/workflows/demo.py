@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from diagnose.core import SCHEMA_VERSION, environment
+from diagnose.core import SCHEMA_VERSION, LayerResult, environment
 from diagnose.data import DEMO_DOMAINS, load_domain
 from diagnose.models import load_model
 from diagnose.report import write_outputs
@@ -33,9 +33,9 @@ DEMO_TARGETS = (
 
 
 def _scenario_row(target: str, res: dict, folder: str) -> dict:
-    layers = res.get("layers") or []
-    pads = [(layer.get("gap") or {}).get("pad") for layer in layers]
-    accs = [((layer.get("probe") or {}).get("target") or {}).get("accuracy") for layer in layers]
+    layers = [LayerResult.from_dict(x) for x in res.get("layers") or []]
+    pads = [layer.gap_value("pad") for layer in layers]
+    accs = [layer.accuracy("target") for layer in layers]
     valid = [a for a in accs if a is not None]
     rec = res.get("recommendation") or {}
     measured = res.get("comparison_recommendation") or {}
