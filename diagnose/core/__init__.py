@@ -20,6 +20,7 @@ from diagnose.core.files import (
 )
 from diagnose.core.layer import PROBE_ROLES, LayerResult, ProbeScore
 from diagnose.core.names import STRATEGY_LABELS, STRATEGY_NAMES, join_labels, strategy_label
+from diagnose.core.recommendation import Recommendation
 from diagnose.core.record import (
     Record,
     as_bool,
@@ -49,6 +50,7 @@ from diagnose.core.schema import (
 from diagnose.core.specs import call_spec, is_callable_spec
 
 __all__ = [
+    "Recommendation",
     "PROBE_ROLES",
     "LayerResult",
     "ProbeScore",

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from diagnose.core import Recommendation
 from diagnose.data import materialize
 from diagnose.decide.candidates import Candidate, build_candidates
 from diagnose.decide.race import run_race
@@ -73,11 +74,24 @@ def with_modules(rec: dict, model: nn.Module | None, blocks: list[str], head: st
 
 def _unmeasured(prior: dict, model, blocks, head, why: str) -> dict:
     rec = with_modules(prior, model, blocks, head)
-    rec["measured"] = False
-    rec["unmeasured_reason"] = why
-    rec["prior"] = {"strategy": prior["strategy"], "confidence": prior["confidence"]}
-    rec["trials"] = None
-    return rec
+    return Recommendation(
+        measured=False,
+        unmeasured_reason=why,
+        strategy=rec["strategy"],
+        unfreeze=tuple(rec.get("unfreeze") or ()),
+        unfreeze_blocks=tuple(rec["unfreeze_blocks"]),
+        cut=rec.get("cut"),
+        lr=rec.get("lr"),
+        epochs=rec.get("epochs"),
+        weight_decay=rec.get("weight_decay"),
+        optimizer=rec.get("optimizer"),
+        confidence=rec.get("confidence"),
+        max_forgetting=rec.get("max_forgetting"),
+        reasons=tuple(rec.get("reasons") or ()),
+        would_change_if=tuple(rec.get("would_change_if") or ()),
+        prior={"strategy": prior["strategy"], "confidence": prior["confidence"]},
+        trials=None,
+    ).to_dict()
 
 
 def _lr_per_group(cand, blocks: list[str], epochs: int) -> dict[str, float]:
@@ -263,28 +277,28 @@ def measured_recommendation(
     )
     reasons, change, confidence = _reasons(trials, pick, prior, protocol)
     defaults = TrainConfig()
-    return {
-        "measured": True,
-        "strategy": cand.strategy,
-        "depth": cand.depth,
-        "unfreeze": trainable_modules(model, blocks, head, groups),
-        "unfreeze_blocks": groups,
-        "cut": cut_description(model, blocks, head, groups),
-        "lr": _lr_per_group(cand, blocks, full_epochs),
-        "head_lr": cand.head_lr,
-        "epochs": full_epochs
+    return Recommendation(
+        measured=True,
+        strategy=cand.strategy,
+        depth=cand.depth,
+        unfreeze=tuple(trainable_modules(model, blocks, head, groups)),
+        unfreeze_blocks=tuple(groups),
+        cut=cut_description(model, blocks, head, groups),
+        lr=_lr_per_group(cand, blocks, full_epochs),
+        head_lr=cand.head_lr,
+        epochs=full_epochs
         if cand.strategy != "feature_extraction"
         else max(full_epochs, defaults.lp_epochs),
-        "weight_decay": defaults.weight_decay,
-        "optimizer": f"SGD, momentum {defaults.momentum:g}",
-        "confidence": confidence,
-        "max_forgetting": prior.get("max_forgetting"),
-        "reasons": reasons,
-        "would_change_if": change,
-        "prior": {
+        weight_decay=defaults.weight_decay,
+        optimizer=f"SGD, momentum {defaults.momentum:g}",
+        confidence=confidence,
+        max_forgetting=prior.get("max_forgetting"),
+        reasons=tuple(reasons),
+        would_change_if=tuple(change),
+        prior={
             "strategy": prior["strategy"],
             "confidence": prior["confidence"],
             "reasons": prior["reasons"],
         },
-        "trials": trials,
-    }
+        trials=trials,
+    ).to_dict()

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 
-from diagnose.core import StrategyEntry, finite, join_labels, strategy_label
+from diagnose.core import Recommendation, StrategyEntry, finite, join_labels, strategy_label
 from diagnose.decide.select_reasons import (
     as_entry,
     cost_text,
@@ -98,15 +98,10 @@ def _predicted(assessment: dict | None, names: set[str]) -> str | None:
     if not isinstance(assessment, dict):
         return None
     rec = assessment.get("recommendation")
-    if isinstance(rec, dict):
-        assessment = rec
-    strategy = assessment.get("strategy")
-    depth = assessment.get("depth")
+    rec = Recommendation.from_dict(rec if isinstance(rec, dict) else assessment)
     # A measured partial recommendation names its depth: the row of that depth when
     # the comparison ran partial at several (compare --unfreeze 1,2,4).
-    if strategy == "partial" and isinstance(depth, int) and f"partial@{depth}" in names:
-        return f"partial@{depth}"
-    return strategy if isinstance(strategy, str) else None
+    return rec.row if rec.row in names else rec.strategy
 
 
 def _cost_key(entry: StrategyEntry) -> tuple[float, float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from diagnose.core import SCHEMA_VERSION, LayerResult, environment
+from diagnose.core import SCHEMA_VERSION, LayerResult, Recommendation, environment
 from diagnose.data import DEMO_DOMAINS, load_domain
 from diagnose.models import load_model
 from diagnose.report import write_outputs
@@ -37,7 +37,7 @@ def _scenario_row(target: str, res: dict, folder: str) -> dict:
     pads = [layer.gap_value("pad") for layer in layers]
     accs = [layer.accuracy("target") for layer in layers]
     valid = [a for a in accs if a is not None]
-    rec = res.get("recommendation") or {}
+    rec = Recommendation.from_dict(res.get("recommendation"))
     measured = res.get("comparison_recommendation") or {}
     return {
         "measured_best": measured.get("strategy"),
@@ -47,9 +47,9 @@ def _scenario_row(target: str, res: dict, folder: str) -> dict:
         "target": target,
         "description": DEMO_DOMAINS.get(target, ""),
         "status": "ok",
-        "strategy": rec.get("strategy"),
-        "unfreeze": rec.get("unfreeze"),
-        "head_lr": (rec.get("lr") or {}).get("head"),
+        "strategy": rec.strategy,
+        "unfreeze": None if rec.unfreeze is None else list(rec.unfreeze),
+        "head_lr": (rec.lr or {}).get("head"),
         "pad_first": pads[0] if pads else None,
         "pad_last": pads[-1] if pads else None,
         "probe_best": max(valid) if valid else None,
