@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +85,6 @@ def _write(results: dict, out: Path) -> tuple[Path, Path]:
     return write_outputs(results, out)
 
 
-def _run_strategy(*args, **kwargs) -> dict:
-    # Looked up at call time, so tests can replace this module's run_strategy.
-    return run_strategy(*args, **kwargs)
-
-
 def compare(
     model: Any,
     source: Any,
@@ -121,6 +117,7 @@ def compare(
     seeds: int = 1,
     trial_budget: float = 0.0,
     pool: str = "mean",
+    runner: Callable[..., dict] | None = None,
 ) -> CompareResult:
     """Fine-tune with each strategy under one budget and measure accuracy, forgetting and cost.
 
@@ -170,6 +167,10 @@ def compare(
         trial_budget: the assessment's trial race budget (see :func:`diagnose.assess`);
             0 by default, since the comparison itself trains every strategy.
         pool: token pooling of transformer blocks, ``"mean"`` or ``"cls"``.
+        runner: the function that trains one (strategy, seed) unit and returns its
+            results entry, called with :func:`diagnose.training.run_strategy`'s
+            arguments (None: that function). A wrapper can time, log or fail units
+            (the tests inject faults with it); with ``executor="ray"`` it must pickle.
 
     Returns:
         A :class:`CompareResult`: ``strategies`` (one entry per strategy) and
@@ -193,6 +194,11 @@ def compare(
         ray_address=ray_address,
         seeds=seeds,
     )
+    if runner is not None and not callable(runner):
+        raise TypeError(
+            "The 'runner' parameter of compare must be a function like "
+            f"diagnose.training.run_strategy, or None. Got {type(runner).__name__} instead."
+        )
     dev = resolve_device(device)
     if out is not None:
         check_out_dir(out)  # fail before hours of training, not after
@@ -378,7 +384,7 @@ def compare(
             job=job,
             on_done=on_done,
             ray=ray,
-            run=_run_strategy,
+            run=run_strategy if runner is None else runner,
             progress=progress,
             address=ray_address,
         )

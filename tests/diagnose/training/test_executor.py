@@ -8,7 +8,6 @@ import shutil
 import signal
 import sys
 from collections import OrderedDict
-from importlib import import_module
 
 import matplotlib.axes
 import numpy as np
@@ -22,12 +21,10 @@ from diagnose.cli import main
 from diagnose.decide.select import select_strategy
 from diagnose.report.plots_compare import tradeoff_plot
 from diagnose.training.executor import RAY_MISSING, Job, Unit, execute
-from diagnose.training.runner import TargetData
+from diagnose.training.runner import TargetData, run_strategy
 from diagnose.training.seeds import strategy_entry
 from diagnose.training.strategies import TrainConfig
 from diagnose.workflows.comparison import compare
-
-compare_mod = import_module("diagnose.workflows.comparison")
 
 DATA = ("demo:digits", "demo:digits-noise")
 TWO = "full_low_lr,scratch"  # the two quickest strategies
@@ -437,14 +434,13 @@ def test_resume_runs_only_the_missing_unit(seeded, loaded_demo, tmp_path, monkey
     with pytest.raises(ValueError, match="different settings"):
         _run(loaded_demo, out=out, resume=True, seeds=3)
     calls = []
-    real = compare_mod.run_strategy
+    real = run_strategy
 
     def counted(name, *args, config, **kwargs):
         calls.append((name, config.seed))
         return real(name, *args, config=config, **kwargs)
 
-    monkeypatch.setattr(compare_mod, "run_strategy", counted)
-    res = _run(loaded_demo, out=out, resume=True, seeds=2)
+    res = _run(loaded_demo, out=out, resume=True, seeds=2, runner=counted)
     assert calls == [("scratch", 1)]
     final = json.loads((out / "results.json").read_text())
     before = json.loads((first / "results.json").read_text())

@@ -9,18 +9,14 @@ import signal
 import subprocess
 import sys
 import time
-from importlib import import_module
 
 import pytest
 import torch
 
 from diagnose.core.names import STRATEGY_NAMES
+from diagnose.training import run_strategy
 from diagnose.workflows.compare_args import parse_strategies
 from diagnose.workflows.comparison import compare
-
-compare_mod = import_module(
-    "diagnose.workflows.comparison"
-)  # the module, not the re-exported function
 
 SMALL = dict(epochs=1, max_samples=200, progress=False, with_assessment=False, lr=0.02)
 
@@ -95,19 +91,19 @@ def test_absurd_lr_diverges_and_the_others_finish(loaded_demo, tmp_path):
     assert len(res.strategies) == 2
 
 
-def test_a_failing_strategy_does_not_stop_the_others(loaded_demo, tmp_path, monkeypatch):
-    real = compare_mod.run_strategy
+def test_a_failing_strategy_does_not_stop_the_others(loaded_demo, tmp_path):
+    real = run_strategy
 
     def flaky(name, *args, **kwargs):
         if name == "partial":
             raise RuntimeError("boom in partial")
         return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(compare_mod, "run_strategy", flaky)
     res = compare(
         loaded_demo,
         "demo:digits",
         "demo:digits-noise",
+        runner=flaky,
         out=tmp_path,
         strategies="feature_extraction,partial,scratch",
         **SMALL,
@@ -118,8 +114,8 @@ def test_a_failing_strategy_does_not_stop_the_others(loaded_demo, tmp_path, monk
     assert "boom in partial" in (tmp_path / "report.html").read_text()
 
 
-def test_interrupt_keeps_finished_and_resume_runs_only_the_rest(loaded_demo, tmp_path, monkeypatch):
-    real = compare_mod.run_strategy
+def test_interrupt_keeps_finished_and_resume_runs_only_the_rest(loaded_demo, tmp_path):
+    real = run_strategy
     calls = []
 
     def interrupted(name, *args, **kwargs):
@@ -128,20 +124,21 @@ def test_interrupt_keeps_finished_and_resume_runs_only_the_rest(loaded_demo, tmp
             raise KeyboardInterrupt
         return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(compare_mod, "run_strategy", interrupted)
     kwargs = dict(out=tmp_path, strategies="feature_extraction,partial,scratch", **SMALL)
     with pytest.raises(KeyboardInterrupt):
-        compare(loaded_demo, "demo:digits", "demo:digits-noise", **kwargs)
+        compare(loaded_demo, "demo:digits", "demo:digits-noise", runner=interrupted, **kwargs)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [s["name"] for s in saved["strategies"]] == ["feature_extraction", "partial"]
     assert (tmp_path / "report.html").exists()
     calls.clear()
-    monkeypatch.setattr(
-        compare_mod,
-        "run_strategy",
-        lambda name, *a, **k: (calls.append(name), real(name, *a, **k))[1],
+
+    def counted(name, *a, **k):
+        calls.append(name)
+        return real(name, *a, **k)
+
+    res = compare(
+        loaded_demo, "demo:digits", "demo:digits-noise", resume=True, runner=counted, **kwargs
     )
-    res = compare(loaded_demo, "demo:digits", "demo:digits-noise", resume=True, **kwargs)
     assert calls == ["scratch"]
     assert [s["name"] for s in res.strategies] == ["feature_extraction", "partial", "scratch"]
     assert res.strategies[0] == saved["strategies"][0]
@@ -239,8 +236,8 @@ def test_signal_between_strategies_then_resume(tmp_path, sig):
     assert final["strategies"][0] == saved["strategies"][0]
 
 
-def test_out_of_memory_retries_the_strategy_at_half_the_batch(loaded_demo, tmp_path, monkeypatch):
-    real = compare_mod.run_strategy
+def test_out_of_memory_retries_the_strategy_at_half_the_batch(loaded_demo, tmp_path):
+    real = run_strategy
     sizes = []
 
     def small_device(name, *args, config, **kwargs):
@@ -249,11 +246,11 @@ def test_out_of_memory_retries_the_strategy_at_half_the_batch(loaded_demo, tmp_p
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(name, *args, config=config, **kwargs)
 
-    monkeypatch.setattr(compare_mod, "run_strategy", small_device)
     res = compare(
         loaded_demo,
         "demo:digits",
         "demo:digits-noise",
+        runner=small_device,
         out=tmp_path,
         strategies="full_low_lr",
         batch_size=64,
@@ -286,3 +283,8 @@ def test_unfreeze_several_depths_runs_partial_once_per_depth(loaded_demo, tmp_pa
     assert "partial fine-tuning, last 3" in html
     with pytest.raises(ValueError, match="between 1 and 4"):
         compare(loaded_demo, "demo:digits", "demo:digits-noise", unfreeze=[1, 9], **SMALL)
+
+
+def test_runner_must_be_a_function(loaded_demo):
+    with pytest.raises(TypeError, match="'runner' parameter of compare"):
+        compare(loaded_demo, "demo:digits", "demo:digits-noise", runner="run_strategy", **SMALL)
