@@ -1,5 +1,6 @@
 """The small shared layer every stage may use: atomic file writes, the results schema, devices, display names and spec parsing. It imports nothing else of diagnose."""
 
+from diagnose.core.audit import Audit, AuditLayer, SourceAccuracy
 from diagnose.core.device import (
     autocast_context,
     autocast_dtype,
@@ -50,6 +51,9 @@ from diagnose.core.schema import (
 from diagnose.core.specs import call_spec, is_callable_spec
 
 __all__ = [
+    "Audit",
+    "AuditLayer",
+    "SourceAccuracy",
     "Recommendation",
     "PROBE_ROLES",
     "LayerResult",

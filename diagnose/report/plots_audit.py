@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
+from diagnose.core import Audit, as_number
 from diagnose.report.plots import encode_png, short_name
 
 __all__ = [
@@ -22,11 +23,12 @@ _COLORS = {"source": "#2ca02c", "target": "#1f77b4"}
 
 def audit_cka_plot(results: dict):
     """Linear CKA (pretrained vs fine-tuned) per block, on source and target images."""
-    layers = results.get("layers") or []
-    names = [str(layer.get("name", "?")) for layer in layers]
+    record = Audit.from_dict(results)
+    layers = record.layers or ()
+    names = [str(layer.name or "?") for layer in layers]
     series = {}
     for which in ("source", "target"):
-        vals = [layer.get(f"cka_{which}") for layer in layers]
+        vals = [getattr(layer, f"cka_{which}") for layer in layers]
         if any(v is not None for v in vals):
             series[which] = vals
     if not series:
@@ -43,8 +45,8 @@ def audit_cka_plot(results: dict):
             color=_COLORS[which],
             label=f"{which} images",
         )
-    thr = (results.get("thresholds") or {}).get("cka_unchanged")
-    if isinstance(thr, (int, float)):
+    thr = record.threshold("cka_unchanged")
+    if thr is not None:
         ax.axhline(thr, color="#7f7f7f", ls="--", lw=1, label=f"unchanged threshold ({thr})")
     ax.set_xticks(x)
     ax.set_xticklabels([short_name(n) for n in names], rotation=20, ha="right")
@@ -66,8 +68,8 @@ def audit_cka_plot(results: dict):
 
 def per_class_forgetting_plot(results: dict):
     """Source accuracy drop per class (percentage points) through the original head."""
-    rows = (results.get("source_accuracy") or {}).get("per_class") or []
-    rows = [r for r in rows if r.get("drop") is not None]
+    rows = Audit.from_dict(results).source_accuracy.per_class or ()
+    rows = [r for r in rows if isinstance(r, dict) and as_number(r.get("drop")) is not None]
     if not rows:
         return None
     names = [short_name(str(r.get("class"))) for r in rows]

@@ -39,7 +39,16 @@ import torch
 from torch import nn
 
 import probes
-from diagnose.core import SCHEMA_VERSION, RunResult, environment, jsonable, resolve_device
+from diagnose.core import (
+    SCHEMA_VERSION,
+    Audit,
+    AuditLayer,
+    RunResult,
+    SourceAccuracy,
+    environment,
+    jsonable,
+    resolve_device,
+)
 from diagnose.data import materialize_readable, pick_eval, subsample
 from diagnose.measure import ForgettingMeter, weight_drift
 from diagnose.models import (
@@ -75,6 +84,11 @@ ACCURACY_DROP_NOTABLE = 0.01
 
 class AuditResult(RunResult):
     """An audit: ``to_dict()`` is results.json; paths are set when ``out`` was given."""
+
+    @property
+    def record(self) -> Audit:
+        """The results as a typed :class:`diagnose.core.Audit`."""
+        return Audit.from_dict(self.results)
 
     @property
     def verdict(self) -> str:
@@ -312,34 +326,33 @@ def audit(
         "per_class": per_class,
     }
     head_module = ft.get_submodule(loaded.head)
-    results: dict[str, Any] = {
-        "schema": SCHEMA_VERSION,
-        "kind": "audit",
-        "model": loaded.to_dict(),
-        "finetuned": {
+    env = environment(str(dev), seed)
+    record = Audit(
+        schema=SCHEMA_VERSION,
+        kind="audit",
+        model=loaded.to_dict(),
+        finetuned={
             "path": str(finetuned),
             "head_replaced": replaced,
             "head_outputs": getattr(head_module, "out_features", None),
         },
-        "source": {**src.summary(), "n_eval": tracker.n},
-        "target": None if tgt is None else {**tgt.summary(), "n_eval": n_target},
-        "blocks": blocks,
-        "layers": layer_rows,
-        "source_accuracy": source_accuracy,
-        "agreement": measured["agreement"],
-        "verdict": verdict(layer_rows, source_accuracy, measured["agreement"]),
-        "thresholds": {
+        source={**src.summary(), "n_eval": tracker.n},
+        target=None if tgt is None else {**tgt.summary(), "n_eval": n_target},
+        blocks=tuple(blocks),
+        layers=tuple(AuditLayer(**row) for row in layer_rows),
+        source_accuracy=SourceAccuracy(**source_accuracy),
+        agreement=measured["agreement"],
+        verdict=verdict(layer_rows, source_accuracy, measured["agreement"]),
+        thresholds={
             "cka_unchanged": CKA_UNCHANGED,
             "agreement_unchanged": AGREEMENT_UNCHANGED,
             "accuracy_drop_notable": ACCURACY_DROP_NOTABLE,
         },
-        "preprocessing": prep.to_dict(),
-        "warnings": warnings,
-    }
-    env = environment(str(dev), seed)
-    env["wall_s"] = time.perf_counter() - t_start
-    results["environment"] = env
-    results = jsonable(results, warnings)
+        preprocessing=prep.to_dict(),
+        warnings=tuple(warnings),
+        environment={**env, "wall_s": time.perf_counter() - t_start},
+    )
+    results = jsonable(record.to_dict(), warnings)
     results["warnings"] = warnings
     result = AuditResult(results)
     if out is not None:

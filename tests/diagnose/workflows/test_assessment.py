@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from diagnose.cli import main
+from diagnose.core import LayerResult, Recommendation
 from diagnose.data.domains import load_domain
 from diagnose.models.loading import load_model
 from diagnose.workflows.assessment import assess
@@ -84,6 +85,13 @@ def test_results_json_contract(noise):
     assert len(data["lr_find"]["lrs"]) == len(data["lr_find"]["losses"])
     rec = data["recommendation"]
     assert set(rec) >= {"strategy", "unfreeze", "lr", "epochs", "reasons"}
+    # The file is the typed records' to_dict(): reading and writing changes nothing.
+    assert [LayerResult.from_dict(x).to_dict() for x in data["layers"]] == data["layers"]
+    assert Recommendation.from_dict(rec).to_dict() == rec
+    assert (
+        LayerResult.from_dict(data["layers"][0]).accuracy("target")
+        == (data["layers"][0]["probe"]["target"]["accuracy"])
+    )
     env = data["environment"]
     assert env["seed"] == 0 and env["torch"] == torch.__version__ and env["wall_s"] > 0
     assert data["preprocessing"]["image_size"] == [32, 32]

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from diagnose.core import Audit
 from diagnose.report.render import render_html
 from diagnose.workflows.checkpoint_audit import CKA_UNCHANGED, audit, verdict
 from diagnose.workflows.comparison import compare
@@ -54,6 +55,9 @@ def test_audit_reproduces_compare_forgetting(loaded_demo, comparison, tmp_path):
     res = audit(loaded_demo, out / "checkpoints" / "full_low_lr.pt", SRC, TGT, out=tmp_path, **FAST)
     d = json.loads((tmp_path / "results.json").read_text())
     assert d["kind"] == "audit" and d["schema"] == "1.0"
+    typed = Audit.from_dict(d)
+    assert typed.to_dict() == d  # the file is the typed record's to_dict()
+    assert [x.name for x in typed.layers] == d["blocks"] and typed.verdict == d["verdict"]
     assert d["finetuned"]["head_replaced"] is False
     # Same source images, same model state: agreement and accuracy are identical.
     assert d["agreement"] == f["agreement"]
