@@ -32,15 +32,14 @@ from probes._capture_data import (
     unreadable_note,
 )
 from probes._forward import call_error, free_device_memory, is_out_of_memory, logits_of, oom_note
+from probes._hooks import PooledHooks
 from probes._layers import discover_layers, resolve_layers
 from probes._pooling import (
     TOKEN_POOL_NAMES,
     check_pool,
-    pool_activation,
-    projection_matrix,
 )
 from probes._size import parse_size
-from probes._store import OUTPUT_KEY, CapturedFeatures, FeatureSink, width_error
+from probes._store import OUTPUT_KEY, CapturedFeatures, FeatureSink
 from probes._validation import check_choice, check_int
 
 __all__ = ["CapturedFeatures", "capture", "discover_layers", "parse_size"]
@@ -162,44 +161,13 @@ def capture(
     batches, total = batches_of(data, int(batch_size), max_samples, bool(skip_unreadable))
     sink = FeatureSink(budget, store_dir, count_examples(data, max_samples))
 
-    stores: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    calls: dict[str, int] = dict.fromkeys(names, 0)
-    matrices: dict[str, torch.Tensor] = {}
-    projected: dict[str, int] = {}
-    widths: dict[str, int] = {}
-    current = {"batch": 0}
-
-    def make_hook(name: str):
-        def hook(module: nn.Module, inputs: Any, out: Any) -> None:
-            calls[name] += 1
-            if calls[name] > 1:
-                return  # reported after the forward, with the full count
-            pooled = pool_activation(
-                out, layer=name, batch=current["batch"], pool=pool, token_pool=token_pool
-            )
-            dim = int(pooled.shape[1])
-            # The raw pooled width must hold for every batch, before any projection:
-            # checked after projecting, a batch of another width could slip through.
-            first = widths.setdefault(name, dim)
-            if dim != first:
-                raise width_error(name, [first, dim])
-            if max_dim is not None and dim > max_dim:
-                if name not in matrices:
-                    matrices[name] = projection_matrix(name, dim, int(max_dim), seed, pooled.device)
-                    projected[name] = dim
-                pooled = pooled @ matrices[name]
-            # A copy, always: a CPU tensor's .to("cpu") shares storage, and an in-place
-            # op later in the forward (ReLU(inplace=True)) would overwrite it.
-            stores[name].append(pooled.detach().to("cpu", dtype=torch.float32, copy=True))
-
-        return hook
+    hooks = PooledHooks(targets, pool=pool, token_pool=token_pool, max_dim=max_dim, seed=seed)
 
     def forward_once(x: torch.Tensor, depth: int) -> torch.Tensor | None:
         """One forward pass; checks every hooked layer ran once; the CPU output if kept."""
-        current["batch"] = x.shape[0]
-        calls.update(dict.fromkeys(calls, 0))
+        hooks.start(x.shape[0])
         out = model(x)
-        for name, count in list(calls.items()):
+        for name, count in list(hooks.calls.items()):
             if count == 0 and auto and seen == 0:
                 # A discovered module the forward never runs (an auxiliary head).
                 warnings.warn(
@@ -207,9 +175,7 @@ def capture(
                     "pass in eval mode; it is left out.",
                     stacklevel=4 + depth,
                 )
-                handles.pop(name).remove()
-                del calls[name], stores[name]
-                names.remove(name)
+                hooks.drop(name)
             elif count != 1:
                 raise call_error(name, count)
         if not keep_output:
@@ -219,7 +185,7 @@ def capture(
 
     def run_split(x: torch.Tensor, depth: int = 0) -> list[tuple[int, torch.Tensor | None]]:
         """Forward ``x``; on out-of-memory, drop its partial hook outputs and re-run halves."""
-        marks = {name: len(store) for name, store in stores.items()}
+        marks = hooks.marks()
         try:
             return [(x.shape[0], forward_once(x, depth))]
         except Exception as exc:
@@ -227,15 +193,13 @@ def capture(
                 raise
         # Outside the except block, so the traceback no longer pins the failed
         # forward's tensors and the cache can actually be freed.
-        for name, mark in marks.items():
-            del stores[name][mark:]
+        hooks.rollback(marks)
         free_device_memory()
         half = (x.shape[0] + 1) // 2
         return run_split(x[:half], depth + 1) + run_split(x[half:], depth + 1)
 
     flags = [(m, m.training) for m in model.modules()]
     oom = {"batches": 0, "of": 0, "smallest": int(batch_size), "fits": int(batch_size)}
-    handles: dict[str, Any] = {}
     labels: list[torch.Tensor] = []
     has_labels: bool | None = None
     skipped: list[tuple[int, str]] = []
@@ -243,8 +207,7 @@ def capture(
     bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress)
     try:
         model.eval()
-        for name, module in targets:
-            handles[name] = module.register_forward_hook(make_hook(name))
+        hooks.attach()
         with torch.no_grad():
             for batch, left_out in batches:
                 skipped.extend(left_out)
@@ -275,11 +238,10 @@ def capture(
                     sizes = [n for n, _ in pieces]
                     oom["smallest"] = min(oom["smallest"], *sizes)
                     oom["fits"] = min(oom["fits"], max(sizes))
-                batch_pieces = {name: stores[name] for name in names}
+                batch_pieces = hooks.take()
                 if keep_output:
                     batch_pieces[OUTPUT_KEY] = [o for _, o in pieces]
                 sink.add(batch_pieces)  # in memory, or written to disk (over the budget)
-                stores.update({name: [] for name in names})
                 if y is not None:
                     labels.append(y)
                 seen += x.shape[0]
@@ -290,8 +252,7 @@ def capture(
         sink.abort()
         raise
     finally:
-        for handle in handles.values():
-            handle.remove()
+        hooks.remove()
         for module, flag in flags:
             module.training = flag
         bar.close()
@@ -303,6 +264,7 @@ def capture(
                 f"{skipped[0][1]}"
             )
         raise ValueError("The 'data' parameter of capture holds no examples.")
+    names = hooks.names
     if not names:
         raise ValueError("None of the discovered layers is run by the forward pass.")
     notes = []
@@ -324,7 +286,7 @@ def capture(
         layers=list(names),
         labels=torch.cat(labels).numpy() if has_labels else None,
         output=output,
-        projected=projected,
+        projected=hooks.projected,
         pooling={"pool": pool if isinstance(pool, str) else int(pool), "token_pool": token_pool},
         warnings=notes,
         storage="memory" if store is None else "disk",
