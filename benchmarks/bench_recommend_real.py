@@ -63,8 +63,10 @@ def rule_picks(row: dict, n_stages: int, tolerance: float = 0.005) -> dict:
     """The race's pick under three rules, from the saved candidates (no re-run):
 
     - ``winner``: the best held-out accuracy;
-    - ``tie``: the cheapest finalist within noise AND within ``tolerance`` of the
-      winner's accuracy (the product's rule);
+    - ``tie_loss``: the cheapest finalist within noise, within ``tolerance`` of the
+      winner's accuracy AND not measurably worse in held-out loss (the product's
+      rule; None for rows saved before the loss gap was recorded);
+    - ``tie``: the same without the loss condition (the earlier rule);
     - ``cheapest_within_noise``: the cheapest finalist whose paired interval on
       the gap to the winner includes 0 (the earlier rule).
     """
@@ -76,16 +78,23 @@ def rule_picks(row: dict, n_stages: int, tolerance: float = 0.005) -> dict:
     finalists = [c for c in cands.values() if c["status"] == "ok" and len(c["rungs"]) == top]
     noise = [c for c in finalists if c.get("gap_to_winner") and c["gap_to_winner"]["ci_low"] <= 0]
     tied = [c for c in noise if c["gap_to_winner"]["mean"] <= tolerance + 1e-12]
+    has_loss = all("loss_gap_to_winner" in c for c in finalists)
+    tied_loss = [
+        c
+        for c in tied
+        if has_loss and c["loss_gap_to_winner"] and c["loss_gap_to_winner"]["ci_low"] <= 0
+    ]
 
     def cost(c):
         return c.get("full_run_flops_estimate") or math.inf
 
     picks = {
         "winner": winner,
+        "tie_loss": min([winner, *tied_loss], key=cost) if has_loss else None,
         "tie": min([winner, *tied], key=cost),
         "cheapest_within_noise": min([winner, *noise], key=cost),
     }
-    return {rule: candidate_config(c, n_stages) for rule, c in picks.items()}
+    return {rule: None if c is None else candidate_config(c, n_stages) for rule, c in picks.items()}
 
 
 def score(row: dict, summary: dict) -> dict:
@@ -209,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 "lr",
                                 "rungs",
                                 "gap_to_winner",
+                                "loss_gap_to_winner",
                                 "full_run_flops_estimate",
                                 "status",
                             )

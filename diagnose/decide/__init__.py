@@ -37,7 +37,7 @@ from diagnose.decide.race_scoring import (
     scoring_folds,
 )
 from diagnose.decide.race_trials import FIXED_PHASES, Arm, RaceContext, phase_flops, train_trial
-from diagnose.decide.race_verdict import TIE_TOLERANCE, paired_arms, race_summary
+from diagnose.decide.race_verdict import TIE_TOLERANCE, paired_arms, paired_loss, race_summary
 from diagnose.decide.recipe import (
     BACKBONE_LR_RATIO,
     DISCRIMINATIVE_FACTOR,
@@ -139,6 +139,7 @@ __all__ = [
     "measured_recommendation",
     "no_winner_reasons",
     "paired_arms",
+    "paired_loss",
     "paired_gap",
     "partial_depths",
     "prediction_check",

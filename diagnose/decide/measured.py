@@ -28,6 +28,7 @@ from diagnose.decide.race import run_race
 from diagnose.decide.race_scoring import scoring_folds
 from diagnose.decide.recipe import recommended_epochs
 from diagnose.decide.rules import SAFE_FORGETTING
+from diagnose.decide.select import FLOAT_SLACK
 from diagnose.models import cut_description, trainable_modules
 from diagnose.training import TrainConfig, plan
 
@@ -108,6 +109,18 @@ def _pct(v: float) -> str:
     return f"{100 * v:+.1f}"
 
 
+def _worse_by_loss(trials: dict, leaders: list[str], tol: float) -> list[str]:
+    """The leaders within ``tol`` of the winner's accuracy that its held-out loss rules out."""
+    by_key = {c["key"]: c for c in trials["candidates"]}
+    out = []
+    for key in leaders:
+        c = by_key.get(key) or {}
+        acc, loss = c.get("gap_to_winner"), c.get("loss_gap_to_winner")
+        if acc and loss and acc["mean"] <= tol + FLOAT_SLACK and loss["ci_low"] > 0:
+            out.append(key)
+    return out
+
+
 def _reasons(trials: dict, pick: dict, prior: dict, protocol: dict) -> tuple[list, list, str]:
     gap, leaders = trials["gap"], trials["leaders"]
     last = pick["rungs"][-1]
@@ -144,13 +157,20 @@ def _reasons(trials: dict, pick: dict, prior: dict, protocol: dict) -> tuple[lis
             f"{len(leaders)} leaders ({_names(leaders)}) are within noise of the winner (each "
             "paired interval includes 0): these held-out images cannot separate them. "
             + (
-                f"{pick['key']} is within {tol:.3f} of the winner's accuracy and cheaper, so it "
-                "is recommended."
+                f"{pick['key']} is within {tol:.3f} of the winner's accuracy, not measurably "
+                "worse in held-out loss, and cheaper, so it is recommended."
                 if pick["key"] != trials["winner"]
                 else f"The winner, the best estimate, is recommended: no cheaper leader is "
-                f"within {tol:.3f} of its accuracy."
+                f"within {tol:.3f} of its accuracy without a measurably higher held-out loss."
             )
         )
+        by_loss = _worse_by_loss(trials, leaders, tol)
+        if by_loss:
+            reasons.append(
+                f"{_names(by_loss)} tie with the winner on accuracy but their held-out "
+                "cross-entropy is higher (paired 95% interval above 0), so the cheaper of them "
+                "is not taken."
+            )
         change.append("More labelled target images, which would separate the leaders.")
         confidence = "low"
     elif gap is not None:

@@ -344,3 +344,37 @@ def test_lr_grid_also_covers_the_usual_head_lrs_when_the_range_test_is_far_off()
     assert lr_grid(0.03) == [0.01, 0.03, 0.09]  # three points around the suggestion
     far = lr_grid(2.66e-6)  # seen on a real case: every candidate stayed at its init
     assert {8.87e-07, 2.66e-06, 7.98e-06} <= set(far) and {0.00333, 0.01, 0.03} <= set(far)
+
+
+def _finalist(i, strategy, correct, loss, per_epoch):
+    from diagnose.decide.race_trials import Arm
+
+    a = Arm(i, Candidate(strategy, None, 0.01, "strategy", i))
+    a.correct, a.loss = np.asarray(correct, dtype=bool), np.asarray(loss, dtype=np.float64)
+    a.ids = np.arange(len(correct))
+    a.per_epoch = per_epoch
+    a.rungs = [{"rung": 0, "epochs": 5, "val_accuracy": float(a.correct.mean())}]
+    return a
+
+
+@pytest.mark.parametrize("cheap_loss, picked", [(0.30, "feature_extraction"), (0.90, "lp_ft")])
+def test_an_accuracy_tie_goes_to_the_cheaper_only_when_the_loss_does_not_separate_them(
+    cheap_loss, picked
+):
+    from diagnose.decide.race_trials import Arm
+    from diagnose.decide.race_verdict import race_summary
+
+    n = 60
+    rng = np.random.default_rng(0)
+    correct = rng.random(n) < 0.9  # both right on the same images: an exact accuracy tie
+    base = 0.3 + 0.05 * rng.standard_normal(n)
+    dear = _finalist(0, "lp_ft", correct, base, per_epoch=100.0)
+    cheap = _finalist(1, "feature_extraction", correct, base + (cheap_loss - 0.3), per_epoch=1.0)
+    arms = [dear, cheap]
+    ranked = sorted(arms, key=Arm.rank_key)
+    spend = {"flops_spent": 0, "full_flops_estimate": 1.0, "budget": 0.2}
+    trials = race_summary(arms, ranked, {"rungs": []}, spend, n_folds=1, full_epochs=5)
+    assert trials["winner"] == "lp_ft lr=0.01"  # equal accuracy: the lower loss ranks first
+    assert trials["within_noise"] and trials["pick"].startswith(picked)
+    gap = next(c for c in trials["candidates"] if c["strategy"] == "feature_extraction")
+    assert gap["loss_gap_to_winner"]["mean"] == pytest.approx(cheap_loss - 0.3)
