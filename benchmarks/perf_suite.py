@@ -140,6 +140,8 @@ def row_assess(max_samples, repeats, size=64):
             image_size=size,
             max_samples=max_samples,
             progress=False,
+            # The measurements only: the trial race trains, and has its own row.
+            trial_budget=0,
         )
 
     res = interleaved({"assess": run_assess, "forward": lambda: plain_forward(model, x)}, repeats)
