@@ -147,7 +147,12 @@ def _reasons(trials: dict, pick: dict, prior: dict, protocol: dict) -> tuple[lis
     change = []
     if gap is not None:
         reasons.append(
-            f"Its lead over the runner-up {trials['runner_up']} is {_pct(gap['mean'])} points "
+            (
+                "Its lead"
+                if pick["key"] == trials["winner"]
+                else f"The best held-out accuracy is {trials['winner']}'s; its lead"
+            )
+            + f" over the runner-up {trials['runner_up']} is {_pct(gap['mean'])} points "
             f"(95% CI {_pct(gap['ci_low'])} to {_pct(gap['ci_high'])}, paired on the same "
             f"{gap['n_images']} images)."
         )
