@@ -374,9 +374,16 @@ def summarise(runs: dict) -> dict:
             ]
             # the honest verdict on a tie is the cheaper configuration (CONFIGS is cheapest first)
             cell["cheapest_within_spread"] = min(
-                [best_name, *cell["tied_with_best"]], key=CONFIGS.index
+                [best_name, *cell["tied_with_best"]], key=_cheapness
             )
     return out
+
+
+def _cheapness(name: str) -> tuple[int, int]:
+    """Cost order of a configuration: CONFIGS' order, a partial_lastK (K > 2) after partial_last2."""
+    if name in CONFIGS:
+        return (CONFIGS.index(name), 0)
+    return (CONFIGS.index("partial_last2"), int(name[len("partial_last") :]))
 
 
 def print_table(summary: dict) -> None:
