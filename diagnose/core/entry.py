@@ -154,4 +154,4 @@ class StrategyEntry(Record):
     @property
     def n_seeds(self) -> int:
         """How many seeds produced this entry's numbers (1 for a single run)."""
-        return len(self.seeds) if self.seeds is not None else 1
+        return len(self.seeds) if self.seeds else 1

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -157,6 +157,12 @@ class Record:
             extra={k: v for k, v in d.items() if k not in names},
             present=frozenset(kwargs),
         )
+
+    def with_fields(self: R, **changes: Any) -> R:
+        """A copy with ``changes`` set; a record read by ``from_dict`` then writes those
+        fields too, as if its dict had held them."""
+        present = None if self.present is None else self.present | frozenset(changes)
+        return replace(self, **changes, present=present)
 
     def emits(self, name: str) -> bool:
         """Whether a record built directly writes field ``name`` (every field, unless a

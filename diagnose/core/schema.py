@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from diagnose.core.files import atomic_write_text
+from diagnose.core.record import as_number
 
 __all__ = [
     "RunResult",
@@ -39,10 +40,8 @@ def finite(value: Any) -> float | None:
     For reading results.json, where any number may be null: ``finite(0.5) == 0.5``,
     ``finite(True) is None``, ``finite("0.5") is None``.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    number = as_number(value)
+    return None if number is None else float(number)
 
 
 def section(entry: dict, key: str) -> dict:

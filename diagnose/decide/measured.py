@@ -28,7 +28,6 @@ from diagnose.decide.race import run_race
 from diagnose.decide.race_scoring import scoring_folds
 from diagnose.decide.recipe import recommended_epochs
 from diagnose.decide.rules import SAFE_FORGETTING
-from diagnose.decide.select import FLOAT_SLACK
 from diagnose.models import cut_description, trainable_modules
 from diagnose.training import TrainConfig, plan
 
@@ -74,25 +73,16 @@ def with_modules(rec: dict, model: nn.Module | None, blocks: list[str], head: st
 
 
 def _unmeasured(prior: dict, model, blocks, head, why: str) -> dict:
-    rec = with_modules(prior, model, blocks, head)
-    return Recommendation(
-        measured=False,
-        unmeasured_reason=why,
-        strategy=rec["strategy"],
-        unfreeze=tuple(rec.get("unfreeze") or ()),
-        unfreeze_blocks=tuple(rec["unfreeze_blocks"]),
-        cut=rec.get("cut"),
-        lr=rec.get("lr"),
-        epochs=rec.get("epochs"),
-        weight_decay=rec.get("weight_decay"),
-        optimizer=rec.get("optimizer"),
-        confidence=rec.get("confidence"),
-        max_forgetting=rec.get("max_forgetting"),
-        reasons=tuple(rec.get("reasons") or ()),
-        would_change_if=tuple(rec.get("would_change_if") or ()),
-        prior={"strategy": prior["strategy"], "confidence": prior["confidence"]},
-        trials=None,
-    ).to_dict()
+    return (
+        Recommendation.from_dict(with_modules(prior, model, blocks, head))
+        .with_fields(
+            measured=False,
+            unmeasured_reason=why,
+            prior={"strategy": prior["strategy"], "confidence": prior["confidence"]},
+            trials=None,
+        )
+        .to_dict()
+    )
 
 
 def _lr_per_group(cand, blocks: list[str], epochs: int) -> dict[str, float]:
@@ -107,18 +97,6 @@ def _names(keys: list[str], shown: int = 4) -> str:
 
 def _pct(v: float) -> str:
     return f"{100 * v:+.1f}"
-
-
-def _worse_by_loss(trials: dict, leaders: list[str], tol: float) -> list[str]:
-    """The leaders within ``tol`` of the winner's accuracy that its held-out loss rules out."""
-    by_key = {c["key"]: c for c in trials["candidates"]}
-    out = []
-    for key in leaders:
-        c = by_key.get(key) or {}
-        acc, loss = c.get("gap_to_winner"), c.get("loss_gap_to_winner")
-        if acc and loss and acc["mean"] <= tol + FLOAT_SLACK and loss["ci_low"] > 0:
-            out.append(key)
-    return out
 
 
 def _reasons(trials: dict, pick: dict, prior: dict, protocol: dict) -> tuple[list, list, str]:
@@ -169,7 +147,7 @@ def _reasons(trials: dict, pick: dict, prior: dict, protocol: dict) -> tuple[lis
                 f"within {tol:.3f} of its accuracy without a measurably higher held-out loss."
             )
         )
-        by_loss = _worse_by_loss(trials, leaders, tol)
+        by_loss = trials.get("worse_by_loss") or []
         if by_loss:
             reasons.append(
                 f"{_names(by_loss)} tie with the winner on accuracy but their held-out "

@@ -36,7 +36,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from diagnose.decide.candidates import Candidate
+from diagnose.decide.candidates import LR_GRID, Candidate
 from diagnose.decide.race_scoring import Fold
 from diagnose.decide.race_trials import Arm, RaceContext
 from diagnose.decide.race_verdict import race_summary
@@ -57,8 +57,8 @@ __all__ = [
 # 2 and 15 epochs, the typical range here).
 ETA = 3
 MAX_RUNGS = 4
-# The factor beyond a grid's winning edge (the grid's own spacing, candidates.LR_GRID).
-EDGE_STEP = 3.0
+# The factor beyond a grid's winning edge: the grid's own spacing.
+EDGE_STEP = LR_GRID[1] / LR_GRID[0]
 # A rung shorter than this many optimiser steps is a cosine run that barely leaves its
 # initialisation: at 1 epoch (2 steps) every fine-tuned candidate sat at chance on a
 # 200-image demo target while feature extraction's 50 head epochs did not.

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 import probes
-from diagnose.core import LayerResult, ProbeScore
+from diagnose.core import LayerResult, ProbeScore, as_record
 from diagnose.data import materialize_readable
 from diagnose.measure.lr_find import lr_range_test
 from diagnose.measure.rgn import relative_gradient_norms
@@ -217,19 +217,12 @@ def layer_measurements(
             LayerResult(
                 name=name,
                 dim=row["dim"],
-                probe={role: _score(v) for role, v in probe_row.items()},
+                probe={role: as_record(ProbeScore)(v) for role, v in probe_row.items()},
                 gap=row["gap"],
                 cka_control=row["cka_control"],
             )
         )
     return rows
-
-
-def _score(result: Any) -> ProbeScore | None:
-    """A probe's result (:class:`probes.ProbeResult`, or None when it was skipped) as a record."""
-    if result is None:
-        return None
-    return ProbeScore.from_dict(result.to_dict() if hasattr(result, "to_dict") else result)
 
 
 def storage_summary(captured: dict, budget: int | None, share: int | None) -> dict:

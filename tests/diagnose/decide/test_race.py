@@ -376,5 +376,6 @@ def test_an_accuracy_tie_goes_to_the_cheaper_only_when_the_loss_does_not_separat
     trials = race_summary(arms, ranked, {"rungs": []}, spend, n_folds=1, full_epochs=5)
     assert trials["winner"] == "lp_ft lr=0.01"  # equal accuracy: the lower loss ranks first
     assert trials["within_noise"] and trials["pick"].startswith(picked)
+    assert trials["worse_by_loss"] == ([] if picked == "feature_extraction" else [cheap.cand.key])
     gap = next(c for c in trials["candidates"] if c["strategy"] == "feature_extraction")
     assert gap["loss_gap_to_winner"]["mean"] == pytest.approx(cheap_loss - 0.3)
