@@ -27,7 +27,12 @@ Rows (each against its peer or floor, on the same data in the same process):
   8. the recommendation's trial race vs the full sweep of the same candidates
      on the demo: FLOPs (and wall time at the race's seconds per FLOP).
      Goal <= 0.2.
-  9. GPU rows (resnet50 at 224 px, bf16 autocast, channels_last): capture
+  9. ``diagnose demo`` with one competing CPU-bound process (a single-threaded
+     numpy loop this suite starts) vs the same demo on the quiet machine, each
+     in a fresh process with the same cache. Goal <= 2x. The demo's
+     ``environment.threads`` (the thread sizing of ``diagnose.core.threads``)
+     says how many torch threads each ran at.
+ 10. GPU rows (resnet50 at 224 px, bf16 autocast, channels_last): capture
      images/s against a plain forward and a fine-tuning epoch; "not measured
      (no GPU)" where there is none.
 
@@ -333,6 +338,63 @@ def row_race(quick: bool):
     }
 
 
+_BURNER = """
+import numpy as np, time
+a = np.random.default_rng(0).random((256, 256))
+while True:
+    a = np.sin(a) + 0.1
+"""
+
+
+def _timed_demo(out: str, env: dict) -> tuple[float, dict]:
+    """``diagnose demo --out out`` in a fresh process: its wall seconds and its environment."""
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "diagnose.cli", "demo", "--out", out],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seconds = time.perf_counter() - start
+    with open(os.path.join(out, "results.json")) as f:
+        return seconds, json.load(f).get("environment") or {}
+
+
+def row_contention():
+    """``diagnose demo`` under one competing CPU-bound process vs quiet."""
+    import tempfile
+
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    with tempfile.TemporaryDirectory(prefix="perf-demo-") as tmp:
+        # One run first so the demo CNN's pretraining cache is warm for both timed runs.
+        _timed_demo(os.path.join(tmp, "warm"), env)
+        quiet, env_quiet = _timed_demo(os.path.join(tmp, "quiet"), env)
+        burner = subprocess.Popen(
+            [sys.executable, "-c", _BURNER], env={**env, "OMP_NUM_THREADS": "1"}
+        )
+        try:
+            busy, env_busy = _timed_demo(os.path.join(tmp, "busy"), env)
+        finally:
+            burner.kill()
+            burner.wait()
+    ratio = busy / quiet
+    t_q, t_b = env_quiet.get("threads") or {}, env_busy.get("threads") or {}
+    return {
+        "row": "diagnose demo with one competing CPU-bound process vs quiet",
+        "ours": f"{busy:.0f} s",
+        "peer": f"{quiet:.0f} s",
+        "ratio": f"{ratio:.2f}",
+        "goal": "<= 2.0",
+        "met": ratio <= 2.0,
+        "note": f"{os.cpu_count()} CPUs; torch threads quiet {t_q.get('threads_min')}-"
+        f"{t_q.get('threads_max')}, busy {t_b.get('threads_min')}-{t_b.get('threads_max')} "
+        f"({t_b.get('changes')} changes; most other runnable threads seen "
+        f"{t_b.get('max_other_runnable')})",
+    }
+
+
 def rows_gpu():
     """Capture images/s and a fine-tuning epoch on the GPU (resnet50, 224 px, bf16, channels_last)."""
     if not torch.cuda.is_available():
@@ -413,7 +475,8 @@ def main(argv=None):
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated row groups to skip: capture,assess,probes,cka,training,race,gpu",
+        help="comma-separated row groups to skip: "
+        "capture,assess,probes,cka,training,race,contention,gpu",
     )
     args = parser.parse_args(argv)
     if args.child_cka:
@@ -504,6 +567,9 @@ def main(argv=None):
     if "race" not in skip:
         add("race vs full sweep", row_race(args.quick))
         done("race")
+    if "contention" not in skip:
+        add("demo under contention", row_contention())
+        done("contention")
     if "gpu" not in skip:
         for row in rows_gpu():
             add(row["row"], row)

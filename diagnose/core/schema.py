@@ -19,6 +19,7 @@ import numpy as np
 
 from diagnose.core.files import atomic_write_text
 from diagnose.core.record import as_number
+from diagnose.core.threads import thread_summary
 
 __all__ = [
     "RunResult",
@@ -159,5 +160,6 @@ def environment(device: str, seed: int) -> dict:
         "jinja2": jinja2.__version__,
         "device": device,
         "cpu_threads": torch.get_num_threads(),
+        "threads": thread_summary(),
         "seed": seed,
     }

@@ -18,7 +18,13 @@ import numpy as np
 import torch
 
 import probes
-from diagnose.core import SCHEMA_VERSION, RunResult, environment, resolve_device
+from diagnose.core import (
+    SCHEMA_VERSION,
+    RunResult,
+    environment,
+    resolve_device,
+    with_fitted_threads,
+)
 from diagnose.data import (
     check_two_classes,
     domain_info,
@@ -55,6 +61,7 @@ class AssessResult(RunResult):
         return self.results["recommendation"]
 
 
+@with_fitted_threads
 def assess(
     model: Any,
     source: Any = None,

@@ -48,6 +48,7 @@ from diagnose.core import (
     environment,
     jsonable,
     resolve_device,
+    with_fitted_threads,
 )
 from diagnose.data import materialize_readable, pick_eval, subsample
 from diagnose.measure import ForgettingMeter, weight_drift
@@ -200,6 +201,7 @@ def _per_class(ref: torch.Tensor, ft: torch.Tensor, y: torch.Tensor, classes) ->
     return rows
 
 
+@with_fitted_threads
 def audit(
     model: Any,
     finetuned: str | Path,

@@ -30,12 +30,13 @@ from diagnose.core import (
     environment,
     jsonable,
     resolve_device,
+    with_fitted_threads,
 )
 from diagnose.data import drop_positions, materialize_readable, restricted_splits, subsample
 from diagnose.decide import select_strategy
 from diagnose.measure import ForgettingMeter
 from diagnose.models import resolve_preprocessing
-from diagnose.report import check_out_dir
+from diagnose.report import check_out_dir, write_outputs
 from diagnose.training import (
     RUN_KEYS,
     Job,
@@ -79,12 +80,7 @@ def _fingerprint(
     )
 
 
-def _write(results: dict, out: Path) -> tuple[Path, Path]:
-    from diagnose.report import write_outputs
-
-    return write_outputs(results, out)
-
-
+@with_fitted_threads
 def compare(
     model: Any,
     source: Any,
@@ -350,7 +346,7 @@ def compare(
         env["partial"] = partial
         results["environment"] = env
         if out_dir is not None:
-            _write(results, out_dir)
+            write_outputs(results, out_dir)
 
     def on_done(unit: Unit, record: dict, unit_warnings: list[str]) -> None:
         warnings.extend(unit_warnings)

@@ -11,7 +11,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from diagnose.core import SCHEMA_VERSION, LayerResult, Recommendation, environment
+from diagnose.core import (
+    SCHEMA_VERSION,
+    LayerResult,
+    Recommendation,
+    environment,
+    with_fitted_threads,
+)
 from diagnose.data import DEMO_DOMAINS, load_domain
 from diagnose.models import load_model
 from diagnose.report import write_outputs
@@ -83,6 +89,7 @@ def _demo_audit(loaded, rows: list[dict], out: Path, **kwargs) -> dict:
     }
 
 
+@with_fitted_threads
 def run_demo(
     out: str | Path = "diagnose-report",
     *,
