@@ -8,8 +8,10 @@ Rows (each against its peer or floor, on the same data in the same process):
   2. whole ``diagnose.assess`` (pretrained + random-init control capture,
      probes, gap, transferability, LR range test, RGN) vs a plain forward
      pass over the same source and target images (resnet18 at 64 px on the
-     demo digits). Goal <= 2.5. The same at 224 px for information: the
-     measurements cost the same at any input size, the forward does not.
+     demo digits). Goal <= 2.5, at 64 px and at 224 px. With it, for
+     information: Auto-RGN at the assessment's image count against twice as
+     many, over seeds (the change against the seed spread), and the PAD
+     domain classifier against the scikit-learn pipeline it replaced.
   3. ``linear_probe`` vs scikit-learn ``LogisticRegressionCV`` on the same L2
      grid and folds, at equal accuracy. Goal >= 3x faster.
   4. probing every layer vs the capture pass (resnet18 64 px; the demo-like
@@ -161,6 +163,111 @@ def row_assess(max_samples, repeats, size=64):
         "ratio": f"{ratio:.2f}",
         "goal": "<= 2.5",
         "met": ratio <= 2.5,
+    }
+
+
+def row_rgn_spread(seeds: int = 6):
+    """Auto-RGN at the assessment's ``RGN_IMAGES`` against twice as many images, over seeds
+    (the new head's initialisation and the images drawn): the change of the per-block mean
+    against the seed spread, and the depth decision "Auto-RGN is high from ... up"."""
+    from diagnose.data import load_domain
+    from diagnose.decide import RGN_HIGH
+    from diagnose.measure import RGN_IMAGES, relative_gradient_norms
+    from diagnose.models import load_model
+
+    loaded = load_model("demo", progress=False)
+    blocks = [n for n, _ in loaded.model.named_children() if n != loaded.head]
+    dom = load_domain("demo:digits-noise")
+    x_all, y_all = dom.dataset.images.float(), torch.as_tensor(dom.labels)
+    rng = np.random.default_rng(0)
+    vals: dict[int, list[list[float]]] = {RGN_IMAGES: [], 2 * RGN_IMAGES: []}
+    start = time.perf_counter()
+    for seed in range(seeds):
+        pick = rng.permutation(len(y_all))[: 2 * RGN_IMAGES]
+        for n in vals:
+            r = relative_gradient_norms(
+                loaded.model,
+                head=loaded.head,
+                blocks=blocks,
+                x=x_all[pick[:n]],
+                y=y_all[pick[:n]],
+                num_classes=10,
+                seed=seed,
+            )
+            vals[n].append([r[b] for b in blocks])
+    small, large = np.array(vals[RGN_IMAGES]), np.array(vals[2 * RGN_IMAGES])
+    shift = np.abs(small.mean(0) - large.mean(0))
+    spread = large.std(0)
+    ratio = float((shift / np.maximum(spread, 1e-12))[spread > 0].max())
+    first = [[int(np.argmax(row >= RGN_HIGH)) for row in a] for a in (small, large)]
+    return {
+        "row": f"Auto-RGN at {RGN_IMAGES} vs {2 * RGN_IMAGES} images (demo CNN, {seeds} seeds)",
+        "ours": "mean " + ", ".join(f"{v:.3f}" for v in small.mean(0)),
+        "peer": "mean " + ", ".join(f"{v:.3f}" for v in large.mean(0)),
+        "ratio": f"{ratio:.2f}",
+        "goal": "<= 1 (within the seed spread)",
+        "met": ratio <= 1.0,
+        "note": f"blocks {', '.join(blocks)}; ratio = largest |change of the mean| / the "
+        f"{2 * RGN_IMAGES}-image std over seeds (std "
+        + ", ".join(f"{v:.3f}" for v in spread)
+        + f"); first block at >= {RGN_HIGH} of the top per seed: {first[0]} vs {first[1]}; "
+        f"{time.perf_counter() - start:.0f} s",
+    }
+
+
+def row_pad_vs_sklearn(feats: dict, n_source: int):
+    """``probes.proxy_a_distance`` (batched L-BFGS) against the scikit-learn pipeline it
+    replaced (StandardScaler + LogisticRegression(C=1, balanced) in cross_val_predict)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from probes import proxy_a_distance
+
+    def sklearn_pad(s, t, seed=0):
+        x = np.concatenate([s, t])
+        y = np.r_[np.zeros(len(s), int), np.ones(len(t), int)]
+        clf = make_pipeline(
+            StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000)
+        )
+        cv = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            sc = cross_val_predict(clf, x, y, cv=cv, method="decision_function")
+        p = sc > 0
+        return 0.5 * (np.mean(p[y == 0]) + np.mean(~p[y == 1])), roc_auc_score(y, sc)
+
+    t_ours = t_ref = 0.0
+    d_err, d_auc, rel = [], [], []
+    for f in feats.values():
+        s, t = f[:n_source].astype(np.float64), f[n_source:].astype(np.float64)
+        t0 = time.perf_counter()
+        ours = proxy_a_distance(s, t)
+        t1 = time.perf_counter()
+        err, auc = sklearn_pad(s, t)
+        t_ref += time.perf_counter() - t1
+        t_ours += t1 - t0
+        d_err.append(abs(ours.error - err) * len(f))
+        d_auc.append(abs(ours.auc - auc))
+        # The pipeline's own spread over fold seeds: what a change of folds alone moves.
+        spread = np.std([err, *(sklearn_pad(s, t, seed)[0] for seed in range(1, 5))])
+        rel.append(abs(ours.error - err) / max(spread, 1e-12))
+    ratio = t_ref / t_ours
+    return {
+        "row": f"PAD over {len(feats)} layers: batched L-BFGS vs the scikit-learn pipeline",
+        "ours": f"{t_ours:.2f} s",
+        "peer": f"{t_ref:.2f} s",
+        "ratio": f"{ratio:.1f}x faster",
+        "goal": "(information)",
+        "met": None,
+        "note": f"resnet18 64 px features, {n_source} vs {len(next(iter(feats.values()))) - n_source} "
+        f"rows; balanced error differs by at most {max(d_err):.1f} examples "
+        f"({max(rel):.2f}x the pipeline's std over 5 fold seeds), AUC by {max(d_auc):.4f}",
     }
 
 
@@ -515,7 +622,13 @@ def main(argv=None):
     if "assess" not in skip:
         add("assess vs forward (64 px)", row_assess(150 if args.quick else None, 1))
         # The measurements cost the same whatever the input size; the forward grows with it.
-        add("assess vs forward (224 px)", row_assess(60 if args.quick else 400, 1, size=224), True)
+        add("assess vs forward (224 px)", row_assess(60 if args.quick else 400, 1, size=224))
+        add("Auto-RGN images", row_rgn_spread(3 if args.quick else 6))
+        # A shifted second half (pixel noise), as a source and a target would differ.
+        shifted = x.clone()
+        shifted[len(x) // 2 :] += 0.5 * torch.randn_like(shifted[len(x) // 2 :])
+        feats = capture(resnet, shifted, batch_size=64, progress=False).features
+        add("PAD vs scikit-learn", row_pad_vs_sklearn(feats, len(x) // 2))
         done("assess")
     if "probes" not in skip:
         add(

@@ -36,13 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from probes._design import prepare, row_blocks
 from probes._probe_fit import (
     cv_path,
     geometric_middle,
     limit_threads,
     predict,
-    prepare,
-    row_blocks,
     stratified_folds,
 )
 from probes._validation import as_features, as_labels, check_int

@@ -419,7 +419,7 @@ def _fields(r):
 
 @pytest.mark.parametrize(("n", "d"), [(900, 16), (300, 120)])  # rotated, and unrotated
 def test_memmap_input_gives_the_same_result(tmp_path, monkeypatch, n, d):
-    import probes._probe_fit as fit
+    import probes._design as fit
 
     monkeypatch.setattr(fit, "_BLOCK_ELEMS", 2000)  # several row blocks per pass
     monkeypatch.setattr(fit, "_BLOCK_ROWS", 16)

@@ -218,7 +218,9 @@ def test_max_memory_puts_features_on_disk_with_the_same_results(demo, tmp_path, 
     kw = {"max_samples": 150, "n_permutations": 20, "progress": False, "trial_budget": 0}
     ram = assess(demo, "demo:digits", "demo:digits-rotate", **kw).results
     disk = assess(demo, "demo:digits", "demo:digits-rotate", max_memory="1KB", **kw).results
-    assert list(scratch.iterdir()) == []  # the temporary stores are gone
+    # The temporary stores are gone. (torch's first optimiser in a process imports
+    # torch._dynamo, which makes its own cache folder in the temporary directory.)
+    assert [p for p in scratch.iterdir() if not p.name.startswith("torchinductor_")] == []
     assert ram["capture"]["max_memory_bytes"] is None
     assert ram["capture"]["target"]["storage"] == ram["capture"]["source"]["storage"] == "memory"
     cap = disk["capture"]
@@ -231,6 +233,7 @@ def test_max_memory_puts_features_on_disk_with_the_same_results(demo, tmp_path, 
         "gap_max_samples": 2000,
         "transferability_max_samples": 20000,
         "cka_batch_size": 1024,
+        "rgn_images": 64,
     }
     for a, b in zip(ram["layers"], disk["layers"], strict=True):
         for side in ("target", "control", "source"):
