@@ -19,7 +19,8 @@ binary logistic regression with ``C = 2 / (l2 * n)``.
 How it is fast (see :mod:`probes._probe_fit` and :mod:`probes._lbfgs`): all CV
 folds and the full training split are solved together as one batched
 full-batch L-BFGS problem (one feature product per step for all of them),
-walking the grid from strong to weak with warm starts and stopping two
+walking the grid from strong to weak with warm starts (the path extrapolated
+through the last two solutions where that starts lower) and stopping two
 strengths past the best CV accuracy; the features are rotated into their
 principal basis where that pays (an orthogonal change of variables: same
 objective, same penalty; for ``d > 2n`` an exact reduction to the row space),
