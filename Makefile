@@ -22,5 +22,7 @@ browser:
 lint:
 	ruff check probes diagnose tests benchmarks examples
 
+# The bench extra: ckatorch (the CKA row's peer) and the real cases' weights and data.
 bench: install
+	$(PIP) install --quiet -e '.[test,bench]'
 	$(PYTHON) benchmarks/run_all.py
