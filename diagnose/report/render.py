@@ -64,6 +64,8 @@ def _num(value, digits: int = 3) -> str:
         return "—"
     if isinstance(value, bool):
         return str(value)
+    if isinstance(value, dict):  # a record such as environment.threads: "key value · ..."
+        return " · ".join(f"{k} {_num(v, digits)}" for k, v in value.items())
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):

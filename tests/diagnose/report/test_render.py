@@ -157,3 +157,11 @@ def test_write_outputs_and_rerender(tmp_path):
     assert res_path.exists() and rep_path.exists()
     again = render_report_file(res_path, tmp_path / "again.html")
     assert again.read_text().count("<section") == len(SECTIONS)
+
+
+def test_environment_records_render_as_key_value_text():
+    results = _results()
+    results["environment"]["threads"] = {"cpus": 2, "threads_min": 1, "policy": EVIL}
+    html = render_html(results)
+    assert "cpus 2 · threads_min 1 · policy" in html
+    assert "{'cpus'" not in html and EVIL not in html  # plain text, and still escaped
