@@ -169,14 +169,16 @@ def row_assess(max_samples, repeats, size=64):
 def row_rgn_spread(seeds: int = 6):
     """Auto-RGN at the assessment's ``RGN_IMAGES`` against twice as many images, over seeds
     (the new head's initialisation and the images drawn): the change of the per-block mean
-    against the seed spread, and the depth decision "Auto-RGN is high from ... up"."""
+    against the seed spread, and the race's partial depths placed from it."""
+    import probes
+    from diagnose.core import LayerResult
     from diagnose.data import load_domain
-    from diagnose.decide import RGN_HIGH
+    from diagnose.decide import partial_depths
     from diagnose.measure import RGN_IMAGES, relative_gradient_norms
     from diagnose.models import load_model
 
     loaded = load_model("demo", progress=False)
-    blocks = [n for n, _ in loaded.model.named_children() if n != loaded.head]
+    blocks = probes.discover_layers(loaded.model)  # the blocks assess measures
     dom = load_domain("demo:digits-noise")
     x_all, y_all = dom.dataset.images.float(), torch.as_tensor(dom.labels)
     rng = np.random.default_rng(0)
@@ -199,7 +201,14 @@ def row_rgn_spread(seeds: int = 6):
     shift = np.abs(small.mean(0) - large.mean(0))
     spread = large.std(0)
     ratio = float((shift / np.maximum(spread, 1e-12))[spread > 0].max())
-    first = [[int(np.argmax(row >= RGN_HIGH)) for row in a] for a in (small, large)]
+    # The decision Auto-RGN feeds: the partial depths the race places, per seed.
+    depths = [
+        [
+            sorted(partial_depths([LayerResult(name=b, rgn=v) for b, v in zip(blocks, row)]))
+            for row in a
+        ]
+        for a in (small, large)
+    ]
     return {
         "row": f"Auto-RGN at {RGN_IMAGES} vs {2 * RGN_IMAGES} images (demo CNN, {seeds} seeds)",
         "ours": "mean " + ", ".join(f"{v:.3f}" for v in small.mean(0)),
@@ -210,8 +219,8 @@ def row_rgn_spread(seeds: int = 6):
         "note": f"blocks {', '.join(blocks)}; ratio = largest |change of the mean| / the "
         f"{2 * RGN_IMAGES}-image std over seeds (std "
         + ", ".join(f"{v:.3f}" for v in spread)
-        + f"); first block at >= {RGN_HIGH} of the top per seed: {first[0]} vs {first[1]}; "
-        f"{time.perf_counter() - start:.0f} s",
+        + f"); partial depths placed per seed the same at both counts: {depths[0] == depths[1]} "
+        f"({depths[0][0]}); {time.perf_counter() - start:.0f} s",
     }
 
 

@@ -101,6 +101,14 @@ class Design:
                 f = self.transform(self.source, a, b)
                 yield a, b, f, f.T
 
+    def block_logits(self, z: torch.Tensor) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """``(start, stop, logits (B, K, rows))`` per block of the design's own rows, from
+        the kept (or rebuilt) solve-ready blocks: no raw row is standardised again."""
+        b_, k, p = z.shape
+        flat = z.reshape(b_ * k, p)
+        for a, b, _, f_t in self.iter_blocks():
+            yield a, b, (flat @ f_t).view(b_, k, b - a)
+
     def logits(self, x: Any, z: torch.Tensor) -> Iterator[tuple[int, int, torch.Tensor]]:
         """``(start, stop, logits (B, K, rows))`` per block of raw features ``x``."""
         b_, k, p = z.shape

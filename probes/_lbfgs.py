@@ -102,6 +102,7 @@ def multinomial_lbfgs(
     history: int = 8,
     ftol: float = 1e-9,
     gamma0: torch.Tensor | None = None,
+    initial: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, SolveInfo]:
     """Minimise every problem from ``z0`` (B, K, p); returns the solutions and a summary.
 
@@ -111,13 +112,13 @@ def multinomial_lbfgs(
     mean-loss objective), when its objective changes by less than ``ftol``
     relative (float32 resolves little below 1e-7), or when the line search can
     no longer decrease it; stopped problems keep their iterate while the
-    others go on.
+    others go on. ``initial`` is ``fun(z0)`` when the caller has it already.
     """
     z = z0.clone()
     nb, k, p = z.shape
     dt = z.dtype
     d_flat = precond.to(dt)[None, :].expand(k, p).reshape(1, k * p)
-    loss, grad = fun(z)
+    loss, grad = fun(z) if initial is None else initial
     done = grad.abs().amax(dim=(1, 2)) <= tol
     hist = _History(nb, k * p, history, d_flat, z)
     gamma = torch.ones(nb, dtype=dt, device=z.device) if gamma0 is None else gamma0.clone()

@@ -36,7 +36,7 @@ import torch
 from probes._design import prepare
 from probes._gaussian import centre, coral_from_covariances, frechet_from_moments
 from probes._mmd import rbf_mmd2_test
-from probes._probe_fit import design_logits, limit_threads, solve_weighted
+from probes._probe_fit import limit_threads, solve_weighted
 from probes._validation import as_features, check_int
 
 __all__ = [
@@ -211,7 +211,7 @@ def proxy_a_distance(
     with limit_threads(x.shape[0] * min(x.shape) * folds * 2, device):
         design = prepare(x, device, torch.float32, stream=False)
         z = solve_weighted(design, y, 2, weights, lam, max_iter=1000, tol=_PAD_TOL)
-        logits = design_logits(design, z).double()
+        logits = torch.cat([lg for _, _, lg in design.block_logits(z)], dim=2).double()
     margin = (logits[:, 1] - logits[:, 0]).numpy()  # (folds, n): log-odds of "target"
     scores = margin[fold, np.arange(len(y))]
 

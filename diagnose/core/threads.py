@@ -86,17 +86,17 @@ def other_runnable() -> float | None:
 
 @dataclass
 class ThreadFit:
-    """The thread sizing of one workflow run; ``sampler`` gives the other processes'
-    runnable threads (None: unknown, leave the count alone)."""
+    """The thread sizing of one workflow run: ``sampler`` gives the other processes'
+    runnable threads (None: unknown, leave the count alone); ``fixed`` never looks."""
 
     ceiling: int
     cpus: int
     sampler: Callable[[], float | None] = other_runnable
     clock: Callable[[], float] = time.monotonic
-    chosen: list[int] = field(default_factory=list)
-    busy: list[float] = field(default_factory=list)
-    changes: int = 0
-    _last: float | None = None
+    fixed: bool = False
+    chosen: list[int] = field(default_factory=list)  # the count set at each look
+    busy: list[float] = field(default_factory=list)  # the other runnable threads seen
+    last_look: float | None = None
 
     def target(self, others: float) -> int:
         """The thread count for ``others`` runnable threads elsewhere: the free cores,
@@ -104,29 +104,29 @@ class ThreadFit:
         free = int(self.cpus - round(others))
         return max(1, min(self.ceiling, free))
 
-    def refresh(self, force: bool = False) -> int:
+    def refresh(self, force: bool = False) -> None:
         """Look at the load (at most every ``REFRESH_S``) and set torch's threads."""
         now = self.clock()
-        if not force and self._last is not None and now - self._last < REFRESH_S:
-            return torch.get_num_threads()
-        self._last = now
+        if self.fixed or (
+            not force and self.last_look is not None and now - self.last_look < REFRESH_S
+        ):
+            return
+        self.last_look = now
         others = self.sampler()
         if others is None:
-            return torch.get_num_threads()
+            return
         want = self.target(others)
-        self.busy.append(others)
         if want != torch.get_num_threads():
             torch.set_num_threads(want)
-            self.changes += 1
+        self.busy.append(others)
         self.chosen.append(want)
-        return want
 
     def summary(self) -> dict:
         """results.json's ``environment.threads``: what was chosen and why."""
-        fixed = self.sampler is _unknown
+        counts = [self.ceiling, *self.chosen]  # a change: a look that set another count
         return {
             "policy": f"fixed at {self.ceiling} ({THREADS_ENV_VAR}=fixed)"
-            if fixed
+            if self.fixed
             else (
                 "torch CPU threads = CPUs minus other processes' runnable threads, "
                 f"at most the {self.ceiling} in force at the start; re-checked at most every "
@@ -138,13 +138,13 @@ class ThreadFit:
             "threads_min": min(self.chosen, default=self.ceiling),
             "threads_max": max(self.chosen, default=self.ceiling),
             "looks": len(self.chosen),
-            "changes": self.changes,
+            "changes": sum(a != b for a, b in zip(counts, counts[1:])),
             "max_other_runnable": max(self.busy, default=None),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         }
 
 
-_ACTIVE: list[ThreadFit] = []
+_active: ThreadFit | None = None  # the outermost block's sizing
 
 
 @contextmanager
@@ -165,8 +165,9 @@ def fitted_threads(
     Yields:
         The active :class:`ThreadFit`.
     """
-    if _ACTIVE:
-        yield _ACTIVE[-1]
+    global _active
+    if _active is not None:
+        yield _active
         return
     mode = os.environ.get(THREADS_ENV_VAR, "auto").strip().lower() or "auto"
     if mode not in _MODES:
@@ -174,27 +175,21 @@ def fitted_threads(
             f"environment variable {THREADS_ENV_VAR}={os.environ[THREADS_ENV_VAR]!r} is not one of "
             f"{', '.join(_MODES)}; unset it or set it to one of those."
         )
-    if mode == "fixed":
-        sampler = _unknown
     before = torch.get_num_threads()
-    fit = ThreadFit(
+    _active = ThreadFit(
         ceiling=before,
         cpus=os.cpu_count() or before,
         sampler=sampler or other_runnable,
         clock=clock or time.monotonic,
+        fixed=mode == "fixed",
     )
-    _ACTIVE.append(fit)
     try:
-        fit.refresh(force=True)
-        yield fit
+        _active.refresh(force=True)
+        yield _active
     finally:
-        _ACTIVE.pop()
+        _active = None
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
-
-
-def _unknown() -> None:
-    return None
 
 
 def with_fitted_threads(fn: F) -> F:
@@ -211,10 +206,10 @@ def with_fitted_threads(fn: F) -> F:
 def refresh_threads() -> None:
     """Re-size the threads if a :func:`fitted_threads` block is active and its
     interval has passed; otherwise nothing."""
-    if _ACTIVE:
-        _ACTIVE[-1].refresh()
+    if _active is not None:
+        _active.refresh()
 
 
 def thread_summary() -> dict | None:
     """The active block's :meth:`ThreadFit.summary`, or None outside one."""
-    return _ACTIVE[-1].summary() if _ACTIVE else None
+    return None if _active is None else _active.summary()
