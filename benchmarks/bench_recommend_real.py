@@ -51,6 +51,34 @@ def oracle_config(rec: dict, stages: tuple[str, ...]) -> str | None:
     return "partial_half" if k == math.ceil(n / 2) else f"partial_last{k}"
 
 
+def saved_modules(row: dict) -> list[str] | None:
+    """The modules a saved row's recommendation trains: ``unfreeze``, or the list in its ``cut``.
+
+    Rows saved before ``unfreeze`` was kept carry it only inside the cut's text,
+    "everything after X trains (a, b, fc)"; None when neither is there.
+    """
+    if row.get("unfreeze") is not None:
+        return list(row["unfreeze"])
+    cut = row.get("cut") or ""
+    if "(" not in cut or not cut.endswith(")"):
+        return None
+    return [m.strip() for m in cut[cut.index("(") + 1 : -1].split(",") if m.strip()]
+
+
+def row_config(row: dict, stages: tuple[str, ...]) -> str | None:
+    """The oracle configuration of a saved row, derived again from what it trains.
+
+    A row's stored ``oracle_config`` is only a copy; deriving it from the
+    recommendation's own modules means a merged or hand-edited row cannot
+    carry a label that disagrees with its cut.
+    """
+    strategy = (row.get("pick") or "").split(" ")[0].split("@")[0] or None
+    mods = saved_modules(row)
+    if strategy is None or mods is None or not stages:
+        return row.get("oracle_config")
+    return oracle_config({"strategy": strategy, "unfreeze": mods}, stages)
+
+
 def candidate_config(cand: dict, n_stages: int) -> str | None:
     """The oracle configuration of a race candidate (its strategy, or partial's depth)."""
     if cand.get("strategy") != "partial":
@@ -98,9 +126,17 @@ def rule_picks(row: dict, n_stages: int, tolerance: float = 0.005) -> dict:
 
 
 def score(row: dict, summary: dict) -> dict:
-    """``row`` (the product's recommendation on one case) with the oracle's figures added."""
+    """``row`` (the product's recommendation on one case) with the oracle's figures added.
+
+    ``oracle_tie``: VALIDATION.md's reading of the oracle itself: the
+    recommended configuration is the oracle's best or within the spread across
+    seeds of it (the oracle summary's ``tied_with_best``: the larger std of
+    the two configurations).
+    """
     cell = summary[row["case"]][str(row["budget"])]
     picked = cell["configs"].get(row["oracle_config"]) if row["oracle_config"] else None
+    best = cell["configs"][cell["best"]]
+    regret = None if picked is None else 100 * (cell["best_mean"] - picked["mean"])
     by_rule = {
         rule: None
         if cfg is None or cfg not in cell["configs"]
@@ -112,16 +148,21 @@ def score(row: dict, summary: dict) -> dict:
         "regret_by_rule": by_rule,
         "oracle_best": cell["best"],
         "oracle_best_mean": cell["best_mean"],
-        "oracle_best_std": cell["configs"][cell["best"]]["std"],
+        "oracle_best_std": best["std"],
+        "oracle_seeds": best.get("n_seeds"),
         "oracle_recommended_mean": None if picked is None else picked["mean"],
-        "regret_points": None if picked is None else 100 * (cell["best_mean"] - picked["mean"]),
+        "oracle_recommended_std": None if picked is None else picked["std"],
+        "regret_points": regret,
+        "oracle_tie": None
+        if picked is None
+        else row["oracle_config"] in (cell["best"], *cell.get("tied_with_best", ())),
     }
 
 
 def print_table(rows: list[dict]) -> None:
     print(
-        f"\n{'case':<26}{'budget':>7}{'seed':>5}  {'oracle best (mean±sd)':<32}{'recommended':<22}"
-        f"{'regret (pts)':>13}{'compute':>9}"
+        f"\n{'case':<26}{'budget':>7}{'seed':>5}  {'oracle best (mean±sd)':<32}"
+        f"{'recommended (oracle mean±sd)':<36}{'regret (pts)':>13}{'tie':>5}{'compute':>9}"
     )
     for r in rows:
         regret = "—" if r.get("regret_points") is None else f"{r['regret_points']:+.1f}"
@@ -131,9 +172,13 @@ def print_table(rows: list[dict]) -> None:
             if "oracle_best" in r
             else "—"
         )
+        rec = str(r["recommended"])[:21]
+        if r.get("oracle_recommended_mean") is not None:
+            rec += f" {r['oracle_recommended_mean']:.3f}±{r['oracle_recommended_std']:.3f}"
+        tie = {True: "yes", False: "no", None: "—"}[r.get("oracle_tie")]
         print(
             f"{r['case']:<26}{r['budget']:>7}{r['seed']:>5}  {best:<32}"
-            f"{str(r['recommended'])[:21]:<22}{regret:>13}{comp:>9}"
+            f"{rec:<36}{regret:>13}{tie:>5}{comp:>9}"
         )
         if r.get("regret_by_rule"):
             print(
@@ -193,6 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "recommended": config
                     or f"{rec['strategy']} depth {rec.get('depth')} (not in the oracle grid)",
                     "cut": rec.get("cut"),
+                    "unfreeze": rec.get("unfreeze"),
                     "head_lr": rec.get("head_lr"),
                     "measured": rec.get("measured"),
                     "race_winner": trials.get("winner"),
@@ -231,9 +277,15 @@ def main(argv: list[str] | None = None) -> dict:
             out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     oracle = json.loads(ORACLE.read_text()) if ORACLE.exists() else {}
     for r in rows:
-        n_stages = r.get("n_stages") or len(
-            ((oracle.get("cases") or {}).get(r["case"]) or {}).get("stages") or []
-        )
+        stages = tuple(((oracle.get("cases") or {}).get(r["case"]) or {}).get("stages") or ())
+        n_stages = r.get("n_stages") or len(stages)
+        config = row_config(r, stages)
+        if config != r.get("oracle_config"):
+            print(
+                f"{r['case']} b{r['budget']} s{r['seed']}: the saved label {r.get('oracle_config')} "
+                f"disagrees with what the recommendation trains ({r.get('cut')}): {config}"
+            )
+            r["oracle_config"] = r["recommended"] = config
         if r.get("candidates") and n_stages:
             r["rule_picks"] = rule_picks(r, n_stages)
     if ORACLE.exists():
@@ -243,6 +295,13 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         print(f"{ORACLE} is missing: run oracle_recommend.py, then --rescore.")
     print_table(rows)
+    scored = [r["regret_points"] for r in rows if r.get("regret_points") is not None]
+    if scored:
+        print(
+            f"\nregret: mean {sum(scored) / len(scored):.1f} points; <= 1 point on "
+            f"{sum(v <= 1 + 1e-9 for v in scored)} of {len(scored)} runs; within the oracle's "
+            f"seed spread on {sum(bool(r.get('oracle_tie')) for r in rows)} of {len(rows)}"
+        )
     return {"rows": rows}
 
 

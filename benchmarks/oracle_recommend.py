@@ -546,6 +546,7 @@ def main(argv=None) -> int:
     }
     target_dirs = {c.key: str(c.target_dir) for c in all_cases}
     wall = {"seconds": 0.0}
+    added: dict = {}  # configurations outside ``configs`` that merged files hold, and why
 
     def save(final: bool = False) -> dict:
         summary = summarise(runs)
@@ -563,6 +564,8 @@ def main(argv=None) -> int:
             "runs": runs,
             "summary": summary,
         }
+        if added:
+            doc["added_configs"] = added
         _atomic_json(doc, out)
         return summary
 
@@ -577,7 +580,10 @@ def main(argv=None) -> int:
                 runs.update(json.loads(part.read_text())["runs"])
         for extra in filter(None, args.extra.split(",")):
             doc = json.loads(Path(extra).read_text())
-            keep = set(doc["settings"]["configs"])  # not the probe an LP-FT-only run adds
+            # Its own configurations and those merged into it before (not the probe an
+            # LP-FT-only run adds).
+            keep = set(doc["settings"]["configs"]) | set(doc.get("added_configs") or {})
+            added.update(doc.get("added_configs") or {})
             runs.update({k: r for k, r in doc["runs"].items() if r["config"] in keep})
     elif args.jobs > 1 and len(names) > 1 and not args.child:
         runs.update(_run_children(args, names, out))
