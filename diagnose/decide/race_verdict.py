@@ -13,10 +13,11 @@ selection (:mod:`diagnose.decide.select`) uses, AND its held-out cross-entropy
 not measurably worse (the paired 95% interval on the per-image loss gap
 includes 0 or favours it). Near the ceiling accuracy stops separating
 candidates (three finalists at 78 of 80 images on a real case), and the loss,
-a proper scoring rule, can still separate them. On the eight real-case runs of
+a proper scoring rule, can still separate them. On the real-case runs of
 ``benchmarks/recommend_real_results.json`` it separated none of the exact
-accuracy ties (the cheapest was taken, 2.0-2.3 points below the oracle's best
-on ResNet-10 -> digits): the held-out set, not the rule, is the limit there.
+accuracy ties on ResNet-10 -> digits (the cheapest was taken, 1.0-1.2 points
+below the oracle's best over 5 seeds, within the oracle's own seed spread):
+the held-out set, not the rule, is the limit there.
 """
 
 from __future__ import annotations
