@@ -76,16 +76,11 @@ def source_images(n=None):
     return domain.dataset.images[test].float(), torch.from_numpy(domain.labels[test]).long()
 
 
-def naive_head_training(model, data, cfg):
-    """Head-only training that runs the frozen backbone on every batch of every epoch."""
-    net = copy.deepcopy(model)
-    torch.manual_seed(cfg.seed)
-    net.head = nn.Linear(net.head.in_features, data.num_classes)
-    for name, p in net.named_parameters():
-        p.requires_grad_(name.startswith("head."))
-    net.eval()  # frozen backbone: BatchNorm statistics fixed, as in feature extraction
+def _head_steps(forward, params, x_train, x_val, data, cfg):
+    """SGD (momentum, weight decay, cosine per step) on ``params`` through ``forward`` for
+    ``cfg.epochs`` seeded shuffles of ``x_train``; the best val accuracy after an epoch."""
     opt = torch.optim.SGD(
-        net.head.parameters(), lr=cfg.head_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        params, lr=cfg.head_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
     steps = cfg.epochs * math.ceil(len(data.y_train) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -95,18 +90,29 @@ def naive_head_training(model, data, cfg):
         order = torch.randperm(len(data.y_train), generator=gen)
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
-            loss = nn.functional.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
+            loss = nn.functional.cross_entropy(forward(x_train[idx]), data.y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
         with torch.no_grad():
             correct = sum(
-                int((net(data.x_val[i : i + 256]).argmax(1) == data.y_val[i : i + 256]).sum())
+                int((forward(x_val[i : i + 256]).argmax(1) == data.y_val[i : i + 256]).sum())
                 for i in range(0, len(data.y_val), 256)
             )
         best = max(best, correct / len(data.y_val))
     return best
+
+
+def naive_head_training(model, data, cfg):
+    """Head-only training that runs the frozen backbone on every batch of every epoch."""
+    net = copy.deepcopy(model)
+    torch.manual_seed(cfg.seed)
+    net.head = nn.Linear(net.head.in_features, data.num_classes)
+    for name, p in net.named_parameters():
+        p.requires_grad_(name.startswith("head."))
+    net.eval()  # frozen backbone: BatchNorm statistics fixed, as in feature extraction
+    return _head_steps(net, net.head.parameters(), data.x_train, data.x_val, data, cfg)
 
 
 def cached_floor(model, data, cfg):
@@ -123,25 +129,7 @@ def cached_floor(model, data, cfg):
         )
     torch.manual_seed(cfg.seed)
     head = nn.Linear(in_features, data.num_classes)
-    opt = torch.optim.SGD(
-        head.parameters(), lr=cfg.head_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    steps = cfg.epochs * math.ceil(len(data.y_train) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    best = 0.0
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(data.y_train), generator=gen)
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            loss = nn.functional.cross_entropy(head(f_tr[idx]), data.y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        with torch.no_grad():
-            best = max(best, float((head(f_va).argmax(1) == data.y_val).float().mean()))
-    return best
+    return _head_steps(head, head.parameters(), f_tr, f_va, data, cfg)
 
 
 def _run(name, model, data, cfg, tracker=None):

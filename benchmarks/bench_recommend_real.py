@@ -72,7 +72,8 @@ def row_config(row: dict, stages: tuple[str, ...]) -> str | None:
     recommendation's own modules means a merged or hand-edited row cannot
     carry a label that disagrees with its cut.
     """
-    strategy = (row.get("pick") or "").split(" ")[0].split("@")[0] or None
+    pick = next((c for c in row.get("candidates") or [] if c["key"] == row.get("pick")), None)
+    strategy = None if pick is None else pick["strategy"]
     mods = saved_modules(row)
     if strategy is None or mods is None or not stages:
         return row.get("oracle_config")

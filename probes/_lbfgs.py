@@ -35,11 +35,14 @@ Objective = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass
 class SolveInfo:
-    """How a batched solve ended: iterations run and per-problem convergence."""
+    """How a batched solve ended: iterations run, per-problem convergence, and the
+    objective and gradient at the returned solutions (``fun`` there, not evaluated again)."""
 
     n_iter: int
     converged: torch.Tensor  # (B,) bool
     gamma: torch.Tensor  # (B,) last inverse-Hessian scale, a warm start for the next solve
+    loss: torch.Tensor  # (B,) float64
+    grad: torch.Tensor  # like the solutions
 
 
 class _History:
@@ -153,7 +156,7 @@ def multinomial_lbfgs(
         z, loss, grad = new_z, new_loss, new_grad
         done = done | ~accepted | change | (grad.abs().amax(dim=(1, 2)) <= tol)
     converged = grad.abs().amax(dim=(1, 2)) <= tol
-    return z, SolveInfo(n_iter=n_iter, converged=converged, gamma=gamma)
+    return z, SolveInfo(n_iter=n_iter, converged=converged, gamma=gamma, loss=loss, grad=grad)
 
 
 def _backtrack(fun, current, unit, slope, direction, ok):

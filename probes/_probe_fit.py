@@ -134,6 +134,14 @@ def _solve(design: Design, fun, lam: float, z: torch.Tensor, **kwargs):
     return multinomial_lbfgs(fun, pre, z, history=_HISTORY, **kwargs)
 
 
+def _at_strength(design: Design, z: torch.Tensor, info, lam_from: float, lam_to: float):
+    """``(loss, grad)`` of :func:`_objective` at ``lam_to`` and ``z``, from ``info``'s at
+    ``lam_from`` (the solve that ended at ``z``): the data term is the same."""
+    zp = z * design.pen
+    dl = lam_to - lam_from
+    return info.loss + (0.5 * dl) * (zp * z).sum(dim=(1, 2)).double(), info.grad + dl * zp
+
+
 def cv_path(
     design: Design,
     y_idx: np.ndarray,
@@ -173,15 +181,20 @@ def cv_path(
     iters: list[int] = []
     gamma = None
     before: tuple[float, torch.Tensor] | None = None  # the strength before z's, its solution
+    info = None
     for i, lam in enumerate(grid):
         fun = _objective(design, labels, weights, lam)
         z_start, initial = z, None
+        if info is not None:
+            # The objective at the warm start z differs from the one the last solve ended
+            # with only in its penalty: no pass over the rows.
+            initial = _at_strength(design, z, info, grid[i - 1], lam)
         if before is not None:
             # The solution path extrapolated linearly in log(l2) from the last two
             # solutions; each problem keeps the plain warm start where that is lower.
             step = math.log(lam / grid[i - 1]) / math.log(grid[i - 1] / before[0])
             guess = z + step * (z - before[1])
-            (f_guess, g_guess), (f_warm, g_warm) = fun(guess), fun(z)
+            (f_guess, g_guess), (f_warm, g_warm) = fun(guess), initial
             lower = f_guess < f_warm
             z_start = torch.where(lower[:, None, None], guess, z)
             # Both starts are evaluated already: the solver need not evaluate its own again.
