@@ -9,6 +9,10 @@ Capture:          :func:`discover_layers`, :func:`resolve_layers`, :func:`captur
                   images which fail to decode)
 Model outputs:    :func:`logits_of`
 Devices:          :func:`is_out_of_memory`, :func:`free_device_memory`
+Memory format:    :func:`planned_memory_format`, :func:`decide_memory_format`,
+                  :class:`FormatChoice`, :func:`memory_format_applied`,
+                  :func:`in_format`, :func:`outputs_agree`, :func:`warm_up`,
+                  :func:`forget_memory_formats`, :data:`MEMORY_FORMATS`
 Linear probes:    :func:`linear_probe`, :class:`ProbeResult`, :func:`wilson_interval`,
                   :data:`DEFAULT_L2_GRID`
 Similarity:       :func:`cka`, :class:`MinibatchCKA`, :func:`gram_linear`,
@@ -22,6 +26,17 @@ Transferability:  :func:`logme`, :func:`leep`, :func:`nce`, :func:`h_score`
 from probes._capture_data import UnreadableExample, skipping_batches
 from probes._forward import free_device_memory, is_out_of_memory, logits_of
 from probes._layers import resolve_layers
+from probes._memory_format import (
+    MEMORY_FORMATS,
+    FormatChoice,
+    decide_memory_format,
+    forget_memory_formats,
+    in_format,
+    memory_format_applied,
+    outputs_agree,
+    planned_memory_format,
+    warm_up,
+)
 from probes.capture import CapturedFeatures, capture, discover_layers, parse_size
 from probes.gap import (
     DomainGap,
@@ -38,35 +53,44 @@ from probes.similarity import MinibatchCKA, cka, gram_linear, gram_rbf, hsic
 from probes.transfer import h_score, leep, logme, nce
 
 __all__ = [
+    "MEMORY_FORMATS",
     "CapturedFeatures",
     "DEFAULT_L2_GRID",
     "DomainGap",
+    "FormatChoice",
     "MMDResult",
     "MinibatchCKA",
     "ProbeResult",
     "ProxyADistance",
     "UnreadableExample",
     "capture",
+    "decide_memory_format",
     "cka",
     "coral",
     "discover_layers",
     "domain_gap",
+    "forget_memory_formats",
     "frechet_distance",
     "free_device_memory",
     "gram_linear",
     "gram_rbf",
     "h_score",
     "hsic",
+    "in_format",
     "is_out_of_memory",
     "leep",
     "linear_probe",
     "logits_of",
     "logme",
+    "memory_format_applied",
     "mmd2",
     "nce",
+    "outputs_agree",
     "parse_size",
+    "planned_memory_format",
     "proxy_a_distance",
     "resolve_layers",
     "skipping_batches",
+    "warm_up",
     "wilson_interval",
 ]

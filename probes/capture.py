@@ -15,8 +15,10 @@ Example:
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,16 @@ from probes._capture_data import (
 from probes._forward import call_error, free_device_memory, is_out_of_memory, logits_of, oom_note
 from probes._hooks import PooledHooks
 from probes._layers import discover_layers, resolve_layers
+from probes._memory_format import (
+    MEMORY_FORMATS,
+    FormatChoice,
+    decide_memory_format,
+    in_format,
+    memory_format_applied,
+    outputs_agree,
+    planned_memory_format,
+    warm_up,
+)
 from probes._pooling import (
     TOKEN_POOL_NAMES,
     check_pool,
@@ -43,6 +55,37 @@ from probes._store import OUTPUT_KEY, CapturedFeatures, FeatureSink
 from probes._validation import check_choice, check_int
 
 __all__ = ["CapturedFeatures", "capture", "discover_layers", "parse_size"]
+
+
+def _measure_layout(
+    model: nn.Module,
+    x: torch.Tensor,
+    seconds: float,
+    hooks: PooledHooks,
+    output: torch.Tensor | None,
+) -> FormatChoice:
+    """After the first batch ran NCHW in ``seconds`` (its pooled rows not yet taken, its kept
+    ``output`` or None): run it channels-last, compare what capture returns (every layer's
+    pooled rows, and the output when kept), and drop the trial's rows."""
+    marks = hooks.marks()
+    nchw = [hooks.stores[name][marks[name] - 1] for name in hooks.names]
+    if output is not None:
+        nchw.append(output)
+
+    def run(x_cl: torch.Tensor) -> bool:
+        hooks.start(x_cl.shape[0])
+        out = model(x_cl)
+        trial = [hooks.stores[name][-1] for name in hooks.names]
+        hooks.rollback(marks)
+        if output is not None:
+            o = logits_of(out)
+            trial.append(o.reshape(o.shape[0], -1).to("cpu", torch.float32))
+        return outputs_agree(nchw, trial)
+
+    try:
+        return decide_memory_format(model, x, seconds, run)
+    finally:
+        hooks.rollback(marks)
 
 
 def capture(
@@ -63,6 +106,7 @@ def capture(
     max_memory: int | str | None = None,
     store_dir: str | Path | None = None,
     skip_unreadable: bool = False,
+    memory_format: str = "auto",
 ) -> CapturedFeatures:
     """Run ``model`` once over ``data`` and keep each layer's pooled activation per example.
 
@@ -138,6 +182,7 @@ def capture(
     check_int(batch_size, "batch_size", "capture")
     check_int(max_dim, "max_dim", "capture", allow_none=True)
     check_int(max_samples, "max_samples", "capture", allow_none=True)
+    check_choice(memory_format, "memory_format", "capture", MEMORY_FORMATS)
     budget = None if max_memory is None else parse_size(max_memory, "max_memory")
     auto = isinstance(layers, str) and layers == "auto"
     if auto:
@@ -204,10 +249,11 @@ def capture(
     has_labels: bool | None = None
     skipped: list[tuple[int, str]] = []
     seen = 0
+    choice: FormatChoice | None = None
     bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress)
+    layout = ExitStack()
     try:
         model.eval()
-        hooks.attach()
         with torch.no_grad():
             for batch, left_out in batches:
                 skipped.extend(left_out)
@@ -231,7 +277,25 @@ def capture(
                     x = x.to(dev, dtype=in_dtype)
                 else:
                     x = x.to(dev)
-                pieces = run_split(x)
+                if choice is None:
+                    # The first batch runs NCHW in every pass (the same batches in the
+                    # same layout, run to run); the layout of the rest follows.
+                    choice = planned_memory_format(model, x, memory_format, total)
+                    if choice is None:
+                        warm_up(model, x)  # before the hooks go on: it pools nothing
+                    hooks.attach()
+                    t0 = time.perf_counter()
+                    pieces = run_split(x)
+                    seconds = time.perf_counter() - t0
+                    if choice is None and len(pieces) > 1:
+                        choice = FormatChoice(
+                            "contiguous", "the first batch ran out of memory; kept NCHW"
+                        )
+                    elif choice is None:
+                        choice = _measure_layout(model, x, seconds, hooks, pieces[0][1])
+                    layout.enter_context(memory_format_applied(model, choice))
+                else:
+                    pieces = run_split(in_format(x, choice))
                 oom["of"] += 1
                 if len(pieces) > 1:
                     oom["batches"] += 1
@@ -253,6 +317,7 @@ def capture(
         raise
     finally:
         hooks.remove()
+        layout.close()
         for module, flag in flags:
             module.training = flag
         bar.close()
@@ -292,5 +357,6 @@ def capture(
         storage="memory" if store is None else "disk",
         store_dir=None if store is None else str(store.path),
         skipped=[index for index, _ in skipped],
+        memory_format=None if choice is None else choice.to_dict(),
         _store=store,
     )

@@ -234,11 +234,15 @@ def layer_measurements(
 
 def storage_summary(captured: dict, budget: int | None, share: int | None) -> dict:
     """results.json's ``capture``: the memory budget, where each pass kept its
-    features (rows, bytes, "memory" or "disk") and the large-N subsample limits."""
+    features (rows, bytes, "memory" or "disk"), the memory layout its batches ran in
+    (:class:`probes.FormatChoice`) and the large-N subsample limits."""
     return {
         "max_memory_bytes": budget,
         "per_pass_bytes": share,
-        **{k: {"storage": c.storage, "n": c.n, "bytes": c.nbytes} for k, c in captured.items()},
+        **{
+            k: {"storage": c.storage, "n": c.n, "bytes": c.nbytes, "memory_format": c.memory_format}
+            for k, c in captured.items()
+        },
         "subsample": {
             "gap_max_samples": GAP_MAX_SAMPLES,
             "transferability_max_samples": TRANSFER_MAX_SAMPLES,

@@ -12,13 +12,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
+import probes
 from diagnose.core import autocast_context, autocast_dtype, is_cuda, to_device
 from diagnose.models import replace_module
 from diagnose.training.cost import count_train_step_flops
@@ -52,15 +54,32 @@ def capture_head_inputs(
 
     One forward pass per tensor in eval mode without gradients (flags
     restored, the hook removed even on error). ``phase`` receives the FLOPs of
-    one batch and the number of batches.
+    one batch and the number of batches. After the first batch, the batches
+    run channels-last when that is measured faster (the rule of
+    :func:`probes.capture`'s ``memory_format="auto"``); the weights are put back.
     """
     store: list[torch.Tensor] = []
 
     def hook(module: nn.Module, args: tuple) -> None:
         store.append(args[0].detach().to(torch.float32, copy=True))
 
+    def count(xb: torch.Tensor) -> None:
+        if phase.flops_per_step is None:
+            phase.flops_per_step = count_train_step_flops(lambda: net(xb))
+        else:
+            net(xb)
+
+    def same_features(x_cl: torch.Tensor) -> bool:
+        net(x_cl)
+        agree = probes.outputs_agree([store[-2]], [store[-1]])
+        del store[-1]
+        return agree
+
     flags = [(m, m.training) for m in net.modules()]
     handle = net.get_submodule(head).register_forward_pre_hook(hook)
+    n_batches = sum(-(-len(x) // batch_size) for x in xs)
+    choice: probes.FormatChoice | None = None
+    layout = ExitStack()
     out = []
     try:
         net.eval()
@@ -68,10 +87,22 @@ def capture_head_inputs(
             for x in xs:
                 for (xb,) in iterate_batches((x,), batch_size, None):
                     xb = to_device(xb, device)
-                    if phase.flops_per_step is None:
-                        phase.flops_per_step = count_train_step_flops(lambda xb=xb: net(xb))
+                    if choice is None:
+                        # The first batch runs NCHW, timed without the FLOP counter
+                        # when it decides the layout of the rest (probes.capture's rule).
+                        choice = probes.planned_memory_format(net, xb, "auto", n_batches)
+                        if choice is None:
+                            probes.warm_up(net, xb)
+                            store.clear()
+                            t0 = time.perf_counter()
+                            net(xb)
+                            seconds = time.perf_counter() - t0
+                            choice = probes.decide_memory_format(net, xb, seconds, same_features)
+                        else:
+                            count(xb)
+                        layout.enter_context(probes.memory_format_applied(net, choice))
                     else:
-                        net(xb)
+                        count(probes.in_format(xb, choice))
                     phase.steps += 1
                 feats = torch.cat(store) if store else torch.empty(0)
                 store.clear()
@@ -84,6 +115,7 @@ def capture_head_inputs(
                 out.append(feats)
     finally:
         handle.remove()
+        layout.close()
         _restore_modes(flags)
     return out
 

@@ -268,9 +268,13 @@ class Fitter:
         if self.stage < 0:
             self._enter(self._stage_at(self.step))
         self.set_modes()
-        check_every = _CUDA_CHECK_EVERY if is_cuda(self.device) else 1
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        # On the CPU each step reads its loss (a host value already, no stall); on CUDA
+        # the losses stay on the device and are checked in bulk (see _CUDA_CHECK_EVERY).
+        on_host = not is_cuda(self.device)
+        loss_sum: torch.Tensor | float = (
+            0.0 if on_host else torch.zeros((), dtype=torch.float64, device=self.device)
+        )
+        hits: list[torch.Tensor] = []
         count = 0
         pending: list[tuple[int, float | None, torch.Tensor]] = []
 
@@ -282,12 +286,7 @@ class Fitter:
             if len(bad):
                 i = int(bad[0])
                 step, lr, _ = pending[i]
-                self.diverged = {
-                    "step": step,
-                    "epoch": int(epoch),
-                    "lr": lr,
-                    "loss": str(float(values[i])),
-                }
+                self._diverge(step, epoch, lr, float(values[i]))
             pending.clear()
             return self.diverged is not None
 
@@ -299,7 +298,7 @@ class Fitter:
             for group in self.opt.param_groups:
                 group["lr"] = self._lr_of(group["group"]) * f
             self.lr_head = self._lr_of("head") * f
-            out: dict[str, torch.Tensor] = {}
+            out: dict[str, Any] = {}
 
             def step_fn(batch: tuple = batch, out: dict = out) -> None:
                 with autocast_context(self.device) if self.use_autocast else nullcontext():
@@ -307,8 +306,10 @@ class Fitter:
                 logits = logits_of(output)
                 loss = F.cross_entropy(logits.float(), y)
                 out.update(loss=loss.detach(), logits=logits.detach(), y=y)
-                if check_every == 1 and not bool(torch.isfinite(loss)):
-                    return  # diverged: no backward through a non-finite graph
+                if on_host:
+                    out["value"] = float(out["loss"])
+                    if not math.isfinite(out["value"]):
+                        return  # diverged: no backward through a non-finite graph
                 loss.backward()
 
             phase = self.phases[self.stage]
@@ -318,9 +319,13 @@ class Fitter:
                 step_fn()
             self.step += 1
             phase.steps += 1
-            pending.append((self.step, self.lr_head, out["loss"]))
-            if (len(pending) >= check_every and flush()) or self.diverged:
-                return self._epoch_out(loss_sum, correct, count)
+            if on_host and not math.isfinite(out["value"]):
+                self._diverge(self.step, epoch, self.lr_head, out["value"])
+                return self._epoch_out(loss_sum, hits, count)
+            if not on_host:
+                pending.append((self.step, self.lr_head, out["loss"]))
+                if len(pending) >= _CUDA_CHECK_EVERY and flush():
+                    return self._epoch_out(loss_sum, hits, count)
             if self.penalty is not None:
                 alpha, pairs = self.penalty
                 with torch.no_grad():
@@ -330,18 +335,25 @@ class Fitter:
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             n = int(out["y"].shape[0])
-            loss_sum += out["loss"].double() * n
-            correct += (out["logits"].argmax(dim=1) == out["y"]).sum()
+            if on_host:
+                loss_sum += out["value"] * n  # float64 sums, as on the device
+            else:
+                loss_sum += out["loss"].double() * n
+            hits.append((out["logits"].argmax(dim=1) == out["y"]).sum())
             count += n
         flush()
-        return self._epoch_out(loss_sum, correct, count)
+        return self._epoch_out(loss_sum, hits, count)
+
+    def _diverge(self, step: int, epoch: int, lr: float | None, loss: float) -> None:
+        self.diverged = {"step": step, "epoch": int(epoch), "lr": lr, "loss": str(loss)}
 
     def _epoch_out(
-        self, loss_sum: torch.Tensor, correct: torch.Tensor, count: int
+        self, loss_sum: torch.Tensor | float, hits: list[torch.Tensor], count: int
     ) -> dict[str, Any]:
+        correct = int(torch.stack(hits).sum()) if hits else 0
         return {
             "train_loss": float(loss_sum) / count if count else None,
-            "train_accuracy": float(correct) / count if count else None,
+            "train_accuracy": correct / count if count else None,
             "steps": self.step,
             "diverged": self.diverged,
         }

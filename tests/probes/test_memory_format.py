@@ -1,0 +1,206 @@
+"""Tests of the channels-last layout of inference passes (probes._memory_format, capture)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import probes._memory_format as mf
+from probes import (
+    FormatChoice,
+    capture,
+    forget_memory_formats,
+    in_format,
+    memory_format_applied,
+    outputs_agree,
+    planned_memory_format,
+)
+
+CL = torch.channels_last
+
+
+@pytest.fixture(autouse=True)
+def _fresh_decisions():
+    forget_memory_formats()
+    yield
+    forget_memory_formats()
+
+
+def _f32_atol(ref: np.ndarray) -> float:
+    """Float32, another convolution algorithm (NHWC kernels sum in another order): 1e-5 of
+    the largest |value| is ~100 float32 ulps of it, far above the ~1e-6 seen on resnet18."""
+    return 1e-5 * max(1.0, float(np.abs(ref).max(initial=0.0)))
+
+
+class ViewNet(nn.Module):
+    """Calls .view on a conv map, which fails on a channels-last tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).view(x.shape[0], -1))
+
+
+class StridedNet(nn.Module):
+    """Reads a conv map through its raw strides: the result depends on the layout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y.as_strided((y.shape[0], 8), (y.stride(0), 1))
+
+
+def _resnet():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=5).eval()
+
+
+def _fixed_times(monkeypatch, channels_last_seconds: float) -> None:
+    """Machine-independent trials: channels-last 'takes' the given seconds."""
+
+    def timed(forward, x):
+        return channels_last_seconds, forward(x)
+
+    monkeypatch.setattr(mf, "_timed", timed)
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def test_plan_follows_the_request_and_what_can_apply():
+    net, x = _resnet(), torch.rand(4, 3, 32, 32)
+    assert planned_memory_format(net, x, "contiguous").memory_format == "contiguous"
+    assert planned_memory_format(net, x, "channels_last").memory_format == "channels_last"
+    tokens = torch.rand(4, 10)  # not a 4-D image batch: nothing to lay out
+    assert planned_memory_format(net, tokens, "channels_last").memory_format == "contiguous"
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2))
+    plan = planned_memory_format(mlp, x, "auto", 100)
+    assert plan.memory_format == "contiguous" and "no 4-D weights" in plan.reason
+    lazy = nn.Sequential(nn.LazyConv2d(4, 3))
+    assert "lazy" in planned_memory_format(lazy, x, "auto", 100).reason
+    assert planned_memory_format(net, x, "auto", 100) is None  # a trial is due
+
+
+def test_a_short_pass_runs_no_trial_and_keeps_nothing():
+    net, x = _resnet(), torch.rand(4, 3, 32, 32)
+    plan = planned_memory_format(net, x, "auto", 7)
+    assert plan.memory_format == "contiguous" and "too short" in plan.reason
+    assert planned_memory_format(net, x, "auto", 8) is None
+
+
+def test_a_bad_request_is_one_line_naming_the_parameter():
+    with pytest.raises(ValueError, match="'memory_format'.*'channels_last'"):
+        planned_memory_format(_resnet(), torch.rand(2, 3, 8, 8), "nhwc")
+    with pytest.raises(ValueError, match="'memory_format'"):
+        capture(_resnet(), torch.rand(2, 3, 8, 8), memory_format="NHWC", progress=False)
+
+
+# ----------------------------------------------------------------------------- the weights
+
+
+def test_weights_are_swapped_inside_and_the_original_tensors_put_back():
+    net = _resnet()
+    before = {name: (p.data_ptr(), p.stride()) for name, p in net.named_parameters()}
+    mean_before = net.bn1.running_mean.data_ptr()
+    with memory_format_applied(net, FormatChoice("channels_last", "test")):
+        assert net.conv1.weight.is_contiguous(memory_format=CL)
+        assert not net.conv1.weight.is_contiguous()
+    after = {name: (p.data_ptr(), p.stride()) for name, p in net.named_parameters()}
+    assert after == before and net.bn1.running_mean.data_ptr() == mean_before
+    with pytest.raises(RuntimeError, match="boom"):
+        with memory_format_applied(net, FormatChoice("channels_last", "test")):
+            raise RuntimeError("boom")
+    assert {name: (p.data_ptr(), p.stride()) for name, p in net.named_parameters()} == before
+    with memory_format_applied(net, FormatChoice("contiguous", "test")):
+        assert net.conv1.weight.is_contiguous()
+
+
+def test_in_format_converts_only_four_d_inputs_for_a_channels_last_choice():
+    x = torch.rand(2, 3, 4, 4)
+    assert in_format(x, FormatChoice("channels_last", "t")).is_contiguous(memory_format=CL)
+    assert in_format(x, FormatChoice("contiguous", "t")) is x
+    assert in_format(x, None) is x
+    v = torch.rand(2, 3)
+    assert in_format(v, FormatChoice("channels_last", "t")) is v
+
+
+def test_outputs_agree_is_a_semantic_check_not_a_rounding_one():
+    a = torch.randn(8, 5)
+    assert outputs_agree([a], [a * (1 + 1e-4)])
+    assert not outputs_agree([a], [a.flip(0)])
+    assert not outputs_agree([a], [a[:4]])
+    assert not outputs_agree([a], [torch.full_like(a, float("nan"))])
+    assert not outputs_agree([a], [])
+
+
+# ----------------------------------------------------------------------------- capture
+
+
+def test_channels_last_capture_matches_nchw_and_leaves_the_model_as_it_was():
+    net, x = _resnet(), torch.rand(24, 3, 32, 32)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    ref = capture(net, x, batch_size=8, memory_format="contiguous", progress=False)
+    got = capture(net, x, batch_size=8, memory_format="channels_last", progress=False)
+    assert got.memory_format["memory_format"] == "channels_last"
+    assert ref.memory_format == {"memory_format": "contiguous", "reason": "requested",
+                                 "speedup": None}  # fmt: skip
+    for name in ref.layers:
+        np.testing.assert_allclose(
+            got.features[name], ref.features[name], rtol=0, atol=_f32_atol(ref.features[name])
+        )
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k]) and v.is_contiguous(), k
+
+
+def test_auto_runs_the_first_batch_nchw_and_keeps_the_decision(monkeypatch):
+    _fixed_times(monkeypatch, 0.0)  # channels-last 'faster' than any NCHW time
+    net, x = _resnet(), torch.rand(40, 3, 32, 32)
+    ref = capture(net, x, batch_size=4, memory_format="contiguous", progress=False)
+    first = capture(net, x, batch_size=4, progress=False)
+    assert first.memory_format["memory_format"] == "channels_last"
+    assert first.memory_format["reason"].startswith("measured: a batch of 4 took")
+    again = capture(net, x, batch_size=4, progress=False)
+    assert again.memory_format == first.memory_format  # kept: no second trial
+    for name in ref.layers:
+        assert first.features[name].shape == (40, ref.features[name].shape[1])  # no trial rows
+        # The first batch ran NCHW in both passes, on the same code: exactly equal.
+        np.testing.assert_array_equal(first.features[name][:4], ref.features[name][:4])
+        np.testing.assert_allclose(
+            first.features[name], ref.features[name], rtol=0, atol=_f32_atol(ref.features[name])
+        )
+        # The same process, the same layout for every batch: identical run to run.
+        np.testing.assert_array_equal(again.features[name], first.features[name])
+
+
+def test_auto_keeps_nchw_when_channels_last_is_not_faster(monkeypatch):
+    _fixed_times(monkeypatch, 1e9)
+    net, x = _resnet(), torch.rand(40, 3, 32, 32)
+    feats = capture(net, x, batch_size=4, progress=False)
+    assert feats.memory_format["memory_format"] == "contiguous"
+    assert "kept NCHW" in feats.memory_format["reason"]
+
+
+@pytest.mark.parametrize(
+    ("net", "reason"),
+    [(ViewNet(), "raised RuntimeError"), (StridedNet(), "outputs differed")],
+)
+def test_a_layout_dependent_forward_keeps_nchw(monkeypatch, net, reason):
+    _fixed_times(monkeypatch, 0.0)
+    net.eval()
+    x = torch.rand(40, 3, 8, 8)
+    feats = capture(net, x, layers=["conv"], batch_size=4, keep_output=True, progress=False)
+    assert feats.memory_format["memory_format"] == "contiguous"
+    assert reason in feats.memory_format["reason"]
+    ref = capture(net, x, layers=["conv"], batch_size=4, keep_output=True,
+                  memory_format="contiguous", progress=False)  # fmt: skip
+    np.testing.assert_array_equal(feats.output, ref.output)
+    assert net.conv.weight.is_contiguous()
