@@ -10,7 +10,7 @@ Capture:          :func:`discover_layers`, :func:`resolve_layers`, :func:`captur
 Model outputs:    :func:`logits_of`
 Devices:          :func:`is_out_of_memory`, :func:`free_device_memory`
 Memory format:    :func:`planned_memory_format`, :func:`decide_memory_format`,
-                  :class:`FormatChoice`, :func:`memory_format_applied`,
+                  :class:`FormatChoice`, :func:`memory_format_applied`, :class:`SwappedWeights`,
                   :func:`in_format`, :func:`outputs_agree`, :func:`warm_up`,
                   :func:`forget_memory_formats`, :data:`MEMORY_FORMATS`
 Linear probes:    :func:`linear_probe`, :class:`ProbeResult`, :func:`wilson_interval`,
@@ -29,6 +29,7 @@ from probes._layers import resolve_layers
 from probes._memory_format import (
     MEMORY_FORMATS,
     FormatChoice,
+    SwappedWeights,
     decide_memory_format,
     forget_memory_formats,
     in_format,
@@ -62,6 +63,7 @@ __all__ = [
     "MinibatchCKA",
     "ProbeResult",
     "ProxyADistance",
+    "SwappedWeights",
     "UnreadableExample",
     "capture",
     "decide_memory_format",

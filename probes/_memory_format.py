@@ -39,6 +39,7 @@ from probes._validation import check_choice
 __all__ = [
     "MEMORY_FORMATS",
     "FormatChoice",
+    "SwappedWeights",
     "decide_memory_format",
     "forget_memory_formats",
     "in_format",
@@ -98,27 +99,50 @@ def _four_d(model: nn.Module) -> list[torch.Tensor]:
     ]
 
 
-@contextmanager
-def memory_format_applied(model: nn.Module, choice: FormatChoice | None) -> Iterator[None]:
-    """Within the block, ``model``'s 4-D floating weights are channels-last when ``choice`` says so.
+class SwappedWeights:
+    """``model``'s 4-D floating weights as channels-last copies from :meth:`apply` until
+    :meth:`restore` (both idempotent).
 
     The parameter objects stay the same (their ``.data`` is swapped), so hooks,
-    optimisers and tied weights still see them; the original tensors are put
-    back on exit, also when the block raises. Nothing happens for None or a
-    contiguous choice.
+    optimisers and tied weights still see them; :meth:`restore` puts the very
+    original tensors back.
     """
-    if choice is None or not choice.channels_last:
-        yield
-        return
-    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._saved: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def applied(self) -> bool:
+        """True between :meth:`apply` of a channels-last choice and :meth:`restore`."""
+        return self._saved is not None
+
+    def apply(self, choice: FormatChoice | None) -> None:
+        """Swap the weights in, for a channels-last ``choice`` (nothing otherwise, or twice)."""
+        if self._saved is not None or choice is None or not choice.channels_last:
+            return
+        self._saved = [(t, t.data) for t in _four_d(self.model)]
+        for t, data in self._saved:
+            t.data = data.contiguous(memory_format=torch.channels_last)
+
+    def restore(self) -> None:
+        """Put the original tensors back (nothing when none were swapped)."""
+        for t, data in self._saved or []:
+            t.data = data
+        self._saved = None
+
+
+@contextmanager
+def memory_format_applied(model: nn.Module, choice: FormatChoice | None) -> Iterator[None]:
+    """Within the block, ``model``'s 4-D floating weights are channels-last when ``choice`` says so
+    (:class:`SwappedWeights`); the original tensors are back on exit, also when the block
+    raises. Nothing happens for None or a contiguous choice."""
+    weights = SwappedWeights(model)
     try:
-        for t in _four_d(model):
-            saved.append((t, t.data))
-            t.data = t.data.contiguous(memory_format=torch.channels_last)
+        weights.apply(choice)
         yield
     finally:
-        for t, data in saved:
-            t.data = data
+        weights.restore()
 
 
 def in_format(x: torch.Tensor, choice: FormatChoice | None) -> torch.Tensor:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +38,9 @@ from probes._layers import discover_layers, resolve_layers
 from probes._memory_format import (
     MEMORY_FORMATS,
     FormatChoice,
+    SwappedWeights,
     decide_memory_format,
     in_format,
-    memory_format_applied,
     outputs_agree,
     planned_memory_format,
     warm_up,
@@ -86,6 +85,29 @@ def _measure_layout(
         return decide_memory_format(model, x, seconds, run)
     finally:
         hooks.rollback(marks)
+
+
+def _run_first(model, x, memory_format, n_batches, hooks, run_split, weights: SwappedWeights):
+    """``(layout choice, pieces)`` of the pass's first batch (``probes._memory_format``'s
+    rule): an asked-for channels-last layout applies to every batch; otherwise this batch
+    runs NCHW, timed when a trial is due, and the choice applies from the next one. The
+    hooks go on here, after the start-up call, so it pools nothing."""
+    choice = planned_memory_format(model, x, memory_format, n_batches)
+    if memory_format == "channels_last" and choice.channels_last:
+        weights.apply(choice)
+        hooks.attach()
+        return choice, run_split(in_format(x, choice))
+    if choice is None:
+        warm_up(model, x)
+    hooks.attach()
+    t0 = time.perf_counter()
+    pieces = run_split(x)
+    seconds = time.perf_counter() - t0
+    if choice is None and len(pieces) > 1:
+        choice = FormatChoice("contiguous", "the first batch ran out of memory; kept NCHW")
+    elif choice is None:
+        choice = _measure_layout(model, x, seconds, hooks, pieces[0][1])
+    return choice, pieces
 
 
 def capture(
@@ -251,7 +273,7 @@ def capture(
     seen = 0
     choice: FormatChoice | None = None
     bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress)
-    layout = ExitStack()
+    weights = SwappedWeights(model)
     try:
         model.eval()
         with torch.no_grad():
@@ -278,23 +300,11 @@ def capture(
                 else:
                     x = x.to(dev)
                 if choice is None:
-                    # The first batch runs NCHW in every pass (the same batches in the
-                    # same layout, run to run); the layout of the rest follows.
-                    choice = planned_memory_format(model, x, memory_format, total)
-                    if choice is None:
-                        warm_up(model, x)  # before the hooks go on: it pools nothing
-                    hooks.attach()
-                    t0 = time.perf_counter()
-                    pieces = run_split(x)
-                    seconds = time.perf_counter() - t0
-                    if choice is None and len(pieces) > 1:
-                        choice = FormatChoice(
-                            "contiguous", "the first batch ran out of memory; kept NCHW"
-                        )
-                    elif choice is None:
-                        choice = _measure_layout(model, x, seconds, hooks, pieces[0][1])
-                    layout.enter_context(memory_format_applied(model, choice))
+                    choice, pieces = _run_first(
+                        model, x, memory_format, total, hooks, run_split, weights
+                    )
                 else:
+                    weights.apply(choice)  # from the second batch on (once)
                     pieces = run_split(in_format(x, choice))
                 oom["of"] += 1
                 if len(pieces) > 1:
@@ -317,7 +327,7 @@ def capture(
         raise
     finally:
         hooks.remove()
-        layout.close()
+        weights.restore()
         for module, flag in flags:
             module.training = flag
         bar.close()

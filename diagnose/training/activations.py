@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -79,7 +79,7 @@ def capture_head_inputs(
     handle = net.get_submodule(head).register_forward_pre_hook(hook)
     n_batches = sum(-(-len(x) // batch_size) for x in xs)
     choice: probes.FormatChoice | None = None
-    layout = ExitStack()
+    weights = probes.SwappedWeights(net)
     out = []
     try:
         net.eval()
@@ -100,8 +100,8 @@ def capture_head_inputs(
                             choice = probes.decide_memory_format(net, xb, seconds, same_features)
                         else:
                             count(xb)
-                        layout.enter_context(probes.memory_format_applied(net, choice))
                     else:
+                        weights.apply(choice)  # from the second batch on (once)
                         count(probes.in_format(xb, choice))
                     phase.steps += 1
                 feats = torch.cat(store) if store else torch.empty(0)
@@ -115,7 +115,7 @@ def capture_head_inputs(
                 out.append(feats)
     finally:
         handle.remove()
-        layout.close()
+        weights.restore()
         _restore_modes(flags)
     return out
 

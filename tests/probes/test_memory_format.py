@@ -11,6 +11,7 @@ from torch import nn
 import probes._memory_format as mf
 from probes import (
     FormatChoice,
+    SwappedWeights,
     capture,
     forget_memory_formats,
     in_format,
@@ -122,6 +123,23 @@ def test_weights_are_swapped_inside_and_the_original_tensors_put_back():
     assert {name: (p.data_ptr(), p.stride()) for name, p in net.named_parameters()} == before
     with memory_format_applied(net, FormatChoice("contiguous", "test")):
         assert net.conv1.weight.is_contiguous()
+
+
+def test_swapped_weights_apply_once_and_restore_once():
+    net = _resnet()
+    w = net.conv1.weight
+    original = w.data_ptr()  # .data is a new alias on every access: compare storage
+    weights = SwappedWeights(net)
+    weights.apply(FormatChoice("contiguous", "t"))
+    assert not weights.applied and w.data_ptr() == original
+    weights.apply(FormatChoice("channels_last", "t"))
+    swapped = w.data_ptr()
+    assert swapped != original and w.is_contiguous(memory_format=CL)
+    weights.apply(FormatChoice("channels_last", "t"))  # a second apply copies nothing
+    assert weights.applied and w.data_ptr() == swapped
+    weights.restore()
+    weights.restore()
+    assert not weights.applied and w.data_ptr() == original and w.is_contiguous()
 
 
 def test_in_format_converts_only_four_d_inputs_for_a_channels_last_choice():
