@@ -9,9 +9,8 @@ Capture:          :func:`discover_layers`, :func:`resolve_layers`, :func:`captur
                   images which fail to decode)
 Model outputs:    :func:`logits_of`
 Devices:          :func:`is_out_of_memory`, :func:`free_device_memory`
-Memory format:    :func:`planned_memory_format`, :func:`decide_memory_format`,
-                  :class:`FormatChoice`, :func:`memory_format_applied`, :class:`SwappedWeights`,
-                  :func:`in_format`, :func:`outputs_agree`, :func:`warm_up`,
+Memory format:    :class:`PassLayout`, :class:`FormatChoice`, :class:`SwappedWeights`,
+                  :func:`memory_format_applied`, :func:`in_format`, :func:`outputs_agree`,
                   :func:`forget_memory_formats`, :data:`MEMORY_FORMATS`
 Linear probes:    :func:`linear_probe`, :class:`ProbeResult`, :func:`wilson_interval`,
                   :data:`DEFAULT_L2_GRID`
@@ -29,14 +28,12 @@ from probes._layers import resolve_layers
 from probes._memory_format import (
     MEMORY_FORMATS,
     FormatChoice,
+    PassLayout,
     SwappedWeights,
-    decide_memory_format,
     forget_memory_formats,
     in_format,
     memory_format_applied,
     outputs_agree,
-    planned_memory_format,
-    warm_up,
 )
 from probes.capture import CapturedFeatures, capture, discover_layers, parse_size
 from probes.gap import (
@@ -61,12 +58,12 @@ __all__ = [
     "FormatChoice",
     "MMDResult",
     "MinibatchCKA",
+    "PassLayout",
     "ProbeResult",
     "ProxyADistance",
     "SwappedWeights",
     "UnreadableExample",
     "capture",
-    "decide_memory_format",
     "cka",
     "coral",
     "discover_layers",
@@ -89,10 +86,8 @@ __all__ = [
     "nce",
     "outputs_agree",
     "parse_size",
-    "planned_memory_format",
     "proxy_a_distance",
     "resolve_layers",
     "skipping_batches",
-    "warm_up",
     "wilson_interval",
 ]

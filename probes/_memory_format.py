@@ -2,30 +2,29 @@
 
 Many convolutional networks run inference 1.2-2x faster on the CPU (oneDNN)
 when the input and the 4-D weights are channels-last (NHWC) instead of the
-default NCHW; others (ConvNeXt, vision transformers) run no faster. Which
-holds for one model, input shape, device and thread count is measured, not
-assumed. Every pass runs its first batch NCHW, timed; the first pass of a
-kind in a process then runs that batch again channels-last (twice: a check,
-then timed) and keeps the layout that is faster and agrees (:func:`planned_memory_format`,
-:func:`decide_memory_format`) for the rest of its batches.
+default NCHW; others (ConvNeXt, vision transformers) run no faster, and the
+gain depends on the batch size. So it is measured on the pass itself, at no
+extra full forward: :class:`PassLayout` runs a pass's first four batches NCHW,
+channels-last, channels-last, NCHW (each layout's first call at a new shape
+pays one-off kernel set-up; each layout's best batch is compared), after two
+examples ran both ways agree, and runs the rest of the pass in the faster one.
 
 The decision is kept for the process, keyed by the architecture (class and
 parameter shapes), the input's shape, dtype and device, the thread count and
-autocast: every pass of one model in one process then runs the same batches
-in the same layout, so repeated runs give identical numbers and the trial runs
-once (a random-init
-control of the same architecture shares it). The layouts differ only by float
-rounding, as convolution algorithms do between machines.
+autocast. Every pass of a kind runs the same four-batch sequence whatever was
+decided, so every pass of one model in one process runs the same batches in
+the same layout and repeated runs give identical numbers. The layouts differ
+only by float rounding, as convolution algorithms do between machines.
 
-:func:`memory_format_applied` swaps the model's 4-D floating parameters and
-buffers for channels-last copies for the duration of a block and always puts
-the original tensors back, so the caller's model is unchanged afterwards.
+:class:`SwappedWeights` swaps the model's 4-D floating parameters and buffers
+for channels-last copies and always puts the original tensors back, so the
+caller's model is unchanged afterwards.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
@@ -34,19 +33,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from probes._forward import logits_of
 from probes._validation import check_choice
 
 __all__ = [
     "MEMORY_FORMATS",
     "FormatChoice",
+    "PassLayout",
     "SwappedWeights",
-    "decide_memory_format",
     "forget_memory_formats",
     "in_format",
     "memory_format_applied",
     "outputs_agree",
-    "planned_memory_format",
-    "warm_up",
 ]
 
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
@@ -59,9 +57,11 @@ _MARGIN = 0.95
 # output magnitude separates the two for float32, float16 and bfloat16 alike.
 _AGREE = 1e-2
 # Channels-last speed depends on the batch size (mobilenet_v3_small: 1.3x at
-# 16, 0.93x at 64), so the trial is the pass's own first batch. It costs two
-# extra forwards of that batch, which a pass of fewer batches cannot repay.
-_MIN_BATCHES = 8
+# 16, 0.93x at 64), so the trial is the pass's own first four batches; a pass of
+# fewer batches than this (or of unknown length) runs NCHW throughout and
+# decides nothing.
+_MIN_BATCHES = 6
+_SEQUENCE = ("contiguous", "channels_last", "channels_last", "contiguous")
 
 _decisions: dict[tuple, FormatChoice] = {}
 
@@ -89,6 +89,9 @@ class FormatChoice:
         """A JSON-ready dict (``memory_format``, ``reason``, ``speedup``)."""
         speedup = None if self.speedup is None else round(float(self.speedup), 3)
         return {"memory_format": self.memory_format, "reason": self.reason, "speedup": speedup}
+
+
+_CHANNELS_LAST = FormatChoice("channels_last", "trial")
 
 
 def _four_d(model: nn.Module) -> list[torch.Tensor]:
@@ -165,15 +168,9 @@ def _key(model: nn.Module, x: torch.Tensor) -> tuple:
             torch.get_num_threads(), autocast)  # fmt: skip
 
 
-def _timed(forward: Callable[[torch.Tensor], Any], x: torch.Tensor) -> tuple[float, Any]:
-    cuda = x.device.type == "cuda"
-    if cuda:
+def _sync(x: torch.Tensor) -> None:
+    if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
-    start = time.perf_counter()
-    out = forward(x)
-    if cuda:
-        torch.cuda.synchronize(x.device)
-    return time.perf_counter() - start, out
 
 
 def outputs_agree(nchw: list[torch.Tensor], channels_last: list[torch.Tensor]) -> bool:
@@ -193,93 +190,172 @@ def outputs_agree(nchw: list[torch.Tensor], channels_last: list[torch.Tensor]) -
     return True
 
 
-def planned_memory_format(
-    model: nn.Module, x: torch.Tensor, memory_format: str = "auto", n_batches: int | None = None
-) -> FormatChoice | None:
-    """The layout of a pass over batches like ``x``, or None when the pass must measure it.
-
-    Every pass runs its first batch NCHW. The rest of the pass runs in the
-    returned layout: as asked (``"contiguous"``, or ``"channels_last"`` for
-    4-D inputs); NCHW when channels-last cannot apply (inputs not 4-D floating
-    images, no 4-D weights, lazy parameters) or the pass is too short to repay
-    a trial (``n_batches`` known and under 8); the decision kept from an
-    earlier pass in this process. None (``"auto"``, nothing kept): time the
-    first batch, then call :func:`decide_memory_format`.
-
-    Raises:
-        ValueError: ``memory_format`` is not one of :data:`MEMORY_FORMATS`.
-    """
-    check_choice(memory_format, "memory_format", "capture", MEMORY_FORMATS)
-    if memory_format == "contiguous":
-        return FormatChoice("contiguous", "requested")
-    if x.ndim != 4 or not x.is_floating_point():
-        return FormatChoice("contiguous", "inputs are not 4-D floating images")
-    if memory_format == "channels_last":
-        return FormatChoice("channels_last", "requested")
-    if any(nn.parameter.is_lazy(p) for p in model.parameters()):
-        return FormatChoice("contiguous", "the model has uninitialised (lazy) parameters")
-    if not _four_d(model):
-        return FormatChoice("contiguous", "the model has no 4-D weights (no 2-D convolutions)")
-    kept = _decisions.get(_key(model, x))
-    if kept is not None:
-        return kept
-    if n_batches is not None and n_batches < _MIN_BATCHES:
+def _check(model: nn.Module, x: torch.Tensor) -> FormatChoice | None:
+    """Two examples of ``x`` both ways: None when they agree, else why channels-last is out.
+    The NCHW call is also the pass's start-up call (thread pools, allocator)."""
+    small = x[:2]
+    try:
+        ref = logits_of(model(small))
+    except Exception as exc:
+        # Not kept: the pass itself raises its own, better worded error, or a later one
+        # with other inputs may run.
+        return FormatChoice("contiguous", f"the model's forward raised {type(exc).__name__}")
+    try:
+        with memory_format_applied(model, _CHANNELS_LAST):
+            out = logits_of(model(in_format(small, _CHANNELS_LAST)))
+    except Exception as exc:  # e.g. .view() on a channels-last activation
         return FormatChoice(
-            "contiguous", f"a pass of {n_batches} batch(es) is too short to repay a trial"
+            "contiguous", f"a channels-last forward raised {type(exc).__name__}; kept NCHW"
+        )
+    if not outputs_agree([ref], [out]):
+        return FormatChoice(
+            "contiguous", "channels-last outputs differed from NCHW ones; kept NCHW"
         )
     return None
 
 
-def decide_memory_format(
-    model: nn.Module,
-    x: torch.Tensor,
-    nchw_seconds: float,
-    run: Callable[[torch.Tensor], bool],
-) -> FormatChoice:
-    """Measure channels-last on the batch ``x`` that just ran NCHW in ``nchw_seconds``.
+class PassLayout:
+    """The memory layout of each batch of one inference pass of ``model``.
 
-    ``run(x_channels_last)`` runs the same pass on it with the weights swapped
-    (:func:`memory_format_applied`), keeps nothing, and says whether its
-    outputs agree with the NCHW ones (:func:`outputs_agree`). It runs twice:
-    once to check and build the kernels, once timed. Channels-last is chosen
-    when it agrees and is at least 5% faster; the decision is kept for the
-    process.
+    Call :meth:`start` with each batch (its device and dtype set) just before
+    the forward, running what it returns, and :meth:`done` right after;
+    :meth:`close` at the end (also on error) puts the original weights back.
+
+    Args:
+        model: the model, in eval mode, without gradients.
+        memory_format: ``"auto"`` (see the module docstring), ``"contiguous"``
+            (every batch NCHW) or ``"channels_last"`` (every 4-D batch
+            channels-last).
+        n_batches: the pass's batch count. A pass of fewer than 6, or of
+            unknown length (None), runs NCHW throughout and decides nothing, so
+            such passes repeat bit for bit whatever other passes decided.
+
+    Raises:
+        ValueError: ``memory_format`` is not one of :data:`MEMORY_FORMATS`.
+
+    Example:
+        >>> layout = PassLayout(model, "auto", n_batches=len(batches))
+        >>> try:
+        ...     for x in batches:
+        ...         out = model(layout.start(x)); layout.done(x.shape[0])
+        ... finally:
+        ...     layout.close()
+        >>> layout.choice.memory_format
+        'channels_last'
     """
-    trial = FormatChoice("channels_last", "trial")
-    try:
-        with memory_format_applied(model, trial):
-            x_cl = in_format(x, trial)
-            # Untimed first: it checks the outputs and builds the channels-last
-            # kernels for this shape (oneDNN's first call at a new shape costs about
-            # a batch more; NCHW's first batch ran after warm_up's start-up call).
-            same = run(x_cl)
-            seconds, _ = _timed(run, x_cl) if same else (0.0, None)
-    except Exception as exc:  # e.g. .view() on a channels-last activation
-        choice = FormatChoice(
-            "contiguous", f"a channels-last forward raised {type(exc).__name__}; kept NCHW"
-        )
-    else:
-        timing = (
-            f"a batch of {x.shape[0]} took {1000 * nchw_seconds:.0f} ms in NCHW and "
-            f"{1000 * seconds:.0f} ms channels-last"
-        )
-        speedup = nchw_seconds / max(seconds, 1e-9)
-        if not same:
-            choice = FormatChoice(
-                "contiguous", "channels-last outputs differed from NCHW ones; kept NCHW"
+
+    def __init__(self, model: nn.Module, memory_format: str = "auto", n_batches: int | None = None):
+        check_choice(memory_format, "memory_format", "capture", MEMORY_FORMATS)
+        self.model, self.requested, self.n_batches = model, memory_format, n_batches
+        self.weights = SwappedWeights(model)
+        self._fixed: FormatChoice | None = None  # one layout for every batch
+        self._decided: FormatChoice | None = None  # after the sequence (kept or measured now)
+        self._trial = False
+        self._times: dict[str, list[float]] = {"contiguous": [], "channels_last": []}
+        self._i = 0
+        self._t0 = 0.0
+        self._key: tuple | None = None
+        self._batch = 0
+        self._device = torch.device("cpu")
+
+    @property
+    def choice(self) -> FormatChoice:
+        """The layout of the pass after its first four batches, and why."""
+        if self._fixed is not None:
+            return self._fixed
+        if self._decided is not None:
+            return self._decided
+        return FormatChoice("contiguous", "the pass ended before its four-batch trial did")
+
+    def _begin(self, x: torch.Tensor) -> None:
+        model, asked = self.model, self.requested
+        if asked == "contiguous":
+            self._fixed = FormatChoice("contiguous", "requested")
+        elif x.ndim != 4 or not x.is_floating_point():
+            self._fixed = FormatChoice("contiguous", "inputs are not 4-D floating images")
+        elif asked == "channels_last":
+            self._fixed = FormatChoice("channels_last", "requested")
+        elif any(nn.parameter.is_lazy(p) for p in model.parameters()):
+            self._fixed = FormatChoice(
+                "contiguous", "the model has uninitialised (lazy) parameters"
             )
-        elif seconds < _MARGIN * nchw_seconds:
+        elif not _four_d(model):
+            self._fixed = FormatChoice(
+                "contiguous", "the model has no 4-D weights (no 2-D convolutions)"
+            )
+        elif self.n_batches is None:
+            self._fixed = FormatChoice("contiguous", "the pass's length is unknown (no len())")
+        elif self.n_batches < _MIN_BATCHES:
+            self._fixed = FormatChoice(
+                "contiguous", f"a pass of {self.n_batches} batch(es) is too short for a trial"
+            )
+        else:
+            self._key = _key(model, x)
+            kept = _decisions.get(self._key)
+            if kept is not None and kept.speedup is None:  # channels-last fails on this model
+                self._fixed = kept
+            elif kept is not None:
+                self._decided = kept
+            else:
+                failed = _check(model, x)
+                if failed is not None:
+                    self._fixed = failed
+                    if "model's forward" not in failed.reason:
+                        _decisions[self._key] = failed
+                else:
+                    self._trial = True
+
+    def layout(self, i: int) -> str:
+        """The layout of batch ``i`` (0-based) of this pass."""
+        if self._fixed is not None:
+            return self._fixed.memory_format
+        if i < len(_SEQUENCE):
+            return _SEQUENCE[i]
+        return self.choice.memory_format
+
+    def start(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the layout of this batch, with the weights to match."""
+        if self._i == 0:
+            self._begin(x)
+            self._batch = int(x.shape[0])
+        layout = self.layout(self._i)
+        if layout == "channels_last":
+            self.weights.apply(_CHANNELS_LAST)
+            x = in_format(x, _CHANNELS_LAST)
+        else:
+            self.weights.restore()
+        if self._trial:
+            self._device = x.device
+            _sync(x)
+            self._t0 = time.perf_counter()
+        return x
+
+    def done(self, n: int) -> None:
+        """After the forward of the batch :meth:`start` returned (``n`` examples)."""
+        if self._trial and self._i < len(_SEQUENCE):
+            if self._device.type == "cuda":
+                torch.cuda.synchronize(self._device)
+            per_example = (time.perf_counter() - self._t0) / max(int(n), 1)
+            self._times[_SEQUENCE[self._i]].append(per_example)
+            if self._i == len(_SEQUENCE) - 1:
+                self._decide()
+        self._i += 1
+
+    def _decide(self) -> None:
+        nchw, cl = min(self._times["contiguous"]), min(self._times["channels_last"])
+        b = self._batch
+        timing = (
+            f"a batch of {b} took {1000 * b * nchw:.0f} ms in NCHW and "
+            f"{1000 * b * cl:.0f} ms channels-last (best of two each)"
+        )
+        speedup = nchw / max(cl, 1e-12)
+        if cl < _MARGIN * nchw:
             choice = FormatChoice("channels_last", f"measured: {timing}", speedup)
         else:
             choice = FormatChoice("contiguous", f"measured: {timing}; kept NCHW", speedup)
-    _decisions[_key(model, x)] = choice
-    return choice
+        self._decided = choice
+        _decisions[self._key] = choice
 
-
-def warm_up(model: nn.Module, x: torch.Tensor) -> None:
-    """One forward of two examples of ``x`` (errors ignored), so the first batch's time
-    holds no one-off start-up cost (thread pools, allocator) to count against NCHW."""
-    try:
-        model(x[:2])
-    except Exception:
-        pass  # the pass itself raises its own, better worded error
+    def close(self) -> None:
+        """Put the model's original weights back (safe to call twice)."""
+        self.weights.restore()

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,16 +34,7 @@ from probes._capture_data import (
 from probes._forward import call_error, free_device_memory, is_out_of_memory, logits_of, oom_note
 from probes._hooks import PooledHooks
 from probes._layers import discover_layers, resolve_layers
-from probes._memory_format import (
-    MEMORY_FORMATS,
-    FormatChoice,
-    SwappedWeights,
-    decide_memory_format,
-    in_format,
-    outputs_agree,
-    planned_memory_format,
-    warm_up,
-)
+from probes._memory_format import MEMORY_FORMATS, PassLayout
 from probes._pooling import (
     TOKEN_POOL_NAMES,
     check_pool,
@@ -54,60 +44,6 @@ from probes._store import OUTPUT_KEY, CapturedFeatures, FeatureSink
 from probes._validation import check_choice, check_int
 
 __all__ = ["CapturedFeatures", "capture", "discover_layers", "parse_size"]
-
-
-def _measure_layout(
-    model: nn.Module,
-    x: torch.Tensor,
-    seconds: float,
-    hooks: PooledHooks,
-    output: torch.Tensor | None,
-) -> FormatChoice:
-    """After the first batch ran NCHW in ``seconds`` (its pooled rows not yet taken, its kept
-    ``output`` or None): run it channels-last, compare what capture returns (every layer's
-    pooled rows, and the output when kept), and drop the trial's rows."""
-    marks = hooks.marks()
-    nchw = [hooks.stores[name][marks[name] - 1] for name in hooks.names]
-    if output is not None:
-        nchw.append(output)
-
-    def run(x_cl: torch.Tensor) -> bool:
-        hooks.start(x_cl.shape[0])
-        out = model(x_cl)
-        trial = [hooks.stores[name][-1] for name in hooks.names]
-        hooks.rollback(marks)
-        if output is not None:
-            o = logits_of(out)
-            trial.append(o.reshape(o.shape[0], -1).to("cpu", torch.float32))
-        return outputs_agree(nchw, trial)
-
-    try:
-        return decide_memory_format(model, x, seconds, run)
-    finally:
-        hooks.rollback(marks)
-
-
-def _run_first(model, x, memory_format, n_batches, hooks, run_split, weights: SwappedWeights):
-    """``(layout choice, pieces)`` of the pass's first batch (``probes._memory_format``'s
-    rule): an asked-for channels-last layout applies to every batch; otherwise this batch
-    runs NCHW, timed when a trial is due, and the choice applies from the next one. The
-    hooks go on here, after the start-up call, so it pools nothing."""
-    choice = planned_memory_format(model, x, memory_format, n_batches)
-    if memory_format == "channels_last" and choice.channels_last:
-        weights.apply(choice)
-        hooks.attach()
-        return choice, run_split(in_format(x, choice))
-    if choice is None:
-        warm_up(model, x)
-    hooks.attach()
-    t0 = time.perf_counter()
-    pieces = run_split(x)
-    seconds = time.perf_counter() - t0
-    if choice is None and len(pieces) > 1:
-        choice = FormatChoice("contiguous", "the first batch ran out of memory; kept NCHW")
-    elif choice is None:
-        choice = _measure_layout(model, x, seconds, hooks, pieces[0][1])
-    return choice, pieces
 
 
 def capture(
@@ -271,9 +207,9 @@ def capture(
     has_labels: bool | None = None
     skipped: list[tuple[int, str]] = []
     seen = 0
-    choice: FormatChoice | None = None
+    layout = PassLayout(model, memory_format, total)
+    attached = False
     bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress)
-    weights = SwappedWeights(model)
     try:
         model.eval()
         with torch.no_grad():
@@ -299,13 +235,12 @@ def capture(
                     x = x.to(dev, dtype=in_dtype)
                 else:
                     x = x.to(dev)
-                if choice is None:
-                    choice, pieces = _run_first(
-                        model, x, memory_format, total, hooks, run_split, weights
-                    )
-                else:
-                    weights.apply(choice)  # from the second batch on (once)
-                    pieces = run_split(in_format(x, choice))
+                x_in = layout.start(x)
+                if not attached:  # after the layout's two-example check: it pools nothing
+                    hooks.attach()
+                    attached = True
+                pieces = run_split(x_in)
+                layout.done(x.shape[0])
                 oom["of"] += 1
                 if len(pieces) > 1:
                     oom["batches"] += 1
@@ -327,7 +262,7 @@ def capture(
         raise
     finally:
         hooks.remove()
-        weights.restore()
+        layout.close()
         for module, flag in flags:
             module.training = flag
         bar.close()
@@ -367,6 +302,6 @@ def capture(
         storage="memory" if store is None else "disk",
         store_dir=None if store is None else str(store.path),
         skipped=[index for index, _ in skipped],
-        memory_format=None if choice is None else choice.to_dict(),
+        memory_format=layout.choice.to_dict(),
         _store=store,
     )

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -54,8 +53,8 @@ def capture_head_inputs(
 
     One forward pass per tensor in eval mode without gradients (flags
     restored, the hook removed even on error). ``phase`` receives the FLOPs of
-    one batch and the number of batches. After the first batch, the batches
-    run channels-last when that is measured faster (the rule of
+    one batch and the number of batches. The batches run channels-last where
+    that is measured faster (:class:`probes.PassLayout`, as
     :func:`probes.capture`'s ``memory_format="auto"``); the weights are put back.
     """
     store: list[torch.Tensor] = []
@@ -69,17 +68,9 @@ def capture_head_inputs(
         else:
             net(xb)
 
-    def same_features(x_cl: torch.Tensor) -> bool:
-        net(x_cl)
-        agree = probes.outputs_agree([store[-2]], [store[-1]])
-        del store[-1]
-        return agree
-
     flags = [(m, m.training) for m in net.modules()]
-    handle = net.get_submodule(head).register_forward_pre_hook(hook)
-    n_batches = sum(-(-len(x) // batch_size) for x in xs)
-    choice: probes.FormatChoice | None = None
-    weights = probes.SwappedWeights(net)
+    handle = None
+    layout = probes.PassLayout(net, "auto", sum(-(-len(x) // batch_size) for x in xs))
     out = []
     try:
         net.eval()
@@ -87,22 +78,11 @@ def capture_head_inputs(
             for x in xs:
                 for (xb,) in iterate_batches((x,), batch_size, None):
                     xb = to_device(xb, device)
-                    if choice is None:
-                        # The first batch runs NCHW, timed without the FLOP counter
-                        # when it decides the layout of the rest (probes.capture's rule).
-                        choice = probes.planned_memory_format(net, xb, "auto", n_batches)
-                        if choice is None:
-                            probes.warm_up(net, xb)
-                            store.clear()
-                            t0 = time.perf_counter()
-                            net(xb)
-                            seconds = time.perf_counter() - t0
-                            choice = probes.decide_memory_format(net, xb, seconds, same_features)
-                        else:
-                            count(xb)
-                    else:
-                        weights.apply(choice)  # from the second batch on (once)
-                        count(probes.in_format(xb, choice))
+                    xb = layout.start(xb)
+                    if handle is None:  # after the layout's two-example check: no rows
+                        handle = net.get_submodule(head).register_forward_pre_hook(hook)
+                    count(xb)
+                    layout.done(xb.shape[0])
                     phase.steps += 1
                 feats = torch.cat(store) if store else torch.empty(0)
                 store.clear()
@@ -114,8 +94,9 @@ def capture_head_inputs(
                     )
                 out.append(feats)
     finally:
-        handle.remove()
-        weights.restore()
+        if handle is not None:
+            handle.remove()
+        layout.close()
         _restore_modes(flags)
     return out
 
