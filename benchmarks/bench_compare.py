@@ -160,7 +160,7 @@ def row_feature_extraction(model, data, epochs, repeats):
         f"steps on the cached features in plain PyTorch, {t_floor:.2f} s = "
         f"{t_peer / t_floor:.1f}x the peer; ours is {t_ours / t_floor:.2f}x that floor (the head's "
         "SGD steps, which the peer runs too, cost about as much as the forward pass). Ours "
-        "captures channels-last after the first batch where its trial (timed in every run) "
+        "captures channels-last after its four-batch layout trial where that (timed in every run) "
         "measures that faster; the peer and the floor run NCHW, as model(x) does",
         "row": f"feature extraction, cached vs backbone every epoch ({epochs} epochs, {n_tr} train)",
         "ours": f"{t_ours:.2f} s, best val acc {entry['target']['val_accuracy']:.3f}",

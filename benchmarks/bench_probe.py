@@ -193,7 +193,7 @@ def row_capture(name, model, x, y, repeats):
         "(each grid strength solved from zero in float64 to a gradient of 1e-7) is "
         + ", ".join(f"{layer} {g:.0f}" for layer, g in gaps.items())
         + " validation rows below the exact path's best. The capture ran "
-        + f"{layout.get('memory_format')} after its first batch ({layout.get('reason')}); "
+        + f"{layout.get('memory_format')} after its four-batch layout trial ({layout.get('reason')}); "
         + f"an NCHW capture takes {t_nchw:.2f} s, and probing is {t_probe / t_nchw:.3f} of it",
         "row": f"probe all layers vs capture: {name}, N={len(y)}",
         "ours": f"{t_probe:.2f} s ({len(results)} layers, D={dims}; acc {accs})",

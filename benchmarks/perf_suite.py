@@ -114,7 +114,7 @@ def row_capture_overhead(model, x, repeats):
     (t_cap, feats), (t_fwd, _) = res["capture"], res["forward"]
     ratio = t_cap / t_fwd
     return {
-        "note": f"capture ran {feats.memory_format['memory_format']} after its first batch "
+        "note": f"capture ran {feats.memory_format['memory_format']} after its four-batch trial "
         f"({feats.memory_format['reason']}); each timed capture includes that trial, as the "
         "first pass of a fresh process does; the plain forward runs NCHW, as model(x) does",
         "row": f"capture ({len(feats.features)} layers) vs plain forward, resnet18 64px, N={len(x)}",
@@ -173,7 +173,7 @@ def row_assess(max_samples, repeats, size=64):
         if isinstance(c, dict) and c.get("memory_format")
     )
     return {
-        "note": f"capture passes after their first batch ({layouts}), each trial timed in "
+        "note": f"capture passes after their four-batch layout trials ({layouts}), each timed in "
         "every run; the plain forward runs NCHW",
         "row": f"assess vs plain forward over source+target ({len(x)} images, resnet18 {size}px)",
         "ours": f"{t_assess:.1f} s ({parts})",
