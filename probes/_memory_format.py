@@ -168,9 +168,10 @@ def _key(model: nn.Module, x: torch.Tensor) -> tuple:
             torch.get_num_threads(), autocast)  # fmt: skip
 
 
-def _sync(x: torch.Tensor) -> None:
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a wall-clock time covers it (CUDA only)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def outputs_agree(nchw: list[torch.Tensor], channels_last: list[torch.Tensor]) -> bool:
@@ -190,28 +191,27 @@ def outputs_agree(nchw: list[torch.Tensor], channels_last: list[torch.Tensor]) -
     return True
 
 
-def _check(model: nn.Module, x: torch.Tensor) -> FormatChoice | None:
-    """Two examples of ``x`` both ways: None when they agree, else why channels-last is out.
-    The NCHW call is also the pass's start-up call (thread pools, allocator)."""
+def _check(model: nn.Module, x: torch.Tensor) -> tuple[FormatChoice | None, bool]:
+    """Two examples of ``x`` both ways: ``(None, _)`` when they agree, else why channels-last
+    is out and whether that holds for the model (kept for the process). The NCHW call is also
+    the pass's start-up call (thread pools, allocator)."""
     small = x[:2]
     try:
         ref = logits_of(model(small))
     except Exception as exc:
         # Not kept: the pass itself raises its own, better worded error, or a later one
         # with other inputs may run.
-        return FormatChoice("contiguous", f"the model's forward raised {type(exc).__name__}")
+        return FormatChoice("contiguous", f"the model's forward raised {type(exc).__name__}"), False
     try:
         with memory_format_applied(model, _CHANNELS_LAST):
             out = logits_of(model(in_format(small, _CHANNELS_LAST)))
     except Exception as exc:  # e.g. .view() on a channels-last activation
-        return FormatChoice(
-            "contiguous", f"a channels-last forward raised {type(exc).__name__}; kept NCHW"
-        )
+        why = f"a channels-last forward raised {type(exc).__name__}; kept NCHW"
+        return FormatChoice("contiguous", why), True
     if not outputs_agree([ref], [out]):
-        return FormatChoice(
-            "contiguous", "channels-last outputs differed from NCHW ones; kept NCHW"
-        )
-    return None
+        why = "channels-last outputs differed from NCHW ones; kept NCHW"
+        return FormatChoice("contiguous", why), True
+    return None, False
 
 
 class PassLayout:
@@ -297,13 +297,10 @@ class PassLayout:
             elif kept is not None:
                 self._decided = kept
             else:
-                failed = _check(model, x)
-                if failed is not None:
-                    self._fixed = failed
-                    if "model's forward" not in failed.reason:
-                        _decisions[self._key] = failed
-                else:
-                    self._trial = True
+                failed, keep = _check(model, x)
+                self._fixed, self._trial = failed, failed is None
+                if keep:
+                    _decisions[self._key] = failed
 
     def layout(self, i: int) -> str:
         """The layout of batch ``i`` (0-based) of this pass."""
@@ -326,15 +323,14 @@ class PassLayout:
             self.weights.restore()
         if self._trial:
             self._device = x.device
-            _sync(x)
+            _sync(self._device)
             self._t0 = time.perf_counter()
         return x
 
     def done(self, n: int) -> None:
         """After the forward of the batch :meth:`start` returned (``n`` examples)."""
         if self._trial and self._i < len(_SEQUENCE):
-            if self._device.type == "cuda":
-                torch.cuda.synchronize(self._device)
+            _sync(self._device)
             per_example = (time.perf_counter() - self._t0) / max(int(n), 1)
             self._times[_SEQUENCE[self._i]].append(per_example)
             if self._i == len(_SEQUENCE) - 1:

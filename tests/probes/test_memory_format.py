@@ -195,11 +195,17 @@ def test_channels_last_capture_matches_nchw_and_leaves_the_model_as_it_was():
         assert torch.equal(v, state[k]) and v.is_contiguous(), k
 
 
-def test_auto_runs_the_trial_sequence_in_every_pass_and_keeps_the_decision(monkeypatch):
-    _decide(monkeypatch, channels_last=True)
+def _auto_and_nchw(monkeypatch, channels_last: bool):
+    """A resnet18, its NCHW capture and its first "auto" one (10 batches of 4), the trial's
+    decision set by :func:`_decide`."""
+    _decide(monkeypatch, channels_last)
     net, x = _resnet(), torch.rand(40, 3, 32, 32)
     ref = capture(net, x, batch_size=4, memory_format="contiguous", progress=False)
-    first = capture(net, x, batch_size=4, progress=False)
+    return net, x, ref, capture(net, x, batch_size=4, progress=False)
+
+
+def test_auto_runs_the_trial_sequence_in_every_pass_and_keeps_the_decision(monkeypatch):
+    net, x, ref, first = _auto_and_nchw(monkeypatch, channels_last=True)
     assert first.memory_format["memory_format"] == "channels_last"
     assert first.memory_format["reason"].startswith("measured: a batch of 4 took")
     again = capture(net, x, batch_size=4, progress=False)
@@ -218,10 +224,7 @@ def test_auto_runs_the_trial_sequence_in_every_pass_and_keeps_the_decision(monke
 
 
 def test_auto_keeps_nchw_when_channels_last_is_not_faster(monkeypatch):
-    _decide(monkeypatch, channels_last=False)
-    net, x = _resnet(), torch.rand(40, 3, 32, 32)
-    ref = capture(net, x, batch_size=4, memory_format="contiguous", progress=False)
-    feats = capture(net, x, batch_size=4, progress=False)
+    _, _, ref, feats = _auto_and_nchw(monkeypatch, channels_last=False)
     assert feats.memory_format["memory_format"] == "contiguous"
     assert "kept NCHW" in feats.memory_format["reason"]
     for name in ref.layers:  # from batch 5 on, NCHW as the reference
