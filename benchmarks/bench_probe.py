@@ -161,7 +161,7 @@ def chosen_cv_gap(x, y, chosen: float, folds: int = 3) -> float:
     n_classes = int(y_idx.max()) + 1
     grid = list(DEFAULT_L2_GRID)
     exact = [
-        cv_path(design, y_idx, n_classes, fold, folds, [lam], max_iter=5000, tol=1e-7)[0][0]
+        cv_path(design, y_idx, n_classes, fold, folds, [lam], max_iter=5000, tol=1e-7).scores[0]
         for lam in grid
     ]
     return (max(exact) - exact[grid.index(chosen)]) * len(y_idx)

@@ -9,10 +9,17 @@ of tensor ops on top, whatever ``B``.
 The inverse-Hessian approximation is the compact L-BFGS form (Byrd, Nocedal &
 Schnabel 1994, Nocedal & Wright eq. 7.24) with seed ``H0 = gamma * diag(precond)``:
 a fixed diagonal preconditioner scaled by the usual ``s.y / y.Dy`` factor. With
-``W = [S; D Y]`` (2m rows) it reads ``H g = gamma D g + W^T (M0 + gamma M1) W g``;
-``M0`` and ``M1`` (2m x 2m) are rebuilt once per accepted step, so a direction
-is two thin products. Every product with a vector is written as a row vector
-times a matrix: torch's batched matrix-times-column path is about 4x slower.
+``W = [S; D Y]`` (2m rows) and ``R`` the upper triangle of ``S Y^T`` in time
+order, a product ``H g`` is two thin products with ``W`` and three with m x m
+matrices (see :meth:`CurvaturePairs.product`). ``R^-1`` is updated by one
+column per step instead of refactorised.
+
+On the CPU, at the sizes a probe solves (a few hundred columns, ten classes,
+four problems), a step costs tensor-op dispatch, not arithmetic: every op is a
+few microseconds whatever its size. So the pairs sit in fixed buffers written
+in place, every view the steps use is made once, and a step issues as few ops
+as the algorithm allows. Every product with a vector is written as a row
+vector times a matrix: torch's batched matrix-times-column path is slower.
 
 The line search is batched Armijo backtracking, each problem with its own
 step. The objective is convex, so accepted steps give ``s.y >= 0``; pairs that
@@ -27,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SolveInfo", "multinomial_lbfgs"]
+__all__ = ["CurvaturePairs", "SolveInfo", "multinomial_lbfgs"]
 
 #: ``fun(z) -> (objective float64 (B,), gradient shaped like z)``.
 Objective = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -45,54 +52,166 @@ class SolveInfo:
     grad: torch.Tensor  # like the solutions
 
 
-class _History:
-    """The last ``size`` curvature pairs of every problem, in time order, and
-    the compact-form matrices built from them (see the module docstring).
+_ORDERS: dict[tuple[int, torch.dtype, torch.device], list[torch.Tensor]] = {}
 
-    A rejected pair (``s.y`` not safely positive: round-off, or a finished
-    problem) is stored as zeros with a unit diagonal in ``R``, so ``R`` stays
-    invertible and the pair adds nothing to the update.
+
+def _time_order(size: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+    """Per next-written slot ``pos``, the (size, size) mask whose ``[i, j]`` is 1 when slot
+    ``i``'s pair is no newer than slot ``j``'s: ``R``'s upper triangle in slot order."""
+    key = (size, dtype, device)
+    if key not in _ORDERS:
+        slots = torch.arange(size)
+        _ORDERS[key] = [
+            (((slots - pos) % size)[:, None] <= ((slots - pos) % size)).to(
+                device=device, dtype=dtype
+            )
+            for pos in range(size)
+        ]
+    return _ORDERS[key]
+
+
+class CurvaturePairs:
+    """The last ``size`` curvature pairs ``(s, y)`` of each of ``nb`` problems and the
+    compact-form matrices built from them, kept across the solves of related
+    objectives (a regularisation path): see :meth:`retarget`.
+
+    The pairs sit in ring buffers: slot ``pos`` is written next, and the slots
+    from ``pos`` on run from the oldest pair to the newest. An empty slot, and a
+    rejected pair (``s.y`` not safely positive: round-off, or a finished
+    problem), hold zeros with a unit diagonal in ``R``: they add nothing.
+    ``R^-1`` is kept in slot order. A push replaces the oldest pair: the inverse
+    of a triangle without its first row and column is the rest of its inverse,
+    and appending a pair is one step of back substitution, so a push updates
+    one column of ``R^-1`` and factorises nothing.
     """
 
-    def __init__(self, nb: int, dim: int, size: int, d_flat: torch.Tensor, like: torch.Tensor):
-        self.size, self.d_flat = size, d_flat
-        self.s = like.new_zeros(nb, 0, dim)
-        self.y = like.new_zeros(nb, 0, dim)
+    def __init__(self, nb: int, dim: int, size: int, like: torch.Tensor):
+        self.size, self.pos = size, 0
+        self.w = like.new_zeros(nb, 2 * size, dim)  # [S; D Y], slot order
+        self.y = like.new_zeros(nb, size, dim)
+        self.prods = like.new_zeros(nb, 2 * size, size)  # [S Y^T; D Y Y^T]
+        self.rinv = torch.eye(size, dtype=like.dtype, device=like.device).repeat(nb, 1, 1)
+        self.d_flat = like.new_ones(1, dim)
+        self._views()
 
-    def __len__(self) -> int:
-        return self.s.shape[1]
-
-    def push(self, s_new: torch.Tensor, y_new: torch.Tensor, keep: torch.Tensor) -> None:
-        mask = keep.to(s_new.dtype)[:, None, None]
-        self.s = torch.cat([self.s, s_new[:, None] * mask], dim=1)[:, -self.size :]
-        self.y = torch.cat([self.y, y_new[:, None] * mask], dim=1)[:, -self.size :]
-        m = self.s.shape[1]
-        dy = self.y * self.d_flat
-        sy = torch.bmm(self.s, self.y.transpose(1, 2))
-        diag = torch.diagonal(sy, dim1=1, dim2=2)
-        r = torch.triu(sy) + torch.diag_embed((diag == 0).to(sy.dtype))
-        eye = torch.eye(m, dtype=sy.dtype, device=sy.device).expand_as(r)
-        rinv = torch.linalg.solve_triangular(r, eye, upper=True)
-        rinv_t = rinv.transpose(1, 2)
-        ydy = torch.bmm(self.y, dy.transpose(1, 2))
-        zero = torch.zeros_like(r)
-        top0 = torch.bmm(rinv_t * diag[:, None, :], rinv)  # R^-T diag(s.y) R^-1
-        top1 = torch.bmm(torch.bmm(rinv_t, ydy), rinv)  # R^-T Y^T D Y R^-1
-        self.m0 = torch.cat([torch.cat([top0, zero], dim=2), torch.cat([zero, zero], dim=2)], dim=1)
-        self.m1 = torch.cat(
-            [torch.cat([top1, -rinv_t], dim=2), torch.cat([-rinv, zero], dim=2)], dim=1
+    def _views(self) -> None:
+        """The views every step reads, made once: they follow the buffers' in-place writes."""
+        m = self.size
+        self.w_t, self.y_t, self.rinv_t = (
+            self.w.transpose(1, 2),
+            self.y.transpose(1, 2),
+            self.rinv.transpose(1, 2),
         )
-        self.w = torch.cat([self.s, dy], dim=1)  # (B, 2m, P)
+        sy = self.prods[:, :m]
+        self.ydy = self.prods[:, m:]
+        self.diag = torch.diagonal(sy, dim1=1, dim2=2).unsqueeze(1)  # (B, 1, m): s_i.y_i
+        self._ydy_diag = torch.diagonal(self.ydy, dim1=1, dim2=2)  # (B, m): y_i.D y_i
+        # Per slot j: where s, D y and y go, y as a row, column j of [S Y^T; D Y Y^T]
+        # and row j of D Y Y^T (symmetric: the same values).
+        self._slots = [
+            (
+                self.w[:, j],
+                self.w[:, m + j],
+                self.y[:, j],
+                self.y[:, j : j + 1],
+                self.prods[:, :, j],
+                self.ydy[:, j],
+            )
+            for j in range(m)
+        ]
+        self._rinv_cols = [self.rinv[:, :, j] for j in range(m)]
+        diag = torch.diagonal(self.rinv, dim1=1, dim2=2)
+        self._rinv_diag = [diag[:, j] for j in range(m)]
+        eye = torch.eye(m, dtype=self.w.dtype, device=self.w.device)
+        self._other_rows = [(1.0 - eye[j])[None, :, None] for j in range(m)]
+        self._one = self.w.new_ones(())
 
-    def direction(self, grad: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        """``-H g`` per problem (Nocedal & Wright eq. 7.24) for ``grad`` (B, P)."""
-        hg = gamma[:, None] * self.d_flat * grad
-        if len(self) == 0:
-            return -hg
-        uv = torch.bmm(grad[:, None, :], self.w.transpose(1, 2))  # (B, 1, 2m): [S g, Y D g]
-        mid = self.m0 + gamma[:, None, None] * self.m1
-        coef = torch.bmm(uv, mid.transpose(1, 2))
-        return -(hg + torch.bmm(coef, self.w)[:, 0])
+    def retarget(self, d_flat: torch.Tensor, shift: torch.Tensor | None = None) -> None:
+        """Serve a new objective with diagonal preconditioner ``d_flat`` (1, P).
+
+        ``shift`` (1, P) adds ``shift * s`` to every stored ``y``: exact when the
+        new objective differs from the old by a quadratic term with that
+        diagonal Hessian (a changed L2 strength). Pairs whose ``s.y`` is no
+        longer safely positive (not above ``1e-10 y.Dy``) are dropped, and
+        ``R^-1`` is refactorised.
+        """
+        m = self.size
+        s = self.w[:, :m]
+        if shift is not None:
+            self.y.addcmul_(s, shift[:, None])
+        torch.mul(self.y, d_flat[:, None], out=self.w[:, m:])
+        self.d_flat = d_flat
+        torch.bmm(self.w, self.y_t, out=self.prods)
+        keep = self.diag[:, 0] > 1e-10 * self._ydy_diag  # s.y against y.Dy, per slot
+        empty = self.diag[:, 0] == 0
+        if not bool((keep | empty).all()):
+            k = keep.to(s.dtype).unsqueeze(2)
+            self.w.mul_(k.repeat(1, 2, 1))
+            self.y.mul_(k)
+            torch.bmm(self.w, self.y_t, out=self.prods)
+        order = _time_order(m, s.dtype, s.device)[self.pos]
+        r = torch.diag_embed((self.diag[:, 0] == 0).to(s.dtype)).addcmul_(self.prods[:, :m], order)
+        self.rinv.copy_(torch.linalg.inv(r))
+
+    def snapshot(self, rows: slice) -> tuple:
+        """The state of problems ``rows``, copied: :meth:`restore` makes pairs of it."""
+        keep = (self.w, self.y, self.prods, self.rinv)
+        return (self.pos, self.d_flat, *(t[rows].clone() for t in keep))
+
+    @classmethod
+    def restore(cls, state: tuple) -> CurvaturePairs:
+        """Pairs from a :meth:`snapshot`."""
+        out = cls.__new__(cls)
+        out.pos, out.d_flat, out.w, out.y, out.prods, out.rinv = state
+        out.size = out.y.shape[1]
+        out._views()
+        return out
+
+    def push(
+        self,
+        s_new: torch.Tensor,
+        y_new: torch.Tensor,
+        dy_new: torch.Tensor,
+        keep: torch.Tensor,
+        sy: torch.Tensor,
+    ) -> None:
+        """Store the pair ``(s_new, y_new)`` (B, P), with ``dy_new = D y_new``, for the
+        problems where ``keep`` (B,) holds, zeros for the others; ``sy`` is
+        ``s_new.y_new`` (B,). It replaces the oldest pair."""
+        j, m = self.pos, self.size
+        s_slot, dy_slot, y_slot, y_row, prod_col, ydy_row = self._slots[j]
+        k = keep.to(s_new.dtype).unsqueeze(1)
+        torch.mul(s_new, k, out=s_slot)
+        torch.mul(dy_new, k, out=dy_slot)
+        torch.mul(y_new, k, out=y_slot)
+        self.pos = (j + 1) % m
+        # Every stored pair against the new y: column j of S Y^T and of D Y Y^T. Row j of
+        # S Y^T (the new s against older y) lies below R's triangle and is not kept.
+        c = torch.bmm(y_row, self.w_t)  # (B, 1, 2m)
+        prod_col.copy_(c[:, 0])
+        ydy_row.copy_(prod_col[:, m:])
+        inv_rho = torch.where(keep, sy, self._one).reciprocal_()
+        # Slot j held the oldest pair: its row and column of R^-1 hold only the diagonal.
+        self.rinv.mul_(self._other_rows[j])
+        col = torch.bmm(c[:, :, :m], self.rinv_t)[:, 0]  # (R'^-1 c)^T, c = column j of S Y^T
+        self._rinv_cols[j].copy_(col.mul_(inv_rho.neg().unsqueeze(1)))
+        self._rinv_diag[j].copy_(inv_rho)
+
+    def product(self, grad: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """``H g`` per problem (Nocedal & Wright eq. 7.24) for ``grad`` (B, P).
+
+        With ``p = S g``, ``q = Y D g`` and ``a = R^-1 p``:
+        ``H g = gamma D g + S^T b - gamma (D Y)^T a``, where
+        ``b = R^-T ((diag(s.y) + gamma Y D Y^T) a - gamma q)``.
+        """
+        g3 = gamma.view(-1, 1, 1)
+        g_row = grad.unsqueeze(1)
+        p, q = torch.bmm(g_row, self.w_t).split(self.size, dim=2)  # (B, 1, m) each
+        a = torch.bmm(p, self.rinv_t)
+        t = torch.baddbmm(q, a, self.ydy, beta=-1).mul_(g3).addcmul_(a, self.diag)
+        coef = torch.cat([torch.bmm(t, self.rinv), a.mul_(g3.neg())], dim=2)
+        hg = (g3 * self.d_flat).mul_(g_row)
+        return torch.baddbmm(hg, coef, self.w).squeeze(1)
 
 
 def multinomial_lbfgs(
@@ -106,6 +225,9 @@ def multinomial_lbfgs(
     ftol: float = 1e-9,
     gamma0: torch.Tensor | None = None,
     initial: tuple[torch.Tensor, torch.Tensor] | None = None,
+    pairs: CurvaturePairs | None = None,
+    shift: torch.Tensor | None = None,
+    first_step: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, SolveInfo]:
     """Minimise every problem from ``z0`` (B, K, p); returns the solutions and a summary.
 
@@ -116,47 +238,91 @@ def multinomial_lbfgs(
     relative (float32 resolves little below 1e-7), or when the line search can
     no longer decrease it; stopped problems keep their iterate while the
     others go on. ``initial`` is ``fun(z0)`` when the caller has it already.
+
+    ``pairs`` carries the curvature history from the solve of a nearby
+    objective and is updated in place (else a fresh one of ``history`` pairs is
+    used); ``shift`` (p,) is the diagonal Hessian of the new objective minus the
+    old one's, per column (see :meth:`CurvaturePairs.retarget`). ``first_step``
+    (like ``z0``) is tried before the first L-BFGS step (a predicted move, such
+    as a solution path extrapolated): taken by each problem for which it points
+    downhill and passes the sufficient-decrease test, skipped by the others.
     """
     z = z0.clone()
     nb, k, p = z.shape
     dt = z.dtype
     d_flat = precond.to(dt)[None, :].expand(k, p).reshape(1, k * p)
+    if pairs is None:
+        pairs = CurvaturePairs(nb, k * p, history, z)
+    pairs.retarget(d_flat, None if shift is None else shift.to(dt).repeat(k)[None])
     loss, grad = fun(z) if initial is None else initial
-    done = grad.abs().amax(dim=(1, 2)) <= tol
-    hist = _History(nb, k * p, history, d_flat, z)
+    gmax = torch.linalg.vector_norm(grad, ord=float("inf"), dim=(1, 2))
+    done = gmax <= tol
     gamma = torch.ones(nb, dtype=dt, device=z.device) if gamma0 is None else gamma0.clone()
     n_iter = 0
+    if first_step is not None and not bool(done.all()):
+        n_iter = 1
+        step = first_step.masked_fill(done[:, None, None], 0.0)
+        slope = (grad * step).sum(dim=(1, 2), dtype=torch.float64)
+        new_z = z + step
+        new_loss, new_grad = fun(new_z)
+        ok = (slope < 0) & (new_loss <= loss + 1e-4 * slope)
+        m3 = ok[:, None, None]
+        new_z = torch.where(m3, new_z, z)
+        new_loss = torch.where(ok, new_loss, loss)
+        new_grad = torch.where(m3, new_grad, grad)
+        gamma = _learn(pairs, (z, grad), (new_z, new_grad), d_flat, gamma)
+        z, loss, grad = new_z, new_loss, new_grad
+        gmax = torch.linalg.vector_norm(grad, ord=float("inf"), dim=(1, 2))
+        done = done | (gmax <= tol)
+    active = (~done).to(dt).unsqueeze(1)
     while n_iter < max_iter and not bool(done.all()):
         n_iter += 1
         g_flat = grad.view(nb, k * p)
-        direction = hist.direction(g_flat, gamma)
-        slope = (g_flat * direction).sum(dim=1)
-        bad = ~(slope < 0)
-        if bool(bad.any()):  # round-off only: restart from preconditioned steepest descent
-            direction = torch.where(bad[:, None], -d_flat * g_flat, direction)
-            slope = (g_flat * direction).sum(dim=1)
-        direction = direction.masked_fill(done[:, None], 0.0).view(nb, k, p)
-        slope = slope.masked_fill(done, 0.0).double()
-        # Unit step first: L-BFGS scales its direction, so it is accepted almost always.
-        new_z = z + direction
+        hg = pairs.product(g_flat, gamma).mul_(active)
+        ghg = torch.linalg.vecdot(g_flat, hg)
+        new_z = z - hg.view(nb, k, p)
         new_loss, new_grad = fun(new_z)
-        accepted = new_loss <= loss + 1e-4 * slope
+        # Unit step first: L-BFGS scales its direction, so it is accepted almost always.
+        slope = ghg.double().neg_()
+        accepted = new_loss <= torch.add(loss, slope, alpha=1e-4)
         if not bool(accepted.all()):
-            new_z, new_loss, new_grad, accepted = _backtrack(
-                fun, (z, loss, grad), (new_z, new_loss, new_grad), slope, direction, accepted
-            )
-        s_new = (new_z - z).view(nb, k * p)
-        y_new = (new_grad - grad).view(nb, k * p)
-        sy = (s_new * y_new).sum(dim=1)
-        keep = sy > 1e-10 * (y_new * y_new).sum(dim=1)
-        hist.push(s_new, y_new, keep)
-        ydy = (y_new * d_flat * y_new).sum(dim=1)
-        gamma = torch.where(keep, sy / torch.where(keep, ydy, 1.0), gamma)
-        change = (loss - new_loss).abs() <= ftol * new_loss.abs().clamp_min(1.0)
+            # Round-off can leave H g no descent direction: those problems restart from
+            # preconditioned steepest descent before the step is shortened.
+            bad = ~(ghg > 0) & ~done
+            if bool(bad.any()):
+                hg = torch.where(bad[:, None], d_flat * g_flat, hg)
+                slope = torch.linalg.vecdot(g_flat, hg).double().neg_()
+                new_z = torch.where(bad[:, None, None], z - hg.view(nb, k, p), new_z)
+                new_loss, new_grad = fun(new_z)
+                accepted = new_loss <= torch.add(loss, slope, alpha=1e-4)
+            if not bool(accepted.all()):
+                new_z, new_loss, new_grad, _ = _backtrack(
+                    fun, (z, loss, grad), (new_z, new_loss, new_grad), slope, new_z - z, accepted
+                )
+        gamma = _learn(pairs, (z, grad), (new_z, new_grad), d_flat, gamma)
+        # A problem whose line search found no decrease kept its loss: it stops here too.
+        change = (loss - new_loss) <= ftol * new_loss.clamp_min(1.0)
         z, loss, grad = new_z, new_loss, new_grad
-        done = done | ~accepted | change | (grad.abs().amax(dim=(1, 2)) <= tol)
-    converged = grad.abs().amax(dim=(1, 2)) <= tol
-    return z, SolveInfo(n_iter=n_iter, converged=converged, gamma=gamma, loss=loss, grad=grad)
+        gmax = torch.linalg.vector_norm(grad, ord=float("inf"), dim=(1, 2))
+        done = done | change | (gmax <= tol)
+        active = (~done).to(dt).unsqueeze(1)
+    return z, SolveInfo(n_iter, gmax <= tol, gamma, loss, grad)
+
+
+def _learn(pairs: CurvaturePairs, old, new, d_flat: torch.Tensor, gamma: torch.Tensor):
+    """Push the curvature pair of the step from ``old`` to ``new`` (each ``(z, grad)``)
+    into ``pairs`` and return the updated inverse-Hessian scale: ``s.y / y.Dy`` where
+    the pair is kept, the previous scale where it is not (no step, or round-off:
+    ``s.y`` not above ``1e-10 y.Dy``)."""
+    nb = old[0].shape[0]
+    s_new = (new[0] - old[0]).view(nb, -1)
+    y_new = (new[1] - old[1]).view(nb, -1)
+    dy = y_new * d_flat
+    sy = torch.linalg.vecdot(s_new, y_new)
+    ydy = torch.linalg.vecdot(dy, y_new)
+    keep = sy > 1e-10 * ydy
+    pairs.push(s_new, y_new, dy, keep, sy)
+    return torch.where(keep, sy / ydy, gamma)
 
 
 def _backtrack(fun, current, unit, slope, direction, ok):

@@ -12,15 +12,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from probes._design import Design, prepare
-from probes._lbfgs import multinomial_lbfgs
+from probes._lbfgs import CurvaturePairs, multinomial_lbfgs
 
 __all__ = [
+    "Path",
+    "Warm",
     "cv_path",
     "fit_fixed",
     "geometric_middle",
@@ -87,7 +90,7 @@ def _objective(design: Design, labels: torch.Tensor, weights: torch.Tensor, lam:
     in float64, and its gradient. Classes sit before rows so the softmax
     reduces over a leading axis, which torch vectorises along the contiguous
     rows (about 20x faster than a softmax over a last axis of 10)."""
-    pen = design.pen
+    lam_pen = lam * design.pen
     nb = weights.shape[0]
     # Per row block, what every call reuses: its weights, label index and their negation.
     parts = []
@@ -98,18 +101,16 @@ def _objective(design: Design, labels: torch.Tensor, weights: torch.Tensor, lam:
     def fun(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k, p = z.shape[1], z.shape[2]
         flat = z.reshape(nb * k, p)
-        loss = None
-        zp = z * pen
-        grad = (lam * zp).view(nb * k, p)
+        grad3 = z * lam_pen
+        # lam/2 ||Z||^2 = 1/2 sum(z * lam z); in float64, like every sum over rows below.
+        loss = (grad3 * z).sum(dim=(1, 2), dtype=torch.float64).mul_(0.5)
+        grad = grad3.view(nb * k, p)
         for (a, b, f, f_t), (w, idx, neg_w) in zip(design.iter_blocks(), parts):
             logp = torch.log_softmax((flat @ f_t).view(nb, k, b - a), dim=1)
-            # Row sums in the working dtype (pairwise summation), the rest in
-            # float64: the mean cross-entropy must resolve changes near 1e-7.
-            part = -(w * logp.gather(1, idx)).sum(dim=(1, 2)).double()
-            loss = part if loss is None else loss + part
+            # The mean cross-entropy must resolve changes near 1e-7: summed in float64.
+            loss = loss.sub_((w * logp.gather(1, idx)).sum(dim=(1, 2), dtype=torch.float64))
             dlogits = torch.exp(logp).mul_(w).scatter_add_(1, idx, neg_w)
             grad = torch.addmm(grad, dlogits.view(nb * k, b - a), f)
-        loss = loss + (0.5 * lam) * (zp * z).sum(dim=(1, 2)).double()
         return loss, grad.view(nb, k, p)
 
     return fun
@@ -142,6 +143,34 @@ def _at_strength(design: Design, z: torch.Tensor, info, lam_from: float, lam_to:
     return info.loss + (0.5 * dl) * (zp * z).sum(dim=(1, 2)).double(), info.grad + dl * zp
 
 
+@dataclass
+class Warm:
+    """Where a solve of the full split stopped, to go on from there: its strength,
+    solution (1, K, r+1), objective and gradient there, curvature pairs (a
+    :meth:`CurvaturePairs.snapshot`) and inverse-Hessian scale."""
+
+    lam: float
+    z: torch.Tensor
+    loss: torch.Tensor
+    grad: torch.Tensor
+    pairs: tuple
+    gamma: torch.Tensor
+
+
+@dataclass
+class Path:
+    """What :func:`cv_path` found. ``scores``: mean validation accuracy over the folds
+    per visited strength (empty without folds); ``fulls``: the full-split solution
+    (K, r+1) per visited strength; ``iters``: L-BFGS iterations per strength;
+    ``warm``: the full split's :class:`Warm` at the best-scoring strength (the
+    last one without folds), from which a tighter solve there goes on."""
+
+    scores: list[float]
+    fulls: list[torch.Tensor]
+    iters: list[int]
+    warm: Warm | None
+
+
 def cv_path(
     design: Design,
     y_idx: np.ndarray,
@@ -153,19 +182,23 @@ def cv_path(
     max_iter: int,
     tol: float,
     ftol: float = 1e-9,
-    start: torch.Tensor | None = None,
-) -> tuple[list[float], list[torch.Tensor], list[int]]:
+    warm: Warm | None = None,
+) -> Path:
     """Walk ``grid`` (strong to weak) solving the ``k`` folds and the full split
-    as one batch, each strength warm-started from the previous one, or from the
-    path extrapolated through the previous two where that start is lower (it
-    took 40% fewer iterations on resnet18 features near the weak end).
+    as one batch, each strength warm-started from the previous one's solution,
+    objective, inverse-Hessian scale and curvature pairs. The pairs move to the
+    new strength exactly: the penalty is quadratic, so every pair's ``y`` moves
+    by the change in strength times ``s``. The first step tried is the solution
+    path extrapolated linearly in log(l2) through the last two solutions,
+    where it lowers the objective. On resnet18 features (five layers, N=800)
+    a probe of every layer took 201 objective evaluations this way, against
+    235 warm-starting the solution alone and evaluating the extrapolation.
 
-    Returns the mean validation accuracy over folds per visited strength
-    (empty when ``k == 0``), the full-split solution (K, r+1) per visited
-    strength, and the iterations each took. The walk stops ``_PATIENCE``
-    strengths after the best CV accuracy so far, or at once when that is
-    perfect (no weaker strength can then be chosen: ties go to the stronger).
-    ``start`` (k+1, K, r+1) replaces the all-zero starting point.
+    Returns a :class:`Path`. The walk stops ``_PATIENCE`` strengths after the
+    best CV accuracy so far, or at once when that is perfect (no weaker
+    strength can then be chosen: ties go to the stronger). ``warm`` (a
+    :class:`Path`'s, for ``k == 0``) replaces the all-zero start, with its
+    objective, curvature pairs and scale, moved to ``grid[0]``.
     """
     dev, dt = design.device, design.dtype
     weights = _row_weights(fold, k, design.n, dev, dt)
@@ -174,57 +207,71 @@ def cv_path(
         val = torch.as_tensor(fold[None, :] == np.arange(k)[:, None], device=dev)
         n_val = val.sum(dim=1).double()
     z = torch.zeros(k + 1, n_classes, design.width, dtype=dt, device=dev)
-    if start is not None:
-        z = start.to(dt).reshape(z.shape).clone()
     scores: list[float] = []
     fulls: list[torch.Tensor] = []
     iters: list[int] = []
-    gamma = None
+    if warm is None:
+        pairs, gamma = CurvaturePairs(k + 1, n_classes * design.width, _HISTORY, z), None
+        info, lam_before = None, None
+    else:
+        if k:
+            raise ValueError("cv_path: a warm start serves the full split alone (k == 0)")
+        z = warm.z.to(dt).clone()
+        pairs, gamma = CurvaturePairs.restore(warm.pairs), warm.gamma
+        info, lam_before = warm, warm.lam
+    best_warm = None
     before: tuple[float, torch.Tensor] | None = None  # the strength before z's, its solution
-    info = None
     for i, lam in enumerate(grid):
         fun = _objective(design, labels, weights, lam)
-        z_start, initial = z, None
+        initial, step, shift = None, None, None
         if info is not None:
             # The objective at the warm start z differs from the one the last solve ended
             # with only in its penalty: no pass over the rows.
-            initial = _at_strength(design, z, info, grid[i - 1], lam)
+            initial = _at_strength(design, z, info, lam_before, lam)
+            shift = None if lam == lam_before else (lam - lam_before) * design.pen
         if before is not None:
             # The solution path extrapolated linearly in log(l2) from the last two
-            # solutions; each problem keeps the plain warm start where that is lower.
+            # solutions: the solver's first step, where it points downhill.
             step = math.log(lam / grid[i - 1]) / math.log(grid[i - 1] / before[0])
-            guess = z + step * (z - before[1])
-            (f_guess, g_guess), (f_warm, g_warm) = fun(guess), initial
-            lower = f_guess < f_warm
-            z_start = torch.where(lower[:, None, None], guess, z)
-            # Both starts are evaluated already: the solver need not evaluate its own again.
-            initial = (
-                torch.where(lower, f_guess, f_warm),
-                torch.where(lower[:, None, None], g_guess, g_warm),
-            )
+            step = step * (z - before[1])
         if i:
             before = (grid[i - 1], z)  # z: the solution at grid[i - 1]
         z, info = _solve(
             design,
             fun,
             lam,
-            z_start,
+            z,
             max_iter=max_iter,
             tol=tol,
             ftol=ftol,
             gamma0=gamma,
             initial=initial,
+            pairs=pairs,
+            shift=shift,
+            first_step=step,
         )
-        gamma = info.gamma
+        gamma, lam_before = info.gamma, lam
         fulls.append(z[k])
         iters.append(info.n_iter)
-        if k:
-            scores.append(float((_fold_hits(design, z, labels, val).double() / n_val).mean()))
-            if scores[-1] == 1.0:
-                break
-            if len(scores) > _PATIENCE and max(scores[-_PATIENCE:]) < max(scores):
-                break
-    return scores, fulls, iters
+        if not k:
+            best_warm = _warm(lam, z, info, pairs, k)
+            continue
+        scores.append(float((_fold_hits(design, z, labels, val).double() / n_val).mean()))
+        if scores[-1] > max(scores[:-1], default=-1.0):
+            best_warm = _warm(lam, z, info, pairs, k)
+        if scores[-1] == 1.0:
+            break
+        if len(scores) > _PATIENCE and max(scores[-_PATIENCE:]) < max(scores):
+            break
+    return Path(scores, fulls, iters, best_warm)
+
+
+def _warm(lam: float, z: torch.Tensor, info, pairs: CurvaturePairs, k: int) -> Warm:
+    """The full split's (problem ``k``'s) :class:`Warm` after the solve at ``lam``."""
+    rows = slice(k, k + 1)
+    return Warm(
+        lam, z[rows], info.loss[rows], info.grad[rows], pairs.snapshot(rows), info.gamma[rows]
+    )
 
 
 def solve_weighted(
@@ -275,10 +322,10 @@ def fit_fixed(
     n_classes = int(y.max()) + 1
     with limit_threads(x.shape[0] * min(x.shape) * n_classes, device):
         design = prepare(x, device, dtype, stream=False)
-        _, fulls, _ = cv_path(
+        path = cv_path(
             design, y, n_classes, None, 0, [float(l2)], max_iter=max_iter, tol=tol, ftol=0.0
         )
-    z = fulls[0].double().cpu().numpy()  # (K, r+1)
+    z = path.fulls[0].double().cpu().numpy()  # (K, r+1)
     basis = np.eye(x.shape[1]) if design.basis is None else design.basis
     return basis @ z[:, :-1].T, z[:, -1].copy()
 

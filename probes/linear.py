@@ -19,13 +19,15 @@ binary logistic regression with ``C = 2 / (l2 * n)``.
 How it is fast (see :mod:`probes._probe_fit` and :mod:`probes._lbfgs`): all CV
 folds and the full training split are solved together as one batched
 full-batch L-BFGS problem (one feature product per step for all of them),
-walking the grid from strong to weak with warm starts (the path extrapolated
-through the last two solutions where that starts lower) and stopping two
+walking the grid from strong to weak with warm starts (the previous solution
+and its curvature pairs, moved exactly to the new strength, then a first step
+along the path extrapolated through the last two solutions) and stopping two
 strengths past the best CV accuracy; the features are rotated into their
 principal basis where that pays (an orthogonal change of variables: same
 objective, same penalty; for ``d > 2n`` an exact reduction to the row space),
 and ``1 / (c * variance + l2)`` preconditions L-BFGS. Strengths are ranked at
-a gradient tolerance of 1e-3; the chosen one is then polished to 1e-4.
+a gradient tolerance of 1e-3; the chosen one is then polished to 1e-4, going on
+from where the path's solve of the full split stopped.
 """
 
 from __future__ import annotations
@@ -321,19 +323,20 @@ def linear_probe(
         design = prepare(xtr, dev, torch.float32, stream=stream)
         if k:
             fold = stratified_folds(y_idx, k, seed)
-            scores, fulls, _ = cv_path(
+            path = cv_path(
                 design, y_idx, n_classes, fold, k, grid, max_iter=max_iter, tol=_PATH_TOL
             )
-            best = int(np.argmax(scores))  # first maximum: the strongest of ties
-            lam, cv_acc = grid[best], scores[best]
-            start = fulls[best]
+            best = int(np.argmax(path.scores))  # first maximum: the strongest of ties
+            lam, cv_acc, warm = grid[best], path.scores[best], path.warm
         else:
             lam = grid[0] if len(grid) == 1 else geometric_middle(grid)
-            cv_acc, start = None, None
-        _, fulls, _ = cv_path(
-            design, y_idx, n_classes, None, 0, [lam], max_iter=max_iter, tol=_TOL, start=start
+            cv_acc, warm = None, None
+        # The chosen strength polished to the reported tolerance, going on from where
+        # the path's full-split solve stopped there.
+        final = cv_path(
+            design, y_idx, n_classes, None, 0, [lam], max_iter=max_iter, tol=_TOL, warm=warm
         )
-        pred = predict(design, xte, fulls[0])
+        pred = predict(design, xte, final.fulls[0])
     pos = np.clip(np.searchsorted(classes, yte), 0, n_classes - 1)
     yte_idx = np.where(classes[pos] == yte, pos, -1)  # unseen labels never match
     n_test = len(yte)
