@@ -41,6 +41,9 @@ _CURV = 0.05
 # L-BFGS needs the most iterations, is rarely the best.
 _PATIENCE = 2
 _HISTORY = 8  # L-BFGS curvature pairs kept
+# Largest problems x rows x classes for which an objective keeps its last
+# log-probabilities (4 MiB in float32).
+_KEEP_LAST = 1 << 20
 # Below this many multiply-adds per feature product, extra threads cost more in
 # synchronisation than they save (and on a busy CPU far more).
 _WORK_PER_THREAD = 5e7
@@ -92,6 +95,10 @@ def _objective(design: Design, labels: torch.Tensor, weights: torch.Tensor, lam:
     rows (about 20x faster than a softmax over a last axis of 10)."""
     lam_pen = lam * design.pen
     nb = weights.shape[0]
+    # The last evaluation's log-probabilities, per block, are kept while they are small
+    # and the design is held in memory anyway (a streamed one is streamed to hold
+    # little): the fold accuracies at a solve's end need the same products.
+    keep_last = design.blocks is not None and nb * design.n * (int(labels.max()) + 1) <= _KEEP_LAST
     # Per row block, what every call reuses: its weights, label index and their negation.
     parts = []
     for a, b in design.bounds:
@@ -105,21 +112,35 @@ def _objective(design: Design, labels: torch.Tensor, weights: torch.Tensor, lam:
         # lam/2 ||Z||^2 = 1/2 sum(z * lam z); in float64, like every sum over rows below.
         loss = (grad3 * z).sum(dim=(1, 2), dtype=torch.float64).mul_(0.5)
         grad = grad3.view(nb * k, p)
+        blocks = []
         for (a, b, f, f_t), (w, idx, neg_w) in zip(design.iter_blocks(), parts):
             logp = torch.log_softmax((flat @ f_t).view(nb, k, b - a), dim=1)
+            if keep_last:
+                blocks.append(logp)
             # The mean cross-entropy must resolve changes near 1e-7: summed in float64.
             loss = loss.sub_((w * logp.gather(1, idx)).sum(dim=(1, 2), dtype=torch.float64))
             dlogits = torch.exp(logp).mul_(w).scatter_add_(1, idx, neg_w)
             grad = torch.addmm(grad, dlogits.view(nb * k, b - a), f)
+        fun.last = (z, blocks) if keep_last else None
         return loss, grad.view(nb, k, p)
 
+    fun.last = None
     return fun
 
 
-def _fold_hits(design: Design, z: torch.Tensor, labels: torch.Tensor, val: torch.Tensor):
-    """Correct validation predictions per fold (k,) at the fold solutions ``z[:k]``."""
+def _fold_hits(design: Design, z: torch.Tensor, labels: torch.Tensor, val: torch.Tensor, fun):
+    """Correct validation predictions per fold (k,) at the fold solutions ``z[:k]``.
+
+    Where ``fun`` (an :func:`_objective`) was last evaluated at this very ``z``, its
+    log-probabilities serve (their argmax is the logits' argmax): no product again.
+    """
     hits = None
-    for a, b, logits in design.block_logits(z[: val.shape[0]]):
+    k = val.shape[0]
+    if fun.last is not None and fun.last[0] is z:
+        blocks = ((a, b, lp[:k]) for (a, b), lp in zip(design.bounds, fun.last[1]))
+    else:
+        blocks = design.block_logits(z[:k])
+    for a, b, logits in blocks:
         # max(dim=1).indices: argmax over the class axis (first of ties),
         # about 20x faster than argmax(dim=1) on this layout.
         hit = (logits.max(dim=1).indices == labels[None, a:b]) & val[:, a:b]
@@ -256,7 +277,8 @@ def cv_path(
         if not k:
             best_warm = _warm(lam, z, info, pairs, k)
             continue
-        scores.append(float((_fold_hits(design, z, labels, val).double() / n_val).mean()))
+        hits = _fold_hits(design, z, labels, val, fun)
+        scores.append(float((hits.double() / n_val).mean()))
         if scores[-1] > max(scores[:-1], default=-1.0):
             best_warm = _warm(lam, z, info, pairs, k)
         if scores[-1] == 1.0:
