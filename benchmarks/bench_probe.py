@@ -178,7 +178,8 @@ def row_capture(name, model, x, y, repeats):
             for layer, f in feats.features.items()
         }
 
-    t_probe, results = best_time(probe_all, repeats)
+    # As many timed tries as the capture got (repeats at each of two thread counts).
+    t_probe, results = best_time(probe_all, 2 * repeats)
     dims = ",".join(str(f.shape[1]) for f in feats.features.values())
     accs = ",".join(f"{r.accuracy:.2f}" for r in results.values())
     ratio = t_probe / t_cap
