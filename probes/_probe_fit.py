@@ -157,11 +157,16 @@ def _solve(design: Design, fun, lam: float, z: torch.Tensor, **kwargs):
 
 
 def _at_strength(design: Design, z: torch.Tensor, info, lam_from: float, lam_to: float):
-    """``(loss, grad)`` of :func:`_objective` at ``lam_to`` and ``z``, from ``info``'s at
-    ``lam_from`` (the solve that ended at ``z``): the data term is the same."""
-    zp = z * design.pen
-    dl = lam_to - lam_from
-    return info.loss + (0.5 * dl) * (zp * z).sum(dim=(1, 2)).double(), info.grad + dl * zp
+    """What a solve at ``lam_to`` from ``z`` reuses of ``info``, the solve at ``lam_from``
+    that ended at ``z``: ``(loss, grad)`` there (the data term is the same), and the
+    change of the objective's diagonal Hessian, ``(lam_to - lam_from) * pen``, which
+    moves its curvature pairs (``None`` at the same strength)."""
+    if lam_to == lam_from:
+        return (info.loss, info.grad), None
+    shift = (lam_to - lam_from) * design.pen
+    dz = z * shift
+    loss = info.loss + 0.5 * (dz * z).sum(dim=(1, 2), dtype=torch.float64)
+    return (loss, info.grad + dz), shift
 
 
 @dataclass
@@ -183,8 +188,9 @@ class Path:
     """What :func:`cv_path` found. ``scores``: mean validation accuracy over the folds
     per visited strength (empty without folds); ``fulls``: the full-split solution
     (K, r+1) per visited strength; ``iters``: L-BFGS iterations per strength;
-    ``warm``: the full split's :class:`Warm` at the best-scoring strength (the
-    last one without folds), from which a tighter solve there goes on."""
+    ``warm``: the full split's :class:`Warm` at the best-scoring strength, from
+    which a tighter solve there goes on (``None`` without folds: nothing chose a
+    strength)."""
 
     scores: list[float]
     fulls: list[torch.Tensor]
@@ -248,8 +254,7 @@ def cv_path(
         if info is not None:
             # The objective at the warm start z differs from the one the last solve ended
             # with only in its penalty: no pass over the rows.
-            initial = _at_strength(design, z, info, lam_before, lam)
-            shift = None if lam == lam_before else (lam - lam_before) * design.pen
+            initial, shift = _at_strength(design, z, info, lam_before, lam)
         if before is not None:
             # The solution path extrapolated linearly in log(l2) from the last two
             # solutions: the solver's first step, where it points downhill.
@@ -275,7 +280,6 @@ def cv_path(
         fulls.append(z[k])
         iters.append(info.n_iter)
         if not k:
-            best_warm = _warm(lam, z, info, pairs, k)
             continue
         hits = _fold_hits(design, z, labels, val, fun)
         scores.append(float((hits.double() / n_val).mean()))
