@@ -24,6 +24,9 @@ __all__ = [
     "cpu_state",
 ]
 
+# Rows of cached features per call of the head in its per-epoch validation pass.
+_EVAL_ROWS = 1024
+
 
 def cpu_state(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
     """A detached CPU copy of ``module``'s state dict, keys prefixed by ``prefix``."""
@@ -57,6 +60,9 @@ class HeadStages:
         fitter = self.head_fitter(stage, epochs, len(y_tr), phase)
         gen = torch.Generator().manual_seed(cfg.seed)
         fwd = lambda b: (head(b[0]), b[1])  # noqa: E731
+        # The head alone on (N, D) features: its eval pass takes many rows a call (one or a
+        # few calls per epoch instead of one per training batch).
+        eval_rows = max(cfg.batch_size, _EVAL_ROWS)
         base = self.steps_done
         for e in range(1, epochs + 1):
             res = fitter.run_epoch(iterate_batches((feats[0], y_tr), cfg.batch_size, gen), fwd, e)
@@ -67,7 +73,7 @@ class HeadStages:
                 )
                 break
             head.eval()
-            val = evaluate(fwd, iterate_batches((feats[1], y_va), cfg.batch_size, None))
+            val = evaluate(fwd, iterate_batches((feats[1], y_va), eval_rows, None))
             if not on_epoch(e, res, val, fitter.lr_head):
                 break
         self.steps_done = base + fitter.step

