@@ -11,7 +11,8 @@ Model outputs:    :func:`logits_of`
 Devices:          :func:`is_out_of_memory`, :func:`free_device_memory`
 Memory format:    :class:`PassLayout`, :class:`FormatChoice`, :class:`SwappedWeights`,
                   :func:`memory_format_applied`, :func:`in_format`, :func:`outputs_agree`,
-                  :func:`forget_memory_formats`, :data:`MEMORY_FORMATS`
+                  :func:`forget_memory_formats`, :func:`time_memory_formats`,
+                  :data:`MEMORY_FORMATS`
 Linear probes:    :func:`linear_probe`, :class:`ProbeResult`, :func:`wilson_interval`,
                   :data:`DEFAULT_L2_GRID`
 Similarity:       :func:`cka`, :class:`MinibatchCKA`, :func:`gram_linear`,
@@ -25,15 +26,13 @@ Transferability:  :func:`logme`, :func:`leep`, :func:`nce`, :func:`h_score`
 from probes._capture_data import UnreadableExample, skipping_batches
 from probes._forward import free_device_memory, is_out_of_memory, logits_of
 from probes._layers import resolve_layers
+from probes._layout import FormatChoice, SwappedWeights, in_format, memory_format_applied
 from probes._memory_format import (
     MEMORY_FORMATS,
-    FormatChoice,
     PassLayout,
-    SwappedWeights,
     forget_memory_formats,
-    in_format,
-    memory_format_applied,
     outputs_agree,
+    time_memory_formats,
 )
 from probes.capture import CapturedFeatures, capture, discover_layers, parse_size
 from probes.gap import (
@@ -89,5 +88,6 @@ __all__ = [
     "proxy_a_distance",
     "resolve_layers",
     "skipping_batches",
+    "time_memory_formats",
     "wilson_interval",
 ]

@@ -16,35 +16,35 @@ decided, so every pass of one model in one process runs the same batches in
 the same layout and repeated runs give identical numbers. The layouts differ
 only by float rounding, as convolution algorithms do between machines.
 
-:class:`SwappedWeights` swaps the model's 4-D floating parameters and buffers
-for channels-last copies and always puts the original tensors back, so the
-caller's model is unchanged afterwards.
+:func:`time_memory_formats` times the same four-step sequence on one batch
+for a short pass a caller repeats (a forgetting tracker's). Applying a layout
+(:class:`probes._layout.SwappedWeights`) keeps the caller's model unchanged.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from itertools import chain
-from typing import Any
 
 import torch
 from torch import nn
 
 from probes._forward import logits_of
+from probes._layout import (
+    CHANNELS_LAST_TRIAL,
+    FormatChoice,
+    SwappedWeights,
+    four_d_tensors,
+    in_format,
+    memory_format_applied,
+)
 from probes._validation import check_choice
 
 __all__ = [
     "MEMORY_FORMATS",
-    "FormatChoice",
     "PassLayout",
-    "SwappedWeights",
     "forget_memory_formats",
-    "in_format",
-    "memory_format_applied",
     "outputs_agree",
+    "time_memory_formats",
 ]
 
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
@@ -64,95 +64,6 @@ _MIN_BATCHES = 6
 _SEQUENCE = ("contiguous", "channels_last", "channels_last", "contiguous")
 
 _decisions: dict[tuple, FormatChoice] = {}
-
-
-@dataclass(frozen=True)
-class FormatChoice:
-    """The memory format of a model's inference passes, and why.
-
-    Attributes:
-        memory_format: ``"contiguous"`` (NCHW, PyTorch's default) or ``"channels_last"``.
-        reason: one line: requested, measured (with the times) or why no trial ran.
-        speedup: the trial's NCHW time over its channels-last time; None without a trial.
-    """
-
-    memory_format: str
-    reason: str
-    speedup: float | None = None
-
-    @property
-    def channels_last(self) -> bool:
-        """True when inputs and 4-D weights run channels-last."""
-        return self.memory_format == "channels_last"
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (``memory_format``, ``reason``, ``speedup``)."""
-        speedup = None if self.speedup is None else round(float(self.speedup), 3)
-        return {"memory_format": self.memory_format, "reason": self.reason, "speedup": speedup}
-
-
-_CHANNELS_LAST = FormatChoice("channels_last", "trial")
-
-
-def _four_d(model: nn.Module) -> list[torch.Tensor]:
-    return [
-        t
-        for t in chain(model.parameters(), model.buffers())
-        if t.ndim == 4 and t.is_floating_point()
-    ]
-
-
-class SwappedWeights:
-    """``model``'s 4-D floating weights as channels-last copies from :meth:`apply` until
-    :meth:`restore` (both idempotent).
-
-    The parameter objects stay the same (their ``.data`` is swapped), so hooks,
-    optimisers and tied weights still see them; :meth:`restore` puts the very
-    original tensors back.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self._saved: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    @property
-    def applied(self) -> bool:
-        """True between :meth:`apply` of a channels-last choice and :meth:`restore`."""
-        return self._saved is not None
-
-    def apply(self, choice: FormatChoice | None) -> None:
-        """Swap the weights in, for a channels-last ``choice`` (nothing otherwise, or twice)."""
-        if self._saved is not None or choice is None or not choice.channels_last:
-            return
-        self._saved = [(t, t.data) for t in _four_d(self.model)]
-        for t, data in self._saved:
-            t.data = data.contiguous(memory_format=torch.channels_last)
-
-    def restore(self) -> None:
-        """Put the original tensors back (nothing when none were swapped)."""
-        for t, data in self._saved or []:
-            t.data = data
-        self._saved = None
-
-
-@contextmanager
-def memory_format_applied(model: nn.Module, choice: FormatChoice | None) -> Iterator[None]:
-    """Within the block, ``model``'s 4-D floating weights are channels-last when ``choice`` says so
-    (:class:`SwappedWeights`); the original tensors are back on exit, also when the block
-    raises. Nothing happens for None or a contiguous choice."""
-    weights = SwappedWeights(model)
-    try:
-        weights.apply(choice)
-        yield
-    finally:
-        weights.restore()
-
-
-def in_format(x: torch.Tensor, choice: FormatChoice | None) -> torch.Tensor:
-    """``x`` in the layout of ``choice``: a channels-last copy of a 4-D tensor, else ``x`` itself."""
-    if choice is not None and choice.channels_last and x.ndim == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
 
 
 def forget_memory_formats() -> None:
@@ -203,8 +114,8 @@ def _check(model: nn.Module, x: torch.Tensor) -> tuple[FormatChoice | None, bool
         # with other inputs may run.
         return FormatChoice("contiguous", f"the model's forward raised {type(exc).__name__}"), False
     try:
-        with memory_format_applied(model, _CHANNELS_LAST):
-            out = logits_of(model(in_format(small, _CHANNELS_LAST)))
+        with memory_format_applied(model, CHANNELS_LAST_TRIAL):
+            out = logits_of(model(in_format(small, CHANNELS_LAST_TRIAL)))
     except Exception as exc:  # e.g. .view() on a channels-last activation
         why = f"a channels-last forward raised {type(exc).__name__}; kept NCHW"
         return FormatChoice("contiguous", why), True
@@ -212,6 +123,70 @@ def _check(model: nn.Module, x: torch.Tensor) -> tuple[FormatChoice | None, bool
         why = "channels-last outputs differed from NCHW ones; kept NCHW"
         return FormatChoice("contiguous", why), True
     return None, False
+
+
+def _cannot_apply(model: nn.Module, x: torch.Tensor) -> FormatChoice | None:
+    """Why channels-last cannot apply to ``model`` on ``x`` (NCHW, with the reason), or None."""
+    if x.ndim != 4 or not x.is_floating_point():
+        return FormatChoice("contiguous", "inputs are not 4-D floating images")
+    if any(nn.parameter.is_lazy(p) for p in model.parameters()):
+        return FormatChoice("contiguous", "the model has uninitialised (lazy) parameters")
+    if not four_d_tensors(model):
+        return FormatChoice("contiguous", "the model has no 4-D weights (no 2-D convolutions)")
+    return None
+
+
+def _faster(times: dict[str, list[float]], batch: int) -> FormatChoice:
+    """The layout of the best per-example times (best of each list), with the 5% margin."""
+    nchw, cl = min(times["contiguous"]), min(times["channels_last"])
+    timing = (
+        f"a batch of {batch} took {1000 * batch * nchw:.0f} ms in NCHW and "
+        f"{1000 * batch * cl:.0f} ms channels-last (best of {len(times['contiguous'])} each)"
+    )
+    speedup = nchw / max(cl, 1e-12)
+    if cl < _MARGIN * nchw:
+        return FormatChoice("channels_last", f"measured: {timing}", speedup)
+    return FormatChoice("contiguous", f"measured: {timing}; kept NCHW", speedup)
+
+
+def time_memory_formats(model: nn.Module, x: torch.Tensor) -> FormatChoice:
+    """The faster layout for ``model`` on the batch ``x``, measured now (not kept).
+
+    For a short pass one caller repeats on one batch (a tracker's source images,
+    each epoch), which :class:`PassLayout` runs NCHW as too short for a trial.
+    Two examples must agree both ways; then ``x`` runs NCHW, channels-last twice,
+    NCHW, and the best of each decides (channels-last must gain 5%). Eval mode,
+    no gradients, the caller's autocast; flags and weights are restored.
+
+    Returns:
+        The choice and its reason; ``speedup`` is None where no timing ran (not
+        4-D floating inputs, no 4-D weights, lazy parameters, or a channels-last
+        forward that fails or disagrees).
+    """
+    refused = _cannot_apply(model, x)
+    if refused is not None:
+        return refused
+    flags = [(m, m.training) for m in model.modules()]
+    times: dict[str, list[float]] = {"contiguous": [], "channels_last": []}
+    try:
+        model.eval()
+        with torch.no_grad():
+            failed, _ = _check(model, x)
+            if failed is not None:
+                return failed
+            for layout in _SEQUENCE:
+                choice = CHANNELS_LAST_TRIAL if layout == "channels_last" else None
+                with memory_format_applied(model, choice):
+                    xb = in_format(x, choice)
+                    _sync(x.device)
+                    t0 = time.perf_counter()
+                    model(xb)
+                    _sync(x.device)
+                    times[layout].append((time.perf_counter() - t0) / max(int(x.shape[0]), 1))
+    finally:
+        for module, flag in flags:
+            module.training = flag
+    return _faster(times, int(x.shape[0]))
 
 
 class PassLayout:
@@ -275,14 +250,8 @@ class PassLayout:
             self._fixed = FormatChoice("contiguous", "inputs are not 4-D floating images")
         elif asked == "channels_last":
             self._fixed = FormatChoice("channels_last", "requested")
-        elif any(nn.parameter.is_lazy(p) for p in model.parameters()):
-            self._fixed = FormatChoice(
-                "contiguous", "the model has uninitialised (lazy) parameters"
-            )
-        elif not _four_d(model):
-            self._fixed = FormatChoice(
-                "contiguous", "the model has no 4-D weights (no 2-D convolutions)"
-            )
+        elif _cannot_apply(model, x) is not None:
+            self._fixed = _cannot_apply(model, x)
         elif self.n_batches is None:
             self._fixed = FormatChoice("contiguous", "the pass's length is unknown (no len())")
         elif self.n_batches < _MIN_BATCHES:
@@ -317,8 +286,8 @@ class PassLayout:
             self._batch = int(x.shape[0])
         layout = self.layout(self._i)
         if layout == "channels_last":
-            self.weights.apply(_CHANNELS_LAST)
-            x = in_format(x, _CHANNELS_LAST)
+            self.weights.apply(CHANNELS_LAST_TRIAL)
+            x = in_format(x, CHANNELS_LAST_TRIAL)
         else:
             self.weights.restore()
         if self._trial:
@@ -338,17 +307,7 @@ class PassLayout:
         self._i += 1
 
     def _decide(self) -> None:
-        nchw, cl = min(self._times["contiguous"]), min(self._times["channels_last"])
-        b = self._batch
-        timing = (
-            f"a batch of {b} took {1000 * b * nchw:.0f} ms in NCHW and "
-            f"{1000 * b * cl:.0f} ms channels-last (best of two each)"
-        )
-        speedup = nchw / max(cl, 1e-12)
-        if cl < _MARGIN * nchw:
-            choice = FormatChoice("channels_last", f"measured: {timing}", speedup)
-        else:
-            choice = FormatChoice("contiguous", f"measured: {timing}; kept NCHW", speedup)
+        choice = _faster(self._times, self._batch)
         self._decided = choice
         _decisions[self._key] = choice
 

@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from diagnose.core import autocast_context, memory_format
+import diagnose.core as core
+from diagnose.core import autocast_context
+from probes import MEMORY_FORMATS, FormatChoice, time_memory_formats
 from probes.capture import capture
 from probes.similarity import cka
 
@@ -82,6 +84,12 @@ class ForgettingMeter:
             the cost of every :meth:`measure` is one forward pass over them.
         token_pool: how a block's token sequence (N, T, D) is pooled: ``"mean"``
             or ``"cls"`` (see :func:`probes.capture`).
+        memory_format: the layout of every measuring pass: ``"auto"`` times
+            NCHW and channels-last on the first batch of source images once,
+            here (:func:`probes.time_memory_formats`: four extra batch
+            forwards), and keeps the faster; ``"contiguous"`` or
+            ``"channels_last"`` as requested. The choice and its reason are
+            :attr:`layout`. A pass on another device than the one timed runs NCHW.
     """
 
     def __init__(
@@ -96,6 +104,7 @@ class ForgettingMeter:
         batch_size: int = 128,
         max_samples: int | None = None,
         token_pool: str = "mean",
+        memory_format: str = "auto",
     ):
         modules = dict(pretrained.named_modules())
         if head not in modules or head == "":
@@ -129,6 +138,11 @@ class ForgettingMeter:
                 f"The 'token_pool' parameter of ForgettingMeter must be 'mean' or 'cls'. "
                 f"Got {token_pool!r}."
             )
+        if memory_format not in MEMORY_FORMATS:
+            raise ValueError(
+                f"The 'memory_format' parameter of ForgettingMeter must be one of "
+                f"{', '.join(map(repr, MEMORY_FORMATS))}. Got {memory_format!r}."
+            )
         self.token_pool = token_pool
         self.head = head
         self.blocks = list(blocks)
@@ -145,8 +159,10 @@ class ForgettingMeter:
         if params and params[0].device != self.device:
             # Never move the caller's model; the copy gets the layout the trained copies have.
             reference = copy.deepcopy(pretrained).to(
-                self.device, memory_format=memory_format(self.device)
+                self.device, memory_format=core.memory_format(self.device)
             )
+        self.layout = self._time_layout(reference, memory_format)
+        self._layout_device = self.device
         self.reference_features, preds = self._pass(reference)
         if preds is None or not all(np.isfinite(f).all() for f in self.reference_features.values()):
             raise ValueError("The pretrained model gives non-finite features on 'source_x'.")
@@ -157,6 +173,17 @@ class ForgettingMeter:
     def n(self) -> int:
         """Number of source images each measurement uses."""
         return int(self.source_x.shape[0])
+
+    def _time_layout(self, reference: nn.Module, requested: str) -> FormatChoice:
+        """The layout of every pass: requested, or timed on the first batch of source images."""
+        if requested != "auto":
+            return FormatChoice(requested, "requested")
+        floats = [p for p in reference.parameters() if p.is_floating_point()]
+        x = self.source_x[: self.batch_size].to(self.device)
+        if floats and x.is_floating_point():
+            x = x.to(floats[0].dtype)
+        with autocast_context(self.device):
+            return time_memory_formats(reference, x)
 
     def _pass(self, model: nn.Module) -> tuple[dict[str, np.ndarray], torch.Tensor]:
         """One forward pass: pooled block outputs and original-head predictions."""
@@ -170,6 +197,8 @@ class ForgettingMeter:
             finite.append(torch.isfinite(z).all())
             preds.append(self._head(z).argmax(dim=1).to("cpu"))
 
+        timed_here = self.device == self._layout_device
+        layout = self.layout.memory_format if timed_here else "contiguous"
         handle = model.get_submodule(self.head).register_forward_pre_hook(pre_hook)
         try:
             with autocast_context(self.device):
@@ -180,6 +209,7 @@ class ForgettingMeter:
                     batch_size=self.batch_size,
                     progress=False,
                     token_pool=self.token_pool,
+                    memory_format=layout,
                 )
         finally:
             handle.remove()

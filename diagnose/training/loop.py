@@ -222,6 +222,7 @@ class Fitter:
             momentum=float(momentum),
             fused=fused_sgd_supported(trained) or None,
         )
+        self._params = [p for group in self.opt.param_groups for p in group["params"]]
         self.phases = [
             Phase(phase_prefix if len(stages) == 1 else f"{phase_prefix}{i}")
             for i in range(len(stages))
@@ -350,7 +351,8 @@ class Fitter:
                         if p.grad is not None:
                             p.grad.add_(p.detach() - w0, alpha=alpha)
             self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+            for p in self._params:  # opt.zero_grad(set_to_none=True) without its ~20 us a call
+                p.grad = None
             n = int(out["y"].shape[0])
             if on_host:
                 loss_sum += out["value"] * n  # float64 sums, as on the device

@@ -18,6 +18,7 @@ from probes import (
     in_format,
     memory_format_applied,
     outputs_agree,
+    time_memory_formats,
 )
 
 CL = torch.channels_last
@@ -247,3 +248,37 @@ def test_a_layout_dependent_forward_never_runs_channels_last(monkeypatch, net, r
                   memory_format="contiguous", progress=False)  # fmt: skip
     np.testing.assert_array_equal(feats.output, ref.output)  # every batch ran NCHW
     assert net.conv.weight.is_contiguous()
+
+
+# ------------------------------------------------------------------ one batch, timed on demand
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_time_memory_formats_times_both_layouts_and_leaves_the_model(monkeypatch, channels_last):
+    _decide(monkeypatch, channels_last)
+    net, x = _resnet(), torch.rand(6, 3, 32, 32)
+    net.train()
+    ptr = net.conv1.weight.data_ptr()
+    choice = time_memory_formats(net, x)
+    assert choice.memory_format == ("channels_last" if channels_last else "contiguous")
+    assert choice.reason.startswith("measured: a batch of 6 took")
+    assert "(best of 2 each)" in choice.reason and choice.speedup > 0
+    assert net.training and all(m.training for m in net.modules())  # flags restored
+    assert net.conv1.weight.data_ptr() == ptr and net.conv1.weight.is_contiguous()
+    assert not mf._decisions  # measured for the caller, not kept for the process
+
+
+@pytest.mark.parametrize(
+    ("net", "x", "reason"),
+    [
+        (ViewNet(), torch.rand(4, 3, 8, 8), "raised RuntimeError"),
+        (StridedNet(), torch.rand(4, 3, 8, 8), "outputs differed"),
+        (nn.Linear(3, 2), torch.rand(4, 3), "not 4-D floating images"),
+        (nn.Sequential(nn.Flatten(), nn.Linear(48, 2)), torch.rand(4, 3, 4, 4), "no 4-D weights"),
+    ],
+)
+def test_time_memory_formats_refuses_what_cannot_run_channels_last(monkeypatch, net, x, reason):
+    _decide(monkeypatch, channels_last=True)
+    choice = time_memory_formats(net.eval(), x)
+    assert choice.memory_format == "contiguous" and choice.speedup is None
+    assert reason in choice.reason

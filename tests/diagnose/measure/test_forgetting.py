@@ -10,6 +10,7 @@ import torch
 from tiny_models import Tiny, single_thread
 from torch import nn
 
+import probes._memory_format as mf
 from diagnose.measure.forgetting import ForgettingMeter, weight_drift
 from diagnose.models.groups import parameter_groups
 
@@ -125,6 +126,31 @@ def test_max_samples_and_validation(setup):
         _tracker(model, x, y[:5])
     with pytest.raises(ValueError, match=r"head 'fc' is not a module of Tiny"):
         ForgettingMeter(model, head="fc", blocks=BLOCKS, source_x=x, source_y=None, device="cpu")
+
+
+def test_every_pass_runs_in_the_layout_chosen_once(setup, monkeypatch):
+    model, x, y = setup
+    # x has one channel; the inputs of block2 on are channels-last feature maps.
+    monkeypatch.setattr(mf, "_MARGIN", 1e12)  # any measured times choose channels-last
+    auto = _tracker(model, x, y)
+    assert auto.layout.memory_format == "channels_last"
+    assert auto.layout.reason.startswith("measured: a batch of 16 took")
+    nchw = _tracker(model, x, y, memory_format="contiguous")
+    assert nchw.layout.reason == "requested"
+    perturbed = _with_new_head(model)
+    with torch.no_grad():
+        perturbed.block2[0].weight.add_(0.3 * torch.randn_like(perturbed.block2[0].weight))
+    a, b = auto.measure(perturbed), nchw.measure(perturbed)
+    # Another convolution algorithm sums in another order: float32 rounding, ~1e-6 of
+    # a CKA near 1; 1e-4 is far above it and far below the perturbation's effect.
+    for k in BLOCKS:
+        assert a["cka"][k] == pytest.approx(b["cka"][k], abs=1e-4)
+    assert a["cka"]["block3"] < 0.999
+    # The reference ran in the same layout: the unchanged model is exactly unchanged.
+    assert auto.measure(_with_new_head(model))["agreement"] == 1.0
+    assert all(v == pytest.approx(1.0, abs=1e-9) for v in auto.measure(model)["cka"].values())
+    with pytest.raises(ValueError, match=r"'memory_format' parameter of ForgettingMeter"):
+        _tracker(model, x, y, memory_format="nhwc")
 
 
 def test_weight_drift_known_values(setup):
