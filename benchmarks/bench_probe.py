@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -167,19 +168,74 @@ def chosen_cv_gap(x, y, chosen: float, folds: int = 3) -> float:
     return (max(exact) - exact[grid.index(chosen)]) * len(y_idx)
 
 
-def row_capture(name, model, x, y, repeats):
-    torch.manual_seed(0)
-    t_cap, feats = capture_time(model, x, repeats)
-    cut = int(0.8 * len(y))
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
 
-    def probe_all():
+
+_PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def _probe_profile(fn) -> str:
+    """Where the probes' time goes: the matrix products' share of the CPU time, and the
+    aten calls (nested ones included) per objective evaluation (one log_softmax each)."""
+    with torch.profiler.profile() as prof:
+        fn()
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in events)
+    products = sum(e.self_cpu_time_total for e in events if e.key in _PRODUCTS)
+    evals = sum(e.count for e in events if e.key == "aten::_log_softmax")
+    calls = sum(e.count for e in events)
+    return (
+        f"matrix products {100 * products / max(total, 1):.0f}% of the aten CPU time; "
+        f"{evals} objective evaluations, {calls / max(evals, 1):.0f} aten calls each "
+        f"at {total / max(calls, 1):.1f} us on average (the floor of a dispatch-bound solve)"
+    )
+
+
+def row_capture(name, model, x, y, repeats):
+    """Probing every captured layer against the capture pass, timed in interleaved rounds.
+
+    Each round runs the capture at torch's default thread count and at one
+    thread (as :func:`capture_time`), then the probes twice: as many tries on
+    each side, and a slow spell of this VM lands on both sides instead of one
+    (a full run once timed the probes 1.6x slower than its own other runs).
+    Each side keeps its best time; the note gives the per-round ratios."""
+    torch.manual_seed(0)
+    cut = int(0.8 * len(y))
+    before = torch.get_num_threads()
+
+    def capture_once():
+        return capture(model, x, progress=False)
+
+    def probe_all(feats):
         return {
             layer: linear_probe(f[:cut], y[:cut], f[cut:], y[cut:])
             for layer, f in feats.features.items()
         }
 
-    # As many timed tries as the capture got (repeats at each of two thread counts).
-    t_probe, results = best_time(probe_all, 2 * repeats)
+    def capture_at(threads):
+        torch.set_num_threads(threads)
+        try:
+            return _timed(capture_once)
+        finally:
+            torch.set_num_threads(before)
+
+    feats = capture_at(before)[1]  # the probes' features; the layout trial of each
+    capture_at(1)  # thread setting runs in its first call, as capture_time's do
+    caps, probes_t, rounds = [], [], []
+    for _ in range(repeats):
+        round_caps = [capture_at(threads)[0] for threads in (before, 1)]
+        round_probes = []
+        for _ in range(2):
+            t, results = _timed(lambda: probe_all(feats))
+            round_probes.append(t)
+        caps += round_caps
+        probes_t += round_probes
+        rounds.append(min(round_probes) / min(round_caps))
+    t_cap, t_probe = min(caps), min(probes_t)
+    floor = _probe_profile(lambda: probe_all(feats))
     dims = ",".join(str(f.shape[1]) for f in feats.features.values())
     accs = ",".join(f"{r.accuracy:.2f}" for r in results.values())
     ratio = t_probe / t_cap
@@ -195,7 +251,10 @@ def row_capture(name, model, x, y, repeats):
         + ", ".join(f"{layer} {g:.0f}" for layer, g in gaps.items())
         + " validation rows below the exact path's best. The capture ran "
         + f"{layout.get('memory_format')} after its four-batch layout trial ({layout.get('reason')}); "
-        + f"an NCHW capture takes {t_nchw:.2f} s, and probing is {t_probe / t_nchw:.3f} of it",
+        + f"an NCHW capture takes {t_nchw:.2f} s, and probing is {t_probe / t_nchw:.3f} of it. "
+        + f"Per-round ratios ({repeats} interleaved rounds): "
+        + ", ".join(f"{r:.3f}" for r in rounds)
+        + f". Profile (torch.profiler, one more run): {floor}",
         "row": f"probe all layers vs capture: {name}, N={len(y)}",
         "ours": f"{t_probe:.2f} s ({len(results)} layers, D={dims}; acc {accs})",
         "peer": f"capture {t_cap:.2f} s (best of default/1 thread)",
