@@ -181,6 +181,9 @@ def test_report_with_hostile_names_is_inert_in_chromium(chromium, tmp_path, demo
         str(_image_folder(tmp_path / "data")),
         max_samples=18,
         n_permutations=10,
+        # No trial race: it shows strategy names, never user text, and on 18 images its
+        # 28 candidates train ~2,400 one-step epochs (25 of this test's 35 s).
+        trial_budget=0,
         device="cpu",
         out=tmp_path / "out",
         progress=False,

