@@ -48,6 +48,10 @@ class FormatChoice:
         """True when inputs and 4-D weights run channels-last."""
         return self.memory_format == "channels_last"
 
+    def describe(self) -> str:
+        """One line for a report: the layout and, in brackets, why."""
+        return f"{self.memory_format} ({self.reason})"
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``memory_format``, ``reason``, ``speedup``)."""
         speedup = None if self.speedup is None else round(float(self.speedup), 3)

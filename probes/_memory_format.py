@@ -150,13 +150,15 @@ def _faster(times: dict[str, list[float]], batch: int) -> FormatChoice:
 
 
 def time_memory_formats(model: nn.Module, x: torch.Tensor) -> FormatChoice:
-    """The faster layout for ``model`` on the batch ``x``, measured now (not kept).
+    """The faster layout for ``model`` on the batch ``x``, measured once per process.
 
     For a short pass one caller repeats on one batch (a tracker's source images,
     each epoch), which :class:`PassLayout` runs NCHW as too short for a trial.
     Two examples must agree both ways; then ``x`` runs NCHW, channels-last twice,
     NCHW, and the best of each decides (channels-last must gain 5%). Eval mode,
-    no gradients, the caller's autocast; flags and weights are restored.
+    no gradients, the caller's autocast; flags and weights are restored. The
+    decision is kept as :class:`PassLayout`'s are (same key, plus the batch
+    size), so every caller in one process runs one layout and repeats its numbers.
 
     Returns:
         The choice and its reason; ``speedup`` is None where no timing ran (not
@@ -166,13 +168,18 @@ def time_memory_formats(model: nn.Module, x: torch.Tensor) -> FormatChoice:
     refused = _cannot_apply(model, x)
     if refused is not None:
         return refused
+    key = ("one batch", int(x.shape[0]), *_key(model, x))
+    if key in _decisions:
+        return _decisions[key]
     flags = [(m, m.training) for m in model.modules()]
     times: dict[str, list[float]] = {"contiguous": [], "channels_last": []}
     try:
         model.eval()
         with torch.no_grad():
-            failed, _ = _check(model, x)
+            failed, keep = _check(model, x)
             if failed is not None:
+                if keep:
+                    _decisions[key] = failed
                 return failed
             for layout in _SEQUENCE:
                 choice = CHANNELS_LAST_TRIAL if layout == "channels_last" else None
@@ -186,7 +193,8 @@ def time_memory_formats(model: nn.Module, x: torch.Tensor) -> FormatChoice:
     finally:
         for module, flag in flags:
             module.training = flag
-    return _faster(times, int(x.shape[0]))
+    _decisions[key] = _faster(times, int(x.shape[0]))
+    return _decisions[key]
 
 
 class PassLayout:

@@ -89,7 +89,9 @@ class ForgettingMeter:
             here (:func:`probes.time_memory_formats`: four extra batch
             forwards), and keeps the faster; ``"contiguous"`` or
             ``"channels_last"`` as requested. The choice and its reason are
-            :attr:`layout`. A pass on another device than the one timed runs NCHW.
+            :attr:`layout` (kept for the process: every meter of one model and
+            batch runs one layout). A model on another kind of device than the
+            one timed (a GPU, for a meter built on the CPU) runs NCHW.
     """
 
     def __init__(
@@ -197,7 +199,11 @@ class ForgettingMeter:
             finite.append(torch.isfinite(z).all())
             preds.append(self._head(z).argmax(dim=1).to("cpu"))
 
-        timed_here = self.device == self._layout_device
+        # The timing holds for the kind of device it ran on (a CPU-built tracker measuring a
+        # model moved to a GPU, or a copy sent to a GPU worker, runs NCHW there).
+        first = next(model.parameters(), None)
+        here = first.device if first is not None else self.device
+        timed_here = here.type == self._layout_device.type
         layout = self.layout.memory_format if timed_here else "contiguous"
         handle = model.get_submodule(self.head).register_forward_pre_hook(pre_hook)
         try:

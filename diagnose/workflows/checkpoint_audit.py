@@ -329,6 +329,7 @@ def audit(
     }
     head_module = ft.get_submodule(loaded.head)
     env = environment(str(dev), seed)
+    env["forgetting_layout"] = tracker.layout.describe()
     record = Audit(
         schema=SCHEMA_VERSION,
         kind="audit",

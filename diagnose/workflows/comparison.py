@@ -344,6 +344,8 @@ def compare(
         env = environment(str(dev), seed)
         env["wall_s"] = time.perf_counter() - t_start
         env["partial"] = partial
+        if tracker is not None:  # the layout of the forgetting passes, and why
+            env["forgetting_layout"] = tracker.layout.describe()
         results["environment"] = env
         if out_dir is not None:
             write_outputs(results, out_dir)

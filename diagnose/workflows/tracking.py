@@ -303,6 +303,7 @@ class ForgettingTracker:
             "environment": {
                 **environment(str(self.meter.device), self.seed),
                 "wall_s": time.perf_counter() - self._started,
+                "forgetting_layout": self.meter.layout.describe(),
             },
         }
         return jsonable(results, results["warnings"])

@@ -265,7 +265,13 @@ def test_time_memory_formats_times_both_layouts_and_leaves_the_model(monkeypatch
     assert "(best of 2 each)" in choice.reason and choice.speedup > 0
     assert net.training and all(m.training for m in net.modules())  # flags restored
     assert net.conv1.weight.data_ptr() == ptr and net.conv1.weight.is_contiguous()
-    assert not mf._decisions  # measured for the caller, not kept for the process
+    # Kept for the process: a second call reads it, even where timing would now decide
+    # otherwise; forgetting the decisions times again.
+    _decide(monkeypatch, not channels_last)
+    assert time_memory_formats(net, x) is choice
+    assert time_memory_formats(net, torch.rand(5, 3, 32, 32)) is not choice  # another batch
+    forget_memory_formats()
+    assert time_memory_formats(net, x).channels_last is not channels_last
 
 
 @pytest.mark.parametrize(

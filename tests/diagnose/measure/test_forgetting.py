@@ -128,15 +128,50 @@ def test_max_samples_and_validation(setup):
         ForgettingMeter(model, head="fc", blocks=BLOCKS, source_x=x, source_y=None, device="cpu")
 
 
+def _block3_layouts(model):
+    """A hook recording, per forward, whether block3's input (8 channels) is channels-last.
+
+    The images have one channel, which is both layouts at once, and so is block1's
+    output (its conv weights have one input channel); block2's conv sets the layout."""
+    seen = []
+
+    def hook(module, args):
+        seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+
+    return seen, model.block3.register_forward_pre_hook(hook)
+
+
 def test_every_pass_runs_in_the_layout_chosen_once(setup, monkeypatch):
     model, x, y = setup
-    # x has one channel; the inputs of block2 on are channels-last feature maps.
+    mf.forget_memory_formats()
     monkeypatch.setattr(mf, "_MARGIN", 1e12)  # any measured times choose channels-last
     auto = _tracker(model, x, y)
     assert auto.layout.memory_format == "channels_last"
     assert auto.layout.reason.startswith("measured: a batch of 16 took")
     nchw = _tracker(model, x, y, memory_format="contiguous")
     assert nchw.layout.reason == "requested"
+    # Kept for the process: a second meter runs the same layout whatever timing says now.
+    monkeypatch.setattr(mf, "_MARGIN", 0.0)
+    assert _tracker(model, x, y).layout is auto.layout
+    # block3's input shows the layout each pass ran.
+    probe = _with_new_head(model)
+    seen, handle = _block3_layouts(probe)
+    try:
+        auto.measure(probe)
+        assert seen and all(seen)
+        seen.clear()
+        nchw.measure(probe)
+        assert seen and not any(seen)
+        # Timed on the CPU: a model on another kind of device runs NCHW (a copy of the
+        # meter marked as timed elsewhere stands in for a GPU-built one here).
+        elsewhere = copy.copy(auto)
+        elsewhere._layout_device = torch.device("meta")
+        seen.clear()
+        elsewhere.measure(probe)
+        assert seen and not any(seen)
+    finally:
+        handle.remove()
+    mf.forget_memory_formats()
     perturbed = _with_new_head(model)
     with torch.no_grad():
         perturbed.block2[0].weight.add_(0.3 * torch.randn_like(perturbed.block2[0].weight))

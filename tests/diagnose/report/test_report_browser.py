@@ -181,8 +181,8 @@ def test_report_with_hostile_names_is_inert_in_chromium(chromium, tmp_path, demo
         str(_image_folder(tmp_path / "data")),
         max_samples=18,
         n_permutations=10,
-        # No trial race: it shows strategy names, never user text, and on 18 images its
-        # 28 candidates train ~2,400 one-step epochs (25 of this test's 35 s).
+        # No trial race here (on 18 images its 28 candidates train ~2,400 one-step epochs,
+        # 25 of this test's 35 s); the re-render below adds a race table with hostile text.
         trial_budget=0,
         device="cpu",
         out=tmp_path / "out",
@@ -198,6 +198,19 @@ def test_report_with_hostile_names_is_inert_in_chromium(chromium, tmp_path, demo
     results["target"]["description"] = "<a href='https://example.com/x'>link</a>"
     results["warnings"] = [f"warning {SCRIPT}", "<iframe src='//example.com'></iframe>"]
     results["model"]["name"] = "<link rel=stylesheet href=https://example.com/s.css>"
+    # The race table's free text: a failed candidate's reason quotes its error message.
+    rung = {"rung": 0, "epochs": 5, "val_accuracy": 0.5, "flops": 1e9, "wall_s": 0.1}
+    failed = {"key": "a", "strategy": "partial", "depth": 1, "head_lr": 0.01, "lr_edge": False,
+              "placed_by": "strategy", "rungs": [rung], "flops": 1e9, "wall_s": 0.1,
+              "status": "failed", "reason": f"RuntimeError: {SCRIPT}"}  # fmt: skip
+    pick = {**failed, "key": "b", "strategy": "feature_extraction", "status": "ok", "reason": ""}
+    results["recommendation"]["measured"] = True
+    results["recommendation"]["trials"] = {
+        "candidates": [failed, pick], "rung_epochs": [5], "eta": 3, "flops_spent": 2e9,
+        "full_flops_estimate": 1e10, "budget": 0.2, "wall_s": 0.2, "pick": "b", "winner": "b",
+        "chosen_by": "the winner", "within_noise": False, "tie_tolerance": 0.005,
+        "leaders": ["b"], "protocol": {"kind": "k-fold", "folds": 2, "repeats": 1, "n_held_out": 9},
+    }  # fmt: skip
     page = tmp_path / "slash.html"
     page.write_text(render_html(results), encoding="utf-8")
     dom, console, requests = _load(chromium, page, tmp_path)
@@ -208,3 +221,4 @@ def test_report_with_hostile_names_is_inert_in_chromium(chromium, tmp_path, demo
         requests,
         [SCRIPT, IMG, "<a href='https://example.com/x'>link</a>", "<iframe src='//example.com'>"],
     )
+    assert f"RuntimeError: {SCRIPT}" in "".join(dom.text)  # the race table was rendered
