@@ -45,26 +45,19 @@ def _drop_last(n: int, batch_size: int) -> bool:
     return n > 1 and n % batch_size == 1
 
 
-def _torch_version() -> tuple[int, int]:
-    major, minor = torch.__version__.split(".")[:2]
-    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
-
-
 def fused_sgd_supported(params: list[torch.Tensor], root: nn.Module | None = None) -> bool:
     """Whether the Fitter runs ``torch.optim.SGD(fused=True)`` on ``params`` (of ``root``).
 
-    The fused kernel applies the same update (weight decay, momentum) in one
-    pass instead of several tensor ops per parameter: about 75 against 115 us
-    a step for a 128-to-10 linear head on one CPU thread, where a
-    cached-feature head's step costs about 0.4 ms in all. Only where that was
-    measured and is safe: torch 2.4 or later (its CPU kernel), every parameter
-    a floating-point CPU tensor laid out densely (the kernel walks the memory
-    flat: a strided view would be updated wrongly), and no sparse-gradient
-    embedding in ``root`` (the kernel refuses sparse gradients). On CUDA the
-    default kernel stays: fused SGD with momentum is not faster there for many
-    small tensors, and this project has not measured it.
+    The fused kernel does the update in one pass (75 against 115 us a step for a
+    128-to-10 linear head on one CPU thread). Only where measured and safe: torch
+    >= 2.4 (its CPU kernel), dense floating-point CPU parameters (the kernel walks
+    memory flat: a strided view would update wrongly), no sparse-gradient embedding
+    in ``root``. CUDA keeps the default kernel (not measured faster there).
     """
-    if _torch_version() < (2, 4) or not params:
+    major, minor = (
+        int("".join(c for c in v if c.isdigit()) or 0) for v in torch.__version__.split(".")[:2]
+    )
+    if (major, minor) < (2, 4) or not params:
         return False
     dense = all(
         p.device.type == "cpu"
