@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["best_time"]
+__all__ = ["best_time", "timed"]
+
+
+def timed(fn):
+    """``(wall seconds, result)`` of one call of ``fn``."""
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
 
 
 def best_time(fn, repeats, warmup=False):
@@ -16,7 +23,6 @@ def best_time(fn, repeats, warmup=False):
         fn()
     times, out = [], None
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
+        t, out = timed(fn)
+        times.append(t)
     return min(times), out

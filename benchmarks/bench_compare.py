@@ -48,7 +48,7 @@ from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _timing import best_time  # noqa: E402
+from _timing import best_time, timed  # noqa: E402
 
 import diagnose.training.strategy_run as strategy_run  # noqa: E402
 from diagnose.data import load_domain  # noqa: E402
@@ -241,14 +241,11 @@ def row_tracker(model, data, epochs, repeats, counts):
     _run("full_low_lr", model, data, cfg)  # warm-up
     plain, tracked = [], [[] for _ in trackers]
     for _ in range(repeats + 2):
-        t0 = time.perf_counter()
-        _run("full_low_lr", model, data, cfg)
-        plain.append(time.perf_counter() - t0)
+        plain.append(timed(lambda: _run("full_low_lr", model, data, cfg))[0])
         for i, tracker in enumerate(trackers):
-            timed = _TimedMeter(tracker)
-            t0 = time.perf_counter()
-            _run("full_low_lr", model, data, cfg, timed)
-            tracked[i].append((time.perf_counter() - t0, timed.seconds))
+            meter = _TimedMeter(tracker)
+            total, _ = timed(lambda meter=meter: _run("full_low_lr", model, data, cfg, meter))
+            tracked[i].append((total, meter.seconds))
     t_plain = min(plain)
     rows = []
     for n, tracker, runs in zip(sizes, trackers, tracked):

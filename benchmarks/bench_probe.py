@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -36,7 +35,7 @@ from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _timing import best_time  # noqa: E402
+from _timing import best_time, timed  # noqa: E402
 
 from probes.capture import capture  # noqa: E402
 from probes.linear import DEFAULT_L2_GRID, linear_probe  # noqa: E402
@@ -128,24 +127,26 @@ def _demo_like_cnn():
     )
 
 
+def capture_at(model, x, threads, memory_format="auto"):
+    """``(seconds, features)`` of one capture at ``threads`` torch threads (then restored)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return timed(lambda: capture(model, x, progress=False, memory_format=memory_format))
+    finally:
+        torch.set_num_threads(before)
+
+
 def capture_time(model, x, repeats, memory_format="auto"):
     """Best capture time over torch's default thread count and one thread: the
     floor at its fastest (on a busy machine threads waiting on each other can
     make the default 10x slower; on an idle one it is the faster). With "auto",
     the layout trial runs in the first call of each setting; the best time is
     a pass that reuses its decision, the fastest capture a process runs."""
-    before = torch.get_num_threads()
-
-    def run():
-        return capture(model, x, progress=False, memory_format=memory_format)
-
-    t_default, feats = best_time(run, repeats)
-    torch.set_num_threads(1)
-    try:
-        t_single, _ = best_time(run, repeats)
-    finally:
-        torch.set_num_threads(before)
-    return min(t_default, t_single), feats
+    default = torch.get_num_threads()
+    t_default, feats = best_time(lambda: capture_at(model, x, default, memory_format), repeats)
+    t_single, _ = best_time(lambda: capture_at(model, x, 1, memory_format), repeats)
+    return min(t_default, t_single), feats[1]
 
 
 def chosen_cv_gap(x, y, chosen: float, folds: int = 3) -> float:
@@ -166,12 +167,6 @@ def chosen_cv_gap(x, y, chosen: float, folds: int = 3) -> float:
         for lam in grid
     ]
     return (max(exact) - exact[grid.index(chosen)]) * len(y_idx)
-
-
-def _timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
 
 
 _PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
@@ -204,10 +199,7 @@ def row_capture(name, model, x, y, repeats):
     Each side keeps its best time; the note gives the per-round ratios."""
     torch.manual_seed(0)
     cut = int(0.8 * len(y))
-    before = torch.get_num_threads()
-
-    def capture_once():
-        return capture(model, x, progress=False)
+    default = torch.get_num_threads()
 
     def probe_all(feats):
         return {
@@ -215,21 +207,14 @@ def row_capture(name, model, x, y, repeats):
             for layer, f in feats.features.items()
         }
 
-    def capture_at(threads):
-        torch.set_num_threads(threads)
-        try:
-            return _timed(capture_once)
-        finally:
-            torch.set_num_threads(before)
-
-    feats = capture_at(before)[1]  # the probes' features; the layout trial of each
-    capture_at(1)  # thread setting runs in its first call, as capture_time's do
+    feats = capture_at(model, x, default)[1]  # the probes' features; the layout trial of
+    capture_at(model, x, 1)  # each thread setting runs in its first call, as capture_time's
     caps, probes_t, rounds = [], [], []
     for _ in range(repeats):
-        round_caps = [capture_at(threads)[0] for threads in (before, 1)]
+        round_caps = [capture_at(model, x, threads)[0] for threads in (default, 1)]
         round_probes = []
         for _ in range(2):
-            t, results = _timed(lambda: probe_all(feats))
+            t, results = timed(lambda: probe_all(feats))
             round_probes.append(t)
         caps += round_caps
         probes_t += round_probes

@@ -125,76 +125,42 @@ def _check(model: nn.Module, x: torch.Tensor) -> tuple[FormatChoice | None, bool
     return None, False
 
 
-def _cannot_apply(model: nn.Module, x: torch.Tensor) -> FormatChoice | None:
-    """Why channels-last cannot apply to ``model`` on ``x`` (NCHW, with the reason), or None."""
-    if x.ndim != 4 or not x.is_floating_point():
-        return FormatChoice("contiguous", "inputs are not 4-D floating images")
-    if any(nn.parameter.is_lazy(p) for p in model.parameters()):
-        return FormatChoice("contiguous", "the model has uninitialised (lazy) parameters")
-    if not four_d_tensors(model):
-        return FormatChoice("contiguous", "the model has no 4-D weights (no 2-D convolutions)")
-    return None
-
-
-def _faster(times: dict[str, list[float]], batch: int) -> FormatChoice:
-    """The layout of the best per-example times (best of each list), with the 5% margin."""
-    nchw, cl = min(times["contiguous"]), min(times["channels_last"])
-    timing = (
-        f"a batch of {batch} took {1000 * batch * nchw:.0f} ms in NCHW and "
-        f"{1000 * batch * cl:.0f} ms channels-last (best of {len(times['contiguous'])} each)"
-    )
-    speedup = nchw / max(cl, 1e-12)
-    if cl < _MARGIN * nchw:
-        return FormatChoice("channels_last", f"measured: {timing}", speedup)
-    return FormatChoice("contiguous", f"measured: {timing}; kept NCHW", speedup)
-
-
 def time_memory_formats(model: nn.Module, x: torch.Tensor) -> FormatChoice:
-    """The faster layout for ``model`` on the batch ``x``, measured once per process.
+    """The layout :class:`PassLayout` keeps for ``model`` on inputs shaped like ``x``,
+    measured on the batch ``x`` where none is kept yet.
 
     For a short pass one caller repeats on one batch (a tracker's source images,
-    each epoch), which :class:`PassLayout` runs NCHW as too short for a trial.
-    Two examples must agree both ways; then ``x`` runs NCHW, channels-last twice,
-    NCHW, and the best of each decides (channels-last must gain 5%). Eval mode,
-    no gradients, the caller's autocast; flags and weights are restored. The
-    decision is kept as :class:`PassLayout`'s are (same key, plus the batch
-    size), so every caller in one process runs one layout and repeats its numbers.
+    each epoch), which :class:`PassLayout` runs NCHW as too short for its in-pass
+    trial: here ``x`` is run through that trial's sequence (two examples both
+    ways, then NCHW, channels-last twice, NCHW; channels-last must gain 5%). The
+    decision is the one kept for the process, shared with every capture of the
+    same architecture and input shape, so they all run one layout. Eval mode, no
+    gradients, the caller's autocast; flags and weights are restored.
 
     Returns:
         The choice and its reason; ``speedup`` is None where no timing ran (not
         4-D floating inputs, no 4-D weights, lazy parameters, or a channels-last
         forward that fails or disagrees).
     """
-    refused = _cannot_apply(model, x)
-    if refused is not None:
-        return refused
-    key = ("one batch", int(x.shape[0]), *_key(model, x))
-    if key in _decisions:
-        return _decisions[key]
+    # A pass just long enough for a trial, whose batches are all ``x``: its first four are
+    # the trial, and it stops there, or at its first batch where the layout is settled
+    # already (kept for the process, or refused: then no forward runs).
+    layout = PassLayout(model, "auto", n_batches=_MIN_BATCHES)
     flags = [(m, m.training) for m in model.modules()]
-    times: dict[str, list[float]] = {"contiguous": [], "channels_last": []}
     try:
         model.eval()
         with torch.no_grad():
-            failed, keep = _check(model, x)
-            if failed is not None:
-                if keep:
-                    _decisions[key] = failed
-                return failed
-            for layout in _SEQUENCE:
-                choice = CHANNELS_LAST_TRIAL if layout == "channels_last" else None
-                with memory_format_applied(model, choice):
-                    xb = in_format(x, choice)
-                    _sync(x.device)
-                    t0 = time.perf_counter()
-                    model(xb)
-                    _sync(x.device)
-                    times[layout].append((time.perf_counter() - t0) / max(int(x.shape[0]), 1))
+            for _ in _SEQUENCE:
+                xb = layout.start(x)
+                if layout.decided:
+                    break
+                model(xb)
+                layout.done(int(x.shape[0]))
     finally:
+        layout.close()
         for module, flag in flags:
             module.training = flag
-    _decisions[key] = _faster(times, int(x.shape[0]))
-    return _decisions[key]
+    return layout.choice
 
 
 class PassLayout:
@@ -242,6 +208,11 @@ class PassLayout:
         self._device = torch.device("cpu")
 
     @property
+    def decided(self) -> bool:
+        """True once the pass's layout is settled: fixed at its first batch, or measured."""
+        return self._fixed is not None or self._decided is not None
+
+    @property
     def choice(self) -> FormatChoice:
         """The layout of the pass after its first four batches, and why."""
         if self._fixed is not None:
@@ -258,8 +229,14 @@ class PassLayout:
             self._fixed = FormatChoice("contiguous", "inputs are not 4-D floating images")
         elif asked == "channels_last":
             self._fixed = FormatChoice("channels_last", "requested")
-        elif _cannot_apply(model, x) is not None:
-            self._fixed = _cannot_apply(model, x)
+        elif any(nn.parameter.is_lazy(p) for p in model.parameters()):
+            self._fixed = FormatChoice(
+                "contiguous", "the model has uninitialised (lazy) parameters"
+            )
+        elif not four_d_tensors(model):
+            self._fixed = FormatChoice(
+                "contiguous", "the model has no 4-D weights (no 2-D convolutions)"
+            )
         elif self.n_batches is None:
             self._fixed = FormatChoice("contiguous", "the pass's length is unknown (no len())")
         elif self.n_batches < _MIN_BATCHES:
@@ -315,7 +292,17 @@ class PassLayout:
         self._i += 1
 
     def _decide(self) -> None:
-        choice = _faster(self._times, self._batch)
+        nchw, cl = min(self._times["contiguous"]), min(self._times["channels_last"])
+        b = self._batch
+        timing = (
+            f"a batch of {b} took {1000 * b * nchw:.0f} ms in NCHW and "
+            f"{1000 * b * cl:.0f} ms channels-last (best of two each)"
+        )
+        speedup = nchw / max(cl, 1e-12)
+        if cl < _MARGIN * nchw:
+            choice = FormatChoice("channels_last", f"measured: {timing}", speedup)
+        else:
+            choice = FormatChoice("contiguous", f"measured: {timing}; kept NCHW", speedup)
         self._decided = choice
         _decisions[self._key] = choice
 

@@ -220,7 +220,8 @@ class Fitter:
         ends[-1] = self.total
         self.ends = ends
         ever = [g for g in groups if any(g in s.trainable for s in stages)]
-        trained = [p for g in ever for p in groups[g]]
+        # What the optimiser updates (its grads are set to None after each step).
+        self._params = trained = [p for g in ever for p in groups[g]]
         # The keyword only where it is True: torch before 2.4 has no fused CPU kernel.
         fused = {"fused": True} if fused_sgd_supported(trained, root) else {}
         self.opt = torch.optim.SGD(
@@ -238,7 +239,6 @@ class Fitter:
             momentum=float(momentum),
             **fused,
         )
-        self._params = [p for group in self.opt.param_groups for p in group["params"]]
         self.phases = [
             Phase(phase_prefix if len(stages) == 1 else f"{phase_prefix}{i}")
             for i in range(len(stages))

@@ -262,14 +262,18 @@ def test_time_memory_formats_times_both_layouts_and_leaves_the_model(monkeypatch
     choice = time_memory_formats(net, x)
     assert choice.memory_format == ("channels_last" if channels_last else "contiguous")
     assert choice.reason.startswith("measured: a batch of 6 took")
-    assert "(best of 2 each)" in choice.reason and choice.speedup > 0
+    assert "(best of two each)" in choice.reason and choice.speedup > 0
     assert net.training and all(m.training for m in net.modules())  # flags restored
     assert net.conv1.weight.data_ptr() == ptr and net.conv1.weight.is_contiguous()
-    # Kept for the process: a second call reads it, even where timing would now decide
+    # Kept for the process with PassLayout's decisions (architecture and input shape): a
+    # second call and a capture of the model read it, even where timing would now decide
     # otherwise; forgetting the decisions times again.
     _decide(monkeypatch, not channels_last)
     assert time_memory_formats(net, x) is choice
-    assert time_memory_formats(net, torch.rand(5, 3, 32, 32)) is not choice  # another batch
+    assert time_memory_formats(net, torch.rand(5, 3, 32, 32)) is choice  # another batch size
+    feats = capture(net.eval(), torch.rand(24, 3, 32, 32), batch_size=4, progress=False)
+    assert feats.memory_format == choice.to_dict()
+    net.train()
     forget_memory_formats()
     assert time_memory_formats(net, x).channels_last is not channels_last
 
