@@ -41,6 +41,7 @@ _CURV = 0.05
 # L-BFGS needs the most iterations, is rarely the best.
 _PATIENCE = 2
 _HISTORY = 8  # L-BFGS curvature pairs kept
+_LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x log2 e)
 # Largest problems x rows x classes for which an objective keeps its last
 # log-probabilities (4 MiB in float32).
 _KEEP_LAST = 1 << 20
@@ -119,7 +120,9 @@ def _objective(design: Design, labels: torch.Tensor, weights: torch.Tensor, lam:
                 blocks.append(logp)
             # The mean cross-entropy must resolve changes near 1e-7: summed in float64.
             loss = loss.sub_((w * logp.gather(1, idx)).sum(dim=(1, 2), dtype=torch.float64))
-            dlogits = torch.exp(logp).mul_(w).scatter_add_(1, idx, neg_w)
+            # exp as exp2: torch's CPU exp of float32 runs 3-4x slower (22 against 6 us
+            # for 32k values at AVX-512); the scaling moves p by under 1e-6 relative.
+            dlogits = torch.mul(logp, _LOG2E).exp2_().mul_(w).scatter_add_(1, idx, neg_w)
             grad = torch.addmm(grad, dlogits.view(nb * k, b - a), f)
         fun.last = (z, blocks) if keep_last else None
         return loss, grad.view(nb, k, p)
