@@ -88,41 +88,60 @@ def _row_weights(fold, k, n, device, dtype) -> torch.Tensor:
     return torch.as_tensor(member / member.sum(axis=1, keepdims=True), dtype=dtype, device=device)
 
 
-def _objective(design: Design, labels: torch.Tensor, weights: torch.Tensor, lam: float):
-    """``fun(z)`` for :func:`multinomial_lbfgs`: per problem ``b``, the mean
-    cross-entropy over its rows plus ``lam/2 ||Z||^2`` (intercept unpenalised),
-    in float64, and its gradient. Classes sit before rows so the softmax
-    reduces over a leading axis, which torch vectorises along the contiguous
-    rows (about 20x faster than a softmax over a last axis of 10)."""
-    lam_pen = lam * design.pen
+def _rows(design: Design, labels: torch.Tensor, weights: torch.Tensor) -> tuple[list, bool]:
+    """What every objective on these rows reuses, whatever its strength: per row block,
+    its weights' negation, label index and log2 weights (p w = exp2(log2(e) log p +
+    log2 w) in one op; a row left out of a problem has weight 0, log2 -inf, and exp2
+    gives it 0); and whether evaluations keep their log-probabilities (see below)."""
     nb = weights.shape[0]
+    parts = []
+    for a, b in design.bounds:
+        w = weights[:, None, a:b]
+        parts.append((-w, labels[None, None, a:b].expand(nb, 1, b - a), torch.log2(w)))
     # The last evaluation's log-probabilities, per block, are kept while they are small
     # and the design is held in memory anyway (a streamed one is streamed to hold
     # little): the fold accuracies at a solve's end need the same products.
     keep_last = design.blocks is not None and nb * design.n * (int(labels.max()) + 1) <= _KEEP_LAST
-    # Per row block, what every call reuses: its weights, label index and their negation.
-    parts = []
-    for a, b in design.bounds:
-        w = weights[:, None, a:b]
-        parts.append((w, labels[None, None, a:b].expand(nb, 1, b - a), -w))
+    return parts, keep_last
+
+
+def _objective(
+    design: Design,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    lam: float,
+    rows: tuple[list, bool] | None = None,
+):
+    """``fun(z)`` for :func:`multinomial_lbfgs`: per problem ``b``, the mean
+    cross-entropy over its rows plus ``lam/2 ||Z||^2`` (intercept unpenalised),
+    in float64, and its gradient. Classes sit before rows so the softmax
+    reduces over a leading axis, which torch vectorises along the contiguous
+    rows (about 20x faster than a softmax over a last axis of 10). ``rows`` is
+    :func:`_rows` of the same arguments, when the caller has it already."""
+    lam_pen = lam * design.pen
+    nb = weights.shape[0]
+    parts, keep_last = _rows(design, labels, weights) if rows is None else rows
 
     def fun(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k, p = z.shape[1], z.shape[2]
         flat = z.reshape(nb * k, p)
         grad3 = z * lam_pen
         # lam/2 ||Z||^2 = 1/2 sum(z * lam z); in float64, like every sum over rows below.
-        loss = (grad3 * z).sum(dim=(1, 2), dtype=torch.float64).mul_(0.5)
+        loss = (grad3 * z).sum(dim=(1, 2), dtype=torch.float64)
         grad = grad3.view(nb * k, p)
         blocks = []
-        for (a, b, f, f_t), (w, idx, neg_w) in zip(design.iter_blocks(), parts):
+        for i, ((a, b, f, f_t), (neg_w, idx, log2_w)) in enumerate(
+            zip(design.iter_blocks(), parts)
+        ):
             logp = torch.log_softmax((flat @ f_t).view(nb, k, b - a), dim=1)
             if keep_last:
                 blocks.append(logp)
             # The mean cross-entropy must resolve changes near 1e-7: summed in float64.
-            loss = loss.sub_((w * logp.gather(1, idx)).sum(dim=(1, 2), dtype=torch.float64))
+            ce = (neg_w * logp.gather(1, idx)).sum(dim=(1, 2), dtype=torch.float64)
+            loss = torch.add(ce, loss, alpha=0.5) if i == 0 else loss.add_(ce)
             # exp as exp2: torch's CPU exp of float32 runs 3-4x slower (22 against 6 us
-            # for 32k values at AVX-512); the scaling moves p by under 1e-6 relative.
-            dlogits = torch.mul(logp, _LOG2E).exp2_().mul_(w).scatter_add_(1, idx, neg_w)
+            # for 32k values at AVX-512); the scaling moves p w by under 1e-6 relative.
+            dlogits = torch.add(log2_w, logp, alpha=_LOG2E).exp2_().scatter_add_(1, idx, neg_w)
             grad = torch.addmm(grad, dlogits.view(nb * k, b - a), f)
         fun.last = (z, blocks) if keep_last else None
         return loss, grad.view(nb, k, p)
@@ -250,9 +269,10 @@ def cv_path(
         pairs, gamma = CurvaturePairs.restore(warm.pairs), warm.gamma
         info, lam_before = warm, warm.lam
     best_warm = None
+    rows = _rows(design, labels, weights)
     before: tuple[float, torch.Tensor] | None = None  # the strength before z's, its solution
     for i, lam in enumerate(grid):
-        fun = _objective(design, labels, weights, lam)
+        fun = _objective(design, labels, weights, lam, rows)
         initial, step, shift = None, None, None
         if info is not None:
             # The objective at the warm start z differs from the one the last solve ended
