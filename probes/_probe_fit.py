@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from probes._curvature import CurvaturePairs
 from probes._design import Design, prepare
-from probes._lbfgs import CurvaturePairs, multinomial_lbfgs
+from probes._lbfgs import multinomial_lbfgs
 
 __all__ = [
     "Path",
