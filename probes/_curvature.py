@@ -21,34 +21,24 @@ import torch
 
 __all__ = ["CurvaturePairs"]
 
-_ORDERS: dict[tuple[int, torch.dtype, torch.device], list[torch.Tensor]] = {}
+_MASKS: dict[tuple[int, torch.dtype, torch.device], tuple[list, list]] = {}
 
 
-def _time_order(size: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
-    """Per next-written slot ``pos``, the (size, size) mask whose ``[i, j]`` is 1 when slot
-    ``i``'s pair is no newer than slot ``j``'s: ``R``'s upper triangle in slot order."""
+def _masks(size: int, dtype: torch.dtype, device: torch.device) -> tuple[list, list]:
+    """Per slot, kept for the process: the (size, size) mask whose ``[i, j]`` is 1 when
+    slot ``i``'s pair is no newer than slot ``j``'s, with that slot written next (``R``'s
+    upper triangle in slot order), and the (1, size, 1) mask that zeroes its row of
+    ``R^-1``."""
     key = (size, dtype, device)
-    if key not in _ORDERS:
+    if key not in _MASKS:
         slots = torch.arange(size)
-        _ORDERS[key] = [
-            (((slots - pos) % size)[:, None] <= ((slots - pos) % size)).to(
-                device=device, dtype=dtype
-            )
-            for pos in range(size)
-        ]
-    return _ORDERS[key]
-
-
-_OTHER_ROWS: dict[tuple[int, torch.dtype, torch.device], list[torch.Tensor]] = {}
-
-
-def _other_rows(size: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
-    """Per slot ``j``, the (1, size, 1) mask that zeroes row ``j`` of ``R^-1``."""
-    key = (size, dtype, device)
-    if key not in _OTHER_ROWS:
+        ages = [(slots - pos) % size for pos in range(size)]
         eye = torch.eye(size, dtype=dtype, device=device)
-        _OTHER_ROWS[key] = [(1.0 - eye[j])[None, :, None] for j in range(size)]
-    return _OTHER_ROWS[key]
+        _MASKS[key] = (
+            [(age[:, None] <= age).to(device=device, dtype=dtype) for age in ages],
+            [(1.0 - eye[j])[None, :, None] for j in range(size)],
+        )
+    return _MASKS[key]
 
 
 class CurvaturePairs:
@@ -102,7 +92,6 @@ class CurvaturePairs:
         self._p, self._q = self._pq[:, :, :m], self._pq[:, :, m:]
         self._coef = self.w.new_empty(nb, 1, 2 * m)
         self._coef_s, self._coef_y = self._coef[:, :, :m], self._coef[:, :, m:]
-        self._shaped: dict[tuple, tuple] = {}
 
     def _slot_views(self, j: int) -> tuple:
         """Slot ``j``'s views: where s, D y and y go, y as a row, column j of
@@ -121,7 +110,7 @@ class CurvaturePairs:
                 self.prods[:, m:, j],
                 self.rinv[:, :, j],
                 self._rinv_diag_all[:, j],
-                _other_rows(m, self.w.dtype, self.w.device)[j],
+                _masks(m, self.w.dtype, self.w.device)[1][j],
             )
         return views
 
@@ -148,7 +137,7 @@ class CurvaturePairs:
             self.w.mul_(k.repeat(1, 2, 1))
             self.y.mul_(k)
             torch.bmm(self.y, self.w_t, out=self.prods_t)
-        order = _time_order(m, s.dtype, s.device)[self.pos]
+        order = _masks(m, s.dtype, s.device)[0][self.pos]
         r = torch.diag_embed((self.diag[:, 0] == 0).to(s.dtype)).addcmul_(self.prods[:, :m], order)
         self.rinv.copy_(torch.linalg.inv(r))
 
@@ -166,32 +155,10 @@ class CurvaturePairs:
         out._views()
         return out
 
-    def slot(self, shape: torch.Size | None = None) -> tuple[torch.Tensor, ...]:
+    def slot(self) -> tuple[torch.Tensor, ...]:
         """Where the next pair goes: ``(s, D y, y)`` views (B, P) of the slot that
-        :meth:`commit` completes, or viewed as ``shape`` (B, ...) when given. Writing
-        the pair straight into them spares a copy of each."""
-        j = self.pos
-        if shape is None:
-            return self._slot_views(j)[:3]
-        key = (j, tuple(shape))
-        if key not in self._shaped:
-            self._shaped[key] = tuple(t.view(shape) for t in self._slot_views(j)[:3])
-        return self._shaped[key]
-
-    def push(
-        self,
-        s_new: torch.Tensor,
-        y_new: torch.Tensor,
-        dy_new: torch.Tensor,
-        keep: torch.Tensor,
-        sy: torch.Tensor,
-    ) -> None:
-        """Store the pair ``(s_new, y_new)`` (B, P), with ``dy_new = D y_new``, for the
-        problems where ``keep`` (B,) holds, zeros for the others; ``sy`` is
-        ``s_new.y_new`` (B,). It replaces the oldest pair."""
-        for src, dst in zip((s_new, dy_new, y_new), self.slot()):
-            dst.copy_(src)
-        self.commit(keep, sy)
+        :meth:`commit` completes. Writing the pair straight into them spares a copy."""
+        return self._slot_views(self.pos)[:3]
 
     def commit(self, keep: torch.Tensor, sy: torch.Tensor) -> None:
         """Complete the push of the pair written into :meth:`slot`: zero it for the

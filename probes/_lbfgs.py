@@ -154,9 +154,8 @@ def _learn(pairs: CurvaturePairs, old, new, d_flat: torch.Tensor, gamma: torch.T
     the pair is kept, the previous scale where it is not (no step, or round-off:
     ``s.y`` not above ``1e-10 y.Dy``). The pair is written straight into its slot."""
     s_new, dy, y_new = pairs.slot()
-    s3, _, y3 = pairs.slot(old[0].shape)
-    torch.sub(new[0], old[0], out=s3)
-    torch.sub(new[1], old[1], out=y3)
+    torch.sub(new[0], old[0], out=s_new.view_as(old[0]))
+    torch.sub(new[1], old[1], out=y_new.view_as(old[1]))
     torch.mul(y_new, d_flat, out=dy)
     sy = torch.linalg.vecdot(s_new, y_new)
     ydy = torch.linalg.vecdot(dy, y_new)

@@ -44,7 +44,9 @@ def _pairs(n, dim=20, nb=3, seed=0):
 
 def _push(mem, s, y, keep=None):
     keep = torch.ones(s.shape[0], dtype=torch.bool) if keep is None else keep
-    mem.push(s, y, y * mem.d_flat, keep, (s * y).sum(dim=1))
+    for src, dst in zip((s, y * mem.d_flat, y), mem.slot()):
+        dst.copy_(src)
+    mem.commit(keep, (s * y).sum(dim=1))
 
 
 def _memory(nb, size, dim=20):
