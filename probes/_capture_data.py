@@ -71,6 +71,17 @@ class _Tolerant(Dataset):
         except UnreadableExample as exc:
             return _Skipped(int(index), exc.describe())
 
+    def __getitems__(self, indices: list[int]) -> list:
+        # The base's batched fetch where it has one (DataLoader's protocol); an
+        # unreadable example in it costs that batch a fetch item by item, not its items.
+        fetch = getattr(self.base, "__getitems__", None)
+        if callable(fetch):
+            try:
+                return list(fetch(list(indices)))
+            except UnreadableExample:
+                pass
+        return [self[i] for i in indices]
+
 
 def _collate_skipping(items: list) -> tuple[Any, list[tuple[int, str]]]:
     kept = [item for item in items if not isinstance(item, _Skipped)]

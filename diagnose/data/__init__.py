@@ -1,5 +1,6 @@
 """Loading data: domains (demo, ImageFolder, user datasets), splits and subsamples, preprocessing, evaluation-image choice, image statistics and sample thumbnails."""
 
+from diagnose.data.batches import fetch_items, same_shape_groups
 from diagnose.data.demo_data import (
     DEMO_DOMAINS,
     NOISE_BLUR_SIGMA,
@@ -10,7 +11,7 @@ from diagnose.data.demo_data import (
     TensorImageDataset,
     demo_arrays,
 )
-from diagnose.data.domains import Domain, load_domain, preprocess, undecodable_note
+from diagnose.data.domains import Domain, load_domain, undecodable_note
 from diagnose.data.evalset import MAX_TENSOR_BYTES, materialize, materialize_readable, pick_eval
 from diagnose.data.imagefolder import (
     GRAY_MODES,
@@ -26,6 +27,7 @@ from diagnose.data.preprocessing import (
     Preprocessing,
     parse_normalize,
     prepared_dataset,
+    preprocess,
     upscale_warnings,
 )
 from diagnose.data.samples import sample_thumbnails
@@ -62,6 +64,7 @@ __all__ = [
     "domain_info",
     "drift_table",
     "drop_positions",
+    "fetch_items",
     "load_domain",
     "materialize",
     "materialize_readable",
@@ -72,6 +75,7 @@ __all__ = [
     "prepared_dataset",
     "preprocess",
     "restricted_splits",
+    "same_shape_groups",
     "sample_thumbnails",
     "scan_image_folder",
     "size_facts",

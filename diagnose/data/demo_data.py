@@ -73,6 +73,11 @@ class TensorImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.targets[index])
 
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        # One gather for the batch (DataLoader's batched fetch), not one view per item.
+        images = self.images[torch.as_tensor(indices, dtype=torch.long)]
+        return list(zip(images.unbind(0), self.targets[indices].tolist()))
+
 
 def _stratified_halves(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from diagnose.core import is_callable_spec
@@ -31,7 +29,6 @@ from diagnose.data.userdata import callable_domain_fields, size_facts
 __all__ = [
     "Domain",
     "load_domain",
-    "preprocess",
     "undecodable_note",
 ]
 
@@ -244,105 +241,3 @@ def _load_image_folder(spec: str) -> Domain:
 
 def _load_callable(spec: str) -> Domain:
     return Domain(**callable_domain_fields(spec))
-
-
-class _Preprocessed(Dataset):
-    def __init__(self, base, image_size, mean, std, channels):
-        self.base = base
-        self.image_size = image_size
-        self.channels = channels
-        self.mean = mean
-        self.std = std
-        self.targets = getattr(base, "targets", None)
-        self.classes = getattr(base, "classes", None)
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x, y = self.base[index]
-        x = _convert_channels(x, self.channels)
-        if self.image_size is not None and tuple(x.shape[-2:]) != self.image_size:
-            x = F.interpolate(
-                x.unsqueeze(0),
-                size=self.image_size,
-                mode="bilinear",
-                antialias=True,
-                align_corners=False,
-            ).squeeze(0)
-        if self.mean is not None:
-            if self.mean.shape[0] != x.shape[0]:
-                raise ValueError(
-                    f"preprocess: mean/std have {self.mean.shape[0]} values but the images have "
-                    f"{x.shape[0]} channels: pass channels={self.mean.shape[0]} or matching mean/std."
-                )
-            x = (x - self.mean) / self.std
-        return x, y
-
-
-def _convert_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
-    c = x.shape[0]
-    if c == 4:  # RGBA: alpha carries no appearance for a classifier
-        x, c = x[:3], 3
-    if channels is None or c == channels:
-        return x
-    if c == 1 and channels == 3:
-        return x.expand(3, -1, -1).clone()
-    if c == 3 and channels == 1:
-        return x.mean(dim=0, keepdim=True)
-    raise ValueError(f"preprocess: cannot convert {c}-channel images to {channels} channels.")
-
-
-def preprocess(
-    dataset: Dataset | Domain,
-    *,
-    image_size: int | tuple[int, int] | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    channels: int | None = None,
-) -> Dataset:
-    """Wrap a dataset of ``(image, label)`` so images match what a model expects.
-
-    In order: channel conversion (1 -> 3 replicates, 3 -> 1 averages, RGBA
-    drops alpha), bilinear antialiased resize to ``image_size`` (an int means
-    square), then ``(x - mean) / std`` per channel. Labels pass through.
-
-    Example:
-        >>> ds = preprocess(load_domain("demo:digits").dataset, image_size=64,
-        ...                 channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
-        >>> ds[0][0].shape
-        torch.Size([3, 64, 64])
-    """
-    base = dataset.dataset if isinstance(dataset, Domain) else dataset
-    if channels is not None and channels not in (1, 3):
-        raise ValueError(
-            f"The 'channels' parameter of preprocess must be 1 or 3. Got {channels!r} instead."
-        )
-    size: tuple[int, int] | None = None
-    if image_size is not None:
-        size = (
-            (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(image_size)
-        )
-        if len(size) != 2 or min(size) < 1:
-            raise ValueError(
-                f"The 'image_size' parameter of preprocess must be a positive int or (H, W). "
-                f"Got {image_size!r} instead."
-            )
-    if (mean is None) != (std is None):
-        raise ValueError("preprocess: pass both mean and std, or neither.")
-    mean_t = std_t = None
-    if mean is not None:
-        mean_t = torch.as_tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
-        std_t = torch.as_tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
-        if mean_t.shape[0] != std_t.shape[0]:
-            raise ValueError(
-                f"preprocess: mean has {mean_t.shape[0]} values and std {std_t.shape[0]}; "
-                "they need one value per channel."
-            )
-        if channels is not None and mean_t.shape[0] != channels:
-            raise ValueError(
-                f"preprocess: mean/std have {mean_t.shape[0]} values for {channels} channels."
-            )
-        if bool((std_t <= 0).any()):
-            raise ValueError(f"preprocess: std must be positive, got {list(std)}.")
-    return _Preprocessed(base, size, mean_t, std_t, channels)

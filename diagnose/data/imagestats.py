@@ -16,12 +16,15 @@ contrast, are the classic silent failures this catches.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from scipy import stats
 from torch.utils.data import Dataset
+
+from diagnose.data.batches import fetch_items, same_shape_groups
 
 __all__ = [
     "ImageStats",
@@ -80,19 +83,52 @@ class ImageStats:
         self.per_image["width"].add(index, float(image.shape[-1]))
 
     def record_pixels(self, index: int, image: torch.Tensor) -> None:
-        if self.per_image["brightness"].has(index):  # a second epoch adds nothing
+        self.record_pixel_batch([index], [image])
+
+    def record_pixel_batch(self, indices: Sequence[int], images: Sequence[torch.Tensor]) -> None:
+        """The pixel statistics of ``images`` (dataset items ``indices``), same-sized ones
+        measured together. An index already recorded (a second epoch) adds nothing."""
+        bright, contrast = self.per_image["brightness"], self.per_image["contrast"]
+        fresh, first = [], set()
+        for pos, index in enumerate(indices):
+            if not bright.has(index) and index not in first:
+                fresh.append(pos)
+                first.add(index)
+        if not fresh:
             return
-        x = image.detach().to(torch.float64)
-        self.per_image["brightness"].add(index, float(x.mean()))
-        self.per_image["contrast"].add(index, float(x.std(unbiased=False)))
-        flat = x.reshape(x.shape[0], -1)
-        s, ss = flat.sum(dim=1).numpy(), (flat**2).sum(dim=1).numpy()
-        if self.channel_sum is None:
-            self.channel_sum, self.channel_sumsq = s, ss
-        elif self.channel_sum.shape == s.shape:
-            self.channel_sum = self.channel_sum + s
-            self.channel_sumsq = self.channel_sumsq + ss
-        self.pixel_count += flat.shape[1]
+        means, stds = [0.0] * len(fresh), [0.0] * len(fresh)
+        for positions, x in same_shape_groups([images[p] for p in fresh]):
+            x = x.detach()
+            if x.dtype not in (torch.float32, torch.float64):
+                x = x.to(torch.float64)
+            flat = x.reshape(x.shape[0], x.shape[1], -1)  # (B, C, P)
+            count = flat.shape[1] * flat.shape[2]
+            # Sums accumulate in float64 (as if the pixels were float64 from the start).
+            s = flat.sum(dim=2, dtype=torch.float64)  # (B, C)
+            mean = s.sum(dim=1) / count
+            # Deviations from the mean rounded to the pixels' dtype: a flat image's are
+            # exactly 0. With mu that rounded mean, sum (x - m)^2 = sum (x - mu)^2 - n (m - mu)^2
+            # and sum x^2 = sum (x - mu)^2 + mu (2 sum x - n mu), exactly.
+            mu = mean.to(flat.dtype)
+            dev = flat - mu[:, None, None]
+            dd = (dev * dev).sum(dim=2, dtype=torch.float64)  # (B, C)
+            mu = mu.double()
+            var = (dd.sum(dim=1) / count - (mean - mu) ** 2).clamp_(min=0.0)
+            for p, m, sd in zip(positions, mean.tolist(), var.sqrt_().tolist()):
+                means[p], stds[p] = m, sd
+            ss = dd + mu[:, None] * (2.0 * s - flat.shape[2] * mu[:, None])
+            s, ss = s.sum(dim=0).numpy(), ss.sum(dim=0).numpy()
+            if self.channel_sum is None:
+                self.channel_sum, self.channel_sumsq = s, ss
+            elif self.channel_sum.shape == s.shape:
+                self.channel_sum = self.channel_sum + s
+                self.channel_sumsq = self.channel_sumsq + ss
+            else:  # another channel count than the first images': not pooled with them
+                continue
+            self.pixel_count += flat.shape[0] * flat.shape[2]
+        for j, pos in enumerate(fresh):
+            bright.add(indices[pos], means[j])
+            contrast.add(indices[pos], stds[j])
 
     @property
     def n(self) -> int:
@@ -142,16 +178,23 @@ class RecordingDataset(Dataset):
     def __init__(self, base: Dataset, recorder: ImageStats, what: str = "pixels"):
         if what not in ("size", "pixels"):
             raise ValueError(f"The 'what' parameter must be 'size' or 'pixels'. Got {what!r}.")
-        self.base, self.recorder = base, recorder
-        self.record = recorder.record_size if what == "size" else recorder.record_pixels
+        self.base, self.recorder, self.what = base, recorder, what
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, index: int):
-        image, label = self.base[index][:2]
-        self.record(index, image)
-        return image, label
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        items = [item[:2] for item in fetch_items(self.base, indices)]
+        images = [image for image, _ in items]
+        if self.what == "size":
+            for index, image in zip(indices, images):
+                self.recorder.record_size(index, image)
+        else:
+            self.recorder.record_pixel_batch(indices, images)
+        return items
 
 
 def drift_table(source: ImageStats, target: ImageStats) -> list[dict]:

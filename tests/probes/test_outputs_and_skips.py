@@ -160,3 +160,31 @@ def test_skipping_batches_catches_in_dataloader_workers():
     out = list(skipping_batches(WithBadItems(6, {1, 4}), 3, num_workers=1))
     assert [skipped for _, skipped in out] == [[(1, "item 1 is broken")], [(4, "item 4 is broken")]]
     assert [batch[1].tolist() for batch, _ in out] == [[0, 0], [1, 1]]
+
+
+class _BatchedUnreadable(torch.utils.data.Dataset):
+    """A dataset with a batched fetch (DataLoader's ``__getitems__``) and unreadable items."""
+
+    def __init__(self, n, bad):
+        self.n, self.bad, self.batched_calls = n, set(bad), 0
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if i in self.bad:
+            raise Unreadable(f"item {i}", item=f"img{i}.png")
+        return torch.full((2,), float(i)), i % 2
+
+    def __getitems__(self, indices):
+        self.batched_calls += 1
+        return [self[i] for i in indices]
+
+
+def test_skipping_batches_uses_a_batched_fetch_and_keeps_the_readable_items():
+    ds = _BatchedUnreadable(10, bad=[3, 8])
+    got = list(skipping_batches(ds, 4))
+    assert ds.batched_calls == 3  # every batch tried batched; the two with a bad item retried
+    rows = torch.cat([batch[0] for batch, _ in got])
+    assert rows[:, 0].tolist() == [0, 1, 2, 4, 5, 6, 7, 9]
+    assert [s for _, left in got for s in left] == [(3, "img3.png"), (8, "img8.png")]

@@ -1,4 +1,4 @@
-"""Tests of diagnose.data.domains: demo domains, ImageFolder, module:function datasets, preprocess."""
+"""Tests of diagnose.data.domains: demo domains, ImageFolder, module:function datasets."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from diagnose.data.demo_data import DEMO_DOMAINS, demo_arrays
-from diagnose.data.domains import Domain, load_domain, preprocess
+from diagnose.data.domains import Domain, load_domain
 
 SHIFTED = ["demo:digits-noise", "demo:digits-invert", "demo:digits-rotate", "demo:digits-relabel"]
 
@@ -335,59 +335,3 @@ def test_callable_spec_errors(user_module):
         load_domain(f"{user_module}:broken")
     with pytest.raises(ValueError, match=r"is a int, not a function"):
         load_domain(f"{user_module}:answer")
-
-
-# ---------------------------------------------------------------- preprocess
-
-
-class _Fixed(torch.utils.data.Dataset):
-    def __init__(self, x):
-        self.x = x
-
-    def __len__(self):
-        return 1
-
-    def __getitem__(self, i):
-        return self.x, 7
-
-
-def test_preprocess_channels():
-    gray = torch.rand(1, 4, 4)
-    x, y = preprocess(_Fixed(gray), channels=3)[0]
-    assert y == 7 and x.shape == (3, 4, 4) and all(torch.equal(x[c], gray[0]) for c in range(3))
-    rgb = torch.rand(3, 4, 4)
-    x, _ = preprocess(_Fixed(rgb), channels=1)[0]
-    torch.testing.assert_close(x, rgb.mean(0, keepdim=True))
-    rgba = torch.rand(4, 4, 4)
-    x, _ = preprocess(_Fixed(rgba))[0]
-    assert torch.equal(x, rgba[:3])
-
-
-def test_preprocess_resize_and_normalise_exact():
-    img = torch.rand(3, 10, 6)
-    mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 2.0)
-    x, _ = preprocess(_Fixed(img), image_size=(5, 3), mean=mean, std=std)[0]
-    ref = F.interpolate(
-        img[None], size=(5, 3), mode="bilinear", antialias=True, align_corners=False
-    )[0]
-    ref = (ref - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-    torch.testing.assert_close(x, ref)
-    # Constant images stay constant through the resize; normalisation is exact.
-    x, _ = preprocess(_Fixed(torch.full((1, 8, 8), 0.75)), image_size=4, mean=[0.5], std=[0.25])[0]
-    torch.testing.assert_close(x, torch.ones(1, 4, 4))
-
-
-def test_preprocess_accepts_domain_and_validates():
-    d = load_domain("demo:digits")
-    ds = preprocess(d, image_size=16, channels=3, mean=[0.5] * 3, std=[0.5] * 3)
-    assert len(ds) == len(d) and ds[0][0].shape == (3, 16, 16)
-    with pytest.raises(ValueError, match=r"mean/std have 1 values for 3 channels"):
-        preprocess(d, channels=3, mean=[0.5], std=[0.5])
-    with pytest.raises(ValueError, match=r"mean has 3 values and std 1"):
-        preprocess(d, mean=[0.5] * 3, std=[0.5])
-    with pytest.raises(ValueError, match=r"std must be positive"):
-        preprocess(d, mean=[0.5], std=[0.0])
-    with pytest.raises(ValueError, match=r"pass both mean and std"):
-        preprocess(d, mean=[0.5])
-    with pytest.raises(ValueError, match=r"mean/std have 3 values but the images have 1 channels"):
-        preprocess(d, mean=[0.5] * 3, std=[0.5] * 3)[0]

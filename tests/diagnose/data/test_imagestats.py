@@ -120,3 +120,29 @@ def test_channels_that_fail_differently_are_listed_in_one_warning():
     assert failing == [0, 1] and "in channels 0 and 1 do not fit" in warning
     assert "channel 0 has mean 0.050" in warning and "channel 1 has mean 0.500" in warning
     assert "channel 2" not in warning
+
+
+def test_a_batch_of_mixed_images_is_recorded_as_numpy_computes_it():
+    # float32 pixels: the deviations are rounded to float32 before they are squared, so the
+    # contrast holds to a few float32 ulps (rtol 1e-6); sums are float64 (rtol 1e-12).
+    rng = np.random.default_rng(4)
+    shapes = [(3, 6, 5), (3, 4, 4), (3, 6, 5), (3, 4, 4), (3, 6, 5)]
+    imgs = [torch.tensor(rng.random(s) * 0.5 + 0.3, dtype=torch.float32) for s in shapes]
+    rec = ImageStats()
+    rec.record_pixel_batch([10, 11, 12, 11, 13], imgs)  # index 11 twice: recorded once
+    kept = [imgs[i].double().numpy() for i in (0, 1, 2, 4)]
+    assert rec.n == 4
+    np.testing.assert_allclose(rec.values("brightness"), [k.mean() for k in kept], rtol=1e-12)
+    np.testing.assert_allclose(rec.values("contrast"), [k.std() for k in kept], rtol=1e-6)
+    flat = np.concatenate([k.reshape(3, -1) for k in kept], axis=1)
+    np.testing.assert_allclose(rec.channel_mean(), flat.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(rec.channel_std(), flat.std(axis=1), rtol=1e-6)
+    rec.record_pixel_batch([12, 10], imgs[:2])  # a second epoch adds nothing
+    assert rec.n == 4 and rec.pixel_count == flat.shape[1]
+
+
+def test_a_flat_image_has_contrast_exactly_zero():
+    rec = ImageStats()
+    rec.record_pixel_batch([0, 1], [torch.full((3, 7, 9), 0.1), torch.full((3, 7, 9), 1 / 3)])
+    assert rec.values("contrast").tolist() == [0.0, 0.0]
+    np.testing.assert_allclose(rec.values("brightness"), [0.1, 1 / 3], rtol=1e-7)
