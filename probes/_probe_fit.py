@@ -30,7 +30,6 @@ __all__ = [
     "geometric_middle",
     "limit_threads",
     "predict",
-    "solve_weighted",
     "stratified_folds",
 ]
 
@@ -322,28 +321,6 @@ def _warm(lam: float, z: torch.Tensor, info, pairs: CurvaturePairs, k: int) -> W
     return Warm(
         lam, z[rows], info.loss[rows], info.grad[rows], pairs.snapshot(rows), info.gamma[rows]
     )
-
-
-def solve_weighted(
-    design: Design,
-    y_idx: np.ndarray,
-    n_classes: int,
-    weights: np.ndarray,
-    lam: float,
-    *,
-    max_iter: int,
-    tol: float,
-) -> torch.Tensor:
-    """Solve one batched problem per row of ``weights`` (B, n) at strength ``lam``:
-    problem ``b`` minimises ``sum_i weights[b, i] CE_i + lam/2 ||Z||^2`` over the
-    design's rows (a row of weights sums to 1; a zero weight leaves the row out).
-    Returns the solutions (B, K, r+1)."""
-    dev, dt = design.device, design.dtype
-    w = torch.as_tensor(weights, dtype=dt, device=dev)
-    labels = torch.as_tensor(y_idx, device=dev)
-    z = torch.zeros(w.shape[0], n_classes, design.width, dtype=dt, device=dev)
-    fun = _objective(design, labels, w, lam)
-    return _solve(design, fun, lam, z, max_iter=max_iter, tol=tol)[0]
 
 
 def predict(design: Design, x: Any, z: torch.Tensor) -> np.ndarray:

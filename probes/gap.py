@@ -35,8 +35,9 @@ import torch
 
 from probes._design import prepare
 from probes._gaussian import centre, coral_from_covariances, frechet_from_moments
+from probes._logistic import solve_binary_weighted
 from probes._mmd import rbf_mmd2_test
-from probes._probe_fit import limit_threads, solve_weighted
+from probes._probe_fit import limit_threads
 from probes._validation import as_features, check_int
 
 __all__ = [
@@ -162,8 +163,9 @@ def proxy_a_distance(
     The classifier is scikit-learn's ``LogisticRegression(C=C,
     class_weight="balanced")`` objective (C times the class-weighted
     log-loss sum plus half the squared weight norm), solved for all folds at
-    once by the linear probes' batched L-BFGS (:mod:`probes._probe_fit`) to the
-    same tolerance (largest gradient entry of the mean objective 1e-4). Two
+    once by the linear probes' batched L-BFGS, in its one-logit binary form
+    (:mod:`probes._logistic`), to the same tolerance (largest gradient entry of
+    the mean objective 1e-4). Two
     differences from a scikit-learn pipeline: the standardisation uses the
     pooled set's statistics, which hold no domain labels, rather than each
     training fold's; and the penalty uses the mean training-fold size (folds
@@ -210,7 +212,7 @@ def proxy_a_distance(
     device = torch.device("cpu")
     with limit_threads(x.shape[0] * min(x.shape) * folds * 2, device):
         design = prepare(x, device, torch.float32, stream=False)
-        z = solve_weighted(design, y, 2, weights, lam, max_iter=1000, tol=_PAD_TOL)
+        z = solve_binary_weighted(design, y, weights, lam, max_iter=1000, tol=_PAD_TOL)
         logits = torch.cat([lg for _, _, lg in design.block_logits(z)], dim=2).double()
     margin = (logits[:, 1] - logits[:, 0]).numpy()  # (folds, n): log-odds of "target"
     scores = margin[fold, np.arange(len(y))]
