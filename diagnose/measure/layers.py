@@ -330,8 +330,21 @@ def lr_find_head(
     return out
 
 
-def target_rgn(net, head, blocks, tgt, used, train_positions, prep, seed, dev, n_max=RGN_IMAGES):
-    """Auto-RGN per block on up to ``n_max`` target training images (those that decode)."""
+def target_rgn(
+    net,
+    head,
+    blocks,
+    tgt,
+    used,
+    train_positions,
+    prep,
+    seed,
+    dev,
+    n_max=RGN_IMAGES,
+    memory_format=None,
+):
+    """Auto-RGN per block on up to ``n_max`` target training images (those that decode),
+    in ``memory_format`` (the layout the capture pass chose: None keeps the model's)."""
     rng = np.random.default_rng(seed)
     pick = np.sort(
         rng.choice(train_positions, size=min(n_max, len(train_positions)), replace=False)
@@ -341,5 +354,13 @@ def target_rgn(net, head, blocks, tgt, used, train_positions, prep, seed, dev, n
     classes = np.unique(tgt.labels)
     y = torch.as_tensor(np.searchsorted(classes, np.asarray(y)), dtype=torch.long)
     return relative_gradient_norms(
-        net, head=head, blocks=blocks, x=x, y=y, num_classes=len(classes), seed=seed, device=dev
+        net,
+        head=head,
+        blocks=blocks,
+        x=x,
+        y=y,
+        num_classes=len(classes),
+        seed=seed,
+        device=dev,
+        memory_format=memory_format,
     )

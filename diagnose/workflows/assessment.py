@@ -274,6 +274,9 @@ def assess(
                 prep,
                 seed,
                 dev,
+                # The layout the target pass measured faster (a speed choice only: the
+                # values differ by float rounding between layouts).
+                memory_format=_chosen_layout(captured["target"]),
             )
             rows = [replace(row, rgn=(rgn or {}).get(row.name)) for row in rows]
         if has_head and loaded.source_classes and tgt.classes == loaded.source_classes:
@@ -351,3 +354,9 @@ def assess(
 
         result.results_path, result.report_path = write_outputs(results, out)
     return result
+
+
+def _chosen_layout(captured) -> str | None:
+    """ "channels_last" when a capture pass ran in it, else None (the model's own layout)."""
+    choice = getattr(captured, "memory_format", None) or {}
+    return "channels_last" if choice.get("memory_format") == "channels_last" else None
