@@ -6,7 +6,8 @@ torch tensors (rows are examples) and validates its inputs.
 Capture:          :func:`discover_layers`, :func:`resolve_layers`, :func:`capture`,
                   :class:`CapturedFeatures`, :class:`UnreadableExample`
                   :func:`parse_size`, :func:`skipping_batches` (a loader that skips
-                  images which fail to decode)
+                  images which fail to decode), :func:`fetch_items` (a dataset's
+                  batched fetch, where it has one)
 Model outputs:    :func:`logits_of`
 Devices:          :func:`is_out_of_memory`, :func:`free_device_memory`
 Memory format:    :class:`PassLayout`, :class:`FormatChoice`, :class:`SwappedWeights`,
@@ -23,7 +24,7 @@ Domain gap:       :func:`domain_gap`, :class:`DomainGap`, :func:`mmd2`, :class:`
 Transferability:  :func:`logme`, :func:`leep`, :func:`nce`, :func:`h_score`
 """
 
-from probes._capture_data import UnreadableExample, skipping_batches
+from probes._capture_data import UnreadableExample, fetch_items, skipping_batches
 from probes._forward import free_device_memory, is_out_of_memory, logits_of
 from probes._layers import resolve_layers
 from probes._layout import FormatChoice, SwappedWeights, in_format, memory_format_applied
@@ -87,6 +88,7 @@ __all__ = [
     "parse_size",
     "proxy_a_distance",
     "resolve_layers",
+    "fetch_items",
     "skipping_batches",
     "time_memory_formats",
     "wilson_interval",

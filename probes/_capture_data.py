@@ -9,7 +9,7 @@ workers too, and hands each batch over with the indices it left out.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ __all__ = [
     "UnreadableExample",
     "batches_of",
     "count_examples",
+    "fetch_items",
     "labels_of",
     "resolve_device",
     "skipping_batches",
@@ -72,15 +73,21 @@ class _Tolerant(Dataset):
             return _Skipped(int(index), exc.describe())
 
     def __getitems__(self, indices: list[int]) -> list:
-        # The base's batched fetch where it has one (DataLoader's protocol); an
-        # unreadable example in it costs that batch a fetch item by item, not its items.
-        fetch = getattr(self.base, "__getitems__", None)
-        if callable(fetch):
-            try:
-                return list(fetch(list(indices)))
-            except UnreadableExample:
-                pass
-        return [self[i] for i in indices]
+        # The base's batched fetch where it has one; an unreadable example in it costs
+        # that batch a fetch item by item, not its readable items.
+        try:
+            return fetch_items(self.base, indices)
+        except UnreadableExample:
+            return [self[i] for i in indices]
+
+
+def fetch_items(dataset: Any, indices: Sequence[int]) -> list:
+    """``[dataset[i] for i in indices]``, through ``dataset.__getitems__`` where it has one
+    (DataLoader's batched fetch of a map-style dataset: a list of items)."""
+    fetch = getattr(dataset, "__getitems__", None)
+    if callable(fetch):
+        return list(fetch(list(indices)))
+    return [dataset[i] for i in indices]
 
 
 def _collate_skipping(items: list) -> tuple[Any, list[tuple[int, str]]]:

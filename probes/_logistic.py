@@ -13,18 +13,13 @@ import numpy as np
 import torch
 
 from probes._design import Design
-from probes._lbfgs import multinomial_lbfgs
+from probes._probe_fit import solve_preconditioned
 
 __all__ = ["solve_binary_weighted"]
 
-# Curvature scale against l2 in the preconditioner 1 / (c e + l2 / 2) (see
-# probes._probe_fit): the same scale serves the one-logit form.
-_CURV = 0.05
-_HISTORY = 8  # L-BFGS curvature pairs kept
-
 
 def _objective(design: Design, labels: torch.Tensor, weights: torch.Tensor, lam: float):
-    """``fun(v)`` for :func:`multinomial_lbfgs` (v: (B, 1, r+1)): per problem, the weighted
+    """``fun(v)`` for the probes' L-BFGS (v: (B, 1, r+1)): per problem, the weighted
     cross-entropy ``softplus(-(2y - 1) t)`` of ``t = x v`` plus ``lam/4 ||v||^2``
     (intercept unpenalised), summed in float64, and its gradient.
 
@@ -69,15 +64,13 @@ def solve_binary_weighted(
     """One problem per row of ``weights`` (B, n): problem ``b`` minimises
     ``sum_i weights[b, i] CE_i + lam/2 (||z0||^2 + ||z1||^2)`` over two softmax columns
     on the design's rows (``y`` in {0, 1}; a row of weights sums to 1; a zero weight
-    leaves the row out). Returns the solutions as the two columns (B, 2, r+1),
-    ``z1 = -z0``, so the design's ``block_logits`` apply; the log-odds of class 1
-    are ``2 x z1``. ``tol`` and ``ftol`` stop each problem as in
-    :func:`multinomial_lbfgs`."""
+    leaves the row out), as the one logit ``v = z1 - z0``. Returns ``v`` (B, 1, r+1):
+    the design's ``block_logits`` give the log-odds of class 1. ``tol`` and ``ftol``
+    stop each problem as in :func:`probes._lbfgs.multinomial_lbfgs`."""
     dev, dt = design.device, design.dtype
     w = torch.as_tensor(weights, dtype=dt, device=dev)
     labels = torch.as_tensor(y, device=dev)
     v = torch.zeros(w.shape[0], 1, design.width, dtype=dt, device=dev)
-    pre = 1.0 / (_CURV * design.evals + 0.5 * lam * design.pen)
     fun = _objective(design, labels, w, lam)
-    v = multinomial_lbfgs(fun, pre, v, history=_HISTORY, max_iter=max_iter, tol=tol, ftol=ftol)[0]
-    return torch.cat([-0.5 * v, 0.5 * v], dim=1)
+    # The probes' preconditioner at this objective's penalty Hessian, lam/2 pen.
+    return solve_preconditioned(design, fun, 0.5 * lam, v, max_iter=max_iter, tol=tol, ftol=ftol)[0]

@@ -30,6 +30,7 @@ __all__ = [
     "geometric_middle",
     "limit_threads",
     "predict",
+    "solve_preconditioned",
     "stratified_folds",
 ]
 
@@ -171,9 +172,10 @@ def _fold_hits(design: Design, z: torch.Tensor, labels: torch.Tensor, val: torch
     return hits
 
 
-def _solve(design: Design, fun, lam: float, z: torch.Tensor, **kwargs):
-    """:func:`multinomial_lbfgs` on ``fun`` (an :func:`_objective` at ``lam``) from ``z``,
-    preconditioned by ``1 / (c e_j + lam)``."""
+def solve_preconditioned(design: Design, fun, lam: float, z: torch.Tensor, **kwargs):
+    """:func:`multinomial_lbfgs` on ``fun`` from ``z``, preconditioned by
+    ``1 / (c e_j + lam pen_j)``: ``lam pen`` is the Hessian of ``fun``'s penalty (for an
+    :func:`_objective` at strength ``lam``, that ``lam``)."""
     pre = 1.0 / (_CURV * design.evals + lam * design.pen)
     return multinomial_lbfgs(fun, pre, z, history=_HISTORY, **kwargs)
 
@@ -285,7 +287,7 @@ def cv_path(
             step = step * (z - before[1])
         if i:
             before = (grid[i - 1], z)  # z: the solution at grid[i - 1]
-        z, info = _solve(
+        z, info = solve_preconditioned(
             design,
             fun,
             lam,

@@ -210,11 +210,12 @@ def proxy_a_distance(
     # Two softmax columns split the binary weight (W1 = -W0): binary C is 2 / (l2 n).
     lam = 2.0 / (float(C) * n_train)
     device = torch.device("cpu")
-    with limit_threads(x.shape[0] * min(x.shape) * folds * 2, device):
+    with limit_threads(x.shape[0] * min(x.shape) * folds, device):  # one logit per fold
         design = prepare(x, device, torch.float32, stream=False)
-        z = solve_binary_weighted(design, y, weights, lam, max_iter=1000, tol=_PAD_TOL)
-        logits = torch.cat([lg for _, _, lg in design.block_logits(z)], dim=2).double()
-    margin = (logits[:, 1] - logits[:, 0]).numpy()  # (folds, n): log-odds of "target"
+        v = solve_binary_weighted(design, y, weights, lam, max_iter=1000, tol=_PAD_TOL)
+        # (folds, n): log-odds of "target"
+        margin = torch.cat([lg[:, 0] for _, _, lg in design.block_logits(v)], dim=1)
+    margin = margin.double().numpy()
     scores = margin[fold, np.arange(len(y))]
 
     predicted = scores > 0.0

@@ -1,6 +1,6 @@
 """Loading data: domains (demo, ImageFolder, user datasets), splits and subsamples, preprocessing, evaluation-image choice, image statistics and sample thumbnails."""
 
-from diagnose.data.batches import fetch_items, same_shape_groups
+from diagnose.data.batches import same_shape_groups
 from diagnose.data.demo_data import (
     DEMO_DOMAINS,
     NOISE_BLUR_SIGMA,
@@ -64,7 +64,6 @@ __all__ = [
     "domain_info",
     "drift_table",
     "drop_positions",
-    "fetch_items",
     "load_domain",
     "materialize",
     "materialize_readable",

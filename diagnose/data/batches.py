@@ -1,14 +1,13 @@
-"""Reading a dataset a batch at a time: the batched half of torch's map-style protocol.
+"""Stacking a batch of images that may differ in size, for the batched fetch of this package.
 
 torch's DataLoader fetches a batch with ``dataset.__getitems__(indices)``
-where the dataset has one (a list of items, as ``[dataset[i] for i in
-indices]`` would give), else item by item. The wrappers of this package
-(preprocessing, the image-statistics recorder, the demo's tensor dataset)
-implement it, so a batch of same-sized images is resized, normalised and
-measured in a few tensor ops instead of a dozen per image.
+where the dataset has one (:func:`probes.fetch_items`). The wrappers of this
+package (preprocessing, the image-statistics recorder, the demo's tensor
+dataset) implement it, so a batch of same-sized images is resized, normalised
+and measured in a few tensor ops instead of a dozen per image; images of
+other sizes (an ImageFolder's) form groups of their own.
 
 Example:
-    >>> items = fetch_items(dataset, [0, 1, 2])   # what dataset[0..2] would give
     >>> for positions, x in same_shape_groups([im for im, _ in items]):
     ...     x.shape                               # (len(positions), C, H, W)
 """
@@ -16,19 +15,10 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
-__all__ = ["fetch_items", "same_shape_groups"]
-
-
-def fetch_items(dataset: Any, indices: Sequence[int]) -> list:
-    """``[dataset[i] for i in indices]``, through ``dataset.__getitems__`` where it has one."""
-    fetch = getattr(dataset, "__getitems__", None)
-    if callable(fetch):
-        return list(fetch(list(indices)))
-    return [dataset[i] for i in indices]
+__all__ = ["same_shape_groups"]
 
 
 def same_shape_groups(images: Sequence[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:

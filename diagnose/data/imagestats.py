@@ -24,7 +24,8 @@ import torch
 from scipy import stats
 from torch.utils.data import Dataset
 
-from diagnose.data.batches import fetch_items, same_shape_groups
+from diagnose.data.batches import same_shape_groups
+from probes import fetch_items
 
 __all__ = [
     "ImageStats",

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from diagnose.data.batches import fetch_items, same_shape_groups
+from diagnose.data.batches import same_shape_groups
 from diagnose.data.domains import Domain
 from diagnose.data.imagestats import ImageStats, RecordingDataset
+from probes import fetch_items
 
 __all__ = [
     "Preprocessing",

@@ -29,9 +29,9 @@ def test_each_problem_is_sklearns_weighted_binary_logistic_regression(n, d):
     lam = 0.05
     design = prepare(x, torch.device("cpu"), torch.float64, stream=False)
     # ftol=0: stopped by the gradient alone, at the optimum to float64 round-off.
-    z = solve_binary_weighted(design, y, weights, lam, max_iter=5000, tol=1e-10, ftol=0.0)
-    assert z.shape == (3, 2, design.width) and torch.equal(z[:, 0], -z[:, 1])
-    margin = torch.cat([lg[:, 1] - lg[:, 0] for _, _, lg in design.block_logits(z)], dim=1)
+    v = solve_binary_weighted(design, y, weights, lam, max_iter=5000, tol=1e-10, ftol=0.0)
+    assert v.shape == (3, 1, design.width)
+    margin = torch.cat([lg[:, 0] for _, _, lg in design.block_logits(v)], dim=1)
     feats = torch.cat([f for _, _, f, _ in design.iter_blocks()])[:, :-1].numpy()
     for b in range(3):
         ref = LogisticRegression(C=2.0 / lam, solver="newton-cholesky", tol=1e-12, max_iter=1000)
@@ -42,13 +42,14 @@ def test_each_problem_is_sklearns_weighted_binary_logistic_regression(n, d):
 
 
 def test_the_gradient_is_the_two_column_objectives():
-    # At the returned two columns, the two-column softmax objective's gradient is small:
-    # the solve stopped on the same criterion (largest entry <= tol) in both forms.
+    # At the two columns z1 = -z0 = v/2 of the returned logit, the two-column softmax
+    # objective's gradient is small: the solve stopped on the same criterion (largest
+    # entry <= tol) in both forms.
     x, y, weights = _problem(3, 80, 6)
     lam, tol = 0.1, 1e-6
     design = prepare(x, torch.device("cpu"), torch.float64, stream=False)
-    z = solve_binary_weighted(design, y, weights, lam, max_iter=5000, tol=tol)
-    z = z.clone().requires_grad_(True)
+    v = solve_binary_weighted(design, y, weights, lam, max_iter=5000, tol=tol)
+    z = torch.cat([-0.5 * v, 0.5 * v], dim=1).requires_grad_(True)
     w = torch.as_tensor(weights)
     loss = 0.5 * lam * (z[:, :, :-1] ** 2).sum()
     for a, b, lg in design.block_logits(z):

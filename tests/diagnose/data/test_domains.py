@@ -13,6 +13,7 @@ from PIL import Image
 
 from diagnose.data.demo_data import DEMO_DOMAINS, demo_arrays
 from diagnose.data.domains import Domain, load_domain
+from probes import fetch_items
 
 SHIFTED = ["demo:digits-noise", "demo:digits-invert", "demo:digits-rotate", "demo:digits-relabel"]
 
@@ -100,6 +101,14 @@ def test_demo_relabel_is_balanced_pairs_by_stroke_weight():
 def test_demo_unknown_name_lists_valid_ones():
     with pytest.raises(ValueError, match=r"unknown demo domain 'demo:nope'.*demo:digits-rotate"):
         load_domain("demo:nope")
+
+
+def test_demo_batches_match_the_items():
+    d = load_domain("demo:digits-noise")
+    picks = [5, 0, 17, 5, 300]
+    got = fetch_items(d.dataset, picks)
+    assert [y for _, y in got] == [int(d.labels[i]) for i in picks]
+    assert all(torch.equal(x, d.dataset[i][0]) for (x, _), i in zip(got, picks))
 
 
 # ---------------------------------------------------------------- splits

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diagnose.data import ImageStats, Preprocessing, fetch_items, load_domain, prepared_dataset
+from diagnose.data import ImageStats, Preprocessing, load_domain, prepared_dataset
 from diagnose.data.preprocessing import preprocess
+from probes import fetch_items
 
 
 class _Fixed(torch.utils.data.Dataset):
@@ -110,14 +111,6 @@ def test_gray_to_rgb_resizes_once_and_replicates_exactly():
     ref = F.interpolate(gray.expand(-1, 3, -1, -1), size=(32, 32), mode="bilinear", antialias=True)
     for i in range(len(gray)):
         assert torch.equal(ds[i][0], ref[i])
-
-
-def test_demo_batches_match_the_items():
-    d = load_domain("demo:digits-noise")
-    picks = [5, 0, 17, 5, 300]
-    got = fetch_items(d.dataset, picks)
-    assert [y for _, y in got] == [int(d.labels[i]) for i in picks]
-    assert all(torch.equal(x, d.dataset[i][0]) for (x, _), i in zip(got, picks))
 
 
 def test_prepared_batches_record_the_same_statistics_as_items():
