@@ -6,13 +6,12 @@ message on stderr, no traceback unless ``--debug``), 130 interrupted.
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from diagnose.cli_parser import build_parser, flags_of, in_flag_words
+from diagnose.core.interrupts import stop_on_signals
 
 __all__ = ["main"]
 
@@ -120,20 +119,14 @@ def _run(args) -> int:
     return 0
 
 
-def _sigterm_as_interrupt(signum, frame):  # noqa: ARG001
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``diagnose`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        # SIGTERM takes the same path as Ctrl-C: finished work is already on disk.
-        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        return _run(args)
+        # SIGTERM takes the same path as Ctrl-C: finished work is already on disk.
+        with stop_on_signals():
+            return _run(args)
     except KeyboardInterrupt:
         print(
             "diagnose: interrupted; finished results are kept in the output directory",
@@ -154,9 +147,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,12 @@ from diagnose.core.files import (
     atomic_write_text,
     current_umask,
 )
+from diagnose.core.interrupts import (
+    interrupt_requested,
+    raise_if_interrupted,
+    request_interrupt,
+    stop_on_signals,
+)
 from diagnose.core.layer import PROBE_ROLES, LayerResult, ProbeScore
 from diagnose.core.names import STRATEGY_LABELS, STRATEGY_NAMES, join_labels, strategy_label
 from diagnose.core.recommendation import Recommendation
@@ -61,6 +67,10 @@ from diagnose.core.threads import (
 )
 
 __all__ = [
+    "interrupt_requested",
+    "raise_if_interrupted",
+    "request_interrupt",
+    "stop_on_signals",
     "REFRESH_S",
     "THREADS_ENV_VAR",
     "ThreadFit",

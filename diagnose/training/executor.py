@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from diagnose.core import StrategyEntry, atomic_write_bytes
+from diagnose.core import StrategyEntry, atomic_write_bytes, raise_if_interrupted
 from diagnose.training.strategies import TrainConfig
 from probes import free_device_memory, is_out_of_memory
 
@@ -143,6 +143,9 @@ def run_unit(
                 entry = {**entry, "name": unit.name, "depth": int(depth)}
             return entry, warnings
         except Exception as exc:
+            # A signal whose KeyboardInterrupt some library wrapped in its own error is
+            # still a stop, not a failed strategy.
+            raise_if_interrupted(exc)
             if not (is_out_of_memory(exc) and config.batch_size > 1):
                 return _failed(unit, exc), warnings
         # Outside the except block, so the traceback no longer pins the failed
@@ -270,6 +273,7 @@ def _run_ray(ray, units, job, on_done, progress, address) -> None:
                     atomic_write_bytes(path, blob)
                 on_done(unit, record, warnings)
                 bar.update(1)
+                raise_if_interrupted()
         finally:
             bar.close()
     except BaseException:
@@ -307,3 +311,4 @@ def execute(
             path.parent.mkdir(parents=True, exist_ok=True)
         record, warnings = run_unit(job, unit, run=run, progress=progress, checkpoint_path=path)
         on_done(unit, record, warnings)
+        raise_if_interrupted()  # a signal that something swallowed: the unit is saved, stop

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,9 +219,18 @@ def test_signal_between_strategies_then_resume(tmp_path, sig):
         time.sleep(0.05)
     if proc.poll() is not None:
         pytest.fail(f"compare ended before it could be interrupted: {proc.communicate()[1][-500:]}")
+    # The child's signal state when signalled: should it ever exit 0 again, this says
+    # whether the signal was blocked, ignored or caught (the SigBlk/SigIgn/SigCgt masks).
+    status = Path(f"/proc/{proc.pid}/status")
+    lines = status.read_text().splitlines() if status.exists() else []  # Linux only
+    masks = [ln for ln in lines if ln.startswith("Sig")]
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    if proc.returncode != 130:
+        results = out / "results.json"
+        runs = json.loads(results.read_text())["strategies"] if results.exists() else []
+        statuses = [(s["name"], s["status"], s.get("message")) for s in runs]
+        pytest.fail(f"exit {proc.returncode} after {sig!r}; {masks}; {statuses}; {err[-500:]}")
     assert "interrupted" in err
     saved = json.loads((out / "results.json").read_text())
     finished = [s["name"] for s in saved["strategies"]]
