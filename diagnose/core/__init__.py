@@ -22,7 +22,6 @@ from diagnose.core.files import (
 from diagnose.core.interrupts import (
     interrupt_requested,
     raise_if_interrupted,
-    request_interrupt,
     stop_on_signals,
 )
 from diagnose.core.layer import PROBE_ROLES, LayerResult, ProbeScore
@@ -67,13 +66,12 @@ from diagnose.core.threads import (
 )
 
 __all__ = [
-    "interrupt_requested",
-    "raise_if_interrupted",
-    "request_interrupt",
-    "stop_on_signals",
     "REFRESH_S",
     "THREADS_ENV_VAR",
     "ThreadFit",
+    "interrupt_requested",
+    "raise_if_interrupted",
+    "stop_on_signals",
     "fitted_threads",
     "other_runnable",
     "refresh_threads",

@@ -16,14 +16,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["interrupt_requested", "raise_if_interrupted", "request_interrupt", "stop_on_signals"]
+__all__ = ["interrupt_requested", "raise_if_interrupted", "stop_on_signals"]
 
 _requested: list[int] = []  # the signals received since the handlers were installed
-
-
-def request_interrupt(signum: int = signal.SIGINT) -> None:
-    """Record a stop request (as the CLI's signal handlers do)."""
-    _requested.append(int(signum))
 
 
 def interrupt_requested() -> bool:
@@ -38,7 +33,7 @@ def raise_if_interrupted(cause: BaseException | None = None) -> None:
 
 
 def _handler(signum, frame):  # noqa: ARG001
-    request_interrupt(signum)
+    _requested.append(int(signum))  # first the record, which survives what catches the raise
     raise KeyboardInterrupt
 
 
