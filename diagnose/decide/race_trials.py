@@ -56,6 +56,7 @@ def train_trial(
         device,
         progress=False,
         reuse=reuse,
+        trial=True,
     )
     try:
         with torch.random.fork_rng(devices=[]):

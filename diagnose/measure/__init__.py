@@ -3,6 +3,7 @@
 from diagnose.measure.forgetting import (
     TOKEN_POOLS,
     ForgettingMeter,
+    WeightDrift,
     suggest_source_samples,
     weight_drift,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "RGN_IMAGES",
     "TOKEN_POOLS",
     "TRANSFER_MAX_SAMPLES",
+    "WeightDrift",
     "control_cka",
     "layer_measurements",
     "lr_find_head",

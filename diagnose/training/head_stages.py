@@ -72,6 +72,9 @@ class HeadStages:
                     res["diverged"], step=base + res["diverged"]["step"], stage=phase
                 )
                 break
+            if self.trial:  # scored by its last epoch alone (see StrategyRun)
+                self.bar.update(1)
+                continue
             head.eval()
             val = evaluate(fwd, iterate_batches((feats[1], y_va), eval_rows, None))
             if not on_epoch(e, res, val, fitter.lr_head):
@@ -99,7 +102,7 @@ class HeadStages:
         self.phases.append(cap)
         feats = self.head_inputs([d.x_train, d.x_val, d.x_test], cap)
         self.fe_test = feats[2]
-        fm, drift = self.measure()  # once: the backbone never changes
+        fm, drift = (None, {}) if self.trial else self.measure()  # once: the backbone is fixed
 
         def on_epoch(e, res, val, lr):
             snap = lambda: cpu_state(head, self.head + ".")  # noqa: E731
@@ -123,6 +126,9 @@ class HeadStages:
             return finite_or_none(val[0]) is not None
 
         self.fit_head(lp, cfg.lp_epochs, feats, on_epoch, "linear_probe")
+        if self.trial and not self.diverged:
+            self.fine_tune([ft], cfg.epochs, "fine_tune", record_index=1)
+            return
         if self.diverged or not last:
             return
         if finite_or_none(last["val"][0]) is None:

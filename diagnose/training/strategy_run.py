@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from diagnose.core import autocast_context, is_cuda, memory_format, to_device
-from diagnose.measure import weight_drift
+from diagnose.measure import WeightDrift
 from diagnose.models import HEAD, module_groups, parameter_groups, random_init_copy, replace_module
 from diagnose.training.activations import build_prefix_cache
 from diagnose.training.curves import BestState, detect_overfitting, finite_or_none
@@ -51,10 +51,26 @@ def planned_epochs(plan: Plan, epochs: int) -> int:
 
 
 class StrategyRun(HeadStages):
-    """One strategy run: ``build``, then one of the strategy methods, then ``finish``."""
+    """One strategy run: ``build``, then one of the strategy methods, then ``finish``.
+
+    ``trial=True`` is a race trial: it is scored only by its last-epoch weights
+    (:meth:`predict`), so no epoch validates, measures forgetting or drift, or
+    keeps a best state; a non-finite training loss still stops it as diverged.
+    """
 
     def __init__(
-        self, name, model, head, blocks, data, tracker, config, device, progress, reuse=None
+        self,
+        name,
+        model,
+        head,
+        blocks,
+        data,
+        tracker,
+        config,
+        device,
+        progress,
+        reuse=None,
+        trial: bool = False,
     ):
         from tqdm.auto import tqdm
 
@@ -62,7 +78,7 @@ class StrategyRun(HeadStages):
         # ``reuse``: a dict shared by runs of the same pretrained model on the same data
         # tensors (the trial race): the head's input features and the frozen prefix's
         # outputs depend on neither the LR nor the epochs, so they are computed once.
-        self.reuse = reuse
+        self.reuse, self.trial = reuse, trial
         self.name, self.model, self.head, self.blocks = name, model, head, list(blocks)
         self.data, self.tracker, self.config, self.device = data, tracker, config, device
         self.best, self.curves = BestState(), []
@@ -114,6 +130,7 @@ class StrategyRun(HeadStages):
                 self.bn_modules[self.owners[mname]].append(m)
         head_names = set(groups[HEAD])
         self.w0 = {n: p.detach().clone() for n, p in params.items() if n not in head_names}
+        self.drift = None if self.trial else WeightDrift(self.w0, groups)
         for p in self.net.parameters():
             p.requires_grad_(False)
         trained = self.plan.trained_groups()
@@ -122,7 +139,7 @@ class StrategyRun(HeadStages):
     # -- measurement ----------------------------------------------------------------------
     def measure(self) -> tuple[dict | None, dict[str, float]]:
         fm = self.tracker.measure(self.net) if self.tracker is not None else None
-        return fm, weight_drift(self.net, self.w0, self.groups)
+        return fm, self.drift(self.net)
 
     def record(self, epoch, train, val, fm, drift, lr_head, snapshot, stage, tick=True) -> bool:
         """Append a curve point; keep the state if best; return False on a non-finite val loss.
@@ -257,6 +274,10 @@ class StrategyRun(HeadStages):
                         res["diverged"], step=base + res["diverged"]["step"], stage=phase
                     )
                     break
+                if self.trial:  # scored by its last epoch alone: nothing to measure now
+                    self.steps_done = base + fitter.step
+                    self.bar.update(1)
+                    continue
                 net.eval()
                 with autocast_context(dev):
                     v = evaluate(forward, iterate_batches(val, cfg.batch_size, None))

@@ -34,7 +34,7 @@ from torch import nn
 
 import probes
 from diagnose.core import SCHEMA_VERSION, environment, finite, jsonable, resolve_device
-from diagnose.measure import ForgettingMeter, weight_drift
+from diagnose.measure import ForgettingMeter, WeightDrift
 from diagnose.models import parameter_groups, resolve_preprocessing
 from diagnose.workflows.startup import as_domain, as_loaded, source_eval_set
 
@@ -190,6 +190,7 @@ class ForgettingTracker:
         self.reference_state = {
             n: p.detach().to("cpu", copy=True) for n, p in reference.named_parameters()
         }
+        self.drift = WeightDrift(self.reference_state, self.groups)
         self.loaded, self.source, self.prep, self.blocks = loaded, src, prep, blocks
         self.n_images, self.seed = int(sx.shape[0]), seed
         self.history: list[dict] = []
@@ -227,7 +228,7 @@ class ForgettingTracker:
         t0 = time.perf_counter()
         summary = self.meter.measure(model)
         try:
-            drift = weight_drift(model, self.reference_state, self.groups)
+            drift = self.drift(model)
         except ValueError as exc:
             drift = {}
             self._warn_once(f"Weight drift not measured: {exc}")
