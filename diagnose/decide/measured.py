@@ -5,7 +5,8 @@ measurements: the rule prior (:func:`diagnose.decide.rules.recommend`) orders
 and prunes the candidates (:mod:`diagnose.decide.candidates`), the race
 (:mod:`diagnose.decide.race`) trains them on the target's train+val images, and the
 winner, with its evidence and uncertainty, becomes ``results["recommendation"]``.
-With ``trial_budget=0``, or when the race cannot run (no labels, no head),
+A headless backbone is raced under a new head, as every candidate trains one
+anyway. With ``trial_budget=0``, or when the race cannot run (no labels),
 the recommendation is the prior, marked ``measured: false``.
 
 Either way ``unfreeze`` lists every module that trains, in forward order,
@@ -28,7 +29,14 @@ from diagnose.decide.race import run_race
 from diagnose.decide.race_scoring import scoring_folds
 from diagnose.decide.recipe import recommended_epochs
 from diagnose.decide.rules import SAFE_FORGETTING
-from diagnose.models import cut_description, trainable_modules
+from diagnose.models import (
+    BODY,
+    NEW_HEAD,
+    cut_description,
+    trainable_modules,
+    unprefixed,
+    with_new_head,
+)
 from diagnose.training import TrainConfig, plan
 
 __all__ = [
@@ -139,13 +147,7 @@ def _reasons(trials: dict, pick: dict, prior: dict, protocol: dict) -> tuple[lis
         reasons.append(
             f"{len(leaders)} leaders ({_names(leaders)}) are within noise of the winner (each "
             "paired interval includes 0): these held-out images cannot separate them. "
-            + (
-                f"{pick['key']} is within {tol:.3f} of the winner's accuracy, not measurably "
-                "worse in held-out loss, and cheaper, so it is recommended."
-                if pick["key"] != trials["winner"]
-                else f"The winner, the best estimate, is recommended: no cheaper leader is "
-                f"within {tol:.3f} of its accuracy without a measurably higher held-out loss."
-            )
+            + _tie_break(trials, pick, tol)
         )
         by_loss = trials.get("worse_by_loss") or []
         if by_loss:
@@ -178,6 +180,28 @@ def _reasons(trials: dict, pick: dict, prior: dict, protocol: dict) -> tuple[lis
     return reasons, change, confidence
 
 
+def _tie_break(trials: dict, pick: dict, tol: float) -> str:
+    """Why the pick among the leaders, naming the tie-break actually used."""
+    kind = trials.get("chosen_by_kind")
+    if kind == "cost":
+        return (
+            f"{pick['key']} is within {tol:.3f} of the winner's accuracy, not measurably "
+            f"worse in held-out loss, and cheaper (full-run FLOPs more than "
+            f"{trials['cost_tie']:.0%} below the winner's), so it is recommended."
+        )
+    if kind == "prior order":
+        return (
+            f"{pick['key']} ties with the winner in accuracy (within {tol:.3f}, not measurably "
+            f"worse in held-out loss) and in cost (full-run FLOPs within "
+            f"{trials['cost_tie']:.0%}); the rule prior ranks its strategy first, which breaks "
+            "the tie."
+        )
+    return (
+        "The winner, the best estimate, is recommended: no cheaper leader is within "
+        f"{tol:.3f} of its accuracy without a measurably higher held-out loss."
+    )
+
+
 def race_pool(tgt, used: np.ndarray, split: dict, prep, warnings: list[str]):
     """The target's labelled train+val images for the race, and train/val positions in them.
 
@@ -198,6 +222,19 @@ def race_pool(tgt, used: np.ndarray, split: dict, prep, warnings: list[str]):
     if len(pos["train"]) < 2:
         return None, None
     return (x, y), pos
+
+
+def _race_model(model: nn.Module, head: str | None, blocks: list[str], x, warnings: list[str]):
+    """``(net, head, blocks)`` the race trains: the model itself, or, when it has no
+    classification head, the model under a new head (:func:`diagnose.models.with_new_head`)."""
+    if head is not None:
+        return model, head, list(blocks)
+    net = with_new_head(model, x[:1].to(next(model.parameters()).device))
+    warnings.append(
+        "The model has no classification head: the race trained a new linear head on its "
+        f"{net.head.in_features} output features, as it does for every model."
+    )
+    return net, NEW_HEAD, [f"{BODY}.{b}" for b in blocks]
 
 
 def measured_recommendation(
@@ -222,7 +259,8 @@ def measured_recommendation(
         results: the assessment results so far (layers, lr_find, target).
         prior: the rule prior's recommendation for the same results.
         model: the pretrained network with its source head at ``head`` (copied, never changed).
-        head: qualified name of the final ``nn.Linear`` (None: no race).
+        head: qualified name of the final ``nn.Linear`` (None: a headless backbone, raced
+            under a new head).
         blocks: the probed blocks, in forward order (the engine's parameter groups).
         pool: ``(x, y)``: the target's labelled train+val images, preprocessed, and labels
             (None: no race). Positions in it are what ``splits`` index.
@@ -234,8 +272,8 @@ def measured_recommendation(
     if trial_budget == 0:
         return _unmeasured(prior, model, blocks, head, "--trial-budget 0 skipped the race")
     missing = (
-        "the model has no classification head to replace"
-        if head is None or model is None
+        "there is no model to train"
+        if model is None
         else "the target has no labelled train+val images"
         if pool is None or splits is None
         else None
@@ -244,6 +282,12 @@ def measured_recommendation(
         warnings.append(f"The recommendation is the rule prior, unmeasured: {missing}.")
         return _unmeasured(prior, model, blocks, head, missing)
     x, y = pool
+    try:
+        net, race_head, race_blocks = _race_model(model, head, blocks, x, warnings)
+    except ValueError as exc:
+        why = f"the model has no classification head and {exc}"
+        warnings.append(f"The recommendation is the rule prior, unmeasured: {why}.")
+        return _unmeasured(prior, model, blocks, head, why)
     y_np = y.numpy()
     n_classes = int(len((results.get("target") or {}).get("classes") or []) or int(y.max()) + 1)
     full_epochs = recommended_epochs(len(y_np) / n_classes, "full_low_lr")
@@ -255,9 +299,9 @@ def measured_recommendation(
         x,
         y,
         n_classes,
-        model=model,
-        head=head,
-        blocks=blocks,
+        model=net,
+        head=race_head,
+        blocks=race_blocks,
         full_epochs=full_epochs,
         budget=trial_budget,
         batch_size=batch_size,
@@ -267,26 +311,30 @@ def measured_recommendation(
         warnings=warnings,
     )
     trials["protocol"] = protocol
+    trials["new_head"] = head is None
     if trials["pick"] is None:
         warnings.append("Every race candidate failed: the recommendation is the rule prior.")
         return _unmeasured(prior, model, blocks, head, "every race candidate failed")
     by_key = {c["key"]: c for c in trials["candidates"]}
     pick = by_key[trials["pick"]]
     cand = Candidate.from_dict(pick)  # a given candidate, or an LR the race added past an edge
-    groups = (
-        []
-        if cand.strategy == "feature_extraction"
-        else (list(blocks[-cand.depth :]) if cand.depth else list(blocks))
-    )
+    depth_blocks = list(race_blocks[-cand.depth :]) if cand.depth else list(race_blocks)
+    race_groups = [] if cand.strategy == "feature_extraction" else depth_blocks
+    groups = unprefixed(race_groups) if head is None else race_groups
+    unfreeze = trainable_modules(net, race_blocks, race_head, race_groups)
+    cut = cut_description(net, race_blocks, race_head, race_groups)
+    if head is None:
+        unfreeze = [f"{u} (new)" if u == race_head else u for u in unprefixed(unfreeze)]
+        cut = cut.replace(f"{BODY}.", "")
     reasons, change, confidence = _reasons(trials, pick, prior, protocol)
     defaults = TrainConfig()
     return Recommendation(
         measured=True,
         strategy=cand.strategy,
         depth=cand.depth,
-        unfreeze=tuple(trainable_modules(model, blocks, head, groups)),
+        unfreeze=tuple(unfreeze),
         unfreeze_blocks=tuple(groups),
-        cut=cut_description(model, blocks, head, groups),
+        cut=cut,
         lr=_lr_per_group(cand, blocks, full_epochs),
         head_lr=cand.head_lr,
         epochs=full_epochs

@@ -1,15 +1,21 @@
 """A budgeted trial race: successive halving over candidate adaptations, trained for real.
 
 Every candidate (:mod:`diagnose.decide.candidates`) trains on the target with the
-same engine as ``diagnose compare`` (:class:`diagnose.training.strategy_run.StrategyRun`:
-features cached once for heads, the frozen prefix cached for ``partial``) and
-is scored on held-out target images by the accuracy of its *last-epoch*
-weights (the best epoch of a noisy score over many evaluations would favour
-whoever is evaluated most often). Successive halving (Jamieson & Talwalkar
-2016): every candidate gets a short budget, the best ``1/ETA`` continue with
-``ETA`` times more epochs, and so on up to the full epochs, as long as the
-next rung fits in the FLOPs budget (a fraction of the full sweep: every
-candidate at the full epochs under the same folds).
+same engine as ``diagnose compare`` (:class:`diagnose.training.strategy_run.StrategyRun`
+in its trial mode: features cached once for heads, the frozen prefix cached for
+``partial``, nothing measured per epoch) and is scored on held-out target images
+by the accuracy of its *last-epoch* weights (the best epoch of a noisy score
+over many evaluations would favour whoever is evaluated most often). Successive
+halving (Jamieson & Talwalkar 2016): every candidate gets a short budget, the
+best ``1/ETA`` continue with ``ETA`` times more epochs, and so on up to the full
+epochs, as long as the next rung fits in the FLOPs budget (a fraction of the
+full sweep: every candidate at the full epochs under the same folds).
+
+The budget is kept on every target, the first rung included: the race is sized
+before it trains (:mod:`diagnose.decide.race_budget`), and every cut is recorded.
+A strategy whose best LR is on the edge of its grid gets LRs past that edge
+until its accuracy turns down, within the budget; one still climbing when the
+budget or :data:`MAX_EDGE_STEPS` stops it is listed as ``unbracketed``.
 
 Scores are honest at small N: a val split under :data:`SMALL_VAL` images
 resolves nothing finer than about +-10 points, so then the race scores by
@@ -31,12 +37,20 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from diagnose.decide.candidates import LR_GRID, Candidate
+from diagnose.decide.race_budget import (
+    HEAD_LR_RANGE,
+    CostModel,
+    Cut,
+    RacePlan,
+    calibration,
+    plan_race,
+)
 from diagnose.decide.race_scoring import Fold
 from diagnose.decide.race_trials import Arm, RaceContext
 from diagnose.decide.race_verdict import race_summary
@@ -45,6 +59,7 @@ from diagnose.training import TargetData, steps_per_epoch
 __all__ = [
     "EDGE_STEP",
     "ETA",
+    "MAX_EDGE_STEPS",
     "MAX_RUNGS",
     "MIN_RUNG_STEPS",
     "edge_extensions",
@@ -59,6 +74,9 @@ ETA = 3
 MAX_RUNGS = 4
 # The factor beyond a grid's winning edge: the grid's own spacing.
 EDGE_STEP = LR_GRID[1] / LR_GRID[0]
+# At most this many steps past an edge (27x beyond it): a grid still climbing there is
+# reported as unbracketed rather than extended without end.
+MAX_EDGE_STEPS = 3
 # A rung shorter than this many optimiser steps is a cosine run that barely leaves its
 # initialisation: at 1 epoch (2 steps) every fine-tuned candidate sat at chance on a
 # 200-image demo target while feature extraction's 50 head epochs did not.
@@ -92,6 +110,41 @@ def _survivors(alive: list[Arm], keep: int) -> list[Arm]:
     return [a for a in alive if a in chosen]
 
 
+@dataclass
+class _Ledger:
+    """The race's spend against its budget, in measured FLOPs.
+
+    The full sweep's FLOPs are the cost model's estimate scaled by what the first
+    rung's trials measured against what the model said they would cost.
+    """
+
+    plan: RacePlan
+    budget: float
+    spent: float = 0.0
+    first_measured: float = 0.0
+    first_ran: list[Candidate] = field(default_factory=list)
+
+    def ratio(self, epochs: int, folds: int) -> float:
+        estimated = self.plan.sizes.sweep(self.first_ran, epochs, folds)
+        return calibration(self.first_measured, estimated)
+
+    def full(self, epochs: int, folds: int) -> float:
+        return self.plan.full_estimate * self.ratio(epochs, folds)
+
+    def fits_first(self, cand: Candidate, epochs: int, folds: int) -> bool:
+        """Whether one more first-rung trial of ``cand`` keeps the spend within the budget."""
+        ratio = self.ratio(epochs, folds)
+        extra = self.plan.sizes.sweep([*self.first_ran, cand], epochs, folds) - (
+            self.plan.sizes.sweep(self.first_ran, epochs, folds)
+        )
+        return self.spent + extra * ratio <= self.budget * self.plan.full_estimate * ratio
+
+    def record_first(self, cand: Candidate, flops: float) -> None:
+        self.first_ran.append(cand)
+        self.first_measured += flops
+        self.spent += flops
+
+
 def run_race(
     candidates: list[Candidate],
     folds: list[Fold],
@@ -110,23 +163,104 @@ def run_race(
     progress: bool = True,
     warnings: list[str] | None = None,
 ) -> dict:
-    """Race ``candidates`` by successive halving under ``budget`` x the full sweep's FLOPs.
+    """Race ``candidates`` by successive halving within ``budget`` x the full sweep's FLOPs.
 
     ``x``/``y`` are the labelled pool the folds index (preprocessed images,
-    int64 labels). Rung 0 always runs (it is what estimates every
-    candidate's cost); a later rung runs only for as many of the best as its
-    estimated FLOPs fit in what is left, so the spend stays within the budget
-    or, when rung 0 alone exceeds it, within one rung. Returns the ``trials``
-    dict of results.json (see :func:`diagnose.decide.measured.measured_recommendation`).
+    int64 labels). Before it trains, the race is fitted to the budget
+    (:func:`diagnose.decide.race_budget.plan_race`: fewer folds, a shorter first rung,
+    fewer LRs, fewer candidates, each cut recorded); while it runs, no trial starts
+    that the calibrated cost model says would pass the budget, so ``flops_spent <=
+    budget x full_flops_estimate`` on every target. Returns the ``trials`` dict of
+    results.json (see :func:`diagnose.decide.measured.measured_recommendation`).
     """
-    from tqdm.auto import tqdm
-
     if not candidates:
         raise ValueError("The 'candidates' parameter of run_race is empty: nothing to race.")
     if not 0 < budget <= 1:
         raise ValueError(f"The 'budget' parameter must be in (0, 1]. Got {budget!r} instead.")
     start = time.perf_counter()
-    fold_data = [
+    n_folds = len(folds)
+    steps = max(1, steps_per_epoch(len(folds[0].train), batch_size))
+    min_epochs = min(full_epochs, math.ceil(MIN_RUNG_STEPS / steps))
+    head_in = model.get_submodule(head).in_features
+    plan = plan_race(
+        candidates,
+        CostModel.measure(model, blocks, x[:1].to(device), head_in),
+        blocks=blocks,
+        n_train=len(folds[0].train),
+        n_val=len(folds[0].held_out),
+        classes=num_classes,
+        n_folds=n_folds,
+        # Rung 0 scores on the first 1/ETA of the folds: enough to drop the clearly worse
+        # 2/3. Later rungs score on more folds as the budget allows.
+        first_folds=max(1, math.ceil(n_folds / ETA)),
+        epochs=rung_epochs(full_epochs, min_epochs=min_epochs),
+        min_epochs=min_epochs,
+        budget=budget,
+    )
+    # Head inputs and frozen-prefix outputs per fold are shared by the candidates in ``ctx``
+    # (their FLOPs are counted once, where they ran).
+    ctx = RaceContext(
+        _fold_data(folds, x, y, num_classes),
+        folds,
+        model,
+        head,
+        blocks,
+        batch_size,
+        seed,
+        device,
+        {},
+        warnings,
+    )
+    ledger = _Ledger(plan, float(budget))
+    arms = [Arm(i, c) for i, c in enumerate(plan.candidates)]
+    arms, rung_log = _first_rung(ctx, arms, ledger, progress)
+    epochs = plan.epochs
+    full = ledger.full(epochs[0], plan.first_folds)
+    alive = [a for a in arms if a.rungs or a.status != "ok"]
+    for r, e in enumerate(epochs[1:], start=1):
+        alive.sort(key=Arm.rank_key)
+        alive = [a for a in alive if a.status == "ok"]
+        keep = max(2, math.ceil(len(alive) / ETA)) if len(alive) >= 2 else len(alive)
+        keep, rung_folds = _fit_rung(
+            alive, keep, e, ledger.spent, budget * full, plan.first_folds, n_folds
+        )
+        if keep < 2:
+            break
+        survivors = _survivors(alive, keep)
+        for a in alive:
+            if a not in survivors:
+                a.eliminated_at = r - 1
+                a.reason = (
+                    f"not among the {keep} carried on of {len(alive)} after {epochs[r - 1]} "
+                    "epochs (ranked by held-out accuracy, the best LR of each strategy first)"
+                )
+        alive = survivors
+        bar = _bar(
+            len(alive) * rung_folds, f"race rung {r + 1}/{len(epochs)} ({e} epochs)", progress
+        )
+        rung_flops = sum(ctx.run_arm(a, bar, e=e, r=r, n_folds=rung_folds) for a in alive)
+        bar.close()
+        ledger.spent += rung_flops
+        rung_log.append(
+            {"rung": r, "epochs": int(e), "candidates": len(alive), "flops": rung_flops}
+        )
+    ranked = sorted(arms, key=lambda a: (-(len(a.rungs)),) + a.rank_key())
+    schedule = {"rungs": rung_log, "rung_epochs": list(epochs), "eta": ETA}
+    spend = {
+        "flops_spent": int(ledger.spent),
+        "full_flops_estimate": float(full),
+        "full_flops_prior_estimate": float(plan.full_estimate),
+        "budget": float(budget),
+        "budget_flops": float(budget * full),
+        "cuts": [c.to_dict() for c in plan.cuts],
+        "unbracketed": _unbracketed(arms),
+        "wall_s": round(time.perf_counter() - start, 4),
+    }
+    return race_summary(arms, ranked, schedule, spend, n_folds=n_folds, full_epochs=full_epochs)
+
+
+def _fold_data(folds: list[Fold], x: torch.Tensor, y: torch.Tensor, classes: int) -> list:
+    return [
         TargetData(
             x[f.train],
             y[f.train],
@@ -134,95 +268,78 @@ def run_race(
             y[f.held_out],
             x[f.held_out][:1],
             y[f.held_out][:1],
-            num_classes,
+            classes,
         )
         for f in folds
     ]
-    n_folds = len(folds)
-    # Rung 0 scores on the first 1/ETA of the folds: cheap enough for every candidate and
-    # enough to drop the clearly worse 2/3. Later rungs score on more folds as the budget
-    # allows (every fold when it does), so the finalists are compared on the most images.
-    first_folds = max(1, math.ceil(n_folds / ETA)) if n_folds > 1 else 1
-    steps = max(1, steps_per_epoch(len(folds[0].train), batch_size))
-    epochs = rung_epochs(full_epochs, min_epochs=math.ceil(MIN_RUNG_STEPS / steps))
-    arms = [Arm(i, c) for i, c in enumerate(candidates)]
-    # Head inputs and frozen-prefix outputs per fold are shared by the candidates in ``ctx``
-    # (their FLOPs are counted once, where they ran).
-    ctx = RaceContext(fold_data, folds, model, head, blocks, batch_size, seed, device, {}, warnings)
-    alive = list(arms)
-    rung_log: list[dict] = []
-    spent, full_estimate, budget_flops = 0, None, None
-    for r, e in enumerate(epochs):
-        if r > 0:
-            alive.sort(key=Arm.rank_key)
-            alive = [a for a in alive if a.status == "ok"]
-            keep = max(2, math.ceil(len(alive) / ETA)) if len(alive) >= 2 else len(alive)
-            keep, rung_folds = _fit_rung(alive, keep, e, spent, budget_flops, first_folds, n_folds)
-            if keep < 2:
-                break
-            survivors = _survivors(alive, keep)
-            for a in alive:
-                if a in survivors:
-                    continue
-                a.eliminated_at = r - 1
-                a.reason = (
-                    f"not among the {keep} carried on of {len(alive)} after {epochs[r - 1]} "
-                    "epochs (ranked by held-out accuracy, the best LR of each strategy first)"
-                )
-            alive = survivors
-        if r == 0:
-            rung_folds = first_folds
-        bar = tqdm(
-            total=len(alive) * rung_folds,
-            desc=f"race rung {r + 1}/{len(epochs)} ({e} epochs)",
-            unit="trial",
-            disable=not progress,
-            leave=False,
-        )
-        rung_flops = sum(ctx.run_arm(a, bar, e=e, r=r, n_folds=rung_folds) for a in alive)
-        if r == 0:
-            # A grid whose best LR is on its edge has not bracketed the optimum: one more
-            # point beyond that edge, for that strategy and depth, at rung 0's cost.
-            extra = edge_extensions(arms)
-            if extra:
-                bar.total += len(extra) * rung_folds
-                bar.refresh()
-                arms += extra
-                alive += extra
-                rung_flops += sum(ctx.run_arm(a, bar, e=e, r=r, n_folds=rung_folds) for a in extra)
-        bar.close()
-        spent += rung_flops
-        rung_log.append(
-            {"rung": r, "epochs": int(e), "candidates": len(alive), "flops": rung_flops}
-        )
-        if r == 0:
-            full_estimate = sum(
-                a.estimate(epochs[-1], n_folds) for a in arms if a.status != "failed"
-            )
-            budget_flops = budget * full_estimate
-    ranked = sorted(arms, key=lambda a: (-(len(a.rungs)),) + a.rank_key())
-    schedule = {"rungs": rung_log, "rung_epochs": list(epochs), "eta": ETA}
-    spend = {
-        "flops_spent": int(spent),
-        "full_flops_estimate": None if full_estimate is None else float(full_estimate),
-        "budget": float(budget),
-        "budget_flops": None if budget_flops is None else float(budget_flops),
-        "wall_s": round(time.perf_counter() - start, 4),
-    }
-    return race_summary(arms, ranked, schedule, spend, n_folds=n_folds, full_epochs=full_epochs)
 
 
-def edge_extensions(arms: list[Arm]) -> list[Arm]:
-    """One new arm per strategy and depth whose best rung-0 LR is the top or bottom of its grid.
+def _bar(total: int, desc: str, progress: bool):
+    from tqdm.auto import tqdm
 
-    The new LR is :data:`EDGE_STEP` times beyond that edge. An arm whose grid has a
-    single LR, or whose best is inside its grid, gets none; the extension runs once
-    (its own result is not extended again), so it costs at most one rung-0 trial per arm.
+    return tqdm(total=total, desc=desc, unit="trial", disable=not progress, leave=False)
+
+
+def _first_rung(ctx: RaceContext, arms: list[Arm], ledger: _Ledger, progress: bool):
+    """Run the first rung within the budget, then extend LR grids whose best is on an edge.
+
+    Returns the arms (extensions included; those the budget left out removed, with a
+    cut recorded) and the rung log.
     """
+    plan = ledger.plan
+    e, folds = plan.epochs[0], plan.first_folds
+    bar = _bar(len(arms) * folds, f"race rung 1/{len(plan.epochs)} ({e} epochs)", progress)
+    ran: list[Arm] = []
+    for a in arms:
+        if not ledger.fits_first(a.cand, e, folds):
+            break
+        ledger.record_first(a.cand, ctx.run_arm(a, bar, e=e, r=0, n_folds=folds))
+        ran.append(a)
+    if len(ran) < len(arms):
+        left = [a.cand.key for a in arms[len(ran) :]]
+        plan.cuts.append(
+            Cut(
+                "candidates",
+                len(arms),
+                len(ran),
+                "the measured cost of the first trials left no budget for these",
+                tuple(left),
+            )
+        )
+    arms = ran
+    for _ in range(MAX_EDGE_STEPS):
+        extra = edge_extensions(arms)
+        fitting = []
+        for a in extra:
+            if not ledger.fits_first(a.cand, e, folds):
+                plan.cuts.append(
+                    Cut(
+                        "edge",
+                        len(arms),
+                        len(arms),
+                        "the budget stopped extending this LR grid past its edge",
+                        (a.cand.arm,),
+                    )
+                )
+                continue
+            bar.total += folds
+            bar.refresh()
+            ledger.record_first(a.cand, ctx.run_arm(a, bar, e=e, r=0, n_folds=folds))
+            fitting.append(a)
+        arms += fitting
+        if not fitting:
+            break
+    bar.close()
+    log = [{"rung": 0, "epochs": int(e), "candidates": len(arms), "flops": ledger.spent}]
+    return arms, log
+
+
+def _edges(arms: list[Arm]) -> list[tuple[Arm, float]]:
+    """``(best arm, next LR)`` for each strategy and depth whose best LR is on its grid's edge."""
     by_arm: dict[str, list[Arm]] = {}
     for a in arms:
         by_arm.setdefault(a.cand.arm, []).append(a)
-    out: list[Arm] = []
+    out = []
     for group in by_arm.values():
         finished = [a for a in group if a.status == "ok" and a.correct is not None]
         lrs = sorted({a.cand.head_lr for a in group})
@@ -230,14 +347,32 @@ def edge_extensions(arms: list[Arm]) -> list[Arm]:
             continue
         best = min(finished, key=Arm.rank_key)
         if best.cand.head_lr == lrs[-1]:
-            lr = lrs[-1] * EDGE_STEP
+            out.append((best, float(f"{lrs[-1] * EDGE_STEP:.3g}")))
         elif best.cand.head_lr == lrs[0]:
-            lr = lrs[0] / EDGE_STEP
-        else:
-            continue
-        cand = replace(best.cand, head_lr=float(f"{lr:.3g}"), lr_edge=True)
-        out.append(Arm(len(arms) + len(out), cand))
+            out.append((best, float(f"{lrs[0] / EDGE_STEP:.3g}")))
     return out
+
+
+def edge_extensions(arms: list[Arm]) -> list[Arm]:
+    """One new arm per strategy and depth whose best LR so far is the top or bottom of its grid.
+
+    The new LR is :data:`EDGE_STEP` times beyond that edge, inside
+    :data:`diagnose.decide.race_budget.HEAD_LR_RANGE`. Called again after the new arms
+    have run, it extends a grid until its accuracy turns down (the best LR is inside);
+    an arm whose grid has a single LR gets none.
+    """
+    lo, hi = HEAD_LR_RANGE
+    out: list[Arm] = []
+    for best, lr in _edges(arms):
+        if lo <= lr <= hi:
+            cand = replace(best.cand, head_lr=lr, lr_edge=True)
+            out.append(Arm(len(arms) + len(out), cand))
+    return out
+
+
+def _unbracketed(arms: list[Arm]) -> list[str]:
+    """Strategies and depths whose best LR is still on the edge of the LRs tried."""
+    return [best.cand.arm for best, _ in _edges(arms)]
 
 
 def _fit_rung(alive, keep, epochs, spent, budget_flops, min_folds, n_folds) -> tuple[int, int]:

@@ -27,9 +27,18 @@ from diagnose.decide.select import DEFAULT_TIE_TOLERANCE, FLOAT_SLACK
 
 # A leader this close to the winner's accuracy (fraction) is tied with it: the cheaper wins.
 TIE_TOLERANCE = DEFAULT_TIE_TOLERANCE
+# Full-run FLOPs within this fraction of each other are a tie in cost: the cost model and
+# FlopCounterMode agree to a few percent (the race calibrates one on the other), so a
+# smaller difference is not "cheaper". Within it the rule prior's order breaks the tie.
+COST_TIE = 0.05
+# How the pick was chosen among the leaders (results.json's ``chosen_by_kind``).
+CHOSEN_BY = ("accuracy", "cost", "prior order")
 
 __all__ = [
+    "CHOSEN_BY",
+    "COST_TIE",
     "TIE_TOLERANCE",
+    "choose_pick",
     "paired_arms",
     "paired_loss",
     "race_summary",
@@ -84,11 +93,7 @@ def race_summary(
         close = [a for a in leaders[1:] if gaps[id(a)]["mean"] <= TIE_TOLERANCE + FLOAT_SLACK]
         worse_by_loss = [a for a in close if loss_gaps[id(a)]["ci_low"] > 0]
         tied = [winner] + [a for a in close if a not in worse_by_loss]
-    pick = (
-        min(tied, key=lambda a: (a.estimate(full_epochs, n_folds), a.cand.prior_rank, a.index))
-        if tied
-        else None
-    )
+    pick, kind = choose_pick(winner, tied, full_epochs, n_folds) if tied else (None, None)
     for a in arms:
         if a.status == "ok" and a.eliminated_at is None and a is not winner and a.reason is None:
             a.reason = f"reached the last rung ({a.rungs[-1]['epochs']} epochs) below the winner"
@@ -119,12 +124,34 @@ def race_summary(
         "worse_by_loss": [a.cand.key for a in worse_by_loss],
         "tie_tolerance": TIE_TOLERANCE,
         "pick": None if pick is None else pick.cand.key,
-        "chosen_by": None
-        if pick is None
-        else (
-            "accuracy"
-            if pick is winner
-            else f"the lowest cost among candidates within {TIE_TOLERANCE} of the winner's "
-            "accuracy and not measurably worse in held-out loss"
-        ),
+        "chosen_by_kind": kind,
+        "chosen_by": None if kind is None else _CHOSEN_WORDS[kind],
+        "cost_tie": COST_TIE,
     }
+
+
+_CHOSEN_WORDS = {
+    "accuracy": "accuracy",
+    "cost": f"the lowest cost among candidates within {TIE_TOLERANCE} of the winner's accuracy "
+    "and not measurably worse in held-out loss",
+    "prior order": f"the rule prior's order among candidates tied with the winner in accuracy "
+    f"(within {TIE_TOLERANCE}) and in cost (full-run FLOPs within {COST_TIE:.0%})",
+}
+
+
+def choose_pick(winner, tied: list, full_epochs: int, n_folds: int) -> tuple:
+    """``(pick, kind)`` among the ``tied`` leaders (the winner first); kind in :data:`CHOSEN_BY`.
+
+    The cheapest at the full epochs is picked, with costs within :data:`COST_TIE` of
+    the cheapest counted as equal and the rule prior's order breaking that tie. The pick
+    is "cheaper" than the winner only when its cost is more than :data:`COST_TIE` below.
+    """
+    cost = {id(a): a.estimate(full_epochs, n_folds) for a in tied}
+    cheapest = min(cost.values())
+    same = [a for a in tied if cost[id(a)] <= cheapest * (1 + COST_TIE)]
+    pick = min(same, key=lambda a: (a.cand.prior_rank, a.index))
+    if pick is winner:
+        return pick, "accuracy"
+    if cost[id(pick)] < cost[id(winner)] * (1 - COST_TIE):
+        return pick, "cost"
+    return pick, "prior order"

@@ -30,18 +30,22 @@ from diagnose.models.loaded import (
     replace_module,
 )
 from diagnose.models.loading import demo_model, demo_model_info, load_model
+from diagnose.models.new_head import BODY, NEW_HEAD, NewHead, unprefixed, with_new_head
 from diagnose.models.timm_zoo import load_timm, timm_cached_file
 from diagnose.models.torchvision_zoo import load_torchvision, torchvision_weights_path
 from diagnose.models.weights_io import extract_state_dict, load_state_dict_checked, torch_load
 
 __all__ = [
     "BATCH_SIZE",
+    "BODY",
     "DemoCNN",
     "EPOCHS",
     "HEAD",
     "LR",
     "LoadedModel",
     "MAX_SHIFT",
+    "NEW_HEAD",
+    "NewHead",
     "RECIPE_VERSION",
     "apply_weights",
     "cache_file",
@@ -71,4 +75,6 @@ __all__ = [
     "torchvision_weights_path",
     "trainable_groups_at_depth",
     "trainable_modules",
+    "unprefixed",
+    "with_new_head",
 ]

@@ -325,12 +325,12 @@ def assess(
     t0 = time.perf_counter()
     prior = recommend(results, max_forgetting=max_forgetting)
     pool, pool_splits = None, None
-    if trial_budget > 0 and tl is not None and has_head and splits.get("target") is not None:
+    if trial_budget > 0 and tl is not None and splits.get("target") is not None:
         pool, pool_splits = race_pool(tgt, used["target"], splits["target"], prep, warnings)
     results["recommendation"] = measured_recommendation(
         results,
         prior,
-        model=net if has_head else None,
+        model=net,
         head=loaded.head,
         blocks=layer_names,
         pool=pool,
