@@ -112,7 +112,13 @@ def _run(args) -> int:
     elif args.command == "demo":
         from diagnose.workflows import run_demo
 
-        overview = run_demo(args.out, seed=args.seed, device=args.device, progress=progress)
+        overview = run_demo(
+            args.out,
+            seed=args.seed,
+            device=args.device,
+            progress=progress,
+            trial_budget=args.trial_budget,
+        )
         for row in overview["scenarios"]:
             _info(args, f"{row['target']}: {row.get('strategy') or row.get('error')}")
         print(Path(args.out) / "report.html")

@@ -237,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument(
+        "--trial-budget",
+        type=float,
+        default=0.2,
+        help="each assessment's trial race budget, as for assess (0 skips the races)",
+    )
     _common(d)
     return parser
 

@@ -294,7 +294,8 @@ def plan_race(
                 f"the first rung trains {short} epochs (the engine's floor is {min_epochs})",
             )
         )
-        epochs = [short, *(e for e in epochs if e > short)]
+        # A single rung at the full epochs becomes two; otherwise the first is shortened.
+        epochs = [short, *epochs[1:]] if len(epochs) > 1 else [short, epochs[0]]
     arms = list(dict.fromkeys(c.arm for c in cands))
     trimmed, n_before = [], len(cands)
     for arm in reversed(arms):

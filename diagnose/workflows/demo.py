@@ -19,6 +19,7 @@ from diagnose.core import (
     with_fitted_threads,
 )
 from diagnose.data import DEMO_DOMAINS, load_domain
+from diagnose.decide import DEFAULT_TRIAL_BUDGET
 from diagnose.models import load_model
 from diagnose.report import write_outputs
 from diagnose.workflows.assessment import assess
@@ -54,6 +55,7 @@ def _scenario_row(target: str, res: dict, folder: str) -> dict:
         "description": DEMO_DOMAINS.get(target, ""),
         "status": "ok",
         "strategy": rec.strategy,
+        "measured": rec.measured,
         "unfreeze": None if rec.unfreeze is None else list(rec.unfreeze),
         "head_lr": (rec.lr or {}).get("head"),
         "pad_first": pads[0] if pads else None,
@@ -99,11 +101,14 @@ def run_demo(
     epochs: int = 3,
     run_compare: bool = True,
     progress: bool = True,
+    trial_budget: float = DEFAULT_TRIAL_BUDGET,
 ) -> dict:
     """Run the demo and write ``out/report.html``; returns the overview results dict.
 
-    With ``run_compare`` (the default) every strategy is fine-tuned for
-    ``epochs`` epochs on each target; without it only the assessment runs.
+    Each assessment races its candidates at ``trial_budget`` (the default, as a user's
+    ``diagnose assess`` does), so each scenario shows the race's pick; with
+    ``run_compare`` (the default) every strategy is then fine-tuned for ``epochs``
+    epochs on each target, and the row sets the race's pick beside the measured best.
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -114,11 +119,11 @@ def run_demo(
         folder = target.split(":", 1)[-1]
         try:
             workflow = assess
-            kwargs = {}
+            kwargs: dict = {"trial_budget": trial_budget}
             if run_compare:
                 from diagnose.workflows.comparison import compare as workflow
 
-                kwargs = {"epochs": epochs, "save_checkpoints": True}
+                kwargs.update(epochs=epochs, save_checkpoints=True)
             res = workflow(
                 loaded,
                 source,

@@ -65,7 +65,8 @@ def test_audit_reproduces_compare_forgetting(loaded_demo, comparison, tmp_path):
     assert d["source_accuracy"]["pretrained"] == f["source_accuracy_before"]
     assert d["source_accuracy"]["drop"] == pytest.approx(f["source_accuracy_drop"], abs=1e-12)
     for layer in res.layers:
-        assert layer["weight_drift"] == pytest.approx(f["weight_drift"][layer["name"]], rel=1e-9)
+        # the same float32 reductions on the same weights, read back from a checkpoint
+        assert layer["weight_drift"] == pytest.approx(f["weight_drift"][layer["name"]], rel=1e-6)
         assert layer["cka_source"] == pytest.approx(f["cka"][layer["name"]], abs=1e-6)
         assert 0.0 <= layer["cka_target"] <= 1.0 + 1e-9
     assert any(layer["weight_drift"] > 0 for layer in res.layers)
@@ -122,7 +123,8 @@ def test_new_head_is_replaced_and_forgetting_located(loaded_demo, tmp_path):
     post = dict(net.named_parameters())
     names = [n for n in pre if n.startswith("block4.")]
     expected = _drift([post[n] for n in names], [pre[n] for n in names])
-    assert by["block4"]["weight_drift"] == pytest.approx(expected, rel=1e-9)
+    # float32 reductions against a float64 transcription: a few float32 epsilons (1.2e-7)
+    assert by["block4"]["weight_drift"] == pytest.approx(expected, rel=1e-5)
     assert all(by[b]["weight_drift"] == 0.0 for b in ("block1", "block2", "block3"))
     assert by["block1"]["cka_source"] == pytest.approx(1.0, abs=1e-9)
     assert by["block4"]["cka_source"] < CKA_UNCHANGED

@@ -11,12 +11,18 @@ from diagnose.workflows.demo import run_demo
 
 def test_demo_writes_overview_scenarios_and_audit(tmp_path):
     out = tmp_path / "demo"
+    # A small race budget keeps the test short; the demo itself races at the default.
     overview = run_demo(
-        out, targets=("demo:digits-noise", "demo:digits-relabel"), epochs=1, progress=False
+        out,
+        targets=("demo:digits-noise", "demo:digits-relabel"),
+        epochs=1,
+        progress=False,
+        trial_budget=0.05,
     )
     assert [r["status"] for r in overview["scenarios"]] == ["ok", "ok"]
     for row in overview["scenarios"]:
         assert row["strategy"] in STRATEGIES and row["measured_best"] in STRATEGIES
+        assert row["measured"] is True  # the race's pick, beside the comparison's best
         assert (out / row["report"]).exists()
         data = json.loads((out / row["report"]).with_name("results.json").read_text())
         assert data["kind"] == "compare" and len(data["strategies"]) == 8
