@@ -272,7 +272,8 @@ def rows_compare_floor(repeats: int) -> list[dict]:
     blocks = probes.discover_layers(model)
     src = tiny_source()
     xs = (torch.stack([src[i][0] for i in range(len(src))]) - 0.5) / 0.25
-    meter = ForgettingMeter(model, head="fc", blocks=blocks, source_x=xs, device=cpu)
+    ys = torch.tensor([src[i][1] for i in range(len(src))])
+    meter = ForgettingMeter(model, head="fc", blocks=blocks, source_x=xs, source_y=ys, device=cpu)
     rows.append(_compare_row("ResNet-18, 24 images", model, blocks, "fc", data, meter, 50, repeats))
     return rows
 
@@ -290,13 +291,17 @@ def main(argv=None) -> int:
     rows = []
     if "trial" not in skip:
         rows.append(row_trial_floor(repeats))
+        print(rows[-1], flush=True)  # each row as it comes: the whole run takes minutes
     if "compare" not in skip:
         rows += rows_compare_floor(repeats)
+        print(rows[-2:], flush=True)
     if "budget" not in skip:
         rows += rows_budget(args.quick)
     for row in rows:
         row.setdefault("name", row["row"])
     print_table(rows)
+    for row in rows:
+        print(f"- {row['name']}: {row.get('note', '')}")
     return 0
 
 
