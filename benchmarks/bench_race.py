@@ -224,6 +224,7 @@ def row_trial_floor(repeats: int, epochs: int = 50) -> dict:
 
 
 def _compare_row(name, model, blocks, head, data, meter, epochs, repeats) -> dict:
+    from diagnose.measure import forgetting_interval
     from diagnose.training import TrainConfig, run_strategy
 
     cfg = TrainConfig(epochs=epochs, batch_size=64, head_lr=0.05)
@@ -246,9 +247,10 @@ def _compare_row(name, model, blocks, head, data, meter, epochs, repeats) -> dic
         "ratio": f"{r:.2f}",
         "goal": "<= 1.5",
         "met": r <= 1.5,
-        "note": f"full_low_lr {epochs} epochs, {len(data.y_train)} train images; ours validates, "
-        f"measures forgetting on {meter.n} source images and weight drift every epoch and keeps "
-        f"the best state; the floor only trains. Medians of {repeats} interleaved runs",
+        "note": f"full_low_lr {epochs} epochs, {len(data.y_train)} train images; ours validates "
+        f"every epoch, measures forgetting on {meter.n} source images and weight drift every "
+        f"{forgetting_interval(meter.n, len(data.y_train))} epoch(s) and keeps the best state; "
+        f"the floor only trains. Medians of {repeats} interleaved runs",
     }
 
 

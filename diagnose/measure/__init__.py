@@ -1,9 +1,11 @@
 """The assessment's measurements on a loaded model and data: per-layer probes and gaps, the LR range test, Auto-RGN and forgetting."""
 
 from diagnose.measure.forgetting import (
+    MEASURE_SHARE,
     TOKEN_POOLS,
     ForgettingMeter,
     WeightDrift,
+    forgetting_interval,
     suggest_source_samples,
     weight_drift,
 )
@@ -30,11 +32,13 @@ __all__ = [
     "GAP_MAX_SAMPLES",
     "LRFindResult",
     "LR_TEST_MOMENTUM",
+    "MEASURE_SHARE",
     "RGN_IMAGES",
     "TOKEN_POOLS",
     "TRANSFER_MAX_SAMPLES",
     "WeightDrift",
     "control_cka",
+    "forgetting_interval",
     "layer_measurements",
     "lr_find_head",
     "lr_range_test",

@@ -40,7 +40,9 @@ from probes.similarity import cka
 __all__ = [
     "ForgettingMeter",
     "TOKEN_POOLS",
+    "MEASURE_SHARE",
     "WeightDrift",
+    "forgetting_interval",
     "suggest_source_samples",
     "weight_drift",
 ]
@@ -296,6 +298,28 @@ def suggest_source_samples(
     """
     want = int(budget * (3 * int(n_train) + int(n_val)))
     return int(max(floor, min(cap, want)))
+
+
+# Forgetting measured between epochs may take at most this share of a run's training:
+# each measurement is a forward pass over the source images (plus CKA and weight drift),
+# each epoch about three passes over the training images. Only tiny targets (an epoch of
+# a step or two against 64 source images) measure less often than every epoch.
+MEASURE_SHARE = 0.25
+
+
+def forgetting_interval(n_source: int, n_train: int, share: float = MEASURE_SHARE) -> int:
+    """Epochs between two forgetting measurements so that they cost at most ``share`` of training.
+
+    A measurement costs about ``n_source`` image forwards, an epoch ``3 * n_train``;
+    the result depends on the data's sizes only, never on the machine.
+
+    Example:
+        >>> forgetting_interval(64, 538)   # the demo target: every epoch
+        1
+        >>> forgetting_interval(48, 16)    # 16 training images: every 4th epoch
+        4
+    """
+    return max(1, math.ceil(int(n_source) / (share * 3 * max(1, int(n_train)))))
 
 
 class WeightDrift:

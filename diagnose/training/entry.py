@@ -76,6 +76,8 @@ def build_entry(self: StrategyRun, wall: float, mem: PeakMemory, backends: dict)
             "cached_features": bool(p.cached_features),
             "drift_reference": "random init" if p.init == "random" else "pretrained",
             "seed": cfg.seed,
+            # epochs between forgetting measurements (data sizes only; 1 but on tiny targets)
+            "forgetting_every": self.measure_every,
             "device": describe(self.device),
             "backends": backends,
         },

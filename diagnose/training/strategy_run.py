@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from diagnose.core import autocast_context, is_cuda, memory_format, to_device
-from diagnose.measure import WeightDrift
+from diagnose.measure import WeightDrift, forgetting_interval
 from diagnose.models import HEAD, module_groups, parameter_groups, random_init_copy, replace_module
 from diagnose.training.activations import build_prefix_cache
 from diagnose.training.curves import BestState, detect_overfitting, finite_or_none
@@ -131,6 +131,10 @@ class StrategyRun(HeadStages):
         head_names = set(groups[HEAD])
         self.w0 = {n: p.detach().clone() for n, p in params.items() if n not in head_names}
         self.drift = None if self.trial else WeightDrift(self.w0, groups)
+        # Forgetting (and drift) every ``measure_every`` epochs, the last one always; a best
+        # epoch in between is measured at the end, on the restored best state.
+        n_source = getattr(self.tracker, "n", 0) or 0
+        self.measure_every = forgetting_interval(n_source, len(self.data.y_train))
         for p in self.net.parameters():
             p.requires_grad_(False)
         trained = self.plan.trained_groups()
@@ -141,7 +145,9 @@ class StrategyRun(HeadStages):
         fm = self.tracker.measure(self.net) if self.tracker is not None else None
         return fm, self.drift(self.net)
 
-    def record(self, epoch, train, val, fm, drift, lr_head, snapshot, stage, tick=True) -> bool:
+    def record(
+        self, epoch, train, val, fm, drift, lr_head, snapshot, stage, tick=True, measured=True
+    ) -> bool:
         """Append a curve point; keep the state if best; return False on a non-finite val loss.
 
         ``tick`` advances the progress bar by the epoch this point ends (False when
@@ -174,8 +180,9 @@ class StrategyRun(HeadStages):
             }
         )
         if self.best.offer(epoch, val_acc, val_loss, snapshot):
-            # The best state IS this epoch's state: its forgetting needs no second pass.
-            self.best_measure = (fm or None, drift)
+            # The best state IS this epoch's state: its forgetting needs no second pass,
+            # unless this epoch was not measured (None: measured in finish()).
+            self.best_measure = (fm or None, drift) if measured else None
         if self.overfitting is None:
             self.overfitting = detect_overfitting(
                 [c["train_loss"] for c in self.curves],
@@ -286,9 +293,11 @@ class StrategyRun(HeadStages):
             if finite_or_none(v[0]) is None:  # weights blew up in the last steps
                 self.record(epoch, res, v, None, {}, fitter.lr_head, None, label)
                 break
-            fm, drift = self.measure()
+            measured = epoch % self.measure_every == 0 or epoch == epochs
+            fm, drift = self.measure() if measured else (None, {})
+            snapshot = lambda: cpu_state(net)  # noqa: E731
             if not self.record(
-                epoch, res, v, fm, drift, fitter.lr_head, lambda: cpu_state(net), label
+                epoch, res, v, fm, drift, fitter.lr_head, snapshot, label, measured=measured
             ):
                 break
         self.steps_done = base + fitter.step
@@ -337,5 +346,8 @@ class StrategyRun(HeadStages):
                 _, self.test_accuracy = evaluate(
                     fwd, iterate_batches((d.x_test, d.y_test), bs, None)
                 )
+        if self.best_measure is None:  # the best epoch fell between two measurements
+            fm, drift = self.measure()
+            self.best_measure = (fm or None, drift)
         fm, drift = self.best_measure
         self.final, self.final_drift = fm, drift

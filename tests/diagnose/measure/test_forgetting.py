@@ -259,3 +259,14 @@ def test_a_diverged_model_gives_none_not_an_error(setup):
     assert out["cka"]["block1"] == pytest.approx(1.0, abs=1e-9)
     assert out["cka"]["block3"] is None
     assert out["agreement"] is None and out["source_accuracy"] is None
+
+
+def test_forgetting_interval_keeps_measurements_under_their_share_of_training():
+    from diagnose.measure.forgetting import MEASURE_SHARE, forgetting_interval
+
+    assert forgetting_interval(64, 538) == 1  # the demo target: every epoch
+    assert forgetting_interval(48, 16) == 4
+    for n_source, n_train in [(64, 8), (48, 16), (128, 100), (1024, 10_000)]:
+        k = forgetting_interval(n_source, n_train)
+        assert n_source / (k * 3 * n_train) <= MEASURE_SHARE  # the share, per epoch
+        assert k == 1 or n_source / ((k - 1) * 3 * n_train) > MEASURE_SHARE  # and no sparser

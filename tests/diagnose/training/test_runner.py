@@ -379,3 +379,27 @@ def test_weights_that_blow_up_after_the_last_finite_loss_are_divergence(pretrain
     assert entry["status"] == "diverged" and entry["diverged"]["epoch"] == 1
     assert entry["target"]["test_accuracy"] is None and entry["curves"] == []
     json.dumps(entry, allow_nan=False)
+
+
+def test_a_tiny_target_measures_forgetting_every_few_epochs_and_its_best_state(
+    pretrained, data, tracker, tmp_path
+):
+    """6 training images against 32 source images: forgetting every 8th epoch (and the last),
+    the best epoch's numbers measured on the restored best state."""
+    from diagnose.measure.forgetting import forgetting_interval
+
+    small = TargetData(data.x_train[:6], data.y_train[:6], data.x_val, data.y_val,
+                       data.x_test, data.y_test, num_classes=3)  # fmt: skip
+    every = forgetting_interval(tracker.n, 6)
+    assert every == 8
+    path = str(tmp_path / "best.pt")
+    entry = _run("full_low_lr", pretrained, small, tracker, epochs=10, batch_size=16,
+                 checkpoint_path=path)  # fmt: skip
+    assert entry["config"]["forgetting_every"] == every
+    measured = [c["epoch"] for c in entry["curves"] if c["agreement"] is not None]
+    assert measured == [8, 10]
+    best = Tiny(classes=3)
+    best.load_state_dict(torch.load(path, weights_only=True))
+    direct = tracker.measure(best)
+    assert entry["forgetting"]["agreement"] == direct["agreement"]
+    assert entry["forgetting"]["cka"] == pytest.approx(direct["cka"])
