@@ -55,6 +55,8 @@ def _run(args) -> int:
             max_memory=args.max_memory,
             max_forgetting=args.max_forgetting,
             trial_budget=args.trial_budget,
+            executor=args.executor,
+            ray_address=args.ray_address,
         )
         rec = res.recommendation
         how = "measured by the trial race" if rec.get("measured") else "rules only, unmeasured"

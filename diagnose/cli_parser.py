@@ -164,6 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction (0-1) of a full sweep's training FLOPs the recommendation's trial race "
         "may spend; 0 skips the race and keeps the rules' unmeasured prediction (default 0.2)",
     )
+    a.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local: the race's trials one after another; ray: one Ray task (one GPU or CPU) "
+        "per trial, each rung at once",
+    )
+    a.add_argument(
+        "--ray-address", help="address of a running Ray cluster (default: start a local Ray)"
+    )
     _common(a)
 
     c = sub.add_parser("compare", help="fine-tune with each strategy: accuracy, forgetting, cost")

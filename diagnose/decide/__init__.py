@@ -19,12 +19,9 @@ from diagnose.decide.measured import (
     with_modules,
 )
 from diagnose.decide.race import (
-    EDGE_STEP,
     ETA,
-    MAX_EDGE_STEPS,
     MAX_RUNGS,
     MIN_RUNG_STEPS,
-    edge_extensions,
     run_race,
     rung_epochs,
 )
@@ -39,6 +36,8 @@ from diagnose.decide.race_budget import (
     calibration,
     plan_race,
 )
+from diagnose.decide.race_edges import EDGE_STEP, MAX_EDGE_STEPS, edge_extensions, unbracketed
+from diagnose.decide.race_ray import RayTrials
 from diagnose.decide.race_scoring import (
     KFOLD_REPEATS,
     KFOLD_SPLITS,
@@ -48,7 +47,14 @@ from diagnose.decide.race_scoring import (
     paired_gap,
     scoring_folds,
 )
-from diagnose.decide.race_trials import FIXED_PHASES, Arm, RaceContext, phase_flops, train_trial
+from diagnose.decide.race_trials import (
+    FIXED_PHASES,
+    SHARED_PHASES,
+    Arm,
+    RaceContext,
+    phase_flops,
+    train_trial,
+)
 from diagnose.decide.race_verdict import (
     CHOSEN_BY,
     COST_TIE,
@@ -141,8 +147,8 @@ __all__ = [
     "KFOLD_REPEATS",
     "KFOLD_SPLITS",
     "LARGE_PER_CLASS",
-    "lr_grid",
     "LR_GRID",
+    "lr_grid",
     "MAX_EDGE_STEPS",
     "MAX_EPOCHS",
     "MAX_RUNGS",
@@ -165,6 +171,7 @@ __all__ = [
     "race_summary",
     "RaceContext",
     "RacePlan",
+    "RayTrials",
     "recommend",
     "recommended_epochs",
     "REFERENCE_PER_CLASS",
@@ -175,6 +182,7 @@ __all__ = [
     "SAFE_FORGETTING",
     "scoring_folds",
     "select_strategy",
+    "SHARED_PHASES",
     "SMALL_PER_CLASS",
     "SMALL_VAL",
     "STRATEGIES",
@@ -183,6 +191,7 @@ __all__ = [
     "TRAIN_PASSES",
     "train_trial",
     "TrialSizes",
+    "unbracketed",
     "USUAL_LR_BAND",
     "val_text",
     "wall_text",

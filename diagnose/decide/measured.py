@@ -252,6 +252,8 @@ def measured_recommendation(
     device: torch.device,
     progress: bool,
     warnings: list[str],
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> dict:
     """The assessment's recommendation: the race's pick, or the prior marked unmeasured.
 
@@ -268,6 +270,8 @@ def measured_recommendation(
         trial_budget: fraction of the full sweep's FLOPs the race may spend; 0 skips it.
         batch_size, seed, device, progress: as for :func:`diagnose.assess`.
         warnings: receives what was skipped.
+        executor, ray_address: ``"ray"`` runs the race's trials as Ray tasks
+            (:mod:`diagnose.decide.race_ray`), on the cluster at ``ray_address`` if given.
     """
     if trial_budget == 0:
         return _unmeasured(prior, model, blocks, head, "--trial-budget 0 skipped the race")
@@ -309,6 +313,8 @@ def measured_recommendation(
         device=device,
         progress=progress,
         warnings=warnings,
+        executor=executor,
+        ray_address=ray_address,
     )
     trials["protocol"] = protocol
     trials["new_head"] = head is None

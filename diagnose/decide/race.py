@@ -37,32 +37,29 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from diagnose.decide.candidates import LR_GRID, Candidate
+from diagnose.decide.candidates import Candidate
 from diagnose.decide.race_budget import (
-    HEAD_LR_RANGE,
     CostModel,
     Cut,
     RacePlan,
     calibration,
     plan_race,
 )
+from diagnose.decide.race_edges import MAX_EDGE_STEPS, edge_extensions, unbracketed
 from diagnose.decide.race_scoring import Fold
 from diagnose.decide.race_trials import Arm, RaceContext
 from diagnose.decide.race_verdict import race_summary
-from diagnose.training import TargetData, steps_per_epoch
+from diagnose.training import TargetData, import_ray, steps_per_epoch
 
 __all__ = [
-    "EDGE_STEP",
     "ETA",
-    "MAX_EDGE_STEPS",
     "MAX_RUNGS",
     "MIN_RUNG_STEPS",
-    "edge_extensions",
     "run_race",
     "rung_epochs",
 ]
@@ -72,11 +69,6 @@ __all__ = [
 # 2 and 15 epochs, the typical range here).
 ETA = 3
 MAX_RUNGS = 4
-# The factor beyond a grid's winning edge: the grid's own spacing.
-EDGE_STEP = LR_GRID[1] / LR_GRID[0]
-# At most this many steps past an edge (27x beyond it): a grid still climbing there is
-# reported as unbracketed rather than extended without end.
-MAX_EDGE_STEPS = 3
 # A rung shorter than this many optimiser steps is a cosine run that barely leaves its
 # initialisation: at 1 epoch (2 steps) every fine-tuned candidate sat at chance on a
 # 200-image demo target while feature extraction's 50 head epochs did not.
@@ -131,13 +123,15 @@ class _Ledger:
     def full(self, epochs: int, folds: int) -> float:
         return self.plan.full_estimate * self.ratio(epochs, folds)
 
-    def fits_first(self, cand: Candidate, epochs: int, folds: int) -> bool:
-        """Whether one more first-rung trial of ``cand`` keeps the spend within the budget."""
+    def fits_first(self, cand: Candidate, epochs: int, folds: int, reserve: float = 0.0) -> bool:
+        """Whether one more first-rung trial of ``cand`` keeps the spend within the budget,
+        with ``reserve`` FLOPs (measured units) kept for the rungs after it."""
         ratio = self.ratio(epochs, folds)
         extra = self.plan.sizes.sweep([*self.first_ran, cand], epochs, folds) - (
             self.plan.sizes.sweep(self.first_ran, epochs, folds)
         )
-        return self.spent + extra * ratio <= self.budget * self.plan.full_estimate * ratio
+        budget = self.budget * self.plan.full_estimate * ratio
+        return self.spent + extra * ratio + reserve <= budget
 
     def record_first(self, cand: Candidate, flops: float) -> None:
         self.first_ran.append(cand)
@@ -162,6 +156,8 @@ def run_race(
     device: torch.device,
     progress: bool = True,
     warnings: list[str] | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> dict:
     """Race ``candidates`` by successive halving within ``budget`` x the full sweep's FLOPs.
 
@@ -170,8 +166,10 @@ def run_race(
     (:func:`diagnose.decide.race_budget.plan_race`: fewer folds, a shorter first rung,
     fewer LRs, fewer candidates, each cut recorded); while it runs, no trial starts
     that the calibrated cost model says would pass the budget, so ``flops_spent <=
-    budget x full_flops_estimate`` on every target. Returns the ``trials`` dict of
-    results.json (see :func:`diagnose.decide.measured.measured_recommendation`).
+    budget x full_flops_estimate`` on every target. With ``executor="ray"`` each
+    rung's trials run as Ray tasks (:mod:`diagnose.decide.race_ray`; ``ray_address``
+    joins a cluster), with the same candidates and scores. Returns the ``trials`` dict
+    of results.json (see :func:`diagnose.decide.measured.measured_recommendation`).
     """
     if not candidates:
         raise ValueError("The 'candidates' parameter of run_race is empty: nothing to race.")
@@ -211,7 +209,36 @@ def run_race(
         {},
         warnings,
     )
-    ledger = _Ledger(plan, float(budget))
+    ray = import_ray(executor, warnings if warnings is not None else [], progress)
+    if ray is not None:
+        from diagnose.decide.race_ray import RayTrials
+
+        ctx.remote = RayTrials(ray, ctx, ray_address, progress)
+    try:
+        arms, rung_log, full = _rungs(ctx, plan, float(budget), progress)
+    finally:
+        if ctx.remote is not None:
+            ctx.remote.close()
+    ranked = sorted(arms, key=lambda a: (-(len(a.rungs)),) + a.rank_key())
+    schedule = {"rungs": rung_log, "rung_epochs": list(plan.epochs), "eta": ETA}
+    spend = {
+        "flops_spent": int(sum(r["flops"] for r in rung_log)),
+        "full_flops_estimate": float(full),
+        "full_flops_prior_estimate": float(plan.full_estimate),
+        "budget": float(budget),
+        "budget_flops": float(budget * full),
+        "cuts": [c.to_dict() for c in plan.cuts],
+        "unbracketed": unbracketed(arms),
+        "executor": "ray" if ray is not None else "local",
+        "wall_s": round(time.perf_counter() - start, 4),
+    }
+    return race_summary(arms, ranked, schedule, spend, n_folds=n_folds, full_epochs=full_epochs)
+
+
+def _rungs(ctx: RaceContext, plan: RacePlan, budget: float, progress: bool):
+    """Every rung of the race: ``(arms, rung log, the calibrated full-sweep FLOPs)``."""
+    n_folds = len(ctx.folds)
+    ledger = _Ledger(plan, budget)
     arms = [Arm(i, c) for i, c in enumerate(plan.candidates)]
     arms, rung_log = _first_rung(ctx, arms, ledger, progress)
     epochs = plan.epochs
@@ -238,25 +265,13 @@ def run_race(
         bar = _bar(
             len(alive) * rung_folds, f"race rung {r + 1}/{len(epochs)} ({e} epochs)", progress
         )
-        rung_flops = sum(ctx.run_arm(a, bar, e=e, r=r, n_folds=rung_folds) for a in alive)
+        rung_flops = sum(f for _, f in ctx.run_batch(alive, bar, e=e, r=r, n_folds=rung_folds))
         bar.close()
         ledger.spent += rung_flops
         rung_log.append(
             {"rung": r, "epochs": int(e), "candidates": len(alive), "flops": rung_flops}
         )
-    ranked = sorted(arms, key=lambda a: (-(len(a.rungs)),) + a.rank_key())
-    schedule = {"rungs": rung_log, "rung_epochs": list(epochs), "eta": ETA}
-    spend = {
-        "flops_spent": int(ledger.spent),
-        "full_flops_estimate": float(full),
-        "full_flops_prior_estimate": float(plan.full_estimate),
-        "budget": float(budget),
-        "budget_flops": float(budget * full),
-        "cuts": [c.to_dict() for c in plan.cuts],
-        "unbracketed": _unbracketed(arms),
-        "wall_s": round(time.perf_counter() - start, 4),
-    }
-    return race_summary(arms, ranked, schedule, spend, n_folds=n_folds, full_epochs=full_epochs)
+    return arms, rung_log, full
 
 
 def _fold_data(folds: list[Fold], x: torch.Tensor, y: torch.Tensor, classes: int) -> list:
@@ -289,90 +304,60 @@ def _first_rung(ctx: RaceContext, arms: list[Arm], ledger: _Ledger, progress: bo
     plan = ledger.plan
     e, folds = plan.epochs[0], plan.first_folds
     bar = _bar(len(arms) * folds, f"race rung 1/{len(plan.epochs)} ({e} epochs)", progress)
+
+    def fits(a: Arm) -> bool:
+        return ledger.fits_first(a.cand, e, folds)
+
+    def fits_beside_next_rung(a: Arm) -> bool:
+        # An LR past an edge must not take the budget of the next rung: the two best
+        # arms at its epochs on the first rung's folds are kept for it.
+        best = sorted((b for b in arms if b.status == "ok" and b.rungs), key=Arm.rank_key)[:2]
+        nxt = plan.epochs[1] if len(plan.epochs) > 1 else None
+        reserve = sum(b.estimate(nxt, folds) for b in best) if nxt and len(best) == 2 else 0.0
+        return ledger.fits_first(a.cand, e, folds, reserve)
+
     ran: list[Arm] = []
-    for a in arms:
-        if not ledger.fits_first(a.cand, e, folds):
-            break
-        ledger.record_first(a.cand, ctx.run_arm(a, bar, e=e, r=0, n_folds=folds))
+    for a, flops in ctx.run_batch(arms, bar, e=e, r=0, n_folds=folds, admit=fits):
+        ledger.record_first(a.cand, flops)
         ran.append(a)
     if len(ran) < len(arms):
-        left = [a.cand.key for a in arms[len(ran) :]]
         plan.cuts.append(
             Cut(
                 "candidates",
                 len(arms),
                 len(ran),
                 "the measured cost of the first trials left no budget for these",
-                tuple(left),
+                tuple(a.cand.key for a in arms if a not in ran),
             )
         )
     arms = ran
     for _ in range(MAX_EDGE_STEPS):
         extra = edge_extensions(arms)
+        bar.total += len(extra) * folds
+        bar.refresh()
         fitting = []
+        batch = ctx.run_batch(extra, bar, e=e, r=0, n_folds=folds, admit=fits_beside_next_rung)
+        for a, flops in batch:
+            ledger.record_first(a.cand, flops)
+            fitting.append(a)
         for a in extra:
-            if not ledger.fits_first(a.cand, e, folds):
+            if a not in fitting:
                 plan.cuts.append(
                     Cut(
                         "edge",
                         len(arms),
                         len(arms),
-                        "the budget stopped extending this LR grid past its edge",
+                        "the budget (and the next rung's share of it) stopped extending this "
+                        "LR grid past its edge",
                         (a.cand.arm,),
                     )
                 )
-                continue
-            bar.total += folds
-            bar.refresh()
-            ledger.record_first(a.cand, ctx.run_arm(a, bar, e=e, r=0, n_folds=folds))
-            fitting.append(a)
         arms += fitting
         if not fitting:
             break
     bar.close()
     log = [{"rung": 0, "epochs": int(e), "candidates": len(arms), "flops": ledger.spent}]
     return arms, log
-
-
-def _edges(arms: list[Arm]) -> list[tuple[Arm, float]]:
-    """``(best arm, next LR)`` for each strategy and depth whose best LR is on its grid's edge."""
-    by_arm: dict[str, list[Arm]] = {}
-    for a in arms:
-        by_arm.setdefault(a.cand.arm, []).append(a)
-    out = []
-    for group in by_arm.values():
-        finished = [a for a in group if a.status == "ok" and a.correct is not None]
-        lrs = sorted({a.cand.head_lr for a in group})
-        if len(lrs) < 2 or not finished:
-            continue
-        best = min(finished, key=Arm.rank_key)
-        if best.cand.head_lr == lrs[-1]:
-            out.append((best, float(f"{lrs[-1] * EDGE_STEP:.3g}")))
-        elif best.cand.head_lr == lrs[0]:
-            out.append((best, float(f"{lrs[0] / EDGE_STEP:.3g}")))
-    return out
-
-
-def edge_extensions(arms: list[Arm]) -> list[Arm]:
-    """One new arm per strategy and depth whose best LR so far is the top or bottom of its grid.
-
-    The new LR is :data:`EDGE_STEP` times beyond that edge, inside
-    :data:`diagnose.decide.race_budget.HEAD_LR_RANGE`. Called again after the new arms
-    have run, it extends a grid until its accuracy turns down (the best LR is inside);
-    an arm whose grid has a single LR gets none.
-    """
-    lo, hi = HEAD_LR_RANGE
-    out: list[Arm] = []
-    for best, lr in _edges(arms):
-        if lo <= lr <= hi:
-            cand = replace(best.cand, head_lr=lr, lr_edge=True)
-            out.append(Arm(len(arms) + len(out), cand))
-    return out
-
-
-def _unbracketed(arms: list[Arm]) -> list[str]:
-    """Strategies and depths whose best LR is still on the edge of the LRs tried."""
-    return [best.cand.arm for best, _ in _edges(arms)]
 
 
 def _fit_rung(alive, keep, epochs, spent, budget_flops, min_folds, n_folds) -> tuple[int, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,11 +19,14 @@ from torch import nn
 from diagnose.decide.candidates import Candidate
 from diagnose.training import StrategyRun
 
-__all__ = ["FIXED_PHASES", "Arm", "RaceContext", "phase_flops", "train_trial"]
+__all__ = ["FIXED_PHASES", "SHARED_PHASES", "Arm", "RaceContext", "phase_flops", "train_trial"]
 
 # Phases whose cost does not grow with the epochs of the main stage: the captures,
 # the prefix cache and the head stages on cached features (max(epochs, lp_epochs)).
 FIXED_PHASES = ("capture", "prefix_cache", "head", "linear_probe")
+# Phases whose result the trials of one race share (through ``RaceContext.reuse``): their
+# FLOPs are counted once per fold and key, by the first trial in candidate order.
+SHARED_PHASES = ("capture", "prefix_cache")
 
 
 def phase_flops(phases) -> tuple[int, int]:
@@ -71,7 +75,9 @@ def train_trial(
     correct = (logits.argmax(1) == y).numpy()
     fixed, scaled = phase_flops(run.phases)
     ok = run.diverged is None and bool(np.isfinite(loss).all())
+    shared = {ph.name: int(ph.flops_per_step or 0) * int(ph.steps) for ph in run.phases}
     return {
+        "shared": {k: v for k, v in shared.items() if k in SHARED_PHASES},
         "correct": correct if ok else np.zeros_like(correct),
         "loss": loss if ok else np.full_like(loss, np.inf),
         "fixed_flops": fixed,
@@ -114,8 +120,11 @@ class RaceContext:
     """What every trial of one race shares: the folds, the model and the engine's settings.
 
     ``reuse`` holds the head inputs and frozen-prefix outputs per fold, computed by the
-    first candidate that needs them and reused by the rest; ``warnings`` (when given)
-    collects one line per candidate that failed.
+    first candidate that needs them and reused by the rest; ``paid`` the shared results
+    whose FLOPs are already counted (so a trial run elsewhere, as a Ray task that
+    recomputed them, is charged what it would have cost here); ``warnings`` (when given)
+    collects one line per candidate that failed. ``remote`` (a
+    :class:`diagnose.decide.race_ray.RayTrials`) runs the trials as Ray tasks.
     """
 
     fold_data: list
@@ -128,37 +137,76 @@ class RaceContext:
     device: torch.device
     reuse: dict = field(default_factory=dict)
     warnings: list[str] | None = None
+    paid: set = field(default_factory=set)
+    remote: Any = None
 
-    def run_arm(self, a: Arm, bar, *, e: int, r: int, n_folds: int) -> int:
-        """Train ``a`` for ``e`` epochs on the first ``n_folds`` folds as rung ``r``; record
-        its scores and cost on ``a`` and return the FLOPs it spent (0 when it failed)."""
+    def trial(self, cand: Candidate, fold: int, epochs: int) -> dict:
+        """Train ``cand`` on fold ``fold`` here (:func:`train_trial`)."""
+        return train_trial(
+            cand,
+            self.fold_data[fold],
+            self.model,
+            self.head,
+            self.blocks,
+            epochs,
+            self.batch_size,
+            self.seed,
+            self.device,
+            self.reuse,
+        )
+
+    def run_batch(self, arms: list[Arm], bar, *, e: int, r: int, n_folds: int, admit=None):
+        """Run ``arms`` for ``e`` epochs on ``n_folds`` folds as rung ``r``; yield ``(arm,
+        flops)`` in order for each arm that ``admit(arm)`` (asked just before, in order;
+        None: all) lets in. Here an arm not admitted never runs; through Ray the batch runs
+        at once and an arm not admitted is discarded, so both record the same arms."""
+        if self.remote is not None:
+            outcomes = self.remote.run(arms, e, n_folds, bar)
+        for a in arms:
+            if admit is not None and not admit(a):
+                continue
+            if self.remote is not None:
+                outs = outcomes[a.index]
+            else:
+                outs = self._local(a, e, n_folds, bar)
+            if isinstance(outs, Exception):
+                yield a, self._fail(a, r, outs)
+            else:
+                yield a, self.record(a, outs, e, r)
+
+    def _local(self, a: Arm, e: int, n_folds: int, bar) -> list[dict] | Exception:
         outs = []
         try:
-            for fd in self.fold_data[:n_folds]:
-                outs.append(
-                    train_trial(
-                        a.cand,
-                        fd,
-                        self.model,
-                        self.head,
-                        self.blocks,
-                        e,
-                        self.batch_size,
-                        self.seed,
-                        self.device,
-                        self.reuse,
-                    )
-                )
+            for fold in range(n_folds):
+                outs.append(self.trial(a.cand, fold, e))
                 bar.update(1)
         except (RuntimeError, ValueError) as exc:  # one failing candidate never ends the race
-            a.status, a.eliminated_at = "failed", r
-            a.reason = (
-                f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            )
-            if self.warnings is not None:
-                self.warnings.append(f"Race candidate {a.cand.key} {a.reason}")
             bar.update(n_folds - len(outs))
-            return 0
+            return exc
+        return outs
+
+    def _fail(self, a: Arm, r: int, exc: Exception) -> int:
+        a.status, a.eliminated_at = "failed", r
+        a.reason = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if self.warnings is not None:
+            self.warnings.append(f"Race candidate {a.cand.key} {a.reason}")
+        return 0
+
+    def _charge(self, cand: Candidate, fold: int, out: dict) -> int:
+        """The FLOPs of shared results ``out`` computed that were already counted."""
+        again = 0
+        for phase, flops in out.get("shared", {}).items():
+            tag = cand.strategy if phase == "capture" else cand.depth
+            key = (fold, phase, tag)
+            if key in self.paid:
+                again += flops
+            self.paid.add(key)
+        return again
+
+    def record(self, a: Arm, outs: list[dict], e: int, r: int) -> int:
+        """Record ``a``'s trials (one per fold) as rung ``r`` and return the FLOPs they spent."""
+        for fold, o in enumerate(outs):
+            o["fixed_flops"] -= self._charge(a.cand, fold, o)
         a.correct = np.concatenate([o["correct"] for o in outs])
         a.loss = np.concatenate([o["loss"] for o in outs])
         fixed = sum(o["fixed_flops"] for o in outs)

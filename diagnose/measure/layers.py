@@ -6,6 +6,7 @@ small to split) is recorded as null with a warning; it never ends the run.
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,12 @@ from tqdm.auto import tqdm
 import probes
 from diagnose.core import LayerResult, ProbeScore, as_record
 from diagnose.data import materialize_readable
-from diagnose.measure.lr_find import lr_range_test
+from diagnose.measure.lr_find import (
+    MIN_DISTINCT_BATCHES,
+    RANGE_REPEATS,
+    consensus_lr,
+    lr_range_test,
+)
 from diagnose.measure.rgn import relative_gradient_norms
 
 __all__ = [
@@ -309,7 +315,27 @@ def lr_find_head(
 
     The test takes ``num_steps`` minibatches of a seeded shuffle of the training
     rows, so only those ``num_steps x batch_size`` rows are read (``n_examples``).
+    With fewer than :data:`~diagnose.measure.lr_find.MIN_DISTINCT_BATCHES` distinct
+    batches it is repeated over seeds and the suggestion is their consensus
+    (:func:`~diagnose.measure.lr_find.consensus_lr`, ``repeats`` in the result), or
+    None with a note when they disagree.
     """
+    n_batches = math.ceil(len(train_idx) / batch_size)
+    repeats = 1 if n_batches >= MIN_DISTINCT_BATCHES else RANGE_REPEATS
+    runs = [
+        _head_range_test(features, labels, train_idx, seed + i, progress, batch_size, num_steps)
+        for i in range(repeats)
+    ]
+    out = runs[0]
+    if repeats > 1:
+        out["repeats"] = [r["suggested_lr"] for r in runs]
+        out["suggested_lr"], why = consensus_lr(out["repeats"])
+        if why:
+            out["notes"].append(why)
+    return out
+
+
+def _head_range_test(features, labels, train_idx, seed, progress, batch_size, num_steps):
     y_all = labels[train_idx]
     classes = np.unique(y_all)
     gen = torch.Generator().manual_seed(seed)

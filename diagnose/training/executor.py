@@ -55,7 +55,9 @@ __all__ = [
     "Job",
     "Outcome",
     "RAY_MISSING",
+    "RaySession",
     "Unit",
+    "check_executor",
     "execute",
     "import_ray",
     "run_unit",
@@ -165,6 +167,14 @@ def _failed(unit: Unit, exc: BaseException) -> dict:
     ).to_dict()
 
 
+def check_executor(executor: Any, ray_address: Any) -> None:
+    """``ValueError`` naming ``executor`` or ``ray_address`` when they are not usable together."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"'executor' must be 'local' or 'ray'. Got {executor!r}.")
+    if ray_address is not None and executor != "ray":
+        raise ValueError("'ray_address' needs executor=ray; add it or drop 'ray_address'.")
+
+
 def import_ray(executor: str, warnings: list[str], progress: bool = True):
     """The ``ray`` module when ``executor`` is "ray" and it imports; else None (after one warning)."""
     if executor != "ray":
@@ -215,7 +225,7 @@ def _ray_unit(job: Job, unit: Unit, cuda: bool, want_checkpoint: bool) -> tuple:
     return record, warnings, blob
 
 
-class _RaySession:
+class RaySession:
     """``ray.init`` unless Ray already runs here; ``shutdown`` only what was started."""
 
     def __init__(self, ray, address: str | None, progress: bool = True):
@@ -243,7 +253,7 @@ class _RaySession:
 
 def _run_ray(ray, units, job, on_done, progress, address) -> None:
     cuda = job.device.type == "cuda"
-    session = _RaySession(ray, address, progress)
+    session = RaySession(ray, address, progress)
     pending: dict = {}
     try:
         if cuda and ray.cluster_resources().get("GPU", 0) < 1:

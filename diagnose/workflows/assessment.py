@@ -43,6 +43,7 @@ from diagnose.decide import (
 from diagnose.measure import TOKEN_POOLS
 from diagnose.measure import layers as _measure
 from diagnose.models import resolve_preprocessing
+from diagnose.training import check_executor
 from diagnose.workflows.assess_capture import capture_domains, memory_share
 from diagnose.workflows.startup import as_domain, as_loaded
 from probes.capture import parse_size
@@ -84,6 +85,8 @@ def assess(
     max_forgetting: float | None = None,
     trial_budget: float = DEFAULT_TRIAL_BUDGET,
     pool: str = "mean",
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> AssessResult:
     """Assess how well a pretrained model's features fit a target domain, and how to adapt it.
 
@@ -128,6 +131,10 @@ def assess(
             marked unmeasured).
         pool: how a block that outputs a token sequence (a Vision Transformer's)
             becomes one vector per image: ``"mean"`` over tokens or ``"cls"``.
+        executor: ``"local"`` (the race's trials one after another) or ``"ray"`` (each
+            rung's trials as Ray tasks, one GPU or CPU each; the same candidates and
+            scores at the same seed). Without Ray installed it runs locally, with a warning.
+        ray_address: a running Ray cluster to join (``executor="ray"`` only).
 
     Returns:
         An :class:`AssessResult`; ``to_dict()`` is results.json and
@@ -150,6 +157,7 @@ def assess(
         raise ValueError(f"'max_forgetting' must be between 0 and 1. Got {max_forgetting}.")
     budget = None if max_memory is None else parse_size(max_memory, "max_memory")
     trial_budget = check_trial_budget(trial_budget)
+    check_executor(executor, ray_address)
     dev = resolve_device(device)
     if out is not None:
         from diagnose.report import check_out_dir
@@ -341,6 +349,8 @@ def assess(
         device=dev,
         progress=progress,
         warnings=warnings,
+        executor=executor,
+        ray_address=ray_address,
     )
     timings["race"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start

@@ -13,7 +13,7 @@ from diagnose.core import (
     STRATEGY_NAMES,
 )
 from diagnose.training import (
-    EXECUTORS,
+    check_executor,
 )
 
 __all__ = [
@@ -46,10 +46,7 @@ def check_compare_args(
         raise ValueError(f"'max_forgetting' must be between 0 and 1. Got {max_forgetting}.")
     if resume and out is None:
         raise ValueError("'resume' needs 'out', the directory of the run to continue.")
-    if executor not in EXECUTORS:
-        raise ValueError(f"'executor' must be 'local' or 'ray'. Got {executor!r}.")
-    if ray_address is not None and executor != "ray":
-        raise ValueError("'ray_address' needs executor=ray; add it or drop 'ray_address'.")
+    check_executor(executor, ray_address)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(
             f"'seeds' must be a whole number of at least 1 (training runs per strategy). "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -28,3 +29,14 @@ def loaded_demo(demo_cache_dir):
     from diagnose.models.loading import load_model
 
     return load_model("demo", cache_dir=demo_cache_dir, progress=False)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray (two CPUs) for one test module; skipped where Ray is not installed."""
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra ('.[ray]')")
+    sigterm = signal.getsignal(signal.SIGTERM)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    signal.signal(signal.SIGTERM, sigterm)  # ray.init replaced it; later modules expect it

@@ -12,7 +12,8 @@ import torchvision
 import probes
 from diagnose.decide.candidates import LR_GRID, Candidate, build_candidates, partial_depths
 from diagnose.decide.measured import check_trial_budget
-from diagnose.decide.race import MAX_EDGE_STEPS, run_race, rung_epochs
+from diagnose.decide.race import run_race, rung_epochs
+from diagnose.decide.race_edges import MAX_EDGE_STEPS
 from diagnose.decide.race_scoring import KFOLD_REPEATS, SMALL_VAL, paired_gap, scoring_folds
 from diagnose.models.cuts import cut_description, network_units, trainable_modules
 from tests.diagnose.tiny_models import Tiny, single_thread
@@ -175,7 +176,7 @@ def test_race_on_the_tiny_model_holds_its_budget_and_reports_every_candidate():
 
 
 def test_a_grid_whose_best_lr_is_on_its_edge_gets_one_point_beyond_it():
-    from diagnose.decide.race import EDGE_STEP, edge_extensions
+    from diagnose.decide.race_edges import EDGE_STEP, edge_extensions
     from diagnose.decide.race_trials import Arm
 
     def arm(i, strategy, lr, acc):

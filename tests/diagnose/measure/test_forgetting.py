@@ -11,7 +11,8 @@ from tiny_models import Tiny, single_thread
 from torch import nn
 
 import probes._memory_format as mf
-from diagnose.measure.forgetting import ForgettingMeter, WeightDrift, weight_drift
+from diagnose.measure.drift import WeightDrift, weight_drift
+from diagnose.measure.forgetting import ForgettingMeter
 from diagnose.models.groups import parameter_groups
 
 BLOCKS = ["block1", "block2", "block3"]

@@ -60,3 +60,35 @@ def test_range_test_rejects_bad_arguments():
         lr_range_test(nn.Linear(2, 2), _data(), start_lr=1.0, end_lr=0.1)
     with pytest.raises(ValueError, match="no batches"):
         lr_range_test(nn.Linear(2, 2), [])
+
+
+def test_consensus_of_repeated_range_tests():
+    from diagnose.measure.lr_find import MAX_SPREAD, consensus_lr
+
+    lr, why = consensus_lr([0.01, 0.02, 0.015, None, 0.012])
+    # the geometric median of the four suggestions: sqrt(0.012 * 0.015)
+    assert lr == pytest.approx((0.012 * 0.015) ** 0.5, rel=1e-2) and why is None
+    lr, why = consensus_lr([2.7e-6, 0.01, 8.5, 0.02, 0.03])
+    assert lr is None and f"more than {MAX_SPREAD:g}x apart" in why and "2.7e-06" in why
+    lr, why = consensus_lr([None, None, None, 0.01, 0.02])
+    assert lr is None and "Only 2 of 5" in why
+
+
+def test_a_tiny_training_set_repeats_the_range_test():
+    from diagnose.measure.layers import lr_find_head
+    from diagnose.measure.lr_find import RANGE_REPEATS
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 8)
+    x = rng.standard_normal((24, 16)).astype(np.float32) + 2.0 * y[:, None]
+    out = lr_find_head(x, y, np.arange(16), seed=0, progress=False)
+    assert len(out["repeats"]) == RANGE_REPEATS  # 16 rows: a single batch of 32
+    if out["suggested_lr"] is None:
+        assert out["notes"]  # why there is no suggestion
+    else:
+        got = sorted(s for s in out["repeats"] if s is not None)
+        # within the repeats' range, up to the 3 significant digits it is rounded to
+        assert 0.995 * got[0] <= out["suggested_lr"] <= 1.005 * got[-1]
+    many = np.tile(x, (20, 1))
+    big = lr_find_head(many, np.tile(y, 20), np.arange(480), seed=0, progress=False)
+    assert "repeats" not in big  # 15 distinct batches: one test is enough

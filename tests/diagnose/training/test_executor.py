@@ -145,16 +145,6 @@ def _same_state(path_a, path_b, *, other_process: bool = False) -> None:
 # -- Ray ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    sigterm = signal.getsignal(signal.SIGTERM)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    signal.signal(signal.SIGTERM, sigterm)  # ray.init replaced it; later modules expect it
-
-
 def test_ray_runs_two_strategies_exactly_like_the_local_run(
     ray_local, loaded_demo, local_two, tmp_path
 ):
