@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from diagnose.core.record import (
     Record,
+    as_bool,
     as_dict,
     as_number,
     as_record_or_empty,
@@ -60,6 +61,8 @@ class Audit(Record):
     layers: tuple[AuditLayer, ...] | None = read_as(as_records(AuditLayer))
     source_accuracy: SourceAccuracy = read_as(as_record_or_empty(SourceAccuracy), SourceAccuracy())
     agreement: float | None = read_as(as_number)
+    # True when the fine-tuned model's source outputs or weights are not finite.
+    diverged: bool | None = read_as(as_bool)
     verdict: str | None = read_as(as_text)
     thresholds: dict | None = read_as(as_dict)
     preprocessing: dict | None = read_as(as_dict)

@@ -240,9 +240,10 @@ class ForgettingMeter:
 
         Returns:
             ``{"source_accuracy": float in [0, 1] or None without labels,
-            "agreement": float in [0, 1], "cka": {block: float, 1.0 = unchanged}}``;
-            a model whose features are not finite (diverged) gets None for the
-            affected entries instead of an error.
+            "agreement": float in [0, 1], "cka": {block: float, 1.0 = unchanged},
+            "diverged": bool}``; a model whose features reaching the head are not
+            finite is ``diverged`` and gets None for the entries it cannot give,
+            instead of an error.
         """
         return self.measure_with_predictions(model)[0]
 
@@ -264,11 +265,12 @@ class ForgettingMeter:
             value = cka(self.reference_features[b], feats[b], kernel="linear")
             sims[b] = float(value) if math.isfinite(value) else None
         if preds is None:  # non-finite features reach the head: predictions mean nothing
-            return {"source_accuracy": None, "agreement": None, "cka": sims}, None
+            return {"source_accuracy": None, "agreement": None, "cka": sims, "diverged": True}, None
         summary = {
             "source_accuracy": self._accuracy(preds),
             "agreement": float((preds == self.reference_predictions).double().mean()),
             "cka": sims,
+            "diverged": False,
         }
         return summary, preds
 

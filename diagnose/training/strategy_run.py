@@ -148,17 +148,25 @@ class StrategyRun(HeadStages):
     def record(
         self, epoch, train, val, fm, drift, lr_head, snapshot, stage, tick=True, measured=True
     ) -> bool:
-        """Append a curve point; keep the state if best; return False on a non-finite val loss.
+        """Append a curve point; keep the state if best; return False on divergence: a
+        non-finite val loss, or source outputs that are not finite (total forgetting).
 
         ``tick`` advances the progress bar by the epoch this point ends (False when
         the epochs were already counted, as LP-FT's probe epochs are)."""
         val_loss, val_acc = val
-        if val_loss is None or finite_or_none(val_loss) is None:
+        bad = (
+            f"validation {val_loss}"
+            if val_loss is None or finite_or_none(val_loss) is None
+            else "source outputs not finite"
+            if (fm or {}).get("diverged")
+            else None
+        )
+        if bad is not None:
             self.diverged = {
                 "step": self.steps_done,
                 "epoch": int(epoch),
                 "lr": finite_or_none(lr_head),
-                "loss": f"validation {val_loss}",
+                "loss": bad,
                 "stage": stage,
             }
             return False

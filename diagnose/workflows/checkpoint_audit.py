@@ -137,6 +137,26 @@ def _span(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{names[0]}-{names[-1]}"
 
 
+def _diverged(ft: nn.Module, groups: dict, measured: dict, warnings: list[str]) -> str | None:
+    """The verdict for a fine-tuned model that diverged (non-finite weights or source
+    outputs), with one warning; None when it did not."""
+    params = dict(ft.named_parameters())
+    bad = [
+        g for g, names in groups.items()
+        if any(not torch.isfinite(params[n]).all() for n in names)
+    ]  # fmt: skip
+    if not bad and not measured.get("diverged"):
+        return None
+    where = f"non-finite weights in {', '.join(bad)}" if bad else "non-finite features"
+    text = (
+        f"the fine-tuned model diverged ({where}): its outputs on the source images are not "
+        "finite, so it has forgotten the source task entirely"
+    )
+    warnings.append(f"The checkpoint diverged: {where}; CKA, agreement and source accuracy "
+                    "cannot be measured on it and it counts as total forgetting.")  # fmt: skip
+    return text
+
+
 def verdict(layers: list[dict], source_accuracy: dict, agreement: float | None) -> str:
     """A plain-words verdict from the audit's numbers (thresholds: the module constants).
 
@@ -327,6 +347,7 @@ def audit(
         "drop": pre - post if pre is not None and post is not None else None,
         "per_class": per_class,
     }
+    diverged = _diverged(ft, groups, measured, warnings)
     head_module = ft.get_submodule(loaded.head)
     env = environment(str(dev), seed)
     env["forgetting_layout"] = tracker.layout.describe()
@@ -345,7 +366,8 @@ def audit(
         layers=tuple(AuditLayer(**row) for row in layer_rows),
         source_accuracy=SourceAccuracy(**source_accuracy),
         agreement=measured["agreement"],
-        verdict=verdict(layer_rows, source_accuracy, measured["agreement"]),
+        diverged=bool(diverged),
+        verdict=diverged or verdict(layer_rows, source_accuracy, measured["agreement"]),
         thresholds={
             "cka_unchanged": CKA_UNCHANGED,
             "agreement_unchanged": AGREEMENT_UNCHANGED,

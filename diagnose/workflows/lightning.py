@@ -11,6 +11,7 @@ rest of the package never imports Lightning. Example::
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from torch import nn
@@ -27,6 +28,8 @@ except ImportError:
         ) from exc
 
 from diagnose.workflows.tracking import ForgettingTracker
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["ForgettingCallback"]
 
@@ -111,10 +114,14 @@ class ForgettingCallback(pl.Callback):
                 "forgetting/agreement": record["agreement"],
                 "forgetting/forgetting": record["forgetting"],
                 "forgetting/cka_min": min(ckas) if ckas else None,
+                "forgetting/diverged": 1.0 if record.get("diverged") else 0.0,
             }
             trainer.logger.log_metrics(
                 {k: float(v) for k, v in scalars.items() if v is not None}, step=step
             )
+        if self.log and record.get("diverged"):
+            _log.warning("ForgettingCallback: the model diverged by step %d (non-finite source "
+                         "outputs): total forgetting", step)  # fmt: skip
         if self.stop_on_budget and self.tracker.exceeded:
             trainer.should_stop = True
 

@@ -215,9 +215,11 @@ class ForgettingTracker:
 
         Returns:
             ``{"step", "source_accuracy", "source_accuracy_drop", "agreement",
-            "forgetting", "forgetting_measure", "cka": {block: 0..1},
-            "drift": {block: ||w - w0|| / ||w0||}, "seconds", "over_budget"}``;
-            numbers a diverged model cannot give are None.
+            "forgetting", "forgetting_measure", "diverged", "cka": {block: 0..1},
+            "drift": {block: ||w - w0|| / ||w0||}, "seconds", "over_budget"}``. A model
+            whose source outputs are not finite is ``diverged``: total forgetting
+            (``over_budget`` and :attr:`exceeded` set, one warning naming the step), and
+            the numbers it cannot give are None.
         """
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -236,20 +238,30 @@ class ForgettingTracker:
         drop = None if acc is None or ref is None else ref - acc
         agreement = summary["agreement"]
         forgetting = drop if drop is not None else (None if agreement is None else 1 - agreement)
+        diverged = bool(summary.get("diverged"))
+        if diverged:  # nothing of the source task survives: total forgetting, the alarm rings
+            forgetting = ref if ref is not None else 1.0
+            self._warn_once(
+                f"The model diverged by step {step}: its outputs on the source images are not "
+                "finite, which counts as total forgetting (over any budget)."
+            )
         record = {
             "step": int(step),
             "source_accuracy": acc,
             "source_accuracy_drop": drop,
             "agreement": agreement,
             "forgetting": forgetting,
-            "forgetting_measure": "source_accuracy_drop" if drop is not None else "disagreement",
+            "forgetting_measure": "source_accuracy_drop"
+            if drop is not None or (diverged and ref is not None)
+            else "disagreement",
+            "diverged": diverged,
             "cka": summary["cka"],
             "drift": drift,
             "seconds": time.perf_counter() - t0,
         }
         self.history.append(record)
         budget = self.max_forgetting
-        record["over_budget"] = bool(
+        record["over_budget"] = diverged or bool(
             budget is not None and forgetting is not None and forgetting > budget
         )
         if record["over_budget"] and not self.exceeded:
@@ -259,7 +271,7 @@ class ForgettingTracker:
     def _budget_warning(self) -> list[str]:
         """One line for every measurement over the budget: how often, first, worst."""
         over = [r for r in self.history if r.get("over_budget")]
-        if not over:
+        if not over or self.max_forgetting is None:  # divergence alone: its own warning
             return []
         worst = max(over, key=lambda r: r["forgetting"])
         what = (

@@ -403,3 +403,27 @@ def test_a_tiny_target_measures_forgetting_every_few_epochs_and_its_best_state(
     direct = tracker.measure(best)
     assert entry["forgetting"]["agreement"] == direct["agreement"]
     assert entry["forgetting"]["cka"] == pytest.approx(direct["cka"])
+
+
+def test_source_outputs_that_are_not_finite_stop_the_run_as_diverged(pretrained, data, tracker):
+    """compare's per-epoch measurement: a model whose source outputs turn non-finite has
+    forgotten everything, even while its target loss is still finite."""
+
+    class Failing:
+        def __init__(self, meter):
+            self.meter, self.calls = meter, 0
+
+        def __getattr__(self, name):
+            return getattr(self.meter, name)
+
+        def measure(self, model):
+            self.calls += 1
+            out = self.meter.measure(model)
+            if self.calls >= 2:
+                out = {"source_accuracy": None, "agreement": None, "cka": {}, "diverged": True}
+            return out
+
+    entry = _run("full_low_lr", pretrained, data, Failing(tracker), epochs=4)
+    assert entry["diverged"]["loss"] == "source outputs not finite"
+    assert entry["diverged"]["epoch"] == 2
+    assert [c["epoch"] for c in entry["curves"]] == [1]

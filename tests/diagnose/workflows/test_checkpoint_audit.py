@@ -180,3 +180,25 @@ def test_report_sections_and_escaping(loaded_demo, comparison, tmp_path):
     assert "&lt;b&gt;x&lt;/b&gt; &amp; y" in html
     assert html.count("data:image/png;base64,") == 2
     assert "http://" not in html and "https://" not in html
+
+
+def test_a_checkpoint_with_non_finite_weights_is_a_diverged_total_forgetting(loaded_demo, tmp_path):
+    """Before: NaN weights in block2 left CKA measurable only in block1, drift 0 elsewhere,
+    and the verdict read "nothing measurable was forgotten"."""
+    from diagnose.cli import main
+
+    net = copy.deepcopy(loaded_demo.model)
+    with torch.no_grad():
+        net.block2[0].weight.fill_(float("nan"))
+    path = tmp_path / "nan.pt"
+    torch.save(net.state_dict(), path)
+    res = audit(loaded_demo, str(path), "demo:digits", progress=False).to_dict()
+    assert res["diverged"] is True
+    assert res["verdict"].startswith("the fine-tuned model diverged (non-finite weights in block2)")
+    assert any("diverged" in w and "total forgetting" in w for w in res["warnings"])
+    out = tmp_path / "cli"
+    code = main(["audit", "--model", "demo", "--finetuned", str(path), "--source", "demo:digits",
+                 "--out", str(out), "--quiet"])  # fmt: skip
+    saved = json.loads((out / "results.json").read_text())
+    assert code == 0 and saved["diverged"] is True and "diverged" in saved["verdict"]
+    assert "diverged" in (out / "report.html").read_text()

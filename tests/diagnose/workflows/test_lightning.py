@@ -71,8 +71,8 @@ def _loaders(n: int = 96):
     return torch.utils.data.DataLoader(ds, batch_size=16), torch.utils.data.DataLoader(ds, 32)
 
 
-def _fit(demo, tmp_path, **callback_kwargs):
-    tracker = diagnose.ForgettingTracker(demo, "demo:digits", n_images=32, max_forgetting=0.05)
+def _fit(demo, tmp_path, budget=0.05, lr=0.05, **callback_kwargs):
+    tracker = diagnose.ForgettingTracker(demo, "demo:digits", n_images=32, max_forgetting=budget)
     callback = diagnose.ForgettingCallback(tracker, **callback_kwargs)
     logger = Recorder()
     trainer = pl.Trainer(
@@ -85,7 +85,7 @@ def _fit(demo, tmp_path, **callback_kwargs):
         default_root_dir=str(tmp_path),
         num_sanity_val_steps=1,
     )
-    lit = LitClassifier(copy.deepcopy(demo.model), demo.head)
+    lit = LitClassifier(copy.deepcopy(demo.model), demo.head, lr=lr)
     train, val = _loaders()
     with single_thread():
         trainer.fit(lit, train, val)
@@ -131,3 +131,13 @@ def test_a_lightning_checkpoint_audits_as_a_state_dict(demo, tmp_path):
     data = json.loads((out / "results.json").read_text())
     assert data["kind"] == "audit"
     assert 0.0 <= data["agreement"] < 1.0  # three epochs on relabelled digits moved it
+
+
+def test_a_diverging_fit_is_stopped_and_logged_without_a_budget(demo, tmp_path):
+    """No forgetting budget at all: divergence alone is total forgetting and stops the fit."""
+    tracker, trainer, logger = _fit(demo, tmp_path, budget=None, lr=1e4, every_n_steps=1,
+                                    stop_on_budget=True)  # fmt: skip
+    assert tracker.exceeded and tracker.history[-1]["diverged"]
+    assert trainer.global_step < 18
+    assert any(m.get("forgetting/diverged") == 1.0 for _, m in logger.rows)
+    assert any("diverged" in w for w in tracker.to_dict()["warnings"])

@@ -144,3 +144,43 @@ def test_errors_come_at_construction_and_name_the_parameter(demo):
     assert "\n" not in message
     with pytest.raises(TypeError, match="'model' parameter of measure"):
         diagnose.ForgettingTracker(demo, "demo:digits", n_images=8).measure("not a model")
+
+
+def _diverge(model, steps=3):
+    """The issue's case: the demo CNN left in eval mode, SGD at lr 0.05 on standard-normal
+    noise images with random labels; the loss goes 50 -> 1e7 -> NaN in three steps."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x = torch.randn(32, 1, 32, 32, generator=gen)
+        y = torch.randint(0, 10, (32,), generator=gen)
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("budget", [0.05, None])
+def test_a_diverged_model_is_total_forgetting_not_silence(demo, tracker_factory, budget):
+    tracker = tracker_factory(max_forgetting=budget)
+    model = copy.deepcopy(demo.model).eval()
+    with single_thread():
+        tracker.measure(model, step=1)
+        with torch.no_grad():
+            model.get_submodule(tracker.blocks[0])[0].weight.fill_(float("nan"))
+        m = tracker.measure(model, step=2)
+    assert m["diverged"] is True and m["over_budget"] is True
+    assert m["agreement"] is None and m["source_accuracy"] is None
+    assert m["forgetting"] == pytest.approx(tracker.reference_source_accuracy)  # all of it
+    assert (tracker.exceeded, tracker.exceeded_at) == (True, 2)
+    lines = [w for w in tracker.to_dict()["warnings"] if "diverged" in w]
+    assert len(lines) == 1 and "step 2" in lines[0]
+
+
+def test_the_issue_s_diverging_loop_raises_the_alarm(demo, tracker_factory):
+    tracker = tracker_factory(max_forgetting=0.05)
+    model = copy.deepcopy(demo.model).eval()
+    with single_thread():
+        _diverge(model, steps=3)
+        m = tracker.measure(model, step=3)
+    assert m["diverged"] and tracker.exceeded
