@@ -17,6 +17,23 @@ __all__ = [
 ]
 
 _SIZE_SAMPLE = 64  # items decoded to infer sizes when labels come from `targets`
+# More than this share of the items read failing is a broken data source, not a hiccup:
+# the run stops, saying how many failed and the first error.
+MAX_FAILED_SHARE = 0.5
+
+
+def _read_item(ds: Any, index: int, where: str) -> tuple[Any, int | str | None]:
+    """``ds[index]`` as (image, label). Any error the user's ``__getitem__`` raises (a
+    network share hiccup, a missing file) becomes an :class:`UndecodableImage` naming the
+    item, which the readers skip and count."""
+    try:
+        item = ds[index]
+    except Exception as exc:  # the user's code: any type
+        why = f"{type(exc).__name__}: {exc}"
+        raise UndecodableImage(
+            f"{where} could not be read ({why})", index=int(index), item=f"{where} ({why})"
+        ) from exc
+    return _split_item(item, where)
 
 
 def size_facts(
@@ -80,11 +97,18 @@ def _as_image(x: Any, where: str, index: int | None = None) -> torch.Tensor:
 class _ItemAdapter(Dataset):
     """Wraps a user dataset so items are ``(float32 C x H x W tensor, int label or -1)``."""
 
-    def __init__(self, base: Dataset, spec: str, labels: np.ndarray | None):
+    def __init__(
+        self,
+        base: Dataset,
+        spec: str,
+        labels: np.ndarray | None,
+        class_index: dict[str, int] | None = None,
+    ):
         self.base = base
         self.spec = spec
         self.targets = labels
         self.classes = getattr(base, "classes", None)
+        self.class_index = class_index  # string labels -> class indices (sorted names)
         self.undecodable: dict[int, str] = {}  # index -> description, as ImageFolderDataset
 
     def __len__(self) -> int:
@@ -92,13 +116,24 @@ class _ItemAdapter(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         where = f"dataset {self.spec!r} item {index}"
-        x, y = _split_item(self.base[index], where)
         try:
+            x, y = _read_item(self.base, index, where)
             image = _as_image(x, where, int(index))
         except UndecodableImage as exc:
             self.undecodable[int(index)] = exc.describe()
             raise
+        if isinstance(y, str):
+            y = _label_index(y, self.class_index, where)
         return image, -1 if y is None else y
+
+
+def _label_index(y: str, class_index: dict[str, int] | None, where: str) -> int:
+    if class_index is None or y not in class_index:
+        raise ValueError(
+            f"{where}: the label {y!r} is not one of the dataset's classes "
+            f"{sorted(class_index or {})[:10]}."
+        )
+    return class_index[y]
 
 
 def _split_item(item: Any, where: str) -> tuple[Any, int | None]:
@@ -120,8 +155,12 @@ def _split_item(item: Any, where: str) -> tuple[Any, int | None]:
             y = y.item()
         if isinstance(y, float) and y.is_integer():
             y = int(y)
+        if isinstance(y, str):  # a class name: mapped to its index in the sorted names
+            return x, y
         if not isinstance(y, int) or isinstance(y, bool):
-            raise ValueError(f"{where}: the label must be an integer class index, got {y!r}.")
+            raise ValueError(
+                f"{where}: the label must be an integer class index or a class name, got {y!r}."
+            )
         return x, y
     return item, None
 
@@ -133,6 +172,67 @@ def _read_facts(x: Any, where: str, bad: list[str]) -> tuple | None:
     except UndecodableImage as exc:
         bad.append(exc.describe())
         return None
+
+
+_FAILED = object()  # the label of an item whose __getitem__ raised
+
+
+def _probe_item(ds, i: int, where: str, bad: list[str], failed: list[str]) -> tuple:
+    """``(facts or None, label)`` of item ``i``; a read error is noted in ``failed`` (label
+    :data:`_FAILED`), an undecodable image in ``bad``."""
+    try:
+        x, y = _read_item(ds, i, where)
+    except UndecodableImage as exc:
+        failed.append(exc.describe())
+        return None, _FAILED
+    return _read_facts(x, where, bad), y
+
+
+def _check_failed(spec: str, failed: list[str], n_read: int, notes: list[str]) -> None:
+    if not failed:
+        return
+    if len(failed) > MAX_FAILED_SHARE * n_read:
+        raise ValueError(
+            f"dataset spec {spec!r}: {len(failed)} of the {n_read} items read raised an error, "
+            f"too many to measure anything (the first: {failed[0]}); fix the dataset or its "
+            "source."
+        )
+    notes.append(
+        f"{len(failed)} of {n_read} items read raised an error and are skipped (the first: "
+        f"{failed[0]})"
+    )
+
+
+def _labels_of(spec: str, ys: list) -> tuple[np.ndarray | None, list[str] | None, dict | None]:
+    """``(labels, class names, name -> index)``: class names (strings) map to their index in
+    the sorted names; items that could not be read get -1 (unlabelled)."""
+    known = [y for y in ys if y is not _FAILED]
+    if all(y is None for y in known):
+        return None, None, None
+    if any(y is None for y in known):
+        raise ValueError(f"dataset spec {spec!r}: some items have a label and some do not.")
+    strings = [isinstance(y, str) for y in known]
+    if any(strings) and not all(strings):
+        raise ValueError(
+            f"dataset spec {spec!r}: some labels are class names and some are indices; "
+            "use one kind."
+        )
+    names = sorted(set(known)) if all(strings) else None
+    index = {c: i for i, c in enumerate(names)} if names is not None else None
+    values = [-1 if y is _FAILED else (index[y] if index else y) for y in ys]
+    try:
+        labels = np.asarray(values, dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"dataset spec {spec!r}: its labels are not class indices ({exc})."
+        ) from exc
+    read = np.asarray([y is not _FAILED for y in ys])
+    if read.any() and labels[read].min() < 0:
+        raise ValueError(
+            f"dataset spec {spec!r}: labels must be class indices >= 0, found "
+            f"{int(labels[read].min())}."
+        )
+    return labels, names, index
 
 
 def callable_domain_fields(spec: str) -> dict[str, Any]:
@@ -155,53 +255,35 @@ def callable_domain_fields(spec: str) -> dict[str, Any]:
 
     notes: list[str] = []
     bad: list[str] = []
+    failed: list[str] = []
     targets = getattr(ds, "targets", None)
     if targets is not None:
-        labels = np.asarray(
-            targets.tolist() if isinstance(targets, torch.Tensor) else targets, dtype=np.int64
-        )
-        if labels.shape != (n,):
+        ys = targets.tolist() if isinstance(targets, torch.Tensor) else list(targets)
+        if len(ys) != n or any(isinstance(y, (list, tuple)) for y in ys):
             raise ValueError(
-                f"dataset spec {spec!r}: its 'targets' has shape {labels.shape}, expected ({n},)."
+                f"dataset spec {spec!r}: its 'targets' has {len(ys)} entries (or nested ones), "
+                f"expected one label per item ({n})."
             )
         probe = np.unique(np.linspace(0, n - 1, min(n, _SIZE_SAMPLE)).round().astype(int))
-        facts = []
-        for i in probe:
-            where = f"{spec} item {i}"
-            fact = _read_facts(_split_item(ds[int(i)], where)[0], where, bad)
-            if fact is not None:
-                facts.append(fact)
+        read = [_probe_item(ds, int(i), f"{spec} item {i}", bad, failed) for i in probe]
+        facts = [f for f, _ in read if f is not None]
         if len(probe) < n:
             notes.append(f"sizes and channels inferred from {len(facts)} of {n} items")
     else:
         # No `targets`: read every item once, the only way to know the labels; keep
         # only its label and a few numbers, never the decoded images themselves.
-        facts, ys = [], []
-        for i in range(n):
-            where = f"dataset {spec!r} item {i}"
-            x, y = _split_item(ds[i], where)
-            fact = _read_facts(x, where, bad)
-            if fact is not None:
-                facts.append(fact)
-            ys.append(y)
-        if all(y is None for y in ys):
-            labels = None
-        elif any(y is None for y in ys):
-            raise ValueError(f"dataset spec {spec!r}: some items have a label and some do not.")
-        else:
-            labels = np.asarray(ys, dtype=np.int64)
-    if labels is not None and len(labels) and labels.min() < 0:
-        raise ValueError(
-            f"dataset spec {spec!r}: labels must be class indices >= 0, found {int(labels.min())}."
-        )
-
+        read = [_probe_item(ds, i, f"dataset {spec!r} item {i}", bad, failed) for i in range(n)]
+        facts = [f for f, _ in read if f is not None]
+        ys = [y for _, y in read]
+    _check_failed(spec, failed, len(read), notes)
+    labels, names, class_index = _labels_of(spec, ys)
     if bad:
         shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
         notes.append(f"{len(bad)} item(s) whose image could not be decoded: {shown}")
-        if not facts:
-            raise ValueError(
-                f"dataset spec {spec!r}: none of the items read could be decoded ({bad[0]})."
-            )
+    if not facts:
+        raise ValueError(
+            f"dataset spec {spec!r}: none of the items read could be decoded ({(bad + failed)[0]})."
+        )
     channels_seen = {f[0] for f in facts}
     channels = 3 if channels_seen - {1} else 1
     lo = min(f[3] for f in facts)
@@ -213,7 +295,7 @@ def callable_domain_fields(spec: str) -> dict[str, Any]:
         )
     native, size_range = size_facts([(f[1], f[2]) for f in facts])
 
-    classes = getattr(ds, "classes", None)
+    classes = names if names is not None else getattr(ds, "classes", None)
     if classes is not None:
         classes = [str(c) for c in classes]
     elif labels is not None:
@@ -226,7 +308,7 @@ def callable_domain_fields(spec: str) -> dict[str, Any]:
     label_text = f"{len(classes)} classes" if classes is not None else "unlabelled"
     return dict(
         name=spec,
-        dataset=_ItemAdapter(ds, spec, labels),
+        dataset=_ItemAdapter(ds, spec, labels, class_index),
         labels=labels,
         classes=classes,
         channels=channels,

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from diagnose.core import Recommendation
-from diagnose.data import materialize
+from diagnose.data import materialize_readable
 from diagnose.decide.candidates import Candidate, build_candidates
 from diagnose.decide.race import run_race
 from diagnose.decide.race_scoring import scoring_folds
@@ -212,12 +212,17 @@ def race_pool(tgt, used: np.ndarray, split: dict, prep, warnings: list[str]):
     """
     idx = np.sort(np.concatenate([split["train"], split["val"]]))
     try:
-        x, y = materialize(tgt, used[idx], prep)
+        x, y, gone = materialize_readable(tgt, used[idx], prep, warnings)
     except ValueError as exc:  # too large to hold in memory: the prior stands, said so
         warnings.append(f"The trial race was skipped: {exc}")
         return None, None
+    # An item that failed to read now (it read at capture) is left out, positions renumbered.
+    kept = np.ones(len(idx), dtype=bool)
+    kept[gone] = False
+    row = np.cumsum(kept) - 1
     labelled = (y >= 0).numpy()
     pos = {k: np.searchsorted(idx, split[k]) for k in ("train", "val")}
+    pos = {k: row[v[kept[v]]] for k, v in pos.items()}
     pos = {k: v[labelled[v]] for k, v in pos.items()}
     if len(pos["train"]) < 2:
         return None, None

@@ -13,7 +13,7 @@ from PIL import Image
 
 from diagnose.data.demo_data import DEMO_DOMAINS, demo_arrays
 from diagnose.data.domains import Domain, load_domain
-from probes import fetch_items
+from probes import UnreadableExample, fetch_items
 
 SHIFTED = ["demo:digits-noise", "demo:digits-invert", "demo:digits-rotate", "demo:digits-relabel"]
 
@@ -296,6 +296,31 @@ def user_module(tmp_path, monkeypatch):
         def broken():
             raise RuntimeError("disk on fire")
 
+        class Named(Dataset):
+            def __len__(self):
+                return 6
+            def __getitem__(self, i):
+                return torch.full((3, 4, 4), 0.1 * i), ["dog", "cat", "eel"][i % 3]
+
+        class Flaky(Dataset):
+            def __init__(self, bad):
+                self.bad = bad
+            def __len__(self):
+                return 12
+            def __getitem__(self, i):
+                if i in self.bad:
+                    raise OSError(f"network share hiccup reading item {i}")
+                return torch.full((3, 4, 4), 0.05 * i), i % 2
+
+        def named():
+            return Named()
+
+        def flaky():
+            return Flaky({3, 7})
+
+        def mostly_broken():
+            return Flaky(set(range(9)))
+
         answer = 42
         """
     )
@@ -344,3 +369,21 @@ def test_callable_spec_errors(user_module):
         load_domain(f"{user_module}:broken")
     with pytest.raises(ValueError, match=r"is a int, not a function"):
         load_domain(f"{user_module}:answer")
+
+
+def test_string_labels_become_sorted_class_indices(user_module):
+    d = load_domain(f"{user_module}:named")
+    assert d.classes == ["cat", "dog", "eel"]  # sorted names
+    assert d.labels.tolist() == [1, 0, 2, 1, 0, 2]
+    assert [d.dataset[i][1] for i in range(3)] == [1, 0, 2]
+
+
+def test_items_that_raise_are_skipped_and_counted(user_module):
+    d = load_domain(f"{user_module}:flaky")
+    assert d.labels.tolist() == [0, 1, 0, -1, 0, 1, 0, -1, 0, 1, 0, 1]  # unread: unlabelled
+    note = next(w for w in d.warnings if "raised an error" in w)
+    assert "2 of 12 items" in note and "OSError: network share hiccup reading item 3" in note
+    with pytest.raises(UnreadableExample, match="item 3 could not be read"):
+        d.dataset[3]  # the readers skip it and count it
+    with pytest.raises(ValueError, match=r"9 of the 12 items read raised an error, too many"):
+        load_domain(f"{user_module}:mostly_broken")

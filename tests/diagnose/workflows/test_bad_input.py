@@ -521,3 +521,47 @@ def test_no_network_for_torchvision_weights(good_folder, tmp_path, monkeypatch, 
     assert "not in the local torchvision cache" in line and "nothing is downloaded" in line
     assert "--weights PATH" in line and "--weights random" in line
     assert not out.exists()
+
+
+_FLAKY = """
+import torch
+from torch.utils.data import Dataset
+
+
+class Flaky(Dataset):
+    '''Digits-like blobs whose items 3 and 11 fail to read, labelled by class name.'''
+
+    def __len__(self):
+        return 48
+
+    def __getitem__(self, i):
+        if i in (3, 11):
+            raise OSError(f"network share hiccup reading item {i}")
+        g = torch.Generator().manual_seed(i)
+        x = torch.rand(1, 16, 16, generator=g) * 0.3
+        c = i % 3
+        x[:, 5 * c : 5 * c + 5, :] += 0.7
+        return x, ["cross", "bar", "ring"][c]
+
+
+def flaky():
+    return Flaky()
+"""
+
+
+def test_a_user_dataset_with_failing_items_and_string_labels_runs(tmp_path, monkeypatch, capsys):
+    """Before: `assess` ended with exit 2 on the first OSError; string labels were refused."""
+    (tmp_path / "flaky_mod.py").write_text(_FLAKY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    code, _, err = _run(
+        ["assess", "--model", "demo", "--source", "demo:digits", "--target", "flaky_mod:flaky",
+         "--max-samples", 100, "--trial-budget", 0.02, "--out", out],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    res = json.loads((out / "results.json").read_text())
+    assert res["target"]["classes"] == ["bar", "cross", "ring"]  # sorted class names
+    lines = [w for w in res["warnings"] if "raised an error" in w]
+    assert len(lines) == 1 and "2 of 48 items" in lines[0] and "item 3" in lines[0]
+    assert res["recommendation"]["measured"] is True
