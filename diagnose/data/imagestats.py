@@ -245,8 +245,14 @@ def normalization_check(
         "channels": [],
         "ok": None,
     }
-    if mean is None or expected_mean is None or expected_std is None:
-        return check, []
+    if mean is None:
+        return check, ["The normalisation check was not made: no target pixel was read."]
+    if expected_mean is None or expected_std is None:
+        why = expected_from.removeprefix("nothing: ")
+        return check, [
+            f"The normalisation check was not made: {why}, so nothing says what pixels the "
+            "model expects; pass normalize (--normalize MEAN,STD) or source data."
+        ]
     if len(expected_mean) != len(mean):
         expected_mean = [float(np.mean(expected_mean))] * len(mean)
         expected_std = [float(np.mean(expected_std))] * len(mean)

@@ -161,6 +161,12 @@ class ForgettingTracker:
         sx, sy = source_eval_set(
             src, loaded, prep, n=n_images, seed=seed, warnings=self.warnings, labels=use_labels
         )
+        if sy is None:  # source_accuracy stays null in every measurement: say why once
+            self.warnings.append(
+                "Source accuracy is not measured: the source images have no labels for the "
+                "original head's classes; forgetting is the disagreement with the pretrained "
+                "model's predictions instead."
+            )
         net = loaded.model
         blocks = probes.discover_layers(net) if layers == "auto" else list(layers)
         reference = copy.deepcopy(net).eval()
