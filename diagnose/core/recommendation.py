@@ -56,6 +56,8 @@ class Recommendation(Record):
     depth: int | None = read_as(as_integer)
     unfreeze: tuple | None = read_as(as_tuple)
     unfreeze_blocks: tuple | None = read_as(as_tuple)
+    # True when the model had no classifier: the last entry of ``unfreeze`` is a new head.
+    new_head: bool | None = read_as(as_bool)
     cut: str | None = read_as(as_text)
     lr: dict | None = read_as(as_dict)
     head_lr: float | None = read_as(as_number)

@@ -17,8 +17,10 @@ __all__ = [
 ]
 
 _SIZE_SAMPLE = 64  # items decoded to infer sizes when labels come from `targets`
-# More than this share of the items read failing is a broken data source, not a hiccup:
-# the run stops, saying how many failed and the first error.
+# More than this share of the items read failing is a broken data source (or a bug in
+# its __getitem__), not a hiccup: the probes, the gap and the race would then describe a
+# minority of the data the user gave. The run stops, saying how many failed and the
+# first error, which is also where a bug in the user's code shows.
 MAX_FAILED_SHARE = 0.5
 
 

@@ -16,6 +16,7 @@ and ``unfreeze_blocks`` the probed blocks the engine's ``partial`` trains.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -335,8 +336,8 @@ def measured_recommendation(
     unfreeze = trainable_modules(net, race_blocks, race_head, race_groups)
     cut = cut_description(net, race_blocks, race_head, race_groups)
     if head is None:
-        unfreeze = [f"{u} (new)" if u == race_head else u for u in unprefixed(unfreeze)]
-        cut = cut.replace(f"{BODY}.", "")
+        unfreeze = unprefixed(unfreeze)
+        cut = re.sub(rf"(?<![\w.]){BODY}\.", "", cut)  # the wrapper's prefix, once per name
     reasons, change, confidence = _reasons(trials, pick, prior, protocol)
     defaults = TrainConfig()
     return Recommendation(
@@ -345,6 +346,7 @@ def measured_recommendation(
         depth=cand.depth,
         unfreeze=tuple(unfreeze),
         unfreeze_blocks=tuple(groups),
+        new_head=head is None,
         cut=cut,
         lr=_lr_per_group(cand, blocks, full_epochs),
         head_lr=cand.head_lr,

@@ -219,6 +219,12 @@ def run_race(
     finally:
         if ctx.remote is not None:
             ctx.remote.close()
+    if ctx.discarded and warnings is not None:
+        warnings.append(
+            f"The Ray race ran {ctx.discarded / 1e9:.1f} GFLOPs of trials in parallel that the "
+            "budget check then refused; they are discarded so that the race records what the "
+            "local race would (trials.flops_discarded)."
+        )
     ranked = sorted(arms, key=lambda a: (-(len(a.rungs)),) + a.rank_key())
     schedule = {"rungs": rung_log, "rung_epochs": list(plan.epochs), "eta": ETA}
     spend = {
@@ -230,6 +236,7 @@ def run_race(
         "cuts": [c.to_dict() for c in plan.cuts],
         "unbracketed": unbracketed(arms),
         "executor": "ray" if ray is not None else "local",
+        "flops_discarded": float(ctx.discarded),
         "wall_s": round(time.perf_counter() - start, 4),
     }
     return race_summary(arms, ranked, schedule, spend, n_folds=n_folds, full_epochs=full_epochs)
@@ -248,8 +255,22 @@ def _rungs(ctx: RaceContext, plan: RacePlan, budget: float, progress: bool):
         alive.sort(key=Arm.rank_key)
         alive = [a for a in alive if a.status == "ok"]
         keep = max(2, math.ceil(len(alive) / ETA)) if len(alive) >= 2 else len(alive)
+        ratio = ledger.ratio(epochs[0], plan.first_folds)
+
+        def cost(chosen: list[Arm], folds: int, ratio: float = ratio, e: int = e) -> float:
+            # Each arm's measured cost, plus the shared results (captures, prefix caches)
+            # of folds no trial has paid for yet: an arm's own record lacks them when
+            # another arm paid on the folds it ran.
+            unpaid: dict = {}
+            for a in chosen:
+                shared = plan.sizes.shared(a.cand)
+                for f in range(folds) if shared else ():
+                    if (f, *shared[0]) not in ctx.paid:
+                        unpaid[(f, *shared[0])] = shared[1] * ratio
+            return sum(a.estimate(e, folds) for a in chosen) + sum(unpaid.values())
+
         keep, rung_folds = _fit_rung(
-            alive, keep, e, ledger.spent, budget * full, plan.first_folds, n_folds
+            alive, keep, cost, ledger.spent, budget * full, plan.first_folds, n_folds
         )
         if keep < 2:
             break
@@ -360,13 +381,13 @@ def _first_rung(ctx: RaceContext, arms: list[Arm], ledger: _Ledger, progress: bo
     return arms, log
 
 
-def _fit_rung(alive, keep, epochs, spent, budget_flops, min_folds, n_folds) -> tuple[int, int]:
-    """(survivors, folds) of the next rung that fit the budget: folds give way first
-    (down to rung 0's), then survivors (down to 2; fewer means the race stops)."""
+def _fit_rung(alive, keep, cost, spent, budget_flops, min_folds, n_folds) -> tuple[int, int]:
+    """(survivors, folds) of the next rung that fit the budget (``cost(arms, folds)``): folds
+    give way first (down to rung 0's), then survivors (down to 2; fewer: the race stops)."""
     while keep >= 2:
         chosen = _survivors(alive, keep)
         for folds in range(n_folds, min_folds - 1, -1):
-            if spent + sum(a.estimate(epochs, folds) for a in chosen) <= budget_flops:
+            if spent + cost(chosen, folds) <= budget_flops:
                 return keep, folds
         keep -= 1
     return keep, min_folds

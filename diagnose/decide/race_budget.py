@@ -24,11 +24,11 @@ scales the model to the FLOPs the first trials actually counted, and the race
 stops adding trials once the calibrated cost would pass the budget.
 
 Example:
-    >>> cost = CostModel.measure(net, blocks, x[:1])
-    >>> plan = plan_race(cands, cost, blocks=blocks, n_train=16, n_val=8, n_folds=6,
-    ...                  first_folds=2, epochs=[50], min_epochs=20, budget=0.2)
+    >>> cost = CostModel.measure(net, blocks, x[:1], head_in=512)
+    >>> plan = plan_race(cands, cost, blocks=blocks, n_train=16, n_val=8, classes=3,
+    ...                  n_folds=6, first_folds=2, epochs=[50], min_epochs=20, budget=0.2)
     >>> [c.kind for c in plan.cuts], plan.epochs
-    (['folds', 'first_rung'], [20, 50])
+    (['folds', 'first_rung'], [29, 50])
 """
 
 from __future__ import annotations
@@ -177,6 +177,16 @@ class TrialSizes:
     n_train: int
     n_val: int
     classes: int
+
+    def shared(self, cand: Candidate) -> tuple[tuple[str, object], float] | None:
+        """``((phase, tag), FLOPs)`` of the result ``cand`` shares with others per fold (the
+        keys of :meth:`diagnose.decide.race_trials.RaceContext.record`), or None."""
+        images = self.n_train + self.n_val
+        if cand.strategy == "partial":
+            return ("prefix_cache", cand.depth), self.cost.before[self.blocks[-cand.depth]] * images
+        if cand.strategy in ("feature_extraction", "lp_ft"):
+            return ("capture", cand.strategy), self.cost.total * images
+        return None
 
     def sweep(self, cands: list[Candidate], epochs: int, folds: int) -> float:
         """FLOPs of ``cands`` at ``epochs`` on ``folds`` folds, shared fixed costs once."""

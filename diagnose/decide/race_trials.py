@@ -139,6 +139,9 @@ class RaceContext:
     warnings: list[str] | None = None
     paid: set = field(default_factory=set)
     remote: Any = None
+    # FLOPs of Ray trials run with their batch but then refused by the budget check
+    # (never recorded; reported as ``flops_discarded``).
+    discarded: float = 0.0
 
     def trial(self, cand: Candidate, fold: int, epochs: int) -> dict:
         """Train ``cand`` on fold ``fold`` here (:func:`train_trial`)."""
@@ -164,6 +167,9 @@ class RaceContext:
             outcomes = self.remote.run(arms, e, n_folds, bar)
         for a in arms:
             if admit is not None and not admit(a):
+                done = outcomes[a.index] if self.remote is not None else None
+                if isinstance(done, list):
+                    self.discarded += sum(o["fixed_flops"] + o["scaled_flops"] for o in done)
                 continue
             if self.remote is not None:
                 outs = outcomes[a.index]

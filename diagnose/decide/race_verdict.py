@@ -142,16 +142,20 @@ _CHOSEN_WORDS = {
 def choose_pick(winner, tied: list, full_epochs: int, n_folds: int) -> tuple:
     """``(pick, kind)`` among the ``tied`` leaders (the winner first); kind in :data:`CHOSEN_BY`.
 
-    The cheapest at the full epochs is picked, with costs within :data:`COST_TIE` of
-    the cheapest counted as equal and the rule prior's order breaking that tie. The pick
-    is "cheaper" than the winner only when its cost is more than :data:`COST_TIE` below.
+    A leader "cheaper" than the winner costs more than :data:`COST_TIE` less at the full
+    epochs; the cheapest of those is picked (costs within :data:`COST_TIE` of it are
+    equal, the rule prior's order breaking that tie). With none cheaper, the leaders
+    that cost the same as the winner (within :data:`COST_TIE`), the winner among them,
+    are ordered by the rule prior.
     """
     cost = {id(a): a.estimate(full_epochs, n_folds) for a in tied}
-    cheapest = min(cost.values())
-    same = [a for a in tied if cost[id(a)] <= cheapest * (1 + COST_TIE)]
-    pick = min(same, key=lambda a: (a.cand.prior_rank, a.index))
-    if pick is winner:
-        return pick, "accuracy"
-    if cost[id(pick)] < cost[id(winner)] * (1 - COST_TIE):
-        return pick, "cost"
-    return pick, "prior order"
+    by_prior = lambda a: (a.cand.prior_rank, a.index)  # noqa: E731
+    cheaper = [a for a in tied if cost[id(a)] < cost[id(winner)] * (1 - COST_TIE)]
+    if cheaper:
+        cheapest = min(cost[id(a)] for a in cheaper)
+        return min(
+            (a for a in cheaper if cost[id(a)] <= cheapest * (1 + COST_TIE)), key=by_prior
+        ), "cost"
+    same = [a for a in tied if cost[id(a)] <= cost[id(winner)] * (1 + COST_TIE)]
+    pick = min(same, key=by_prior)
+    return pick, ("accuracy" if pick is winner else "prior order")

@@ -46,8 +46,8 @@ class WeightDrift:
         self.refs = {
             g: [reference_state[n].detach() for n in names] for g, names in self.groups.items()
         }
-        norms = torch.stack([_norm(refs).cpu() for refs in self.refs.values()])
-        self.ref_norms = dict(zip(self.refs, norms.double().tolist()))
+        norms = [_norm(refs).cpu() for refs in self.refs.values()]
+        self.ref_norms = dict(zip(self.refs, torch.stack(norms).double().tolist() if norms else []))
 
     def __call__(self, model: nn.Module) -> dict[str, float | None]:
         """The drift of ``model``'s parameters per group (names as in ``groups``)."""
@@ -60,11 +60,13 @@ class WeightDrift:
                 r if (r.device, r.dtype) == (w.device, w.dtype) else r.to(w.device, w.dtype)
                 for w, r in zip(ws, self.refs[group])
             ]
-            nums.append(_norm(torch._foreach_sub(ws, refs)).cpu())
+            nums.append(_norm(torch._foreach_sub(ws, refs)))
         out: dict[str, float | None] = {}
         if not nums:
             return out
-        for group, num in zip(self.groups, torch.stack(nums).double().tolist()):
+        # One host sync for every group (the norms are stacked where they were computed).
+        values = torch.stack([n.to(nums[0].device) for n in nums]).double().cpu().tolist()
+        for group, num in zip(self.groups, values):
             den = self.ref_norms[group]
             if den > 0:
                 value = num / den

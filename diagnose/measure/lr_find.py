@@ -56,7 +56,7 @@ def consensus_lr(suggestions: list[float | None]) -> tuple[float | None, str | N
         (0.0134, None)
     """
     got = sorted(s for s in suggestions if s is not None and s > 0)
-    if len(got) * 2 < len(suggestions):
+    if not got or len(got) * 2 < len(suggestions):
         return None, (
             f"Only {len(got)} of {len(suggestions)} repeated range tests found a steady "
             "descent: no LR is suggested; the race's grid uses the usual head LRs."

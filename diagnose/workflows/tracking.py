@@ -247,6 +247,7 @@ class ForgettingTracker:
         diverged = bool(summary.get("diverged"))
         if diverged:  # nothing of the source task survives: total forgetting, the alarm rings
             forgetting = ref if ref is not None else 1.0
+            drop = ref  # every correct source prediction is lost (None without labels)
             self._warn_once(
                 f"The model diverged by step {step}: its outputs on the source images are not "
                 "finite, which counts as total forgetting (over any budget)."
@@ -257,9 +258,7 @@ class ForgettingTracker:
             "source_accuracy_drop": drop,
             "agreement": agreement,
             "forgetting": forgetting,
-            "forgetting_measure": "source_accuracy_drop"
-            if drop is not None or (diverged and ref is not None)
-            else "disagreement",
+            "forgetting_measure": "source_accuracy_drop" if drop is not None else "disagreement",
             "diverged": diverged,
             "cka": summary["cka"],
             "drift": drift,
