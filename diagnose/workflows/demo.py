@@ -19,7 +19,7 @@ from diagnose.core import (
     with_fitted_threads,
 )
 from diagnose.data import DEMO_DOMAINS, load_domain
-from diagnose.decide import DEFAULT_TRIAL_BUDGET
+from diagnose.decide import DEFAULT_TRIAL_BUDGET, check_trial_budget
 from diagnose.models import load_model
 from diagnose.report import write_outputs
 from diagnose.workflows.assessment import assess
@@ -110,6 +110,7 @@ def run_demo(
     ``run_compare`` (the default) every strategy is then fine-tuned for ``epochs``
     epochs on each target, and the row sets the race's pick beside the measured best.
     """
+    trial_budget = check_trial_budget(trial_budget)  # before any scenario runs
     t0 = time.perf_counter()
     out = Path(out)
     loaded = load_model("demo", progress=progress)
