@@ -169,6 +169,7 @@ def _decide(s: dict, n_per_class: float, max_forgetting: float | None):
             "late blocks, which re-map the shifted features, move most."
         ]
         if rgn_top is not None:
+            s["rgn_said"] = True  # the caller adds no second Auto-RGN reason
             reasons.append(
                 f"Auto-RGN {'agrees' if rgn_top == first else 'disagrees'}: the largest relative "
                 f"gradient norm is at {rgn_top}."
@@ -326,7 +327,7 @@ def recommend(results: dict, *, max_forgetting: float | None = None) -> dict:
             f"Pretraining helps: the best pretrained probe ({s['best']:.3f}) beats the random-init "
             f"control ({s['best_control']:.3f}) by {benefit:.3f}."
         )
-    if s["rgn"] and not any(r.startswith("Auto-RGN") for r in reasons):
+    if s["rgn"] and not s.get("rgn_said"):
         top = max(s["rgn"], key=s["rgn"].get)
         quiet = [n for n, v in s["rgn"].items() if v < RGN_QUIET]
         reasons.append(

@@ -200,10 +200,16 @@ def select_strategy(
         name = str(entry.name or "?")
         val = entry.target.val_accuracy
         if not entry.ok:
-            excluded.append({"name": name, "reason": why_not_ok(entry)})
+            excluded.append({"name": name, "cause": "not_ok", "reason": why_not_ok(entry)})
             continue
         if val is None:
-            excluded.append({"name": name, "reason": "finished without a validation accuracy"})
+            excluded.append(
+                {
+                    "name": name,
+                    "cause": "no_val_accuracy",
+                    "reason": "finished without a validation accuracy",
+                }
+            )
             continue
         measured.append(entry)
         forgot, measure = forgetting_of(entry)
@@ -211,6 +217,7 @@ def select_strategy(
             excluded.append(
                 {
                     "name": name,
+                    "cause": "forgetting_unmeasured",
                     "reason": f"its forgetting was not measured, so it cannot be shown to stay "
                     f"within the budget of {budget:.3f}",
                 }
@@ -220,6 +227,7 @@ def select_strategy(
             excluded.append(
                 {
                     "name": name,
+                    "cause": "over_budget",
                     "reason": f"forgets too much: {label} {forgot:.3f} is above the budget "
                     f"of {budget:.3f}",
                 }
@@ -311,7 +319,7 @@ def select_strategy(
     if spread_reason:
         reasons.append(spread_reason)
     reasons.append(forgetting_reason(opening, forgot, measure, budget))
-    over = [x["name"] for x in excluded if x["reason"].startswith("forgets too much")]
+    over = [x["name"] for x in excluded if x["cause"] == "over_budget"]
     if over:
         over = join_labels(strategy_label(n) for n in over)
         reasons.append(f"Excluded for exceeding the forgetting budget: {over}.")

@@ -51,7 +51,7 @@ def test_forgetting_budget_excludes_and_says_why():
     assert rec["strategy"] == "partial" and rec["ranking"] == ["partial"]
     assert rec["max_forgetting"] == 0.05
     (excluded,) = rec["excluded"]
-    assert excluded["name"] == "full_low_lr"
+    assert excluded["name"] == "full_low_lr" and excluded["cause"] == "over_budget"
     assert "0.200" in excluded["reason"] and "0.050" in excluded["reason"]
     assert any("full fine-tuning, low LR" in r and "budget" in r for r in rec["reasons"])
     # the budget is inclusive: forgetting exactly at the budget stays eligible
