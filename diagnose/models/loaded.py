@@ -89,15 +89,34 @@ class LoadedModel:
 
 
 def find_head(model: nn.Module) -> str | None:
-    """Qualified name of the last ``nn.Linear`` in ``named_modules()`` order, or None.
+    """Qualified name of the model's classification head, or None when it has none.
+
+    The last ``nn.Linear`` in ``named_modules()`` order, unless it sits inside one
+    of the model's blocks (:func:`probes.discover_layers`) that modules with
+    parameters still follow: a backbone shipped without its classifier (a timm ViT
+    with ``num_classes=0``) still has linear layers in its last block's MLP, with the
+    final norm after them, and taking one of those for the head would cut the network.
 
     Example:
         >>> find_head(torchvision.models.resnet18())
         'fc'
     """
+    import probes
+
+    try:
+        blocks = probes.discover_layers(model)
+    except ValueError:  # no blocks to speak of: any linear layer may be the head
+        blocks = []
+    named = list(model.named_modules())
     last = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
+    for i, (name, module) in enumerate(named):
+        if not isinstance(module, nn.Linear):
+            continue
+        inside = next((b for b in blocks if name.startswith(b + ".")), None)
+        after = [m for n, m in named[i + 1 :] if inside is None or not n.startswith(inside + ".")]
+        if inside is None or not any(
+            next(m.parameters(recurse=False), None) is not None for m in after
+        ):
             last = name
     return last
 

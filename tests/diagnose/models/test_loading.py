@@ -145,6 +145,16 @@ def test_find_head():
     assert find_head(nested) == "1.1"
 
 
+def test_find_head_of_a_headless_transformer_is_none():
+    """A timm ViT without its classifier keeps linear layers in its last block's MLP, with
+    the final norm after them: none of them is a head."""
+    timm = pytest.importorskip("timm", reason="timm is an optional extra ('.[timm]')")
+    kw = {"img_size": 32, "pretrained": False}
+    assert find_head(timm.create_model("vit_tiny_patch16_224", num_classes=0, **kw)) is None
+    assert find_head(timm.create_model("vit_tiny_patch16_224", num_classes=5, **kw)) == "head"
+    assert find_head(torchvision.models.mobilenet_v3_small()) == "classifier.3"
+
+
 class _WithRawParameter(nn.Module):
     def __init__(self):
         super().__init__()
