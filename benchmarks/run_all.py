@@ -1,7 +1,7 @@
 """Run the benchmarks (``make bench``): the performance suite, then the recommender's
 validation and the large-N memory benchmark; each prints its own table.
 
-``bench_probe.py`` and ``bench_compare.py`` are not run on their own: the suite
+``bench_probe.py``, ``bench_compare.py`` and ``bench_race.py`` are not run on their own: the suite
 runs their rows. python benchmarks/run_all.py [--quick]
 """
 
