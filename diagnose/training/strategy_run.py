@@ -213,40 +213,41 @@ class StrategyRun(HeadStages):
                         m.eval()
 
     # -- strategies (the head-only stages are in HeadStages) --------------------------------
-    def fine_tune(
-        self, stages: tuple[Stage, ...], epochs: int, phase: str, record_index: int = 0
-    ) -> None:
-        d, cfg, dev, net = self.data, self.config, self.device, self.net
-        trainable = sorted({g for s in stages for g in s.trainable}, key=[*self.blocks, HEAD].index)
-        pc = None
+    def _prefix_cache(self, stages: tuple[Stage, ...], trainable: list[str]):
+        """The frozen prefix's cached outputs for ``stages`` (from ``reuse`` when there), or
+        None when no block stays frozen through them or caching is refused."""
+        d, cfg = self.data, self.config
         # Frozen parameters have requires_grad=False, so autograd records nothing for a
         # frozen prefix (the same as running it under no_grad); caching skips it entirely.
-        if self.plan.frozen_prefix_cache and len(stages) == 1:
-            cache_phase = Phase("prefix_cache")
-            key = ("prefix", id(d.x_train), id(d.x_val), tuple(trainable), cfg.bn)
-            if self.reuse is not None and key in self.reuse:
-                pc, reason = self.reuse[key]
-            else:
-                pc, reason = build_prefix_cache(
-                    net,
-                    owners=self.owners,
-                    blocks=self.blocks,
-                    trainable=trainable,
-                    bn=cfg.bn,
-                    splits={"train": d.x_train, "val": d.x_val},
-                    batch_size=cfg.batch_size,
-                    device=dev,
-                    set_train_modes=lambda: self.set_train_modes(stages[0].trainable),
-                    phase=cache_phase,
-                )
-                if self.reuse is not None:
-                    self.reuse[key] = (pc, reason)
-            self.prefix_cache, self.prefix_reason = pc is not None, reason
-            if pc is not None:
-                self.phases.append(cache_phase)
-        train = (d.x_train, pc.cache["train"], d.y_train) if pc else (d.x_train, d.y_train)
-        val = (d.x_val, pc.cache["val"], d.y_val) if pc else (d.x_val, d.y_val)
-        loader = make_loader(train, cfg.batch_size, cfg.seed, dev)
+        if not (self.plan.frozen_prefix_cache and len(stages) == 1):
+            return None
+        cache_phase = Phase("prefix_cache")
+        key = ("prefix", id(d.x_train), id(d.x_val), tuple(trainable), cfg.bn)
+        if self.reuse is not None and key in self.reuse:
+            pc, reason = self.reuse[key]
+        else:
+            pc, reason = build_prefix_cache(
+                self.net,
+                owners=self.owners,
+                blocks=self.blocks,
+                trainable=trainable,
+                bn=cfg.bn,
+                splits={"train": d.x_train, "val": d.x_val},
+                batch_size=cfg.batch_size,
+                device=self.device,
+                set_train_modes=lambda: self.set_train_modes(stages[0].trainable),
+                phase=cache_phase,
+            )
+            if self.reuse is not None:
+                self.reuse[key] = (pc, reason)
+        self.prefix_cache, self.prefix_reason = pc is not None, reason
+        if pc is not None:
+            self.phases.append(cache_phase)
+        return pc
+
+    def _fitter(self, stages: tuple[Stage, ...], epochs: int, phase: str) -> Fitter:
+        """The optimiser loop of ``stages`` (L2-SP's pull and weight decay as the plan says)."""
+        cfg = self.config
         penalty, decay = None, dict.fromkeys(self.group_params, cfg.weight_decay)
         if self.plan.penalty is not None:
             pairs = [
@@ -257,19 +258,30 @@ class StrategyRun(HeadStages):
             ]
             penalty = (float(self.plan.penalty["alpha"]), pairs)
             decay = {g: (cfg.weight_decay if g == HEAD else 0.0) for g in self.group_params}
-        fitter = Fitter(
-            root=net,
+        return Fitter(
+            root=self.net,
             groups=self.group_params,
             stages=stages,
-            total_steps=epochs * steps_per_epoch(len(d.y_train), cfg.batch_size),
+            total_steps=epochs * steps_per_epoch(len(self.data.y_train), cfg.batch_size),
             momentum=cfg.momentum,
             weight_decay=decay,
-            device=dev,
+            device=self.device,
             penalty=penalty,
             bn_modules=self.bn_modules,
             bn=cfg.bn,
             phase_prefix=phase,
         )
+
+    def fine_tune(
+        self, stages: tuple[Stage, ...], epochs: int, phase: str, record_index: int = 0
+    ) -> None:
+        d, cfg, dev, net = self.data, self.config, self.device, self.net
+        trainable = sorted({g for s in stages for g in s.trainable}, key=[*self.blocks, HEAD].index)
+        pc = self._prefix_cache(stages, trainable)
+        train = (d.x_train, pc.cache["train"], d.y_train) if pc else (d.x_train, d.y_train)
+        val = (d.x_val, pc.cache["val"], d.y_val) if pc else (d.x_val, d.y_val)
+        loader = make_loader(train, cfg.batch_size, cfg.seed, dev)
+        fitter = self._fitter(stages, epochs, phase)
         nb = is_cuda(dev)
 
         def forward(batch):
@@ -297,21 +309,27 @@ class StrategyRun(HeadStages):
                 with autocast_context(dev):
                     v = evaluate(forward, iterate_batches(val, cfg.batch_size, None))
             self.steps_done = base + fitter.step
-            label = fitter.phases[fitter.stage].name
-            if finite_or_none(v[0]) is None:  # weights blew up in the last steps
-                self.record(epoch, res, v, None, {}, fitter.lr_head, None, label)
-                break
-            measured = epoch % self.measure_every == 0 or epoch == epochs
-            fm, drift = self.measure() if measured else (None, {})
-            snapshot = lambda: cpu_state(net)  # noqa: E731
-            if not self.record(
-                epoch, res, v, fm, drift, fitter.lr_head, snapshot, label, measured=measured
-            ):
+            if not self._end_epoch(epoch, epochs, res, v, fitter):
                 break
         self.steps_done = base + fitter.step
         self.phases.extend(fitter.phases)
         for i, ph in enumerate(fitter.phases):
             self.stage_records[record_index + i]["steps"] = ph.steps
+
+    def _end_epoch(self, epoch: int, epochs: int, res: dict, v: tuple, fitter: Fitter) -> bool:
+        """Measure (every ``measure_every`` epochs and the last) and record a fine-tuning
+        epoch; False when the run must stop (diverged)."""
+        label = fitter.phases[fitter.stage].name
+        if finite_or_none(v[0]) is None:  # weights blew up in the last steps
+            self.record(epoch, res, v, None, {}, fitter.lr_head, None, label)
+            return False
+        measured = epoch % self.measure_every == 0 or epoch == epochs
+        fm, drift = self.measure() if measured else (None, {})
+        net = self.net
+        return self.record(
+            epoch, res, v, fm, drift, fitter.lr_head, lambda: cpu_state(net), label,
+            measured=measured,
+        )  # fmt: skip
 
     def train(self) -> None:
         """Run every stage of the plan (after :meth:`build`)."""
