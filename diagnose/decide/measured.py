@@ -243,6 +243,19 @@ def _race_model(model: nn.Module, head: str | None, blocks: list[str], x, warnin
     return net, NEW_HEAD, [f"{BODY}.{b}" for b in blocks]
 
 
+def _trained(cand: Candidate, net: nn.Module, head: str, blocks: list[str], *, new_head: bool):
+    """``(blocks that train, every module that trains, the cut's phrase)`` for ``cand``, in
+    the user's own module names (a new head's wrapper prefix removed)."""
+    depth_blocks = list(blocks[-cand.depth :]) if cand.depth else list(blocks)
+    groups = [] if cand.strategy == "feature_extraction" else depth_blocks
+    unfreeze = trainable_modules(net, blocks, head, groups)
+    cut = cut_description(net, blocks, head, groups)
+    if new_head:
+        groups, unfreeze = unprefixed(groups), unprefixed(unfreeze)
+        cut = re.sub(rf"(?<![\w.]){BODY}\.", "", cut)  # the wrapper's prefix, once per name
+    return groups, unfreeze, cut
+
+
 def measured_recommendation(
     results: dict,
     prior: dict,
@@ -330,14 +343,7 @@ def measured_recommendation(
     by_key = {c["key"]: c for c in trials["candidates"]}
     pick = by_key[trials["pick"]]
     cand = Candidate.from_dict(pick)  # a given candidate, or an LR the race added past an edge
-    depth_blocks = list(race_blocks[-cand.depth :]) if cand.depth else list(race_blocks)
-    race_groups = [] if cand.strategy == "feature_extraction" else depth_blocks
-    groups = unprefixed(race_groups) if head is None else race_groups
-    unfreeze = trainable_modules(net, race_blocks, race_head, race_groups)
-    cut = cut_description(net, race_blocks, race_head, race_groups)
-    if head is None:
-        unfreeze = unprefixed(unfreeze)
-        cut = re.sub(rf"(?<![\w.]){BODY}\.", "", cut)  # the wrapper's prefix, once per name
+    groups, unfreeze, cut = _trained(cand, net, race_head, race_blocks, new_head=head is None)
     reasons, change, confidence = _reasons(trials, pick, prior, protocol)
     defaults = TrainConfig()
     return Recommendation(

@@ -276,72 +276,68 @@ def plan_race(
     sizes = TrialSizes(cost, list(blocks), int(n_train), int(n_val), int(classes))
     full = sizes.sweep(cands, epochs[-1], n_folds)
     allowance = FIRST_RUNG_SHARE * budget * full
-    epochs, folds = list(epochs), int(first_folds)
 
-    def first() -> float:
-        return sizes.sweep(cands, epochs[0], folds)
+    def fits(c: list[Candidate], e: int, f: int) -> bool:
+        return sizes.sweep(c, e, f) <= allowance
 
-    if first() > allowance and folds > 1:
-        fewest = next(
-            (f for f in range(folds - 1, 1, -1) if sizes.sweep(cands, epochs[0], f) <= allowance),
-            1,
-        )
-        cuts.append(Cut("folds", folds, fewest, "the first rung scores on fewer folds"))
-        folds = fewest
-    if first() > allowance and epochs[0] > min_epochs:
-        short = next(
-            (
-                e
-                for e in range(epochs[0] - 1, min_epochs, -1)
-                if sizes.sweep(cands, e, folds) <= allowance
-            ),
-            min_epochs,
-        )
-        cuts.append(
-            Cut(
-                "first_rung",
-                epochs[0],
-                short,
-                f"the first rung trains {short} epochs (the engine's floor is {min_epochs})",
-            )
-        )
-        # A single rung at the full epochs becomes two; otherwise the first is shortened.
-        epochs = [short, *epochs[1:]] if len(epochs) > 1 else [short, epochs[0]]
-    arms = list(dict.fromkeys(c.arm for c in cands))
+    folds = _cut_folds(cands, epochs[0], int(first_folds), fits, cuts)
+    epochs = _cut_first_rung(cands, list(epochs), folds, min_epochs, fits, cuts)
+    cands = _cut_lrs(cands, lambda c: fits(c, epochs[0], folds), cuts)
+    cands = _cut_arms(cands, lambda c: fits(c, epochs[0], folds), cuts)
+    return RacePlan(cands, folds, epochs, full, sizes.sweep(cands, epochs[0], folds), sizes, cuts)
+
+
+def _cut_folds(cands, epochs: int, folds: int, fits, cuts: list[Cut]) -> int:
+    """The most first-rung folds (down to 1) that fit."""
+    if fits(cands, epochs, folds) or folds <= 1:
+        return folds
+    fewest = next((f for f in range(folds - 1, 1, -1) if fits(cands, epochs, f)), 1)
+    cuts.append(Cut("folds", folds, fewest, "the first rung scores on fewer folds"))
+    return fewest
+
+
+def _cut_first_rung(cands, epochs: list[int], folds: int, min_epochs: int, fits, cuts) -> list:
+    """The rung epochs with the longest first rung (down to ``min_epochs``) that fits."""
+    if fits(cands, epochs[0], folds) or epochs[0] <= min_epochs:
+        return epochs
+    short = next(
+        (e for e in range(epochs[0] - 1, min_epochs, -1) if fits(cands, e, folds)), min_epochs
+    )
+    why = f"the first rung trains {short} epochs (the engine's floor is {min_epochs})"
+    cuts.append(Cut("first_rung", epochs[0], short, why))
+    # A single rung at the full epochs becomes two; otherwise the first is shortened.
+    return [short, *epochs[1:]] if len(epochs) > 1 else [short, epochs[0]]
+
+
+def _cut_lrs(cands: list[Candidate], fits, cuts: list[Cut]) -> list[Candidate]:
+    """One LR (the grid's middle) for the prior's least likely arms, until the rung fits."""
     trimmed, n_before = [], len(cands)
-    for arm in reversed(arms):
-        if first() <= allowance:
+    for arm in reversed(list(dict.fromkeys(c.arm for c in cands))):
+        if fits(cands):
             break
         if sum(c.arm == arm for c in cands) > 1:
             cands = _one_lr_per_arm(cands, arm)
             trimmed.append(arm)
     if trimmed:
-        cuts.append(
-            Cut(
-                "lr_grid",
-                n_before,
-                len(cands),
-                "only the middle LR of the grid was raced for the rule prior's least likely "
-                "strategies and depths",
-                tuple(trimmed),
-            )
+        why = (
+            "only the middle LR of the grid was raced for the rule prior's least likely "
+            "strategies and depths"
         )
+        cuts.append(Cut("lr_grid", n_before, len(cands), why, tuple(trimmed)))
+    return cands
+
+
+def _cut_arms(cands: list[Candidate], fits, cuts: list[Cut]) -> list[Candidate]:
+    """The prior's least likely arms dropped (never the last one) until the rung fits."""
     dropped, n_before = [], len(cands)
-    while first() > allowance and len({c.arm for c in cands}) > 1:
+    while not fits(cands) and len({c.arm for c in cands}) > 1:
         last = cands[-1].arm
         cands = [c for c in cands if c.arm != last]
         dropped.append(last)
     if dropped:
-        cuts.append(
-            Cut(
-                "candidates",
-                n_before,
-                len(cands),
-                "the rule prior's least likely strategies and depths were not raced",
-                tuple(dropped),
-            )
-        )
-    return RacePlan(cands, folds, epochs, full, first(), sizes, cuts)
+        why = "the rule prior's least likely strategies and depths were not raced"
+        cuts.append(Cut("candidates", n_before, len(cands), why, tuple(dropped)))
+    return cands
 
 
 def calibration(measured: float, estimated: float) -> float:
