@@ -190,16 +190,13 @@ def _tie_break(trials: dict, pick: dict, tol: float) -> str:
             f"worse in held-out loss, and cheaper (full-run FLOPs more than "
             f"{trials['cost_tie']:.0%} below the winner's), so it is recommended."
         )
-    if kind == "prior order":
-        return (
-            f"{pick['key']} ties with the winner in accuracy (within {tol:.3f}, not measurably "
-            f"worse in held-out loss) and in cost (full-run FLOPs within "
-            f"{trials['cost_tie']:.0%}); the rule prior ranks its strategy first, which breaks "
-            "the tie."
-        )
-    return (
-        "The winner, the best estimate, is recommended: no cheaper leader is within "
-        f"{tol:.3f} of its accuracy without a measurably higher held-out loss."
+    tied = len(trials.get("tied") or []) > 1
+    return "The winner, the best estimate, is recommended: " + (
+        f"the leaders tied with it in accuracy cost the same (full-run FLOPs within "
+        f"{trials['cost_tie']:.0%}), which is a tie, not cheaper."
+        if tied
+        else f"no cheaper leader is within {tol:.3f} of its accuracy without a measurably "
+        "higher held-out loss."
     )
 
 

@@ -269,8 +269,9 @@ def _rungs(ctx: RaceContext, plan: RacePlan, budget: float, progress: bool):
                         unpaid[(f, *shared[0])] = shared[1] * ratio
             return sum(a.estimate(e, folds) for a in chosen) + sum(unpaid.values())
 
+        floors = (max(1, math.ceil(n_folds / ETA)), plan.first_folds)
         keep, rung_folds = _fit_rung(
-            alive, keep, cost, ledger.spent, budget * full, plan.first_folds, n_folds
+            alive, keep, cost, ledger.spent, budget * full, floors, n_folds
         )
         if keep < 2:
             break
@@ -381,13 +382,21 @@ def _first_rung(ctx: RaceContext, arms: list[Arm], ledger: _Ledger, progress: bo
     return arms, log
 
 
-def _fit_rung(alive, keep, cost, spent, budget_flops, min_folds, n_folds) -> tuple[int, int]:
-    """(survivors, folds) of the next rung that fit the budget (``cost(arms, folds)``): folds
-    give way first (down to rung 0's), then survivors (down to 2; fewer: the race stops)."""
-    while keep >= 2:
-        chosen = _survivors(alive, keep)
-        for folds in range(n_folds, min_folds - 1, -1):
-            if spent + cost(chosen, folds) <= budget_flops:
-                return keep, folds
-        keep -= 1
-    return keep, min_folds
+def _fit_rung(alive, keep, cost, spent, budget_flops, floors, n_folds) -> tuple[int, int]:
+    """(survivors, folds) of the next rung that fit the budget (``cost(arms, folds)``).
+
+    Folds give way first, then survivors (down to 2; fewer: the race stops), with folds
+    no fewer than ``floors[0]``; only when no two survivors fit that many does the floor
+    fall to ``floors[1]``. Finalists are scored on at least the protocol's first-rung
+    folds: at 10 labels per class a finalist scored on a single fold of 40 images won a
+    real case by one lucky fold (5.7 points below the oracle's best).
+    """
+    for floor in dict.fromkeys(floors):
+        k = keep
+        while k >= 2:
+            chosen = _survivors(alive, k)
+            for folds in range(n_folds, floor - 1, -1):
+                if spent + cost(chosen, folds) <= budget_flops:
+                    return k, folds
+            k -= 1
+    return 1, floors[-1]

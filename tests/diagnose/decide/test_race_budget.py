@@ -152,3 +152,25 @@ def test_a_headless_backbone_is_raced_under_a_new_head():
     assert set(rec["unfreeze_blocks"]) <= set(BLOCKS)
     assert any("no classification head" in w and "new linear head" in w for w in warnings)
     assert all(torch.equal(v, body.state_dict()[k]) for k, v in before.items())  # untouched
+
+
+def test_finalists_keep_the_protocol_s_folds_before_more_of_them_run():
+    """Fewer survivors on the protocol's first-rung folds beat more survivors on one fold."""
+    from diagnose.decide.race import _fit_rung
+    from diagnose.decide.race_trials import Arm
+
+    arms = []
+    for i in range(9):
+        a = Arm(i, Candidate("full_low_lr", None, 0.01 * (i + 1), "strategy", 0))
+        a.per_epoch, a.status = 1.0, "ok"
+        arms.append(a)
+
+    def cost(chosen, folds):
+        return sum(a.estimate(10, folds) for a in chosen)
+
+    # 6 survivors fit on 1 fold (60), only 3 on 2 folds (60): the protocol wants 2 folds.
+    keep, folds = _fit_rung(arms, 6, cost, 0.0, 60.0, (2, 1), 6)
+    assert (keep, folds) == (3, 2)
+    # When not even two fit on 2 folds, the floor falls to the first rung's single fold.
+    keep, folds = _fit_rung(arms, 6, cost, 0.0, 30.0, (2, 1), 6)
+    assert (keep, folds) == (3, 1)
