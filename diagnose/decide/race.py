@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -46,8 +45,8 @@ from diagnose.decide.candidates import Candidate
 from diagnose.decide.race_budget import (
     CostModel,
     Cut,
+    Ledger,
     RacePlan,
-    calibration,
     plan_race,
 )
 from diagnose.decide.race_edges import MAX_EDGE_STEPS, edge_extensions, unbracketed
@@ -100,43 +99,6 @@ def _survivors(alive: list[Arm], keep: int) -> list[Arm]:
         seen.add(a.cand.arm)
     chosen = (firsts + rest)[:keep]
     return [a for a in alive if a in chosen]
-
-
-@dataclass
-class _Ledger:
-    """The race's spend against its budget, in measured FLOPs.
-
-    The full sweep's FLOPs are the cost model's estimate scaled by what the first
-    rung's trials measured against what the model said they would cost.
-    """
-
-    plan: RacePlan
-    budget: float
-    spent: float = 0.0
-    first_measured: float = 0.0
-    first_ran: list[Candidate] = field(default_factory=list)
-
-    def ratio(self, epochs: int, folds: int) -> float:
-        estimated = self.plan.sizes.sweep(self.first_ran, epochs, folds)
-        return calibration(self.first_measured, estimated)
-
-    def full(self, epochs: int, folds: int) -> float:
-        return self.plan.full_estimate * self.ratio(epochs, folds)
-
-    def fits_first(self, cand: Candidate, epochs: int, folds: int, reserve: float = 0.0) -> bool:
-        """Whether one more first-rung trial of ``cand`` keeps the spend within the budget,
-        with ``reserve`` FLOPs (measured units) kept for the rungs after it."""
-        ratio = self.ratio(epochs, folds)
-        extra = self.plan.sizes.sweep([*self.first_ran, cand], epochs, folds) - (
-            self.plan.sizes.sweep(self.first_ran, epochs, folds)
-        )
-        budget = self.budget * self.plan.full_estimate * ratio
-        return self.spent + extra * ratio + reserve <= budget
-
-    def record_first(self, cand: Candidate, flops: float) -> None:
-        self.first_ran.append(cand)
-        self.first_measured += flops
-        self.spent += flops
 
 
 def run_race(
@@ -245,7 +207,7 @@ def run_race(
 def _rungs(ctx: RaceContext, plan: RacePlan, budget: float, progress: bool):
     """Every rung of the race: ``(arms, rung log, the calibrated full-sweep FLOPs)``."""
     n_folds = len(ctx.folds)
-    ledger = _Ledger(plan, budget)
+    ledger = Ledger(plan, budget)
     arms = [Arm(i, c) for i, c in enumerate(plan.candidates)]
     arms, rung_log = _first_rung(ctx, arms, ledger, progress)
     epochs = plan.epochs
@@ -317,7 +279,7 @@ def _bar(total: int, desc: str, progress: bool):
     return tqdm(total=total, desc=desc, unit="trial", disable=not progress, leave=False)
 
 
-def _first_rung(ctx: RaceContext, arms: list[Arm], ledger: _Ledger, progress: bool):
+def _first_rung(ctx: RaceContext, arms: list[Arm], ledger: Ledger, progress: bool):
     """Run the first rung within the budget, then extend LR grids whose best is on an edge.
 
     Returns the arms (extensions included; those the budget left out removed, with a

@@ -48,6 +48,7 @@ __all__ = [
     "TRAIN_PASSES",
     "CostModel",
     "Cut",
+    "Ledger",
     "RacePlan",
     "TrialSizes",
     "calibration",
@@ -338,6 +339,43 @@ def _cut_arms(cands: list[Candidate], fits, cuts: list[Cut]) -> list[Candidate]:
         why = "the rule prior's least likely strategies and depths were not raced"
         cuts.append(Cut("candidates", n_before, len(cands), why, tuple(dropped)))
     return cands
+
+
+@dataclass
+class Ledger:
+    """The race's spend against its budget, in measured FLOPs.
+
+    The full sweep's FLOPs are the cost model's estimate scaled by what the first
+    rung's trials measured against what the model said they would cost.
+    """
+
+    plan: RacePlan
+    budget: float
+    spent: float = 0.0
+    first_measured: float = 0.0
+    first_ran: list[Candidate] = field(default_factory=list)
+
+    def ratio(self, epochs: int, folds: int) -> float:
+        estimated = self.plan.sizes.sweep(self.first_ran, epochs, folds)
+        return calibration(self.first_measured, estimated)
+
+    def full(self, epochs: int, folds: int) -> float:
+        return self.plan.full_estimate * self.ratio(epochs, folds)
+
+    def fits_first(self, cand: Candidate, epochs: int, folds: int, reserve: float = 0.0) -> bool:
+        """Whether one more first-rung trial of ``cand`` keeps the spend within the budget,
+        with ``reserve`` FLOPs (measured units) kept for the rungs after it."""
+        ratio = self.ratio(epochs, folds)
+        extra = self.plan.sizes.sweep([*self.first_ran, cand], epochs, folds) - (
+            self.plan.sizes.sweep(self.first_ran, epochs, folds)
+        )
+        budget = self.budget * self.plan.full_estimate * ratio
+        return self.spent + extra * ratio + reserve <= budget
+
+    def record_first(self, cand: Candidate, flops: float) -> None:
+        self.first_ran.append(cand)
+        self.first_measured += flops
+        self.spent += flops
 
 
 def calibration(measured: float, estimated: float) -> float:
