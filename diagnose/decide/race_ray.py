@@ -28,17 +28,14 @@ from typing import Any
 import torch
 
 from diagnose.decide.race_trials import Arm, RaceContext
-from diagnose.training import RaySession
+from diagnose.training import RaySession, pin_worker_threads
 
 __all__ = ["RayTrials"]
 
 
 def _ray_trial(shared: dict, cand, fold: int, epochs: int, cuda: bool) -> dict:
     """The Ray task: one trial in a worker (its own reuse cache, its granted CPUs)."""
-    import ray
-
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))  # two tasks on two CPUs must not oversubscribe
+    pin_worker_threads()
     ctx = RaceContext(
         shared["fold_data"],
         shared["folds"],

@@ -24,6 +24,7 @@ from diagnose.training.executor import (
     check_executor,
     execute,
     import_ray,
+    pin_worker_threads,
     run_unit,
 )
 from diagnose.training.head_stages import HeadStages, cpu_state
@@ -73,6 +74,7 @@ __all__ = [
     "fused_sgd_supported",
     "HeadStages",
     "import_ray",
+    "pin_worker_threads",
     "iterate_batches",
     "Job",
     "make_loader",

@@ -60,6 +60,7 @@ __all__ = [
     "check_executor",
     "execute",
     "import_ray",
+    "pin_worker_threads",
     "run_unit",
 ]
 
@@ -206,12 +207,18 @@ def _portable(job: Job) -> Job:
     return replace(job, net=net, tracker=tracker, device=torch.device("cpu"), checkpoint_dir=None)
 
 
-def _ray_unit(job: Job, unit: Unit, cuda: bool, want_checkpoint: bool) -> tuple:
-    """The Ray task: train one unit in a worker; returns (record, warnings, checkpoint bytes)."""
+def pin_worker_threads() -> None:
+    """In a Ray task: torch's threads = the CPUs Ray granted it (two tasks on two CPUs must
+    not oversubscribe). The one place a Ray worker's threads are set."""
     import ray
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))  # two tasks on two CPUs must not oversubscribe
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def _ray_unit(job: Job, unit: Unit, cuda: bool, want_checkpoint: bool) -> tuple:
+    """The Ray task: train one unit in a worker; returns (record, warnings, checkpoint bytes)."""
+    pin_worker_threads()
     device = torch.device("cuda") if cuda else torch.device("cpu")  # our one visible GPU
     tracker = job.tracker
     if tracker is not None and cuda:
