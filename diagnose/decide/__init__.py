@@ -54,6 +54,7 @@ from diagnose.decide.race_trials import (
     Arm,
     RaceContext,
     phase_flops,
+    shared_tag,
     train_trial,
 )
 from diagnose.decide.race_verdict import (
@@ -149,8 +150,8 @@ __all__ = [
     "KFOLD_SPLITS",
     "LARGE_PER_CLASS",
     "Ledger",
-    "lr_grid",
     "LR_GRID",
+    "lr_grid",
     "MAX_EDGE_STEPS",
     "MAX_EPOCHS",
     "MAX_RUNGS",
@@ -185,6 +186,7 @@ __all__ = [
     "scoring_folds",
     "select_strategy",
     "SHARED_PHASES",
+    "shared_tag",
     "SMALL_PER_CLASS",
     "SMALL_VAL",
     "STRATEGIES",

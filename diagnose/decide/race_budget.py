@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from diagnose.decide.candidates import Candidate
+from diagnose.decide.race_trials import shared_tag
 from diagnose.training import TrainConfig
 
 __all__ = [
@@ -184,10 +185,12 @@ class TrialSizes:
         keys of :meth:`diagnose.decide.race_trials.RaceContext.record`), or None."""
         images = self.n_train + self.n_val
         if cand.strategy == "partial":
-            return ("prefix_cache", cand.depth), self.cost.before[self.blocks[-cand.depth]] * images
-        if cand.strategy in ("feature_extraction", "lp_ft"):
-            return ("capture", cand.strategy), self.cost.total * images
-        return None
+            phase, flops = "prefix_cache", self.cost.before[self.blocks[-cand.depth]] * images
+        elif cand.strategy in ("feature_extraction", "lp_ft"):
+            phase, flops = "capture", self.cost.total * images
+        else:
+            return None
+        return (phase, shared_tag(cand, phase)), flops
 
     def sweep(self, cands: list[Candidate], epochs: int, folds: int) -> float:
         """FLOPs of ``cands`` at ``epochs`` on ``folds`` folds, shared fixed costs once."""

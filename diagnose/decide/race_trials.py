@@ -19,7 +19,15 @@ from torch import nn
 from diagnose.decide.candidates import Candidate
 from diagnose.training import StrategyRun
 
-__all__ = ["FIXED_PHASES", "SHARED_PHASES", "Arm", "RaceContext", "phase_flops", "train_trial"]
+__all__ = [
+    "FIXED_PHASES",
+    "SHARED_PHASES",
+    "Arm",
+    "RaceContext",
+    "phase_flops",
+    "shared_tag",
+    "train_trial",
+]
 
 # Phases whose cost does not grow with the epochs of the main stage: the captures,
 # the prefix cache and the head stages on cached features (max(epochs, lp_epochs)).
@@ -27,6 +35,13 @@ FIXED_PHASES = ("capture", "prefix_cache", "head", "linear_probe")
 # Phases whose result the trials of one race share (through ``RaceContext.reuse``): their
 # FLOPs are counted once per fold and key, by the first trial in candidate order.
 SHARED_PHASES = ("capture", "prefix_cache")
+
+
+def shared_tag(cand: Candidate, phase: str):
+    """What tells apart the shared results of one phase on one fold: the strategy for a
+    head capture (feature extraction's and LP-FT's capture different splits), the depth
+    for a frozen-prefix cache."""
+    return cand.strategy if phase == "capture" else cand.depth
 
 
 def phase_flops(phases) -> tuple[int, int]:
@@ -202,8 +217,7 @@ class RaceContext:
         """The FLOPs of shared results ``out`` computed that were already counted."""
         again = 0
         for phase, flops in out.get("shared", {}).items():
-            tag = cand.strategy if phase == "capture" else cand.depth
-            key = (fold, phase, tag)
+            key = (fold, phase, shared_tag(cand, phase))
             if key in self.paid:
                 again += flops
             self.paid.add(key)
