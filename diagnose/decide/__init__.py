@@ -38,6 +38,13 @@ from diagnose.decide.race_budget import (
     plan_race,
 )
 from diagnose.decide.race_edges import EDGE_STEP, MAX_EDGE_STEPS, edge_extensions, unbracketed
+from diagnose.decide.race_lr import (
+    FINETUNE_STRATEGIES,
+    FINETUNE_TEST_SHARE,
+    FINETUNE_TEST_STEPS,
+    LRGrids,
+    finetune_grid,
+)
 from diagnose.decide.race_ray import RayTrials
 from diagnose.decide.race_scoring import (
     KFOLD_REPEATS,
@@ -136,6 +143,10 @@ __all__ = [
     "entry_label",
     "EPOCHS_AT_REFERENCE",
     "ETA",
+    "finetune_grid",
+    "FINETUNE_STRATEGIES",
+    "FINETUNE_TEST_SHARE",
+    "FINETUNE_TEST_STEPS",
     "FIRST_RUNG_SHARE",
     "FIXED_PHASES",
     "FLOAT_SLACK",
@@ -152,6 +163,7 @@ __all__ = [
     "Ledger",
     "LR_GRID",
     "lr_grid",
+    "LRGrids",
     "MAX_EDGE_STEPS",
     "MAX_EPOCHS",
     "MAX_RUNGS",

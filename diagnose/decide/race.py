@@ -47,9 +47,11 @@ from diagnose.decide.race_budget import (
     Cut,
     Ledger,
     RacePlan,
+    TrialSizes,
     plan_race,
 )
 from diagnose.decide.race_edges import MAX_EDGE_STEPS, edge_extensions, unbracketed
+from diagnose.decide.race_lr import LRGrids, finetune_grid
 from diagnose.decide.race_scoring import Fold
 from diagnose.decide.race_trials import Arm, RaceContext
 from diagnose.decide.race_verdict import race_summary
@@ -142,12 +144,31 @@ def run_race(
     steps = max(1, steps_per_epoch(len(folds[0].train), batch_size))
     min_epochs = min(full_epochs, math.ceil(MIN_RUNG_STEPS / steps))
     head_in = model.get_submodule(head).in_features
+    cost = CostModel.measure(model, blocks, x[:1].to(device), head_in)
+    n_train, n_val = len(folds[0].train), len(folds[0].held_out)
+    sizes = TrialSizes(cost, list(blocks), n_train, n_val, num_classes)
+    candidates, grids = finetune_grid(
+        candidates,
+        model=model,
+        head=head,
+        x=x,
+        y=y,
+        classes=num_classes,
+        train_idx=folds[0].train,
+        cost=cost,
+        full_estimate=sizes.sweep(candidates, full_epochs, n_folds),
+        budget=budget,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
     plan = plan_race(
         candidates,
-        CostModel.measure(model, blocks, x[:1].to(device), head_in),
+        cost,
         blocks=blocks,
-        n_train=len(folds[0].train),
-        n_val=len(folds[0].held_out),
+        n_train=n_train,
+        n_val=n_val,
         classes=num_classes,
         n_folds=n_folds,
         # Rung 0 scores on the first 1/ETA of the folds: enough to drop the clearly worse
@@ -156,6 +177,7 @@ def run_race(
         epochs=rung_epochs(full_epochs, min_epochs=min_epochs),
         min_epochs=min_epochs,
         budget=budget,
+        spent=grids.flops,
     )
     # Head inputs and frozen-prefix outputs per fold are shared by the candidates in ``ctx``
     # (their FLOPs are counted once, where they ran).
@@ -177,7 +199,7 @@ def run_race(
 
         ctx.remote = RayTrials(ray, ctx, ray_address, progress)
     try:
-        arms, rung_log, full = _rungs(ctx, plan, float(budget), progress)
+        arms, rung_log, full = _rungs(ctx, plan, float(budget), grids, progress)
     finally:
         if ctx.remote is not None:
             ctx.remote.close()
@@ -190,12 +212,13 @@ def run_race(
     ranked = sorted(arms, key=lambda a: (-(len(a.rungs)),) + a.rank_key())
     schedule = {"rungs": rung_log, "rung_epochs": list(plan.epochs), "eta": ETA}
     spend = {
-        "flops_spent": int(sum(r["flops"] for r in rung_log)),
+        "flops_spent": int(grids.flops + sum(r["flops"] for r in rung_log)),
         "full_flops_estimate": float(full),
         "full_flops_prior_estimate": float(plan.full_estimate),
         "budget": float(budget),
         "budget_flops": float(budget * full),
         "cuts": [c.to_dict() for c in plan.cuts],
+        "lr_grids": grids.to_dict(),
         "unbracketed": unbracketed(arms),
         "executor": "ray" if ray is not None else "local",
         "flops_discarded": float(ctx.discarded),
@@ -204,10 +227,11 @@ def run_race(
     return race_summary(arms, ranked, schedule, spend, n_folds=n_folds, full_epochs=full_epochs)
 
 
-def _rungs(ctx: RaceContext, plan: RacePlan, budget: float, progress: bool):
-    """Every rung of the race: ``(arms, rung log, the calibrated full-sweep FLOPs)``."""
+def _rungs(ctx: RaceContext, plan: RacePlan, budget: float, grids: LRGrids, progress: bool):
+    """Every rung of the race: ``(arms, rung log, the calibrated full-sweep FLOPs)``; the
+    network's range test (``grids.flops``) is spent before the first rung."""
     n_folds = len(ctx.folds)
-    ledger = Ledger(plan, budget)
+    ledger = Ledger(plan, budget, spent=grids.flops)
     arms = [Arm(i, c) for i, c in enumerate(plan.candidates)]
     arms, rung_log = _first_rung(ctx, arms, ledger, progress)
     epochs = plan.epochs
@@ -340,7 +364,7 @@ def _first_rung(ctx: RaceContext, arms: list[Arm], ledger: Ledger, progress: boo
         if not fitting:
             break
     bar.close()
-    log = [{"rung": 0, "epochs": int(e), "candidates": len(arms), "flops": ledger.spent}]
+    log = [{"rung": 0, "epochs": int(e), "candidates": len(arms), "flops": ledger.first_measured}]
     return arms, log
 
 

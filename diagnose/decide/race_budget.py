@@ -261,6 +261,7 @@ def plan_race(
     epochs: list[int],
     min_epochs: int,
     budget: float,
+    spent: float = 0.0,
 ) -> RacePlan:
     """The race's candidates, first-rung folds and rung epochs, cut to fit ``budget``.
 
@@ -274,12 +275,13 @@ def plan_race(
         epochs: the rung schedule (:func:`diagnose.decide.race.rung_epochs`).
         min_epochs: the shortest rung the engine's step floor allows.
         budget: the fraction of the full sweep the race may spend.
+        spent: FLOPs already spent from that budget (the network's LR range test).
     """
     cuts: list[Cut] = []
     cands = _in_lr_range(list(candidates), cuts)
     sizes = TrialSizes(cost, list(blocks), int(n_train), int(n_val), int(classes))
     full = sizes.sweep(cands, epochs[-1], n_folds)
-    allowance = FIRST_RUNG_SHARE * budget * full
+    allowance = FIRST_RUNG_SHARE * max(0.0, budget * full - spent)
 
     def fits(c: list[Candidate], e: int, f: int) -> bool:
         return sizes.sweep(c, e, f) <= allowance

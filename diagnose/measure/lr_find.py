@@ -124,11 +124,25 @@ def _cross_entropy(output, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits_of(output), y)
 
 
+def _scaled_groups(params) -> list[dict]:
+    """SGD parameter groups of the trainable ``params`` (tensors or groups), each with its
+    ``lr_scale`` (1 unless given); groups left with no trainable tensor are dropped."""
+    items = list(params)
+    if items and not isinstance(items[0], dict):
+        items = [{"params": items}]
+    out = []
+    for g in items:
+        trainable = [p for p in g["params"] if p.requires_grad]
+        if trainable:
+            out.append({"params": trainable, "lr_scale": float(g.get("lr_scale", 1.0))})
+    return out
+
+
 def lr_range_test(
     model: nn.Module,
     batches: Iterable,
     *,
-    params: Iterable[nn.Parameter] | None = None,
+    params: Iterable[nn.Parameter] | Iterable[dict] | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     start_lr: float = 1e-6,
     end_lr: float = 10.0,
@@ -142,7 +156,9 @@ def lr_range_test(
     """Run an LR range test with SGD (momentum) on ``model`` and restore it afterwards.
 
     ``batches`` yields ``(x, y)``; it is cycled when shorter than ``num_steps``.
-    ``params`` defaults to the trainable parameters. The default loss is the
+    ``params`` defaults to the trainable parameters; parameter groups
+    (``{"params": [...], "lr_scale": 0.1}``) train at ``lr_scale`` times the swept
+    LR, so the test sweeps one LR of a fixed ratio between groups. The default loss is the
     cross-entropy of the logits (:func:`probes.logits_of` of the model's
     output, so dict and tuple outputs work); a ``loss_fn`` gets the output as
     the model returns it. Example::
@@ -158,10 +174,10 @@ def lr_range_test(
     loss_fn = loss_fn or _cross_entropy
     saved_state = copy.deepcopy(model.state_dict())
     saved_modes = {name: m.training for name, m in model.named_modules()}
-    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-    if not params:
+    groups = _scaled_groups(params if params is not None else model.parameters())
+    if not groups:
         raise ValueError("lr_range_test found no trainable parameters in the model.")
-    optimizer = torch.optim.SGD(params, lr=start_lr, momentum=momentum)
+    optimizer = torch.optim.SGD(groups, lr=start_lr, momentum=momentum)
     gamma = (end_lr / start_lr) ** (1.0 / (num_steps - 1))
     lrs: list[float] = []
     raw: list[float] = []
@@ -177,7 +193,7 @@ def lr_range_test(
         for step in bar:
             lr = start_lr * gamma**step
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             x, y = batch_list[step % len(batch_list)]
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,212 @@
+"""The fine-tuning strategies' own LR grid: a range test of the unfrozen network.
+
+The head's range test (:func:`diagnose.measure.lr_find_head`) trains a new linear
+head alone on cached features. Fine-tuning also trains the backbone (at
+:data:`~diagnose.decide.recipe.BACKBONE_LR_RATIO` of the head's LR), and the LR that
+trains both best need not be the head's: on a real case (an EfficientNet-Lite0 at
+10 labels per class) partial fine-tuning was still climbing at the top of the
+head's grid. So when the race can afford it, it runs the range test on the network
+itself (a new head, every backbone parameter at the backbone ratio, the engine's
+batches of the first fold's training images) and centres the grid of ``partial``,
+``full_low_lr`` and ``discriminative`` on its suggestion. ``lp_ft`` trains its
+head alone first, so it stays on the head's grid.
+
+When the test would measure nothing, the fine-tuning strategies race on the head's
+grid and ``trials.lr_grids`` says why: under
+:data:`~diagnose.measure.lr_find.MIN_DISTINCT_BATCHES` batches one test cycles the same
+few images (its suggestion is their noise, and repeating it over the network costs
+more than the race can spend), and a test costing more than
+:data:`FINETUNE_TEST_SHARE` of the race's budget is not run.
+
+Example:
+    >>> cands, grids = finetune_grid(cands, model=net, head="fc", x=x, y=y, classes=10,
+    ...     train_idx=folds[0].train, cost=cost, full_estimate=full, budget=0.2,
+    ...     batch_size=32, seed=0, device=torch.device("cpu"), progress=False)
+    >>> grids.fine_tuning, grids.source
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from diagnose.decide.candidates import Candidate, lr_grid
+from diagnose.decide.race_budget import TRAIN_PASSES, CostModel
+from diagnose.decide.recipe import BACKBONE_LR_RATIO
+from diagnose.measure import LR_TEST_MOMENTUM, MIN_DISTINCT_BATCHES, lr_range_test
+from diagnose.models import replace_module
+
+__all__ = [
+    "FINETUNE_STRATEGIES",
+    "FINETUNE_TEST_SHARE",
+    "FINETUNE_TEST_STEPS",
+    "LRGrids",
+    "finetune_grid",
+]
+
+# The race's strategies that train the backbone from a new head; they get the grid of
+# the network's range test.
+FINETUNE_STRATEGIES = ("partial", "full_low_lr", "discriminative")
+# The range test of the network may take at most this share of the race's FLOPs: the
+# rest trains candidates (a test of 60 steps costs about one short trial of full
+# fine-tuning on a few hundred images).
+FINETUNE_TEST_SHARE = 0.1
+# Enough steps for the LR to sweep 1e-6..10 at about 0.12 decades a step: finer than
+# the grid's factor of 3 (0.48 decades) that the suggestion centres.
+FINETUNE_TEST_STEPS = 60
+
+
+@dataclass(frozen=True)
+class LRGrids:
+    """The race's LR grids (head LRs) and where the fine-tuning one came from.
+
+    Attributes:
+        head: the head's grid (around the head's range test).
+        fine_tuning: the grid of :data:`FINETUNE_STRATEGIES`.
+        source: ``"network_range_test"`` or ``"head_grid"`` (the test was not run or
+            suggested nothing; ``why`` says which).
+        why: one sentence for the report.
+        suggested_lr: the network test's suggestion (head LR), when it ran.
+        min_loss_lr: the LR of its smoothed loss minimum, when it ran.
+        steps: optimiser steps the test took (0 when not run).
+        flops: its training FLOPs (estimated by the cost model), charged to the race.
+    """
+
+    head: tuple[float, ...]
+    fine_tuning: tuple[float, ...]
+    source: str
+    why: str
+    suggested_lr: float | None = None
+    min_loss_lr: float | None = None
+    steps: int = 0
+    flops: float = 0.0
+
+    def to_dict(self) -> dict:
+        """Plain JSON fields."""
+        d = asdict(self)
+        d["head"], d["fine_tuning"] = list(self.head), list(self.fine_tuning)
+        return d
+
+
+def _regrid(cands: list[Candidate], grid: list[float]) -> list[Candidate]:
+    """``cands`` with every fine-tuning arm's LRs replaced by ``grid``, order kept."""
+    out: list[Candidate] = []
+    seen: set[str] = set()
+    for c in cands:
+        if c.strategy not in FINETUNE_STRATEGIES:
+            out.append(c)
+        elif c.arm not in seen:
+            seen.add(c.arm)
+            out.extend(replace(c, head_lr=lr) for lr in grid)
+    return out
+
+
+def _skip(head: tuple[float, ...], why: str) -> LRGrids:
+    return LRGrids(head, head, "head_grid", f"{why}, so fine-tuning raced on the head's grid")
+
+
+def finetune_grid(
+    cands: list[Candidate],
+    *,
+    model: nn.Module,
+    head: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: int,
+    train_idx: np.ndarray,
+    cost: CostModel,
+    full_estimate: float,
+    budget: float,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    progress: bool,
+) -> tuple[list[Candidate], LRGrids]:
+    """The candidates with the fine-tuning strategies on their own grid, and the grids.
+
+    Args:
+        cands: the race's candidates (every arm on the head's grid).
+        model, head: the network the race trains and its head's qualified name.
+        x, y: the race's labelled pool (``classes`` classes); ``train_idx`` the positions
+            the test may train on.
+        cost: the network's :class:`~diagnose.decide.race_budget.CostModel`.
+        full_estimate: the full sweep's FLOPs; the test may take
+            :data:`FINETUNE_TEST_SHARE` of ``budget`` times it.
+        batch_size, seed, device, progress: as for the race.
+    """
+    head_grid = tuple(sorted({c.head_lr for c in cands if c.strategy in FINETUNE_STRATEGIES}))
+    if not head_grid:
+        return cands, LRGrids(head_grid, head_grid, "head_grid", "no fine-tuning candidates")
+    n = len(train_idx)
+    batches = math.ceil(n / batch_size)
+    if batches < MIN_DISTINCT_BATCHES:
+        why = (
+            f"{n} training images make {batches} batch{'es' if batches > 1 else ''} of "
+            f"{batch_size}, under {MIN_DISTINCT_BATCHES}: a range test of the network would "
+            "cycle them and measure their noise"
+        )
+        return cands, _skip(head_grid, why)
+    flops = FINETUNE_TEST_STEPS * min(batch_size, n) * TRAIN_PASSES * cost.total
+    allowance = FINETUNE_TEST_SHARE * budget * full_estimate
+    if flops > allowance:
+        why = (
+            f"a range test of the network ({flops / 1e9:.3g} GFLOPs) would take more than "
+            f"{FINETUNE_TEST_SHARE:.0%} of the race's budget ({allowance / 1e9:.3g} GFLOPs)"
+        )
+        return cands, _skip(head_grid, why)
+    res = _network_range_test(
+        model, head, (x, y, classes), train_idx, batch_size, seed, device, progress
+    )
+    steps = len(res.lrs)
+    spent = steps * min(batch_size, n) * TRAIN_PASSES * cost.total
+    if res.suggested_lr is None:
+        skipped = _skip(head_grid, "the network's range test found no steady descent")
+        return cands, replace(skipped, min_loss_lr=res.min_loss_lr, steps=steps, flops=spent)
+    grid = tuple(lr_grid(res.suggested_lr))
+    why = (
+        f"a range test of the network (new head, backbone at {BACKBONE_LR_RATIO:g}x its LR) "
+        f"suggested a head LR of {res.suggested_lr:.3g}"
+    )
+    grids = LRGrids(
+        head_grid, grid, "network_range_test", why, res.suggested_lr, res.min_loss_lr, steps, spent
+    )
+    return _regrid(cands, list(grid)), grids
+
+
+def _network_range_test(model, head, data, train_idx, batch_size, seed, device, progress):
+    """The range test of a copy of ``model`` under a new head, every backbone parameter
+    at the backbone ratio (as in full fine-tuning)."""
+    x, y, classes = data
+    net = copy.deepcopy(model).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        new_head = nn.Linear(net.get_submodule(head).in_features, classes).to(device)
+        order = torch.randperm(len(train_idx)).numpy()
+    replace_module(net, head, new_head)
+    rows = np.asarray(train_idx)[order]
+    batches = [
+        (x[rows[i : i + batch_size]], y[rows[i : i + batch_size]])
+        for i in range(0, len(rows), batch_size)
+    ]
+    head_ids = {id(p) for p in new_head.parameters()}
+    backbone = [p for p in net.parameters() if id(p) not in head_ids]
+    for p in net.parameters():
+        p.requires_grad_(True)
+    groups = [
+        {"params": list(new_head.parameters()), "lr_scale": 1.0},
+        {"params": backbone, "lr_scale": BACKBONE_LR_RATIO},
+    ]
+    return lr_range_test(
+        net,
+        batches,
+        params=groups,
+        num_steps=FINETUNE_TEST_STEPS,
+        momentum=LR_TEST_MOMENTUM,
+        device=device,
+        progress=progress,
+    )
