@@ -12,6 +12,7 @@ from pathlib import Path
 
 from diagnose.cli_parser import build_parser, flags_of, in_flag_words
 from diagnose.core.interrupts import stop_on_signals
+from diagnose.core.threads import set_threads
 
 __all__ = ["main"]
 
@@ -131,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``diagnose`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    set_threads(args.threads)
     try:
         # SIGTERM takes the same path as Ctrl-C: finished work is already on disk.
         with stop_on_signals():

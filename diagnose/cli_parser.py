@@ -131,6 +131,12 @@ def _depths(value: str) -> int | list[int]:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or info lines")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="CPU threads for torch and the BLAS libraries, set once for the run (default: "
+        "torch's default; on a machine shared with other CPU-bound work, fewer than the cores)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

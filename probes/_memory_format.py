@@ -10,8 +10,8 @@ pays one-off kernel set-up; each layout's best batch is compared), after two
 examples ran both ways agree, and runs the rest of the pass in the faster one.
 
 The decision is kept for the process, keyed by the architecture (class and
-parameter shapes), the input's shape, dtype and device, the thread count and
-autocast. Every pass of a kind runs the same four-batch sequence whatever was
+parameter shapes), the input's shape, dtype and device, and autocast; never by
+the thread count, so a run's layouts do not depend on the machine's load. Every pass of a kind runs the same four-batch sequence whatever was
 decided, so every pass of one model in one process runs the same batches in
 the same layout and repeated runs give identical numbers. The layouts differ
 only by float rounding, as convolution algorithms do between machines.
@@ -76,7 +76,7 @@ def _key(model: nn.Module, x: torch.Tensor) -> tuple:
     cls = type(model)
     autocast = torch.is_autocast_enabled(x.device.type)
     return (cls.__module__, cls.__qualname__, arch, tuple(x.shape[1:]), x.dtype, str(x.device),
-            torch.get_num_threads(), autocast)  # fmt: skip
+            autocast)  # fmt: skip
 
 
 def _sync(device: torch.device) -> None:

@@ -54,29 +54,14 @@ from diagnose.core.schema import (
     write_results,
 )
 from diagnose.core.specs import call_spec, is_callable_spec
-from diagnose.core.threads import (
-    REFRESH_S,
-    THREADS_ENV_VAR,
-    ThreadFit,
-    fitted_threads,
-    other_runnable,
-    refresh_threads,
-    thread_summary,
-    with_fitted_threads,
-)
+from diagnose.core.threads import set_threads, thread_summary
 
 __all__ = [
-    "REFRESH_S",
-    "THREADS_ENV_VAR",
-    "ThreadFit",
     "interrupt_requested",
     "raise_if_interrupted",
     "stop_on_signals",
-    "fitted_threads",
-    "other_runnable",
-    "refresh_threads",
+    "set_threads",
     "thread_summary",
-    "with_fitted_threads",
     "Audit",
     "AuditLayer",
     "SourceAccuracy",

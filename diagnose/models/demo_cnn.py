@@ -137,16 +137,9 @@ def pretrain(
     x_test, y_test = images[splits["test"]], labels[splits["test"]]
 
     start = time.perf_counter()
-    threads = torch.get_num_threads()
-    # One thread: this network is too small to gain from intra-op parallelism, and
-    # on a busy 2-core machine several threads oversubscribe and run 10x slower.
-    torch.set_num_threads(1)
-    try:
-        model = _train(x_train, y_train, seed, epochs, progress, losses)
-        seconds = time.perf_counter() - start
-        accuracy = _accuracy(model, x_test, y_test)
-    finally:
-        torch.set_num_threads(threads)
+    model = _train(x_train, y_train, seed, epochs, progress, losses)
+    seconds = time.perf_counter() - start
+    accuracy = _accuracy(model, x_test, y_test)
     meta = {
         "seed": int(seed),
         "recipe_version": RECIPE_VERSION,

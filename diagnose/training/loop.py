@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
-from diagnose.core import autocast_context, is_cuda, loader_kwargs, refresh_threads
+from diagnose.core import autocast_context, is_cuda, loader_kwargs
 from diagnose.training.cost import count_train_step_flops
 from diagnose.training.strategies import Stage
 from probes import logits_of
@@ -296,7 +296,6 @@ class Fitter:
         ``{"step", "epoch", "lr", "loss"}`` (step: 1-based index among this
         fitter's steps; lr: the head's LR at that step).
         """
-        refresh_threads()  # the machine's load may have changed since the last epoch
         if self.stage < 0:
             self._enter(self._stage_at(self.step))
         self.set_modes()

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 import probes
-from diagnose.core import refresh_threads
 from diagnose.data import (
     Domain,
     ImageStats,
@@ -54,7 +53,6 @@ class _Pair(nn.Module):
 
 def _capture(loaded: LoadedModel, prep, what: str, model: nn.Module, *args, **kwargs):
     """``probes.capture``, with a model that rejects the images' shape reported as bad input."""
-    refresh_threads()
     try:
         return probes.capture(model, *args, **kwargs)
     except RuntimeError as exc:

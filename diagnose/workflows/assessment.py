@@ -23,7 +23,6 @@ from diagnose.core import (
     RunResult,
     environment,
     resolve_device,
-    with_fitted_threads,
 )
 from diagnose.data import (
     check_two_classes,
@@ -62,7 +61,6 @@ class AssessResult(RunResult):
         return self.results["recommendation"]
 
 
-@with_fitted_threads
 def assess(
     model: Any,
     source: Any = None,

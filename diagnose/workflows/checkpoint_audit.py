@@ -48,7 +48,6 @@ from diagnose.core import (
     environment,
     jsonable,
     resolve_device,
-    with_fitted_threads,
 )
 from diagnose.data import materialize_readable, pick_eval, subsample
 from diagnose.measure import ForgettingMeter, weight_drift
@@ -221,7 +220,6 @@ def _per_class(ref: torch.Tensor, ft: torch.Tensor, y: torch.Tensor, classes) ->
     return rows
 
 
-@with_fitted_threads
 def audit(
     model: Any,
     finetuned: str | Path,

@@ -30,7 +30,6 @@ from diagnose.core import (
     environment,
     jsonable,
     resolve_device,
-    with_fitted_threads,
 )
 from diagnose.data import drop_positions, materialize_readable, restricted_splits, subsample
 from diagnose.decide import select_strategy
@@ -80,7 +79,6 @@ def _fingerprint(
     )
 
 
-@with_fitted_threads
 def compare(
     model: Any,
     source: Any,

@@ -16,7 +16,6 @@ from diagnose.core import (
     LayerResult,
     Recommendation,
     environment,
-    with_fitted_threads,
 )
 from diagnose.data import DEMO_DOMAINS, load_domain
 from diagnose.decide import DEFAULT_TRIAL_BUDGET, check_trial_budget
@@ -91,7 +90,6 @@ def _demo_audit(loaded, rows: list[dict], out: Path, **kwargs) -> dict:
     }
 
 
-@with_fitted_threads
 def run_demo(
     out: str | Path = "diagnose-report",
     *,

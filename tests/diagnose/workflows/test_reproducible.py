@@ -12,7 +12,6 @@ import re
 import pytest
 
 import diagnose
-from diagnose.core import THREADS_ENV_VAR
 from diagnose.core.schema import jsonable
 from diagnose.workflows.comparison import compare
 
@@ -70,13 +69,6 @@ def test_differences_helper_sees_changes_and_skips_timings() -> None:
     assert _differences({"a": 1}, {"a": 1.0}) == ["a: 1 != 1.0"]
     assert _differences(["1e9 FLOPs, 4.1 s."], ["1e9 FLOPs, 0.2 s."]) == []
     assert _differences(["2e9 FLOPs, 4.1 s."], ["1e9 FLOPs, 4.1 s."]) != []
-
-
-@pytest.fixture(autouse=True)
-def fixed_threads(monkeypatch):
-    """Sums depend on the thread count, which follows the machine's load by default:
-    bit-for-bit equality holds at a fixed count."""
-    monkeypatch.setenv(THREADS_ENV_VAR, "fixed")
 
 
 def test_assess_twice_gives_identical_results(demo_cache_dir) -> None:
