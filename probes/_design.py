@@ -159,8 +159,7 @@ def prepare(x_train: Any, device: torch.device, dtype: torch.dtype, *, stream: b
         # Standardised coordinates: every column has variance 1 (0 if constant).
         evals = torch.as_tensor((raw_std / scale) ** 2)
     else:
-        # torch, not numpy, for the products: its thread count is the one
-        # limit_threads bounds (a multi-threaded BLAS on a busy CPU can be 100x slower).
+        # torch for the products, at the caller's torch thread count.
         def std64(a: int, b: int) -> torch.Tensor:
             rows = _rows64(x_train, a, b)
             rows -= mean

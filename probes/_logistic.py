@@ -2,7 +2,7 @@
 
 :func:`probes.gap.proxy_a_distance` solves one weighted problem per
 cross-validation fold, all at once, with the probes' batched L-BFGS
-(:mod:`probes._lbfgs`). Two classes need one logit per row, ``t = x v``, not
+(:func:`probes._solver.minimize_stacked`). Two classes need one logit per row, ``t = x v``, not
 two softmax columns: the two-column objective's optimum lies on
 ``z1 = -z0 = v / 2``, so the same minimiser comes from half the products.
 """
@@ -66,7 +66,7 @@ def solve_binary_weighted(
     on the design's rows (``y`` in {0, 1}; a row of weights sums to 1; a zero weight
     leaves the row out), as the one logit ``v = z1 - z0``. Returns ``v`` (B, 1, r+1):
     the design's ``block_logits`` give the log-odds of class 1. ``tol`` and ``ftol``
-    stop each problem as in :func:`probes._lbfgs.multinomial_lbfgs`."""
+    stop each problem as in :func:`probes._solver.minimize_stacked`."""
     dev, dt = design.device, design.dtype
     w = torch.as_tensor(weights, dtype=dt, device=dev)
     labels = torch.as_tensor(y, device=dev)

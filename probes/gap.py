@@ -37,7 +37,6 @@ from probes._design import prepare
 from probes._gaussian import centre, coral_from_covariances, frechet_from_moments
 from probes._logistic import solve_binary_weighted
 from probes._mmd import rbf_mmd2_test
-from probes._probe_fit import limit_threads
 from probes._validation import as_features, check_int
 
 __all__ = [
@@ -210,11 +209,10 @@ def proxy_a_distance(
     # Two softmax columns split the binary weight (W1 = -W0): binary C is 2 / (l2 n).
     lam = 2.0 / (float(C) * n_train)
     device = torch.device("cpu")
-    with limit_threads(x.shape[0] * min(x.shape) * folds, device):  # one logit per fold
-        design = prepare(x, device, torch.float32, stream=False)
-        v = solve_binary_weighted(design, y, weights, lam, max_iter=1000, tol=_PAD_TOL)
-        # (folds, n): log-odds of "target"
-        margin = torch.cat([lg[:, 0] for _, _, lg in design.block_logits(v)], dim=1)
+    design = prepare(x, device, torch.float32, stream=False)
+    v = solve_binary_weighted(design, y, weights, lam, max_iter=1000, tol=_PAD_TOL)
+    # (folds, n): log-odds of "target"
+    margin = torch.cat([lg[:, 0] for _, _, lg in design.block_logits(v)], dim=1)
     margin = margin.double().numpy()
     scores = margin[fold, np.arange(len(y))]
 

@@ -16,18 +16,18 @@ means the same shrinkage for a fold and for the full training split. With 2
 classes the two softmax columns split the weight (W1 = -W0), so it equals
 binary logistic regression with ``C = 2 / (l2 * n)``.
 
-How it is fast (see :mod:`probes._probe_fit` and :mod:`probes._lbfgs`): all CV
-folds and the full training split are solved together as one batched
-full-batch L-BFGS problem (one feature product per step for all of them),
-walking the grid from strong to weak with warm starts (the previous solution
-and its curvature pairs, moved exactly to the new strength, then a first step
-along the path extrapolated through the last two solutions) and stopping two
+How it is fast (see :mod:`probes._probe_fit` and :mod:`probes._solver`): all CV
+folds (scikit-learn's shuffled ``StratifiedKFold``) and the full training split
+are solved together as one stacked problem by scipy's L-BFGS-B (one feature
+product in float32 per evaluation for all of them), walking the grid from strong
+to weak, each strength warm-started from the previous solutions, and stopping two
 strengths past the best CV accuracy; the features are rotated into their
 principal basis where that pays (an orthogonal change of variables: same
 objective, same penalty; for ``d > 2n`` an exact reduction to the row space),
-and ``1 / (c * variance + l2)`` preconditions L-BFGS. Strengths are ranked at
-a gradient tolerance of 1e-3; the chosen one is then polished to 1e-4, going on
-from where the path's solve of the full split stopped.
+and ``1 / (c * variance + l2)`` preconditions L-BFGS as a change of variables.
+Strengths are ranked at a gradient tolerance of 1e-3; the chosen one is then
+polished to 1e-4, going on from where the path's solve of the full split stopped.
+The result says how many iterations that took and whether it converged.
 """
 
 from __future__ import annotations
@@ -42,10 +42,9 @@ import torch
 from probes._design import prepare, row_blocks
 from probes._probe_fit import (
     cv_path,
+    fold_ids,
     geometric_middle,
-    limit_threads,
     predict,
-    stratified_folds,
 )
 from probes._validation import as_features, as_labels, check_int
 
@@ -80,6 +79,10 @@ class ProbeResult:
             class, the floor ``accuracy`` should be read against.
         folds: folds actually used (0 when no cross-validation was run).
         note: why the folds were reduced or cross-validation skipped, else ``None``.
+        n_iter: L-BFGS iterations of the final fit at ``l2``.
+        converged: whether that fit converged (its gradient within tolerance, or
+            its objective no longer changing) before ``max_iter``; a probe that
+            did not may score below what the features allow.
 
     Example:
         >>> r = linear_probe(f_train, y_train, f_test, y_test)  # doctest: +SKIP
@@ -97,6 +100,8 @@ class ProbeResult:
     chance: float
     folds: int = 0
     note: str | None = None
+    n_iter: int = 0
+    converged: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types; ``ci`` as a 2-list."""
@@ -317,26 +322,21 @@ def linear_probe(
         )
     counts = np.bincount(y_idx, minlength=n_classes)
     k, note = _choose_folds(counts, classes, folds, len(grid))
-    # The feature products dominate: n x min(n, d) x (k + 1) x K multiply-adds.
-    work = xtr.shape[0] * min(xtr.shape) * (k + 1) * n_classes
-    with limit_threads(work, dev):
-        design = prepare(xtr, dev, torch.float32, stream=stream)
-        if k:
-            fold = stratified_folds(y_idx, k, seed)
-            path = cv_path(
-                design, y_idx, n_classes, fold, k, grid, max_iter=max_iter, tol=_PATH_TOL
-            )
-            best = int(np.argmax(path.scores))  # first maximum: the strongest of ties
-            lam, cv_acc, warm = grid[best], path.scores[best], path.warm
-        else:
-            lam = grid[0] if len(grid) == 1 else geometric_middle(grid)
-            cv_acc, warm = None, None
-        # The chosen strength polished to the reported tolerance, going on from where
-        # the path's full-split solve stopped there.
-        final = cv_path(
-            design, y_idx, n_classes, None, 0, [lam], max_iter=max_iter, tol=_TOL, warm=warm
-        )
-        pred = predict(design, xte, final.fulls[0])
+    design = prepare(xtr, dev, torch.float32, stream=stream)
+    if k:
+        fold = fold_ids(y_idx, k, seed)
+        path = cv_path(design, y_idx, n_classes, fold, k, grid, max_iter=max_iter, tol=_PATH_TOL)
+        best = int(np.argmax(path.scores))  # first maximum: the strongest of ties
+        lam, cv_acc, warm = grid[best], path.scores[best], path.warm
+    else:
+        lam = grid[0] if len(grid) == 1 else geometric_middle(grid)
+        cv_acc, warm = None, None
+    # The chosen strength polished to the reported tolerance, going on from where
+    # the path's full-split solve stopped there.
+    final = cv_path(
+        design, y_idx, n_classes, None, 0, [lam], max_iter=max_iter, tol=_TOL, warm=warm
+    )
+    pred = predict(design, xte, final.fulls[0])
     pos = np.clip(np.searchsorted(classes, yte), 0, n_classes - 1)
     yte_idx = np.where(classes[pos] == yte, pos, -1)  # unseen labels never match
     n_test = len(yte)
@@ -352,4 +352,6 @@ def linear_probe(
         chance=float(np.mean(yte_idx == int(np.argmax(counts)))),
         folds=k,
         note=note,
+        n_iter=final.iters[0],
+        converged=final.converged[0],
     )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from diagnose.core.record import (
     Record,
+    as_bool,
     as_dict,
     as_integer,
     as_number,
@@ -31,7 +32,8 @@ PROBE_ROLES = ("target", "control", "source")
 
 @dataclass(frozen=True)
 class ProbeScore(Record):
-    """A linear probe's held-out accuracy (fraction) with its Wilson 95% interval."""
+    """A linear probe's held-out accuracy (fraction) with its Wilson 95% interval, and
+    whether its final fit converged (``n_iter`` L-BFGS iterations)."""
 
     accuracy: float | None = read_as(as_number)
     ci: tuple | None = read_as(as_tuple)
@@ -43,6 +45,8 @@ class ProbeScore(Record):
     chance: float | None = read_as(as_number)
     folds: int | None = read_as(as_integer)
     note: str | None = read_as(as_text)
+    n_iter: int | None = read_as(as_integer)
+    converged: bool | None = read_as(as_bool)
 
 
 def _probes(v) -> dict[str, ProbeScore | None] | None:

@@ -100,6 +100,17 @@ def _probe(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, se
         return probes.linear_probe(x_train, y[train], x_test, y[test], seed=seed)
 
 
+def _warn_unconverged(layer: str, probe_row: dict, warnings: list[str]) -> None:
+    """One warning per probe of ``layer`` that stopped at its iteration limit."""
+    for role, r in probe_row.items():
+        if r is not None and r.get("converged") is False:
+            warnings.append(
+                f"The {role} probe at {layer} stopped at its limit of {r['n_iter']} L-BFGS "
+                "iterations without converging: its accuracy may understate what the "
+                "features allow."
+            )
+
+
 def _gap(source: np.ndarray, target: np.ndarray, n_permutations: int, seed: int) -> dict:
     for what, x in (("source", source), ("target", target)):
         keep = _finite_rows(x)
@@ -207,6 +218,7 @@ def layer_measurements(
                 seed,
             )
         row["probe"] = probe_row
+        _warn_unconverged(name, probe_row, warnings)
         if target_feats is not None and control_feats is not None:
             row["cka_control"] = safe(
                 f"pretrained-vs-control CKA at {name}",

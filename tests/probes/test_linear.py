@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from probes._probe_fit import fit_fixed, geometric_middle, stratified_folds
+from probes._probe_fit import fit_fixed, fold_ids, geometric_middle
 from probes.linear import DEFAULT_L2_GRID, ProbeResult, linear_probe, wilson_interval
 
 
@@ -201,13 +201,17 @@ def test_invariant_to_per_feature_affine_rescaling():
     assert a.cv_accuracy == pytest.approx(b.cv_accuracy)
 
 
-def test_stratified_folds_balance_each_class():
+def test_folds_are_sklearns_stratified_kfold():
+    from sklearn.model_selection import StratifiedKFold
+
     y = np.repeat([0, 1, 2], [9, 6, 30])
-    fold = stratified_folds(y, 3, seed=0)
+    fold = fold_ids(y, 3, seed=0)
     for c in range(3):
         counts = np.bincount(fold[y == c], minlength=3)
         assert counts.max() - counts.min() <= 1
-    assert np.array_equal(fold, stratified_folds(y, 3, seed=0))
+    splits = StratifiedKFold(3, shuffle=True, random_state=0).split(np.zeros(len(y)), y)
+    for j, (_, val) in enumerate(splits):
+        assert np.array_equal(np.flatnonzero(fold == j), np.sort(val))
 
 
 # ------------------------------------------------------------------ labels
@@ -384,13 +388,15 @@ def _network_like(n, d, k=10, seed=0):
 
 @pytest.mark.parametrize(
     ("data", "l2", "accuracy", "cv_accuracy"),
-    # Strength and test accuracy recorded with the implementation before the issue-7
-    # speed-up: a faster solver must choose the same strength and score the same. The
-    # CV accuracy is the exactly solved one at that strength (float64, tolerance 1e-8).
+    # Recorded with the scipy L-BFGS-B solver on scikit-learn's StratifiedKFold folds.
+    # On the hand-written folds of before, the same solver chose the strengths pinned by
+    # the hand-written L-BFGS (0.133, 0.0316, 0.562) with the same accuracies to 1e-7.
+    # On these folds, the exact path (scikit-learn, float64, tol 1e-10, each fold
+    # standardised on its own rows) peaks at the chosen strength in all three cases.
     [
-        (lambda: _blobs(600, 40, 5, 0.6, 21), 0.1333521432163324, 0.2866667, 0.3288889),
-        (lambda: _network_like(1000, 64, seed=3), 0.03162277660168379, 0.768, 0.7413333),
-        (lambda: _network_like(800, 512, seed=4), 0.5623413251903491, 0.8, 0.7866667),
+        (lambda: _blobs(600, 40, 5, 0.6, 21), 0.5623413251903491, 0.3, 0.3288889),
+        (lambda: _network_like(1000, 64, seed=3), 0.1333521432163324, 0.744, 0.7493333),
+        (lambda: _network_like(800, 512, seed=4), 0.5623413251903491, 0.8, 0.7933333),
     ],
 )
 def test_pinned_choice_and_accuracy(data, l2, accuracy, cv_accuracy):
@@ -402,6 +408,34 @@ def test_pinned_choice_and_accuracy(data, l2, accuracy, cv_accuracy):
     # sit one borderline validation row from the exact ones. One row of n moves the
     # mean over folds by 1/n.
     assert r.cv_accuracy == pytest.approx(cv_accuracy, abs=1.0 / len(ytr) + 1e-6)
+    assert r.converged and 0 < r.n_iter <= 200
+
+
+def test_chosen_strength_is_the_peak_of_the_exact_path():
+    # The exact path, independently: scikit-learn per fold at each strength of the grid.
+    from sklearn.linear_model import LogisticRegression
+
+    xtr, ytr, xte, yte = _split(*_blobs(600, 40, 5, 0.6, 21))
+    r = linear_probe(xtr, ytr, xte, yte)
+    fold = fold_ids(ytr, r.folds, seed=0)
+    xs = (xtr - xtr.mean(axis=0)) / xtr.std(axis=0)  # the probe standardises on all of xtr
+    exact = {}
+    for l2 in DEFAULT_L2_GRID:
+        accs = []
+        for j in range(r.folds):
+            tr, va = fold != j, fold == j
+            ref = LogisticRegression(C=1.0 / (l2 * tr.sum()), tol=1e-10, max_iter=10_000)
+            accs.append(np.mean(ref.fit(xs[tr], ytr[tr]).predict(xs[va]) == ytr[va]))
+        exact[l2] = float(np.mean(accs))
+    # Tied on the exact path: within one validation row of its best.
+    assert exact[r.l2] >= max(exact.values()) - 1.0 / len(ytr) - 1e-12
+
+
+def test_a_probe_stopped_at_max_iter_says_it_did_not_converge():
+    xtr, ytr, xte, yte = _split(*_network_like(600, 64, seed=1))
+    r = linear_probe(xtr, ytr, xte, yte, max_iter=1)
+    assert r.n_iter == 1 and r.converged is False
+    assert r.to_dict()["converged"] is False
 
 
 def test_chosen_strength_predicts_like_sklearn_at_that_c():
