@@ -60,10 +60,10 @@ def make_features(n, d, k=10, rank=64, sep=0.6, label_noise=0.1, seed=0):
 def sklearn_peer(xtr, ytr, xte, yte, seed=0):
     """StandardScaler + LogisticRegressionCV(lbfgs) over DEFAULT_L2_GRID, 3-fold stratified.
 
-    Runs on one BLAS thread, like ``linear_probe`` at this size (it limits
-    itself to one torch thread below ~5e7 multiply-adds per product): same
-    compute for both, and on a busy machine a multi-threaded BLAS can be 10-50x
-    slower from threads waiting on each other, which would flatter the ratio.
+    Runs on one BLAS thread, and ``linear_probe`` beside it on one torch thread
+    (:func:`row_sklearn` sets both, as a caller would): the same compute for
+    both, and on a busy machine a multi-threaded BLAS can be 10-50x slower
+    from threads waiting on each other, which would flatter the ratio.
     """
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
@@ -86,7 +86,12 @@ def row_sklearn(n, d, repeats):
     x, y = make_features(n, d)
     cut = int(0.8 * n)
     data = (x[:cut], y[:cut], x[cut:], y[cut:])
-    t_ours, ours = best_time(lambda: linear_probe(*data), repeats)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the probe runs at the caller's threads: one, like the peer
+    try:
+        t_ours, ours = best_time(lambda: linear_probe(*data), repeats)
+    finally:
+        torch.set_num_threads(before)
     t_peer, (peer_acc, peer_l2) = best_time(lambda: sklearn_peer(*data), repeats)
     speed = t_peer / t_ours
     dacc = 100 * (ours.accuracy - peer_acc)

@@ -42,90 +42,105 @@ def _shared_kwargs(args) -> dict:
 
 
 def _run(args) -> int:
-    progress = not args.quiet
-    if args.command == "assess":
-        if args.target is None and args.source is None:
-            raise ValueError("assess needs --target DATA (and ideally --source DATA).")
-        from diagnose.workflows import assess
-
-        res = assess(
-            args.model,
-            args.source,
-            args.target,
-            **_shared_kwargs(args),
-            max_memory=args.max_memory,
-            max_forgetting=args.max_forgetting,
-            trial_budget=args.trial_budget,
-            executor=args.executor,
-            ray_address=args.ray_address,
-        )
-        rec = res.recommendation
-        how = "measured by the trial race" if rec.get("measured") else "rules only, unmeasured"
-        _info(
-            args,
-            f"recommended strategy: {rec['strategy']} ({how}; confidence {rec['confidence']})",
-        )
-        if rec.get("cut"):
-            _info(args, f"  {rec['cut']}")
-        for w in res.results.get("warnings", []):
-            _info(args, f"warning: {w}")
-        print(res.report_path)
-    elif args.command == "compare":
-        from diagnose.workflows import compare
-
-        res = compare(
-            args.model,
-            args.source,
-            args.target,
-            strategies=args.strategies,
-            epochs=args.epochs,
-            lr=args.lr,
-            unfreeze=args.unfreeze,
-            bn=args.bn,
-            max_forgetting=args.max_forgetting,
-            resume=args.resume,
-            save_checkpoints=args.save_checkpoints,
-            seeds=args.seeds,
-            executor=args.executor,
-            ray_address=args.ray_address,
-            **_shared_kwargs(args),
-        )
-        for s in res.strategies:
-            acc = (s.get("target") or {}).get("test_accuracy")
-            spread = ((s.get("spread") or {}).get("target") or {}).get("test_accuracy") or {}
-            std = spread.get("std")
-            shown = f"{acc:.3f}" if isinstance(acc, float) else "-"
-            shown += f" ± {std:.3f}" if isinstance(std, float) else ""
-            _info(args, f"{s['name']:>18}: {s['status']:<10} test accuracy {shown}")
-        best = res.results.get("comparison_recommendation", {}).get("strategy")
-        _info(args, f"measured best: {best}")
-        print(res.report_path)
-    elif args.command == "audit":
-        from diagnose.workflows import audit
-
-        if args.source is None:
-            raise ValueError("audit needs --source DATA: forgetting is measured on source images.")
-        res = audit(args.model, args.finetuned, args.source, args.target, **_shared_kwargs(args))
-        _info(args, f"verdict: {res.results.get('verdict')}")
-        print(res.report_path)
-    elif args.command == "report":
-        from diagnose.report import render_report_file
-
-        print(render_report_file(args.results, args.out))
-    elif args.command == "demo":
-        from diagnose.workflows import run_demo
-
-        overview = run_demo(
-            args.out,
-            seed=args.seed,
-            device=args.device,
-            progress=progress,
-            trial_budget=args.trial_budget,
-        )
-        for row in overview["scenarios"]:
-            _info(args, f"{row['target']}: {row.get('strategy') or row.get('error')}")
-        print(Path(args.out) / "report.html")
+    """Run the subcommand ``args.command``; its report's path goes to stdout."""
+    commands = {
+        "assess": _assess,
+        "compare": _compare,
+        "audit": _audit,
+        "report": _report,
+        "demo": _demo,
+    }
+    print(commands[args.command](args))
     return 0
+
+
+def _assess(args) -> Path:
+    if args.target is None and args.source is None:
+        raise ValueError("assess needs --target DATA (and ideally --source DATA).")
+    from diagnose.workflows import assess
+
+    res = assess(
+        args.model,
+        args.source,
+        args.target,
+        **_shared_kwargs(args),
+        max_memory=args.max_memory,
+        max_forgetting=args.max_forgetting,
+        trial_budget=args.trial_budget,
+        executor=args.executor,
+        ray_address=args.ray_address,
+    )
+    rec = res.recommendation
+    how = "measured by the trial race" if rec.get("measured") else "rules only, unmeasured"
+    _info(args, f"recommended strategy: {rec['strategy']} ({how}; confidence {rec['confidence']})")
+    if rec.get("cut"):
+        _info(args, f"  {rec['cut']}")
+    for w in res.results.get("warnings", []):
+        _info(args, f"warning: {w}")
+    return res.report_path
+
+
+def _compare(args) -> Path:
+    from diagnose.workflows import compare
+
+    res = compare(
+        args.model,
+        args.source,
+        args.target,
+        strategies=args.strategies,
+        epochs=args.epochs,
+        lr=args.lr,
+        unfreeze=args.unfreeze,
+        bn=args.bn,
+        max_forgetting=args.max_forgetting,
+        resume=args.resume,
+        save_checkpoints=args.save_checkpoints,
+        seeds=args.seeds,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        **_shared_kwargs(args),
+    )
+    for s in res.strategies:
+        acc = (s.get("target") or {}).get("test_accuracy")
+        spread = ((s.get("spread") or {}).get("target") or {}).get("test_accuracy") or {}
+        std = spread.get("std")
+        shown = f"{acc:.3f}" if isinstance(acc, float) else "-"
+        shown += f" ± {std:.3f}" if isinstance(std, float) else ""
+        _info(args, f"{s['name']:>18}: {s['status']:<10} test accuracy {shown}")
+    best = res.results.get("comparison_recommendation", {}).get("strategy")
+    _info(args, f"measured best: {best}")
+    return res.report_path
+
+
+def _audit(args) -> Path:
+    from diagnose.workflows import audit
+
+    if args.source is None:
+        raise ValueError("audit needs --source DATA: forgetting is measured on source images.")
+    res = audit(args.model, args.finetuned, args.source, args.target, **_shared_kwargs(args))
+    _info(args, f"verdict: {res.results.get('verdict')}")
+    return res.report_path
+
+
+def _report(args) -> Path:
+    from diagnose.report import render_report_file
+
+    return render_report_file(args.results, args.out)
+
+
+def _demo(args) -> Path:
+    from diagnose.workflows import run_demo
+
+    overview = run_demo(
+        args.out,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+        trial_budget=args.trial_budget,
+    )
+    for row in overview["scenarios"]:
+        _info(args, f"{row['target']}: {row.get('strategy') or row.get('error')}")
+    return Path(args.out) / "report.html"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -148,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    for add in (_assess_parser, _compare_parser, _audit_parser, _report_parser, _demo_parser):
+        add(sub)
+    return parser
+
+
+def _assess_parser(sub) -> None:
+    """``diagnose assess``."""
     a = sub.add_parser(
         "assess", help="pre-project assessment: probes, domain gap, transferability, LR test"
     )
@@ -182,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(a)
 
+
+def _compare_parser(sub) -> None:
+    """``diagnose compare``."""
     c = sub.add_parser("compare", help="fine-tune with each strategy: accuracy, forgetting, cost")
     _model_and_data_args(c, target_required=True, default_out="diagnose-compare")
     c.add_argument("--strategies", default="all", help="all, or comma-separated strategy names")
@@ -231,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(c)
 
+
+def _audit_parser(sub) -> None:
+    """``diagnose audit``."""
     u = sub.add_parser(
         "audit", help="post-training audit: what a fine-tuned checkpoint forgot, and where"
     )
@@ -242,11 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(u)
 
+
+def _report_parser(sub) -> None:
+    """``diagnose report``."""
     r = sub.add_parser("report", help="re-render report.html from a results.json")
     r.add_argument("results", help="path to a results.json written by a diagnose command")
     r.add_argument("--out", help="output HTML path (default: report.html beside the results)")
     _common(r)
 
+
+def _demo_parser(sub) -> None:
+    """``diagnose demo``."""
     d = sub.add_parser("demo", help="run the whole pipeline offline on the demo model and domains")
     d.add_argument(
         "--out", default="diagnose-report", help="output directory (default: ./diagnose-report)"
@@ -260,7 +279,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="each assessment's trial race budget, as for assess (0 skips the races)",
     )
     _common(d)
-    return parser
 
 
 def flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,14 +23,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from probes._capture_data import (
-    batches_of,
-    count_examples,
-    resolve_device,
-    split_batch,
-    unreadable_note,
-)
-from probes._forward import call_error, free_device_memory, is_out_of_memory, logits_of, oom_note
+from probes._capture_data import batches_of, count_examples, resolve_device
+from probes._capture_pass import CapturePass
 from probes._hooks import PooledHooks
 from probes._layers import discover_layers, resolve_layers
 from probes._memory_format import MEMORY_FORMATS, PassLayout
@@ -40,10 +33,29 @@ from probes._pooling import (
     check_pool,
 )
 from probes._size import parse_size
-from probes._store import OUTPUT_KEY, CapturedFeatures, FeatureSink
+from probes._store import CapturedFeatures, FeatureSink
 from probes._validation import check_choice, check_int
 
 __all__ = ["CapturedFeatures", "capture", "discover_layers", "parse_size"]
+
+
+def _layer_names(model: nn.Module, layers, auto: bool) -> list[str]:
+    """The names ``layers`` asks for: discovered (``"auto"``), or the ones given."""
+    if auto:
+        names = discover_layers(model)
+        if not names:
+            raise ValueError(
+                f"No layers were discovered in {type(model).__name__}; pass layers=[...] with "
+                "names from model.named_modules()."
+            )
+        return names
+    names = [layers] if isinstance(layers, str) else list(layers)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(
+            "The 'layers' parameter of capture must be 'auto' or a non-empty list of module "
+            f"names. Got {layers!r} instead."
+        )
+    return names
 
 
 def capture(
@@ -143,20 +155,7 @@ def capture(
     check_choice(memory_format, "memory_format", "capture", MEMORY_FORMATS)
     budget = None if max_memory is None else parse_size(max_memory, "max_memory")
     auto = isinstance(layers, str) and layers == "auto"
-    if auto:
-        names = discover_layers(model)
-        if not names:
-            raise ValueError(
-                f"No layers were discovered in {type(model).__name__}; pass layers=[...] with "
-                "names from model.named_modules()."
-            )
-    else:
-        names = [layers] if isinstance(layers, str) else list(layers)
-        if not names or not all(isinstance(n, str) for n in names):
-            raise ValueError(
-                "The 'layers' parameter of capture must be 'auto' or a non-empty list of module "
-                f"names. Got {layers!r} instead."
-            )
+    names = _layer_names(model, layers, auto)
     targets = resolve_layers(model, names)
     dev = resolve_device(model, device)
     float_params = [p for p in model.parameters() if p.is_floating_point()]
@@ -165,97 +164,22 @@ def capture(
     sink = FeatureSink(budget, store_dir, count_examples(data, max_samples))
 
     hooks = PooledHooks(targets, pool=pool, token_pool=token_pool, max_dim=max_dim, seed=seed)
-
-    def forward_once(x: torch.Tensor, depth: int) -> torch.Tensor | None:
-        """One forward pass; checks every hooked layer ran once; the CPU output if kept."""
-        hooks.start(x.shape[0])
-        out = model(x)
-        for name, count in list(hooks.calls.items()):
-            if count == 0 and auto and seen == 0:
-                # A discovered module the forward never runs (an auxiliary head).
-                warnings.warn(
-                    f"Layer {name!r} is not run by {type(model).__name__}'s forward "
-                    "pass in eval mode; it is left out.",
-                    stacklevel=4 + depth,
-                )
-                hooks.drop(name)
-            elif count != 1:
-                raise call_error(name, count)
-        if not keep_output:
-            return None
-        o = logits_of(out)
-        return o.detach().reshape(o.shape[0], -1).to("cpu", torch.float32, copy=True)
-
-    def run_split(x: torch.Tensor, depth: int = 0) -> list[tuple[int, torch.Tensor | None]]:
-        """Forward ``x``; on out-of-memory, drop its partial hook outputs and re-run halves."""
-        marks = hooks.marks()
-        try:
-            return [(x.shape[0], forward_once(x, depth))]
-        except Exception as exc:
-            if not is_out_of_memory(exc) or x.shape[0] == 1:
-                raise
-        # Outside the except block, so the traceback no longer pins the failed
-        # forward's tensors and the cache can actually be freed.
-        hooks.rollback(marks)
-        free_device_memory()
-        half = (x.shape[0] + 1) // 2
-        return run_split(x[:half], depth + 1) + run_split(x[half:], depth + 1)
-
-    flags = [(m, m.training) for m in model.modules()]
-    oom = {"batches": 0, "of": 0, "smallest": int(batch_size), "fits": int(batch_size)}
-    labels: list[torch.Tensor] = []
-    has_labels: bool | None = None
-    skipped: list[tuple[int, str]] = []
-    seen = 0
     layout = PassLayout(model, memory_format, total)
-    attached = False
+    run = CapturePass(
+        model, hooks, sink, layout, dev, in_dtype, keep_output=keep_output, auto=auto,
+        batch_size=batch_size,
+    )  # fmt: skip
+    flags = [(m, m.training) for m in model.modules()]
     bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress)
     try:
         model.eval()
         with torch.no_grad():
             for batch, left_out in batches:
-                skipped.extend(left_out)
-                if batch is None:  # every example of this batch was unreadable
-                    bar.update(1)
-                    continue
-                x, y = split_batch(batch)
-                if max_samples is not None and seen + x.shape[0] > max_samples:
-                    x = x[: max_samples - seen]
-                    y = None if y is None else y[: max_samples - seen]
-                if x.shape[0] == 0:
-                    continue
-                if has_labels is None:
-                    has_labels = y is not None
-                elif has_labels != (y is not None):
-                    raise ValueError(
-                        "Some batches of 'data' carry integer labels and others do not; "
-                        "give every example a label (-1 for unlabelled) or none."
-                    )
-                if x.is_floating_point() and in_dtype is not None:
-                    x = x.to(dev, dtype=in_dtype)
-                else:
-                    x = x.to(dev)
-                x_in = layout.start(x)
-                if not attached:  # after the layout's two-example check: it pools nothing
-                    hooks.attach()
-                    attached = True
-                pieces = run_split(x_in)
-                layout.done(x.shape[0])
-                oom["of"] += 1
-                if len(pieces) > 1:
-                    oom["batches"] += 1
-                    sizes = [n for n, _ in pieces]
-                    oom["smallest"] = min(oom["smallest"], *sizes)
-                    oom["fits"] = min(oom["fits"], max(sizes))
-                batch_pieces = hooks.take()
-                if keep_output:
-                    batch_pieces[OUTPUT_KEY] = [o for _, o in pieces]
-                sink.add(batch_pieces)  # in memory, or written to disk (over the budget)
-                if y is not None:
-                    labels.append(y)
-                seen += x.shape[0]
+                run.skipped.extend(left_out)
+                if batch is not None:  # None: every example of this batch was unreadable
+                    run.add(batch, max_samples)
                 bar.update(1)
-                if max_samples is not None and seen >= max_samples:
+                if max_samples is not None and run.seen >= max_samples:
                     break
     except BaseException:
         sink.abort()
@@ -266,42 +190,5 @@ def capture(
         for module, flag in flags:
             module.training = flag
         bar.close()
-
-    if seen == 0:
-        if skipped:
-            raise ValueError(
-                f"None of the {len(skipped)} examples of 'data' could be read; the first: "
-                f"{skipped[0][1]}"
-            )
-        raise ValueError("The 'data' parameter of capture holds no examples.")
-    names = hooks.names
-    if not names:
-        raise ValueError("None of the discovered layers is run by the forward pass.")
-    notes = []
-    if oom["batches"]:
-        notes.append(oom_note(oom["batches"], oom["of"], oom["smallest"], oom["fits"], batch_size))
-        warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
-    if skipped:
-        notes.append(unreadable_note(desc, skipped, seen))
-        warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
-    try:
-        keys = [*names, *([OUTPUT_KEY] if keep_output else [])]
-        arrays, store = sink.finish(keys)
-    except BaseException:
-        sink.abort()
-        raise
-    output = arrays.pop(OUTPUT_KEY, None)
-    return CapturedFeatures(
-        features=arrays,
-        layers=list(names),
-        labels=torch.cat(labels).numpy() if has_labels else None,
-        output=output,
-        projected=hooks.projected,
-        pooling={"pool": pool if isinstance(pool, str) else int(pool), "token_pool": token_pool},
-        warnings=notes,
-        storage="memory" if store is None else "disk",
-        store_dir=None if store is None else str(store.path),
-        skipped=[index for index, _ in skipped],
-        memory_format=layout.choice.to_dict(),
-        _store=store,
-    )
+    pooling = {"pool": pool if isinstance(pool, str) else int(pool), "token_pool": token_pool}
+    return run.result(desc, pooling)

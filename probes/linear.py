@@ -228,6 +228,21 @@ def _choose_folds(counts: np.ndarray, classes: np.ndarray, folds: int, n_grid: i
     )
 
 
+def _check_shapes(xtr, ytr, xte, yte) -> None:
+    """One label per row in each split, and the same features in both."""
+    for x, y, xn, yn in ((xtr, ytr, "x_train", "y_train"), (xte, yte, "x_test", "y_test")):
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"'{xn}' has shape {x.shape} but '{yn}' has shape {y.shape}: they must have "
+                "the same number of rows (one label per example)."
+            )
+    if xtr.shape[1] != xte.shape[1]:
+        raise ValueError(
+            f"'x_train' has shape {xtr.shape} but 'x_test' has shape {xte.shape}: they must "
+            "have the same number of features (columns)."
+        )
+
+
 def linear_probe(
     x_train: Any,
     y_train: Any,
@@ -302,17 +317,7 @@ def linear_probe(
     xte, _ = _features(x_test, "x_test")
     ytr = as_labels(y_train, "y_train")
     yte = as_labels(y_test, "y_test")
-    for x, y, xn, yn in ((xtr, ytr, "x_train", "y_train"), (xte, yte, "x_test", "y_test")):
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"'{xn}' has shape {x.shape} but '{yn}' has shape {y.shape}: they must have "
-                "the same number of rows (one label per example)."
-            )
-    if xtr.shape[1] != xte.shape[1]:
-        raise ValueError(
-            f"'x_train' has shape {xtr.shape} but 'x_test' has shape {xte.shape}: they must "
-            "have the same number of features (columns)."
-        )
+    _check_shapes(xtr, ytr, xte, yte)
     classes, y_idx = np.unique(ytr, return_inverse=True)
     n_classes = len(classes)
     if n_classes < 2:

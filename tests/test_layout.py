@@ -6,7 +6,8 @@
 - no import cycles, between ``diagnose``'s subpackages or between modules;
 - the subpackages depend one way, along the data flow;
 - every name a module exports in ``__all__`` is exported by its package;
-- no module is longer than about 400 lines.
+- no module is longer than about 400 lines;
+- no function's body (its docstring aside) is longer than a screen, 60 lines.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("probes", "diagnose")
 MAX_LINES = 400
+MAX_BODY = 60
 
 # Which subpackage of diagnose may import which: load -> capture -> measure -> train ->
 # decide -> results -> render. ``core`` is the shared floor; ``report`` reads results only.
@@ -195,3 +197,25 @@ def test_module_exports_are_exported_by_its_package(name):
 def test_modules_stay_small(name):
     n = len(MODULES[name].read_text().splitlines())
     assert n <= MAX_LINES, f"{MODULES[name]} has {n} lines: split it by concept"
+
+
+def _body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of ``fn``'s body from its first statement after the docstring to its end."""
+    body = fn.body
+    doc = isinstance(body[0], ast.Expr) and isinstance(
+        getattr(body[0], "value", None), ast.Constant
+    )
+    start = body[1].lineno if doc and len(body) > 1 else body[0].lineno
+    return fn.end_lineno - start + 1
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_functions_fit_on_a_screen(name):
+    tree = ast.parse(MODULES[name].read_text())
+    long = [
+        f"{node.name} ({_body_lines(node)} lines)"
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and _body_lines(node) > MAX_BODY
+    ]
+    assert not long, f"{MODULES[name]}: {', '.join(long)} over {MAX_BODY} lines: split by step"

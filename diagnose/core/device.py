@@ -99,11 +99,14 @@ def configure_backends(device: torch.device | str) -> dict[str, Any]:
     return {"cudnn_benchmark": True, "tf32": True}
 
 
-def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """Move a batch to ``device`` (non-blocking from pinned memory), channels_last for 4-D on CUDA."""
+def to_device(
+    x: torch.Tensor, device: torch.device | str, layout: torch.memory_format | None = None
+) -> torch.Tensor:
+    """Move a batch to ``device`` (non-blocking from pinned memory), a 4-D one in ``layout``
+    (default: :func:`memory_format` of the device)."""
     x = x.to(device, non_blocking=is_cuda(device))
     if x.ndim == 4 and x.is_floating_point():
-        x = x.contiguous(memory_format=memory_format(device))
+        x = x.contiguous(memory_format=layout or memory_format(device))
     return x
 
 

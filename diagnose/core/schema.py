@@ -62,6 +62,13 @@ class RunResult:
     def to_dict(self) -> dict:
         return self.results
 
+    @classmethod
+    def of(cls, results: dict, out_dir: Path | None):
+        """The result of ``results``, with its paths when they were written to ``out_dir``."""
+        if out_dir is None:
+            return cls(results)
+        return cls(results, out_dir / "results.json", out_dir / "report.html")
+
 
 _REQUIRED_KEYS = {"schema", "kind"}
 

@@ -98,32 +98,8 @@ def scan_image_folder(root: str | os.PathLike) -> ImageFolderScan:
     folder is missing, empty, flat (images but no class folders) or holds
     no readable image.
     """
-    from PIL import Image
-
     root = Path(root)
-    if not root.exists():
-        raise ValueError(
-            f"dataset path '{root}' does not exist: pass an ImageFolder directory "
-            "(root/<class>/<image>), a demo: domain or module.path:function."
-        )
-    if not root.is_dir():
-        raise ValueError(
-            f"dataset path '{root}' is a file, not a directory: pass the ImageFolder root "
-            "that holds one sub-folder per class."
-        )
-    entries = sorted(os.listdir(root))
-    class_dirs = [e for e in entries if not e.startswith(".") and (root / e).is_dir()]
-    if not class_dirs:
-        if any(_is_image_name(e) for e in entries):
-            raise ValueError(
-                f"dataset directory '{root}' holds images but no class sub-folders: "
-                f"move them into {root}/<class name>/ (one folder per class)."
-            )
-        raise ValueError(
-            f"dataset directory '{root}' is empty: it needs one sub-folder per class "
-            "with the images inside (root/<class>/<image>)."
-        )
-
+    class_dirs = _class_dirs(root)
     paths: list[str] = []
     labels: list[int] = []
     sizes: list[tuple[int, int]] = []
@@ -133,51 +109,22 @@ def scan_image_folder(root: str | os.PathLike) -> ImageFolderScan:
     empty_classes: list[str] = []
     for label, cls in enumerate(class_dirs):
         found = 0
-        for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                path = os.path.join(dirpath, name)
-                rel = os.path.relpath(path, root)
-                if not _is_image_name(name):
-                    ignored.append(rel)
-                    continue
-                try:
-                    # open() reads only the header; verify() checks the file's
-                    # structure (PNG CRCs) without decoding the pixels.
-                    with Image.open(path) as img:
-                        width, height = img.size
-                        mode, fmt = img.mode, img.format
-                        img.verify()
-                    if _stops_early(path, fmt):
-                        # Data after the end marker is legal, truncation is not:
-                        # only a decode tells them apart.
-                        with Image.open(path) as img:
-                            img.load()
-                except Exception as exc:  # PIL raises many types for bad files
-                    corrupt.append(f"{rel} ({type(exc).__name__})")
-                    continue
-                paths.append(path)
-                labels.append(label)
-                sizes.append((int(height), int(width)))
-                all_gray = all_gray and mode in GRAY_MODES
-                found += 1
+        for path, rel in _files(root, cls):
+            if not _is_image_name(path):
+                ignored.append(rel)
+                continue
+            try:
+                height, width, mode = _header(path)
+            except Exception as exc:  # PIL raises many types for bad files
+                corrupt.append(f"{rel} ({type(exc).__name__})")
+                continue
+            paths.append(path)
+            labels.append(label)
+            sizes.append((height, width))
+            all_gray = all_gray and mode in GRAY_MODES
+            found += 1
         if found == 0:
             empty_classes.append(cls)
-
-    warnings: list[str] = []
-    if corrupt:
-        warnings.append(f"skipped {len(corrupt)} unreadable image file(s): {_examples(corrupt)}")
-    if ignored:
-        warnings.append(
-            f"ignored {len(ignored)} file(s) without an image extension: {_examples(ignored)}"
-        )
-    if empty_classes:
-        warnings.append(
-            f"{len(empty_classes)} class folder(s) hold no readable image: "
-            f"{_examples(empty_classes)}"
-        )
     if not paths:
         raise ValueError(
             f"dataset directory '{root}' has class folders but no readable image "
@@ -191,8 +138,78 @@ def scan_image_folder(root: str | os.PathLike) -> ImageFolderScan:
         labels=np.asarray(labels, dtype=np.int64),
         sizes=sizes,
         all_gray=all_gray,
-        warnings=warnings,
+        warnings=_scan_warnings(corrupt, ignored, empty_classes),
     )
+
+
+def _class_dirs(root: Path) -> list[str]:
+    """The class folders of ``root``, sorted; a missing, flat or empty root is said."""
+    if not root.exists():
+        raise ValueError(
+            f"dataset path '{root}' does not exist: pass an ImageFolder directory "
+            "(root/<class>/<image>), a demo: domain or module.path:function."
+        )
+    if not root.is_dir():
+        raise ValueError(
+            f"dataset path '{root}' is a file, not a directory: pass the ImageFolder root "
+            "that holds one sub-folder per class."
+        )
+    entries = sorted(os.listdir(root))
+    class_dirs = [e for e in entries if not e.startswith(".") and (root / e).is_dir()]
+    if class_dirs:
+        return class_dirs
+    if any(_is_image_name(e) for e in entries):
+        raise ValueError(
+            f"dataset directory '{root}' holds images but no class sub-folders: "
+            f"move them into {root}/<class name>/ (one folder per class)."
+        )
+    raise ValueError(
+        f"dataset directory '{root}' is empty: it needs one sub-folder per class "
+        "with the images inside (root/<class>/<image>)."
+    )
+
+
+def _files(root: Path, cls: str):
+    """``(path, path relative to root)`` of every visible file under ``root/cls``, sorted."""
+    for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                path = os.path.join(dirpath, name)
+                yield path, os.path.relpath(path, root)
+
+
+def _header(path: str) -> tuple[int, int, str]:
+    """``(height, width, mode)`` of an image file, after checking it is not corrupt."""
+    from PIL import Image
+
+    # open() reads only the header; verify() checks the file's structure (PNG CRCs)
+    # without decoding the pixels.
+    with Image.open(path) as img:
+        width, height = img.size
+        mode, fmt = img.mode, img.format
+        img.verify()
+    if _stops_early(path, fmt):
+        # Data after the end marker is legal, truncation is not: only a decode tells them apart.
+        with Image.open(path) as img:
+            img.load()
+    return int(height), int(width), mode
+
+
+def _scan_warnings(corrupt: list[str], ignored: list[str], empty_classes: list[str]) -> list[str]:
+    warnings: list[str] = []
+    if corrupt:
+        warnings.append(f"skipped {len(corrupt)} unreadable image file(s): {_examples(corrupt)}")
+    if ignored:
+        warnings.append(
+            f"ignored {len(ignored)} file(s) without an image extension: {_examples(ignored)}"
+        )
+    if empty_classes:
+        warnings.append(
+            f"{len(empty_classes)} class folder(s) hold no readable image: "
+            f"{_examples(empty_classes)}"
+        )
+    return warnings
 
 
 def pil_to_tensor(img, channels: int) -> torch.Tensor:

@@ -237,8 +237,8 @@ def _labels_of(spec: str, ys: list) -> tuple[np.ndarray | None, list[str] | None
     return labels, names, index
 
 
-def callable_domain_fields(spec: str) -> dict[str, Any]:
-    """The fields of a ``Domain`` for a ``module.path:function`` spec (see ``load_domain``)."""
+def _dataset(spec: str) -> tuple[Dataset, int]:
+    """The map-style Dataset a spec returns, and its length (at least 1)."""
     ds = call_spec(spec, "a torch Dataset", "dataset spec")
     if not isinstance(ds, Dataset):
         raise ValueError(
@@ -254,7 +254,27 @@ def callable_domain_fields(spec: str) -> dict[str, Any]:
         ) from exc
     if n == 0:
         raise ValueError(f"dataset spec {spec!r} returned an empty Dataset.")
+    return ds, n
 
+
+def _class_names(spec: str, ds, names, labels) -> list[str] | None:
+    """The class names: from string labels, the Dataset's ``classes``, or the label range."""
+    classes = names if names is not None else getattr(ds, "classes", None)
+    if classes is not None:
+        classes = [str(c) for c in classes]
+    elif labels is not None:
+        classes = [str(i) for i in range(int(labels.max()) + 1)]
+    if labels is not None and classes is not None and int(labels.max()) >= len(classes):
+        raise ValueError(
+            f"dataset spec {spec!r}: label {int(labels.max())} has no entry in its "
+            f"{len(classes)} classes."
+        )
+    return classes
+
+
+def callable_domain_fields(spec: str) -> dict[str, Any]:
+    """The fields of a ``Domain`` for a ``module.path:function`` spec (see ``load_domain``)."""
+    ds, n = _dataset(spec)
     notes: list[str] = []
     bad: list[str] = []
     failed: list[str] = []
@@ -286,27 +306,15 @@ def callable_domain_fields(spec: str) -> dict[str, Any]:
         raise ValueError(
             f"dataset spec {spec!r}: none of the items read could be decoded ({(bad + failed)[0]})."
         )
-    channels_seen = {f[0] for f in facts}
-    channels = 3 if channels_seen - {1} else 1
-    lo = min(f[3] for f in facts)
-    hi = max(f[4] for f in facts)
+    channels = 3 if {f[0] for f in facts} - {1} else 1
+    lo, hi = min(f[3] for f in facts), max(f[4] for f in facts)
     if lo < 0.0 or hi > 1.0:
         notes.append(
             f"pixel values span [{lo:.3g}, {hi:.3g}], not [0, 1]: return unnormalised images "
             "so the model's own normalisation can be applied"
         )
     native, size_range = size_facts([(f[1], f[2]) for f in facts])
-
-    classes = names if names is not None else getattr(ds, "classes", None)
-    if classes is not None:
-        classes = [str(c) for c in classes]
-    elif labels is not None:
-        classes = [str(i) for i in range(int(labels.max()) + 1)]
-    if labels is not None and classes is not None and int(labels.max()) >= len(classes):
-        raise ValueError(
-            f"dataset spec {spec!r}: label {int(labels.max())} has no entry in its "
-            f"{len(classes)} classes."
-        )
+    classes = _class_names(spec, ds, names, labels)
     label_text = f"{len(classes)} classes" if classes is not None else "unlabelled"
     return dict(
         name=spec,

@@ -46,6 +46,7 @@ from diagnose.decide.race_lr import (
     finetune_grid,
 )
 from diagnose.decide.race_ray import RayTrials
+from diagnose.decide.race_reasons import race_reasons
 from diagnose.decide.race_scoring import (
     KFOLD_REPEATS,
     KFOLD_SPLITS,
@@ -182,6 +183,7 @@ __all__ = [
     "prediction_check",
     "PROBE_DROP",
     "race_pool",
+    "race_reasons",
     "RACE_STRATEGIES",
     "race_summary",
     "RaceContext",

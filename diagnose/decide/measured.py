@@ -27,6 +27,7 @@ from diagnose.core import Recommendation
 from diagnose.data import materialize_readable
 from diagnose.decide.candidates import Candidate, build_candidates
 from diagnose.decide.race import run_race
+from diagnose.decide.race_reasons import race_reasons
 from diagnose.decide.race_scoring import scoring_folds
 from diagnose.decide.recipe import recommended_epochs
 from diagnose.decide.rules import SAFE_FORGETTING
@@ -97,107 +98,6 @@ def _unmeasured(prior: dict, model, blocks, head, why: str) -> dict:
 def _lr_per_group(cand, blocks: list[str], epochs: int) -> dict[str, float]:
     p = plan(cand.strategy, blocks, cand.config(blocks, epochs=epochs, batch_size=1, seed=0))
     return {g: float(v) for g, v in p.stages[-1].lr.items()}
-
-
-def _names(keys: list[str], shown: int = 4) -> str:
-    more = len(keys) - shown
-    return ", ".join(keys[:shown]) + (f" and {more} more" if more > 0 else "")
-
-
-def _pct(v: float) -> str:
-    return f"{100 * v:+.1f}"
-
-
-def _reasons(trials: dict, pick: dict, prior: dict, protocol: dict) -> tuple[list, list, str]:
-    gap, leaders = trials["gap"], trials["leaders"]
-    last = pick["rungs"][-1]
-    frac = (
-        trials["flops_spent"] / trials["full_flops_estimate"]
-        if trials["full_flops_estimate"]
-        else None
-    )
-    n_c = len(trials["candidates"])
-    reasons = [
-        f"Measured: {n_c} candidate configurations trained on the target in a successive-halving "
-        f"race (rungs of {', '.join(map(str, trials['rung_epochs']))} epochs), scored by "
-        f"{protocol['kind']} on {protocol['n_held_out']} held-out images"
-        + (
-            f" ({protocol['folds']} folds, {protocol['repeats']} "
-            f"repeat{'s' if protocol['repeats'] > 1 else ''})"
-            if protocol["folds"] > 1
-            else ""
-        )
-        + (f", for {100 * frac:.0f}% of the full sweep's FLOPs." if frac is not None else "."),
-        f"{pick['key']} reached {last['val_accuracy']:.3f} held-out accuracy after "
-        f"{last['epochs']} epochs.",
-    ]
-    change = []
-    if gap is not None:
-        reasons.append(
-            (
-                "Its lead"
-                if pick["key"] == trials["winner"]
-                else f"The best held-out accuracy is {trials['winner']}'s; its lead"
-            )
-            + f" over the runner-up {trials['runner_up']} is {_pct(gap['mean'])} points "
-            f"(95% CI {_pct(gap['ci_low'])} to {_pct(gap['ci_high'])}, paired on the same "
-            f"{gap['n_images']} images)."
-        )
-    if trials["within_noise"]:
-        tol = trials["tie_tolerance"]
-        reasons.append(
-            f"{len(leaders)} leaders ({_names(leaders)}) are within noise of the winner (each "
-            "paired interval includes 0): these held-out images cannot separate them. "
-            + _tie_break(trials, pick, tol)
-        )
-        by_loss = trials.get("worse_by_loss") or []
-        if by_loss:
-            reasons.append(
-                f"{_names(by_loss)} tie with the winner on accuracy but their held-out "
-                "cross-entropy is higher (paired 95% interval above 0), so the cheaper of them "
-                "is not taken."
-            )
-        change.append("More labelled target images, which would separate the leaders.")
-        confidence = "low"
-    elif gap is not None:
-        confidence = (
-            "high"
-            if gap["ci_low"] > 0 and len(pick["rungs"]) == len(trials["rung_epochs"])
-            else "medium"
-        )
-        change.append(
-            "A runner-up within the interval of the gap: then the cheaper of the two. A larger "
-            "--trial-budget carries more candidates to the full epochs."
-        )
-    else:
-        confidence = "low"
-    if prior["strategy"] != pick["strategy"]:
-        reasons.append(
-            f"The rule prior predicted {prior['strategy']}; the race measured otherwise, and the "
-            "measurement decides."
-        )
-    else:
-        reasons.append(f"The rule prior predicted the same strategy ({prior['strategy']}).")
-    return reasons, change, confidence
-
-
-def _tie_break(trials: dict, pick: dict, tol: float) -> str:
-    """Why the pick among the leaders, naming the tie-break actually used."""
-    kind = trials.get("chosen_by_kind")
-    if kind == "cost":
-        return (
-            f"{pick['key']} is within {tol:.3f} of the winner's accuracy, not measurably "
-            f"worse in held-out loss, and cheaper (full-run FLOPs more than "
-            f"{trials['cost_tie']:.0%} below the winner's), so it is recommended."
-        )
-    tied = len(trials.get("tied") or []) > 1
-    return "The winner, the best estimate, is recommended: " + (
-        f"the leaders tied with it in accuracy cost the same (full-run FLOPs within "
-        f"{trials['cost_tie']:.0%}), which is a tie, not cheaper."
-        if tied
-        else f"no cheaper leader is within {tol:.3f} of its accuracy without a measurably "
-        "higher held-out loss."
-    )
 
 
 def race_pool(tgt, used: np.ndarray, split: dict, prep, warnings: list[str]):
@@ -337,11 +237,17 @@ def measured_recommendation(
     if trials["pick"] is None:
         warnings.append("Every race candidate failed: the recommendation is the rule prior.")
         return _unmeasured(prior, model, blocks, head, "every race candidate failed")
-    by_key = {c["key"]: c for c in trials["candidates"]}
-    pick = by_key[trials["pick"]]
+    pick = next(c for c in trials["candidates"] if c["key"] == trials["pick"])
+    reasons, change, confidence = race_reasons(trials, pick, prior, protocol)
+    return _picked(pick, (net, race_head, race_blocks), blocks, head is None, full_epochs, prior,
+                   reasons=reasons, change=change, confidence=confidence, trials=trials)  # fmt: skip
+
+
+def _picked(pick: dict, race_net, blocks, new_head: bool, full_epochs: int, prior: dict, *,
+            reasons, change, confidence, trials) -> dict:  # fmt: skip
+    """The recommendation of the race's ``pick``, in the user's module names."""
     cand = Candidate.from_dict(pick)  # a given candidate, or an LR the race added past an edge
-    groups, unfreeze, cut = _trained(cand, net, race_head, race_blocks, new_head=head is None)
-    reasons, change, confidence = _reasons(trials, pick, prior, protocol)
+    groups, unfreeze, cut = _trained(cand, *race_net, new_head=new_head)
     defaults = TrainConfig()
     return Recommendation(
         measured=True,
@@ -349,7 +255,7 @@ def measured_recommendation(
         depth=cand.depth,
         unfreeze=tuple(unfreeze),
         unfreeze_blocks=tuple(groups),
-        new_head=head is None,
+        new_head=new_head,
         cut=cut,
         lr=_lr_per_group(cand, blocks, full_epochs),
         head_lr=cand.head_lr,

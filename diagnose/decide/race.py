@@ -143,72 +143,32 @@ def run_race(
     n_folds = len(folds)
     steps = max(1, steps_per_epoch(len(folds[0].train), batch_size))
     min_epochs = min(full_epochs, math.ceil(MIN_RUNG_STEPS / steps))
-    head_in = model.get_submodule(head).in_features
-    cost = CostModel.measure(model, blocks, x[:1].to(device), head_in)
+    cost = CostModel.measure(model, blocks, x[:1].to(device), model.get_submodule(head).in_features)
     n_train, n_val = len(folds[0].train), len(folds[0].held_out)
     sizes = TrialSizes(cost, list(blocks), n_train, n_val, num_classes)
     candidates, grids = finetune_grid(
-        candidates,
-        model=model,
-        head=head,
-        x=x,
-        y=y,
-        classes=num_classes,
-        train_idx=folds[0].train,
-        cost=cost,
-        full_estimate=sizes.sweep(candidates, full_epochs, n_folds),
-        budget=budget,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
+        candidates, model=model, head=head, x=x, y=y, classes=num_classes,
+        train_idx=folds[0].train, cost=cost, budget=budget, batch_size=batch_size, seed=seed,
+        full_estimate=sizes.sweep(candidates, full_epochs, n_folds), device=device,
         progress=progress,
-    )
+    )  # fmt: skip
     plan = plan_race(
-        candidates,
-        cost,
-        blocks=blocks,
-        n_train=n_train,
-        n_val=n_val,
-        classes=num_classes,
+        candidates, cost, blocks=blocks, n_train=n_train, n_val=n_val, classes=num_classes,
         n_folds=n_folds,
         # Rung 0 scores on the first 1/ETA of the folds: enough to drop the clearly worse
         # 2/3. Later rungs score on more folds as the budget allows.
         first_folds=max(1, math.ceil(n_folds / ETA)),
-        epochs=rung_epochs(full_epochs, min_epochs=min_epochs),
-        min_epochs=min_epochs,
-        budget=budget,
-        spent=grids.flops,
-    )
+        epochs=rung_epochs(full_epochs, min_epochs=min_epochs), min_epochs=min_epochs,
+        budget=budget, spent=grids.flops,
+    )  # fmt: skip
     # Head inputs and frozen-prefix outputs per fold are shared by the candidates in ``ctx``
     # (their FLOPs are counted once, where they ran).
     ctx = RaceContext(
-        _fold_data(folds, x, y, num_classes),
-        folds,
-        model,
-        head,
-        blocks,
-        batch_size,
-        seed,
-        device,
-        {},
-        warnings,
-    )
+        _fold_data(folds, x, y, num_classes), folds, model, head, blocks, batch_size, seed,
+        device, {}, warnings,
+    )  # fmt: skip
     ray = import_ray(executor, warnings if warnings is not None else [], progress)
-    if ray is not None:
-        from diagnose.decide.race_ray import RayTrials
-
-        ctx.remote = RayTrials(ray, ctx, ray_address, progress)
-    try:
-        arms, rung_log, full = _rungs(ctx, plan, float(budget), grids, progress)
-    finally:
-        if ctx.remote is not None:
-            ctx.remote.close()
-    if ctx.discarded and warnings is not None:
-        warnings.append(
-            f"The Ray race ran {ctx.discarded / 1e9:.1f} GFLOPs of trials in parallel that the "
-            "budget check then refused; they are discarded so that the race records what the "
-            "local race would (trials.flops_discarded)."
-        )
+    arms, rung_log, full = _raced(ctx, plan, float(budget), grids, ray, ray_address, progress)
     ranked = sorted(arms, key=lambda a: (-(len(a.rungs)),) + a.rank_key())
     schedule = {"rungs": rung_log, "rung_epochs": list(plan.epochs), "eta": ETA}
     spend = {
@@ -225,6 +185,27 @@ def run_race(
         "wall_s": round(time.perf_counter() - start, 4),
     }
     return race_summary(arms, ranked, schedule, spend, n_folds=n_folds, full_epochs=full_epochs)
+
+
+def _raced(ctx: RaceContext, plan: RacePlan, budget: float, grids: LRGrids, ray, address, progress):
+    """:func:`_rungs`, its trials as Ray tasks when ``ray`` is given (the cluster at
+    ``address``); trials Ray ran that the budget then refused are discarded and said."""
+    if ray is not None:
+        from diagnose.decide.race_ray import RayTrials
+
+        ctx.remote = RayTrials(ray, ctx, address, progress)
+    try:
+        out = _rungs(ctx, plan, budget, grids, progress)
+    finally:
+        if ctx.remote is not None:
+            ctx.remote.close()
+    if ctx.discarded and ctx.warnings is not None:
+        ctx.warnings.append(
+            f"The Ray race ran {ctx.discarded / 1e9:.1f} GFLOPs of trials in parallel that the "
+            "budget check then refused; they are discarded so that the race records what the "
+            "local race would (trials.flops_discarded)."
+        )
+    return out
 
 
 def _rungs(ctx: RaceContext, plan: RacePlan, budget: float, grids: LRGrids, progress: bool):

@@ -120,95 +120,128 @@ def _early_loss(s: dict) -> float | None:
 
 
 def _decide(s: dict, n_per_class: float, max_forgetting: float | None):
-    """(strategy, unfreeze, confidence, reasons, would_change) from the signals."""
-    names, first = s["names"], s["names"][0]
-    loss = _early_loss(s)
-    shift = _input_shift(s)
+    """(strategy, unfreeze, confidence, reasons, would_change) from the signals: the first
+    rule that applies, in the order of :data:`_RULES`, else LP-FT."""
+    first = s["names"][0]
     gap_txt = (
         f"PAD at {first} is {s['pad0']:.2f}"
         + (f" (MMD p={s['p0']:.3g})" if s["p0"] is not None else "")
         if s["pad0"] is not None
         else f"no gap was measured at {first}"
     )
-    if max_forgetting is not None and max_forgetting < SAFE_FORGETTING:
-        return (
-            "feature_extraction",
-            [],
-            "high",
-            [
-                f"The forgetting budget is {max_forgetting:.3f} of source accuracy: only a frozen "
-                "backbone is sure to stay within it (every other strategy moves the pretrained "
-                "weights, by an amount only diagnose compare can measure)."
-            ],
-            [f"A forgetting budget of {SAFE_FORGETTING:.2f} or more (--max-forgetting)."],
+    ctx = {"n": n_per_class, "budget": max_forgetting, "gap": gap_txt,
+           "loss": _early_loss(s), "shift": _input_shift(s)}  # fmt: skip
+    for rule in _RULES:
+        out = rule(s, ctx)
+        if out is not None:
+            return out
+    return _lp_ft(s, ctx)
+
+
+def _tight_budget(s: dict, ctx: dict):
+    budget = ctx["budget"]
+    if budget is None or budget >= SAFE_FORGETTING:
+        return None
+    return (
+        "feature_extraction",
+        [],
+        "high",
+        [
+            f"The forgetting budget is {budget:.3f} of source accuracy: only a frozen "
+            "backbone is sure to stay within it (every other strategy moves the pretrained "
+            "weights, by an amount only diagnose compare can measure)."
+        ],
+        [f"A forgetting budget of {SAFE_FORGETTING:.2f} or more (--max-forgetting)."],
+    )
+
+
+def _small_target(s: dict, ctx: dict):
+    n, first = ctx["n"], s["names"][0]
+    if not (n and n < SMALL_PER_CLASS and not ctx["shift"]):
+        return None
+    return (
+        "feature_extraction",
+        [],
+        "high" if s["drop"] < PROBE_DROP else "medium",
+        [
+            f"The target has {n:.0f} training images per class and no input-level "
+            f"shift ({ctx['gap']}): a new head on frozen features is the least likely to "
+            f"overfit; its last-layer probe reaches {s['last']:.3f}."
+        ],
+        [
+            f"{SMALL_PER_CLASS} or more training images per class, which would afford tuning "
+            "the backbone after the head (LP-FT).",
+            f"PAD at {first} of {INPUT_GAP_PAD:.1f} or more (an input-level shift).",
+        ],
+    )
+
+
+def _destroyed_early_features(s: dict, ctx: dict):
+    names, first, loss = s["names"], s["names"][0], ctx["loss"]
+    if not (ctx["shift"] and loss is not None and loss >= EARLY_LOSS):
+        return None
+    rgn_top = max(s["rgn"], key=s["rgn"].get) if s["rgn"] else None
+    reasons = [
+        f"An input-level shift ({ctx['gap']}) that destroys what the early features carry: the "
+        f"target probe at {first} is {s['first']:.3f} against {s['source_first']:.3f} on the "
+        f"source ({loss:.3f} lost). Every block is unfrozen so the early filters can adapt "
+        "(Lee et al. 2023: input-level shifts want the early blocks), with LRs falling by "
+        f"{DISCRIMINATIVE_FACTOR} per block going down from the head (ULMFiT): the head and "
+        "late blocks, which re-map the shifted features, move most."
+    ]
+    if rgn_top is not None:
+        s["rgn_said"] = True  # the caller adds no second Auto-RGN reason
+        reasons.append(
+            f"Auto-RGN {'agrees' if rgn_top == first else 'disagrees'}: the largest relative "
+            f"gradient norm is at {rgn_top}."
         )
-    if n_per_class and n_per_class < SMALL_PER_CLASS and not shift:
-        return (
-            "feature_extraction",
-            [],
-            "high" if s["drop"] < PROBE_DROP else "medium",
-            [
-                f"The target has {n_per_class:.0f} training images per class and no input-level "
-                f"shift ({gap_txt}): a new head on frozen features is the least likely to overfit; "
-                f"its last-layer probe reaches {s['last']:.3f}."
-            ],
-            [
-                f"{SMALL_PER_CLASS} or more training images per class, which would afford tuning "
-                "the backbone after the head (LP-FT).",
-                f"PAD at {first} of {INPUT_GAP_PAD:.1f} or more (an input-level shift).",
-            ],
-        )
-    if shift and loss is not None and loss >= EARLY_LOSS:
-        rgn_top = max(s["rgn"], key=s["rgn"].get) if s["rgn"] else None
-        reasons = [
-            f"An input-level shift ({gap_txt}) that destroys what the early features carry: the "
-            f"target probe at {first} is {s['first']:.3f} against {s['source_first']:.3f} on the "
-            f"source ({loss:.3f} lost). Every block is unfrozen so the early filters can adapt "
-            "(Lee et al. 2023: input-level shifts want the early blocks), with LRs falling by "
-            f"{DISCRIMINATIVE_FACTOR} per block going down from the head (ULMFiT): the head and "
-            "late blocks, which re-map the shifted features, move most."
-        ]
-        if rgn_top is not None:
-            s["rgn_said"] = True  # the caller adds no second Auto-RGN reason
-            reasons.append(
-                f"Auto-RGN {'agrees' if rgn_top == first else 'disagrees'}: the largest relative "
-                f"gradient norm is at {rgn_top}."
-            )
-        # On the demo's noise target the full fine-tuning variants and feature extraction
-        # land within about 1.5 points of each other from seed to seed: never "high".
-        return (
-            "discriminative",
-            list(names),
-            "medium" if rgn_top in (None, first) else "low",
-            reasons,
-            [
-                f"The target probe at {first} within {EARLY_LOSS:.2f} of the source's "
-                f"(now {loss:.3f} below): then LP-FT, which keeps the early features, would do.",
-                f"PAD at {first} below {INPUT_GAP_PAD:.1f}: no input-level shift.",
-            ],
-        )
-    if n_per_class >= LARGE_PER_CLASS and s["drop"] < PROBE_DROP:
-        return (
-            "discriminative",
-            list(names),
-            "medium",
-            [
-                f"The target has {n_per_class:.0f} images per class, enough to fine-tune every "
-                f"block, with LRs falling by {DISCRIMINATIVE_FACTOR} per block going down so the "
-                f"general early features move least (ULMFiT); the last-layer probe ({s['last']:.3f}) "
-                f"is within {s['drop']:.3f} of the best layer."
-            ],
-            [f"Fewer than {LARGE_PER_CLASS} images per class: then LP-FT, head first."],
-        )
-    # LP-FT: the features keep what the target needs; fit the head first, then tune.
+    # On the demo's noise target the full fine-tuning variants and feature extraction
+    # land within about 1.5 points of each other from seed to seed: never "high".
+    return (
+        "discriminative",
+        list(names),
+        "medium" if rgn_top in (None, first) else "low",
+        reasons,
+        [
+            f"The target probe at {first} within {EARLY_LOSS:.2f} of the source's "
+            f"(now {loss:.3f} below): then LP-FT, which keeps the early features, would do.",
+            f"PAD at {first} below {INPUT_GAP_PAD:.1f}: no input-level shift.",
+        ],
+    )
+
+
+def _large_target(s: dict, ctx: dict):
+    n = ctx["n"]
+    if not (n >= LARGE_PER_CLASS and s["drop"] < PROBE_DROP):
+        return None
+    return (
+        "discriminative",
+        list(s["names"]),
+        "medium",
+        [
+            f"The target has {n:.0f} images per class, enough to fine-tune every "
+            f"block, with LRs falling by {DISCRIMINATIVE_FACTOR} per block going down so the "
+            f"general early features move least (ULMFiT); the last-layer probe ({s['last']:.3f}) "
+            f"is within {s['drop']:.3f} of the best layer."
+        ],
+        [f"Fewer than {LARGE_PER_CLASS} images per class: then LP-FT, head first."],
+    )
+
+
+_RULES = (_tight_budget, _small_target, _destroyed_early_features, _large_target)
+
+
+def _lp_ft(s: dict, ctx: dict):
+    """LP-FT: the features keep what the target needs; fit the head first, then tune."""
+    names, first, shift = s["names"], s["names"][0], ctx["shift"]
     if shift:
         why = (
-            f"An input-level shift ({gap_txt}), but the early features still carry the classes: "
-            f"the target probe at {first} is {s['first']:.3f} against {s['source_first']:.3f} on "
-            "the source."
-            if loss is not None
-            else f"An input-level shift ({gap_txt}); without source labels on the same classes "
-            "it cannot be told whether the early features lost the classes."
+            f"An input-level shift ({ctx['gap']}), but the early features still carry the "
+            f"classes: the target probe at {first} is {s['first']:.3f} against "
+            f"{s['source_first']:.3f} on the source."
+            if ctx["loss"] is not None
+            else f"An input-level shift ({ctx['gap']}); without source labels on the same "
+            "classes it cannot be told whether the early features lost the classes."
         )
         change = (
             f"The target probe at {first} falling {EARLY_LOSS:.2f} or more below the source's: "
@@ -227,8 +260,8 @@ def _decide(s: dict, n_per_class: float, max_forgetting: float | None):
         )
     else:
         why = (
-            f"A close target ({gap_txt}; the last-layer probe {s['last']:.3f} is within "
-            f"{s['drop']:.3f} of the best layer) with {n_per_class:.0f} training images per class."
+            f"A close target ({ctx['gap']}; the last-layer probe {s['last']:.3f} is within "
+            f"{s['drop']:.3f} of the best layer) with {ctx['n']:.0f} training images per class."
         )
         change = (
             f"Fewer than {SMALL_PER_CLASS} images per class (feature extraction) or "
@@ -263,85 +296,31 @@ def recommend(results: dict, *, max_forgetting: float | None = None) -> dict:
     every = [LayerResult.from_dict(layer) for layer in results.get("layers") or []]
     layers = [layer for layer in every if layer.accuracy("target") is not None]
     names = [layer.name for layer in every]
-    lr_find = results.get("lr_find") or {}
-    head_lr = lr_find.get("suggested_lr")
-    reasons: list[str] = []
-    if head_lr is None:
-        head_lr = DEFAULT_HEAD_LR
-        reasons.append(
-            f"The LR range test gave no suggestion, so the head LR falls back to {DEFAULT_HEAD_LR:g}."
-        )
-    else:
-        reasons.append(
-            f"The LR range test's steepest stable descent is at {head_lr:.3g}: the head LR."
-        )
-
-    target = results.get("target") or {}
-    n_classes = max(1, len(target.get("classes") or []) or 1)
-    # Every labelled image a fine-tuning run can learn from or select on: train + val.
-    n_train = int(
-        (target.get("n_train") or 0) + (target.get("n_val") or 0) or target.get("n_used") or 0
-    )
-    n_per_class = n_train / n_classes if n_train else 0.0
-
+    head_lr = (results.get("lr_find") or {}).get("suggested_lr")
+    reasons = [
+        f"The LR range test gave no suggestion, so the head LR falls back to {DEFAULT_HEAD_LR:g}."
+        if head_lr is None
+        else f"The LR range test's steepest stable descent is at {head_lr:.3g}: the head LR."
+    ]
+    head_lr = DEFAULT_HEAD_LR if head_lr is None else head_lr
+    n_per_class = _per_class(results.get("target") or {})
     if not layers:
-        return {
-            "strategy": "full_low_lr",
-            "unfreeze": names,
-            "lr": group_lrs("full_low_lr", names, names, head_lr),
-            "epochs": recommended_epochs(n_per_class, "full_low_lr"),
-            "weight_decay": TRAIN_DEFAULTS.weight_decay,
-            "optimizer": OPTIMIZER,
-            "confidence": "low",
-            "max_forgetting": max_forgetting,
-            "reasons": reasons
-            + ["No target probe could be measured, so nothing supports freezing any block."],
-            "would_change_if": ["Labelled target data let the layer-wise probes run."],
-        }
-
-    s = _signals(results, layers)
-    strategy, unfreeze, confidence, rule_reasons, would_change = _decide(
-        s, n_per_class, max_forgetting
-    )
-    reasons.extend(rule_reasons)
-    benefit = s["benefit"]
-    if benefit is not None and benefit < BENEFIT_MIN:
-        confidence = "low"
-        versus = (
-            f"is {-benefit:.3f} below the random-init control's ({s['best_control']:.3f}): the "
-            "control is better"
-            if benefit < 0
-            else f"is only {benefit:.3f} above the random-init control's ({s['best_control']:.3f})"
+        reasons.append("No target probe could be measured, so nothing supports freezing any block.")
+        strategy, unfreeze, confidence = "full_low_lr", names, "low"
+        would_change = ["Labelled target data let the layer-wise probes run."]
+    else:
+        s = _signals(results, layers)
+        strategy, unfreeze, confidence, rule_reasons, would_change = _decide(
+            s, n_per_class, max_forgetting
         )
-        reasons.append(
-            f"The pretrained probe's best accuracy ({s['best']:.3f}) {versus}; frozen pretrained "
-            "features buy little on this target, so the confidence is low; diagnose compare "
-            "measures whether the pretrained weights still help as a starting point (against "
-            "scratch)."
-        )
-        would_change.append(
-            f"The best pretrained probe beating the control by more than {BENEFIT_MIN:.2f}."
-        )
-    elif benefit is not None:
-        reasons.append(
-            f"Pretraining helps: the best pretrained probe ({s['best']:.3f}) beats the random-init "
-            f"control ({s['best_control']:.3f}) by {benefit:.3f}."
-        )
-    if s["rgn"] and not s.get("rgn_said"):
-        top = max(s["rgn"], key=s["rgn"].get)
-        quiet = [n for n, v in s["rgn"].items() if v < RGN_QUIET]
-        reasons.append(
-            f"Relative gradient norms (Auto-RGN) are largest at {top}"
-            + (f" and below {RGN_QUIET} at {', '.join(quiet)}" if quiet else "")
-            + ": where the target's gradient pulls hardest once the backbone trains."
-        )
-
-    lr = group_lrs(strategy, s["names"], unfreeze, head_lr)
-
+        reasons += rule_reasons + _benefit_reasons(s, would_change) + _rgn_reasons(s)
+        if s["benefit"] is not None and s["benefit"] < BENEFIT_MIN:
+            confidence = "low"
+        names = s["names"]
     return {
         "strategy": strategy,
         "unfreeze": list(unfreeze),
-        "lr": lr,
+        "lr": group_lrs(strategy, names, unfreeze, head_lr),
         "epochs": recommended_epochs(n_per_class, strategy),
         "weight_decay": TRAIN_DEFAULTS.weight_decay,
         "optimizer": OPTIMIZER,
@@ -350,3 +329,52 @@ def recommend(results: dict, *, max_forgetting: float | None = None) -> dict:
         "reasons": reasons,
         "would_change_if": would_change,
     }
+
+
+def _per_class(target: dict) -> float:
+    """Labelled images per class a fine-tuning run can learn from or select on (train+val)."""
+    n_classes = max(1, len(target.get("classes") or []) or 1)
+    n_train = int(
+        (target.get("n_train") or 0) + (target.get("n_val") or 0) or target.get("n_used") or 0
+    )
+    return n_train / n_classes if n_train else 0.0
+
+
+def _benefit_reasons(s: dict, would_change: list[str]) -> list[str]:
+    """What the pretrained probe buys over the random-init control, in words."""
+    benefit = s["benefit"]
+    if benefit is None:
+        return []
+    if benefit >= BENEFIT_MIN:
+        return [
+            f"Pretraining helps: the best pretrained probe ({s['best']:.3f}) beats the random-init "
+            f"control ({s['best_control']:.3f}) by {benefit:.3f}."
+        ]
+    versus = (
+        f"is {-benefit:.3f} below the random-init control's ({s['best_control']:.3f}): the "
+        "control is better"
+        if benefit < 0
+        else f"is only {benefit:.3f} above the random-init control's ({s['best_control']:.3f})"
+    )
+    would_change.append(
+        f"The best pretrained probe beating the control by more than {BENEFIT_MIN:.2f}."
+    )
+    return [
+        f"The pretrained probe's best accuracy ({s['best']:.3f}) {versus}; frozen pretrained "
+        "features buy little on this target, so the confidence is low; diagnose compare "
+        "measures whether the pretrained weights still help as a starting point (against "
+        "scratch)."
+    ]
+
+
+def _rgn_reasons(s: dict) -> list[str]:
+    """Where Auto-RGN is largest and quiet, unless a rule said it already."""
+    if not s["rgn"] or s.get("rgn_said"):
+        return []
+    top = max(s["rgn"], key=s["rgn"].get)
+    quiet = [n for n, v in s["rgn"].items() if v < RGN_QUIET]
+    return [
+        f"Relative gradient norms (Auto-RGN) are largest at {top}"
+        + (f" and below {RGN_QUIET} at {', '.join(quiet)}" if quiet else "")
+        + ": where the target's gradient pulls hardest once the backbone trains."
+    ]

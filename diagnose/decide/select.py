@@ -177,6 +177,78 @@ def select_strategy(
              "target": {"val_accuracy": 0.903}, "cost": {"flops": 1e11}},
         ])["strategy"]  # "feature_extraction": tied within 0.005, 100x cheaper
     """
+    _check_entries(strategies)
+    budget = _check_fraction("max_forgetting", max_forgetting)
+    tolerance = _check_fraction("tie_tolerance", tie_tolerance, upper=None)
+    predicted = _predicted(assessment, {e.get("name") for e in strategies})
+    excluded, measured, eligible = _partition(
+        [StrategyEntry.from_dict(e) for e in strategies], budget
+    )
+    if not eligible:
+        least = [(forgetting_of(e)[0], entry_label(e)) for e in measured]
+        least = [k for k in least if k[0] is not None]
+        reasons = no_winner_reasons(len(strategies), len(measured), excluded, budget, least)
+        return _empty(budget, tolerance, excluded, reasons, predicted)
+    best_val = max(_val(e) for e in eligible)
+    tied = [e for e in eligible if _val(e) >= best_val - tolerance - FLOAT_SLACK]
+    order = {id(e): i for i, e in enumerate(eligible)}
+    # Cheapest first; equal cost falls back to the higher accuracy, then the input order.
+    winner = min(tied, key=lambda e: (*_cost_key(e), -_val(e), order[id(e)]))
+    rest = sorted(
+        (e for e in eligible if e is not winner),
+        key=lambda e: (-_val(e), *_cost_key(e), order[id(e)]),
+    )
+    name, val = str(winner.name), _val(winner)
+    forgot, measure = forgetting_of(winner)
+    scope = " within the forgetting budget" if budget is not None else ""
+    reasons = [_winner_reason(winner, tied, tolerance, best_val, scope)]
+    if rest:
+        runner = rest[0]
+        reasons.append(
+            f"Next best: {entry_label(runner)} at {val_text(runner, _val(runner))} "
+            f"({_val(runner) - val:+.3f}), {cost_text(runner)} against {cost_text(winner)}."
+        )
+    close, spread_reason = within_spread(winner, rest, _val)
+    reasons += [spread_reason] if spread_reason else []
+    reasons.append(forgetting_reason(strategy_label(name, start=True), forgot, measure, budget))
+    reasons += _context_reasons(excluded, measured, name, val)
+    agrees, regret, said = prediction_check(
+        predicted, name, val, _measured_val(measured, predicted), excluded
+    )
+    return {
+        "strategy": name,
+        "val_accuracy": val,
+        "val_accuracy_std": winner.spread_std("target", "val_accuracy"),
+        "seeds": winner.n_seeds,
+        "within_spread": [str(e.name) for e in close],
+        "test_accuracy": winner.target.test_accuracy,
+        "forgetting": forgot,
+        "forgetting_measure": measure,
+        "cost_flops": winner.cost.flops,
+        "wall_s": winner.cost.wall_s,
+        "max_forgetting": budget,
+        "tie_tolerance": tolerance,
+        "tied": [str(e.name) for e in tied],
+        "excluded": excluded,
+        "ranking": [name, *(str(e.name) for e in rest)],
+        "reasons": reasons + said,
+        "assessment_prediction": predicted,
+        "agrees_with_assessment": agrees,
+        "regret": regret,
+    }
+
+
+def _val(entry: StrategyEntry) -> float:
+    return entry.target.val_accuracy
+
+
+def _measured_val(measured: list[StrategyEntry], name: str | None) -> float | None:
+    """The best validation accuracy a run of ``name`` measured (None: none did)."""
+    vals = [_val(e) for e in measured if e.name == name]
+    return max(vals) if vals else None
+
+
+def _check_entries(strategies) -> None:
     if not isinstance(strategies, (list, tuple)):
         raise TypeError(
             "The 'strategies' parameter of select_strategy must be a list of dicts. "
@@ -188,169 +260,105 @@ def select_strategy(
                 f"The 'strategies' parameter of select_strategy must be a list of dicts. "
                 f"Got {type(entry).__name__} at index {i} instead."
             )
-    budget = _check_fraction("max_forgetting", max_forgetting)
-    tolerance = _check_fraction("tie_tolerance", tie_tolerance, upper=None)
-    predicted = _predicted(assessment, {e.get("name") for e in strategies})
-    entries = [StrategyEntry.from_dict(e) for e in strategies]
 
+
+def _excluded(name: str, cause: str, reason: str) -> dict:
+    """An excluded run: its name, the cause as a code (what decisions read), the reason."""
+    return {"name": name, "cause": cause, "reason": reason}
+
+
+def _partition(entries: list[StrategyEntry], budget: float | None):
+    """``(excluded, measured, eligible)``: runs left out (with a cause and a reason),
+    runs that finished with a validation accuracy, and those within the budget."""
     excluded: list[dict] = []
-    measured: list[StrategyEntry] = []  # finished with a validation accuracy, budget or not
+    measured: list[StrategyEntry] = []
     eligible: list[StrategyEntry] = []
     for entry in entries:
         name = str(entry.name or "?")
-        val = entry.target.val_accuracy
         if not entry.ok:
-            excluded.append({"name": name, "cause": "not_ok", "reason": why_not_ok(entry)})
+            excluded.append(_excluded(name, "not_ok", why_not_ok(entry)))
             continue
-        if val is None:
-            excluded.append(
-                {
-                    "name": name,
-                    "cause": "no_val_accuracy",
-                    "reason": "finished without a validation accuracy",
-                }
-            )
+        if entry.target.val_accuracy is None:
+            why = "finished without a validation accuracy"
+            excluded.append(_excluded(name, "no_val_accuracy", why))
             continue
         measured.append(entry)
         forgot, measure = forgetting_of(entry)
         if budget is not None and forgot is None:
-            excluded.append(
-                {
-                    "name": name,
-                    "cause": "forgetting_unmeasured",
-                    "reason": f"its forgetting was not measured, so it cannot be shown to stay "
-                    f"within the budget of {budget:.3f}",
-                }
+            why = (
+                "its forgetting was not measured, so it cannot be shown to stay within the "
+                f"budget of {budget:.3f}"
             )
+            excluded.append(_excluded(name, "forgetting_unmeasured", why))
         elif budget is not None and forgot > budget:
             label = "source accuracy drop" if measure == "source_accuracy_drop" else "disagreement"
-            excluded.append(
-                {
-                    "name": name,
-                    "cause": "over_budget",
-                    "reason": f"forgets too much: {label} {forgot:.3f} is above the budget "
-                    f"of {budget:.3f}",
-                }
-            )
+            why = f"forgets too much: {label} {forgot:.3f} is above the budget of {budget:.3f}"
+            excluded.append(_excluded(name, "over_budget", why))
         else:
             eligible.append(entry)
+    return excluded, measured, eligible
 
-    def val_of(entry: StrategyEntry) -> float:
-        return entry.target.val_accuracy
 
-    def measured_val(name: str | None) -> float | None:
-        vals = [val_of(e) for e in measured if e.name == name]
-        return max(vals) if vals else None
-
-    if not eligible:
-        least = [(forgetting_of(e)[0], entry_label(e)) for e in measured]
-        least = [k for k in least if k[0] is not None]
-        reasons = no_winner_reasons(len(strategies), len(measured), excluded, budget, least)
-        return _empty(budget, tolerance, excluded, reasons, predicted)
-
-    best_val = max(val_of(e) for e in eligible)
-    tied = [e for e in eligible if val_of(e) >= best_val - tolerance - FLOAT_SLACK]
-    order = {id(e): i for i, e in enumerate(eligible)}
-    # Cheapest first; equal cost falls back to the higher accuracy, then the input order.
-    winner = min(tied, key=lambda e: (*_cost_key(e), -val_of(e), order[id(e)]))
-    rest = sorted(
-        (e for e in eligible if e is not winner),
-        key=lambda e: (-val_of(e), *_cost_key(e), order[id(e)]),
-    )
-    ranking = [str(e.name) for e in [winner, *rest]]
-    name = ranking[0]
-    val = val_of(winner)
-    test = winner.target.test_accuracy
-    forgot, measure = forgetting_of(winner)
-
-    reasons = []
-    label, opening = strategy_label(name), strategy_label(name, start=True)
-    seeds = winner.n_seeds
+def _winner_reason(winner, tied, tolerance: float, best_val: float, scope: str) -> str:
+    """The first reason: the winner's accuracy and, among tied runs, why it won."""
+    val, test, seeds = _val(winner), winner.target.test_accuracy, winner.n_seeds
+    opening = strategy_label(str(winner.name), start=True)
     notes = [f"mean ± std over {seeds} seeds"] if seeds > 1 else []
     notes += [f"test {test:.3f}"] if test is not None else []
     test_text = f" ({'; '.join(notes)})" if notes else ""
-    scope = " within the forgetting budget" if budget is not None else ""
     if len(tied) == 1:
-        reasons.append(
+        return (
             f"{opening} reached the highest validation accuracy{scope}: "
             f"{val_text(winner, val)}{test_text}."
         )
-    else:
-        others = [e for e in tied if e is not winner]
-        same = [e for e in others if _same_flops(e, winner)]
-        dearer = [e for e in others if e not in same]
-        text = (
-            f"{opening} reached a validation accuracy of {val_text(winner, val)}{test_text}, within "
-            f"{tolerance:.3f} of the best{scope} ({best_val:.3f})"
+    others = [e for e in tied if e is not winner]
+    same = [e for e in others if _same_flops(e, winner)]
+    dearer = [e for e in others if e not in same]
+    text = (
+        f"{opening} reached a validation accuracy of {val_text(winner, val)}{test_text}, within "
+        f"{tolerance:.3f} of the best{scope} ({best_val:.3f})"
+    )
+    if dearer:
+        text += (
+            f"; among the {len(tied)} tied strategies it is the cheapest "
+            f"({cost_text(winner)}, vs "
+            + "; ".join(f"{entry_label(e)} {cost_text(e)}" for e in dearer)
+            + ")"
         )
-        if dearer:
-            text += (
-                f"; among the {len(tied)} tied strategies it is the cheapest "
-                f"({cost_text(winner)}, vs "
-                + "; ".join(f"{entry_label(e)} {cost_text(e)}" for e in dearer)
-                + ")"
+    if same:
+        # Never "cheapest" against a run of the same FLOPs: say they tie, and on what
+        # the choice then rests; wall time is shown but, being noise, not used.
+        higher = all(val > _val(e) for e in same)
+        text += (
+            f"; it {'also ' if dearer else ''}ties on training compute with "
+            + join_labels(entry_label(e) for e in same)
+            + f" ({winner.cost.flops:.3g} FLOPs each), so "
+            + (
+                "its higher validation accuracy decides"
+                if higher
+                else "the order of --strategies decides"
             )
-        if same:
-            # Never "cheapest" against a run of the same FLOPs: say they tie, and on what
-            # the choice then rests; wall time is shown but, being noise, not used.
-            flops = winner.cost.flops
-            higher = all(val > val_of(e) for e in same)
-            text += (
-                f"; it {'also ' if dearer else ''}ties on training compute with "
-                + join_labels(entry_label(e) for e in same)
-                + f" ({flops:.3g} FLOPs each), so "
-                + (
-                    "its higher validation accuracy decides"
-                    if higher
-                    else "the order of --strategies decides"
-                )
-                + " (wall time varies from run to run and is not used: "
-                + join_labels(wall_text(e) for e in [winner, *same])
-                + ")"
-            )
-        reasons.append(text + ".")
-    if rest:
-        runner = rest[0]
-        reasons.append(
-            f"Next best: {entry_label(runner)} at {val_text(runner, val_of(runner))} "
-            f"({val_of(runner) - val:+.3f}), {cost_text(runner)} against {cost_text(winner)}."
+            + " (wall time varies from run to run and is not used: "
+            + join_labels(wall_text(e) for e in [winner, *same])
+            + ")"
         )
-    close, spread_reason = within_spread(winner, rest, val_of)
-    if spread_reason:
-        reasons.append(spread_reason)
-    reasons.append(forgetting_reason(opening, forgot, measure, budget))
+    return text + "."
+
+
+def _context_reasons(excluded: list[dict], measured, name: str, val: float) -> list[str]:
+    """What the runs around the winner say: those over the budget, and from scratch."""
+    out = []
     over = [x["name"] for x in excluded if x["cause"] == "over_budget"]
     if over:
-        over = join_labels(strategy_label(n) for n in over)
-        reasons.append(f"Excluded for exceeding the forgetting budget: {over}.")
-    scratch = measured_val("scratch")
+        out.append(
+            "Excluded for exceeding the forgetting budget: "
+            + join_labels(strategy_label(n) for n in over)
+            + "."
+        )
+    scratch = _measured_val(measured, "scratch")
     if scratch is not None and name != "scratch":
-        reasons.append(
+        out.append(
             f"Training from scratch reached {scratch:.3f}, so pretraining buys "
             f"{val - scratch:+.3f} validation accuracy here."
         )
-
-    agrees, regret, said = prediction_check(predicted, name, val, measured_val(predicted), excluded)
-    reasons += said
-
-    return {
-        "strategy": name,
-        "val_accuracy": val,
-        "val_accuracy_std": winner.spread_std("target", "val_accuracy"),
-        "seeds": seeds,
-        "within_spread": [str(e.name) for e in close],
-        "test_accuracy": test,
-        "forgetting": forgot,
-        "forgetting_measure": measure,
-        "cost_flops": winner.cost.flops,
-        "wall_s": winner.cost.wall_s,
-        "max_forgetting": budget,
-        "tie_tolerance": tolerance,
-        "tied": [str(e.name) for e in tied],
-        "excluded": excluded,
-        "ranking": ranking,
-        "reasons": reasons,
-        "assessment_prediction": predicted,
-        "agrees_with_assessment": agrees,
-        "regret": regret,
-    }
+    return out

@@ -11,23 +11,23 @@ from diagnose.measure.forgetting import (
 from diagnose.measure.layers import (
     CKA_BATCH,
     GAP_MAX_SAMPLES,
-    LR_TEST_MOMENTUM,
     RGN_IMAGES,
     TRANSFER_MAX_SAMPLES,
     control_cka,
     layer_measurements,
-    lr_find_head,
     safe,
     storage_summary,
     target_rgn,
     transferability,
 )
 from diagnose.measure.lr_find import (
+    LR_TEST_MOMENTUM,
     MAX_SPREAD,
     MIN_DISTINCT_BATCHES,
     RANGE_REPEATS,
     LRFindResult,
     consensus_lr,
+    lr_find_head,
     lr_range_test,
     suggest_lr,
 )

@@ -60,6 +60,22 @@ def _as_tensor(value: Any, name: str) -> torch.Tensor:
     return value
 
 
+def _check_meter_args(modules: dict, model: str, head: str, blocks, batch_size) -> None:
+    """The head and blocks name modules of the model; the batch size is a positive int."""
+    if head not in modules or head == "":
+        raise ValueError(f"head {head!r} is not a module of {model}.")
+    missing = [b for b in blocks if b not in modules]
+    if isinstance(blocks, str) or not blocks or missing:
+        raise ValueError(
+            f"The 'blocks' parameter of ForgettingMeter must be module names of the model. "
+            f"Unknown: {missing or blocks!r}."
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(
+            f"The 'batch_size' parameter of ForgettingMeter must be a positive int. Got {batch_size!r} instead."
+        )
+
+
 class ForgettingMeter:
     """Measures source forgetting of a model against its pretrained state, on fixed source images.
 
@@ -109,18 +125,7 @@ class ForgettingMeter:
         memory_format: str = "auto",
     ):
         modules = dict(pretrained.named_modules())
-        if head not in modules or head == "":
-            raise ValueError(f"head {head!r} is not a module of {type(pretrained).__name__}.")
-        missing = [b for b in blocks if b not in modules]
-        if isinstance(blocks, str) or not blocks or missing:
-            raise ValueError(
-                f"The 'blocks' parameter of ForgettingMeter must be module names of the model. "
-                f"Unknown: {missing or blocks!r}."
-            )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(
-                f"The 'batch_size' parameter of ForgettingMeter must be a positive int. Got {batch_size!r} instead."
-            )
+        _check_meter_args(modules, type(pretrained).__name__, head, blocks, batch_size)
         x = _as_tensor(source_x, "source_x")
         y = None if source_y is None else _as_tensor(source_y, "source_y").long()
         if y is not None and y.shape != (x.shape[0],):

@@ -6,7 +6,6 @@ small to split) is recorded as null with a warning; it never ends the run.
 
 from __future__ import annotations
 
-import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,32 +18,20 @@ from tqdm.auto import tqdm
 import probes
 from diagnose.core import LayerResult, ProbeScore, as_record
 from diagnose.data import materialize_readable
-from diagnose.measure.lr_find import (
-    MIN_DISTINCT_BATCHES,
-    RANGE_REPEATS,
-    consensus_lr,
-    lr_range_test,
-)
 from diagnose.measure.rgn import relative_gradient_norms
 
 __all__ = [
     "CKA_BATCH",
     "GAP_MAX_SAMPLES",
-    "LR_TEST_MOMENTUM",
     "RGN_IMAGES",
     "TRANSFER_MAX_SAMPLES",
     "control_cka",
     "layer_measurements",
-    "lr_find_head",
     "safe",
     "storage_summary",
     "target_rgn",
     "transferability",
 ]
-
-# The range test's optimiser is the training engine's (TrainConfig's momentum), so the LR it
-# suggests is one for the same SGD.
-LR_TEST_MOMENTUM = 0.9
 
 # Large-N limits. Probes use every row (memmaps on the disk path); the rest
 # subsample, and each result records the sizes it used.
@@ -173,81 +160,51 @@ def layer_measurements(
 ) -> list[LayerResult]:
     """Per layer: target, control and source probes and the source-target gap (no Auto-RGN:
     the assessment adds it)."""
+    role_data = {
+        "target": (target_feats, target_labels, target_split),
+        "control": (control_feats if target_feats is not None else None, target_labels,
+                    target_split),
+        "source": (source_feats, source_labels, source_split),
+    }  # fmt: skip
     rows = []
     for name in tqdm(layers, desc="probes and gaps", disable=not progress, leave=False):
-        row: dict = {"name": name, "dim": None, "probe": {}, "gap": None, "cka_control": None}
-        if target_feats is not None:
-            row["dim"] = int(target_feats[name].shape[1])
-        elif source_feats is not None:
-            row["dim"] = int(source_feats[name].shape[1])
-        probe_row = {"target": None, "control": None, "source": None}
-        if target_feats is not None and target_labels is not None and target_split is not None:
-            tr = np.concatenate([target_split["train"], target_split["val"]])
-            te = target_split["test"]
-            probe_row["target"] = safe(
-                f"target probe at {name}",
-                warnings,
-                _probe,
-                target_feats[name],
-                target_labels,
-                tr,
-                te,
-                seed,
-            )
-            if control_feats is not None:
-                probe_row["control"] = safe(
-                    f"control probe at {name}",
-                    warnings,
-                    _probe,
-                    control_feats[name],
-                    target_labels,
-                    tr,
-                    te,
-                    seed,
-                )
-        if source_feats is not None and source_labels is not None and source_split is not None:
-            tr = np.concatenate([source_split["train"], source_split["val"]])
-            probe_row["source"] = safe(
-                f"source probe at {name}",
-                warnings,
-                _probe,
-                source_feats[name],
-                source_labels,
-                tr,
-                source_split["test"],
-                seed,
-            )
-        row["probe"] = probe_row
+        probe_row = {
+            role: _role_probe(role, name, *d, seed, warnings) for role, d in role_data.items()
+        }
         _warn_unconverged(name, probe_row, warnings)
+        cka = gap = None
         if target_feats is not None and control_feats is not None:
-            row["cka_control"] = safe(
-                f"pretrained-vs-control CKA at {name}",
-                warnings,
-                control_cka,
-                target_feats[name],
-                control_feats[name],
-                seed=seed,
-            )
+            cka = safe(
+                f"pretrained-vs-control CKA at {name}", warnings, control_cka,
+                target_feats[name], control_feats[name], seed=seed,
+            )  # fmt: skip
         if source_feats is not None and target_feats is not None:
-            row["gap"] = safe(
-                f"domain gap at {name}",
-                warnings,
-                _gap,
-                source_feats[name],
-                target_feats[name],
-                n_permutations,
-                seed,
-            )
+            gap = safe(
+                f"domain gap at {name}", warnings, _gap, source_feats[name], target_feats[name],
+                n_permutations, seed,
+            )  # fmt: skip
+        feats = target_feats if target_feats is not None else source_feats
         rows.append(
             LayerResult(
                 name=name,
-                dim=row["dim"],
+                dim=None if feats is None else int(feats[name].shape[1]),
                 probe={role: as_record(ProbeScore)(v) for role, v in probe_row.items()},
-                gap=row["gap"],
-                cka_control=row["cka_control"],
+                gap=gap,
+                cka_control=cka,
             )
         )
     return rows
+
+
+def _role_probe(role: str, name: str, feats, labels, split, seed: int, warnings: list[str]):
+    """The ``role`` probe at ``name`` (trained on train+val, scored on test), or None when
+    its features, labels or split are missing."""
+    if feats is None or labels is None or split is None:
+        return None
+    train = np.concatenate([split["train"], split["val"]])
+    return safe(
+        f"{role} probe at {name}", warnings, _probe, feats[name], labels, train, split["test"], seed
+    )
 
 
 def storage_summary(captured: dict, budget: int | None, share: int | None) -> dict:
@@ -310,61 +267,6 @@ def transferability(
             warnings.append("LEEP and NCE were skipped: the source head's outputs are not finite.")
     else:
         warnings.append("LEEP and NCE were skipped: the model has no source classification head.")
-    return out
-
-
-def lr_find_head(
-    features: np.ndarray,
-    labels: np.ndarray,
-    train_idx: np.ndarray,
-    *,
-    seed: int,
-    progress: bool,
-    batch_size: int = 32,
-    num_steps: int = 100,
-) -> dict:
-    """LR range test for a new linear head on the (frozen) penultimate features.
-
-    The test takes ``num_steps`` minibatches of a seeded shuffle of the training
-    rows, so only those ``num_steps x batch_size`` rows are read (``n_examples``).
-    With fewer than :data:`~diagnose.measure.lr_find.MIN_DISTINCT_BATCHES` distinct
-    batches it is repeated over seeds and the suggestion is their consensus
-    (:func:`~diagnose.measure.lr_find.consensus_lr`, ``repeats`` in the result), or
-    None with a note when they disagree.
-    """
-    n_batches = math.ceil(len(train_idx) / batch_size)
-    repeats = 1 if n_batches >= MIN_DISTINCT_BATCHES else RANGE_REPEATS
-    runs = [
-        _head_range_test(features, labels, train_idx, seed + i, progress, batch_size, num_steps)
-        for i in range(repeats)
-    ]
-    out = runs[0]
-    if repeats > 1:
-        out["repeats"] = [r["suggested_lr"] for r in runs]
-        out["suggested_lr"], why = consensus_lr(out["repeats"])
-        if why:
-            out["notes"].append(why)
-    return out
-
-
-def _head_range_test(features, labels, train_idx, seed, progress, batch_size, num_steps):
-    y_all = labels[train_idx]
-    classes = np.unique(y_all)
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(train_idx), generator=gen).numpy()[: num_steps * batch_size]
-    rows = train_idx[order]
-    x = torch.as_tensor(np.asarray(features[rows]), dtype=torch.float32)
-    y = torch.as_tensor(np.searchsorted(classes, labels[rows]), dtype=torch.long)
-    batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-    torch.manual_seed(seed)
-    head = torch.nn.Linear(x.shape[1], len(classes))
-    res = lr_range_test(
-        head, batches, num_steps=num_steps, momentum=LR_TEST_MOMENTUM, progress=progress
-    )
-    out = res.to_dict()
-    out["batch_size"] = batch_size
-    out["n_examples"] = len(rows)
-    out["optimizer"] = f"SGD, momentum {LR_TEST_MOMENTUM:g}"
     return out
 
 

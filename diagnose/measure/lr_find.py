@@ -27,10 +27,12 @@ from probes import logits_of
 
 __all__ = [
     "LRFindResult",
+    "LR_TEST_MOMENTUM",
     "MAX_SPREAD",
     "MIN_DISTINCT_BATCHES",
     "RANGE_REPEATS",
     "consensus_lr",
+    "lr_find_head",
     "lr_range_test",
     "suggest_lr",
 ]
@@ -43,6 +45,9 @@ MIN_DISTINCT_BATCHES = 10
 RANGE_REPEATS = 5
 # Repeated suggestions spread over more than this factor (largest / smallest) are noise.
 MAX_SPREAD = 10.0
+# The range test's optimiser is the training engine's (TrainConfig's momentum), so the LR it
+# suggests is one for the same SGD.
+LR_TEST_MOMENTUM = 0.9
 
 
 def consensus_lr(suggestions: list[float | None]) -> tuple[float | None, str | None]:
@@ -222,3 +227,58 @@ def lr_range_test(
     if suggested is None:
         notes.append("The loss never descended steadily; no LR is suggested from this curve.")
     return LRFindResult(lrs, smooth, raw, suggested, min_lr, stop_reason, notes)
+
+
+def lr_find_head(
+    features: np.ndarray,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    *,
+    seed: int,
+    progress: bool,
+    batch_size: int = 32,
+    num_steps: int = 100,
+) -> dict:
+    """LR range test for a new linear head on the (frozen) penultimate features.
+
+    The test takes ``num_steps`` minibatches of a seeded shuffle of the training
+    rows, so only those ``num_steps x batch_size`` rows are read (``n_examples``).
+    With fewer than :data:`~diagnose.measure.lr_find.MIN_DISTINCT_BATCHES` distinct
+    batches it is repeated over seeds and the suggestion is their consensus
+    (:func:`~diagnose.measure.lr_find.consensus_lr`, ``repeats`` in the result), or
+    None with a note when they disagree.
+    """
+    n_batches = math.ceil(len(train_idx) / batch_size)
+    repeats = 1 if n_batches >= MIN_DISTINCT_BATCHES else RANGE_REPEATS
+    runs = [
+        _head_range_test(features, labels, train_idx, seed + i, progress, batch_size, num_steps)
+        for i in range(repeats)
+    ]
+    out = runs[0]
+    if repeats > 1:
+        out["repeats"] = [r["suggested_lr"] for r in runs]
+        out["suggested_lr"], why = consensus_lr(out["repeats"])
+        if why:
+            out["notes"].append(why)
+    return out
+
+
+def _head_range_test(features, labels, train_idx, seed, progress, batch_size, num_steps):
+    y_all = labels[train_idx]
+    classes = np.unique(y_all)
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(train_idx), generator=gen).numpy()[: num_steps * batch_size]
+    rows = train_idx[order]
+    x = torch.as_tensor(np.asarray(features[rows]), dtype=torch.float32)
+    y = torch.as_tensor(np.searchsorted(classes, labels[rows]), dtype=torch.long)
+    batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(x.shape[1], len(classes))
+    res = lr_range_test(
+        head, batches, num_steps=num_steps, momentum=LR_TEST_MOMENTUM, progress=progress
+    )
+    out = res.to_dict()
+    out["batch_size"] = batch_size
+    out["n_examples"] = len(rows)
+    out["optimizer"] = f"SGD, momentum {LR_TEST_MOMENTUM:g}"
+    return out

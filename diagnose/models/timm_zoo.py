@@ -88,6 +88,41 @@ def _load_file(model, path: str, trust_checkpoint: bool) -> None:
     load_state_dict_checked(model, state, str(path))
 
 
+def _from_cache(timm, spec: str, name: str, image_size: int | None, notes: list[str]):
+    """The model with its pretrained weights from timm's local cache (never downloaded)."""
+    probe = timm.create_model(name, pretrained=False)
+    cfg = dict(probe.pretrained_cfg)
+    path = timm_cached_file(cfg)
+    if path is None:
+        raise ValueError(
+            f"the pretrained weights of {spec} ({cfg.get('hf_hub_id') or 'no hub id'}) are "
+            "not in timm's local cache; nothing is downloaded: pass weights=PATH (a state "
+            "dict or .safetensors file) or weights=random."
+        )
+    # timm loads the file itself, adapting it (position embeddings resampled to
+    # image_size, classifier kept): exactly what pretrained=True would do, offline.
+    model = _create(
+        timm, name, image_size, pretrained=True, pretrained_cfg_overlay={"file": str(path)}
+    )
+    notes.append(f"pretrained weights of {name} read from timm's local cache {path}")
+    return model
+
+
+def _load_weights(model, spec: str, weights: str, trust_checkpoint: bool) -> None:
+    """Load a weights file into the model; a position-embedding mismatch names image_size."""
+    try:
+        _load_file(model, weights, trust_checkpoint)
+    except ValueError as exc:
+        built = _fixed_size(model)
+        if built is not None and "pos_embed" in str(exc):
+            raise ValueError(
+                f"weights in '{weights}' are for another input size than the "
+                f"{built} px {spec} was created at (image_size); pass the "
+                "image_size they were saved at."
+            ) from exc
+        raise
+
+
 def load_timm(
     spec: str, weights: str | None, trust_checkpoint: bool, image_size: int | None = None
 ) -> LoadedModel:
@@ -109,42 +144,16 @@ def load_timm(
         )
     notes: list[str] = []
     if weights is None:
-        probe = timm.create_model(name, pretrained=False)
-        cfg = dict(probe.pretrained_cfg)
-        path = timm_cached_file(cfg)
-        if path is None:
-            raise ValueError(
-                f"the pretrained weights of {spec} ({cfg.get('hf_hub_id') or 'no hub id'}) are "
-                "not in timm's local cache; nothing is downloaded: pass weights=PATH (a state "
-                "dict or .safetensors file) or weights=random."
-            )
-        # timm loads the file itself, adapting it (position embeddings resampled to
-        # image_size, classifier kept): exactly what pretrained=True would do, offline.
-        model = _create(
-            timm, name, image_size, pretrained=True, pretrained_cfg_overlay={"file": str(path)}
-        )
-        notes.append(f"pretrained weights of {name} read from timm's local cache {path}")
-        pretrained = True
+        model = _from_cache(timm, spec, name, image_size, notes)
     else:
         model = _create(timm, name, image_size, pretrained=False)
         if weights == "random":
             model = random_init_copy(model, seed=0)
             notes.append("random initialisation (weights='random'): no pretrained knowledge")
-            pretrained = False
         else:
-            try:
-                _load_file(model, weights, trust_checkpoint)
-            except ValueError as exc:
-                built = _fixed_size(model)
-                if built is not None and "pos_embed" in str(exc):
-                    raise ValueError(
-                        f"weights in '{weights}' are for another input size than the "
-                        f"{built} px {spec} was created at (image_size); pass the "
-                        "image_size they were saved at."
-                    ) from exc
-                raise
+            _load_weights(model, spec, weights, trust_checkpoint)
             notes.append(f"weights loaded from {weights}")
-            pretrained = True
+    pretrained = weights != "random"
     cfg = model.pretrained_cfg
     fixed = _fixed_size(model)
     size = fixed or (int(cfg["input_size"][-1]) if cfg.get("input_size") else None)

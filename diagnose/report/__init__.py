@@ -9,7 +9,7 @@ from diagnose.report.plots import (
     short_name,
 )
 from diagnose.report.plots_audit import audit_cka_plot, per_class_forgetting_plot
-from diagnose.report.plots_compare import cka_heatmap, forgetting_curves_plot, tradeoff_plot
+from diagnose.report.plots_compare import tradeoff_plot
 from diagnose.report.plots_entries import (
     BLUE,
     GREEN,
@@ -22,6 +22,7 @@ from diagnose.report.plots_entries import (
     strategy_colour,
     xy_lists,
 )
+from diagnose.report.plots_forgetting import cka_heatmap, forgetting_curves_plot
 from diagnose.report.plots_race import race_plot
 from diagnose.report.plots_track import track_cka_plot, track_drift_heatmap, track_forgetting_plot
 from diagnose.report.plots_training import training_curves_plot

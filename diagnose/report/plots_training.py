@@ -71,36 +71,9 @@ def training_curves_plot(results: dict) -> tuple[str, str] | None:
         sharey=True,
         squeeze=False,
     )
-    notes_div, notes_over, improving = [], [], []
+    notes: dict[str, list[str]] = {"diverged": [], "overfit": [], "improving": []}
     for ax, (label, e, train, val) in zip(axes.flat, panels):
-        ax.plot(*xy_lists(train), color=BLUE, marker=".")
-        ax.plot(*xy_lists(val), color=ORANGE, linestyle="--", marker=".")
-        high = [p[0] for p in train + val if p[1] > top]
-        if high:  # an empty unclipped line would still stretch the layout to the origin
-            ax.plot(high, [top] * len(high), "^", color=RED, clip_on=False)
-        div = _diverged_epoch(e)
-        if div is not None:
-            ax.axvline(div, color=RED, linewidth=1.5)
-            lr = e.diverged.lr if e.diverged else None
-            notes_div.append(
-                f"{label} diverged at epoch {div:g}" + (f" (LR {lr:.2g})" if lr is not None else "")
-            )
-        over = finite((e.overfitting or {}).get("epoch"))
-        if over is not None:
-            ax.axvline(over, color=PURPLE, linestyle=":", linewidth=1.5)
-            notes_over.append(f"{label} from epoch {over:g}")
-        best = e.target.best_epoch
-        at = [p for p in val if p[0] == best]
-        if at:
-            ax.plot(*xy_lists(at[:1]), marker="*", markersize=12, color=GREEN, zorder=4)
-        elif best is not None:
-            ax.axvline(best, color=GREEN, linestyle="-.", linewidth=1.2)
-        epochs = [p[0] for p in train + val]
-        if best is not None and e.status == "ok" and epochs and best >= max(epochs):
-            improving.append(label)
-        ax.set_title(label + ("" if e.status in (None, "ok") else f" ({e.status})"), fontsize=9)
-        ax.tick_params(labelsize=8)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _draw_panel(ax, label, e, train, val, top, notes)
     for k, ax in enumerate(axes.flat):
         if k >= n:
             ax.set_visible(False)
@@ -118,20 +91,59 @@ def training_curves_plot(results: dict) -> tuple[str, str] | None:
         Line2D([], [], color=ORANGE, linestyle="--", marker=".", label="validation loss"),
         Line2D([], [], color=GREEN, marker="*", ls="", ms=10, label="best validation epoch"),
     ]
-    if notes_over:
+    if notes["overfit"]:
         handles.append(Line2D([], [], color=PURPLE, linestyle=":", label="overfitting onset"))
-    if notes_div:
+    if notes["diverged"]:
         handles.append(Line2D([], [], color=RED, marker="^", label="divergence (off scale)"))
     fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    rect = (0, 0.07 if nrows == 1 else 0.04, 1, 1)  # room for the figure legend below
+    return encode_png(fig, rect), _curves_takeaway(notes, n)
 
+
+def _draw_panel(ax, label: str, e, train, val, top: float, notes: dict) -> None:
+    """One strategy's losses, its divergence, overfitting onset and best epoch; what they
+    show is added to ``notes`` for the takeaway."""
+    ax.plot(*xy_lists(train), color=BLUE, marker=".")
+    ax.plot(*xy_lists(val), color=ORANGE, linestyle="--", marker=".")
+    high = [p[0] for p in train + val if p[1] > top]
+    if high:  # an empty unclipped line would still stretch the layout to the origin
+        ax.plot(high, [top] * len(high), "^", color=RED, clip_on=False)
+    div = _diverged_epoch(e)
+    if div is not None:
+        ax.axvline(div, color=RED, linewidth=1.5)
+        lr = e.diverged.lr if e.diverged else None
+        notes["diverged"].append(
+            f"{label} diverged at epoch {div:g}" + (f" (LR {lr:.2g})" if lr is not None else "")
+        )
+    over = finite((e.overfitting or {}).get("epoch"))
+    if over is not None:
+        ax.axvline(over, color=PURPLE, linestyle=":", linewidth=1.5)
+        notes["overfit"].append(f"{label} from epoch {over:g}")
+    best = e.target.best_epoch
+    at = [p for p in val if p[0] == best]
+    if at:
+        ax.plot(*xy_lists(at[:1]), marker="*", markersize=12, color=GREEN, zorder=4)
+    elif best is not None:
+        ax.axvline(best, color=GREEN, linestyle="-.", linewidth=1.2)
+    epochs = [p[0] for p in train + val]
+    if best is not None and e.status == "ok" and epochs and best >= max(epochs):
+        notes["improving"].append(label)
+    ax.set_title(label + ("" if e.status in (None, "ok") else f" ({e.status})"), fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _curves_takeaway(notes: dict, n: int) -> str:
+    """Overfitting, divergence and runs still improving, or that none of them happened."""
     parts = []
-    if notes_over:
+    if notes["overfit"]:
         parts.append(
             "overfitting (validation loss rising while training loss falls): "
-            + join_labels(notes_over)
+            + join_labels(notes["overfit"])
         )
-    if notes_div:
-        parts.append("; ".join(notes_div))
+    if notes["diverged"]:
+        parts.append("; ".join(notes["diverged"]))
+    improving = notes["improving"]
     if improving:
         parts.append(
             f"{join_labels(improving)} {'was' if len(improving) == 1 else 'were'} still improving at the "
@@ -140,5 +152,4 @@ def training_curves_plot(results: dict) -> tuple[str, str] | None:
     if not parts:
         parts.append(f"None of the {n} strategies diverged or overfit")
     takeaway = "; ".join(parts) + "."
-    rect = (0, 0.07 if nrows == 1 else 0.04, 1, 1)  # room for the figure legend below
-    return encode_png(fig, rect), takeaway[0].upper() + takeaway[1:]
+    return takeaway[0].upper() + takeaway[1:]

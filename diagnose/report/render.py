@@ -20,6 +20,7 @@ from diagnose.core import atomic_write_text, load_results, strategy_label, write
 from diagnose.report import plots as _plots
 from diagnose.report import plots_audit as _plots_audit
 from diagnose.report import plots_compare as _plots_compare
+from diagnose.report import plots_forgetting as _plots_forgetting
 from diagnose.report import plots_race as _plots_race
 from diagnose.report import plots_track
 from diagnose.report import plots_training as _plots_training
@@ -123,8 +124,8 @@ def render_html(results: dict) -> str:
     if results.get("strategies"):  # kind "compare": the assessment plus the strategy runs
         figures.update(
             tradeoff=_figure(_plots_compare.tradeoff_plot, results),
-            forgetting=_figure(_plots_compare.forgetting_curves_plot, results),
-            cka=_figure(_plots_compare.cka_heatmap, results),
+            forgetting=_figure(_plots_forgetting.forgetting_curves_plot, results),
+            cka=_figure(_plots_forgetting.cka_heatmap, results),
             training_curves=_figure(_plots_training.training_curves_plot, results),
         )
     return env.get_template("report.html.j2").render(r=results, fig=figures, generated=generated)

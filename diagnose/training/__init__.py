@@ -6,6 +6,7 @@ from diagnose.training.activations import (
     build_prefix_cache,
     capture_head_inputs,
 )
+from diagnose.training.batches import iterate_batches, make_loader, steps_per_epoch
 from diagnose.training.cost import (
     PeakMemory,
     count_train_step_flops,
@@ -28,15 +29,8 @@ from diagnose.training.executor import (
     run_unit,
 )
 from diagnose.training.head_stages import HeadStages, cpu_state
-from diagnose.training.loop import (
-    Fitter,
-    Phase,
-    evaluate,
-    fused_sgd_supported,
-    iterate_batches,
-    make_loader,
-    steps_per_epoch,
-)
+from diagnose.training.layout import LAYOUT_MARGIN, TrainLayout, forget_train_layouts, train_layout
+from diagnose.training.loop import Fitter, Phase, evaluate, fused_sgd_supported
 from diagnose.training.runner import TargetData, run_strategy
 from diagnose.training.seeds import (
     AVERAGED,
@@ -58,31 +52,33 @@ __all__ = [
     "build_entry",
     "build_prefix_cache",
     "capture_head_inputs",
+    "check_executor",
     "count_train_step_flops",
     "cpu_state",
     "current_rss_bytes",
     "DEFAULT_MAX_CACHE_BYTES",
     "detect_overfitting",
     "evaluate",
-    "check_executor",
     "execute",
     "EXECUTORS",
     "finished",
     "finished_units",
     "finite_or_none",
     "Fitter",
+    "forget_train_layouts",
     "fused_sgd_supported",
     "HeadStages",
     "import_ray",
-    "pin_worker_threads",
     "iterate_batches",
     "Job",
+    "LAYOUT_MARGIN",
     "make_loader",
     "Outcome",
     "PeakMemory",
     "Phase",
-    "plan",
+    "pin_worker_threads",
     "Plan",
+    "plan",
     "planned_epochs",
     "PrefixCache",
     "RAY_MISSING",
@@ -99,7 +95,9 @@ __all__ = [
     "strategy_entry",
     "StrategyRun",
     "TargetData",
+    "train_layout",
     "trainable_params",
     "TrainConfig",
+    "TrainLayout",
     "Unit",
 ]

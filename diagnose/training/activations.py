@@ -22,8 +22,9 @@ from torch import nn
 import probes
 from diagnose.core import autocast_context, autocast_dtype, is_cuda, to_device
 from diagnose.models import replace_module
+from diagnose.training.batches import iterate_batches
 from diagnose.training.cost import count_train_step_flops
-from diagnose.training.loop import Phase, iterate_batches
+from diagnose.training.loop import Phase
 from probes import logits_of
 
 __all__ = [
@@ -202,10 +203,29 @@ def build_prefix_cache(
         else 0
     )
     prefix = set(blocks[:first])
+    refused = _refusal(net, owners, prefix, bn)
+    found = refused or _prefix_modules(owners, prefix, blocks[first - 1])
+    if isinstance(found, str):
+        return None, found
+    stubbed, boundary = found
+    pc = PrefixCache(boundary, stubbed)
+    reason = _fill(net, pc, splits, batch_size, device, phase, max_bytes) or _verify(
+        net, pc, splits, batch_size, device, set_train_modes
+    )
+    if reason:
+        return None, reason
+    return (
+        pc,
+        f"frozen prefix {sorted(prefix, key=blocks.index)} cached once (no augmentation); verified on one batch",
+    )
+
+
+def _refusal(net: nn.Module, owners: dict[str, str], prefix: set[str], bn: str) -> str | None:
+    """Why the frozen ``prefix`` cannot be cached, before running anything (None: it may)."""
     if not prefix:
-        return None, "no frozen prefix: the first block trains"
+        return "no frozen prefix: the first block trains"
     if bn == "train":
-        return None, "bn='train' updates the frozen prefix's BatchNorm statistics on every pass"
+        return "bn='train' updates the frozen prefix's BatchNorm statistics on every pass"
     modules = dict(net.named_modules())
     drop = [
         n
@@ -213,15 +233,16 @@ def build_prefix_cache(
         if g in prefix and isinstance(modules[n], nn.modules.dropout._DropoutNd)
     ]
     if drop:
-        return None, f"the frozen prefix holds dropout ({drop[0]}), which is random on every pass"
-    found = _prefix_modules(owners, prefix, blocks[first - 1])
-    if isinstance(found, str):
-        return None, found
-    stubbed, boundary = found
-    pc = PrefixCache(boundary, stubbed)
-    sizes = {k: int(v.shape[0]) for k, v in splits.items()}
+        return f"the frozen prefix holds dropout ({drop[0]}), which is random on every pass"
+    return None
+
+
+def _fill(net, pc: PrefixCache, splits, batch_size, device, phase: Phase, max_bytes) -> str | None:
+    """Run every split up to ``pc.boundary`` and keep its output in ``pc.cache`` (in eval
+    mode, flags restored); why it could not be done, or None."""
     store: list[torch.Tensor] = []
-    pin = is_cuda(device)
+    boundary = pc.boundary
+    sizes = {k: int(v.shape[0]) for k, v in splits.items()}
 
     def hook(module: nn.Module, args: tuple, output: Any) -> None:
         if not isinstance(output, torch.Tensor):
@@ -229,49 +250,42 @@ def build_prefix_cache(
         store.append(output.detach().to("cpu", copy=True))
         raise _Stop
 
+    def run(xb: torch.Tensor) -> None:
+        try:
+            net(xb)
+        except _Stop:
+            pass
+
     flags = [(m, m.training) for m in net.modules()]
-    handle = modules[boundary].register_forward_hook(hook)
+    handle = net.get_submodule(boundary).register_forward_hook(hook)
     try:
         net.eval()
         with torch.no_grad(), autocast_context(device):
             for split, x in splits.items():
                 for (xb,) in iterate_batches((x,), batch_size, None):
                     xb = to_device(xb, device)
-
-                    def run(xb: torch.Tensor = xb) -> None:
-                        try:
-                            net(xb)
-                        except _Stop:
-                            pass
-
                     if phase.flops_per_step is None:
-                        phase.flops_per_step = count_train_step_flops(run)
+                        phase.flops_per_step = count_train_step_flops(lambda xb=xb: run(xb))
                     else:
-                        run()
+                        run(xb)
                     phase.steps += 1
                     if not store:
-                        return None, f"{boundary!r} is not called by the model's forward pass"
+                        return f"{boundary!r} is not called by the model's forward pass"
                     need = store[0][0].numel() * store[0].element_size() * sum(sizes.values())
                     if need > max_bytes:
-                        return None, (
+                        return (
                             f"the prefix activations would take {need / 2**30:.2f} GiB "
                             f"(limit {max_bytes / 2**30:.2f} GiB)"
                         )
                 cached = torch.cat(store)
-                pc.cache[split] = cached.pin_memory() if pin else cached
+                pc.cache[split] = cached.pin_memory() if is_cuda(device) else cached
                 store.clear()
     except TypeError as exc:
-        return None, str(exc)
+        return str(exc)
     finally:
         handle.remove()
         _restore_modes(flags)
-    reason = _verify(net, pc, splits, batch_size, device, set_train_modes)
-    if reason:
-        return None, reason
-    return (
-        pc,
-        f"frozen prefix {sorted(prefix, key=blocks.index)} cached once (no augmentation); verified on one batch",
-    )
+    return None
 
 
 def _logits_or_none(output: Any) -> torch.Tensor | None:

@@ -15,8 +15,9 @@ from torch import nn
 
 from diagnose.models import HEAD
 from diagnose.training.activations import capture_head_inputs
+from diagnose.training.batches import iterate_batches, steps_per_epoch
 from diagnose.training.curves import finite_or_none
-from diagnose.training.loop import Fitter, Phase, evaluate, iterate_batches, steps_per_epoch
+from diagnose.training.loop import Fitter, Phase, evaluate
 from diagnose.training.strategies import Stage
 
 __all__ = [

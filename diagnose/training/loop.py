@@ -9,7 +9,7 @@ step whose loss was not finite.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
-from diagnose.core import autocast_context, is_cuda, loader_kwargs
+from diagnose.core import autocast_context, is_cuda
 from diagnose.training.cost import count_train_step_flops
 from diagnose.training.strategies import Stage
 from probes import logits_of
@@ -29,20 +28,11 @@ __all__ = [
     "Phase",
     "evaluate",
     "fused_sgd_supported",
-    "iterate_batches",
-    "make_loader",
-    "steps_per_epoch",
 ]
 
 # On CUDA a per-step float(loss) would stall the GPU queue; losses are checked in
 # bulk every this many steps (and at each epoch end) and the first bad one reported.
 _CUDA_CHECK_EVERY = 32
-
-
-def _drop_last(n: int, batch_size: int) -> bool:
-    # A final batch of one example breaks BatchNorm in train mode (one value per
-    # channel after pooling); dropping that single example is the least surprise.
-    return n > 1 and n % batch_size == 1
 
 
 def fused_sgd_supported(params: list[torch.Tensor], root: nn.Module | None = None) -> bool:
@@ -69,63 +59,6 @@ def fused_sgd_supported(params: list[torch.Tensor], root: nn.Module | None = Non
         isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse for m in root.modules()
     )
     return dense and not sparse
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Optimiser steps per pass over ``n`` examples (a final batch of 1 is dropped)."""
-    return n // batch_size + (1 if n % batch_size > 1 else 0) if n > 1 else 0
-
-
-class _Rows(Dataset):
-    """Rows of several aligned tensors, fetched a whole batch at a time (one index op)."""
-
-    def __init__(self, tensors: tuple[torch.Tensor, ...]):
-        self.tensors = tensors
-
-    def __len__(self) -> int:
-        return int(self.tensors[0].shape[0])
-
-    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, ...]:
-        index = torch.as_tensor(idx, dtype=torch.long)
-        return tuple(t[index] for t in self.tensors)
-
-
-def make_loader(
-    tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int, device: torch.device
-) -> DataLoader:
-    """A shuffling loader over in-memory CPU tensors; batch order fixed by ``seed``.
-
-    The order is ``torch.randperm(n, generator=Generator().manual_seed(seed))``
-    per epoch, the same as :func:`iterate_batches`, so every strategy sees the
-    same batches. Pinned memory and workers on CUDA (``_device.loader_kwargs``).
-    """
-    data = _Rows(tensors)
-    gen = torch.Generator().manual_seed(int(seed))
-    sampler = BatchSampler(
-        RandomSampler(data, generator=gen), batch_size, _drop_last(len(data), batch_size)
-    )
-    # Tensors already on the GPU can be neither pinned nor shared with workers.
-    kwargs = loader_kwargs(device) if not tensors[0].is_cuda else {}
-    return DataLoader(data, sampler=sampler, batch_size=None, **kwargs)
-
-
-def iterate_batches(
-    tensors: tuple[torch.Tensor, ...], batch_size: int, generator: torch.Generator | None
-) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Batches of aligned tensors (on any device), shuffled by ``generator`` or in order if None."""
-    n = int(tensors[0].shape[0])
-    if generator is None:
-        order = None
-        stop = n
-    else:
-        order = torch.randperm(n, generator=generator)
-        stop = n - 1 if _drop_last(n, batch_size) else n
-    for start in range(0, stop, batch_size):
-        if order is None:
-            yield tuple(t[start : start + batch_size] for t in tensors)
-        else:
-            idx = order[start : min(start + batch_size, stop)].to(tensors[0].device)
-            yield tuple(t[idx] for t in tensors)
 
 
 @torch.no_grad()
@@ -310,64 +243,17 @@ class Fitter:
         labels: list[torch.Tensor] = []
         count = 0
         pending: list[tuple[int, float | None, torch.Tensor]] = []
-
-        def flush() -> bool:
-            if not pending:
-                return False
-            values = torch.stack([loss for _, _, loss in pending]).float().cpu()
-            bad = (~torch.isfinite(values)).nonzero()
-            if len(bad):
-                i = int(bad[0])
-                step, lr, _ = pending[i]
-                self._diverge(step, epoch, lr, float(values[i]))
-            pending.clear()
-            return self.diverged is not None
-
         for batch in batches:
-            stage = self._stage_at(self.step)
-            if stage != self.stage:
-                self._enter(stage)
-            f = self.factor(self.step)
-            for group in self.opt.param_groups:
-                group["lr"] = self._lr_of(group["group"]) * f
-            self.lr_head = self._lr_of("head") * f
-            out: dict[str, Any] = {}
-
-            def step_fn(batch: tuple = batch, out: dict = out) -> None:
-                with autocast_context(self.device) if self.use_autocast else nullcontext():
-                    output, y = forward(batch)
-                logits = logits_of(output)
-                loss = F.cross_entropy(logits.float(), y)
-                out.update(loss=loss.detach(), logits=logits.detach(), y=y)
-                if on_host:
-                    out["value"] = float(out["loss"])
-                    if not math.isfinite(out["value"]):
-                        return  # diverged: no backward through a non-finite graph
-                loss.backward()
-
-            phase = self.phases[self.stage]
-            if phase.flops_per_step is None:
-                phase.flops_per_step = count_train_step_flops(step_fn)
-            else:
-                step_fn()
-            self.step += 1
-            phase.steps += 1
+            self._set_lrs()
+            out = self._forward_backward(batch, forward, on_host)
             if on_host and not math.isfinite(out["value"]):
                 self._diverge(self.step, epoch, self.lr_head, out["value"])
                 return self._epoch_out(loss_sum, preds, labels, count)
             if not on_host:
                 pending.append((self.step, self.lr_head, out["loss"]))
-                if len(pending) >= _CUDA_CHECK_EVERY and flush():
+                if len(pending) >= _CUDA_CHECK_EVERY and self._flush(pending, epoch):
                     return self._epoch_out(loss_sum, preds, labels, count)
-            if self.penalty is not None:
-                alpha, pairs = self.penalty
-                with torch.no_grad():
-                    for p, w0 in pairs:
-                        if p.grad is not None:
-                            p.grad.add_(p.detach() - w0, alpha=alpha)
-            self.opt.step()
-            for p in self._params:  # opt.zero_grad(set_to_none=True) without its ~20 us a call
-                p.grad = None
+            self._update()
             n = int(out["y"].shape[0])
             if on_host:
                 loss_sum += out["value"] * n  # float64 sums, as on the device
@@ -376,8 +262,70 @@ class Fitter:
             preds.append(out["logits"].argmax(dim=1))
             labels.append(out["y"])
             count += n
-        flush()
+        self._flush(pending, epoch)
         return self._epoch_out(loss_sum, preds, labels, count)
+
+    def _set_lrs(self) -> None:
+        """Enter the stage of the current step and set every group's scheduled LR."""
+        stage = self._stage_at(self.step)
+        if stage != self.stage:
+            self._enter(stage)
+        f = self.factor(self.step)
+        for group in self.opt.param_groups:
+            group["lr"] = self._lr_of(group["group"]) * f
+        self.lr_head = self._lr_of("head") * f
+
+    def _forward_backward(self, batch: tuple, forward, on_host: bool) -> dict[str, Any]:
+        """One step's forward and backward (none through a non-finite loss on the host):
+        ``{"loss", "logits", "y"}`` and, on the host, the loss ``"value"``. The stage's
+        first step is the one whose FLOPs are counted."""
+        out: dict[str, Any] = {}
+
+        def step_fn() -> None:
+            with autocast_context(self.device) if self.use_autocast else nullcontext():
+                output, y = forward(batch)
+            logits = logits_of(output)
+            loss = F.cross_entropy(logits.float(), y)
+            out.update(loss=loss.detach(), logits=logits.detach(), y=y)
+            if on_host:
+                out["value"] = float(out["loss"])
+                if not math.isfinite(out["value"]):
+                    return  # diverged: no backward through a non-finite graph
+            loss.backward()
+
+        phase = self.phases[self.stage]
+        if phase.flops_per_step is None:
+            phase.flops_per_step = count_train_step_flops(step_fn)
+        else:
+            step_fn()
+        self.step += 1
+        phase.steps += 1
+        return out
+
+    def _update(self) -> None:
+        """The optimiser step (with the L2-SP pull added to the gradients), grads cleared."""
+        if self.penalty is not None:
+            alpha, pairs = self.penalty
+            with torch.no_grad():
+                for p, w0 in pairs:
+                    if p.grad is not None:
+                        p.grad.add_(p.detach() - w0, alpha=alpha)
+        self.opt.step()
+        for p in self._params:  # opt.zero_grad(set_to_none=True) without its per-call overhead
+            p.grad = None
+
+    def _flush(self, pending: list, epoch: int) -> bool:
+        """Check the losses kept on the device; True when one was not finite (diverged)."""
+        if not pending:
+            return False
+        values = torch.stack([loss for _, _, loss in pending]).float().cpu()
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            step, lr, _ = pending[i]
+            self._diverge(step, epoch, lr, float(values[i]))
+        pending.clear()
+        return self.diverged is not None
 
     def _diverge(self, step: int, epoch: int, lr: float | None, loss: float) -> None:
         self.diverged = {"step": step, "epoch": int(epoch), "lr": lr, "loss": str(loss)}

@@ -53,6 +53,10 @@ class TargetData:
     y_test: torch.Tensor
     num_classes: int
 
+    def sizes(self) -> dict[str, int]:
+        """Images per split (``n_train``, ``n_val``, ``n_test``): every accuracy counts these."""
+        return {f"n_{s}": int(len(getattr(self, f"y_{s}"))) for s in ("train", "val", "test")}
+
     def check(self) -> None:
         """Raise ValueError/TypeError unless every split is consistent and non-empty."""
         if (

@@ -248,13 +248,10 @@ def plan(name: str, blocks: list[str], config: TrainConfig) -> Plan:
         ('b1', 'b2')
     """
     if name not in STRATEGY_NAMES:
+        close = difflib.get_close_matches(str(name), STRATEGY_NAMES, n=1)
         raise ValueError(
             f"Unknown strategy {name!r}. Choose one of: {', '.join(STRATEGY_NAMES)}."
-            + (
-                f" Did you mean {difflib.get_close_matches(str(name), STRATEGY_NAMES, n=1)[0]!r}?"
-                if difflib.get_close_matches(str(name), STRATEGY_NAMES, n=1)
-                else ""
-            )
+            + (f" Did you mean {close[0]!r}?" if close else "")
         )
     if isinstance(blocks, str) or not blocks or not all(isinstance(b, str) for b in blocks):
         raise ValueError(
@@ -262,91 +259,7 @@ def plan(name: str, blocks: list[str], config: TrainConfig) -> Plan:
         )
     blocks = list(blocks)
     _check_config(config)
-    h, low = float(config.head_lr), float(config.head_lr * config.backbone_ratio)
-    everything = [*blocks, HEAD]
-    init, penalty, cached = "pretrained", None, False
-
-    if name == "feature_extraction":
-        # A head on cached features costs next to nothing per epoch, so it trains to
-        # convergence (as lp_ft's probe stage does) rather than for the shared epoch
-        # budget, which would handicap it; its FLOPs in the results show the cost.
-        stages = [
-            {
-                "epochs": max(config.epochs, config.lp_epochs),
-                "trainable": [HEAD],
-                "lr": {HEAD: h},
-                "on_cached_features": True,
-            }
-        ]
-        cached = True
-    elif name == "partial":
-        unfreeze = [blocks[-1]] if config.unfreeze is None else list(config.unfreeze)
-        bad = [b for b in unfreeze if b not in blocks]
-        if bad or not unfreeze:
-            raise ValueError(
-                f"The 'unfreeze' parameter of TrainConfig must name blocks among {blocks}. Got {unfreeze!r} instead."
-            )
-        trainable = [b for b in blocks if b in unfreeze] + [HEAD]
-        stages = [
-            {
-                "epochs": config.epochs,
-                "trainable": trainable,
-                "lr": {g: (h if g == HEAD else low) for g in trainable},
-            }
-        ]
-    elif name in ("full_low_lr", "l2_sp"):
-        stages = [
-            {
-                "epochs": config.epochs,
-                "trainable": everything,
-                "lr": {g: (h if g == HEAD else low) for g in everything},
-            }
-        ]
-        if name == "l2_sp":
-            penalty = {"kind": "l2_sp", "alpha": float(config.l2_sp_alpha)}
-    elif name == "discriminative":
-        stages = [
-            {
-                "epochs": config.epochs,
-                "trainable": everything,
-                "lr": _discriminative(blocks, h, config.discriminative_factor),
-            }
-        ]
-    elif name == "gradual_unfreeze":
-        lrs = _discriminative(blocks, h, config.discriminative_factor)
-        n_stages = len(blocks) + 1
-        stages = []
-        for k in range(n_stages):
-            trainable = blocks[len(blocks) - k :] + [HEAD]
-            stages.append(
-                {
-                    "until_step_fraction": (k + 1) / n_stages,
-                    "trainable": trainable,
-                    "lr": {g: lrs[g] for g in trainable},
-                }
-            )
-    elif name == "lp_ft":
-        stages = [
-            {
-                "epochs": config.lp_epochs,
-                "trainable": [HEAD],
-                "lr": {HEAD: h},
-                "on_cached_features": True,
-            },
-            {
-                "epochs": config.epochs,
-                "trainable": everything,
-                "lr": dict.fromkeys(everything, low),
-            },
-        ]
-        cached = True
-    else:  # scratch
-        stages = [
-            {"epochs": config.epochs, "trainable": everything, "lr": dict.fromkeys(everything, h)}
-        ]
-        init = "random"
-
-    typed = tuple(_stage(s) for s in stages)
+    typed = tuple(_stage(s) for s in _STAGES[name](blocks, config))
     trained = {g for s in typed for g in s.trainable}
     frozen = tuple(b for b in blocks if b not in trained)
     first_on_cache = typed[0].on_cached_features
@@ -354,13 +267,91 @@ def plan(name: str, blocks: list[str], config: TrainConfig) -> Plan:
     return Plan(
         name=name,
         stages=typed,
-        init=init,
-        penalty=penalty,
+        init="random" if name == "scratch" else "pretrained",
+        penalty={"kind": "l2_sp", "alpha": float(config.l2_sp_alpha)} if name == "l2_sp" else None,
         frozen=frozen,
-        cached_features=cached,
+        cached_features=any(s.on_cached_features for s in typed),
         route=route,
         # One stage on the network with blocks below it frozen throughout: their
         # outputs never change, so computing them once is exact.
         frozen_prefix_cache=route == "tune" and len(typed) == 1 and bool(frozen),
         staged=any(s.until_step_fraction is not None for s in typed),
     )
+
+
+def _lrs(c: TrainConfig) -> tuple[float, float]:
+    """``(head LR, backbone LR)``: the backbone at ``backbone_ratio`` of the head."""
+    return float(c.head_lr), float(c.head_lr * c.backbone_ratio)
+
+
+def _feature_extraction(blocks: list[str], c: TrainConfig) -> list[dict]:
+    # A head on cached features costs next to nothing per epoch, so it trains to
+    # convergence (as lp_ft's probe stage does) rather than for the shared epoch
+    # budget, which would handicap it; its FLOPs in the results show the cost.
+    epochs = max(c.epochs, c.lp_epochs)
+    return [{"epochs": epochs, "trainable": [HEAD], "lr": {HEAD: _lrs(c)[0]},
+             "on_cached_features": True}]  # fmt: skip
+
+
+def _partial(blocks: list[str], c: TrainConfig) -> list[dict]:
+    unfreeze = [blocks[-1]] if c.unfreeze is None else list(c.unfreeze)
+    if not unfreeze or any(b not in blocks for b in unfreeze):
+        raise ValueError(
+            f"The 'unfreeze' parameter of TrainConfig must name blocks among {blocks}. Got {unfreeze!r} instead."
+        )
+    h, low = _lrs(c)
+    trainable = [b for b in blocks if b in unfreeze] + [HEAD]
+    return [{"epochs": c.epochs, "trainable": trainable,
+             "lr": {g: (h if g == HEAD else low) for g in trainable}}]  # fmt: skip
+
+
+def _full(blocks: list[str], c: TrainConfig) -> list[dict]:
+    h, low = _lrs(c)
+    everything = [*blocks, HEAD]
+    return [{"epochs": c.epochs, "trainable": everything,
+             "lr": {g: (h if g == HEAD else low) for g in everything}}]  # fmt: skip
+
+
+def _discriminative_stages(blocks: list[str], c: TrainConfig) -> list[dict]:
+    lrs = _discriminative(blocks, _lrs(c)[0], c.discriminative_factor)
+    return [{"epochs": c.epochs, "trainable": [*blocks, HEAD], "lr": lrs}]
+
+
+def _gradual_unfreeze(blocks: list[str], c: TrainConfig) -> list[dict]:
+    lrs = _discriminative(blocks, _lrs(c)[0], c.discriminative_factor)
+    n_stages = len(blocks) + 1
+    stages = []
+    for k in range(n_stages):
+        trainable = blocks[len(blocks) - k :] + [HEAD]
+        stages.append({"until_step_fraction": (k + 1) / n_stages, "trainable": trainable,
+                       "lr": {g: lrs[g] for g in trainable}})  # fmt: skip
+    return stages
+
+
+def _lp_ft(blocks: list[str], c: TrainConfig) -> list[dict]:
+    h, low = _lrs(c)
+    everything = [*blocks, HEAD]
+    return [
+        {"epochs": c.lp_epochs, "trainable": [HEAD], "lr": {HEAD: h}, "on_cached_features": True},
+        {"epochs": c.epochs, "trainable": everything, "lr": dict.fromkeys(everything, low)},
+    ]
+
+
+def _scratch(blocks: list[str], c: TrainConfig) -> list[dict]:
+    everything = [*blocks, HEAD]
+    return [
+        {"epochs": c.epochs, "trainable": everything, "lr": dict.fromkeys(everything, _lrs(c)[0])}
+    ]
+
+
+# Each strategy's stages (dicts for :func:`_stage`) from the blocks and the config.
+_STAGES = {
+    "feature_extraction": _feature_extraction,
+    "partial": _partial,
+    "full_low_lr": _full,
+    "l2_sp": _full,
+    "discriminative": _discriminative_stages,
+    "gradual_unfreeze": _gradual_unfreeze,
+    "lp_ft": _lp_ft,
+    "scratch": _scratch,
+}

@@ -15,20 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from diagnose.core import autocast_context, is_cuda, memory_format, to_device
+from diagnose.core import autocast_context, is_cuda, to_device
 from diagnose.measure import WeightDrift, forgetting_interval
 from diagnose.models import HEAD, module_groups, parameter_groups, random_init_copy, replace_module
 from diagnose.training.activations import build_prefix_cache
+from diagnose.training.batches import iterate_batches, make_loader, steps_per_epoch
 from diagnose.training.curves import BestState, detect_overfitting, finite_or_none
 from diagnose.training.head_stages import HeadStages, cpu_state
-from diagnose.training.loop import (
-    Fitter,
-    Phase,
-    evaluate,
-    iterate_batches,
-    make_loader,
-    steps_per_epoch,
-)
+from diagnose.training.layout import train_layout
+from diagnose.training.loop import Fitter, Phase, evaluate
 from diagnose.training.strategies import Plan, Stage, plan
 from probes import logits_of
 
@@ -118,7 +113,9 @@ class StrategyRun(HeadStages):
             torch.manual_seed(cfg.seed)
             new_head = nn.Linear(in_features, self.data.num_classes)
         replace_module(src, self.head, new_head)
-        self.net = src.to(self.device, memory_format=memory_format(self.device))
+        b = cfg.batch_size
+        self.layout = train_layout(src, self.data.x_train[:b], self.data.y_train[:b], self.device)
+        self.net = src.to(self.device, memory_format=self.layout.memory_format)
         groups = parameter_groups(self.net, self.blocks, self.head)
         params = dict(self.net.named_parameters())
         self.groups = groups
@@ -290,7 +287,7 @@ class StrategyRun(HeadStages):
                 pc.set(to_device(c, dev))
             else:
                 x, y = batch
-            return net(to_device(x, dev)), y.to(dev, non_blocking=nb)
+            return net(to_device(x, dev, self.layout.memory_format)), y.to(dev, non_blocking=nb)
 
         base = self.steps_done
         for epoch in range(1, epochs + 1):
@@ -348,7 +345,8 @@ class StrategyRun(HeadStages):
         out = []
         with torch.no_grad(), autocast_context(self.device):
             for (xb,) in iterate_batches((x,), self.config.batch_size, None):
-                out.append(logits_of(self.net(to_device(xb, self.device))).float().cpu())
+                xb = to_device(xb, self.device, self.layout.memory_format)
+                out.append(logits_of(self.net(xb)).float().cpu())
         return torch.cat(out) if out else torch.empty(0, self.data.num_classes)
 
     def finish(self) -> None:
@@ -366,7 +364,7 @@ class StrategyRun(HeadStages):
         else:
 
             def fwd(b):
-                return self.net(to_device(b[0], dev)), b[1].to(dev)
+                return self.net(to_device(b[0], dev, self.layout.memory_format)), b[1].to(dev)
 
             with autocast_context(dev):
                 _, self.test_accuracy = evaluate(

@@ -10,11 +10,9 @@ first recommendation. No fine-tuning happens here.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import probes
@@ -24,14 +22,7 @@ from diagnose.core import (
     environment,
     resolve_device,
 )
-from diagnose.data import (
-    check_two_classes,
-    domain_info,
-    drift_table,
-    normalization_check,
-    sample_thumbnails,
-    upscale_warnings,
-)
+from diagnose.data import check_two_classes, domain_info, sample_thumbnails, upscale_warnings
 from diagnose.decide import (
     DEFAULT_TRIAL_BUDGET,
     check_trial_budget,
@@ -44,7 +35,8 @@ from diagnose.measure import layers as _measure
 from diagnose.models import resolve_preprocessing
 from diagnose.training import check_executor
 from diagnose.workflows.assess_capture import capture_domains, memory_share
-from diagnose.workflows.startup import as_domain, as_loaded
+from diagnose.workflows.assess_stages import features_by_role, head_measurements, image_statistics
+from diagnose.workflows.startup import as_domain, as_loaded, written
 from probes.capture import parse_size
 
 __all__ = [
@@ -144,7 +136,68 @@ def assess(
         res.recommendation["strategy"]
     """
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
+    budget, trial_budget = _checked(
+        source, target, pool, batch_size, max_forgetting, max_memory, trial_budget
+    )
+    check_executor(executor, ray_address)
+    dev = resolve_device(device)
+    _check_out(out)
+    torch.manual_seed(seed)
+    loaded = as_loaded(
+        model, weights=weights, trust_checkpoint=trust_checkpoint, head=head,
+        progress=progress, image_size=image_size,
+    )  # fmt: skip
+    src, tgt = as_domain(source, "source"), as_domain(target, "target")
+    warnings = _domain_warnings(src, tgt)
+    domains = [d for d in (src, tgt) if d is not None]
+    prep = resolve_preprocessing(loaded, domains, image_size, normalize)
+    warnings.extend(upscale_warnings(domains, prep.image_size))
+    net = loaded.model.to(dev)
+    layer_names = _layer_names(net, layers)
+    timings = {"load": time.perf_counter() - t_start}
+    captured, stats, used, splits = capture_domains(
+        loaded, prep, src, tgt, layer_names, max_samples=max_samples, seed=seed,
+        batch_size=batch_size, device=dev, progress=progress, max_memory=budget, pool=pool,
+    )  # fmt: skip
+    timings["capture"] = time.perf_counter() - t_start - timings["load"]
+    feats = features_by_role(captured, layer_names, warnings)
+    t0 = time.perf_counter()
+    rows = _measure.layer_measurements(
+        layer_names, feats.target, feats.control, feats.target_labels, splits.get("target"),
+        feats.source, feats.source_labels, splits.get("source"), seed=seed,
+        n_permutations=n_permutations, warnings=warnings, progress=progress,
+    )  # fmt: skip
+    timings["probes_and_gap"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ctx = {"loaded": loaded, "net": net, "layers": layer_names, "src": src, "tgt": tgt,
+           "used": used, "splits": splits, "prep": prep, "device": dev}  # fmt: skip
+    transfer, lr_find, heads, rows = head_measurements(
+        feats, rows, captured, ctx, seed=seed, progress=progress, warnings=warnings
+    )
+    timings["transfer_and_lr_find"] = time.perf_counter() - t0
+    results = _results(ctx, rows, warnings, layers_from="auto" if layers == "auto" else "user")
+    results.update(
+        transferability=transfer, head_accuracy=heads, lr_find=lr_find,
+        image_stats=image_statistics(stats, prep, loaded, warnings),
+        samples=sample_thumbnails({"source": src, "target": tgt}, seed=seed),
+        capture=_measure.storage_summary(captured, budget, memory_share(budget, src, tgt)),
+    )  # fmt: skip
+    for cap in captured.values():
+        cap.close()  # a temporary on-disk store is deleted now, not at exit
+    t0 = time.perf_counter()  # the race
+    results["recommendation"] = _recommendation(
+        results, ctx, feats, max_forgetting, trial_budget=trial_budget, batch_size=batch_size,
+        seed=seed, progress=progress, executor=executor, ray_address=ray_address,
+    )  # fmt: skip
+    timings["race"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+    env = {"wall_s": timings["total"], "timings_s": timings}
+    results["environment"] = {**environment(str(dev), seed), **env}
+    return written(AssessResult(results), out)
+
+
+def _checked(source, target, pool, batch_size, max_forgetting, max_memory, trial_budget):
+    """``(memory budget in bytes or None, trial budget)`` after the arguments' checks."""
     if source is None and target is None:
         raise ValueError("assess needs 'target' (and ideally 'source') data; neither was given.")
     if pool not in TOKEN_POOLS:
@@ -154,23 +207,47 @@ def assess(
     if max_forgetting is not None and not 0 <= max_forgetting <= 1:
         raise ValueError(f"'max_forgetting' must be between 0 and 1. Got {max_forgetting}.")
     budget = None if max_memory is None else parse_size(max_memory, "max_memory")
-    trial_budget = check_trial_budget(trial_budget)
-    check_executor(executor, ray_address)
-    dev = resolve_device(device)
+    return budget, check_trial_budget(trial_budget)
+
+
+def _check_out(out) -> None:
     if out is not None:
         from diagnose.report import check_out_dir
 
         check_out_dir(out)  # before minutes of measuring, not after
-    torch.manual_seed(seed)
-    loaded = as_loaded(
-        model,
-        weights=weights,
-        trust_checkpoint=trust_checkpoint,
-        head=head,
-        progress=progress,
-        image_size=image_size,
-    )
-    src, tgt = as_domain(source, "source"), as_domain(target, "target")
+
+
+def _layer_names(net, layers) -> list[str]:
+    names = probes.discover_layers(net) if layers == "auto" else list(layers)
+    if not names:
+        raise ValueError("no layers to measure: pass layers=a,b,c (see probes.discover_layers).")
+    probes.resolve_layers(net, names)  # name errors against the user's model, not a wrapper
+    return names
+
+
+def _results(ctx: dict, rows, warnings: list[str], *, layers_from: str) -> dict:
+    """results.json's frame: the model, the domains and the per-layer rows, in key order."""
+    src, tgt, used, splits = ctx["src"], ctx["tgt"], ctx["used"], ctx["splits"]
+    return {
+        "schema": SCHEMA_VERSION,
+        "kind": "assess",
+        "model": {**ctx["loaded"].to_dict(), "layers_from": layers_from},
+        "source": domain_info(src, used["source"], splits["source"]) if src is not None else None,
+        "target": domain_info(tgt, used["target"], splits["target"]) if tgt is not None else None,
+        "preprocessing": ctx["prep"].to_dict(),
+        "layers": [row.to_dict() for row in rows],
+        "penultimate_layer": ctx["layers"][-1],
+        "transferability": None,
+        "head_accuracy": {},
+        "image_stats": {},
+        "lr_find": None,
+        "samples": None,
+        "warnings": warnings,
+    }
+
+
+def _domain_warnings(src, tgt) -> list[str]:
+    """The domains' own warnings, and a same-data source and target said."""
     if tgt is not None:
         check_two_classes(tgt)
     warnings: list[str] = []
@@ -179,192 +256,19 @@ def assess(
             warnings.extend(f"{d.name}: {w}" for w in d.warnings)
     if src is not None and tgt is not None and src.name == tgt.name:
         warnings.append("Source and target are the same data; the gap measures nothing but noise.")
-    prep = resolve_preprocessing(
-        loaded, [d for d in (src, tgt) if d is not None], image_size, normalize
-    )
-    warnings.extend(upscale_warnings([d for d in (src, tgt) if d is not None], prep.image_size))
-    net = loaded.model.to(dev)
-    layer_names = probes.discover_layers(net) if layers == "auto" else list(layers)
-    if not layer_names:
-        raise ValueError("no layers to measure: pass layers=a,b,c (see probes.discover_layers).")
-    probes.resolve_layers(net, layer_names)  # name errors against the user's model, not a wrapper
-    timings["load"] = time.perf_counter() - t_start
+    return warnings
 
-    has_head = loaded.head is not None
-    t0 = time.perf_counter()
-    captured, stats, used, splits = capture_domains(
-        loaded,
-        prep,
-        src,
-        tgt,
-        layer_names,
-        max_samples=max_samples,
-        seed=seed,
-        batch_size=batch_size,
-        device=dev,
-        progress=progress,
-        max_memory=budget,
-        pool=pool,
-    )
-    timings["capture"] = time.perf_counter() - t0
-    for cap in captured.values():
-        warnings.extend(getattr(cap, "warnings", []))
 
-    tf = cf = tl = None
-    if "target" in captured:
-        cap = captured["target"]
-        tf = {n: cap.features[f"pretrained.{n}"] for n in layer_names}
-        cf = {n: cap.features[f"control.{n}"] for n in layer_names}
-        tl = cap.labels
-        if tl is not None and (tl < 0).any():
-            warnings.append(
-                "Some target images are unlabelled; target probes use labelled ones only."
-            )
-            tl = None if (tl < 0).all() else tl
-    sf = sl = None
-    if "source" in captured:
-        sf, sl = captured["source"].features, captured["source"].labels
-        if sl is not None and (sl < 0).any():
-            warnings.append("Source images are unlabelled: the source probe is skipped.")
-            sl = None
-    if src is None:
-        warnings.append("No source data: the domain gap and the source probe are skipped.")
-    t0 = time.perf_counter()
-    rows = _measure.layer_measurements(
-        layer_names,
-        tf,
-        cf,
-        tl,
-        splits.get("target"),
-        sf,
-        sl,
-        splits.get("source"),
-        seed=seed,
-        n_permutations=n_permutations,
-        warnings=warnings,
-        progress=progress,
-    )
-    timings["probes_and_gap"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    last = layer_names[-1]
-    transfer = lr_find = None
-    heads: dict[str, float | None] = {}
-    if tf is not None and tl is not None:
-        logits = captured["target"].output if has_head else None
-        transfer = _measure.transferability(
-            tf[last], tl, logits, layer=last, warnings=warnings, seed=seed
-        )
-        train_idx = np.concatenate([splits["target"]["train"], splits["target"]["val"]])
-        lr_find = _measure.safe(
-            "LR range test",
-            warnings,
-            _measure.lr_find_head,
-            tf[last],
-            tl,
-            train_idx,
-            seed=seed,
-            progress=progress,
-        )
-        if has_head:
-            rgn = _measure.safe(
-                "relative gradient norms",
-                warnings,
-                _measure.target_rgn,
-                net,
-                loaded.head,
-                layer_names,
-                tgt,
-                used["target"],
-                splits["target"]["train"],
-                prep,
-                seed,
-                dev,
-                # The layout the target pass measured faster (a speed choice only: the
-                # values differ by float rounding between layouts).
-                memory_format=_chosen_layout(captured["target"]),
-            )
-            rows = [replace(row, rgn=(rgn or {}).get(row.name)) for row in rows]
-        if has_head and loaded.source_classes and tgt.classes == loaded.source_classes:
-            heads["target_head_accuracy"] = float((logits.argmax(1) == tl).mean())
-    if has_head and sl is not None and src.classes == loaded.source_classes:
-        heads["source_head_accuracy"] = float((captured["source"].output.argmax(1) == sl).mean())
-    timings["transfer_and_lr_find"] = time.perf_counter() - t0
-
-    image_stats: dict = {k: v.to_dict() for k, v in stats.items()}
-    if "source" in stats and "target" in stats:
-        image_stats["drift"] = drift_table(stats["source"], stats["target"])
-    if "target" in stats:
-        if prep.mean is not None:
-            exp_mean, exp_std, frm = prep.mean, prep.std, "the normalisation applied"
-        elif loaded.mean is not None:
-            exp_mean, exp_std, frm = list(loaded.mean), list(loaded.std), "the model's weights"
-        elif "source" in stats:
-            exp_mean, exp_std = stats["source"].channel_mean(), stats["source"].channel_std()
-            frm = "the source images, which the model was trained on"
-        else:
-            exp_mean = exp_std = None
-            frm = "nothing: the model declares no normalisation and there is no source data"
-        check, norm_warnings = normalization_check(stats["target"], exp_mean, exp_std, frm)
-        image_stats["normalization_check"] = check
-        warnings.extend(norm_warnings)
-
-    results: dict = {
-        "schema": SCHEMA_VERSION,
-        "kind": "assess",
-        "model": {**loaded.to_dict(), "layers_from": "auto" if layers == "auto" else "user"},
-        "source": domain_info(src, used["source"], splits["source"]) if src is not None else None,
-        "target": domain_info(tgt, used["target"], splits["target"]) if tgt is not None else None,
-        "preprocessing": prep.to_dict(),
-        "layers": [row.to_dict() for row in rows],
-        "penultimate_layer": last,
-        "transferability": transfer,
-        "head_accuracy": heads,
-        "image_stats": image_stats,
-        "lr_find": lr_find,
-        "samples": sample_thumbnails({"source": src, "target": tgt}, seed=seed),
-        "warnings": warnings,
-    }
-    results["capture"] = _measure.storage_summary(captured, budget, memory_share(budget, src, tgt))
-    for cap in captured.values():
-        cap.close()  # a temporary on-disk store is deleted now, not at exit
-    t0 = time.perf_counter()
+def _recommendation(results, ctx, feats, max_forgetting, **race_kw) -> dict:
+    """The rule prior, then the race's measured recommendation on the target's train+val."""
     prior = recommend(results, max_forgetting=max_forgetting)
+    warnings, split = results["warnings"], ctx["splits"].get("target")
     pool, pool_splits = None, None
-    if trial_budget > 0 and tl is not None and splits.get("target") is not None:
-        pool, pool_splits = race_pool(tgt, used["target"], splits["target"], prep, warnings)
-    results["recommendation"] = measured_recommendation(
-        results,
-        prior,
-        model=net,
-        head=loaded.head,
-        blocks=layer_names,
-        pool=pool,
-        splits=pool_splits,
-        trial_budget=trial_budget,
-        batch_size=batch_size,
-        seed=seed,
-        device=dev,
-        progress=progress,
-        warnings=warnings,
-        executor=executor,
-        ray_address=ray_address,
-    )
-    timings["race"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start
-    env = environment(str(dev), seed)
-    env["wall_s"] = timings["total"]
-    env["timings_s"] = timings
-    results["environment"] = env
-    result = AssessResult(results)
-    if out is not None:
-        from diagnose.report import write_outputs
-
-        result.results_path, result.report_path = write_outputs(results, out)
-    return result
-
-
-def _chosen_layout(captured) -> str | None:
-    """ "channels_last" when a capture pass ran in it, else None (the model's own layout)."""
-    choice = getattr(captured, "memory_format", None) or {}
-    return "channels_last" if choice.get("memory_format") == "channels_last" else None
+    if race_kw["trial_budget"] > 0 and feats.target_labels is not None and split is not None:
+        pool, pool_splits = race_pool(
+            ctx["tgt"], ctx["used"]["target"], split, ctx["prep"], warnings
+        )
+    return measured_recommendation(
+        results, prior, model=ctx["net"], head=ctx["loaded"].head, blocks=ctx["layers"],
+        pool=pool, splits=pool_splits, device=ctx["device"], warnings=warnings, **race_kw,
+    )  # fmt: skip

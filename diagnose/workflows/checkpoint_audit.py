@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -49,7 +48,6 @@ from diagnose.core import (
     jsonable,
     resolve_device,
 )
-from diagnose.data import materialize_readable, pick_eval, subsample
 from diagnose.measure import ForgettingMeter, weight_drift
 from diagnose.models import (
     extract_state_dict,
@@ -60,13 +58,15 @@ from diagnose.models import (
     torch_load,
 )
 from diagnose.report import check_out_dir
-from diagnose.workflows.startup import model_and_data, source_eval_set
+from diagnose.workflows.audit_measures import layer_rows, source_accuracy, target_cka
+from diagnose.workflows.startup import model_and_data, source_eval_set, written
 
 __all__ = [
     "ACCURACY_DROP_NOTABLE",
     "AGREEMENT_UNCHANGED",
     "AuditResult",
     "CKA_UNCHANGED",
+    "THRESHOLDS",
     "audit",
     "build_finetuned",
     "verdict",
@@ -80,6 +80,11 @@ CKA_UNCHANGED = 0.98
 AGREEMENT_UNCHANGED = 0.99
 # A source accuracy drop (fraction, 0.01 = 1 point) above this is worth naming.
 ACCURACY_DROP_NOTABLE = 0.01
+THRESHOLDS = {
+    "cka_unchanged": CKA_UNCHANGED,
+    "agreement_unchanged": AGREEMENT_UNCHANGED,
+    "accuracy_drop_notable": ACCURACY_DROP_NOTABLE,
+}
 
 
 class AuditResult(RunResult):
@@ -201,25 +206,6 @@ def verdict(layers: list[dict], source_accuracy: dict, agreement: float | None) 
     return "; ".join(words)
 
 
-def _per_class(ref: torch.Tensor, ft: torch.Tensor, y: torch.Tensor, classes) -> list[dict]:
-    rows = []
-    for c in sorted(int(v) for v in torch.unique(y[y >= 0])):
-        mask = y == c
-        pre = float((ref[mask] == c).double().mean())
-        post = float((ft[mask] == c).double().mean())
-        name = classes[c] if classes is not None and 0 <= c < len(classes) else str(c)
-        rows.append(
-            {
-                "class": name,
-                "pretrained": pre,
-                "finetuned": post,
-                "drop": pre - post,
-                "n": int(mask.sum()),
-            }
-        )
-    return rows
-
-
 def audit(
     model: Any,
     finetuned: str | Path,
@@ -257,98 +243,39 @@ def audit(
         audit("demo", "cmp/checkpoints/full_low_lr.pt", "demo:digits").verdict
     """
     t_start = time.perf_counter()
-    if isinstance(source_eval_samples, bool) or int(source_eval_samples) < 2:
-        raise ValueError(f"source_eval_samples must be at least 2. Got {source_eval_samples!r}.")
-    dev = resolve_device(device)
-    if out is not None:
-        check_out_dir(out)
+    dev = _checked(source_eval_samples, device, out)
     loaded, src, tgt = model_and_data(
-        "audit",
-        model,
-        source,
-        target,
-        weights=weights,
-        trust_checkpoint=trust_checkpoint,
-        head=head,
-        progress=progress,
-        image_size=image_size,
-    )
+        "audit", model, source, target, weights=weights, trust_checkpoint=trust_checkpoint,
+        head=head, progress=progress, image_size=image_size,
+    )  # fmt: skip
     if src is None:
         raise ValueError("audit needs 'source' data: forgetting is measured on the source task.")
     ft, replaced = build_finetuned(
         loaded.model, loaded.head, finetuned, trust_checkpoint=trust_checkpoint
     )
     warnings: list[str] = []
-    prep = resolve_preprocessing(
-        loaded, [d for d in (src, tgt) if d is not None], image_size, normalize
-    )
+    domains = [d for d in (src, tgt) if d is not None]
+    prep = resolve_preprocessing(loaded, domains, image_size, normalize)
     net = loaded.model
     blocks = probes.discover_layers(net) if layers == "auto" else list(layers)
-
+    meter_kw = {"head": loaded.head, "blocks": blocks, "device": dev, "batch_size": batch_size,
+                "token_pool": pool}  # fmt: skip
     sx, sy = source_eval_set(src, loaded, prep, n=source_eval_samples, seed=seed, warnings=warnings)
-    tracker = ForgettingMeter(
-        net,
-        head=loaded.head,
-        blocks=blocks,
-        source_x=sx,
-        source_y=sy,
-        device=dev,
-        batch_size=batch_size,
-        token_pool=pool,
-    )
+    tracker = ForgettingMeter(net, source_x=sx, source_y=sy, **meter_kw)
     ft = ft.to(dev)
     measured, preds = tracker.measure_with_predictions(ft)
-    per_class: list[dict] = []
-    if tracker.source_y is not None and preds is not None:
-        per_class = _per_class(tracker.reference_predictions, preds, tracker.source_y, src.classes)
-
-    cka_target: dict[str, float | None] = {}
-    n_target = 0
+    cka_target, n_target = None, 0
     if tgt is not None:
-        used = subsample(tgt, max_samples, seed)
-        tpool = used
-        if tgt.labels is not None:
-            held_out = used[np.isin(used, tgt.splits(seed)["test"])]
-            tpool = held_out if len(held_out) >= 2 else used
-        tx, _, _ = materialize_readable(
-            tgt, pick_eval(tpool, source_eval_samples, seed), prep, warnings
-        )
-        n_target = int(len(tx))
-        target_tracker = ForgettingMeter(
-            net,
-            head=loaded.head,
-            blocks=blocks,
-            source_x=tx,
-            source_y=None,
-            device=dev,
-            batch_size=batch_size,
-            token_pool=pool,
-        )
-        cka_target = target_tracker.measure(ft)["cka"]
-
+        cka_target, n_target = target_cka(
+            tgt, ft, {"pretrained": net, **meter_kw}, prep, max_samples=max_samples,
+            n=source_eval_samples, seed=seed, warnings=warnings,
+        )  # fmt: skip
     groups = parameter_groups(ft, blocks, loaded.head)
-    w0 = {n: p.detach() for n, p in net.named_parameters()}
-    drift = weight_drift(ft, w0, groups)
-    layer_rows = [
-        {
-            "name": b,
-            "cka_source": measured["cka"].get(b),
-            "cka_target": cka_target.get(b) if tgt is not None else None,
-            "weight_drift": drift.get(b),
-        }
-        for b in blocks
-    ]
-    pre, post = tracker.reference_source_accuracy, measured["source_accuracy"]
-    source_accuracy = {
-        "pretrained": pre,
-        "finetuned": post,
-        "drop": pre - post if pre is not None and post is not None else None,
-        "per_class": per_class,
-    }
+    drift = weight_drift(ft, {n: p.detach() for n, p in net.named_parameters()}, groups)
+    rows = layer_rows(blocks, measured, cka_target, drift)
+    accuracy = source_accuracy(tracker, measured, preds, src.classes)
     diverged = _diverged(ft, groups, measured, warnings)
-    head_module = ft.get_submodule(loaded.head)
-    env = environment(str(dev), seed)
-    env["forgetting_layout"] = tracker.layout.describe()
+    env = {**environment(str(dev), seed), "forgetting_layout": tracker.layout.describe()}
     record = Audit(
         schema=SCHEMA_VERSION,
         kind="audit",
@@ -356,30 +283,31 @@ def audit(
         finetuned={
             "path": str(finetuned),
             "head_replaced": replaced,
-            "head_outputs": getattr(head_module, "out_features", None),
+            "head_outputs": getattr(ft.get_submodule(loaded.head), "out_features", None),
         },
         source={**src.summary(), "n_eval": tracker.n},
         target=None if tgt is None else {**tgt.summary(), "n_eval": n_target},
         blocks=tuple(blocks),
-        layers=tuple(AuditLayer(**row) for row in layer_rows),
-        source_accuracy=SourceAccuracy(**source_accuracy),
+        layers=tuple(AuditLayer(**row) for row in rows),
+        source_accuracy=SourceAccuracy(**accuracy),
         agreement=measured["agreement"],
         diverged=bool(diverged),
-        verdict=diverged or verdict(layer_rows, source_accuracy, measured["agreement"]),
-        thresholds={
-            "cka_unchanged": CKA_UNCHANGED,
-            "agreement_unchanged": AGREEMENT_UNCHANGED,
-            "accuracy_drop_notable": ACCURACY_DROP_NOTABLE,
-        },
+        verdict=diverged or verdict(rows, accuracy, measured["agreement"]),
+        thresholds=THRESHOLDS,
         preprocessing=prep.to_dict(),
         warnings=tuple(warnings),
         environment={**env, "wall_s": time.perf_counter() - t_start},
     )
     results = jsonable(record.to_dict(), warnings)
     results["warnings"] = warnings
-    result = AuditResult(results)
-    if out is not None:
-        from diagnose.report import write_outputs
+    return written(AuditResult(results), out)
 
-        result.results_path, result.report_path = write_outputs(results, out)
-    return result
+
+def _checked(source_eval_samples, device, out) -> torch.device:
+    """The device, after the checks that fail before any model is loaded."""
+    if isinstance(source_eval_samples, bool) or int(source_eval_samples) < 2:
+        raise ValueError(f"source_eval_samples must be at least 2. Got {source_eval_samples!r}.")
+    dev = resolve_device(device)
+    if out is not None:
+        check_out_dir(out)
+    return dev

@@ -24,22 +24,17 @@ from typing import Any
 
 import probes
 from diagnose.core import (
-    SCHEMA_VERSION,
     RunResult,
     atomic_write_text,
     environment,
     jsonable,
     resolve_device,
 )
-from diagnose.data import drop_positions, materialize_readable, restricted_splits, subsample
 from diagnose.decide import select_strategy
-from diagnose.measure import ForgettingMeter
 from diagnose.models import resolve_preprocessing
 from diagnose.report import check_out_dir, write_outputs
 from diagnose.training import (
-    RUN_KEYS,
     Job,
-    TargetData,
     TrainConfig,
     Unit,
     execute,
@@ -50,9 +45,9 @@ from diagnose.training import (
     run_strategy,
     strategy_entries,
 )
-from diagnose.workflows.assessment import assess
 from diagnose.workflows.compare_args import check_compare_args, parse_strategies, resolve_unfreeze
-from diagnose.workflows.startup import model_and_data, source_eval_set
+from diagnose.workflows.compare_inputs import base_results, forgetting_meter, target_data
+from diagnose.workflows.startup import model_and_data
 
 __all__ = [
     "CompareResult",
@@ -71,11 +66,38 @@ class CompareResult(RunResult):
         return self.results["strategies"]
 
 
-def _fingerprint(
-    model: str, source: str | None, target: str, config: TrainConfig, extra: dict
-) -> dict:
+def _check_runner(runner) -> None:
+    if runner is not None and not callable(runner):
+        raise TypeError(
+            "The 'runner' parameter of compare must be a function like "
+            f"diagnose.training.run_strategy, or None. Got {type(runner).__name__} instead."
+        )
+
+
+def _train_config(base: dict, lr, epochs, batch_size, unfreeze, bn, seed):
+    """``(config, where its head LR came from)``: ``lr``, else the assessment's range test,
+    else :data:`DEFAULT_HEAD_LR`."""
+    suggested = (base.get("lr_find") or {}).get("suggested_lr")
+    head_lr = lr if lr is not None else (suggested or DEFAULT_HEAD_LR)
+    source = "--lr" if lr is not None else ("LR range test" if suggested else "default")
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        head_lr=float(head_lr),
+        unfreeze=unfreeze,
+        bn=bn,
+        seed=seed,
+    )
+    return config, source
+
+
+def _fingerprint(model: str, src, tgt, config: TrainConfig, extra: dict, seeds: int) -> dict:
+    """What must match for ``--resume`` to reuse a run's finished units."""
+    # "seeds" is absent for one seed, so single-seed runs of earlier versions stay resumable.
+    extra = {**extra, **({"seeds": seeds} if seeds > 1 else {})}
+    source = getattr(src, "name", None)
     return jsonable(
-        {"model": model, "source": source, "target": target, **config.to_dict(), **extra}
+        {"model": model, "source": source, "target": tgt.name, **config.to_dict(), **extra}
     )
 
 
@@ -178,219 +200,115 @@ def compare(
     t_start = time.perf_counter()
     names = parse_strategies(strategies)
     check_compare_args(
-        epochs=epochs,
-        lr=lr,
-        bn=bn,
-        max_forgetting=max_forgetting,
-        resume=resume,
-        out=out,
-        executor=executor,
-        ray_address=ray_address,
-        seeds=seeds,
-    )
-    if runner is not None and not callable(runner):
-        raise TypeError(
-            "The 'runner' parameter of compare must be a function like "
-            f"diagnose.training.run_strategy, or None. Got {type(runner).__name__} instead."
-        )
+        epochs=epochs, lr=lr, bn=bn, max_forgetting=max_forgetting, resume=resume, out=out,
+        executor=executor, ray_address=ray_address, seeds=seeds,
+    )  # fmt: skip
+    _check_runner(runner)
     dev = resolve_device(device)
     if out is not None:
         check_out_dir(out)  # fail before hours of training, not after
     loaded, src, tgt = model_and_data(
-        "compare",
-        model,
-        source,
-        target,
-        weights=weights,
-        trust_checkpoint=trust_checkpoint,
-        head=head,
-        progress=progress,
-        image_size=image_size,
-    )
+        "compare", model, source, target, weights=weights, trust_checkpoint=trust_checkpoint,
+        head=head, progress=progress, image_size=image_size,
+    )  # fmt: skip
     if tgt is None or tgt.labels is None:
         raise ValueError("compare needs labelled 'target' data.")
     out_dir = Path(out) if out is not None else None
-
     previous = read_previous(out_dir) if resume else None
-    if previous is not None:
-        # Resuming: the assessment (and its LR suggestion) is already on disk.
-        base = {k: v for k, v in previous.items() if k not in RUN_KEYS}
-        n_base = previous.get("compare_config", {}).get("base_warnings", 0)
-        base["warnings"] = previous.get("warnings", [])[:n_base]
-    elif with_assessment:
-        base = assess(
-            loaded,
-            src,
-            tgt,
-            layers=layers,
-            image_size=image_size,
-            normalize=normalize,
-            device=device,
-            seed=seed,
-            batch_size=batch_size,
-            max_samples=max_samples,
-            max_forgetting=max_forgetting,
-            progress=progress,
-            trial_budget=trial_budget,
-            pool=pool,
-        ).to_dict()
-    else:
-        base = {"schema": SCHEMA_VERSION, "model": loaded.to_dict(), "warnings": [], "layers": []}
+    base = base_results(
+        previous, with_assessment, loaded, src, tgt, layers=layers, image_size=image_size,
+        normalize=normalize, device=device, seed=seed, batch_size=batch_size,
+        max_samples=max_samples, max_forgetting=max_forgetting, progress=progress,
+        trial_budget=trial_budget, pool=pool,
+    )  # fmt: skip
     warnings: list[str] = list(base.get("warnings", []))
-    n_base_warnings = len(warnings)
-    prep = resolve_preprocessing(
-        loaded, [d for d in (src, tgt) if d is not None], image_size, normalize
-    )
-    net = loaded.model
-    blocks = probes.discover_layers(net) if layers == "auto" else list(layers)
-
-    suggested = (base.get("lr_find") or {}).get("suggested_lr")
-    head_lr = lr if lr is not None else (suggested or DEFAULT_HEAD_LR)
+    domains = [d for d in (src, tgt) if d is not None]
+    prep = resolve_preprocessing(loaded, domains, image_size, normalize)
+    blocks = probes.discover_layers(loaded.model) if layers == "auto" else list(layers)
     names, unfreeze = resolve_unfreeze(unfreeze, names, blocks, base.get("recommendation"))
-    config = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        head_lr=float(head_lr),
-        unfreeze=unfreeze,
-        bn=bn,
-        seed=seed,
-    )
+    config, head_lr_from = _train_config(base, lr, epochs, batch_size, unfreeze, bn, seed)
+    data_keys = {"max_samples": max_samples, "image_size": image_size, "normalize": str(normalize)}
     fingerprint = _fingerprint(
-        loaded.name,
-        getattr(src, "name", None),
-        tgt.name,
-        config,
-        {
-            "max_samples": max_samples,
-            "image_size": image_size,
-            "normalize": str(normalize),
-            "blocks": blocks,
-            # Absent for one seed, so single-seed runs of earlier versions stay resumable.
-            **({"seeds": seeds} if seeds > 1 else {}),
-        },
+        loaded.name, src, tgt, config, {**data_keys, "blocks": blocks}, seeds
     )
-
     seed_list = [seed + i for i in range(seeds)]
     done = finished(previous, fingerprint, out_dir / "results.json", seed_list) if previous else {}
-    used = subsample(tgt, max_samples, seed)
-    split = restricted_splits(tgt, used, seed)
-    # An image that fails to decode is left out of every split, with a warning.
-    x, y, skipped = materialize_readable(tgt, used, prep, warnings)
-    used, split = drop_positions(used, split, skipped)
-    data = TargetData(
-        x_train=x[split["train"]],
-        y_train=y[split["train"]],
-        x_val=x[split["val"]],
-        y_val=y[split["val"]],
-        x_test=x[split["test"]],
-        y_test=y[split["test"]],
-        num_classes=len(tgt.classes or []) or int(y.max()) + 1,
-    )
-    del x, y  # the splits are copies: do not hold the images twice while training
-    tracker = None
-    if src is not None:
-        sx, sy = source_eval_set(
-            src, loaded, prep, n=source_eval_samples, seed=seed, warnings=warnings
-        )
-        tracker = ForgettingMeter(
-            net,
-            head=loaded.head,
-            blocks=blocks,
-            source_x=sx,
-            source_y=sy,
-            device=dev,
-            token_pool=pool,
-        )
-    else:
-        warnings.append("No source data: forgetting cannot be measured.")
-
+    data, _, _ = target_data(tgt, prep, max_samples=max_samples, seed=seed, warnings=warnings)
+    tracker = forgetting_meter(
+        src, loaded, prep, blocks, n=source_eval_samples, seed=seed, device=dev, pool=pool,
+        warnings=warnings,
+    )  # fmt: skip
     ray = import_ray(executor, warnings, progress)
     records = {k: v for k, v in done.items() if k[0] in names}
-    results = {
-        **base,
-        "kind": "compare",
-        "compare_config": {
-            "strategies": names,
-            "fingerprint": fingerprint,
-            "train": config.to_dict(),
-            "head_lr_from": "--lr"
-            if lr is not None
-            else ("LR range test" if suggested else "default"),
-            "source_eval_samples": int(len(tracker.source_x)) if tracker is not None else 0,
-            "max_forgetting": max_forgetting,
-            "base_warnings": n_base_warnings,
-            "seeds": seed_list,
-            "executor": "ray" if ray is not None else "local",
-            # Images per split: every accuracy is a count over these.
-            "n_train": int(len(data.y_train)),
-            "n_val": int(len(data.y_val)),
-            "n_test": int(len(data.y_test)),
-        },
-        "strategies": strategy_entries(names, seed_list, records),
-        "warnings": warnings,
-    }
-    if records:
-        warnings.append(resumed_text(records, seeds))
+    run_config = {
+        "strategies": names, "fingerprint": fingerprint, "train": config.to_dict(),
+        "head_lr_from": head_lr_from,
+        "source_eval_samples": int(len(tracker.source_x)) if tracker is not None else 0,
+        "max_forgetting": max_forgetting, "base_warnings": len(base.get("warnings", [])), "seeds": seed_list,
+        "executor": "ray" if ray is not None else "local", **data.sizes(),
+    }  # fmt: skip
+    results = {**base, "kind": "compare", "compare_config": run_config, "warnings": warnings}
+    writer = _Writer(results, records, names, seed_list, out_dir, (dev, seed, t_start), tracker)
+    job = Job(
+        net=loaded.model, head=loaded.head, blocks=blocks, data=data, tracker=tracker,
+        config=config, device=dev, first_seed=seed,
+        checkpoint_dir=out_dir / "checkpoints" if save_checkpoints and out_dir else None,
+    )  # fmt: skip
+    todo = [Unit(n, s) for n in names for s in seed_list if (n, s) not in records]
+    writer.run(todo, job, ray, runner or run_strategy, progress, ray_address)
+    return CompareResult.of(results, out_dir)
 
-    def finish(partial: bool) -> None:
-        results["strategies"] = strategy_entries(names, seed_list, records)
+
+class _Writer:
+    """Writes a comparison as its units finish: ``strategies/<name>.json`` atomically,
+    then results.json and report.html with the selection so far."""
+
+    def __init__(self, results, records, names, seed_list, out_dir, run, tracker):
+        self.results, self.records, self.names, self.seed_list = results, records, names, seed_list
+        self.out_dir, (self.dev, self.seed, self.t_start), self.tracker = out_dir, run, tracker
+        if records:
+            results["warnings"].append(resumed_text(records, len(seed_list)))
+        if out_dir is not None:
+            (out_dir / "strategies").mkdir(parents=True, exist_ok=True)
+
+    def run(self, todo: list[Unit], job: Job, ray, run, progress: bool, address) -> None:
+        """Train ``todo`` (:func:`diagnose.training.execute`), writing each unit as it ends."""
+        try:
+            execute(todo, job=job, on_done=self.on_done, ray=ray, run=run, progress=progress,
+                    address=address)  # fmt: skip
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM, possibly in the middle of writing: write once more so
+            # results.json and report.html hold every finished unit, then stop.
+            self.finish(partial=True)
+            raise
+        self.finish(partial=False)
+
+    def finish(self, partial: bool) -> None:
+        results = self.results
+        results["strategies"] = strategy_entries(self.names, self.seed_list, self.records)
         results["comparison_recommendation"] = select_strategy(
             results["strategies"],
-            max_forgetting=max_forgetting,
-            assessment=base.get("recommendation"),
+            max_forgetting=results["compare_config"]["max_forgetting"],
+            assessment=results.get("recommendation"),
         )
-        env = environment(str(dev), seed)
-        env["wall_s"] = time.perf_counter() - t_start
+        env = environment(str(self.dev), self.seed)
+        env["wall_s"] = time.perf_counter() - self.t_start
         env["partial"] = partial
-        if tracker is not None:  # the layout of the forgetting passes, and why
-            env["forgetting_layout"] = tracker.layout.describe()
+        if self.tracker is not None:  # the layout of the forgetting passes, and why
+            env["forgetting_layout"] = self.tracker.layout.describe()
         results["environment"] = env
-        if out_dir is not None:
-            write_outputs(results, out_dir)
+        if self.out_dir is not None:
+            write_outputs(results, self.out_dir)
 
-    def on_done(unit: Unit, record: dict, unit_warnings: list[str]) -> None:
+    def on_done(self, unit: Unit, record: dict, unit_warnings: list[str]) -> None:
+        warnings = self.results["warnings"]
         warnings.extend(unit_warnings)
-        which = unit.name if seeds == 1 else f"{unit.name} (seed {unit.seed})"
+        which = unit.name if len(self.seed_list) == 1 else f"{unit.name} (seed {unit.seed})"
         if record.get("status") == "failed":
             warnings.append(f"Strategy {which} failed: {record.get('message')}")
-        records[unit] = jsonable(record, warnings, which)
-        if out_dir is not None:
-            entry = strategy_entries([unit.name], seed_list, records)[0]
+        self.records[unit] = jsonable(record, warnings, which)
+        if self.out_dir is not None:
+            entry = strategy_entries([unit.name], self.seed_list, self.records)[0]
             text = json.dumps(entry, indent=2) + "\n"
-            atomic_write_text(out_dir / "strategies" / f"{unit.name}.json", text)
-        finish(partial=True)
-
-    todo = [Unit(n, s) for n in names for s in seed_list if (n, s) not in records]
-    if out_dir is not None:
-        (out_dir / "strategies").mkdir(parents=True, exist_ok=True)
-    job = Job(
-        net=net,
-        head=loaded.head,
-        blocks=blocks,
-        data=data,
-        tracker=tracker,
-        config=config,
-        device=dev,
-        checkpoint_dir=out_dir / "checkpoints" if save_checkpoints and out_dir else None,
-        first_seed=seed,
-    )
-    try:
-        execute(
-            todo,
-            job=job,
-            on_done=on_done,
-            ray=ray,
-            run=run_strategy if runner is None else runner,
-            progress=progress,
-            address=ray_address,
-        )
-    except KeyboardInterrupt:
-        # Ctrl-C or SIGTERM, possibly in the middle of writing: write once more so
-        # results.json and report.html hold every finished unit, then stop.
-        finish(partial=True)
-        raise
-    finish(partial=False)
-    result = CompareResult(results)
-    if out_dir is not None:
-        result.results_path, result.report_path = out_dir / "results.json", out_dir / "report.html"
-    return result
+            atomic_write_text(self.out_dir / "strategies" / f"{unit.name}.json", text)
+        self.finish(partial=True)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from diagnose.core import RunResult
 from diagnose.data import (
     Domain,
     Preprocessing,
@@ -27,6 +28,7 @@ __all__ = [
     "as_loaded",
     "model_and_data",
     "source_eval_set",
+    "written",
 ]
 
 
@@ -132,3 +134,13 @@ def model_and_data(
     if loaded.head is None:
         raise ValueError(f"{workflow} needs the model's classification head; name it with 'head'.")
     return loaded, as_domain(source, "source"), as_domain(target, "target")
+
+
+def written(result: RunResult, out: str | Path | None) -> RunResult:
+    """``result`` with its results.json and report.html written to ``out`` (if given) and
+    their paths set."""
+    if out is not None:
+        from diagnose.report import write_outputs
+
+        result.results_path, result.report_path = write_outputs(result.results, out)
+    return result

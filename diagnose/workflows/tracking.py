@@ -78,6 +78,35 @@ def _use_labels(src, loaded, source_labels: bool | None, warnings: list[str]) ->
     return None
 
 
+def _check_args(n_images, source_labels) -> None:
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 2:
+        raise ValueError(
+            "The 'n_images' parameter of ForgettingTracker must be an int of at least 2 "
+            f"(CKA needs two images). Got {n_images!r}."
+        )
+    if source_labels not in (None, True, False):
+        raise TypeError(
+            f"The 'source_labels' parameter must be None, True or False. Got {source_labels!r}."
+        )
+
+
+def _loaded_with_head(pretrained: Any, head: str | None, image_size: int | None):
+    """The pretrained model loaded, with the classification head the tracker reads through."""
+    loaded = as_loaded(pretrained, head=head, progress=False, image_size=image_size)
+    if head is not None and head not in dict(loaded.model.named_modules()):
+        raise ValueError(
+            f"The 'head' parameter names {head!r}, which is not a module of "
+            f"{type(loaded.model).__name__}; pass the qualified name of its classification "
+            "head (see model.named_modules())."
+        )
+    if loaded.head is None:
+        raise ValueError(
+            "ForgettingTracker could not find the model's classification head; name it "
+            "with the 'head' parameter."
+        )
+    return loaded
+
+
 class ForgettingTracker:
     """Measures what fine-tuning makes a model forget, from inside any training loop.
 
@@ -129,28 +158,9 @@ class ForgettingTracker:
         seed: int = 0,
         pool: str = "mean",
     ):
-        if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 2:
-            raise ValueError(
-                "The 'n_images' parameter of ForgettingTracker must be an int of at least 2 "
-                f"(CKA needs two images). Got {n_images!r}."
-            )
-        if source_labels not in (None, True, False):
-            raise TypeError(
-                f"The 'source_labels' parameter must be None, True or False. Got {source_labels!r}."
-            )
+        _check_args(n_images, source_labels)
         self.max_forgetting = _check_budget(max_forgetting)
-        loaded = as_loaded(pretrained, head=head, progress=False, image_size=image_size)
-        if head is not None and head not in dict(loaded.model.named_modules()):
-            raise ValueError(
-                f"The 'head' parameter names {head!r}, which is not a module of "
-                f"{type(loaded.model).__name__}; pass the qualified name of its classification "
-                "head (see model.named_modules())."
-            )
-        if loaded.head is None:
-            raise ValueError(
-                "ForgettingTracker could not find the model's classification head; name it "
-                "with the 'head' parameter."
-            )
+        loaded = _loaded_with_head(pretrained, head, image_size)
         src = as_domain(source, "source")
         if src is None:
             raise ValueError("The 'source' parameter is required: forgetting is of the source.")

@@ -290,7 +290,7 @@ def test_cli_rejects_a_forgetting_budget_outside_0_1(capsys):
 
 def test_the_rules_read_the_training_defaults_and_the_plan_s_lrs():
     from diagnose.decide.recipe import OPTIMIZER, group_lrs
-    from diagnose.measure.layers import LR_TEST_MOMENTUM
+    from diagnose.measure.lr_find import LR_TEST_MOMENTUM
     from diagnose.training import TrainConfig, plan
 
     defaults = TrainConfig()

@@ -75,8 +75,7 @@ def test_consensus_of_repeated_range_tests():
 
 
 def test_a_tiny_training_set_repeats_the_range_test():
-    from diagnose.measure.layers import lr_find_head
-    from diagnose.measure.lr_find import RANGE_REPEATS
+    from diagnose.measure.lr_find import RANGE_REPEATS, lr_find_head
 
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 8)

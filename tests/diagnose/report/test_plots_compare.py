@@ -14,13 +14,9 @@ import pytest
 from diagnose.core.names import STRATEGY_LABELS, strategy_label
 from diagnose.core.schema import SCHEMA_VERSION
 from diagnose.decide.select import select_strategy
-from diagnose.report import plots_compare as _plots_compare
-from diagnose.report.plots_compare import (
-    _pareto,
-    cka_heatmap,
-    forgetting_curves_plot,
-    tradeoff_plot,
-)
+from diagnose.report import plots_forgetting as _plots_forgetting
+from diagnose.report.plots_compare import _pareto, tradeoff_plot
+from diagnose.report.plots_forgetting import cka_heatmap, forgetting_curves_plot
 from diagnose.report.plots_training import training_curves_plot
 from diagnose.report.render import render_html
 
@@ -386,7 +382,7 @@ def _run_with_curves(name, epochs, planned, *, stage_epochs=None, lp=False, sour
 
 
 def test_forgetting_is_plotted_against_the_fraction_of_training_done(monkeypatch):
-    figs = _captured(monkeypatch, _plots_compare)
+    figs = _captured(monkeypatch, _plots_forgetting)
     res = {
         "strategies": [
             # 50 cheap head epochs against 2 of fine-tuning: both must end at x = 1

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from diagnose.training.loop import Fitter, fused_sgd_supported, iterate_batches
+from diagnose.training.batches import iterate_batches
+from diagnose.training.loop import Fitter, fused_sgd_supported
 from diagnose.training.strategies import Stage
 
 CPU = torch.device("cpu")

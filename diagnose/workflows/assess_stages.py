@@ -1,0 +1,150 @@
+"""The stages of an assessment between its capture pass and its recommendation.
+
+:func:`diagnose.assess` runs them in the order of the data flow: the captured
+features split by role (:func:`features_by_role`), the measurements at the
+penultimate block that need labels (transferability, the head's LR range test,
+Auto-RGN and the source head's accuracy: :func:`head_measurements`), and the
+image statistics with the normalisation check (:func:`image_statistics`). Each
+adds what it skipped, and why, to the run's warnings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from diagnose.core import LayerResult
+from diagnose.data import ImageStats, Preprocessing, drift_table, normalization_check
+from diagnose.measure import layers as _measure
+from diagnose.measure import lr_find_head
+from diagnose.models import LoadedModel
+
+__all__ = ["Features", "features_by_role", "head_measurements", "image_statistics"]
+
+
+@dataclass
+class Features:
+    """Pooled features per block and labels of each role (None: not captured or unusable).
+
+    Attributes:
+        target, control: the pretrained and random-init features of the target images.
+        target_labels: their labels (None when none is labelled).
+        source, source_labels: the pretrained features of the source images and labels.
+    """
+
+    target: dict[str, np.ndarray] | None = None
+    control: dict[str, np.ndarray] | None = None
+    target_labels: np.ndarray | None = None
+    source: dict[str, np.ndarray] | None = None
+    source_labels: np.ndarray | None = None
+
+
+def features_by_role(captured: dict, layer_names: list[str], warnings: list[str]) -> Features:
+    """The capture passes' features as :class:`Features`; the passes' warnings and
+    unlabelled images are said."""
+    for cap in captured.values():
+        warnings.extend(getattr(cap, "warnings", []))
+    out = Features()
+    if "target" in captured:
+        cap = captured["target"]
+        out.target = {n: cap.features[f"pretrained.{n}"] for n in layer_names}
+        out.control = {n: cap.features[f"control.{n}"] for n in layer_names}
+        tl = cap.labels
+        if tl is not None and (tl < 0).any():
+            warnings.append(
+                "Some target images are unlabelled; target probes use labelled ones only."
+            )
+            tl = None if (tl < 0).all() else tl
+        out.target_labels = tl
+    if "source" in captured:
+        out.source, out.source_labels = captured["source"].features, captured["source"].labels
+        if out.source_labels is not None and (out.source_labels < 0).any():
+            warnings.append("Source images are unlabelled: the source probe is skipped.")
+            out.source_labels = None
+    else:
+        warnings.append("No source data: the domain gap and the source probe are skipped.")
+    return out
+
+
+def head_measurements(
+    feats: Features,
+    rows: list[LayerResult],
+    captured: dict,
+    ctx: dict,
+    *,
+    seed: int,
+    progress: bool,
+    warnings: list[str],
+) -> tuple[dict | None, dict | None, dict[str, float], list[LayerResult]]:
+    """``(transferability, LR range test, head accuracies, rows with Auto-RGN)``.
+
+    ``ctx`` holds the run's ``loaded`` model, ``net`` (on its device), ``layers``,
+    ``src``/``tgt`` domains, ``used`` images and ``splits`` per role, ``prep`` and
+    ``device``. Without labelled target features only the source head is scored.
+    """
+    loaded, layers, src, tgt = ctx["loaded"], ctx["layers"], ctx["src"], ctx["tgt"]
+    has_head, last = loaded.head is not None, layers[-1]
+    transfer = lr_find = None
+    heads: dict[str, float] = {}
+    tf, tl = feats.target, feats.target_labels
+    if tf is not None and tl is not None:
+        split = ctx["splits"]["target"]
+        logits = captured["target"].output if has_head else None
+        transfer = _measure.transferability(
+            tf[last], tl, logits, layer=last, warnings=warnings, seed=seed
+        )
+        train_idx = np.concatenate([split["train"], split["val"]])
+        lr_find = _measure.safe(
+            "LR range test", warnings, lr_find_head, tf[last], tl, train_idx,
+            seed=seed, progress=progress,
+        )  # fmt: skip
+        if has_head:
+            rgn = _measure.safe(
+                "relative gradient norms", warnings, _measure.target_rgn, ctx["net"],
+                loaded.head, layers, tgt, ctx["used"]["target"], split["train"], ctx["prep"],
+                seed, ctx["device"],
+                # The layout the target pass measured faster (a speed choice only: the
+                # values differ by float rounding between layouts).
+                memory_format=_chosen_layout(captured["target"]),
+            )  # fmt: skip
+            rows = [replace(row, rgn=(rgn or {}).get(row.name)) for row in rows]
+        if has_head and loaded.source_classes and tgt.classes == loaded.source_classes:
+            heads["target_head_accuracy"] = float((logits.argmax(1) == tl).mean())
+    sl = feats.source_labels
+    if has_head and sl is not None and src.classes == loaded.source_classes:
+        heads["source_head_accuracy"] = float((captured["source"].output.argmax(1) == sl).mean())
+    return transfer, lr_find, heads, rows
+
+
+def _chosen_layout(captured) -> str | None:
+    """ "channels_last" when a capture pass ran in it, else None (the model's own layout)."""
+    choice = getattr(captured, "memory_format", None) or {}
+    return "channels_last" if choice.get("memory_format") == "channels_last" else None
+
+
+def image_statistics(
+    stats: dict[str, ImageStats], prep: Preprocessing, loaded: LoadedModel, warnings: list[str]
+) -> dict:
+    """Per-domain image statistics, their drift, and the target's normalisation check
+    against what the model expects (the normalisation applied, the model's own, or the
+    source images')."""
+    out: dict = {k: v.to_dict() for k, v in stats.items()}
+    if "source" in stats and "target" in stats:
+        out["drift"] = drift_table(stats["source"], stats["target"])
+    if "target" not in stats:
+        return out
+    if prep.mean is not None:
+        mean, std, frm = prep.mean, prep.std, "the normalisation applied"
+    elif loaded.mean is not None:
+        mean, std, frm = list(loaded.mean), list(loaded.std), "the model's weights"
+    elif "source" in stats:
+        mean, std = stats["source"].channel_mean(), stats["source"].channel_std()
+        frm = "the source images, which the model was trained on"
+    else:
+        mean = std = None
+        frm = "nothing: the model declares no normalisation and there is no source data"
+    check, norm_warnings = normalization_check(stats["target"], mean, std, frm)
+    out["normalization_check"] = check
+    warnings.extend(norm_warnings)
+    return out
