@@ -15,6 +15,13 @@ gradient's largest entry (in ``z``) is at most ``tol``, scikit-learn's lbfgs
 criterion on the same mean-loss objective; the solve stops when every problem
 has, when the summed objective's relative change falls under ``ftol`` (scipy's
 own test), or at ``max_iter`` iterations.
+
+scipy's iteration runs BLAS-1 operations on the stacked vector through one BLAS
+thread: they are too small to share, a dot product's sum then never depends on
+the thread count, and OpenBLAS threads woken at every iteration spin on the
+cores torch's threads need for the objective (on two cores the probes of an
+assessment ran about ten times slower with two BLAS threads than with one). The
+objective's torch products run at the caller's torch threads.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
 
 __all__ = ["HISTORY", "SolveInfo", "minimize_stacked"]
 
@@ -91,15 +99,16 @@ def minimize_stacked(
             raise StopIteration
 
     u0 = z0.detach().double().cpu().numpy().ravel() / scale
-    res = minimize(
-        objective,
-        u0,
-        jac=True,
-        method="L-BFGS-B",
-        callback=stop,
-        # gtol 0: the gradient test is ours (per problem, in z), not scipy's (over all, in u).
-        options={"maxiter": int(max_iter), "gtol": 0.0, "ftol": float(ftol), "maxcor": HISTORY},
-    )
+    with threadpool_limits(limits=1, user_api="blas"):
+        res = minimize(
+            objective,
+            u0,
+            jac=True,
+            method="L-BFGS-B",
+            callback=stop,
+            # gtol 0: the gradient test is ours (per problem, in z), not scipy's (over all, in u).
+            options={"maxiter": int(max_iter), "gtol": 0.0, "ftol": float(ftol), "maxcor": HISTORY},
+        )
     if not np.array_equal(res.x, last["u"]):
         objective(res.x)
     gmax = _max_grad(last["grad"])

@@ -55,7 +55,7 @@ from diagnose.decide.race_lr import LRGrids, finetune_grid
 from diagnose.decide.race_scoring import Fold
 from diagnose.decide.race_trials import Arm, RaceContext
 from diagnose.decide.race_verdict import race_summary
-from diagnose.training import TargetData, import_ray, steps_per_epoch
+from diagnose.training import TargetData, import_ray, run_layout, steps_per_epoch
 
 __all__ = [
     "ETA",
@@ -163,9 +163,11 @@ def run_race(
     )  # fmt: skip
     # Head inputs and frozen-prefix outputs per fold are shared by the candidates in ``ctx``
     # (their FLOPs are counted once, where they ran).
+    first = folds[0].train[:batch_size]
+    layout = run_layout(model, head, x[first], y[first], num_classes, device)
     ctx = RaceContext(
         _fold_data(folds, x, y, num_classes), folds, model, head, blocks, batch_size, seed,
-        device, {}, warnings,
+        device, {}, warnings, memory_format=layout.name,
     )  # fmt: skip
     ray = import_ray(executor, warnings if warnings is not None else [], progress)
     arms, rung_log, full = _raced(ctx, plan, float(budget), grids, ray, ray_address, progress)
@@ -179,6 +181,7 @@ def run_race(
         "budget_flops": float(budget * full),
         "cuts": [c.to_dict() for c in plan.cuts],
         "lr_grids": grids.to_dict(),
+        "memory_format": layout.to_dict(),
         "unbracketed": unbracketed(arms),
         "executor": "ray" if ray is not None else "local",
         "flops_discarded": float(ctx.discarded),

@@ -45,6 +45,7 @@ def _ray_trial(shared: dict, cand, fold: int, epochs: int, cuda: bool) -> dict:
         shared["batch_size"],
         shared["seed"],
         torch.device("cuda") if cuda else torch.device("cpu"),
+        memory_format=shared["memory_format"],
     )
     return ctx.trial(cand, fold, epochs)
 
@@ -78,6 +79,7 @@ class RayTrials:
                 "blocks": ctx.blocks,
                 "batch_size": ctx.batch_size,
                 "seed": ctx.seed,
+                "memory_format": ctx.memory_format,
             }
         )
         need = {"num_gpus": 1} if self.cuda else {"num_cpus": 1}

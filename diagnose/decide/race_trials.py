@@ -7,6 +7,7 @@ ranks it by (per-image correctness and loss on the held-out images, FLOPs).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,11 +60,13 @@ def phase_flops(phases) -> tuple[int, int]:
 
 
 def train_trial(
-    cand, fold_data, model, head, blocks, epochs, batch_size, seed, device, reuse
+    cand, fold_data, model, head, blocks, epochs, batch_size, seed, device, reuse, layout=None
 ) -> dict:
-    """Train ``cand`` for ``epochs`` on one fold; score its last-epoch weights."""
+    """Train ``cand`` for ``epochs`` on one fold, in the memory ``layout`` the race chose
+    (None: measured here); score its last-epoch weights."""
     start = time.perf_counter()
     config = cand.config(blocks, epochs=epochs, batch_size=batch_size, seed=seed)
+    config = dataclasses.replace(config, memory_format=layout)
     run = StrategyRun(
         cand.strategy,
         model,
@@ -157,6 +160,9 @@ class RaceContext:
     # FLOPs of Ray trials run with their batch but then refused by the budget check
     # (never recorded; reported as ``flops_discarded``).
     discarded: float = 0.0
+    # The memory layout every trial trains in, decided once by the race (None: each
+    # process measures its own).
+    memory_format: str | None = None
 
     def trial(self, cand: Candidate, fold: int, epochs: int) -> dict:
         """Train ``cand`` on fold ``fold`` here (:func:`train_trial`)."""
@@ -171,6 +177,7 @@ class RaceContext:
             self.seed,
             self.device,
             self.reuse,
+            self.memory_format,
         )
 
     def run_batch(self, arms: list[Arm], bar, *, e: int, r: int, n_folds: int, admit=None):

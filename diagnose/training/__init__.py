@@ -29,7 +29,13 @@ from diagnose.training.executor import (
     run_unit,
 )
 from diagnose.training.head_stages import HeadStages, cpu_state
-from diagnose.training.layout import LAYOUT_MARGIN, TrainLayout, forget_train_layouts, train_layout
+from diagnose.training.layout import (
+    LAYOUT_MARGIN,
+    TrainLayout,
+    forget_train_layouts,
+    run_layout,
+    train_layout,
+)
 from diagnose.training.loop import Fitter, Phase, evaluate, fused_sgd_supported
 from diagnose.training.runner import TargetData, run_strategy
 from diagnose.training.seeds import (
@@ -77,8 +83,8 @@ __all__ = [
     "PeakMemory",
     "Phase",
     "pin_worker_threads",
-    "Plan",
     "plan",
+    "Plan",
     "planned_epochs",
     "PrefixCache",
     "RAY_MISSING",
@@ -87,6 +93,7 @@ __all__ = [
     "resumed_text",
     "ROUTES",
     "RUN_KEYS",
+    "run_layout",
     "run_strategy",
     "run_unit",
     "Stage",

@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from diagnose.core import is_cuda
+from diagnose.models import replace_module
 from probes import logits_of
 
-__all__ = ["LAYOUT_MARGIN", "TrainLayout", "forget_train_layouts", "train_layout"]
+__all__ = ["LAYOUT_MARGIN", "TrainLayout", "forget_train_layouts", "run_layout", "train_layout"]
 
 # Channels-last must take at most this fraction of the NCHW step time: a gain within
 # the timing noise of a few steps keeps the layout the model was built in.
@@ -95,6 +96,19 @@ def train_layout(
     if key not in _decisions:
         _decisions[key] = _measure(model, x, y, device)
     return _decisions[key]
+
+
+def run_layout(
+    model: nn.Module, head: str, x: torch.Tensor, y: torch.Tensor, classes: int, device
+) -> TrainLayout:
+    """:func:`train_layout` of ``model`` under a new ``classes``-way head at ``head`` (as
+    every strategy trains it), on the batch ``(x, y)``: one decision for a whole run,
+    which its :class:`~diagnose.training.TrainConfig` then carries to every strategy."""
+    net = copy.deepcopy(model).cpu()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        replace_module(net, head, nn.Linear(net.get_submodule(head).in_features, classes))
+    return train_layout(net, x, y, device)
 
 
 def _measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> TrainLayout:

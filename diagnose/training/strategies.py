@@ -70,6 +70,11 @@ class TrainConfig:
             (running statistics untouched); ``"train"``: they update their statistics.
         lp_epochs: epochs of lp_ft's linear-probe stage, on cached features.
         seed: seeds the new head, the random init of ``scratch`` and the batch order.
+        memory_format: the layout the network trains in (``"contiguous"`` or
+            ``"channels_last"``); None measures it in the process that trains
+            (:func:`diagnose.training.layout.train_layout`). A run of several
+            strategies decides once (:func:`~diagnose.training.layout.run_layout`), so
+            every strategy, local or on Ray, trains in one layout.
 
     Example:
         >>> TrainConfig(epochs=5, head_lr=0.05).to_dict()["epochs"]
@@ -88,6 +93,7 @@ class TrainConfig:
     bn: str = "frozen"
     lp_epochs: int = 50
     seed: int = 0
+    memory_format: str | None = None
 
     def to_dict(self) -> dict:
         """Plain-JSON copy of every field."""
@@ -126,6 +132,11 @@ def _check_config(config: TrainConfig) -> None:
             raise ValueError(
                 f"The '{name}' parameter of TrainConfig must be a finite number >= 0. Got {value!r} instead."
             )
+    if config.memory_format not in (None, "contiguous", "channels_last"):
+        raise ValueError(
+            "The 'memory_format' parameter of TrainConfig must be None, 'contiguous' or "
+            f"'channels_last'. Got {config.memory_format!r} instead."
+        )
     if config.bn not in BN_MODES:
         raise ValueError(
             f"The 'bn' parameter of TrainConfig must be one of {set(BN_MODES)}. Got {config.bn!r} instead."

@@ -22,7 +22,7 @@ from diagnose.training.activations import build_prefix_cache
 from diagnose.training.batches import iterate_batches, make_loader, steps_per_epoch
 from diagnose.training.curves import BestState, detect_overfitting, finite_or_none
 from diagnose.training.head_stages import HeadStages, cpu_state
-from diagnose.training.layout import train_layout
+from diagnose.training.layout import TrainLayout, train_layout
 from diagnose.training.loop import Fitter, Phase, evaluate
 from diagnose.training.strategies import Plan, Stage, plan
 from probes import logits_of
@@ -114,7 +114,11 @@ class StrategyRun(HeadStages):
             new_head = nn.Linear(in_features, self.data.num_classes)
         replace_module(src, self.head, new_head)
         b = cfg.batch_size
-        self.layout = train_layout(src, self.data.x_train[:b], self.data.y_train[:b], self.device)
+        self.layout = (
+            train_layout(src, self.data.x_train[:b], self.data.y_train[:b], self.device)
+            if cfg.memory_format is None
+            else TrainLayout(cfg.memory_format, "decided once for the run (TrainConfig)")
+        )
         self.net = src.to(self.device, memory_format=self.layout.memory_format)
         groups = parameter_groups(self.net, self.blocks, self.head)
         params = dict(self.net.named_parameters())

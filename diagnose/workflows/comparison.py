@@ -16,11 +16,14 @@ the (strategy, seed) units run as Ray tasks, one GPU or CPU each
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch
 
 import probes
 from diagnose.core import (
@@ -42,6 +45,7 @@ from diagnose.training import (
     import_ray,
     read_previous,
     resumed_text,
+    run_layout,
     run_strategy,
     strategy_entries,
 )
@@ -66,12 +70,17 @@ class CompareResult(RunResult):
         return self.results["strategies"]
 
 
-def _check_runner(runner) -> None:
+def _checked(runner, device: str, out) -> torch.device:
+    """The device, after the checks that fail before anything loads or trains."""
     if runner is not None and not callable(runner):
         raise TypeError(
             "The 'runner' parameter of compare must be a function like "
             f"diagnose.training.run_strategy, or None. Got {type(runner).__name__} instead."
         )
+    dev = resolve_device(device)
+    if out is not None:
+        check_out_dir(out)  # fail before hours of training, not after
+    return dev
 
 
 def _train_config(base: dict, lr, epochs, batch_size, unfreeze, bn, seed):
@@ -91,14 +100,24 @@ def _train_config(base: dict, lr, epochs, batch_size, unfreeze, bn, seed):
     return config, source
 
 
+def _with_layout(config: TrainConfig, loaded, data, device):
+    """``(config, layout)``: the layout every strategy of the run trains in, decided once
+    here (local and Ray units alike), carried by the config."""
+    b = config.batch_size
+    layout = run_layout(
+        loaded.model, loaded.head, data.x_train[:b], data.y_train[:b], data.num_classes, device
+    )
+    return dataclasses.replace(config, memory_format=layout.name), layout
+
+
 def _fingerprint(model: str, src, tgt, config: TrainConfig, extra: dict, seeds: int) -> dict:
     """What must match for ``--resume`` to reuse a run's finished units."""
     # "seeds" is absent for one seed, so single-seed runs of earlier versions stay resumable.
     extra = {**extra, **({"seeds": seeds} if seeds > 1 else {})}
+    # The layout changes float rounding only, and is measured anew by each process.
+    train = {k: v for k, v in config.to_dict().items() if k != "memory_format"}
     source = getattr(src, "name", None)
-    return jsonable(
-        {"model": model, "source": source, "target": tgt.name, **config.to_dict(), **extra}
-    )
+    return jsonable({"model": model, "source": source, "target": tgt.name, **train, **extra})
 
 
 def compare(
@@ -203,10 +222,7 @@ def compare(
         epochs=epochs, lr=lr, bn=bn, max_forgetting=max_forgetting, resume=resume, out=out,
         executor=executor, ray_address=ray_address, seeds=seeds,
     )  # fmt: skip
-    _check_runner(runner)
-    dev = resolve_device(device)
-    if out is not None:
-        check_out_dir(out)  # fail before hours of training, not after
+    dev = _checked(runner, device, out)
     loaded, src, tgt = model_and_data(
         "compare", model, source, target, weights=weights, trust_checkpoint=trust_checkpoint,
         head=head, progress=progress, image_size=image_size,
@@ -234,6 +250,7 @@ def compare(
     seed_list = [seed + i for i in range(seeds)]
     done = finished(previous, fingerprint, out_dir / "results.json", seed_list) if previous else {}
     data, _, _ = target_data(tgt, prep, max_samples=max_samples, seed=seed, warnings=warnings)
+    config, layout = _with_layout(config, loaded, data, dev)
     tracker = forgetting_meter(
         src, loaded, prep, blocks, n=source_eval_samples, seed=seed, device=dev, pool=pool,
         warnings=warnings,
@@ -246,6 +263,7 @@ def compare(
         "source_eval_samples": int(len(tracker.source_x)) if tracker is not None else 0,
         "max_forgetting": max_forgetting, "base_warnings": len(base.get("warnings", [])), "seeds": seed_list,
         "executor": "ray" if ray is not None else "local", **data.sizes(),
+        "memory_format": layout.to_dict(),
     }  # fmt: skip
     results = {**base, "kind": "compare", "compare_config": run_config, "warnings": warnings}
     writer = _Writer(results, records, names, seed_list, out_dir, (dev, seed, t_start), tracker)
