@@ -79,12 +79,19 @@ def _key(model: nn.Module, x: torch.Tensor, device: torch.device) -> tuple:
 
 
 def train_layout(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    *,
+    own_copy: bool = False,
 ) -> TrainLayout:
     """The layout ``model`` trains fastest in on batches like ``(x, y)`` (CPU tensors).
 
-    ``model`` is left unchanged (the trial trains a copy). Inputs that are not 4-D
-    floating images, or a model without 4-D weights, keep NCHW without a trial.
+    ``model`` is left unchanged (the trial trains a copy; ``own_copy``: ``model`` is
+    already one, which the trial may change). Inputs that are not 4-D floating
+    images, or a model without 4-D weights, keep NCHW without a trial; so does a
+    model whose trial step fails (its training then reports the error itself).
     """
     if is_cuda(device):
         return TrainLayout("channels_last", "CUDA: tensor-core convolutions")
@@ -94,7 +101,7 @@ def train_layout(
         return TrainLayout("contiguous", "the model has no 4-D weights (no 2-D convolutions)")
     key = _key(model, x, device)
     if key not in _decisions:
-        _decisions[key] = _measure(model, x, y, device)
+        _decisions[key] = _measure(model if own_copy else copy.deepcopy(model), x, y, device)
     return _decisions[key]
 
 
@@ -104,16 +111,19 @@ def run_layout(
     """:func:`train_layout` of ``model`` under a new ``classes``-way head at ``head`` (as
     every strategy trains it), on the batch ``(x, y)``: one decision for a whole run,
     which its :class:`~diagnose.training.TrainConfig` then carries to every strategy."""
+    in_features = getattr(model.get_submodule(head), "in_features", None)
+    if not isinstance(in_features, int):
+        return TrainLayout("contiguous", f"the head {head!r} has no int 'in_features'")
     net = copy.deepcopy(model).cpu()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        replace_module(net, head, nn.Linear(net.get_submodule(head).in_features, classes))
-    return train_layout(net, x, y, device)
+        replace_module(net, head, nn.Linear(in_features, classes))
+    return train_layout(net, x, y, device, own_copy=True)
 
 
-def _measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> TrainLayout:
-    """Time SGD steps of a copy of ``model`` in each layout on ``(x, y)``."""
-    trial = copy.deepcopy(model).to(device).train()
+def _measure(trial: nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> TrainLayout:
+    """Time SGD steps of ``trial`` (a copy, changed here) in each layout on ``(x, y)``."""
+    trial = trial.to(device).train()
     for p in trial.parameters():
         p.requires_grad_(True)
     opt = torch.optim.SGD(trial.parameters(), lr=0.0)  # lr 0: the copy's weights stay put
@@ -129,8 +139,8 @@ def _measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> Trai
             opt.step()
             opt.zero_grad(set_to_none=True)
             times[name].append(time.perf_counter() - start)
-    except RuntimeError as exc:  # e.g. .view() on a channels-last activation
-        return TrainLayout("contiguous", f"a channels-last step raised {type(exc).__name__}")
+    except Exception as exc:  # e.g. .view() on a channels-last activation: a user's model
+        return TrainLayout("contiguous", f"a trial step raised {type(exc).__name__}; kept NCHW")
     nchw, cl = min(times["contiguous"][1:]), min(times["channels_last"][1:])
     timing = (
         f"a step on {len(y)} images took {1000 * nchw:.0f} ms in NCHW and {1000 * cl:.0f} ms "

@@ -91,3 +91,36 @@ def test_a_run_records_its_layout_and_trains_in_it():
     assert recorded["memory_format"] in ("contiguous", "channels_last")
     assert recorded["reason"].startswith("measured")
     assert entry["status"] == "ok"
+
+
+class _ViewsItsActivation(nn.Module):
+    """A forward that only works on NCHW memory (``.view`` of a channels-last map fails)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x):
+        return self.head(self.conv(x).view(x.shape[0], -1))
+
+
+def test_a_model_whose_channels_last_step_fails_keeps_nchw():
+    forget_train_layouts()
+    x, y = _batch(size=8)
+    with single_thread():
+        choice = train_layout(_ViewsItsActivation(), x, y, CPU)
+    assert choice.name == "contiguous" and "raised" in choice.reason
+
+
+def test_run_layout_measures_under_a_new_head_and_names_a_bad_head():
+    from diagnose.training.layout import run_layout
+
+    forget_train_layouts()
+    net = Tiny(classes=1000)  # the source head: the run trains a 5-way one
+    x, y = _batch()
+    with single_thread():
+        choice = run_layout(net, "head", x, y, 5, CPU)
+    assert choice.reason.startswith("measured") and net.head.out_features == 1000
+    net.head = nn.Identity()
+    assert "no int 'in_features'" in run_layout(net, "head", x, y, 5, CPU).reason
