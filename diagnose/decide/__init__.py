@@ -11,6 +11,7 @@ from diagnose.decide.candidates import (
     lr_grid,
     partial_depths,
 )
+from diagnose.decide.front import FrontPoint, front_points, learning_forgetting_front
 from diagnose.decide.measured import (
     DEFAULT_TRIAL_BUDGET,
     check_trial_budget,
@@ -103,6 +104,7 @@ from diagnose.decide.rules import (
 from diagnose.decide.select import (
     DEFAULT_TIE_TOLERANCE,
     FLOAT_SLACK,
+    budget_cost,
     forgetting_of,
     select_strategy,
 )
@@ -124,6 +126,7 @@ __all__ = [
     "as_entry",
     "BACKBONE_LR_RATIO",
     "BENEFIT_MIN",
+    "budget_cost",
     "build_candidates",
     "calibration",
     "Candidate",
@@ -154,6 +157,8 @@ __all__ = [
     "Fold",
     "forgetting_of",
     "forgetting_reason",
+    "front_points",
+    "FrontPoint",
     "GAP_SIGNIFICANCE",
     "group_lrs",
     "HEAD_LR_RANGE",
@@ -161,6 +166,7 @@ __all__ = [
     "KFOLD_REPEATS",
     "KFOLD_SPLITS",
     "LARGE_PER_CLASS",
+    "learning_forgetting_front",
     "Ledger",
     "LR_GRID",
     "lr_grid",

@@ -51,6 +51,7 @@ from diagnose.decide.select_reasons import (
 __all__ = [
     "DEFAULT_TIE_TOLERANCE",
     "FLOAT_SLACK",
+    "budget_cost",
     "forgetting_of",
     "select_strategy",
 ]
@@ -131,6 +132,7 @@ def _empty(max_forgetting, tolerance, excluded, reasons, predicted) -> dict:
         "cost_flops": None,
         "wall_s": None,
         "max_forgetting": max_forgetting,
+        "budget_cost": None,
         "tie_tolerance": tolerance,
         "tied": [],
         "excluded": excluded,
@@ -227,6 +229,7 @@ def select_strategy(
         "cost_flops": winner.cost.flops,
         "wall_s": winner.cost.wall_s,
         "max_forgetting": budget,
+        "budget_cost": budget_cost(excluded, measured, val)[0],
         "tie_tolerance": tolerance,
         "tied": [str(e.name) for e in tied],
         "excluded": excluded,
@@ -345,6 +348,20 @@ def _winner_reason(winner, tied, tolerance: float, best_val: float, scope: str) 
     return text + "."
 
 
+def budget_cost(
+    excluded: list[dict], measured: list[StrategyEntry], val: float
+) -> tuple[float | None, StrategyEntry | None]:
+    """``(accuracy given up, the run that would have given it)``: how far the most
+    accurate run over the forgetting budget beats the pick (``val``); ``(None, None)``
+    when no run over the budget is more accurate."""
+    over = {x["name"] for x in excluded if x["cause"] == "over_budget"}
+    above = [e for e in measured if str(e.name) in over and _val(e) > val]
+    if not above:
+        return None, None
+    best = max(above, key=_val)
+    return _val(best) - val, best
+
+
 def _context_reasons(excluded: list[dict], measured, name: str, val: float) -> list[str]:
     """What the runs around the winner say: those over the budget, and from scratch."""
     out = []
@@ -354,6 +371,13 @@ def _context_reasons(excluded: list[dict], measured, name: str, val: float) -> l
             "Excluded for exceeding the forgetting budget: "
             + join_labels(strategy_label(n) for n in over)
             + "."
+        )
+    cost, best = budget_cost(excluded, measured, val)
+    if cost is not None:
+        forgot, _ = forgetting_of(best)
+        out.append(
+            f"The forgetting budget costs {cost:.3f} validation accuracy: "
+            f"{entry_label(best)} reached {_val(best):.3f} but forgot {forgot:.3f}."
         )
     scratch = _measured_val(measured, "scratch")
     if scratch is not None and name != "scratch":

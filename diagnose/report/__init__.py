@@ -23,31 +23,33 @@ from diagnose.report.plots_entries import (
     xy_lists,
 )
 from diagnose.report.plots_forgetting import cka_heatmap, forgetting_curves_plot
+from diagnose.report.plots_front import front_plot
 from diagnose.report.plots_race import race_plot
 from diagnose.report.plots_track import track_cka_plot, track_drift_heatmap, track_forgetting_plot
 from diagnose.report.plots_training import training_curves_plot
 from diagnose.report.render import check_out_dir, render_html, render_report_file, write_outputs
 
 __all__ = [
-    "BLUE",
-    "GREEN",
-    "ORANGE",
-    "PURPLE",
-    "RED",
     "as_list",
     "audit_cka_plot",
+    "BLUE",
     "check_out_dir",
     "cka_heatmap",
     "class_balance_plot",
     "curve_values",
     "encode_png",
     "forgetting_curves_plot",
+    "front_plot",
     "gap_plot",
+    "GREEN",
     "labelled_entries",
     "lr_find_plot",
+    "ORANGE",
     "per_class_forgetting_plot",
     "probe_plot",
+    "PURPLE",
     "race_plot",
+    "RED",
     "render_html",
     "render_report_file",
     "short_name",

@@ -21,6 +21,7 @@ from diagnose.report import plots as _plots
 from diagnose.report import plots_audit as _plots_audit
 from diagnose.report import plots_compare as _plots_compare
 from diagnose.report import plots_forgetting as _plots_forgetting
+from diagnose.report import plots_front as _plots_front
 from diagnose.report import plots_race as _plots_race
 from diagnose.report import plots_track
 from diagnose.report import plots_training as _plots_training
@@ -124,6 +125,7 @@ def render_html(results: dict) -> str:
     if results.get("strategies"):  # kind "compare": the assessment plus the strategy runs
         figures.update(
             tradeoff=_figure(_plots_compare.tradeoff_plot, results),
+            front=_figure(_plots_front.front_plot, results),
             forgetting=_figure(_plots_forgetting.forgetting_curves_plot, results),
             cka=_figure(_plots_forgetting.cka_heatmap, results),
             training_curves=_figure(_plots_training.training_curves_plot, results),

@@ -33,7 +33,7 @@ from diagnose.core import (
     jsonable,
     resolve_device,
 )
-from diagnose.decide import select_strategy
+from diagnose.decide import learning_forgetting_front, select_strategy
 from diagnose.models import resolve_preprocessing
 from diagnose.report import check_out_dir, write_outputs
 from diagnose.training import (
@@ -309,6 +309,7 @@ class _Writer:
             max_forgetting=results["compare_config"]["max_forgetting"],
             assessment=results.get("recommendation"),
         )
+        results["front"] = [p.to_dict() for p in learning_forgetting_front(results["strategies"])]
         env = environment(str(self.dev), self.seed)
         env["wall_s"] = time.perf_counter() - self.t_start
         env["partial"] = partial
