@@ -65,8 +65,9 @@ def solve_binary_weighted(
     ``sum_i weights[b, i] CE_i + lam/2 (||z0||^2 + ||z1||^2)`` over two softmax columns
     on the design's rows (``y`` in {0, 1}; a row of weights sums to 1; a zero weight
     leaves the row out), as the one logit ``v = z1 - z0``. Returns ``v`` (B, 1, r+1):
-    the design's ``block_logits`` give the log-odds of class 1. ``tol`` and ``ftol``
-    stop each problem as in :func:`probes._solver.minimize_stacked`."""
+    the design's ``block_logits`` give the log-odds of class 1. ``tol`` (per problem)
+    and ``ftol`` (scipy's test on the summed objective) stop the solve as in
+    :func:`probes._solver.minimize_stacked`."""
     dev, dt = design.device, design.dtype
     w = torch.as_tensor(weights, dtype=dt, device=dev)
     labels = torch.as_tensor(y, device=dev)

@@ -171,6 +171,7 @@ class Path:
     iters: list[int]
     warm: Warm | None
     converged: list[bool] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
 
 
 def cv_path(
@@ -216,6 +217,7 @@ def cv_path(
         path.fulls.append(z[k])
         path.iters.append(info.n_iter)
         path.converged.append(bool(info.converged.all()))
+        path.messages.append(info.message)
         if not k:
             continue
         hits = _fold_hits(design, z, labels, val, fun)

@@ -19,9 +19,10 @@ own test), or at ``max_iter`` iterations.
 scipy's iteration runs BLAS-1 operations on the stacked vector through one BLAS
 thread: they are too small to share, a dot product's sum then never depends on
 the thread count, and OpenBLAS threads woken at every iteration spin on the
-cores torch's threads need for the objective (on two cores the probes of an
-assessment ran about ten times slower with two BLAS threads than with one). The
-objective's torch products run at the caller's torch threads.
+cores torch's threads need for the objective (``benchmarks/perf_suite.py`` has
+the measurement). The objective's torch products run at the caller's torch
+threads; this is the one place the library sets a thread count, for its own
+solver, and only for the solve.
 """
 
 from __future__ import annotations
@@ -60,12 +61,14 @@ class SolveInfo:
         n_iter: L-BFGS iterations (shared by the problems).
         converged: (B,) bool: the problem's gradient is within ``tol``, or the summed
             objective stopped changing (scipy's relative ``ftol`` test).
+        message: why scipy stopped (its own words; ours when the gradient test did).
         max_grad: (B,) the largest gradient entry of each problem at the solution.
         loss: (B,) float64 objective at the solution.
     """
 
     n_iter: int
     converged: torch.Tensor
+    message: str
     max_grad: torch.Tensor
     loss: torch.Tensor
 
@@ -123,4 +126,6 @@ def minimize_stacked(
     gmax = _max_grad(last["grad"])
     stalled = res.status == 0  # scipy's relative-reduction test: nothing more to gain
     converged = (gmax <= tol) | stalled
-    return last["z"], SolveInfo(int(res.nit), converged.cpu(), gmax.cpu(), last["loss"])
+    message = "gradient within tolerance" if res.status == 99 else str(res.message)
+    info = SolveInfo(int(res.nit), converged.cpu(), message, gmax.cpu(), last["loss"])
+    return last["z"], info

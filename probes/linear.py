@@ -33,11 +33,13 @@ The result says how many iterations that took and whether it converged.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from probes._design import prepare, row_blocks
 from probes._probe_fit import (
@@ -81,8 +83,10 @@ class ProbeResult:
         note: why the folds were reduced or cross-validation skipped, else ``None``.
         n_iter: L-BFGS iterations of the final fit at ``l2``.
         converged: whether that fit converged (its gradient within tolerance, or
-            its objective no longer changing) before ``max_iter``; a probe that
-            did not may score below what the features allow.
+            its objective no longer changing); a probe that did not (the
+            iteration limit, or a line search that failed) may score below what
+            the features allow, and warns with a ``ConvergenceWarning``.
+        stop_reason: why the final fit stopped (scipy's words, or ours).
 
     Example:
         >>> r = linear_probe(f_train, y_train, f_test, y_test)  # doctest: +SKIP
@@ -102,6 +106,7 @@ class ProbeResult:
     note: str | None = None
     n_iter: int = 0
     converged: bool = True
+    stop_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types; ``ci`` as a 2-list."""
@@ -346,6 +351,13 @@ def linear_probe(
     yte_idx = np.where(classes[pos] == yte, pos, -1)  # unseen labels never match
     n_test = len(yte)
     correct = int(np.sum(pred == yte_idx))
+    if not final.converged[0]:
+        warnings.warn(
+            f"linear_probe did not converge after {final.iters[0]} L-BFGS iterations "
+            f"({final.messages[0]}): raise max_iter, or scale the features.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     return ProbeResult(
         accuracy=correct / n_test,
         ci=wilson_interval(correct, n_test),
@@ -359,4 +371,5 @@ def linear_probe(
         note=note,
         n_iter=final.iters[0],
         converged=final.converged[0],
+        stop_reason=final.messages[0],
     )

@@ -47,6 +47,7 @@ class ProbeScore(Record):
     note: str | None = read_as(as_text)
     n_iter: int | None = read_as(as_integer)
     converged: bool | None = read_as(as_bool)
+    stop_reason: str | None = read_as(as_text)
 
 
 def _probes(v) -> dict[str, ProbeScore | None] | None:

@@ -1,7 +1,9 @@
 """CPU threads: the caller's to set, once; the library never changes them.
 
 Every measurement runs at the torch and BLAS thread counts in force: a Python
-caller's ``torch.set_num_threads`` and ``threadpoolctl`` settings hold, and
+caller's ``torch.set_num_threads`` and ``threadpoolctl`` settings hold (one
+exception: the probes' solver runs its own vector algebra on one BLAS thread for
+the length of a solve, :mod:`probes._solver`), and
 floating-point sums (which depend on the thread count) are the same from one run
 to the next whatever the machine's load. The ``diagnose`` CLI sets them once, at
 start, from ``--threads N`` (default: torch's own default): torch's intra-op
@@ -41,7 +43,10 @@ def set_threads(n: int | None, *, source: str = "--threads") -> None:
     if n is None:
         return
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"The thread count must be a positive whole number. Got {n!r} instead.")
+        raise ValueError(
+            "The 'n' parameter of set_threads (the CLI's --threads) must be a positive whole "
+            f"number. Got {n!r} instead."
+        )
     torch.set_num_threads(n)
     # Not a context: the limits hold for the CLI's process, as torch's count does.
     threadpool_limits(limits=n)

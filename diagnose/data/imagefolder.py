@@ -98,6 +98,8 @@ def scan_image_folder(root: str | os.PathLike) -> ImageFolderScan:
     folder is missing, empty, flat (images but no class folders) or holds
     no readable image.
     """
+    import PIL.Image  # noqa: F401  (a missing Pillow is an ImportError, not unreadable files)
+
     root = Path(root)
     class_dirs = _class_dirs(root)
     paths: list[str] = []

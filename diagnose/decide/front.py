@@ -7,7 +7,9 @@ the two (Pareto optimality with accuracy up and forgetting down). Forgetting is
 disagreement with the pretrained model. Methods that train fewer parameters
 learn less and forget less (Biderman et al., TMLR 2024, "LoRA Learns Less and
 Forgets Less"): the front draws that trade-off on the user's own model and data,
-and a forgetting budget picks the most accurate strategy on it within the budget.
+and a forgetting budget (:func:`~diagnose.decide.select_strategy`) picks the
+most accurate strategy within it, or a cheaper one tied with it within the tie
+tolerance, which may lie just off the front.
 
 Example:
     >>> [p.name for p in learning_forgetting_front(results["strategies"])]
@@ -33,7 +35,8 @@ class FrontPoint:
     Attributes:
         name: the strategy (entry name, ``partial@2`` style for several depths).
         val_accuracy: its validation accuracy (the selection's measure).
-        forgetting: its forgetting, a fraction in [0, 1] (0: nothing forgotten).
+        forgetting: its forgetting, a fraction (0: nothing forgotten; a negative
+            source-accuracy drop: the source task got better).
         measure: ``"source_accuracy_drop"`` or ``"disagreement"``.
         flops: its training FLOPs (None when not counted).
     """

@@ -74,7 +74,9 @@ class LRGrids:
         suggested_lr: the network test's suggestion (head LR), when it ran.
         min_loss_lr: the LR of its smoothed loss minimum, when it ran.
         steps: optimiser steps the test took (0 when not run).
-        flops: its training FLOPs (estimated by the cost model), charged to the race.
+        flops: its training FLOPs, estimated by the cost model (steps x batch x three
+            passes of the counted forward), charged to the race before its first rung;
+            the trials' own FLOPs are then counted as they run.
     """
 
     head: tuple[float, ...]
@@ -139,9 +141,11 @@ def finetune_grid(
             :data:`FINETUNE_TEST_SHARE` of ``budget`` times it.
         batch_size, seed, device, progress: as for the race.
     """
-    head_grid = tuple(sorted({c.head_lr for c in cands if c.strategy in FINETUNE_STRATEGIES}))
-    if not head_grid:
-        return cands, LRGrids(head_grid, head_grid, "head_grid", "no fine-tuning candidates")
+    tuned = tuple(sorted({c.head_lr for c in cands if c.strategy in FINETUNE_STRATEGIES}))
+    head_grid = tuple(sorted({c.head_lr for c in cands if c.strategy not in FINETUNE_STRATEGIES}))
+    head_grid = head_grid or tuned  # both come from the head's range test
+    if not tuned:
+        return cands, LRGrids(head_grid, (), "head_grid", "no fine-tuning candidates")
     n = len(train_idx)
     batches = math.ceil(n / batch_size)
     if batches < MIN_DISTINCT_BATCHES:

@@ -92,9 +92,9 @@ def _warn_unconverged(layer: str, probe_row: dict, warnings: list[str]) -> None:
     for role, r in probe_row.items():
         if r is not None and r.get("converged") is False:
             warnings.append(
-                f"The {role} probe at {layer} stopped at its limit of {r['n_iter']} L-BFGS "
-                "iterations without converging: its accuracy may understate what the "
-                "features allow."
+                f"The {role} probe at {layer} stopped after {r['n_iter']} L-BFGS iterations "
+                f"without converging ({r.get('stop_reason')}): its accuracy may understate "
+                "what the features allow."
             )
 
 

@@ -111,6 +111,8 @@ def run_layout(
     """:func:`train_layout` of ``model`` under a new ``classes``-way head at ``head`` (as
     every strategy trains it), on the batch ``(x, y)``: one decision for a whole run,
     which its :class:`~diagnose.training.TrainConfig` then carries to every strategy."""
+    if is_cuda(device):
+        return train_layout(model, x, y, device)  # decided without a trial: no copy
     in_features = getattr(model.get_submodule(head), "in_features", None)
     if not isinstance(in_features, int):
         return TrainLayout("contiguous", f"the head {head!r} has no int 'in_features'")

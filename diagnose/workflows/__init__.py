@@ -1,14 +1,7 @@
 """The workflows users run (assess, compare, audit, demo) and their shared start-up."""
 
 from diagnose.workflows.assess_capture import capture_domains, memory_share
-from diagnose.workflows.assess_stages import (
-    Features,
-    features_by_role,
-    head_measurements,
-    image_statistics,
-)
 from diagnose.workflows.assessment import AssessResult, assess
-from diagnose.workflows.audit_measures import layer_rows, source_accuracy, target_cka
 from diagnose.workflows.checkpoint_audit import (
     ACCURACY_DROP_NOTABLE,
     AGREEMENT_UNCHANGED,
@@ -20,7 +13,6 @@ from diagnose.workflows.checkpoint_audit import (
     verdict,
 )
 from diagnose.workflows.compare_args import check_compare_args, parse_strategies, resolve_unfreeze
-from diagnose.workflows.compare_inputs import base_results, forgetting_meter, target_data
 from diagnose.workflows.comparison import DEFAULT_HEAD_LR, CompareResult, compare
 from diagnose.workflows.demo import DEMO_SOURCE, DEMO_TARGETS, run_demo
 from diagnose.workflows.startup import (
@@ -41,7 +33,6 @@ __all__ = [
     "AssessResult",
     "audit",
     "AuditResult",
-    "base_results",
     "build_finetuned",
     "capture_domains",
     "check_compare_args",
@@ -52,23 +43,14 @@ __all__ = [
     "DEFAULT_TRACK_IMAGES",
     "DEMO_SOURCE",
     "DEMO_TARGETS",
-    "Features",
-    "features_by_role",
-    "forgetting_meter",
     "ForgettingCallback",
     "ForgettingTracker",
-    "head_measurements",
-    "image_statistics",
-    "layer_rows",
     "memory_share",
     "model_and_data",
     "parse_strategies",
     "resolve_unfreeze",
     "run_demo",
-    "source_accuracy",
     "source_eval_set",
-    "target_cka",
-    "target_data",
     "THRESHOLDS",
     "verdict",
     "written",

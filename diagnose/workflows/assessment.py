@@ -34,8 +34,8 @@ from diagnose.measure import TOKEN_POOLS
 from diagnose.measure import layers as _measure
 from diagnose.models import resolve_preprocessing
 from diagnose.training import check_executor
+from diagnose.workflows._assess_stages import features_by_role, head_measurements, image_statistics
 from diagnose.workflows.assess_capture import capture_domains, memory_share
-from diagnose.workflows.assess_stages import features_by_role, head_measurements, image_statistics
 from diagnose.workflows.startup import as_domain, as_loaded, written
 from probes.capture import parse_size
 

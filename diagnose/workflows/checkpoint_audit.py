@@ -58,7 +58,7 @@ from diagnose.models import (
     torch_load,
 )
 from diagnose.report import check_out_dir
-from diagnose.workflows.audit_measures import layer_rows, source_accuracy, target_cka
+from diagnose.workflows._audit_measures import layer_rows, source_accuracy, target_cka
 from diagnose.workflows.startup import model_and_data, source_eval_set, written
 
 __all__ = [
@@ -293,7 +293,7 @@ def audit(
         agreement=measured["agreement"],
         diverged=bool(diverged),
         verdict=diverged or verdict(rows, accuracy, measured["agreement"]),
-        thresholds=THRESHOLDS,
+        thresholds=dict(THRESHOLDS),
         preprocessing=prep.to_dict(),
         warnings=tuple(warnings),
         environment={**env, "wall_s": time.perf_counter() - t_start},

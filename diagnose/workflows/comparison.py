@@ -49,8 +49,8 @@ from diagnose.training import (
     run_strategy,
     strategy_entries,
 )
+from diagnose.workflows._compare_inputs import base_results, forgetting_meter, target_data
 from diagnose.workflows.compare_args import check_compare_args, parse_strategies, resolve_unfreeze
-from diagnose.workflows.compare_inputs import base_results, forgetting_meter, target_data
 from diagnose.workflows.startup import model_and_data
 
 __all__ = [
@@ -114,7 +114,7 @@ def _fingerprint(model: str, src, tgt, config: TrainConfig, extra: dict, seeds: 
     """What must match for ``--resume`` to reuse a run's finished units."""
     # "seeds" is absent for one seed, so single-seed runs of earlier versions stay resumable.
     extra = {**extra, **({"seeds": seeds} if seeds > 1 else {})}
-    # The layout changes float rounding only, and is measured anew by each process.
+    # The layout changes float rounding only, and is measured again on --resume.
     train = {k: v for k, v in config.to_dict().items() if k != "memory_format"}
     source = getattr(src, "name", None)
     return jsonable({"model": model, "source": source, "target": tgt.name, **train, **extra})

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from probes._probe_fit import fit_fixed, fold_ids, geometric_middle
 from probes.linear import DEFAULT_L2_GRID, ProbeResult, linear_probe, wilson_interval
@@ -433,8 +434,9 @@ def test_chosen_strength_is_the_peak_of_the_exact_path():
 
 def test_a_probe_stopped_at_max_iter_says_it_did_not_converge():
     xtr, ytr, xte, yte = _split(*_network_like(600, 64, seed=1))
-    r = linear_probe(xtr, ytr, xte, yte, max_iter=1)
-    assert r.n_iter == 1 and r.converged is False
+    with pytest.warns(ConvergenceWarning, match="did not converge after 1 L-BFGS"):
+        r = linear_probe(xtr, ytr, xte, yte, max_iter=1)
+    assert r.n_iter == 1 and r.converged is False and r.stop_reason
     assert r.to_dict()["converged"] is False
 
 

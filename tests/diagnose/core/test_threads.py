@@ -43,7 +43,7 @@ def test_none_leaves_every_setting_alone(restored) -> None:
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, "2", True])
 def test_a_bad_count_is_one_line_naming_it(bad) -> None:
-    with pytest.raises(ValueError, match="positive whole number"):
+    with pytest.raises(ValueError, match="'n' parameter of set_threads .*positive whole number"):
         set_threads(bad)
 
 
