@@ -27,6 +27,7 @@ solver, and only for the solve.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,14 +44,16 @@ Objective = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # Curvature pairs L-BFGS keeps (scipy's ``maxcor``; its default is 10).
 HISTORY = 10
 
-_controller: list[ThreadpoolController] = []  # made once: finding the libraries reads /proc
+
+@functools.cache
+def _controller() -> ThreadpoolController:
+    """The BLAS libraries, found once (at the first solve): finding them reads /proc."""
+    return ThreadpoolController()
 
 
 def _one_blas_thread():
-    """A context with one BLAS thread, the libraries found at the first solve."""
-    if not _controller:
-        _controller.append(ThreadpoolController())
-    return _controller[0].limit(limits=1, user_api="blas")
+    """A context with one BLAS thread for the length of a solve."""
+    return _controller().limit(limits=1, user_api="blas")
 
 
 @dataclass

@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from diagnose.core import StrategyEntry, atomic_write_bytes, raise_if_interrupted
+from diagnose.core import StrategyEntry, atomic_write_bytes, raise_if_interrupted, set_threads
 from diagnose.training.strategies import TrainConfig
 from probes import free_device_memory, is_out_of_memory
 
@@ -208,12 +208,13 @@ def _portable(job: Job) -> Job:
 
 
 def pin_worker_threads() -> None:
-    """In a Ray task: torch's threads = the CPUs Ray granted it (two tasks on two CPUs must
-    not oversubscribe). The one place a Ray worker's threads are set."""
+    """In a Ray task: torch's and BLAS threads = the CPUs Ray granted it (two tasks on two
+    CPUs must not oversubscribe), set by the threads' one owner,
+    :func:`diagnose.core.set_threads`, as the CLI sets them from ``--threads``."""
     import ray
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
+    set_threads(max(1, int(cpus)), source="the CPUs Ray granted the task:")
 
 
 def _ray_unit(job: Job, unit: Unit, cuda: bool, want_checkpoint: bool) -> tuple:
