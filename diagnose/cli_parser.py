@@ -190,6 +190,24 @@ def _assess_parser(sub) -> None:
     _common(a)
 
 
+def _lora_args(c: argparse.ArgumentParser) -> None:
+    """``compare``'s LoRA settings."""
+    c.add_argument(
+        "--lora-rank", type=_positive_int, default=8, help="rank of lora's update (default: 8)"
+    )
+    c.add_argument(
+        "--lora-alpha",
+        type=_positive_float,
+        default=16.0,
+        help="lora's scale numerator, the update is B A * alpha / rank (default: 16)",
+    )
+    c.add_argument(
+        "--lora-targets",
+        help="comma-separated names or suffixes of the layers lora adapts (default: every "
+        "Linear and Conv2d of the blocks; --unfreeze k: of the last k blocks)",
+    )
+
+
 def _compare_parser(sub) -> None:
     """``diagnose compare``."""
     c = sub.add_parser("compare", help="fine-tune with each strategy: accuracy, forgetting, cost")
@@ -205,6 +223,7 @@ def _compare_parser(sub) -> None:
         help="blocks the 'partial' strategy tunes, from the top; several (1,2,4) run partial "
         "once per depth, each its own row",
     )
+    _lora_args(c)
     c.add_argument(
         "--bn",
         choices=["frozen", "train"],
@@ -251,7 +270,8 @@ def _audit_parser(sub) -> None:
     u.add_argument(
         "--finetuned",
         required=True,
-        help="state dict of the fine-tuned model (same architecture; the head may differ)",
+        help="state dict of the fine-tuned model (same architecture; the head may differ), "
+        "or a peft adapter directory (compare --save-checkpoints writes one for lora)",
     )
     _common(u)
 

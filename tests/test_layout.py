@@ -13,13 +13,14 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("probes", "diagnose")
-MAX_LINES = 400
 MAX_BODY = 60
 
 # Which subpackage of diagnose may import which: load -> capture -> measure -> train ->
@@ -193,10 +194,15 @@ def test_module_exports_are_exported_by_its_package(name):
     assert not missing, f"{name} exports {missing}, which {_package_of(name)} does not"
 
 
-@pytest.mark.parametrize("name", list(MODULES))
-def test_modules_stay_small(name):
-    n = len(MODULES[name].read_text().splitlines())
-    assert n <= MAX_LINES, f"{MODULES[name]} has {n} lines: split it by concept"
+def test_functions_stay_simple():
+    # Size and complexity of functions are ruff's rules (C901, PLR0915, their limits in
+    # pyproject.toml); modules are split by concept, not by line count.
+    pytest.importorskip("ruff")
+    run = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--select", "C901,PLR0915", "probes", "diagnose"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
 def _body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:

@@ -27,6 +27,8 @@ STRATEGY_LABELS: dict[str, str] = {
     "gradual_unfreeze": "gradual unfreezing",
     "lp_ft": "LP-FT",
     "l2_sp": "L2-SP",
+    "bitfit": "BitFit",
+    "lora": "LoRA",
     "scratch": "from scratch",
 }
 
@@ -66,5 +68,7 @@ STRATEGY_NAMES = (
     "gradual_unfreeze",
     "lp_ft",
     "l2_sp",
+    "bitfit",
+    "lora",
     "scratch",
 )

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from diagnose.models import effective_parameters
+
 __all__ = [
     "WeightDrift",
     "weight_drift",
@@ -51,7 +53,8 @@ class WeightDrift:
 
     def __call__(self, model: nn.Module) -> dict[str, float | None]:
         """The drift of ``model``'s parameters per group (names as in ``groups``)."""
-        params = dict(model.named_parameters())
+        # A peft-adapted model is measured as the plain model with its adapters applied.
+        params = effective_parameters(model)
         nums = []
         for group, names in self.groups.items():
             _check_present(names, params, group, "the model")

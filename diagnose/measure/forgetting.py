@@ -32,6 +32,7 @@ from torch import nn
 
 import diagnose.core as core
 from diagnose.core import autocast_context
+from diagnose.models import base_model_of
 from probes import MEMORY_FORMATS, FormatChoice, time_memory_formats
 from probes.capture import capture
 from probes.similarity import cka
@@ -194,6 +195,7 @@ class ForgettingMeter:
 
     def _pass(self, model: nn.Module) -> tuple[dict[str, np.ndarray], torch.Tensor]:
         """One forward pass: pooled block outputs and original-head predictions."""
+        model = base_model_of(model)  # a PeftModel: the adapted network, plain block names
         preds: list[torch.Tensor] = []
         finite: list[torch.Tensor] = []
 

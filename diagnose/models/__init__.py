@@ -1,5 +1,16 @@
 """Loading models: model specs, torchvision and the demo CNN, weights I/O, the cache, the expected input, parameter groups and unfreezing cuts."""
 
+from diagnose.models.adapters import (
+    ADAPTER_CONFIG,
+    LORA_EXTRA,
+    adapter_dir_for,
+    apply_lora,
+    bias_and_norm,
+    import_peft,
+    is_adapter_dir,
+    lora_targets,
+    save_adapter,
+)
 from diagnose.models.cache import resolve_cache_dir
 from diagnose.models.cuts import (
     cut_description,
@@ -31,45 +42,64 @@ from diagnose.models.loaded import (
 )
 from diagnose.models.loading import demo_model, demo_model_info, load_model
 from diagnose.models.new_head import BODY, NEW_HEAD, NewHead, unprefixed, with_new_head
+from diagnose.models.peft_view import (
+    base_model_of,
+    effective_parameters,
+    is_adapted,
+    merged_state_dict,
+)
 from diagnose.models.timm_zoo import load_timm, timm_cached_file
 from diagnose.models.torchvision_zoo import load_torchvision, torchvision_weights_path
 from diagnose.models.weights_io import extract_state_dict, load_state_dict_checked, torch_load
 
 __all__ = [
-    "BATCH_SIZE",
-    "BODY",
-    "DemoCNN",
-    "EPOCHS",
-    "HEAD",
-    "LR",
-    "LoadedModel",
-    "MAX_SHIFT",
-    "NEW_HEAD",
-    "NewHead",
-    "RECIPE_VERSION",
+    "ADAPTER_CONFIG",
+    "adapter_dir_for",
+    "apply_lora",
     "apply_weights",
+    "base_model_of",
+    "BATCH_SIZE",
+    "bias_and_norm",
+    "BODY",
     "cache_file",
     "cut_description",
     "demo_model",
     "demo_model_info",
+    "DemoCNN",
     "describe_model",
+    "effective_parameters",
+    "EPOCHS",
     "expected_size_hint",
     "extract_state_dict",
     "find_head",
+    "HEAD",
+    "import_peft",
+    "is_adapted",
+    "is_adapter_dir",
     "load_model",
     "load_or_pretrain",
     "load_state_dict_checked",
     "load_timm",
     "load_torchvision",
     "load_weights",
+    "LoadedModel",
+    "LORA_EXTRA",
+    "lora_targets",
+    "LR",
+    "MAX_SHIFT",
+    "merged_state_dict",
     "module_groups",
     "network_units",
+    "NEW_HEAD",
+    "NewHead",
     "parameter_groups",
     "pretrain",
     "random_init_copy",
+    "RECIPE_VERSION",
     "replace_module",
     "resolve_cache_dir",
     "resolve_preprocessing",
+    "save_adapter",
     "timm_cached_file",
     "torch_load",
     "torchvision_weights_path",

@@ -6,7 +6,9 @@ from diagnose.training.activations import (
     build_prefix_cache,
     capture_head_inputs,
 )
+from diagnose.training.adapted import FROZEN_NORMS, select_trained
 from diagnose.training.batches import iterate_batches, make_loader, steps_per_epoch
+from diagnose.training.config import BN_MODES, TrainConfig, check_config
 from diagnose.training.cost import (
     PeakMemory,
     count_train_step_flops,
@@ -48,7 +50,7 @@ from diagnose.training.seeds import (
     strategy_entries,
     strategy_entry,
 )
-from diagnose.training.strategies import BN_MODES, ROUTES, Plan, Stage, TrainConfig, plan
+from diagnose.training.strategies import ROUTES, Plan, Stage, plan
 from diagnose.training.strategy_run import StrategyRun, planned_epochs
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "build_entry",
     "build_prefix_cache",
     "capture_head_inputs",
+    "check_config",
     "check_executor",
     "count_train_step_flops",
     "cpu_state",
@@ -72,6 +75,7 @@ __all__ = [
     "finite_or_none",
     "Fitter",
     "forget_train_layouts",
+    "FROZEN_NORMS",
     "fused_sgd_supported",
     "HeadStages",
     "import_ray",
@@ -83,8 +87,8 @@ __all__ = [
     "PeakMemory",
     "Phase",
     "pin_worker_threads",
-    "plan",
     "Plan",
+    "plan",
     "planned_epochs",
     "PrefixCache",
     "RAY_MISSING",
@@ -96,6 +100,7 @@ __all__ = [
     "run_layout",
     "run_strategy",
     "run_unit",
+    "select_trained",
     "Stage",
     "steps_per_epoch",
     "strategy_entries",

@@ -77,8 +77,12 @@ def _config(self: StrategyRun, backends: dict) -> dict:
         "weight_decay": cfg.weight_decay,
         "weight_decay_on": "head only" if p.penalty else "all trained parameters",
         "schedule": "cosine",
-        "bn": cfg.bn,
+        "bn": self.bn,
         "init": p.init,
+        "trained_params": p.params,
+        "lora": None
+        if p.lora is None
+        else {**p.lora, "layers": self.stage_records[-1].get("lora_targets")},
         "l2_sp_alpha": p.penalty["alpha"] if p.penalty else None,
         "lp_epochs": cfg.lp_epochs if p.route == "probe_then_tune" else None,
         "prefix_cache": bool(self.prefix_cache),

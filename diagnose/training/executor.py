@@ -47,7 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diagnose.core import StrategyEntry, atomic_write_bytes, raise_if_interrupted, set_threads
-from diagnose.training.strategies import TrainConfig
+from diagnose.training.config import TrainConfig
 from probes import free_device_memory, is_out_of_memory
 
 __all__ = [
@@ -218,7 +218,9 @@ def pin_worker_threads() -> None:
 
 
 def _ray_unit(job: Job, unit: Unit, cuda: bool, want_checkpoint: bool) -> tuple:
-    """The Ray task: train one unit in a worker; returns (record, warnings, checkpoint bytes)."""
+    """The Ray task: train one unit in a worker; returns (record, warnings, checkpoint files):
+    ``{name relative to the checkpoint folder: bytes}`` (the state dict, and an adapter's
+    files under ``<strategy>_adapter/``), or None."""
     pin_worker_threads()
     device = torch.device("cuda") if cuda else torch.device("cpu")  # our one visible GPU
     tracker = job.tracker
@@ -227,10 +229,12 @@ def _ray_unit(job: Job, unit: Unit, cuda: bool, want_checkpoint: bool) -> tuple:
         tracker.device = device  # its head follows the features there on first use
     job = replace(job, device=device, tracker=tracker)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "best.pt" if want_checkpoint else None
+        path = Path(tmp) / f"{unit.name}.pt" if want_checkpoint else None
         record, warnings = run_unit(job, unit, checkpoint_path=path)
-        blob = path.read_bytes() if path is not None and path.exists() else None
-    return record, warnings, blob
+        files = {
+            str(f.relative_to(tmp)): f.read_bytes() for f in Path(tmp).rglob("*") if f.is_file()
+        }
+    return record, warnings, files or None
 
 
 class RaySession:
@@ -285,10 +289,10 @@ def _run_ray(ray, units, job, on_done, progress, address) -> None:
                 except ray.exceptions.RayError as exc:  # the worker died or the task broke
                     cause = getattr(exc, "cause", None) or exc
                     record, warnings, blob = _failed(unit, cause), [], None
-                if blob is not None:
-                    path = job.checkpoint_path(unit)
+                for name, data in (blob or {}).items():
+                    path = job.checkpoint_path(unit).parent / name
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    atomic_write_bytes(path, blob)
+                    atomic_write_bytes(path, data)
                 on_done(unit, record, warnings)
                 bar.update(1)
                 raise_if_interrupted()

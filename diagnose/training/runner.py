@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from diagnose.core import atomic_torch_save, configure_backends, is_cuda
-from diagnose.models import parameter_groups
+from diagnose.models import adapter_dir_for, merged_state_dict, parameter_groups, save_adapter
+from diagnose.training.config import TrainConfig
 from diagnose.training.cost import PeakMemory
 from diagnose.training.entry import build_entry
-from diagnose.training.strategies import TrainConfig
 from diagnose.training.strategy_run import StrategyRun, cpu_state
 
 if TYPE_CHECKING:
@@ -183,6 +183,13 @@ def run_strategy(
         run.bar.close()
     wall = time.perf_counter() - start
     if checkpoint_path is not None and run.best.state is not None:
-        # finish() left the best state in run.net: the full model, head included.
-        atomic_torch_save(cpu_state(run.net), checkpoint_path)
+        # finish() left the best state in run.net: the full model, head included. An
+        # adapted model is saved merged (loads into the plain architecture) and, beside
+        # it, as the adapter in peft's own format.
+        adapted = run.peft_model is not None
+        atomic_torch_save(
+            merged_state_dict(run.net) if adapted else cpu_state(run.net), checkpoint_path
+        )
+        if adapted:
+            save_adapter(run.peft_model, adapter_dir_for(checkpoint_path))
     return build_entry(run, wall, mem, backends)

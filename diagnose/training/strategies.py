@@ -19,6 +19,12 @@ lp_ft               linear probe (head at h on cached features, lp_epochs),
                     then everything at h*r (Kumar et al. 2022)
 l2_sp               as full_low_lr, plus alpha/2 ||w - w0||^2 on pretrained
                     weights and weight decay only on the head (Li et al. 2018)
+bitfit              the biases and normalisation parameters of every block, and
+                    the head, all at h (Ben Zaken et al. 2022)
+lora                peft's LoRA of rank ``lora_rank`` on the Linear and 2-D Conv
+                    layers of ``adapted_blocks`` (every block by default), and
+                    the head, all at h; BatchNorm statistics stay frozen, so the
+                    adapter alone holds the change (Hu et al. 2022)
 scratch             random init of the same architecture, everything at h
 ==================  =======================================================
 
@@ -31,116 +37,18 @@ Example:
 from __future__ import annotations
 
 import difflib
-import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from diagnose.core import STRATEGY_NAMES
 from diagnose.models import HEAD
+from diagnose.training.config import TrainConfig, check_config
 
 __all__ = [
-    "BN_MODES",
     "Plan",
     "ROUTES",
     "Stage",
-    "TrainConfig",
     "plan",
 ]
-
-BN_MODES = ("frozen", "train")
-
-
-@dataclass
-class TrainConfig:
-    """The budget and hyper-parameters shared by every strategy of one comparison.
-
-    Attributes:
-        epochs: passes over the target training set (lp_ft: of its fine-tuning stage).
-        batch_size: examples per optimiser step (also the evaluation batch).
-        head_lr: LR of the new head (from the LR range test or ``--lr``).
-        backbone_ratio: backbone LR / head LR for full_low_lr, partial, l2_sp and
-            lp_ft's fine-tuning stage (0.1 = ten times lower).
-        discriminative_factor: LR divisor per block going down (ULMFiT's 2.6).
-        unfreeze: blocks ``partial`` trains; None means the last block.
-        l2_sp_alpha: strength alpha of the L2-SP pull alpha/2 ||w - w0||^2.
-        weight_decay: SGD weight decay (plain L2) of every trained group
-            (l2_sp: of the head only).
-        momentum: SGD momentum.
-        bn: ``"frozen"``: BatchNorm modules in frozen blocks stay in eval mode
-            (running statistics untouched); ``"train"``: they update their statistics.
-        lp_epochs: epochs of lp_ft's linear-probe stage, on cached features.
-        seed: seeds the new head, the random init of ``scratch`` and the batch order.
-        memory_format: the layout the network trains in (``"contiguous"`` or
-            ``"channels_last"``); None measures it in the process that trains
-            (:func:`diagnose.training.layout.train_layout`). A run of several
-            strategies decides once (:func:`~diagnose.training.layout.run_layout`), so
-            every strategy, local or on Ray, trains in one layout.
-
-    Example:
-        >>> TrainConfig(epochs=5, head_lr=0.05).to_dict()["epochs"]
-        5
-    """
-
-    epochs: int = 3
-    batch_size: int = 64
-    head_lr: float = 0.01
-    backbone_ratio: float = 0.1
-    discriminative_factor: float = 2.6
-    unfreeze: list[str] | None = None
-    l2_sp_alpha: float = 0.01
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    bn: str = "frozen"
-    lp_epochs: int = 50
-    seed: int = 0
-    memory_format: str | None = None
-
-    def to_dict(self) -> dict:
-        """Plain-JSON copy of every field."""
-        out = asdict(self)
-        out["unfreeze"] = None if self.unfreeze is None else [str(b) for b in self.unfreeze]
-        return out
-
-
-def _positive(value: Any, name: str, integer: bool = False) -> None:
-    kind = int if integer else (int, float)
-    ok = isinstance(value, kind) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value <= 0:
-        what = "a positive int" if integer else "a positive finite number"
-        raise ValueError(
-            f"The '{name}' parameter of TrainConfig must be {what}. Got {value!r} instead."
-        )
-
-
-def _check_config(config: TrainConfig) -> None:
-    if not isinstance(config, TrainConfig):
-        raise TypeError(
-            f"The 'config' parameter must be a TrainConfig. Got {type(config).__name__} instead."
-        )
-    for name in ("epochs", "batch_size", "lp_epochs"):
-        _positive(getattr(config, name), name, integer=True)
-    for name in ("head_lr", "backbone_ratio", "discriminative_factor"):
-        _positive(getattr(config, name), name)
-    for name in ("l2_sp_alpha", "weight_decay", "momentum"):
-        value = getattr(config, name)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value < 0
-        ):
-            raise ValueError(
-                f"The '{name}' parameter of TrainConfig must be a finite number >= 0. Got {value!r} instead."
-            )
-    if config.memory_format not in (None, "contiguous", "channels_last"):
-        raise ValueError(
-            "The 'memory_format' parameter of TrainConfig must be None, 'contiguous' or "
-            f"'channels_last'. Got {config.memory_format!r} instead."
-        )
-    if config.bn not in BN_MODES:
-        raise ValueError(
-            f"The 'bn' parameter of TrainConfig must be one of {set(BN_MODES)}. Got {config.bn!r} instead."
-        )
 
 
 def _discriminative(blocks: list[str], head_lr: float, factor: float) -> dict[str, float]:
@@ -202,6 +110,10 @@ class Plan:
         frozen_prefix_cache: the frozen blocks never train in any stage, so
             their outputs may be computed once and cached.
         staged: the stages split the steps by ``until_step_fraction``.
+        params: which parameters of a trained block train: ``"all"``, ``"bias_norm"``
+            (BitFit: biases and normalisation parameters) or ``"lora"`` (LoRA's low-rank
+            update only; the block's own weights stay frozen).
+        lora: ``{"rank", "alpha", "targets"}`` for ``params="lora"``, else None.
     """
 
     name: str
@@ -213,6 +125,8 @@ class Plan:
     route: str
     frozen_prefix_cache: bool
     staged: bool
+    params: str = "all"
+    lora: dict | None = None
 
     def trained_groups(self) -> set[str]:
         """Every parameter group some stage trains."""
@@ -230,6 +144,8 @@ class Plan:
             "route": self.route,
             "frozen_prefix_cache": self.frozen_prefix_cache,
             "staged": self.staged,
+            "params": self.params,
+            "lora": None if self.lora is None else dict(self.lora),
         }
 
 
@@ -269,7 +185,7 @@ def plan(name: str, blocks: list[str], config: TrainConfig) -> Plan:
             f"The 'blocks' parameter must be a non-empty list of module names. Got {blocks!r} instead."
         )
     blocks = list(blocks)
-    _check_config(config)
+    check_config(config)
     typed = tuple(_stage(s) for s in _STAGES[name](blocks, config))
     trained = {g for s in typed for g in s.trainable}
     frozen = tuple(b for b in blocks if b not in trained)
@@ -287,6 +203,8 @@ def plan(name: str, blocks: list[str], config: TrainConfig) -> Plan:
         # outputs never change, so computing them once is exact.
         frozen_prefix_cache=route == "tune" and len(typed) == 1 and bool(frozen),
         staged=any(s.until_step_fraction is not None for s in typed),
+        params=_PARAMS.get(name, "all"),
+        lora=_lora(config) if name == "lora" else None,
     )
 
 
@@ -348,6 +266,35 @@ def _lp_ft(blocks: list[str], c: TrainConfig) -> list[dict]:
     ]
 
 
+def _bitfit(blocks: list[str], c: TrainConfig) -> list[dict]:
+    # Biases and norms are few and move the features only through shifts and scales,
+    # so they train at the head's LR, not the backbone's tenth of it.
+    everything = [*blocks, HEAD]
+    return [
+        {"epochs": c.epochs, "trainable": everything, "lr": dict.fromkeys(everything, _lrs(c)[0])}
+    ]
+
+
+def _lora_stages(blocks: list[str], c: TrainConfig) -> list[dict]:
+    adapted = list(blocks) if c.adapted_blocks is None else list(c.adapted_blocks)
+    if any(b not in blocks for b in adapted):
+        raise ValueError(
+            f"The 'adapted_blocks' parameter of TrainConfig must name blocks among {blocks}. "
+            f"Got {adapted!r} instead."
+        )
+    # B starts at zero, so the update grows from nothing: LoRA trains at the head's LR
+    # (its usual LRs are those of a new layer, not the backbone's).
+    trainable = [b for b in blocks if b in adapted] + [HEAD]
+    return [
+        {"epochs": c.epochs, "trainable": trainable, "lr": dict.fromkeys(trainable, _lrs(c)[0])}
+    ]
+
+
+def _lora(c: TrainConfig) -> dict:
+    targets = None if c.lora_targets is None else list(c.lora_targets)
+    return {"rank": int(c.lora_rank), "alpha": float(c.lora_alpha), "targets": targets}
+
+
 def _scratch(blocks: list[str], c: TrainConfig) -> list[dict]:
     everything = [*blocks, HEAD]
     return [
@@ -364,5 +311,9 @@ _STAGES = {
     "discriminative": _discriminative_stages,
     "gradual_unfreeze": _gradual_unfreeze,
     "lp_ft": _lp_ft,
+    "bitfit": _bitfit,
+    "lora": _lora_stages,
     "scratch": _scratch,
 }
+# Which parameters of a trained block train (:attr:`Plan.params`), where not all of them.
+_PARAMS = {"bitfit": "bias_norm", "lora": "lora"}

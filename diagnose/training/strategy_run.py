@@ -17,8 +17,17 @@ from torch import nn
 
 from diagnose.core import autocast_context, is_cuda, to_device
 from diagnose.measure import WeightDrift, forgetting_interval
-from diagnose.models import HEAD, module_groups, parameter_groups, random_init_copy, replace_module
+from diagnose.models import (
+    HEAD,
+    apply_lora,
+    lora_targets,
+    module_groups,
+    parameter_groups,
+    random_init_copy,
+    replace_module,
+)
 from diagnose.training.activations import build_prefix_cache
+from diagnose.training.adapted import FROZEN_NORMS, select_trained
 from diagnose.training.batches import iterate_batches, make_loader, steps_per_epoch
 from diagnose.training.curves import BestState, detect_overfitting, finite_or_none
 from diagnose.training.head_stages import HeadStages, cpu_state
@@ -70,6 +79,8 @@ class StrategyRun(HeadStages):
         from tqdm.auto import tqdm
 
         self.plan = plan(name, blocks, config)
+        # LoRA keeps every BatchNorm's statistics: the adapter alone holds what changed.
+        self.bn = "frozen" if self.plan.params == "lora" else config.bn
         # ``reuse``: a dict shared by runs of the same pretrained model on the same data
         # tensors (the trial race): the head's input features and the frozen prefix's
         # outputs depend on neither the LR nor the epochs, so they are computed once.
@@ -120,7 +131,14 @@ class StrategyRun(HeadStages):
             else TrainLayout(cfg.memory_format, "decided once for the run (TrainConfig)")
         )
         self.net = src.to(self.device, memory_format=self.layout.memory_format)
-        groups = parameter_groups(self.net, self.blocks, self.head)
+        plain = parameter_groups(self.net, self.blocks, self.head)
+        head_names = set(plain[HEAD])
+        self.w0 = {
+            n: p.detach().clone() for n, p in self.net.named_parameters() if n not in head_names
+        }
+        self.drift = None if self.trial else WeightDrift(self.w0, plain)
+        self.peft_model = self._adapt() if self.plan.params == "lora" else None
+        groups = select_trained(self.net, self.plan.params, self.blocks, self.head)
         params = dict(self.net.named_parameters())
         self.groups = groups
         self.group_params = {g: [params[n] for n in names] for g, names in groups.items()}
@@ -128,10 +146,9 @@ class StrategyRun(HeadStages):
         self.bn_modules: dict[str, list[nn.Module]] = {g: [] for g in groups}
         for mname, m in self.net.named_modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and mname in self.owners:
-                self.bn_modules[self.owners[mname]].append(m)
-        head_names = set(groups[HEAD])
-        self.w0 = {n: p.detach().clone() for n, p in params.items() if n not in head_names}
-        self.drift = None if self.trial else WeightDrift(self.w0, groups)
+                # Under LoRA no block's statistics move: the adapter alone holds the change.
+                owner = FROZEN_NORMS if self.plan.params == "lora" else self.owners[mname]
+                self.bn_modules.setdefault(owner, []).append(m)
         # Forgetting (and drift) every ``measure_every`` epochs, the last one always; a best
         # epoch in between is measured at the end, on the restored best state.
         n_source = getattr(self.tracker, "n", 0) or 0
@@ -140,6 +157,19 @@ class StrategyRun(HeadStages):
             p.requires_grad_(False)
         trained = self.plan.trained_groups()
         self.trainable_params = int(sum(p.numel() for g in trained for p in self.group_params[g]))
+
+    def _adapt(self):
+        """Put LoRA on the plan's layers (peft); the network stays ``self.net``, adapted in
+        place, inside the returned ``PeftModel`` (kept to save the adapter)."""
+        lora = self.plan.lora or {}
+        adapted = [b for b in self.blocks if b in self.plan.trained_groups()]
+        targets = lora_targets(
+            self.net, self.blocks, self.head, adapted=adapted, targets=lora.get("targets")
+        )
+        self.stage_records[-1]["lora_targets"] = targets
+        return apply_lora(
+            self.net, targets, rank=lora["rank"], alpha=lora["alpha"], head=self.head
+        ).to(self.device)
 
     # -- measurement ----------------------------------------------------------------------
     def measure(self) -> tuple[dict | None, dict[str, float]]:
@@ -207,7 +237,7 @@ class StrategyRun(HeadStages):
 
     def set_train_modes(self, trainable: list[str]) -> None:
         self.net.train()
-        if self.config.bn == "frozen":
+        if self.bn == "frozen":
             for g, modules in self.bn_modules.items():
                 if g not in trainable:
                     for m in modules:
@@ -223,7 +253,7 @@ class StrategyRun(HeadStages):
         if not (self.plan.frozen_prefix_cache and len(stages) == 1):
             return None
         cache_phase = Phase("prefix_cache")
-        key = ("prefix", id(d.x_train), id(d.x_val), tuple(trainable), cfg.bn)
+        key = ("prefix", id(d.x_train), id(d.x_val), tuple(trainable), self.bn)
         if self.reuse is not None and key in self.reuse:
             pc, reason = self.reuse[key]
         else:
@@ -232,7 +262,7 @@ class StrategyRun(HeadStages):
                 owners=self.owners,
                 blocks=self.blocks,
                 trainable=trainable,
-                bn=cfg.bn,
+                bn=self.bn,
                 splits={"train": d.x_train, "val": d.x_val},
                 batch_size=cfg.batch_size,
                 device=self.device,
@@ -269,7 +299,7 @@ class StrategyRun(HeadStages):
             device=self.device,
             penalty=penalty,
             bn_modules=self.bn_modules,
-            bn=cfg.bn,
+            bn=self.bn,
             phase_prefix=phase,
         )
 

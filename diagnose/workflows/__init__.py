@@ -12,7 +12,12 @@ from diagnose.workflows.checkpoint_audit import (
     build_finetuned,
     verdict,
 )
-from diagnose.workflows.compare_args import check_compare_args, parse_strategies, resolve_unfreeze
+from diagnose.workflows.compare_args import (
+    check_compare_args,
+    lora_settings,
+    parse_strategies,
+    resolve_unfreeze,
+)
 from diagnose.workflows.comparison import DEFAULT_HEAD_LR, CompareResult, compare
 from diagnose.workflows.demo import DEMO_SOURCE, DEMO_TARGETS, run_demo
 from diagnose.workflows.startup import (
@@ -45,6 +50,7 @@ __all__ = [
     "DEMO_TARGETS",
     "ForgettingCallback",
     "ForgettingTracker",
+    "lora_settings",
     "memory_share",
     "model_and_data",
     "parse_strategies",

@@ -51,6 +51,8 @@ from diagnose.core import (
 from diagnose.measure import ForgettingMeter, weight_drift
 from diagnose.models import (
     extract_state_dict,
+    import_peft,
+    is_adapter_dir,
     load_state_dict_checked,
     parameter_groups,
     replace_module,
@@ -107,9 +109,11 @@ class AuditResult(RunResult):
 def build_finetuned(
     pretrained: nn.Module, head: str, path: str | Path, *, trust_checkpoint: bool = False
 ) -> tuple[nn.Module, bool]:
-    """A deep copy of ``pretrained`` with the state dict at ``path`` loaded strictly.
+    """A deep copy of ``pretrained`` with the fine-tuned weights at ``path`` loaded strictly.
 
-    When the checkpoint's ``<head>.weight`` has another number of outputs
+    ``path`` is a state dict file, or a peft adapter directory (``save_pretrained``'s
+    output, as ``compare --save-checkpoints`` writes for LoRA), which peft applies and
+    merges. When the checkpoint's ``<head>.weight`` has another number of outputs
     than the pretrained head (a new task's head) but the same number of
     inputs, the copy's head is first replaced by an ``nn.Linear`` of the
     checkpoint's shape. Returns ``(model in eval mode, head_replaced)``.
@@ -117,24 +121,48 @@ def build_finetuned(
     Raises ValueError for an unreadable file, a pickle of Python objects
     without ``trust_checkpoint``, or keys/shapes that do not match (naming them).
     """
+    if is_adapter_dir(path):
+        return _from_adapter(pretrained, head, Path(path))
     obj = torch_load(path, trust_checkpoint, "fine-tuned checkpoint")
     state = extract_state_dict(obj, path)
     model = copy.deepcopy(pretrained)
+    replaced = _fit_head(model, head, state.get(f"{head}.weight"), f"{head}.bias" in state)
+    load_state_dict_checked(model, state, str(path))
+    return model.eval(), replaced
+
+
+def _fit_head(model: nn.Module, head: str, weight: Any, bias: bool) -> bool:
+    """Replace ``model``'s linear head by one of ``weight``'s shape when only its number
+    of outputs differs (a new task's head); True when replaced."""
     old = model.get_submodule(head)
-    weight = state.get(f"{head}.weight")
-    replaced = False
-    if (
+    if not (
         isinstance(old, nn.Linear)
         and isinstance(weight, torch.Tensor)
         and weight.ndim == 2
         and tuple(weight.shape) != tuple(old.weight.shape)
         and weight.shape[1] == old.in_features
     ):
-        new = nn.Linear(old.in_features, int(weight.shape[0]), bias=f"{head}.bias" in state)
-        replace_module(model, head, new.to(old.weight.device, old.weight.dtype))
-        replaced = True
-    load_state_dict_checked(model, state, str(path))
-    return model.eval(), replaced
+        return False
+    new = nn.Linear(old.in_features, int(weight.shape[0]), bias=bias)
+    replace_module(model, head, new.to(old.weight.device, old.weight.dtype))
+    return True
+
+
+def _from_adapter(pretrained: nn.Module, head: str, path: Path) -> tuple[nn.Module, bool]:
+    """The pretrained model with the peft adapter at ``path`` applied and merged."""
+    peft = import_peft()
+    weights = peft.utils.load_peft_weights(str(path), device="cpu")
+    key = f"base_model.model.{head}"
+    model = copy.deepcopy(pretrained).cpu()
+    replaced = _fit_head(model, head, weights.get(f"{key}.weight"), f"{key}.bias" in weights)
+    try:
+        adapted = peft.PeftModel.from_pretrained(model, str(path))
+    except (ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"the adapter in '{path}' does not fit the model (wrong architecture?): {first}"
+        ) from exc
+    return adapted.merge_and_unload().eval(), replaced
 
 
 def _span(names: list[str]) -> str:
@@ -230,7 +258,7 @@ def audit(
     """Audit a fine-tuned checkpoint for forgetting of the source task.
 
     ``model`` is the pretrained model (spec, nn.Module or LoadedModel, as in
-    :func:`diagnose.workflows.assessment.assess`); ``finetuned`` a state dict file of the same
+    :func:`diagnose.workflows.assessment.assess`); ``finetuned`` a state dict file (or a peft adapter directory) of the same
     architecture (its head may differ). ``source_eval_samples`` source images
     (from the source test split, chosen as ``compare`` chooses them) and as
     many target images (from the target test split, within ``max_samples``)
@@ -282,6 +310,7 @@ def audit(
         model=loaded.to_dict(),
         finetuned={
             "path": str(finetuned),
+            "format": "peft adapter, merged" if is_adapter_dir(finetuned) else "state dict",
             "head_replaced": replaced,
             "head_outputs": getattr(ft.get_submodule(loaded.head), "out_features", None),
         },

@@ -5,6 +5,7 @@ Every error here is raised before hours of training, not after.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import numpy as np
@@ -12,12 +13,14 @@ import numpy as np
 from diagnose.core import (
     STRATEGY_NAMES,
 )
+from diagnose.models import LORA_EXTRA, import_peft
 from diagnose.training import (
     check_executor,
 )
 
 __all__ = [
     "check_compare_args",
+    "lora_settings",
     "parse_strategies",
     "resolve_unfreeze",
 ]
@@ -101,8 +104,14 @@ def resolve_unfreeze(
     return names, unfreeze
 
 
-def parse_strategies(value: str | list[str] | tuple[str, ...]) -> list[str]:
-    """``all`` or a comma-separated subset of the strategy names, in canonical order."""
+def parse_strategies(
+    value: str | list[str] | tuple[str, ...], warnings: list[str] | None = None
+) -> list[str]:
+    """``all`` or a comma-separated subset of the strategy names, in canonical order.
+
+    ``all`` leaves out ``lora`` when peft is not installed, with a warning in
+    ``warnings``; naming ``lora`` without peft is the one-line ImportError of the extra.
+    """
     names = list(STRATEGY_NAMES) if value == "all" else value
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
@@ -112,4 +121,44 @@ def parse_strategies(value: str | list[str] | tuple[str, ...]) -> list[str]:
             f"'strategies' must be 'all' or names from {', '.join(STRATEGY_NAMES)}. "
             f"Got {', '.join(unknown) or 'nothing'}."
         )
+    if "lora" in names and importlib.util.find_spec("peft") is None:
+        if value != "all":
+            import_peft()  # raises the one-line error naming the extra
+        names.remove("lora")
+        if warnings is not None:
+            warnings.append(
+                f"lora was left out of 'all': it needs the peft library ({LORA_EXTRA})."
+            )
     return [n for n in STRATEGY_NAMES if n in names]
+
+
+def lora_settings(
+    unfreeze: Any, blocks: list[str], rank: int, alpha: float, targets: str | list[str] | None
+) -> dict:
+    """The TrainConfig fields of LoRA from ``compare``'s arguments: the adapted blocks are
+    those an explicit ``unfreeze`` names (an int k: the last k), else every block."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"'lora_rank' must be a whole number of at least 1. Got {rank!r}.")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise ValueError(f"'lora_alpha' must be a positive number. Got {alpha!r}.")
+    if isinstance(targets, str):
+        targets = [t.strip() for t in targets.split(",") if t.strip()] or None
+    adapted = None
+    if (
+        isinstance(unfreeze, int)
+        and not isinstance(unfreeze, bool)
+        and 1 <= unfreeze <= len(blocks)
+    ):
+        adapted = list(blocks[-unfreeze:])
+    elif (
+        isinstance(unfreeze, (list, tuple))
+        and unfreeze
+        and all(isinstance(b, str) for b in unfreeze)
+    ):
+        adapted = list(unfreeze)
+    return {
+        "lora_rank": rank,
+        "lora_alpha": float(alpha),
+        "lora_targets": None if targets is None else list(targets),
+        "adapted_blocks": adapted,
+    }

@@ -50,7 +50,12 @@ from diagnose.training import (
     strategy_entries,
 )
 from diagnose.workflows._compare_inputs import base_results, forgetting_meter, target_data
-from diagnose.workflows.compare_args import check_compare_args, parse_strategies, resolve_unfreeze
+from diagnose.workflows.compare_args import (
+    check_compare_args,
+    lora_settings,
+    parse_strategies,
+    resolve_unfreeze,
+)
 from diagnose.workflows.startup import model_and_data
 
 __all__ = [
@@ -60,6 +65,7 @@ __all__ = [
 ]
 
 DEFAULT_HEAD_LR = 1e-2
+_LORA_KEYS = ("lora_rank", "lora_alpha", "lora_targets", "adapted_blocks")
 
 
 class CompareResult(RunResult):
@@ -83,7 +89,7 @@ def _checked(runner, device: str, out) -> torch.device:
     return dev
 
 
-def _train_config(base: dict, lr, epochs, batch_size, unfreeze, bn, seed):
+def _train_config(base: dict, lr, epochs, batch_size, unfreeze, bn, seed, lora: dict):
     """``(config, where its head LR came from)``: ``lr``, else the assessment's range test,
     else :data:`DEFAULT_HEAD_LR`."""
     suggested = (base.get("lr_find") or {}).get("suggested_lr")
@@ -96,6 +102,7 @@ def _train_config(base: dict, lr, epochs, batch_size, unfreeze, bn, seed):
         unfreeze=unfreeze,
         bn=bn,
         seed=seed,
+        **lora,
     )
     return config, source
 
@@ -115,7 +122,13 @@ def _fingerprint(model: str, src, tgt, config: TrainConfig, extra: dict, seeds: 
     # "seeds" is absent for one seed, so single-seed runs of earlier versions stay resumable.
     extra = {**extra, **({"seeds": seeds} if seeds > 1 else {})}
     # The layout changes float rounding only, and is measured again on --resume.
-    train = {k: v for k, v in config.to_dict().items() if k != "memory_format"}
+    # LoRA's settings at their defaults are left out, so runs from before LoRA resume.
+    defaults = TrainConfig().to_dict()
+    train = {
+        k: v
+        for k, v in config.to_dict().items()
+        if k != "memory_format" and not (k in _LORA_KEYS and v == defaults[k])
+    }
     source = getattr(src, "name", None)
     return jsonable({"model": model, "source": source, "target": tgt.name, **train, **extra})
 
@@ -152,6 +165,9 @@ def compare(
     seeds: int = 1,
     trial_budget: float = 0.0,
     pool: str = "mean",
+    lora_rank: int = 8,
+    lora_alpha: float = 16.0,
+    lora_targets: str | list[str] | None = None,
     runner: Callable[..., dict] | None = None,
 ) -> CompareResult:
     """Fine-tune with each strategy under one budget and measure accuracy, forgetting and cost.
@@ -202,6 +218,11 @@ def compare(
         trial_budget: the assessment's trial race budget (see :func:`diagnose.assess`);
             0 by default, since the comparison itself trains every strategy.
         pool: token pooling of transformer blocks, ``"mean"`` or ``"cls"``.
+        lora_rank: the rank of ``lora``'s update (``unfreeze`` as an int k or block
+            names puts LoRA on those blocks only; by default it goes on every block).
+        lora_alpha: LoRA's scale numerator (the update is ``B A * alpha / rank``).
+        lora_targets: names or name suffixes of the layers LoRA adapts (comma-separated
+            or a list); None: every ``nn.Linear`` and 2-D ``nn.Conv2d`` of the blocks.
         runner: the function that trains one (strategy, seed) unit and returns its
             results entry, called with :func:`diagnose.training.run_strategy`'s
             arguments (None: that function). A wrapper can time, log or fail units
@@ -217,7 +238,7 @@ def compare(
         [(s["name"], s["target"]["test_accuracy"]) for s in res.strategies]
     """
     t_start = time.perf_counter()
-    names = parse_strategies(strategies)
+    names = parse_strategies(strategies, skipped := [])
     check_compare_args(
         epochs=epochs, lr=lr, bn=bn, max_forgetting=max_forgetting, resume=resume, out=out,
         executor=executor, ray_address=ray_address, seeds=seeds,
@@ -237,12 +258,13 @@ def compare(
         max_samples=max_samples, max_forgetting=max_forgetting, progress=progress,
         trial_budget=trial_budget, pool=pool,
     )  # fmt: skip
-    warnings: list[str] = list(base.get("warnings", []))
+    warnings: list[str] = list(base.get("warnings", [])) + skipped
     domains = [d for d in (src, tgt) if d is not None]
     prep = resolve_preprocessing(loaded, domains, image_size, normalize)
     blocks = probes.discover_layers(loaded.model) if layers == "auto" else list(layers)
+    lora = lora_settings(unfreeze, blocks, lora_rank, lora_alpha, lora_targets)
     names, unfreeze = resolve_unfreeze(unfreeze, names, blocks, base.get("recommendation"))
-    config, head_lr_from = _train_config(base, lr, epochs, batch_size, unfreeze, bn, seed)
+    config, head_lr_from = _train_config(base, lr, epochs, batch_size, unfreeze, bn, seed, lora)
     data_keys = {"max_samples": max_samples, "image_size": image_size, "normalize": str(normalize)}
     fingerprint = _fingerprint(
         loaded.name, src, tgt, config, {**data_keys, "blocks": blocks}, seeds

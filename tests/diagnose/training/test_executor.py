@@ -20,10 +20,10 @@ import diagnose.workflows
 from diagnose.cli import main
 from diagnose.decide.select import select_strategy
 from diagnose.report.plots_compare import tradeoff_plot
+from diagnose.training.config import TrainConfig
 from diagnose.training.executor import RAY_MISSING, Job, Unit, execute
 from diagnose.training.runner import TargetData, run_strategy
 from diagnose.training.seeds import strategy_entry
-from diagnose.training.strategies import TrainConfig
 from diagnose.workflows.comparison import compare
 
 DATA = ("demo:digits", "demo:digits-noise")

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from diagnose.core import stop_on_signals
+from diagnose.training.config import TrainConfig
 from diagnose.training.executor import Job, Unit, execute
-from diagnose.training.strategies import TrainConfig
 
 
 def _job() -> Job:

@@ -16,9 +16,9 @@ import diagnose.training.strategy_run
 from diagnose.core.entry import StrategyEntry
 from diagnose.core.names import STRATEGY_NAMES
 from diagnose.measure.forgetting import ForgettingMeter
+from diagnose.training.config import TrainConfig
 from diagnose.training.curves import BestState, detect_overfitting
 from diagnose.training.runner import TargetData, run_strategy
-from diagnose.training.strategies import TrainConfig
 
 BLOCKS = ["block1", "block2", "block3"]
 CPU = torch.device("cpu")

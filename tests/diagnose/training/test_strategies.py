@@ -12,7 +12,8 @@ from torch import nn
 from diagnose.core.names import STRATEGY_NAMES
 from diagnose.models.demo_cnn import DemoCNN
 from diagnose.models.groups import parameter_groups
-from diagnose.training.strategies import Plan, TrainConfig
+from diagnose.training.config import TrainConfig
+from diagnose.training.strategies import Plan
 from diagnose.training.strategies import plan as typed_plan
 
 
@@ -34,6 +35,8 @@ def test_names_are_the_contract():
         "gradual_unfreeze",
         "lp_ft",
         "l2_sp",
+        "bitfit",
+        "lora",
         "scratch",
     )
 
@@ -42,7 +45,7 @@ def test_unknown_strategy_lists_the_names():
     with pytest.raises(
         ValueError,
         match=r"Unknown strategy 'lpft'\. Choose one of: feature_extraction, partial, full_low_lr, "
-        r"discriminative, gradual_unfreeze, lp_ft, l2_sp, scratch\. Did you mean 'lp_ft'\?",
+        r"discriminative, gradual_unfreeze, lp_ft, l2_sp, bitfit, lora, scratch\. Did you mean 'lp_ft'\?",
     ):
         plan("lpft", BLOCKS, TrainConfig())
 
@@ -241,8 +244,18 @@ def test_the_engine_reads_how_to_run_a_plan_from_its_fields():
         "gradual_unfreeze": "tune",
         "lp_ft": "probe_then_tune",
         "l2_sp": "tune",
+        "bitfit": "tune",
+        "lora": "tune",
         "scratch": "tune",
     }
+    assert {n: p.params for n, p in routes.items() if p.params != "all"} == {
+        "bitfit": "bias_norm",
+        "lora": "lora",
+    }
+    # LoRA on the last two blocks only: the two below never change, so they may be cached.
+    lora_top = typed_plan("lora", BLOCKS, TrainConfig(adapted_blocks=BLOCKS[-2:]))
+    assert lora_top.frozen == tuple(BLOCKS[:-2]) and lora_top.frozen_prefix_cache
+    assert lora_top.lora == {"rank": 8, "alpha": 16.0, "targets": None}
     # Only a single stage with blocks frozen throughout may cache the frozen prefix.
     assert [n for n, p in routes.items() if p.frozen_prefix_cache] == ["partial"]
     assert [n for n, p in routes.items() if p.staged] == ["gradual_unfreeze"]

@@ -8,8 +8,9 @@ import tqdm.auto
 from tiny_models import Tiny, single_thread
 
 from diagnose.core.names import STRATEGY_NAMES
+from diagnose.training.config import TrainConfig
 from diagnose.training.runner import TargetData, run_strategy
-from diagnose.training.strategies import TrainConfig, plan
+from diagnose.training.strategies import plan
 from diagnose.training.strategy_run import planned_epochs
 
 BLOCKS = ["block1", "block2", "block3"]
