@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except (ValueError, TypeError, FileNotFoundError, PermissionError, OSError) as exc:
+    except (ValueError, TypeError, ImportError, OSError) as exc:  # the input or the set-up
         if args.debug:
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__

@@ -302,3 +302,58 @@ def test_unfreeze_several_depths_runs_partial_once_per_depth(loaded_demo, tmp_pa
 def test_runner_must_be_a_function(loaded_demo):
     with pytest.raises(TypeError, match="'runner' parameter of compare"):
         compare(loaded_demo, "demo:digits", "demo:digits-noise", runner="run_strategy", **SMALL)
+
+
+def test_lora_and_bitfit_from_the_cli_then_the_adapter_audited(
+    demo_cache_dir, tmp_path, capsys, monkeypatch
+):
+    pytest.importorskip("peft")
+    from diagnose.cli import main
+
+    monkeypatch.setenv("DIAGNOSE_CACHE_DIR", demo_cache_dir)
+    out = tmp_path / "cmp"
+    args = ["compare", "--model", "demo", "--source", "demo:digits", "--target", "demo:digits-noise",
+            "--strategies", "bitfit,lora", "--lora-rank", "4", "--unfreeze", "2", "--epochs", "1",
+            "--max-samples", "120", "--lr", "0.02", "--save-checkpoints", "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    data = json.loads((out / "results.json").read_text())
+    rows = {s["name"]: s for s in data["strategies"]}
+    assert set(rows) == {"bitfit", "lora"} and all(s["status"] == "ok" for s in rows.values())
+    lora = rows["lora"]["config"]
+    assert lora["lora"]["rank"] == 4 and lora["frozen"] == ["block1", "block2"]
+    assert (
+        rows["lora"]["cost"]["trainable_params"] < rows["bitfit"]["cost"]["trainable_params"] * 50
+    )
+    assert {p["name"] for p in data["front"]} <= set(rows)
+    audit = ["audit", "--model", "demo", "--source", "demo:digits", "--finetuned",
+             str(out / "checkpoints" / "lora_adapter"), "--out", str(tmp_path / "aud"), "--quiet"]  # fmt: skip
+    assert main(audit) == 0
+    audited = json.loads((tmp_path / "aud" / "results.json").read_text())
+    assert audited["finetuned"]["format"] == "peft adapter, merged"
+    # The audit of the adapter measures what compare measured on the same source images.
+    assert audited["source_accuracy"]["finetuned"] == rows["lora"]["forgetting"]["source_accuracy"]
+
+
+def test_lora_without_peft_is_one_line_naming_the_extra(monkeypatch, capsys):
+    import importlib.util
+
+    from diagnose.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "peft" else real(n, *a)
+    )
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft raises ImportError
+    args = ["compare", "--model", "demo", "--target", "demo:digits", "--strategies", "lora"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "diagnose: error: The 'lora' strategy needs the peft library: "
+        "pip install 'transfer-diagnose[peft]'."
+    )
+    warnings: list[str] = []
+    assert "lora" not in parse_strategies("all", warnings)
+    assert warnings == [
+        "lora was left out of 'all': it needs the peft library "
+        "(pip install 'transfer-diagnose[peft]')."
+    ]

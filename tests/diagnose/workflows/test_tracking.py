@@ -184,3 +184,27 @@ def test_the_issue_s_diverging_loop_raises_the_alarm(demo, tracker_factory):
         _diverge(model, steps=3)
         m = tracker.measure(model, step=3)
     assert m["diverged"] and tracker.exceeded
+
+
+def test_a_peft_model_is_tracked_without_changing_the_user_s_code(demo, tracker_factory):
+    # The user wraps their model with peft themselves and hands the PeftModel over as is.
+    peft = pytest.importorskip("peft")
+    tracker = tracker_factory()
+    model = copy.deepcopy(demo.model)
+    targets = [f"{b}.0" for b in tracker.blocks]  # the demo CNN's convolutions
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, lora_alpha=4, target_modules=targets))
+    with single_thread():
+        m = tracker.measure(wrapped)  # B starts at zero: nothing has changed yet
+    assert m["agreement"] == 1.0 and m["source_accuracy_drop"] == 0.0
+    assert m["drift"] == {b: 0.0 for b in tracker.blocks}
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    merged = copy.deepcopy(wrapped).merge_and_unload()  # peft's own merge, the reference
+    with single_thread():
+        adapted, plain = tracker.measure(wrapped), tracker.measure(merged)
+    assert all(adapted["drift"][b] > 0 for b in tracker.blocks)
+    # The tracker sees the adapter applied: the same as the merged plain model (float32).
+    assert adapted["drift"] == pytest.approx(plain["drift"], rel=1e-4)
+    assert adapted["agreement"] == plain["agreement"]

@@ -1,0 +1,154 @@
+"""BitFit's parameters, LoRA's targets (peft), and the plain view of an adapted model.
+
+Known values: BitFit's trainable count is the sum of the biases and norm parameters,
+counted here from the modules; LoRA's targets on a torchvision ResNet are its 2-D
+convolutions of the chosen blocks, on a timm ViT ``qkv``, ``proj``, ``fc1``, ``fc2``.
+The merged view is checked against peft's own ``merge_and_unload`` (an independent
+implementation) and against the adapted model's outputs.
+"""
+
+from __future__ import annotations
+
+import builtins
+import copy
+
+import pytest
+import torch
+import torchvision
+from tiny_models import Tiny
+from torch import nn
+
+from diagnose.models import (
+    apply_lora,
+    base_model_of,
+    bias_and_norm,
+    effective_parameters,
+    import_peft,
+    is_adapted,
+    lora_targets,
+    merged_state_dict,
+)
+
+peft = pytest.importorskip("peft", reason="LoRA needs the optional peft extra")
+
+RESNET_BLOCKS = ["layer1", "layer2", "layer3", "layer4"]
+# Merged weights are float32 sums W + B A s: outputs agree to float32 rounding.
+F32 = 1e-5
+
+
+def test_bitfit_selects_biases_and_norm_parameters():
+    model = torchvision.models.resnet18(num_classes=3)
+    names = [n for n, _ in model.named_parameters() if n.startswith("layer2")]
+    kept = bias_and_norm(model, names)
+    norms = {
+        n: m
+        for n, m in model.named_modules()
+        if n.startswith("layer2") and isinstance(m, nn.BatchNorm2d)
+    }
+    # ResNet convolutions have no bias: BitFit is exactly the BatchNorm affine pairs here.
+    assert sum(dict(model.named_parameters())[n].numel() for n in kept) == sum(
+        m.weight.numel() + m.bias.numel() for m in norms.values()
+    )
+    assert {n.rsplit(".", 1)[0] for n in kept} == set(norms)
+
+
+def test_bitfit_keeps_linear_biases_and_layer_norms():
+    model = nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5), nn.Linear(5, 2, bias=False))
+    names = [n for n, _ in model.named_parameters()]
+    assert bias_and_norm(model, names) == ["0.bias", "1.weight", "1.bias"]
+
+
+def test_lora_targets_a_resnet_s_convolutions_of_the_chosen_blocks():
+    model = torchvision.models.resnet18(num_classes=3)
+    found = lora_targets(model, RESNET_BLOCKS, "fc", adapted=["layer4"])
+    expected = [
+        n for n, m in model.named_modules() if n.startswith("layer4.") and isinstance(m, nn.Conv2d)
+    ]
+    assert found == expected and "fc" not in found
+    assert lora_targets(model, RESNET_BLOCKS, "fc", adapted=["layer4"], targets=["conv1"]) == [
+        "layer4.0.conv1",
+        "layer4.1.conv1",
+    ]
+    with pytest.raises(ValueError, match=r"LoRA target 'conv9' names no nn.Linear.*Close matches"):
+        lora_targets(model, RESNET_BLOCKS, "fc", targets=["conv9"])
+
+
+def test_lora_targets_a_timm_vit_s_attention_and_mlp():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, patch_size=8
+    )
+    blocks = [f"blocks.{i}" for i in range(len(model.blocks))]
+    found = lora_targets(model, blocks, "head", adapted=blocks[-1:])
+    assert sorted(n.rsplit(".", 1)[-1] for n in found) == ["fc1", "fc2", "proj", "qkv"]
+
+
+def test_depthwise_convolutions_are_left_out():
+    model = torchvision.models.mobilenet_v3_small(num_classes=3)
+    blocks = [f"features.{i}" for i in range(len(model.features))]
+    found = lora_targets(model, blocks, "classifier.3")
+    mods = dict(model.named_modules())
+    assert found and all(isinstance(mods[n], (nn.Linear, nn.Conv2d)) for n in found)
+    assert all(getattr(mods[n], "groups", 1) == 1 for n in found)
+    assert "classifier.3" not in found
+
+
+def test_no_layer_to_adapt_says_which_flag_to_pass():
+    model = nn.Sequential(nn.Identity(), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"--lora-targets"):
+        lora_targets(model, ["0", "1"], "2")
+
+
+def _adapted_tiny(rank=2):
+    torch.manual_seed(0)
+    model = Tiny(classes=3).eval()
+    plain = copy.deepcopy(model)
+    targets = lora_targets(model, ["block1", "block2", "block3"], "head")
+    adapted = apply_lora(model, targets, rank=rank, alpha=4.0, head="head")
+    with torch.no_grad():  # B starts at zero: move every trainable tensor so the update shows
+        for p in adapted.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    return plain, adapted
+
+
+def test_the_merged_state_dict_equals_the_adapter_applied():
+    plain, adapted = _adapted_tiny()
+    x = torch.randn(5, 1, 12, 12)
+    with torch.no_grad():
+        want = adapted(x)
+        plain.load_state_dict(merged_state_dict(adapted), strict=True)
+        assert torch.allclose(plain(x), want, atol=F32)
+        merged = copy.deepcopy(adapted).merge_and_unload()  # peft's own merge
+        for name, value in merged.state_dict().items():
+            assert torch.allclose(merged_state_dict(adapted)[name], value, atol=F32), name
+
+
+def test_effective_parameters_of_a_plain_model_are_its_parameters():
+    model = Tiny()
+    eff = effective_parameters(model)
+    assert list(eff) == [n for n, _ in model.named_parameters()]
+    assert all(torch.equal(eff[n], p) for n, p in model.named_parameters())
+    assert base_model_of(model) is model and not is_adapted(model)
+
+
+def test_a_peft_model_is_seen_through_to_the_network():
+    plain, adapted = _adapted_tiny()
+    assert base_model_of(adapted) is adapted.get_base_model() and is_adapted(adapted)
+    assert set(effective_parameters(adapted)) == {n for n, _ in plain.named_parameters()}
+
+
+def test_without_peft_lora_is_one_line_naming_the_extra(monkeypatch):
+    real = builtins.__import__
+
+    def no_peft(name, *args, **kwargs):
+        if name == "peft" or name.startswith("peft."):
+            raise ImportError("No module named 'peft'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_peft)
+    with pytest.raises(ImportError) as info:
+        import_peft()
+    assert str(info.value) == (
+        "The 'lora' strategy needs the peft library: pip install 'transfer-diagnose[peft]'."
+    )
