@@ -15,7 +15,19 @@ full_low_lr         every stage at h/10, head at h
 discriminative      head at h, the stage d levels below it at h / 2.6**d
 lp_ft               the feature_extraction head (its own chosen LR), then
                     every stage and the head at h/10 (Kumar et al. 2022)
+bitfit              the biases and normalisation parameters of every stage,
+                    and the head, all at h (Ben Zaken et al. 2022)
+lora_r4, lora_r16   a low-rank update B A * 2 beside every frozen nn.Linear and
+                    2-D nn.Conv2d of every stage (1x1 only where the layer pads
+                    itself), rank 4 or 16, and the head, all at h; BatchNorm
+                    statistics frozen (Hu et al. 2022). Written here, not peft's.
 ==================  =========================================================
+
+Every configuration also records what it forgot, at its chosen LR: on the
+case's held-out source images, the ORIGINAL head applied to the fine-tuned
+features, its agreement with the pretrained model's predictions and (where the
+source images carry the original head's classes) its source accuracy, and the
+number of parameters it trained.
 
 Rules (shared/VALIDATION.md): a new head ``nn.Linear(in_features, 10)``
 seeded per seed and identical across configurations (for the linear probe,
@@ -70,6 +82,8 @@ CONFIGS = (
     "discriminative",
     "lp_ft",
 )
+# Parameter-efficient configurations (issue 28), run with --configs and merged after.
+PEFT_CONFIGS = ("bitfit", "lora_r4", "lora_r16")
 # head LR grids; the LR-ratio conventions below follow the strategy definitions
 GRID = {
     # pilots (validation split only) put the best LRs of every configuration inside this grid
@@ -113,7 +127,61 @@ def stage_lrs(config: str, stages: tuple[str, ...], h: float) -> dict[str, float
         return {**lrs, "head": h}
     if config == "lp_ft":
         return {**{s: h * BACKBONE_RATIO for s in train}, "head": h * BACKBONE_RATIO}
+    if config in PEFT_CONFIGS:  # few parameters, or an update that starts at zero: at h
+        return {**{s: h for s in train}, "head": h}
     return {**{s: h * BACKBONE_RATIO for s in train}, "head": h}
+
+
+class LoRA(nn.Module):
+    """``layer(x) + scale * B(A(x))`` beside a frozen ``nn.Linear`` or ``nn.Conv2d``.
+
+    A has the layer's kernel, stride and padding (Kaiming-uniform init), B is 1x1 (zero
+    init), so the update starts at nothing (Hu et al. 2022, section 4.1).
+    """
+
+    def __init__(self, layer: nn.Module, rank: int, alpha: float):
+        super().__init__()
+        self.layer, self.scale = layer, alpha / rank
+        if isinstance(layer, nn.Conv2d):
+            self.A = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, layer.stride,
+                               layer.padding, layer.dilation, bias=False)  # fmt: skip
+            self.B = nn.Conv2d(rank, layer.out_channels, 1, bias=False)
+        else:
+            self.A = nn.Linear(layer.in_features, rank, bias=False)
+            self.B = nn.Linear(rank, layer.out_features, bias=False)
+        nn.init.kaiming_uniform_(self.A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.B.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x) + self.scale * self.B(self.A(x))
+
+
+def add_lora(module: nn.Module, rank: int) -> None:
+    """Wrap every plain Linear and 2-D Conv2d (groups 1) under ``module`` in :class:`LoRA`."""
+    for name, child in list(module.named_children()):
+        conv = isinstance(child, nn.Conv2d) and child.groups == 1
+        plain = type(child) in (nn.Linear, nn.Conv2d)
+        pointwise = conv and tuple(child.kernel_size) == (1, 1)  # a self-padding 1x1 pads nothing
+        if (plain and (conv or isinstance(child, nn.Linear))) or pointwise:
+            setattr(module, name, LoRA(child, rank, alpha=2.0 * rank))
+        else:
+            add_lora(child, rank)
+
+
+def is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm))
+
+
+def peft_params(stage: nn.Module, config: str) -> list[nn.Parameter]:
+    """The parameters of ``stage`` a parameter-efficient configuration trains."""
+    if config.startswith("lora"):
+        return [p for m in stage.modules() if isinstance(m, LoRA) for p in (m.A.weight, m.B.weight)]
+    owners = {n: m for n, m in stage.named_modules()}
+    return [
+        p
+        for n, p in stage.named_parameters()
+        if n.endswith("bias") or is_norm(owners[n.rpartition(".")[0]])
+    ]
 
 
 class Suffix(nn.Module):
@@ -170,12 +238,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int = 250):
     return correct / len(y), loss / len(y)
 
 
-def train(model: Suffix, groups, x, y, epochs: int, seed: int, bn_train: bool = True) -> float:
+def train(
+    model: Suffix, groups, x, y, epochs: int, seed: int, bn_train: bool = True, config: str = ""
+) -> float:
     """Plain SGD + cosine; trainable stages in train mode, everything else eval. Returns last loss."""
     params = []
     for name, lr in groups.items():
         mod = model.head if name == "head" else model.stages[name.replace(".", "_")]
-        params.append({"params": list(mod.parameters()), "lr": lr})
+        chosen = peft_params(mod, config) if config in PEFT_CONFIGS and name != "head" else None
+        params.append(
+            {"params": chosen if chosen is not None else list(mod.parameters()), "lr": lr}
+        )
     trained = {id(p) for g in params for p in g["params"]}
     for p in model.parameters():
         p.requires_grad_(id(p) in trained)
@@ -202,6 +275,34 @@ def train(model: Suffix, groups, x, y, epochs: int, seed: int, bn_train: bool = 
             last = float(loss.detach())
     model.eval()
     return last
+
+
+@torch.no_grad()
+def forgetting(model: Suffix, src_in: torch.Tensor, orig_head: nn.Module, ref, src_y) -> dict:
+    """The original head on ``model``'s features of the source images: agreement with the
+    pretrained predictions ``ref`` and, with ``src_y``, source accuracy."""
+    model.eval()
+    pred = torch.cat(
+        [orig_head(model.features(src_in[i : i + 250])).argmax(1) for i in range(0, len(ref), 250)]
+    )
+    out = {"agreement": float((pred == ref).float().mean())}
+    if src_y is not None:
+        out["source_accuracy"] = float((pred == src_y).float().mean())
+        out["source_accuracy_before"] = float((ref == src_y).float().mean())
+        out["source_accuracy_drop"] = out["source_accuracy_before"] - out["source_accuracy"]
+    return out
+
+
+def source_set(case, base: nn.Module, head: nn.Module):
+    """``(images, pretrained predictions, labels or None)`` of the case's source images; the
+    labels only where they are the original head's classes (MNIST digits, not the photos)."""
+    x_u8, y, names = real_cases._source_data(case.name)
+    x = real_cases._normalise(x_u8, case.mean, case.std)
+    with torch.no_grad():
+        base.eval()
+        ref = torch.cat([base(x[i : i + 250]).argmax(1) for i in range(0, len(x), 250)])
+    labelled = len(names) == head.out_features
+    return x, ref, torch.from_numpy(y).long() if labelled else None
 
 
 # ----------------------------------------------------------------------------- one block
@@ -239,6 +340,8 @@ def run_block(
         split: prefix_outputs(base, stages, x, cuts)
         for split, x in (("train", case.train_x), ("val", case.val_x), ("test", case.test_x))
     }
+    src_x, src_ref, src_y = source_set(case, base, head_mod)
+    src_cache = prefix_outputs(base, stages, src_x, cuts)
     cache_s = time.perf_counter() - t0
     ys = {"train": case.train_y, "val": case.val_y, "test": case.test_y}
     # The linear probe (feature_extraction, and so LP-FT's first stage) reads the frozen
@@ -269,12 +372,17 @@ def run_block(
                 model = Suffix(backbone, train_stages, fold(fe_head, mu, sd))
             else:
                 model = Suffix(backbone, train_stages, copy.deepcopy(head0))
+            if config.startswith("lora"):
+                torch.manual_seed(2_000 + case.seed)  # A's init, the same for every LR
+                for stage in model.stages.values():
+                    add_lora(stage, int(config[len("lora_r") :]))
             groups = stage_lrs(config, stages, h)
             # Every tuned stage trains its BatchNorm (LP-FT too). Tuning LP-FT with BatchNorm
-            # statistics frozen (bn_train=False) was tried and diverged on both cases.
-            bn_train = True
+            # statistics frozen (bn_train=False) was tried and diverged on both cases. LoRA
+            # by definition changes nothing but its update: statistics frozen.
+            bn_train = not config.startswith("lora")
             train_loss = train(
-                model, groups, cache["train"][k], ys["train"], epochs, case.seed, bn_train
+                model, groups, cache["train"][k], ys["train"], epochs, case.seed, bn_train, config
             )
             val_acc, val_loss = evaluate(model, cache["val"][k], ys["val"])
             rec = {
@@ -289,6 +397,7 @@ def run_block(
             if better(rec, best):
                 best, best_model = rec, model
         test_acc, test_loss = evaluate(best_model, cache["test"][k], ys["test"])
+        trained = [p for p in best_model.parameters() if p.requires_grad]
         record = {
             "case": case.name,
             "budget": case.budget,
@@ -304,6 +413,8 @@ def run_block(
             "n_val": len(ys["val"]),
             "n_test": len(ys["test"]),
             "lr_runs": lr_runs,
+            "forgetting": forgetting(best_model, src_cache[k], head_mod, src_ref, src_y),
+            "trainable_params": int(sum(p.numel() for p in trained)),
             "seconds": round(
                 time.perf_counter() - t_cfg + (cache_s if config == CONFIGS[0] else 0), 2
             ),
@@ -355,6 +466,10 @@ def summarise(runs: dict) -> dict:
         c["chosen_lr"].append(rec["chosen_lr"])
         c["val_acc"].append(rec["val_acc"])
         c["seeds"].append(rec["seed"])
+        for k, v in (rec.get("forgetting") or {}).items():  # records from before issue 28 have none
+            c.setdefault(k, []).append(v)
+        if "trainable_params" in rec:
+            c["trainable_params"] = rec["trainable_params"]
     for case in out.values():
         for cell in case.values():
             for c in cell["configs"].values():
@@ -380,20 +495,25 @@ def summarise(runs: dict) -> dict:
 
 
 def _cheapness(name: str) -> tuple[int, int]:
-    """Cost order of a configuration: CONFIGS' order, a partial_lastK (K > 2) after partial_last2."""
+    """Cost order of a configuration: CONFIGS' order, a partial_lastK (K > 2) after partial_last2,
+    the parameter-efficient ones last (their steps cost a full backward pass)."""
     if name in CONFIGS:
         return (CONFIGS.index(name), 0)
+    if name in PEFT_CONFIGS:
+        return (len(CONFIGS) + PEFT_CONFIGS.index(name), 0)
     return (CONFIGS.index("partial_last2"), int(name[len("partial_last") :]))
 
 
 def print_table(summary: dict) -> None:
-    cols = [c.replace("feature_extraction", "feat_extr") for c in CONFIGS]
+    present = {c for cells in summary.values() for cell in cells.values() for c in cell["configs"]}
+    shown = [c for c in (*CONFIGS, *PEFT_CONFIGS) if c in present]
+    cols = [c.replace("feature_extraction", "feat_extr") for c in shown]
     print()
     print(f"{'case':26s} {'budget':>6s} " + " ".join(f"{c:>14s}" for c in cols) + "  best")
     for case, cells in summary.items():
         for budget, cell in sorted(cells.items(), key=lambda kv: int(kv[0])):
             row = []
-            for c in CONFIGS:
+            for c in shown:
                 s = cell["configs"].get(c)
                 row.append(
                     f"{100 * s['mean']:6.1f}±{100 * s['std']:4.1f}({s['n_seeds']})" if s else "-"

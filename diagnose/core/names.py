@@ -45,6 +45,9 @@ def strategy_label(name, typed: bool = False, start: bool = False) -> str:
     if depth.isdigit() and base in STRATEGY_LABELS:  # a compare row "partial@2"
         label = f"{STRATEGY_LABELS[base]}, last {depth}"
         return f"{label} ({text})" if typed else label
+    if depth[:1] == "r" and depth[1:].isdigit() and base in STRATEGY_LABELS:  # "lora@r8"
+        label = f"{STRATEGY_LABELS[base]}, rank {depth[1:]}"
+        return f"{label} ({text})" if typed else label
     label = STRATEGY_LABELS.get(text)
     if label is None:
         return text

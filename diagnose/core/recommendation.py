@@ -46,6 +46,8 @@ class Recommendation(Record):
         confidence: "high", "medium" or "low".
         max_forgetting: the forgetting budget it was chosen under (fraction, or None).
         reasons, would_change_if: sentences that cite the measurements.
+        lora: ``lora`` only: ``{"rank", "alpha", "targets"}``, the update and the layers it
+            adapts (measured only).
         prior: the rule prior's strategy and confidence.
         trials: the race's record (candidates, rungs, FLOPs, verdict); None unmeasured.
     """
@@ -68,6 +70,7 @@ class Recommendation(Record):
     max_forgetting: float | None = read_as(as_number)
     reasons: tuple | None = read_as(as_tuple)
     would_change_if: tuple | None = read_as(as_tuple)
+    lora: dict | None = read_as(as_dict)
     prior: dict | None = read_as(as_dict)
     trials: dict | None = read_as(as_dict)
 
@@ -76,6 +79,8 @@ class Recommendation(Record):
             return bool(self.measured)
         if name == "unmeasured_reason":
             return not self.measured
+        if name == "lora":
+            return self.lora is not None
         return True
 
     @property

@@ -1,6 +1,7 @@
 """The decision: the rule prior, the measured trial race and the selection among compared strategies."""
 
 from diagnose.decide.candidates import (
+    LORA_RANKS,
     LR_GRID,
     PEAK_TOLERANCE,
     RACE_STRATEGIES,
@@ -168,6 +169,7 @@ __all__ = [
     "LARGE_PER_CLASS",
     "learning_forgetting_front",
     "Ledger",
+    "LORA_RANKS",
     "LR_GRID",
     "lr_grid",
     "LRGrids",

@@ -27,6 +27,7 @@ from diagnose.training import TrainConfig
 
 __all__ = [
     "Candidate",
+    "LORA_RANKS",
     "LR_GRID",
     "PEAK_TOLERANCE",
     "RACE_STRATEGIES",
@@ -39,7 +40,21 @@ __all__ = [
 
 # The strategies a race can recommend. gradual_unfreeze and l2_sp are variants
 # of full fine-tuning that compare measures; scratch is a baseline, never advice.
-RACE_STRATEGIES = ("feature_extraction", "partial", "full_low_lr", "discriminative", "lp_ft")
+# The parameter-efficient ones come last: the rule prior never names them, so they are
+# the first a tight budget cuts.
+RACE_STRATEGIES = (
+    "feature_extraction",
+    "partial",
+    "full_low_lr",
+    "discriminative",
+    "lp_ft",
+    "bitfit",
+    "lora",
+)
+# LoRA's ranks in the race: a small and a large update (Hu et al. 2022 found ranks 4 to
+# 64 within noise of each other on most tasks), each with alpha = 2 x rank, the same
+# scale alpha / rank = 2 as compare's default.
+LORA_RANKS = (4, 16)
 # Multipliers of the LR range test's suggestion: a factor of 3 either side covers
 # the range test's typical error (its suggestion is a steepest-descent point, and
 # the best fixed LR for a whole run sits within about half a decade of it).
@@ -65,6 +80,7 @@ class Candidate:
         prior_rank: position of its strategy in the rule prior's order (0 = the prior's pick).
         lr_edge: its LR was added by the race beyond the edge of the grid, because that
             edge was the best LR of its strategy and depth after the first rung.
+        rank: ``lora`` only: the rank of its update (alpha is twice the rank).
     """
 
     strategy: str
@@ -73,10 +89,14 @@ class Candidate:
     placed_by: str
     prior_rank: int
     lr_edge: bool = False
+    rank: int | None = None
 
     @property
     def arm(self) -> str:
-        """Strategy and depth without the LR: ``"partial@2"``, ``"lp_ft"``."""
+        """Strategy and depth (or LoRA's rank) without the LR: ``"partial@2"``, ``"lora@r4"``,
+        ``"lp_ft"``."""
+        if self.rank is not None:
+            return f"{self.strategy}@r{self.rank}"
         return self.strategy if self.depth is None else f"{self.strategy}@{self.depth}"
 
     @property
@@ -87,12 +107,14 @@ class Candidate:
     def config(self, blocks: list[str], *, epochs: int, batch_size: int, seed: int) -> TrainConfig:
         """The engine's :class:`TrainConfig` for this candidate at ``epochs``."""
         unfreeze = None if self.depth is None else list(blocks[-self.depth :])
+        rank = {} if self.rank is None else {"lora_rank": self.rank, "lora_alpha": 2.0 * self.rank}
         return TrainConfig(
             epochs=int(epochs),
             batch_size=int(batch_size),
             head_lr=float(self.head_lr),
             unfreeze=unfreeze,
             seed=int(seed),
+            **rank,
         )
 
     def to_dict(self) -> dict:
@@ -200,12 +222,7 @@ def build_candidates(
     depths = partial_depths(layers) if len(layers) >= 2 else {}
     out: list[Candidate] = []
     for rank, strategy in enumerate(order):
-        arms = (
-            [(d, why) for d, why in depths.items()]
-            if strategy == "partial"
-            else [(None, "strategy")]
-        )
-        for depth, why in arms:
+        for depth, lora_rank, why in _arms(strategy, depths):
             for lr in lr_grid(suggested):
                 out.append(
                     Candidate(
@@ -214,6 +231,16 @@ def build_candidates(
                         head_lr=lr,
                         placed_by=why,
                         prior_rank=rank,
+                        rank=lora_rank,
                     )
                 )
     return out
+
+
+def _arms(strategy: str, depths: dict[int, str]) -> list[tuple[int | None, int | None, str]]:
+    """``(depth, LoRA rank, what placed it)`` of each arm of ``strategy``."""
+    if strategy == "partial":
+        return [(d, None, why) for d, why in depths.items()]
+    if strategy == "lora":
+        return [(None, r, f"rank {r}") for r in LORA_RANKS]
+    return [(None, None, "strategy")]

@@ -15,6 +15,7 @@ and ``unfreeze_blocks`` the probed blocks the engine's ``partial`` trains.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from typing import Any
@@ -25,7 +26,7 @@ from torch import nn
 
 from diagnose.core import Recommendation
 from diagnose.data import materialize_readable
-from diagnose.decide.candidates import Candidate, build_candidates
+from diagnose.decide.candidates import RACE_STRATEGIES, Candidate, build_candidates
 from diagnose.decide.race import run_race
 from diagnose.decide.race_reasons import race_reasons
 from diagnose.decide.race_scoring import scoring_folds
@@ -33,8 +34,10 @@ from diagnose.decide.recipe import recommended_epochs
 from diagnose.decide.rules import SAFE_FORGETTING
 from diagnose.models import (
     BODY,
+    LORA_EXTRA,
     NEW_HEAD,
     cut_description,
+    lora_targets,
     trainable_modules,
     unprefixed,
     with_new_head,
@@ -147,10 +150,26 @@ def _trained(cand: Candidate, net: nn.Module, head: str, blocks: list[str], *, n
     groups = [] if cand.strategy == "feature_extraction" else depth_blocks
     unfreeze = trainable_modules(net, blocks, head, groups)
     cut = cut_description(net, blocks, head, groups)
+    if cand.strategy == "lora":
+        unfreeze = [*lora_targets(net, blocks, head), head]
+        cut = (
+            f"LoRA of rank {cand.rank} on {len(unfreeze) - 1} Linear and Conv2d layers of "
+            f"every block; {head} trains in full"
+        )
+    elif cand.strategy == "bitfit":
+        cut = f"the biases and normalisation parameters of every block train, and {head}"
     if new_head:
         groups, unfreeze = unprefixed(groups), unprefixed(unfreeze)
         cut = re.sub(rf"(?<![\w.]){BODY}\.", "", cut)  # the wrapper's prefix, once per name
     return groups, unfreeze, cut
+
+
+def _race_strategies(warnings: list[str]) -> tuple[str, ...]:
+    """The race's strategies: LoRA only where peft is installed (said so otherwise)."""
+    if importlib.util.find_spec("peft") is not None:
+        return RACE_STRATEGIES
+    warnings.append(f"LoRA was not raced: it needs the peft library ({LORA_EXTRA}).")
+    return tuple(s for s in RACE_STRATEGIES if s != "lora")
 
 
 def measured_recommendation(
@@ -212,7 +231,9 @@ def measured_recommendation(
     n_classes = int(len((results.get("target") or {}).get("classes") or []) or int(y.max()) + 1)
     full_epochs = recommended_epochs(len(y_np) / n_classes, "full_low_lr")
     folds, protocol = scoring_folds(y_np, splits["train"], splits["val"], seed=seed)
-    cands = build_candidates(results, prior, safe_forgetting=SAFE_FORGETTING)
+    cands = build_candidates(
+        results, prior, safe_forgetting=SAFE_FORGETTING, strategies=_race_strategies(warnings)
+    )
     trials = run_race(
         cands,
         folds,
@@ -268,6 +289,9 @@ def _picked(pick: dict, race_net, blocks, new_head: bool, full_epochs: int, prio
         max_forgetting=prior.get("max_forgetting"),
         reasons=tuple(reasons),
         would_change_if=tuple(change),
+        lora=None
+        if cand.rank is None
+        else {"rank": cand.rank, "alpha": 2.0 * cand.rank, "targets": list(unfreeze[:-1])},
         prior={
             "strategy": prior["strategy"],
             "confidence": prior["confidence"],

@@ -8,7 +8,10 @@
   when a LoRA strategy runs. :func:`lora_targets` finds the ``nn.Linear`` and 2-D
   ``nn.Conv2d`` layers of the chosen blocks (a timm ViT's ``qkv``, ``proj``, ``fc1``,
   ``fc2``; a ResNet's convolutions); depthwise and grouped convolutions are left out,
-  since a low-rank update of a per-channel filter saves nothing.
+  since a low-rank update of a per-channel filter saves nothing, and so are larger
+  kernels of subclasses with their own forward (TensorFlow-style "same" padding),
+  whose output peft's update would not match (an EfficientNet-Lite keeps its 1x1
+  expansions and projections, most of its weights).
 
 Example:
     >>> targets = lora_targets(net, ["layer3", "layer4"], head="fc")
@@ -77,8 +80,13 @@ def bias_and_norm(model: nn.Module, names: list[str]) -> list[str]:
 
 def _supported(module: nn.Module) -> bool:
     if isinstance(module, nn.Linear):
-        return True
-    return isinstance(module, nn.Conv2d) and module.groups == 1
+        return type(module).forward is nn.Linear.forward
+    if not isinstance(module, nn.Conv2d) or module.groups != 1:
+        return False
+    # A subclass with its own forward (TensorFlow-style "same" padding, applied before it
+    # convolves) feeds peft's update an unpadded input: only a 1x1 kernel, which pads
+    # nothing, still matches the layer's output.
+    return type(module).forward is nn.Conv2d.forward or tuple(module.kernel_size) == (1, 1)
 
 
 def lora_targets(

@@ -415,3 +415,36 @@ def test_a_cost_tie_is_called_a_tie_not_cheaper(cheap_cost, kind):
         assert "cheaper (full-run FLOPs more than 5% below" in text
     else:
         assert "cost the same" in text and "a tie, not cheaper" in text
+
+
+def test_lora_and_bitfit_are_candidates_with_a_rank_grid():
+    from diagnose.core.names import strategy_label
+    from diagnose.decide.candidates import LORA_RANKS
+
+    layers = [{"name": f"b{i}", "probe": {"target": {"accuracy": 0.5}}} for i in range(4)]
+    cands = build_candidates(
+        {"layers": layers, "lr_find": {"suggested_lr": 0.03}},
+        {"strategy": "lp_ft"},
+        safe_forgetting=0.05,
+    )
+    lora = [c for c in cands if c.strategy == "lora"]
+    assert {c.arm for c in lora} == {f"lora@r{r}" for r in LORA_RANKS}
+    assert all(len([c for c in lora if c.rank == r]) == len(LR_GRID) for r in LORA_RANKS)
+    # The rule prior never names them: they come last, the first a tight budget cuts.
+    assert [c.strategy for c in cands][-len(lora) - len(LR_GRID) :] == ["bitfit"] * len(LR_GRID) + [
+        "lora"
+    ] * len(lora)
+    config = lora[0].config(["b0", "b1"], epochs=3, batch_size=8, seed=0)
+    assert (config.lora_rank, config.lora_alpha) == (lora[0].rank, 2.0 * lora[0].rank)
+    assert Candidate.from_dict(lora[0].to_dict()) == lora[0]
+    assert strategy_label("lora@r4") == "LoRA, rank 4"
+
+
+def test_a_race_of_bitfit_and_lora_trains_and_ranks_them():
+    pytest.importorskip("peft")
+    cands, trials, _ = _race(budget=0.8, strategies=("feature_extraction", "bitfit", "lora"))
+    arms = {c["arm"] for c in trials["candidates"]}
+    assert {"bitfit", "lora@r4", "lora@r16"} <= arms
+    ok = [c for c in trials["candidates"] if c["arm"].startswith(("lora", "bitfit"))]
+    assert ok and all(c["rungs"] and c["flops"] > 0 for c in ok)
+    assert trials["flops_spent"] <= trials["budget_flops"]

@@ -117,7 +117,12 @@ def test_new_head_is_replaced_and_forgetting_located(loaded_demo, tmp_path):
     path = tmp_path / "ft.pt"
     torch.save(net.state_dict(), path)
     d = audit(loaded_demo, path, SRC, TGT, **FAST).to_dict()
-    assert d["finetuned"] == {"path": str(path), "head_replaced": True, "head_outputs": 3}
+    assert d["finetuned"] == {
+        "path": str(path),
+        "format": "state dict",
+        "head_replaced": True,
+        "head_outputs": 3,
+    }
     by = {layer["name"]: layer for layer in d["layers"]}
     pre = dict(loaded_demo.model.named_parameters())
     post = dict(net.named_parameters())

@@ -25,7 +25,7 @@ def test_demo_writes_overview_scenarios_and_audit(tmp_path):
         assert row["measured"] is True  # the race's pick, beside the comparison's best
         assert (out / row["report"]).exists()
         data = json.loads((out / row["report"]).with_name("results.json").read_text())
-        assert data["kind"] == "compare" and len(data["strategies"]) == 8
+        assert data["kind"] == "compare" and len(data["strategies"]) == len(STRATEGIES)
     audit = overview["audit"]
     assert audit["status"] == "ok", audit
     audit_data = json.loads((out / audit["report"]).with_name("results.json").read_text())

@@ -84,5 +84,7 @@ def test_planned_epochs_covers_every_strategy():
         "gradual_unfreeze": 3,
         "lp_ft": 14,
         "l2_sp": 3,
+        "bitfit": 3,
+        "lora": 3,
         "scratch": 3,
     }
