@@ -84,6 +84,9 @@ CONFIGS = (
 )
 # Parameter-efficient configurations (issue 28), run with --configs and merged after.
 PEFT_CONFIGS = ("bitfit", "lora_r4", "lora_r16")
+# Their grid adds one LR below the others': an update that starts at zero (LoRA) or a few
+# parameters (BitFit) may want another LR than the head (a pilot's LoRA diverged at 0.3).
+PEFT_LOWER_LR = 0.003
 # head LR grids; the LR-ratio conventions below follow the strategy definitions
 GRID = {
     # pilots (validation split only) put the best LRs of every configuration inside this grid
@@ -285,10 +288,10 @@ def forgetting(model: Suffix, src_in: torch.Tensor, orig_head: nn.Module, ref, s
     pred = torch.cat(
         [orig_head(model.features(src_in[i : i + 250])).argmax(1) for i in range(0, len(ref), 250)]
     )
-    out = {"agreement": float((pred == ref).float().mean())}
+    out = {"agreement": float((pred == ref).double().mean())}
     if src_y is not None:
-        out["source_accuracy"] = float((pred == src_y).float().mean())
-        out["source_accuracy_before"] = float((ref == src_y).float().mean())
+        out["source_accuracy"] = float((pred == src_y).double().mean())
+        out["source_accuracy_before"] = float((ref == src_y).double().mean())
         out["source_accuracy_drop"] = out["source_accuracy_before"] - out["source_accuracy"]
     return out
 
@@ -363,7 +366,7 @@ def run_block(
         k = n - len(train_stages)
         t_cfg = time.perf_counter()
         best, best_model, lr_runs = None, None, []
-        for h in grid:
+        for h in (PEFT_LOWER_LR, *grid) if config in PEFT_CONFIGS else grid:
             t_lr = time.perf_counter()
             backbone = copy.deepcopy(base)
             if config == "feature_extraction":
