@@ -43,6 +43,8 @@ OUT = HERE / "recommend_real_results.json"
 def oracle_config(rec: dict, stages: tuple[str, ...]) -> str | None:
     """The oracle configuration that trains what the recommendation trains (None: not in its grid)."""
     strategy = rec["strategy"]
+    if strategy == "lora":
+        return f"lora_r{(rec.get('lora') or {}).get('rank')}"
     if strategy != "partial":
         return strategy
     mods = rec.get("unfreeze") or []
@@ -75,13 +77,17 @@ def row_config(row: dict, stages: tuple[str, ...]) -> str | None:
     pick = next((c for c in row.get("candidates") or [] if c["key"] == row.get("pick")), None)
     strategy = None if pick is None else pick["strategy"]
     mods = saved_modules(row)
+    if strategy == "lora":
+        return candidate_config(pick, len(stages))
     if strategy is None or mods is None or not stages:
         return row.get("oracle_config")
     return oracle_config({"strategy": strategy, "unfreeze": mods}, stages)
 
 
 def candidate_config(cand: dict, n_stages: int) -> str | None:
-    """The oracle configuration of a race candidate (its strategy, or partial's depth)."""
+    """The oracle configuration of a race candidate (its strategy, partial's depth, LoRA's rank)."""
+    if cand.get("strategy") == "lora":
+        return f"lora_r{cand.get('rank')}"
     if cand.get("strategy") != "partial":
         return cand.get("strategy")
     depth = cand.get("depth")
@@ -261,6 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 "key",
                                 "strategy",
                                 "depth",
+                                "rank",
                                 "modules",
                                 "lr",
                                 "rungs",

@@ -494,7 +494,52 @@ def summarise(runs: dict) -> dict:
             cell["cheapest_within_spread"] = min(
                 [best_name, *cell["tied_with_best"]], key=_cheapness
             )
+            cell["front"] = front(cell["configs"])
     return out
+
+
+def forgot(c: dict) -> float | None:
+    """Mean forgetting of a summarised configuration: the source-accuracy drop where the
+    source has the head's classes, else the disagreement with the pretrained model."""
+    if c.get("source_accuracy_drop"):
+        return statistics.fmean(c["source_accuracy_drop"])
+    if c.get("agreement"):
+        return 1.0 - statistics.fmean(c["agreement"])
+    return None
+
+
+def front(configs: dict) -> list[str]:
+    """The configurations no other beats on both mean test accuracy and mean forgetting
+    (Pareto), from the least forgetting up."""
+    pts = {n: (c["mean"], forgot(c)) for n, c in configs.items() if forgot(c) is not None}
+
+    def beaten(a):
+        acc, f = pts[a]
+        return any(
+            b != a and pts[b][0] >= acc and pts[b][1] <= f and (pts[b][0] > acc or pts[b][1] < f)
+            for b in pts
+        )
+
+    return sorted((n for n in pts if not beaten(n)), key=lambda n: pts[n][1])
+
+
+def print_front(summary: dict) -> None:
+    """Per case and budget: accuracy, forgetting, trainable parameters, and the front."""
+    for case, cells in summary.items():
+        for budget, cell in sorted(cells.items(), key=lambda kv: int(kv[0])):
+            if not cell.get("front"):
+                continue
+            print(f"\n{case} b{budget}: config, test acc (mean), forgetting (seeds), params, front")
+            for name in (*CONFIGS, *PEFT_CONFIGS):
+                c = cell["configs"].get(name)
+                if c is None or forgot(c) is None:
+                    continue
+                n_f = len(c.get("source_accuracy_drop") or c.get("agreement") or [])
+                mark = "front" if name in cell["front"] else ""
+                print(
+                    f"  {name:20s} {c['mean']:.3f}  {forgot(c):.3f} ({n_f})  "
+                    f"{c.get('trainable_params', 0):>9,d}  {mark}"
+                )
 
 
 def _cheapness(name: str) -> tuple[int, int]:
@@ -558,6 +603,7 @@ def _run_children(args, names, out: Path) -> dict:
     for n in names:
         cmd = [sys.executable, __file__, "--child", "--cases", n, "--out", str(parts[n])]
         cmd += ["--seeds", args.seeds, "--budgets", args.budgets, "--threads", "1"]
+        cmd += ["--configs", args.configs]
         if args.cache_dir:
             cmd += ["--cache-dir", args.cache_dir]
         if args.epochs:
@@ -718,6 +764,7 @@ def main(argv=None) -> int:
     summary = save(final=expected <= set(runs))
     if not args.child:
         print_table(summary)
+        print_front(summary)
     print(
         f"wall time {wall['seconds']:.0f}s ({wall['seconds'] / 60:.1f} min); "
         f"training seconds summed over configurations "
