@@ -90,7 +90,9 @@ def front_plot(results: dict) -> tuple[str, str] | None:
     ax.set_xlabel(f"forgetting: {what} (fraction; lower is better)")
     ax.set_ylabel("validation accuracy on the target (fraction)")
     ax.set_title("What each strategy learned against what it forgot")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
+    # Below the axes: inside, the legend hid the points that sit in its corner.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, ncol=2, frameon=False)
     return encode_png(fig), _takeaway(front, len(points), budget, results)
 
 
