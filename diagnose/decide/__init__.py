@@ -12,7 +12,12 @@ from diagnose.decide.candidates import (
     lr_grid,
     partial_depths,
 )
-from diagnose.decide.front import FrontPoint, front_points, learning_forgetting_front
+from diagnose.decide.front import (
+    FrontPoint,
+    front_points,
+    learning_forgetting_front,
+    race_front_rows,
+)
 from diagnose.decide.measured import (
     DEFAULT_TRIAL_BUDGET,
     check_trial_budget,
@@ -170,8 +175,8 @@ __all__ = [
     "learning_forgetting_front",
     "Ledger",
     "LORA_RANKS",
-    "LR_GRID",
     "lr_grid",
+    "LR_GRID",
     "LRGrids",
     "MAX_EDGE_STEPS",
     "MAX_EPOCHS",
@@ -190,6 +195,7 @@ __all__ = [
     "plan_race",
     "prediction_check",
     "PROBE_DROP",
+    "race_front_rows",
     "race_pool",
     "race_reasons",
     "RACE_STRATEGIES",

@@ -25,7 +25,7 @@ from diagnose.core import StrategyEntry
 from diagnose.decide.select import forgetting_of
 from diagnose.decide.select_reasons import as_entry
 
-__all__ = ["FrontPoint", "front_points", "learning_forgetting_front"]
+__all__ = ["FrontPoint", "front_points", "learning_forgetting_front", "race_front_rows"]
 
 
 @dataclass(frozen=True)
@@ -95,3 +95,39 @@ def learning_forgetting_front(strategies: Sequence[StrategyEntry | Mapping]) -> 
                 )
     front = [p for p in points if not any(_dominates(q, p) for q in points)]
     return sorted(front, key=lambda p: (p.forgetting, -p.val_accuracy, p.name))
+
+
+def race_front_rows(candidates: Sequence[Mapping], reference_accuracy: float | None) -> list[dict]:
+    """The race's arms as comparison rows for :func:`learning_forgetting_front`.
+
+    Per arm (a strategy and its depth or rank), the LR with the best held-out accuracy
+    among the candidates whose last rung measured forgetting (the race measures it at
+    its full epochs only); ``reference_accuracy`` is the pretrained model's source
+    accuracy, which turns a source accuracy into a drop (None: agreement only).
+    """
+    best: dict[str, tuple[Mapping, Mapping]] = {}
+    for c in candidates:
+        last = (c.get("rungs") or [None])[-1]
+        if c.get("status") != "ok" or not last or last.get("agreement") is None:
+            continue
+        held = best.get(c["arm"])
+        if held is None or last["val_accuracy"] > held[1]["val_accuracy"]:
+            best[c["arm"]] = (c, last)
+    rows = []
+    for arm, (c, last) in best.items():
+        acc = last.get("source_accuracy")
+        drop = None if acc is None or reference_accuracy is None else reference_accuracy - acc
+        rows.append(
+            {
+                "name": arm,
+                "status": "ok",
+                "target": {"val_accuracy": last["val_accuracy"]},
+                "forgetting": {
+                    "agreement": last["agreement"],
+                    "source_accuracy": acc,
+                    "source_accuracy_drop": drop,
+                },
+                "cost": {"flops": c.get("full_run_flops_estimate")},
+            }
+        )
+    return rows

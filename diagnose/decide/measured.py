@@ -27,6 +27,7 @@ from torch import nn
 from diagnose.core import Recommendation
 from diagnose.data import materialize_readable
 from diagnose.decide.candidates import RACE_STRATEGIES, Candidate, build_candidates
+from diagnose.decide.front import learning_forgetting_front, race_front_rows
 from diagnose.decide.race import run_race
 from diagnose.decide.race_reasons import race_reasons
 from diagnose.decide.race_scoring import scoring_folds
@@ -189,6 +190,7 @@ def measured_recommendation(
     warnings: list[str],
     executor: str = "local",
     ray_address: str | None = None,
+    meter: Any = None,
 ) -> dict:
     """The assessment's recommendation: the race's pick, or the prior marked unmeasured.
 
@@ -207,6 +209,9 @@ def measured_recommendation(
         warnings: receives what was skipped.
         executor, ray_address: ``"ray"`` runs the race's trials as Ray tasks
             (:mod:`diagnose.decide.race_ray`), on the cluster at ``ray_address`` if given.
+        meter: a :class:`diagnose.measure.ForgettingMeter` of the source images (None: no
+            source): the trials at the full epochs measure what they forgot, and
+            ``trials["front"]`` lists the race's learning-forgetting front.
     """
     if trial_budget == 0:
         return _unmeasured(prior, model, blocks, head, "--trial-budget 0 skipped the race")
@@ -234,25 +239,17 @@ def measured_recommendation(
     cands = build_candidates(
         results, prior, safe_forgetting=SAFE_FORGETTING, strategies=_race_strategies(warnings)
     )
+    meter = meter if head is not None else None  # a new head: no original head to ask
     trials = run_race(
-        cands,
-        folds,
-        x,
-        y,
-        n_classes,
-        model=net,
-        head=race_head,
-        blocks=race_blocks,
-        full_epochs=full_epochs,
-        budget=trial_budget,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-        progress=progress,
-        warnings=warnings,
-        executor=executor,
-        ray_address=ray_address,
-    )
+        cands, folds, x, y, n_classes, model=net, head=race_head, blocks=race_blocks,
+        full_epochs=full_epochs, budget=trial_budget, batch_size=batch_size, seed=seed,
+        device=device, progress=progress, warnings=warnings, executor=executor,
+        ray_address=ray_address, meter=meter,
+    )  # fmt: skip
+    if meter is not None:
+        rows = race_front_rows(trials["candidates"], meter.reference_source_accuracy)
+        trials["front_rows"] = rows
+        trials["front"] = [p.to_dict() for p in learning_forgetting_front(rows)]
     trials["protocol"] = protocol
     trials["new_head"] = head is None
     if trials["pick"] is None:

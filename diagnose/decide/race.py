@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import torch
 from torch import nn
@@ -122,6 +123,7 @@ def run_race(
     warnings: list[str] | None = None,
     executor: str = "local",
     ray_address: str | None = None,
+    meter: Any = None,
 ) -> dict:
     """Race ``candidates`` by successive halving within ``budget`` x the full sweep's FLOPs.
 
@@ -132,8 +134,11 @@ def run_race(
     that the calibrated cost model says would pass the budget, so ``flops_spent <=
     budget x full_flops_estimate`` on every target. With ``executor="ray"`` each
     rung's trials run as Ray tasks (:mod:`diagnose.decide.race_ray`; ``ray_address``
-    joins a cluster), with the same candidates and scores. Returns the ``trials`` dict
-    of results.json (see :func:`diagnose.decide.measured.measured_recommendation`).
+    joins a cluster), with the same candidates and scores. With a forgetting ``meter``
+    (:class:`diagnose.measure.ForgettingMeter` of the source images) every trial at the
+    full epochs also measures what it forgot (each rung's ``agreement`` and
+    ``source_accuracy``): the race's learning-forgetting front. Returns the ``trials``
+    dict of results.json (see :func:`diagnose.decide.measured.measured_recommendation`).
     """
     if not candidates:
         raise ValueError("The 'candidates' parameter of run_race is empty: nothing to race.")
@@ -167,7 +172,8 @@ def run_race(
     layout = run_layout(model, head, x[first], y[first], num_classes, device)
     ctx = RaceContext(
         _fold_data(folds, x, y, num_classes), folds, model, head, blocks, batch_size, seed,
-        device, {}, warnings, memory_format=layout.name,
+        device, {}, warnings, memory_format=layout.name, meter=meter,
+        measure_at=plan.epochs[-1] if meter is not None else None,
     )  # fmt: skip
     ray = import_ray(executor, warnings if warnings is not None else [], progress)
     arms, rung_log, full = _raced(ctx, plan, float(budget), grids, ray, ray_address, progress)

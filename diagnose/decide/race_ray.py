@@ -46,6 +46,8 @@ def _ray_trial(shared: dict, cand, fold: int, epochs: int, cuda: bool) -> dict:
         shared["seed"],
         torch.device("cuda") if cuda else torch.device("cpu"),
         memory_format=shared["memory_format"],
+        meter=shared["meter"],
+        measure_at=shared["measure_at"],
     )
     return ctx.trial(cand, fold, epochs)
 
@@ -80,6 +82,8 @@ class RayTrials:
                 "batch_size": ctx.batch_size,
                 "seed": ctx.seed,
                 "memory_format": ctx.memory_format,
+                "meter": ctx.meter,
+                "measure_at": ctx.measure_at,
             }
         )
         need = {"num_gpus": 1} if self.cuda else {"num_cpus": 1}

@@ -60,10 +60,12 @@ def phase_flops(phases) -> tuple[int, int]:
 
 
 def train_trial(
-    cand, fold_data, model, head, blocks, epochs, batch_size, seed, device, reuse, layout=None
-) -> dict:
+    cand, fold_data, model, head, blocks, epochs, batch_size, seed, device, reuse, layout=None,
+    meter=None,
+) -> dict:  # fmt: skip
     """Train ``cand`` for ``epochs`` on one fold, in the memory ``layout`` the race chose
-    (None: measured here); score its last-epoch weights."""
+    (None: measured here); score its last-epoch weights, and, with a forgetting ``meter``
+    (:class:`diagnose.measure.ForgettingMeter`), measure what they forgot."""
     start = time.perf_counter()
     config = cand.config(blocks, epochs=epochs, batch_size=batch_size, seed=seed)
     config = dataclasses.replace(config, memory_format=layout)
@@ -94,7 +96,11 @@ def train_trial(
     fixed, scaled = phase_flops(run.phases)
     ok = run.diverged is None and bool(np.isfinite(loss).all())
     shared = {ph.name: int(ph.flops_per_step or 0) * int(ph.steps) for ph in run.phases}
+    forgot = meter.measure(run.net) if meter is not None and ok else None
     return {
+        "forgetting": None
+        if forgot is None
+        else {k: forgot.get(k) for k in ("agreement", "source_accuracy")},
         "shared": {k: v for k, v in shared.items() if k in SHARED_PHASES},
         "correct": correct if ok else np.zeros_like(correct),
         "loss": loss if ok else np.full_like(loss, np.inf),
@@ -163,6 +169,10 @@ class RaceContext:
     # The memory layout every trial trains in, decided once by the race (None: each
     # process measures its own).
     memory_format: str | None = None
+    # What the trials of the last rung forgot (the learning-forgetting front of the race):
+    # the meter of the source images, and the epochs from which trials are measured.
+    meter: Any = None
+    measure_at: int | None = None
 
     def trial(self, cand: Candidate, fold: int, epochs: int) -> dict:
         """Train ``cand`` on fold ``fold`` here (:func:`train_trial`)."""
@@ -178,6 +188,7 @@ class RaceContext:
             self.device,
             self.reuse,
             self.memory_format,
+            self.meter if self.measure_at is not None and epochs >= self.measure_at else None,
         )
 
     def run_batch(self, arms: list[Arm], bar, *, e: int, r: int, n_folds: int, admit=None):
@@ -257,6 +268,19 @@ class RaceContext:
                 "folds": len(outs),
                 "flops": int(fixed + scaled),
                 "wall_s": round(wall, 4),
+                **_mean_forgetting([o.get("forgetting") for o in outs]),
             }
         )
         return fixed + scaled
+
+
+def _mean_forgetting(per_fold: list[dict | None]) -> dict:
+    """``{"agreement", "source_accuracy"}`` averaged over the folds that measured them
+    (nothing when a fold did not: the rung was not measured)."""
+    if not per_fold or any(f is None for f in per_fold):
+        return {}
+    out = {}
+    for key in ("agreement", "source_accuracy"):
+        values = [f[key] for f in per_fold if f.get(key) is not None]
+        out[key] = float(np.mean(values)) if len(values) == len(per_fold) else None
+    return out

@@ -23,7 +23,7 @@ from diagnose.core import finite, strategy_label  # noqa: E402
 from diagnose.report.plots import encode_png  # noqa: E402
 from diagnose.report.plots_entries import as_list, labelled_entries, strategy_colour  # noqa: E402
 
-__all__ = ["front_plot"]
+__all__ = ["front_plot", "race_front_plot"]
 
 
 def _sizes(flops: list[float | None]) -> list[float]:
@@ -116,3 +116,20 @@ def _takeaway(front: list[dict], n: int, budget: float | None, results: dict) ->
     if budget is not None and cost is not None:
         text += f"; the forgetting budget of {budget:.3f} costs {cost:.3f} validation accuracy"
     return text + "."
+
+
+def race_front_plot(results: dict) -> tuple[str, str] | None:
+    """The trial race's front: each strategy, depth or rank at its best LR after the full
+    epochs, held-out accuracy against what it forgot (``trials["front_rows"]``)."""
+    rec = results.get("recommendation") or {}
+    trials = rec.get("trials") or {}
+    rows = [r for r in as_list(trials.get("front_rows")) if isinstance(r, dict)]
+    if len(rows) < 2:
+        return None
+    return front_plot(
+        {
+            "strategies": rows,
+            "front": trials.get("front"),
+            "comparison_recommendation": {"max_forgetting": rec.get("max_forgetting")},
+        }
+    )

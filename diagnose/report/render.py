@@ -121,6 +121,7 @@ def render_html(results: dict) -> str:
         "lr_find": _figure(_plots.lr_find_plot, results),
         "balance": _figure(_plots.class_balance_plot, results),
         "race": _figure(_plots_race.race_plot, results),
+        "race_front": _figure(_plots_front.race_front_plot, results),
     }
     if results.get("strategies"):  # kind "compare": the assessment plus the strategy runs
         figures.update(

@@ -23,6 +23,7 @@ from diagnose.workflows.demo import DEMO_SOURCE, DEMO_TARGETS, run_demo
 from diagnose.workflows.startup import (
     as_domain,
     as_loaded,
+    forgetting_meter,
     model_and_data,
     source_eval_set,
     written,
@@ -48,6 +49,7 @@ __all__ = [
     "DEFAULT_TRACK_IMAGES",
     "DEMO_SOURCE",
     "DEMO_TARGETS",
+    "forgetting_meter",
     "ForgettingCallback",
     "ForgettingTracker",
     "lora_settings",

@@ -14,13 +14,11 @@ import numpy as np
 
 from diagnose.core import SCHEMA_VERSION
 from diagnose.data import drop_positions, materialize_readable, restricted_splits, subsample
-from diagnose.measure import ForgettingMeter
 from diagnose.models import LoadedModel
 from diagnose.training import RUN_KEYS, TargetData
 from diagnose.workflows.assessment import assess
-from diagnose.workflows.startup import source_eval_set
 
-__all__ = ["base_results", "forgetting_meter", "target_data"]
+__all__ = ["base_results", "target_data"]
 
 
 def base_results(
@@ -62,24 +60,3 @@ def target_data(
         num_classes=len(tgt.classes or []) or int(y.max()) + 1,
     )
     return data, used, split
-
-
-def forgetting_meter(
-    src, loaded: LoadedModel, prep, blocks: list[str], *, n: int, seed: int, device, pool: str,
-    warnings: list[str],
-) -> ForgettingMeter | None:  # fmt: skip
-    """The meter of forgetting on ``n`` held-out ``src`` images (None without source data,
-    with a warning)."""
-    if src is None:
-        warnings.append("No source data: forgetting cannot be measured.")
-        return None
-    sx, sy = source_eval_set(src, loaded, prep, n=n, seed=seed, warnings=warnings)
-    return ForgettingMeter(
-        loaded.model,
-        head=loaded.head,
-        blocks=blocks,
-        source_x=sx,
-        source_y=sy,
-        device=device,
-        token_pool=pool,
-    )

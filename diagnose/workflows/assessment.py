@@ -36,7 +36,7 @@ from diagnose.models import resolve_preprocessing
 from diagnose.training import check_executor
 from diagnose.workflows._assess_stages import features_by_role, head_measurements, image_statistics
 from diagnose.workflows.assess_capture import capture_domains, memory_share
-from diagnose.workflows.startup import as_domain, as_loaded, written
+from diagnose.workflows.startup import as_domain, as_loaded, forgetting_meter, written
 from probes.capture import parse_size
 
 __all__ = [
@@ -51,6 +51,10 @@ class AssessResult(RunResult):
     @property
     def recommendation(self) -> dict:
         return self.results["recommendation"]
+
+
+# Held-out source images the race's finalists are measured on (compare's default).
+RACE_SOURCE_IMAGES = 128
 
 
 def assess(
@@ -186,8 +190,9 @@ def assess(
         cap.close()  # a temporary on-disk store is deleted now, not at exit
     t0 = time.perf_counter()  # the race
     results["recommendation"] = _recommendation(
-        results, ctx, feats, max_forgetting, trial_budget=trial_budget, batch_size=batch_size,
-        seed=seed, progress=progress, executor=executor, ray_address=ray_address,
+        results, ctx, feats, max_forgetting, token_pool=pool, trial_budget=trial_budget,
+        batch_size=batch_size, seed=seed, progress=progress, executor=executor,
+        ray_address=ray_address,
     )  # fmt: skip
     timings["race"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
@@ -259,16 +264,23 @@ def _domain_warnings(src, tgt) -> list[str]:
     return warnings
 
 
-def _recommendation(results, ctx, feats, max_forgetting, **race_kw) -> dict:
-    """The rule prior, then the race's measured recommendation on the target's train+val."""
+def _recommendation(results, ctx, feats, max_forgetting, token_pool, **race_kw) -> dict:
+    """The rule prior, then the race's measured recommendation on the target's train+val
+    (with what its finalists forgot, on held-out source images, where there are some)."""
     prior = recommend(results, max_forgetting=max_forgetting)
     warnings, split = results["warnings"], ctx["splits"].get("target")
-    pool, pool_splits = None, None
+    pool, pool_splits, meter = None, None, None
     if race_kw["trial_budget"] > 0 and feats.target_labels is not None and split is not None:
         pool, pool_splits = race_pool(
             ctx["tgt"], ctx["used"]["target"], split, ctx["prep"], warnings
         )
+    if pool is not None and ctx["src"] is not None and ctx["loaded"].head is not None:
+        meter = forgetting_meter(
+            ctx["src"], ctx["loaded"], ctx["prep"], ctx["layers"], n=RACE_SOURCE_IMAGES,
+            seed=race_kw["seed"], device=ctx["device"], pool=token_pool, warnings=warnings,
+        )  # fmt: skip
     return measured_recommendation(
         results, prior, model=ctx["net"], head=ctx["loaded"].head, blocks=ctx["layers"],
-        pool=pool, splits=pool_splits, device=ctx["device"], warnings=warnings, **race_kw,
+        pool=pool, splits=pool_splits, device=ctx["device"], warnings=warnings, meter=meter,
+        **race_kw,
     )  # fmt: skip

@@ -49,14 +49,14 @@ from diagnose.training import (
     run_strategy,
     strategy_entries,
 )
-from diagnose.workflows._compare_inputs import base_results, forgetting_meter, target_data
+from diagnose.workflows._compare_inputs import base_results, target_data
 from diagnose.workflows.compare_args import (
     check_compare_args,
     lora_settings,
     parse_strategies,
     resolve_unfreeze,
 )
-from diagnose.workflows.startup import model_and_data
+from diagnose.workflows.startup import forgetting_meter, model_and_data
 
 __all__ = [
     "CompareResult",

@@ -21,11 +21,13 @@ from diagnose.data import (
     materialize_readable,
     pick_eval,
 )
+from diagnose.measure import ForgettingMeter
 from diagnose.models import LoadedModel, find_head, load_model
 
 __all__ = [
     "as_domain",
     "as_loaded",
+    "forgetting_meter",
     "model_and_data",
     "source_eval_set",
     "written",
@@ -144,3 +146,24 @@ def written(result: RunResult, out: str | Path | None) -> RunResult:
 
         result.results_path, result.report_path = write_outputs(result.results, out)
     return result
+
+
+def forgetting_meter(
+    src, loaded: LoadedModel, prep, blocks: list[str], *, n: int, seed: int, device, pool: str,
+    warnings: list[str],
+) -> ForgettingMeter | None:  # fmt: skip
+    """The meter of forgetting on ``n`` held-out ``src`` images (None without source data,
+    with a warning)."""
+    if src is None:
+        warnings.append("No source data: forgetting cannot be measured.")
+        return None
+    sx, sy = source_eval_set(src, loaded, prep, n=n, seed=seed, warnings=warnings)
+    return ForgettingMeter(
+        loaded.model,
+        head=loaded.head,
+        blocks=blocks,
+        source_x=sx,
+        source_y=sy,
+        device=device,
+        token_pool=pool,
+    )
