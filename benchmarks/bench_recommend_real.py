@@ -44,7 +44,8 @@ def oracle_config(rec: dict, stages: tuple[str, ...]) -> str | None:
     """The oracle configuration that trains what the recommendation trains (None: not in its grid)."""
     strategy = rec["strategy"]
     if strategy == "lora":
-        return f"lora_r{(rec.get('lora') or {}).get('rank')}"
+        rank = (rec.get("lora") or {}).get("rank")
+        return None if rank is None else f"lora_r{rank}"
     if strategy != "partial":
         return strategy
     mods = rec.get("unfreeze") or []
@@ -87,7 +88,7 @@ def row_config(row: dict, stages: tuple[str, ...]) -> str | None:
 def candidate_config(cand: dict, n_stages: int) -> str | None:
     """The oracle configuration of a race candidate (its strategy, partial's depth, LoRA's rank)."""
     if cand.get("strategy") == "lora":
-        return f"lora_r{cand.get('rank')}"
+        return f"lora_r{cand.get('lora_rank') or cand.get('rank')}"
     if cand.get("strategy") != "partial":
         return cand.get("strategy")
     depth = cand.get("depth")
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 "key",
                                 "strategy",
                                 "depth",
-                                "rank",
+                                "lora_rank",
                                 "modules",
                                 "lr",
                                 "rungs",

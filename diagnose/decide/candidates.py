@@ -51,9 +51,9 @@ RACE_STRATEGIES = (
     "bitfit",
     "lora",
 )
-# LoRA's ranks in the race: a small and a large update (Hu et al. 2022 found ranks 4 to
-# 64 within noise of each other on most tasks), each with alpha = 2 x rank, the same
-# scale alpha / rank = 2 as compare's default.
+# LoRA's ranks in the race: a small and a large update (Hu et al. 2022 found small ranks
+# already competitive on their tasks), each with alpha = 2 x rank, the same scale
+# alpha / rank = 2 as compare's default.
 LORA_RANKS = (4, 16)
 # Multipliers of the LR range test's suggestion: a factor of 3 either side covers
 # the range test's typical error (its suggestion is a steepest-descent point, and
@@ -80,7 +80,7 @@ class Candidate:
         prior_rank: position of its strategy in the rule prior's order (0 = the prior's pick).
         lr_edge: its LR was added by the race beyond the edge of the grid, because that
             edge was the best LR of its strategy and depth after the first rung.
-        rank: ``lora`` only: the rank of its update (alpha is twice the rank).
+        lora_rank: ``lora`` only: the rank of its update (alpha is twice the rank).
     """
 
     strategy: str
@@ -89,14 +89,14 @@ class Candidate:
     placed_by: str
     prior_rank: int
     lr_edge: bool = False
-    rank: int | None = None
+    lora_rank: int | None = None
 
     @property
     def arm(self) -> str:
         """Strategy and depth (or LoRA's rank) without the LR: ``"partial@2"``, ``"lora@r4"``,
         ``"lp_ft"``."""
-        if self.rank is not None:
-            return f"{self.strategy}@r{self.rank}"
+        if self.lora_rank is not None:
+            return f"{self.strategy}@r{self.lora_rank}"
         return self.strategy if self.depth is None else f"{self.strategy}@{self.depth}"
 
     @property
@@ -107,7 +107,8 @@ class Candidate:
     def config(self, blocks: list[str], *, epochs: int, batch_size: int, seed: int) -> TrainConfig:
         """The engine's :class:`TrainConfig` for this candidate at ``epochs``."""
         unfreeze = None if self.depth is None else list(blocks[-self.depth :])
-        rank = {} if self.rank is None else {"lora_rank": self.rank, "lora_alpha": 2.0 * self.rank}
+        r = self.lora_rank
+        rank = {} if r is None else {"lora_rank": r, "lora_alpha": 2.0 * r}
         return TrainConfig(
             epochs=int(epochs),
             batch_size=int(batch_size),
@@ -231,7 +232,7 @@ def build_candidates(
                         head_lr=lr,
                         placed_by=why,
                         prior_rank=rank,
-                        rank=lora_rank,
+                        lora_rank=lora_rank,
                     )
                 )
     return out

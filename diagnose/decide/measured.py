@@ -15,7 +15,6 @@ and ``unfreeze_blocks`` the probed blocks the engine's ``partial`` trains.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from typing import Any
@@ -39,6 +38,7 @@ from diagnose.models import (
     NEW_HEAD,
     cut_description,
     lora_targets,
+    peft_available,
     trainable_modules,
     unprefixed,
     with_new_head,
@@ -154,7 +154,7 @@ def _trained(cand: Candidate, net: nn.Module, head: str, blocks: list[str], *, n
     if cand.strategy == "lora":
         unfreeze = [*lora_targets(net, blocks, head), head]
         cut = (
-            f"LoRA of rank {cand.rank} on {len(unfreeze) - 1} Linear and Conv2d layers of "
+            f"LoRA of rank {cand.lora_rank} on {len(unfreeze) - 1} Linear and Conv2d layers of "
             f"every block; {head} trains in full"
         )
     elif cand.strategy == "bitfit":
@@ -167,7 +167,7 @@ def _trained(cand: Candidate, net: nn.Module, head: str, blocks: list[str], *, n
 
 def _race_strategies(warnings: list[str]) -> tuple[str, ...]:
     """The race's strategies: LoRA only where peft is installed (said so otherwise)."""
-    if importlib.util.find_spec("peft") is not None:
+    if peft_available():
         return RACE_STRATEGIES
     warnings.append(f"LoRA was not raced: it needs the peft library ({LORA_EXTRA}).")
     return tuple(s for s in RACE_STRATEGIES if s != "lora")
@@ -287,8 +287,12 @@ def _picked(pick: dict, race_net, blocks, new_head: bool, full_epochs: int, prio
         reasons=tuple(reasons),
         would_change_if=tuple(change),
         lora=None
-        if cand.rank is None
-        else {"rank": cand.rank, "alpha": 2.0 * cand.rank, "targets": list(unfreeze[:-1])},
+        if cand.lora_rank is None
+        else {
+            "rank": cand.lora_rank,
+            "alpha": 2.0 * cand.lora_rank,
+            "targets": list(unfreeze[:-1]),
+        },
         prior={
             "strategy": prior["strategy"],
             "confidence": prior["confidence"],

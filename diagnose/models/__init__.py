@@ -7,8 +7,10 @@ from diagnose.models.adapters import (
     apply_lora,
     bias_and_norm,
     import_peft,
+    install_dir,
     is_adapter_dir,
     lora_targets,
+    peft_available,
     save_adapter,
 )
 from diagnose.models.cache import resolve_cache_dir
@@ -46,6 +48,8 @@ from diagnose.models.peft_view import (
     base_model_of,
     effective_parameters,
     is_adapted,
+    is_lora_parameter,
+    is_original_copy,
     merged_state_dict,
 )
 from diagnose.models.timm_zoo import load_timm, timm_cached_file
@@ -74,8 +78,11 @@ __all__ = [
     "find_head",
     "HEAD",
     "import_peft",
+    "install_dir",
     "is_adapted",
     "is_adapter_dir",
+    "is_lora_parameter",
+    "is_original_copy",
     "load_model",
     "load_or_pretrain",
     "load_state_dict_checked",
@@ -93,6 +100,7 @@ __all__ = [
     "NEW_HEAD",
     "NewHead",
     "parameter_groups",
+    "peft_available",
     "pretrain",
     "random_init_copy",
     "RECIPE_VERSION",

@@ -21,8 +21,10 @@ Example:
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -40,7 +42,9 @@ __all__ = [
     "bias_and_norm",
     "import_peft",
     "is_adapter_dir",
+    "install_dir",
     "lora_targets",
+    "peft_available",
     "save_adapter",
 ]
 
@@ -58,35 +62,68 @@ def import_peft() -> Any:
     return peft
 
 
+@functools.cache
+def peft_available() -> bool:
+    """Whether peft imports here (installed and importable: a broken install counts as
+    missing, so LoRA is left out up front rather than failing row by row)."""
+    try:
+        import_peft()
+    except ImportError:
+        return False
+    return True
+
+
 def _is_norm(module: nn.Module) -> bool:
     # Covers BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm and timm's subclasses
     # (LayerNorm2d, BatchNormAct2d) as well as any custom "...Norm..." layer.
-    return isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)) or (
-        "Norm" in type(module).__name__
-    )
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
+    return isinstance(module, norms) or "Norm" in type(module).__name__
 
 
 def bias_and_norm(model: nn.Module, names: list[str]) -> list[str]:
-    """The names among ``names`` (parameters of ``model``) that BitFit trains: every bias,
-    and the parameters of normalisation layers."""
+    """The parameters BitFit trains among ``names``.
+
+    Args:
+        model: the network the names are of.
+        names: qualified parameter names (one block's, say).
+
+    Returns:
+        Every bias (``bias``, and ``in_proj_bias``, ``q_bias``, ``v_bias``: attention's
+        query biases matter most in the BitFit paper) and every parameter of a
+        normalisation layer, in the order of ``names``.
+
+    Example:
+        >>> bias_and_norm(nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5)), ["0.weight", "0.bias", "1.weight"])
+        ['0.bias', '1.weight']
+    """
     modules = dict(model.named_modules())
     keep = []
     for name in names:
         owner, _, leaf = name.rpartition(".")
-        if leaf == "bias" or _is_norm(modules.get(owner, model)):
+        if leaf == "bias" or leaf.endswith("_bias") or _is_norm(modules.get(owner, model)):
             keep.append(name)
     return keep
 
 
-def _supported(module: nn.Module) -> bool:
+# Convolutions whose own forward only pads ("same" padding, TensorFlow style) before an
+# ordinary convolution; a subclass that changes its weight in forward (weight
+# standardisation) would not match a merged update, so it is never adapted.
+_PADDING_ONLY = re.compile(r"Same|StaticSamePadding|DynamicSamePadding")
+
+
+def _lora_supported(module: nn.Module, parent: nn.Module | None) -> bool:
+    """A layer peft's LoRA update matches: a plain Linear (not one that
+    ``nn.MultiheadAttention`` reads the weight of directly), or a 2-D convolution with one
+    group, plain or, at 1x1 (which pads nothing), one that only pads."""
     if isinstance(module, nn.Linear):
-        return type(module).forward is nn.Linear.forward
+        own = type(module).forward is nn.Linear.forward
+        return own and not isinstance(parent, nn.MultiheadAttention)
     if not isinstance(module, nn.Conv2d) or module.groups != 1:
         return False
-    # A subclass with its own forward (TensorFlow-style "same" padding, applied before it
-    # convolves) feeds peft's update an unpadded input: only a 1x1 kernel, which pads
-    # nothing, still matches the layer's output.
-    return type(module).forward is nn.Conv2d.forward or tuple(module.kernel_size) == (1, 1)
+    if type(module).forward is nn.Conv2d.forward:
+        return True
+    pads_only = bool(_PADDING_ONLY.search(type(module).__name__))
+    return pads_only and tuple(module.kernel_size) == (1, 1)
 
 
 def lora_targets(
@@ -112,10 +149,13 @@ def lora_targets(
     """
     owners = module_groups(model, list(blocks), head)
     chosen = set(blocks if adapted is None else adapted)
+    modules = dict(model.named_modules())
     pool = {
         name: m
-        for name, m in model.named_modules()
-        if owners.get(name) in chosen and owners.get(name) != HEAD and _supported(m)
+        for name, m in modules.items()
+        if owners.get(name) in chosen
+        and owners.get(name) != HEAD
+        and _lora_supported(m, modules.get(name.rpartition(".")[0]))
     }
     if targets is None:
         found = list(pool)
@@ -139,19 +179,42 @@ def lora_targets(
     return found
 
 
-def apply_lora(model: nn.Module, targets: list[str], *, rank: int, alpha: float, head: str):
-    """``model`` wrapped in a ``PeftModel`` with LoRA on ``targets`` (in place: ``model`` is
-    the wrapped network); the head at ``head`` trains in full and is saved with the adapter."""
+def apply_lora(model: nn.Module, targets: list[str], *, rank: int, alpha: float, head: str) -> Any:
+    """Wrap ``model`` in a ``PeftModel`` with LoRA on exactly ``targets``.
+
+    Args:
+        model: the network; adapted in place (it stays the network inside the wrapper).
+        targets: qualified names of the layers to adapt (:func:`lora_targets`).
+        rank: the rank r of the update ``B A``.
+        alpha: the scale numerator: the update is ``B A * alpha / r``.
+        head: the head's qualified name: it trains in full and is saved with the adapter.
+
+    Returns:
+        The ``PeftModel``.
+
+    Raises:
+        ValueError: peft adapted other layers than ``targets`` (never silently).
+    """
     peft = import_peft()
     config = peft.LoraConfig(
         r=int(rank),
         lora_alpha=float(alpha),
-        target_modules=list(targets),
+        # A string is matched whole (re.fullmatch): the names exactly, where a list
+        # would also match every name that ends with one of them.
+        target_modules="^(?:" + "|".join(re.escape(t) for t in targets) + ")$",
         lora_dropout=0.0,
         bias="none",
         modules_to_save=[head],
     )
-    return peft.get_peft_model(model, config)
+    wrapped = peft.get_peft_model(model, config)
+    done = [n for n, m in model.named_modules() if hasattr(m, "lora_A") and n]
+    if sorted(done) != sorted(targets):
+        extra, missing = sorted(set(done) - set(targets)), sorted(set(targets) - set(done))
+        raise ValueError(
+            f"peft adapted other layers than asked: extra {extra[:3]}, missing {missing[:3]}; "
+            "name the layers with lora_targets (--lora-targets)."
+        )
+    return wrapped
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -174,21 +237,36 @@ def adapter_dir_for(checkpoint: str | Path) -> Path:
 
 
 def save_adapter(peft_model: Any, path: str | Path) -> Path:
-    """``peft_model.save_pretrained`` into ``path`` atomically: written beside it, then
-    swapped in, so a crash leaves the previous adapter (or none), never half of one."""
+    """``peft_model.save_pretrained`` into ``path`` atomically (:func:`install_dir`)."""
+
+    def write(tmp: Path) -> None:
+        peft_model.save_pretrained(str(tmp))
+
+    return install_dir(write, path)
+
+
+def install_dir(write, path: str | Path) -> Path:
+    """Fill a fresh directory with ``write(tmp)`` beside ``path``, then swap it in.
+
+    A crash or an error leaves the previous directory (or none) in place, never half of
+    a new one; the previous one is removed only once the new one is in place.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    old = None
+    old = path.with_name(f".{path.name}.old")
     try:
-        peft_model.save_pretrained(str(tmp))
+        write(tmp)
+        shutil.rmtree(old, ignore_errors=True)
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if old.exists() and not path.exists():
+                os.replace(old, path)  # put the previous adapter back
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
     return path

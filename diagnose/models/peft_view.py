@@ -23,6 +23,8 @@ __all__ = [
     "base_model_of",
     "effective_parameters",
     "is_adapted",
+    "is_lora_parameter",
+    "is_original_copy",
     "merged_state_dict",
 ]
 
@@ -37,6 +39,16 @@ def base_model_of(model: nn.Module) -> nn.Module:
     get = getattr(model, "get_base_model", None)
     inner = get() if callable(get) else None
     return inner if isinstance(inner, nn.Module) else model
+
+
+def is_lora_parameter(name: str) -> bool:
+    """Whether parameter ``name`` is one of a LoRA update's matrices (``lora_A``, ``lora_B``)."""
+    return ".lora_" in name
+
+
+def is_original_copy(name: str) -> bool:
+    """Whether ``name`` is in the untouched original of a module peft trains as a copy."""
+    return _ORIGINAL in name
 
 
 def is_adapted(model: nn.Module) -> bool:
@@ -68,9 +80,9 @@ def _delta(module: nn.Module) -> torch.Tensor | None:
 def _plain_name(name: str, modules: dict[str, nn.Module]) -> str | None:
     """The plain model's name of an adapted model's tensor, or None when the plain model
     has no such tensor (an adapter's own weights, a replaced original module)."""
-    if ".lora_" in name:
+    if is_lora_parameter(name):
         return None
-    if _ORIGINAL in name:
+    if is_original_copy(name):
         owner = name.split(_ORIGINAL, 1)[0]
         return None if _active(modules[owner]) else name.replace(_ORIGINAL, ".", 1)
     if _SAVED in name:
@@ -83,6 +95,12 @@ def _plain_name(name: str, modules: dict[str, nn.Module]) -> str | None:
 @torch.no_grad()
 def effective_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter of the plain model under its plain name, adapters applied.
+
+    Args:
+        model: a network, peft-adapted or not, or its ``PeftModel``.
+
+    Returns:
+        Parameter name -> detached tensor on the model's device.
 
     For a model without adapters this is ``dict(model.named_parameters())`` (detached).
     A LoRA layer's weight is ``base + sum of the active adapters' delta``, computed by
@@ -106,13 +124,22 @@ def effective_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The plain model's state dict with the adapters merged in (CPU copies), which loads
-    strictly into the architecture the adapters were put on."""
+    """The plain model's state dict with the adapters merged in.
+
+    Args:
+        model: a peft-adapted network or its ``PeftModel`` (a plain model: its own state).
+
+    Returns:
+        CPU copies under the plain names, the keys of the plain architecture's
+        ``state_dict()`` (non-persistent buffers left out, as there), so it loads strictly
+        into the architecture the adapters were put on.
+    """
     root = base_model_of(model)
     modules = dict(root.named_modules())
-    state = {k: v.detach().cpu().clone() for k, v in effective_parameters(root).items()}
-    for name, b in root.named_buffers():
+    merged = effective_parameters(root)
+    state = {}
+    for name, value in root.state_dict(keep_vars=True).items():
         plain = _plain_name(name, modules)
         if plain is not None:
-            state[plain] = b.detach().cpu().clone()
+            state[plain] = merged.get(plain, value).detach().cpu().clone()
     return state

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from diagnose.models import HEAD, bias_and_norm, parameter_groups
+from diagnose.models import (
+    HEAD,
+    bias_and_norm,
+    is_lora_parameter,
+    is_original_copy,
+    parameter_groups,
+)
 
 __all__ = [
     "FROZEN_NORMS",
@@ -26,10 +32,16 @@ def select_trained(
 ) -> dict[str, list[str]]:
     """The parameter names per group that may train under ``params``.
 
-    ``"all"``: every parameter of the group. ``"bias_norm"`` (BitFit): a block's biases
-    and normalisation parameters. ``"lora"``: a block's LoRA matrices (``.lora_``), and
-    the head's trained copy (peft keeps the untouched original beside it).
-    The head trains in full in every case.
+    Args:
+        net: the network (peft-adapted for ``"lora"``).
+        params: ``"all"``: every parameter of the group; ``"bias_norm"`` (BitFit): a
+            block's biases and normalisation parameters; ``"lora"``: a block's LoRA
+            matrices. The head trains in full in every case (under peft: its trained
+            copy, not the untouched original kept beside it).
+        blocks, head: the parameter groups (:func:`diagnose.models.parameter_groups`).
+
+    Returns:
+        Group -> the names of the parameters it trains.
     """
     groups = parameter_groups(net, blocks, head)
     if params == "all":
@@ -37,11 +49,14 @@ def select_trained(
     out: dict[str, list[str]] = {}
     for g, names in groups.items():
         if g == HEAD:
-            out[g] = [n for n in names if ".original_module." not in n]
+            out[g] = [n for n in names if not is_original_copy(n)]
         elif params == "bias_norm":
             out[g] = bias_and_norm(net, names)
         elif params == "lora":
-            out[g] = [n for n in names if ".lora_" in n]
+            out[g] = [n for n in names if is_lora_parameter(n)]
         else:
-            raise ValueError(f"Unknown trained-parameter selection {params!r}.")
+            raise ValueError(
+                "The 'params' parameter of select_trained must be one of 'all', 'bias_norm' "
+                f"or 'lora'. Got {params!r} instead."
+            )
     return out

@@ -47,6 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diagnose.core import StrategyEntry, atomic_write_bytes, raise_if_interrupted, set_threads
+from diagnose.models import install_dir
 from diagnose.training.config import TrainConfig
 from probes import free_device_memory, is_out_of_memory
 
@@ -237,6 +238,27 @@ def _ray_unit(job: Job, unit: Unit, cuda: bool, want_checkpoint: bool) -> tuple:
     return record, warnings, files or None
 
 
+def _write_checkpoint_files(folder: Path, files: dict[str, bytes]) -> None:
+    """A Ray task's checkpoint files under ``folder``: each file atomically, and each
+    directory (an adapter) swapped in whole, never a mix of two runs' files."""
+    dirs: dict[str, dict[str, bytes]] = {}
+    for name, data in files.items():
+        top, sep, rest = name.partition("/")
+        if sep:
+            dirs.setdefault(top, {})[rest] = data
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(folder / name, data)
+    for top, inner in dirs.items():
+
+        def write(tmp: Path, inner=inner) -> None:
+            for rel, data in inner.items():
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / rel).write_bytes(data)
+
+        install_dir(write, folder / top)
+
+
 class RaySession:
     """``ray.init`` unless Ray already runs here; ``shutdown`` only what was started."""
 
@@ -289,10 +311,8 @@ def _run_ray(ray, units, job, on_done, progress, address) -> None:
                 except ray.exceptions.RayError as exc:  # the worker died or the task broke
                     cause = getattr(exc, "cause", None) or exc
                     record, warnings, blob = _failed(unit, cause), [], None
-                for name, data in (blob or {}).items():
-                    path = job.checkpoint_path(unit).parent / name
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    atomic_write_bytes(path, data)
+                if blob:
+                    _write_checkpoint_files(job.checkpoint_path(unit).parent, blob)
                 on_done(unit, record, warnings)
                 bar.update(1)
                 raise_if_interrupted()

@@ -23,8 +23,9 @@ bitfit              the biases and normalisation parameters of every block, and
                     the head, all at h (Ben Zaken et al. 2022)
 lora                peft's LoRA of rank ``lora_rank`` on the Linear and 2-D Conv
                     layers of ``adapted_blocks`` (every block by default), and
-                    the head, all at h; BatchNorm statistics stay frozen, so the
-                    adapter alone holds the change (Hu et al. 2022)
+                    the head, all at h (Hu et al. 2022); BatchNorm statistics stay
+                    frozen (this toolkit's choice: the adapter alone holds the
+                    change, so the adapter file is the whole fine-tuning)
 scratch             random init of the same architecture, everything at h
 ==================  =======================================================
 

@@ -92,6 +92,7 @@ class StrategyRun(HeadStages):
         self.stage_records = [s.to_dict() for s in self.plan.stages]
         self.diverged = self.overfitting = None
         self.prefix_cache, self.prefix_reason = False, "no block stays frozen through training"
+        self.lora_layers: list[str] | None = None  # the layers LoRA adapted, once built
         self.steps_done = 0
         self.test_accuracy = None
         self.final: dict[str, Any] | None = None
@@ -158,7 +159,7 @@ class StrategyRun(HeadStages):
         trained = self.plan.trained_groups()
         self.trainable_params = int(sum(p.numel() for g in trained for p in self.group_params[g]))
 
-    def _adapt(self):
+    def _adapt(self) -> Any:
         """Put LoRA on the plan's layers (peft); the network stays ``self.net``, adapted in
         place, inside the returned ``PeftModel`` (kept to save the adapter)."""
         lora = self.plan.lora or {}
@@ -166,7 +167,7 @@ class StrategyRun(HeadStages):
         targets = lora_targets(
             self.net, self.blocks, self.head, adapted=adapted, targets=lora.get("targets")
         )
-        self.stage_records[-1]["lora_targets"] = targets
+        self.lora_layers = targets
         return apply_lora(
             self.net, targets, rank=lora["rank"], alpha=lora["alpha"], head=self.head
         ).to(self.device)

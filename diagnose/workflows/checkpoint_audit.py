@@ -151,16 +151,17 @@ def _fit_head(model: nn.Module, head: str, weight: Any, bias: bool) -> bool:
 def _from_adapter(pretrained: nn.Module, head: str, path: Path) -> tuple[nn.Module, bool]:
     """The pretrained model with the peft adapter at ``path`` applied and merged."""
     peft = import_peft()
-    weights = peft.utils.load_peft_weights(str(path), device="cpu")
-    key = f"base_model.model.{head}"
     model = copy.deepcopy(pretrained).cpu()
-    replaced = _fit_head(model, head, weights.get(f"{key}.weight"), f"{key}.bias" in weights)
     try:
+        weights = peft.utils.load_peft_weights(str(path), device="cpu")
+        key = f"base_model.model.{head}"
+        replaced = _fit_head(model, head, weights.get(f"{key}.weight"), f"{key}.bias" in weights)
         adapted = peft.PeftModel.from_pretrained(model, str(path))
-    except (ValueError, KeyError, RuntimeError) as exc:
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(
-            f"the adapter in '{path}' does not fit the model (wrong architecture?): {first}"
+            f"The adapter in '{path}' could not be applied to the model (another "
+            f"architecture, or missing files?): {first}"
         ) from exc
     return adapted.merge_and_unload().eval(), replaced
 

@@ -5,7 +5,6 @@ Every error here is raised before hours of training, not after.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import numpy as np
@@ -13,7 +12,7 @@ import numpy as np
 from diagnose.core import (
     STRATEGY_NAMES,
 )
-from diagnose.models import LORA_EXTRA, import_peft
+from diagnose.models import LORA_EXTRA, import_peft, lora_targets, peft_available
 from diagnose.training import (
     check_executor,
 )
@@ -109,19 +108,20 @@ def parse_strategies(
 ) -> list[str]:
     """``all`` or a comma-separated subset of the strategy names, in canonical order.
 
-    ``all`` leaves out ``lora`` when peft is not installed, with a warning in
+    ``all`` leaves out ``lora`` when peft cannot be imported, with a warning in
     ``warnings``; naming ``lora`` without peft is the one-line ImportError of the extra.
     """
     names = list(STRATEGY_NAMES) if value == "all" else value
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
+    names = list(names)  # never the caller's list
     unknown = [n for n in names if n not in STRATEGY_NAMES]
     if unknown or not names:
         raise ValueError(
             f"'strategies' must be 'all' or names from {', '.join(STRATEGY_NAMES)}. "
             f"Got {', '.join(unknown) or 'nothing'}."
         )
-    if "lora" in names and importlib.util.find_spec("peft") is None:
+    if "lora" in names and not peft_available():
         if value != "all":
             import_peft()  # raises the one-line error naming the extra
         names.remove("lora")
@@ -133,10 +133,34 @@ def parse_strategies(
 
 
 def lora_settings(
-    unfreeze: Any, blocks: list[str], rank: int, alpha: float, targets: str | list[str] | None
+    unfreeze: Any,
+    blocks: list[str],
+    rank: int,
+    alpha: float,
+    targets: str | list[str] | None,
+    *,
+    names: list[str],
+    loaded: Any,
+    bn: str,
+    warnings: list[str],
 ) -> dict:
-    """The TrainConfig fields of LoRA from ``compare``'s arguments: the adapted blocks are
-    those an explicit ``unfreeze`` names (an int k: the last k), else every block."""
+    """The TrainConfig fields of LoRA from ``compare``'s arguments, checked before training.
+
+    Args:
+        unfreeze: ``compare``'s ``unfreeze``: an int k (the last k blocks) or block names
+            put LoRA on those blocks; anything else (None, several depths) on every block.
+        blocks: the run's blocks.
+        rank, alpha: ``lora_rank`` and ``lora_alpha``.
+        targets: ``lora_targets``: names or suffixes, comma-separated or a list, or None.
+        names: the strategies that run: the targets are resolved on the model (a name
+            that matches no layer is an error now, not a failed row later) when ``lora`` runs.
+        loaded: the :class:`diagnose.models.LoadedModel`.
+        bn: ``compare``'s ``bn``: ``"train"`` does not apply to LoRA, which is said.
+        warnings: receives that note.
+
+    Returns:
+        ``{"lora_rank", "lora_alpha", "lora_targets", "adapted_blocks"}``.
+    """
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"'lora_rank' must be a whole number of at least 1. Got {rank!r}.")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
@@ -156,6 +180,13 @@ def lora_settings(
         and all(isinstance(b, str) for b in unfreeze)
     ):
         adapted = list(unfreeze)
+    if "lora" in names:
+        lora_targets(loaded.model, blocks, loaded.head, adapted=adapted, targets=targets)
+        if bn == "train":
+            warnings.append(
+                "lora keeps every BatchNorm's statistics frozen (the adapter alone holds the "
+                "change): --bn train applies to the other strategies."
+            )
     return {
         "lora_rank": rank,
         "lora_alpha": float(alpha),

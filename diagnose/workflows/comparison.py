@@ -117,17 +117,19 @@ def _with_layout(config: TrainConfig, loaded, data, device):
     return dataclasses.replace(config, memory_format=layout.name), layout
 
 
-def _fingerprint(model: str, src, tgt, config: TrainConfig, extra: dict, seeds: int) -> dict:
+def _fingerprint(
+    model: str, src, tgt, config: TrainConfig, extra: dict, seeds: int, lora: bool
+) -> dict:
     """What must match for ``--resume`` to reuse a run's finished units."""
     # "seeds" is absent for one seed, so single-seed runs of earlier versions stay resumable.
     extra = {**extra, **({"seeds": seeds} if seeds > 1 else {})}
     # The layout changes float rounding only, and is measured again on --resume.
-    # LoRA's settings at their defaults are left out, so runs from before LoRA resume.
-    defaults = TrainConfig().to_dict()
+    # LoRA's settings count only where LoRA runs, so other runs (and runs from before
+    # LoRA) resume whatever they are.
     train = {
         k: v
         for k, v in config.to_dict().items()
-        if k != "memory_format" and not (k in _LORA_KEYS and v == defaults[k])
+        if k != "memory_format" and (lora or k not in _LORA_KEYS)
     }
     source = getattr(src, "name", None)
     return jsonable({"model": model, "source": source, "target": tgt.name, **train, **extra})
@@ -252,6 +254,11 @@ def compare(
         raise ValueError("compare needs labelled 'target' data.")
     out_dir = Path(out) if out is not None else None
     previous = read_previous(out_dir) if resume else None
+    blocks = probes.discover_layers(loaded.model) if layers == "auto" else list(layers)
+    lora = lora_settings(
+        unfreeze, blocks, lora_rank, lora_alpha, lora_targets, names=names, loaded=loaded,
+        bn=bn, warnings=skipped,
+    )  # fmt: skip
     base = base_results(
         previous, with_assessment, loaded, src, tgt, layers=layers, image_size=image_size,
         normalize=normalize, device=device, seed=seed, batch_size=batch_size,
@@ -261,13 +268,11 @@ def compare(
     warnings: list[str] = list(base.get("warnings", [])) + skipped
     domains = [d for d in (src, tgt) if d is not None]
     prep = resolve_preprocessing(loaded, domains, image_size, normalize)
-    blocks = probes.discover_layers(loaded.model) if layers == "auto" else list(layers)
-    lora = lora_settings(unfreeze, blocks, lora_rank, lora_alpha, lora_targets)
     names, unfreeze = resolve_unfreeze(unfreeze, names, blocks, base.get("recommendation"))
     config, head_lr_from = _train_config(base, lr, epochs, batch_size, unfreeze, bn, seed, lora)
     data_keys = {"max_samples": max_samples, "image_size": image_size, "normalize": str(normalize)}
     fingerprint = _fingerprint(
-        loaded.name, src, tgt, config, {**data_keys, "blocks": blocks}, seeds
+        loaded.name, src, tgt, config, {**data_keys, "blocks": blocks}, seeds, "lora" in names
     )
     seed_list = [seed + i for i in range(seeds)]
     done = finished(previous, fingerprint, out_dir / "results.json", seed_list) if previous else {}

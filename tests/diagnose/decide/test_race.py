@@ -27,7 +27,7 @@ def _pool(n_per_class=12, classes=3, seed=0):
     return x, y
 
 
-def _race(budget=0.5, seed=0, strategies=("feature_extraction", "partial", "lp_ft")):
+def _race(budget=0.5, seed=0, strategies=("feature_extraction", "partial", "lp_ft"), meter=None):
     x, y = _pool()
     torch.manual_seed(0)
     net = Tiny(classes=5)
@@ -59,6 +59,7 @@ def _race(budget=0.5, seed=0, strategies=("feature_extraction", "partial", "lp_f
             seed=seed,
             device=torch.device("cpu"),
             progress=False,
+            meter=meter(net) if meter is not None else None,
         )
     return cands, trials, protocol
 
@@ -429,13 +430,13 @@ def test_lora_and_bitfit_are_candidates_with_a_rank_grid():
     )
     lora = [c for c in cands if c.strategy == "lora"]
     assert {c.arm for c in lora} == {f"lora@r{r}" for r in LORA_RANKS}
-    assert all(len([c for c in lora if c.rank == r]) == len(LR_GRID) for r in LORA_RANKS)
+    assert all(len([c for c in lora if c.lora_rank == r]) == len(LR_GRID) for r in LORA_RANKS)
     # The rule prior never names them: they come last, the first a tight budget cuts.
     assert [c.strategy for c in cands][-len(lora) - len(LR_GRID) :] == ["bitfit"] * len(LR_GRID) + [
         "lora"
     ] * len(lora)
     config = lora[0].config(["b0", "b1"], epochs=3, batch_size=8, seed=0)
-    assert (config.lora_rank, config.lora_alpha) == (lora[0].rank, 2.0 * lora[0].rank)
+    assert (config.lora_rank, config.lora_alpha) == (lora[0].lora_rank, 2.0 * lora[0].lora_rank)
     assert Candidate.from_dict(lora[0].to_dict()) == lora[0]
     assert strategy_label("lora@r4") == "LoRA, rank 4"
 
@@ -448,3 +449,29 @@ def test_a_race_of_bitfit_and_lora_trains_and_ranks_them():
     ok = [c for c in trials["candidates"] if c["arm"].startswith(("lora", "bitfit"))]
     assert ok and all(c["rungs"] and c["flops"] > 0 for c in ok)
     assert trials["flops_spent"] <= trials["budget_flops"]
+
+
+def test_the_race_measures_what_its_finalists_forgot_and_draws_their_front():
+    from diagnose.decide import learning_forgetting_front, race_front_rows
+    from diagnose.measure import ForgettingMeter
+
+    source = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+
+    def meter(net):
+        return ForgettingMeter(net, head="head", blocks=["block1", "block2", "block3"],
+                               source_x=source, source_y=None, device="cpu", batch_size=8)  # fmt: skip
+
+    _, trials, _ = _race(budget=0.8, meter=meter)
+    last = max(len(c["rungs"]) for c in trials["candidates"])
+    for c in trials["candidates"]:
+        for r in c["rungs"]:
+            full = r["epochs"] == trials["rung_epochs"][-1]
+            assert ("agreement" in r) == full  # measured at the full epochs only
+            if full:
+                assert 0 <= r["agreement"] <= 1 and r["source_accuracy"] is None
+    fe = [c for c in trials["candidates"] if c["strategy"] == "feature_extraction"]
+    assert all(c["rungs"][-1]["agreement"] == 1.0 for c in fe if len(c["rungs"]) == last)
+    rows = race_front_rows(trials["candidates"], None)
+    assert rows and {r["name"] for r in rows} <= {c["arm"] for c in trials["candidates"]}
+    front = learning_forgetting_front(rows)
+    assert front and all(p.measure == "disagreement" for p in front)

@@ -152,3 +152,59 @@ def test_without_peft_lora_is_one_line_naming_the_extra(monkeypatch):
     assert str(info.value) == (
         "The 'lora' strategy needs the peft library: pip install 'transfer-diagnose[peft]'."
     )
+
+
+def test_bitfit_trains_attention_biases_and_lora_skips_what_attention_reads_directly():
+    v = torchvision.models.vit_b_16(num_classes=3, image_size=32)
+    names = [n for n, _ in v.named_parameters() if n.startswith("encoder.layers.encoder_layer_0.")]
+    kept = bias_and_norm(v, names)
+    assert "encoder.layers.encoder_layer_0.self_attention.in_proj_bias" in kept
+    assert "encoder.layers.encoder_layer_0.self_attention.in_proj_weight" not in kept
+    blocks = [f"encoder.layers.encoder_layer_{i}" for i in range(12)]
+    found = lora_targets(v, blocks, "heads.head", adapted=blocks[:1])
+    # MultiheadAttention reads out_proj.weight itself: an adapter there would never train.
+    assert not any(n.endswith("out_proj") for n in found) and found
+
+
+class _Standardised(nn.Conv2d):
+    """A weight-standardising 1x1 convolution (timm's StdConv2d): not padding only."""
+
+    def forward(self, x):
+        w = (self.weight - self.weight.mean()) / (self.weight.std() + 1e-5)
+        return nn.functional.conv2d(x, w, self.bias)
+
+
+def test_a_convolution_that_changes_its_weight_is_not_adapted():
+    model = nn.Sequential(_Standardised(3, 4, 1), nn.Conv2d(4, 4, 1), nn.Flatten(), nn.Linear(4, 2))
+    assert lora_targets(model, ["0", "1"], "3") == ["1"]
+
+
+def test_the_merged_state_dict_has_the_plain_keys_without_non_persistent_buffers():
+    plain, adapted = _adapted_tiny()
+    adapted.get_base_model().block1.register_buffer("scratch", torch.zeros(2), persistent=False)
+    plain.block1.register_buffer("scratch", torch.zeros(2), persistent=False)
+    merged = merged_state_dict(adapted)
+    assert set(merged) == set(plain.state_dict())
+    plain.load_state_dict(merged, strict=True)
+
+
+def test_saving_an_adapter_replaces_the_previous_one_whole(tmp_path):
+    from diagnose.models import save_adapter
+
+    _, first = _adapted_tiny(rank=2)
+    _, second = _adapted_tiny(rank=3)
+    path = save_adapter(first, tmp_path / "lora_adapter")
+    (path / "stale.txt").write_text("from an earlier run")
+    save_adapter(second, path)
+    assert not (path / "stale.txt").exists()
+    assert '"r": 3' in (path / "adapter_config.json").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lora_adapter"]  # no temporary left
+
+    def broken(tmp):
+        raise OSError("disk full")
+
+    from diagnose.models import install_dir
+
+    with pytest.raises(OSError, match="disk full"):
+        install_dir(broken, path)
+    assert '"r": 3' in (path / "adapter_config.json").read_text()  # the previous one stays

@@ -166,7 +166,24 @@ def test_resume_refuses_different_settings(loaded_demo, tmp_path):
         )
 
 
+def test_lora_settings_count_for_resume_only_where_lora_runs(loaded_demo, tmp_path):
+    kw = dict(out=tmp_path, strategies="feature_extraction", unfreeze=1, **SMALL)
+    compare(loaded_demo, "demo:digits", "demo:digits-noise", **kw)
+    calls = []
+
+    def runner(*args, **kwargs):
+        calls.append(args)
+        return run_strategy(*args, **kwargs)
+
+    # Another LoRA rank changes nothing for a run without lora: it resumes, training nothing.
+    res = compare(loaded_demo, "demo:digits", "demo:digits-noise", resume=True, lora_rank=4,
+                  runner=runner, **kw)  # fmt: skip
+    assert calls == [] and [s["name"] for s in res.strategies] == ["feature_extraction"]
+
+
 def test_parse_strategies():
+    names = ["lp_ft", "scratch"]
+    assert parse_strategies(names) == ["lp_ft", "scratch"] and names == ["lp_ft", "scratch"]
     assert parse_strategies("all") == list(STRATEGY_NAMES)
     assert parse_strategies("scratch,feature_extraction") == ["feature_extraction", "scratch"]
     with pytest.raises(ValueError, match="lp-ft"):
@@ -335,14 +352,10 @@ def test_lora_and_bitfit_from_the_cli_then_the_adapter_audited(
 
 
 def test_lora_without_peft_is_one_line_naming_the_extra(monkeypatch, capsys):
-    import importlib.util
-
+    import diagnose.workflows.compare_args as compare_args
     from diagnose.cli import main
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda n, *a: None if n == "peft" else real(n, *a)
-    )
+    monkeypatch.setattr(compare_args, "peft_available", lambda: False)
     monkeypatch.setitem(sys.modules, "peft", None)  # import peft raises ImportError
     args = ["compare", "--model", "demo", "--target", "demo:digits", "--strategies", "lora"]
     assert main(args) == 2
