@@ -23,7 +23,7 @@ from diagnose.report.plots_entries import (
     xy_lists,
 )
 from diagnose.report.plots_forgetting import cka_heatmap, forgetting_curves_plot
-from diagnose.report.plots_front import front_plot
+from diagnose.report.plots_front import front_plot, race_front_plot
 from diagnose.report.plots_race import race_plot
 from diagnose.report.plots_track import track_cka_plot, track_drift_heatmap, track_forgetting_plot
 from diagnose.report.plots_training import training_curves_plot
@@ -48,6 +48,7 @@ __all__ = [
     "per_class_forgetting_plot",
     "probe_plot",
     "PURPLE",
+    "race_front_plot",
     "race_plot",
     "RED",
     "render_html",

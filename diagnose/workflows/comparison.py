@@ -255,10 +255,8 @@ def compare(
     out_dir = Path(out) if out is not None else None
     previous = read_previous(out_dir) if resume else None
     blocks = probes.discover_layers(loaded.model) if layers == "auto" else list(layers)
-    lora = lora_settings(
-        unfreeze, blocks, lora_rank, lora_alpha, lora_targets, names=names, loaded=loaded,
-        bn=bn, warnings=skipped,
-    )  # fmt: skip
+    lora = lora_settings(unfreeze, blocks, lora_rank, lora_alpha, lora_targets, names=names,
+                         loaded=loaded, bn=bn, warnings=skipped)  # fmt: skip
     base = base_results(
         previous, with_assessment, loaded, src, tgt, layers=layers, image_size=image_size,
         normalize=normalize, device=device, seed=seed, batch_size=batch_size,
@@ -266,8 +264,9 @@ def compare(
         trial_budget=trial_budget, pool=pool,
     )  # fmt: skip
     warnings: list[str] = list(base.get("warnings", [])) + skipped
-    domains = [d for d in (src, tgt) if d is not None]
-    prep = resolve_preprocessing(loaded, domains, image_size, normalize)
+    prep = resolve_preprocessing(
+        loaded, [d for d in (src, tgt) if d is not None], image_size, normalize
+    )
     names, unfreeze = resolve_unfreeze(unfreeze, names, blocks, base.get("recommendation"))
     config, head_lr_from = _train_config(base, lr, epochs, batch_size, unfreeze, bn, seed, lora)
     data_keys = {"max_samples": max_samples, "image_size": image_size, "normalize": str(normalize)}
