@@ -263,16 +263,13 @@ def compare(
         max_samples=max_samples, max_forgetting=max_forgetting, progress=progress,
         trial_budget=trial_budget, pool=pool,
     )  # fmt: skip
-    warnings: list[str] = list(base.get("warnings", [])) + skipped
-    prep = resolve_preprocessing(
-        loaded, [d for d in (src, tgt) if d is not None], image_size, normalize
-    )
+    warnings = [*base.get("warnings", []), *skipped]
+    domains = [d for d in (src, tgt) if d is not None]
+    prep = resolve_preprocessing(loaded, domains, image_size, normalize)
     names, unfreeze = resolve_unfreeze(unfreeze, names, blocks, base.get("recommendation"))
     config, head_lr_from = _train_config(base, lr, epochs, batch_size, unfreeze, bn, seed, lora)
-    data_keys = {"max_samples": max_samples, "image_size": image_size, "normalize": str(normalize)}
-    fingerprint = _fingerprint(
-        loaded.name, src, tgt, config, {**data_keys, "blocks": blocks}, seeds, "lora" in names
-    )
+    keys = {"max_samples": max_samples, "image_size": image_size, "normalize": str(normalize), "blocks": blocks}  # fmt: skip
+    fingerprint = _fingerprint(loaded.name, src, tgt, config, keys, seeds, "lora" in names)
     seed_list = [seed + i for i in range(seeds)]
     done = finished(previous, fingerprint, out_dir / "results.json", seed_list) if previous else {}
     data, _, _ = target_data(tgt, prep, max_samples=max_samples, seed=seed, warnings=warnings)
