@@ -174,3 +174,16 @@ def test_finalists_keep_the_protocol_s_folds_before_more_of_them_run():
     # When not even two fit on 2 folds, the floor falls to the first rung's single fold.
     keep, folds = _fit_rung(arms, 6, cost, 0.0, 30.0, (2, 1), 6)
     assert (keep, folds) == (3, 1)
+
+
+def test_a_lora_or_bitfit_pick_names_what_trains():
+    from diagnose.decide.measured import _trained
+
+    net = Tiny()
+    lora = Candidate("lora", None, 0.01, "rank 4", 6, lora_rank=4)
+    groups, unfreeze, cut = _trained(lora, net, "head", BLOCKS, new_head=False)
+    assert unfreeze == ["block1.0", "block2.0", "block3.0", "head"] and groups == BLOCKS
+    assert cut == "LoRA of rank 4 on 3 Linear and Conv2d layers of every block; head trains in full"
+    bitfit = Candidate("bitfit", None, 0.01, "strategy", 5)
+    _, _, cut = _trained(bitfit, net, "head", BLOCKS, new_head=False)
+    assert cut == "the biases and normalisation parameters of every block train, and head"
