@@ -80,9 +80,7 @@ def _config(self: StrategyRun, backends: dict) -> dict:
         "bn": self.bn,
         "init": p.init,
         "trained_params": p.params,
-        "lora": None
-        if p.lora is None
-        else {**p.lora, "layers": self.stage_records[-1].get("lora_targets")},
+        "lora": None if p.lora is None else {**p.lora, "layers": self.lora_layers},
         "l2_sp_alpha": p.penalty["alpha"] if p.penalty else None,
         "lp_epochs": cfg.lp_epochs if p.route == "probe_then_tune" else None,
         "prefix_cache": bool(self.prefix_cache),

@@ -8,6 +8,7 @@ import shutil
 import signal
 import sys
 from collections import OrderedDict
+from dataclasses import replace
 
 import matplotlib.axes
 import numpy as np
@@ -520,3 +521,27 @@ def test_cli_flags_reach_compare(monkeypatch, tmp_path, capsys):
         assert exit_.value.code == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and says in err
+
+
+def test_a_ray_lora_unit_writes_its_adapter_directory_whole(ray_local, tmp_path):
+    pytest.importorskip("peft")
+    from diagnose.models import adapter_dir_for
+    from diagnose.workflows.checkpoint_audit import build_finetuned
+
+    job = _tiny_job()
+    job = replace(job, config=replace(job.config, lora_rank=2), checkpoint_dir=tmp_path)
+    unit = Unit("lora", 0)
+    stale = adapter_dir_for(tmp_path / "lora.pt")
+    stale.mkdir()
+    (stale / "stale.txt").write_text("an earlier run")
+    got: dict = {}
+    job = replace(job, first_seed=0)
+    execute([unit], job=job, on_done=lambda u, r, w: got.update({u: r}), ray=ray_local)
+    assert got[unit]["status"] == "ok", got[unit].get("message")
+    assert sorted(p.name for p in stale.iterdir()) == ["README.md", "adapter_config.json",
+                                                       "adapter_model.safetensors"]  # fmt: skip
+    merged, _ = build_finetuned(job.net, "head", tmp_path / "lora.pt")
+    adapted, _ = build_finetuned(job.net, "head", stale)
+    x = job.data.x_test
+    with torch.no_grad():  # the worker's merged weights and its adapter agree (float32)
+        assert torch.allclose(merged(x), adapted(x), atol=1e-5)

@@ -147,3 +147,24 @@ def test_lora_targets_can_be_named(pretrained, data):
     assert entry["config"]["lora"]["layers"] == ["block2.0"]
     with pytest.raises(ValueError, match=r"LoRA target 'conv' names no"):
         _run("lora", pretrained, data, lora_targets=["conv"])
+
+
+@pytest.mark.parametrize("name", ["lora", "bitfit"])
+def test_a_timm_vit_trains_with_lora_and_bitfit(name):
+    timm = pytest.importorskip("timm")
+    if name == "lora":
+        pytest.importorskip("peft")
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4, img_size=32,
+                            patch_size=8, depth=2).eval()  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(24, 3, 32, 32, generator=g), torch.arange(24) % 3
+    data = TargetData(x[:12], y[:12], x[12:18], y[12:18], x[18:], y[18:], num_classes=3)
+    entry = run_strategy(
+        name, vit, head="head", blocks=["blocks.0", "blocks.1"], data=data, tracker=None,
+        config=TrainConfig(epochs=1, batch_size=6, head_lr=0.01), device=CPU, progress=False,
+    )  # fmt: skip
+    assert entry["status"] == "ok", entry.get("message")
+    if name == "lora":  # attention and MLP of both blocks, and the patch embedding (the stem)
+        layers = entry["config"]["lora"]["layers"]
+        assert sorted({n.rsplit(".", 1)[-1] for n in layers}) == ["fc1", "fc2", "proj", "qkv"]
