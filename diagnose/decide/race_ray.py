@@ -107,7 +107,7 @@ class RayTrials:
                     got[(a.index, fold)] = self.ray.get(ref)
                 except self.ray.exceptions.RayTaskError as exc:
                     cause = getattr(exc, "cause", None) or exc
-                    if not isinstance(cause, (RuntimeError, ValueError)):
+                    if not isinstance(cause, Exception):  # an interrupt, not a failure
                         raise cause from exc
                     got[(a.index, fold)] = cause
                 bar.update(1)

@@ -219,7 +219,9 @@ class RaceContext:
             for fold in range(n_folds):
                 outs.append(self.trial(a.cand, fold, e))
                 bar.update(1)
-        except (RuntimeError, ValueError) as exc:  # one failing candidate never ends the race
+        except (
+            Exception
+        ) as exc:  # one failing candidate (whatever the model raised) never ends the race
             bar.update(n_folds - len(outs))
             return exc
         return outs

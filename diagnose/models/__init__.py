@@ -11,7 +11,9 @@ from diagnose.models.adapters import (
     is_adapter_dir,
     lora_targets,
     peft_available,
+    plain_pointwise_convs,
     save_adapter,
+    saved_targets,
 )
 from diagnose.models.cache import resolve_cache_dir
 from diagnose.models.cuts import (
@@ -101,6 +103,7 @@ __all__ = [
     "NewHead",
     "parameter_groups",
     "peft_available",
+    "plain_pointwise_convs",
     "pretrain",
     "random_init_copy",
     "RECIPE_VERSION",
@@ -108,6 +111,7 @@ __all__ = [
     "resolve_cache_dir",
     "resolve_preprocessing",
     "save_adapter",
+    "saved_targets",
     "timm_cached_file",
     "torch_load",
     "torchvision_weights_path",

@@ -8,10 +8,11 @@
   when a LoRA strategy runs. :func:`lora_targets` finds the ``nn.Linear`` and 2-D
   ``nn.Conv2d`` layers of the chosen blocks (a timm ViT's ``qkv``, ``proj``, ``fc1``,
   ``fc2``; a ResNet's convolutions); depthwise and grouped convolutions are left out,
-  since a low-rank update of a per-channel filter saves nothing, and so are larger
-  kernels of subclasses with their own forward (TensorFlow-style "same" padding),
-  whose output peft's update would not match (an EfficientNet-Lite keeps its 1x1
-  expansions and projections, most of its weights).
+  since a low-rank update of a per-channel filter saves nothing, and so are subclasses
+  with their own forward, except 1x1 TensorFlow-style "same"-padding convolutions
+  (which pad nothing): :func:`apply_lora` turns those into plain ``nn.Conv2d`` (the
+  same parameters, the same function) so peft can build their update. An
+  EfficientNet-Lite keeps its 1x1 expansions and projections, most of its weights.
 
 Example:
     >>> targets = lora_targets(net, ["layer3", "layer4"], head="fc")
@@ -45,7 +46,9 @@ __all__ = [
     "install_dir",
     "lora_targets",
     "peft_available",
+    "plain_pointwise_convs",
     "save_adapter",
+    "saved_targets",
 ]
 
 LORA_EXTRA = "pip install 'transfer-diagnose[peft]'"
@@ -120,10 +123,34 @@ def _lora_supported(module: nn.Module, parent: nn.Module | None) -> bool:
         return own and not isinstance(parent, nn.MultiheadAttention)
     if not isinstance(module, nn.Conv2d) or module.groups != 1:
         return False
-    if type(module).forward is nn.Conv2d.forward:
-        return True
-    pads_only = bool(_PADDING_ONLY.search(type(module).__name__))
-    return pads_only and tuple(module.kernel_size) == (1, 1)
+    return type(module) is nn.Conv2d or _pointwise_padding_only(module)
+
+
+def _pointwise_padding_only(module: nn.Module) -> bool:
+    """A 1x1 convolution subclass whose own forward only pads (nothing, at 1x1)."""
+    return (
+        isinstance(module, nn.Conv2d)
+        and type(module) is not nn.Conv2d
+        and bool(_PADDING_ONLY.search(type(module).__name__))
+        and tuple(module.kernel_size) == (1, 1)
+        and module.groups == 1
+    )
+
+
+def plain_pointwise_convs(model: nn.Module, names: list[str]) -> None:
+    """Replace, in place, each 1x1 padding-only convolution among ``names`` by an ``nn.Conv2d`` with
+    the same parameters (the same function at 1x1): peft builds an adapter's layers with
+    the wrapped layer's own class, whose constructor such subclasses change."""
+    modules = dict(model.named_modules())
+    for name in names:
+        m = modules[name]
+        if not _pointwise_padding_only(m):
+            continue
+        plain = nn.Conv2d(m.in_channels, m.out_channels, 1, stride=m.stride,
+                          bias=m.bias is not None, device=m.weight.device, dtype=m.weight.dtype)  # fmt: skip
+        plain.weight, plain.bias = m.weight, m.bias  # the same Parameters: no copy
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, plain)
 
 
 def lora_targets(
@@ -196,6 +223,7 @@ def apply_lora(model: nn.Module, targets: list[str], *, rank: int, alpha: float,
         ValueError: peft adapted other layers than ``targets`` (never silently).
     """
     peft = import_peft()
+    plain_pointwise_convs(model, list(targets))
     config = peft.LoraConfig(
         r=int(rank),
         lora_alpha=float(alpha),
@@ -215,6 +243,16 @@ def apply_lora(model: nn.Module, targets: list[str], *, rank: int, alpha: float,
             "name the layers with lora_targets (--lora-targets)."
         )
     return wrapped
+
+
+def saved_targets(model: nn.Module, path: str | Path) -> list[str]:
+    """The modules of ``model`` that the adapter saved at ``path`` adapts (its
+    ``target_modules``: a pattern matched whole, or a list of names or name suffixes)."""
+    wanted = json.loads((Path(path) / ADAPTER_CONFIG).read_text()).get("target_modules") or []
+    names = [n for n, _ in model.named_modules() if n]
+    if isinstance(wanted, str):
+        return [n for n in names if re.fullmatch(wanted, n)]
+    return [n for n in names if any(n == t or n.endswith("." + t) for t in wanted)]
 
 
 def is_adapter_dir(path: str | Path) -> bool:

@@ -55,8 +55,10 @@ from diagnose.models import (
     is_adapter_dir,
     load_state_dict_checked,
     parameter_groups,
+    plain_pointwise_convs,
     replace_module,
     resolve_preprocessing,
+    saved_targets,
     torch_load,
 )
 from diagnose.report import check_out_dir
@@ -156,6 +158,7 @@ def _from_adapter(pretrained: nn.Module, head: str, path: Path) -> tuple[nn.Modu
         weights = peft.utils.load_peft_weights(str(path), device="cpu")
         key = f"base_model.model.{head}"
         replaced = _fit_head(model, head, weights.get(f"{key}.weight"), f"{key}.bias" in weights)
+        plain_pointwise_convs(model, saved_targets(model, path))  # as compare adapted them
         adapted = peft.PeftModel.from_pretrained(model, str(path))
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -208,3 +208,43 @@ def test_saving_an_adapter_replaces_the_previous_one_whole(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         install_dir(broken, path)
     assert '"r": 3' in (path / "adapter_config.json").read_text()  # the previous one stays
+
+
+class Conv2dStaticSamePadding(nn.Conv2d):
+    """TensorFlow-style "same" padding as EfficientNet ports write it: its own constructor
+    (which peft cannot call) and a forward that pads first (nothing at 1x1)."""
+
+    def __init__(self, c_in, c_out, k, image_size):
+        super().__init__(c_in, c_out, k, bias=False)
+        self.pad = nn.ZeroPad2d((k - 1) // 2)
+
+    def forward(self, x):
+        return super().forward(self.pad(x))
+
+
+def test_self_padding_pointwise_convolutions_are_adapted_and_audited(tmp_path):
+    from diagnose.models import save_adapter
+    from diagnose.workflows.checkpoint_audit import build_finetuned
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        Conv2dStaticSamePadding(3, 4, 3, image_size=8), Conv2dStaticSamePadding(4, 4, 1, image_size=8),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2),
+    ).eval()  # fmt: skip
+    original = copy.deepcopy(model)
+    targets = lora_targets(model, ["0", "1"], "4")
+    assert targets == ["1"]  # the 3x3 one pads: an update would see another input
+    adapted = apply_lora(model, targets, rank=2, alpha=4.0, head="4")
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        want = adapted(x)
+        torch.save(merged_state_dict(adapted), tmp_path / "merged.pt")
+        save_adapter(adapted, tmp_path / "adapter")
+        for path in (tmp_path / "merged.pt", tmp_path / "adapter"):
+            ft, _ = build_finetuned(original, "4", path)
+            assert torch.allclose(ft(x), want, atol=F32), path
+        assert not torch.allclose(original(x), want, atol=F32)  # the update is there
