@@ -71,7 +71,7 @@ def _loaders(n: int = 96):
     return torch.utils.data.DataLoader(ds, batch_size=16), torch.utils.data.DataLoader(ds, 32)
 
 
-def _fit(demo, tmp_path, budget=0.05, lr=0.05, **callback_kwargs):
+def _fit(demo, tmp_path, budget=0.05, lr=0.05, wrap=None, **callback_kwargs):
     tracker = diagnose.ForgettingTracker(demo, "demo:digits", n_images=32, max_forgetting=budget)
     callback = diagnose.ForgettingCallback(tracker, **callback_kwargs)
     logger = Recorder()
@@ -86,6 +86,8 @@ def _fit(demo, tmp_path, budget=0.05, lr=0.05, **callback_kwargs):
         num_sanity_val_steps=1,
     )
     lit = LitClassifier(copy.deepcopy(demo.model), demo.head, lr=lr)
+    if wrap is not None:  # the user's own wrapping (peft), after the head is replaced
+        lit.net = wrap(lit.net)
     train, val = _loaders()
     with single_thread():
         trainer.fit(lit, train, val)
@@ -141,3 +143,21 @@ def test_a_diverging_fit_is_stopped_and_logged_without_a_budget(demo, tmp_path):
     assert trainer.global_step < 18
     assert any(m.get("forgetting/diverged") == 1.0 for _, m in logger.rows)
     assert any("diverged" in w for w in tracker.to_dict()["warnings"])
+
+
+def test_the_callback_tracks_a_peft_model_unchanged(demo, tmp_path):
+    peft = pytest.importorskip("peft")
+
+    def wrap(net):
+        config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["block3.0", "block4.0"],
+                                 modules_to_save=[demo.head])  # fmt: skip
+        return peft.get_peft_model(net, config)
+
+    tracker, _, logger = _fit(demo, tmp_path, budget=None, lr=0.02, wrap=wrap, every_n_steps=6)
+    assert [r["step"] for r in tracker.history] == [6, 12, 18]
+    # The base weights are frozen under LoRA: blocks without an adapter do not drift at all,
+    # adapted ones do, through their merged update.
+    last = tracker.history[-1]["drift"]
+    assert last["block1"] == 0.0 and last["block2"] == 0.0
+    assert last["block3"] > 0 and last["block4"] > 0
+    assert any("forgetting/agreement" in m for _, m in logger.rows)
