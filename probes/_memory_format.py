@@ -1,8 +1,8 @@
 """Inference passes in channels-last memory format, where that is measured to be faster.
 
-Many convolutional networks run inference 1.2-2x faster on the CPU (oneDNN)
-when the input and the 4-D weights are channels-last (NHWC) instead of the
-default NCHW; others (ConvNeXt, vision transformers) run no faster, and the
+Many convolutional networks run inference faster on the CPU (oneDNN) when the
+input and the 4-D weights are channels-last (NHWC) instead of the default NCHW
+(the figures are in benchmarks/); others (ConvNeXt, vision transformers) run no faster, and the
 gain depends on the batch size. So it is measured on the pass itself, at no
 extra full forward: :class:`PassLayout` runs a pass's first four batches NCHW,
 channels-last, channels-last, NCHW (each layout's first call at a new shape

@@ -76,7 +76,7 @@ class PeakMemory:
     On CUDA: ``torch.cuda.max_memory_allocated`` after resetting the peak
     statistics on entry (``kind="cuda_allocated"``: bytes held by tensors, not
     the allocator's cache). Elsewhere: the process resident set size, sampled
-    by a daemon thread reading ``VmRSS`` every ``interval`` seconds (~50 ms)
+    by a daemon thread reading ``VmRSS`` every ``interval`` seconds
     plus once on entry and exit (``kind="process_rss"``; the whole process,
     so it includes the interpreter, torch and the data). Where /proc is not
     readable it falls back to ``getrusage``'s ``ru_maxrss``, which is the

@@ -38,8 +38,8 @@ _CUDA_CHECK_EVERY = 32
 def fused_sgd_supported(params: list[torch.Tensor], root: nn.Module | None = None) -> bool:
     """Whether the Fitter runs ``torch.optim.SGD(fused=True)`` on ``params`` (of ``root``).
 
-    The fused kernel does the update in one pass (75 against 115 us a step for a
-    128-to-10 linear head on one CPU thread). Only where measured and safe: torch
+    The fused kernel does the update in one pass instead of one per parameter (the
+    optimiser step is a visible share of a small head's step). Only where safe: torch
     >= 2.4 (its CPU kernel), dense floating-point CPU parameters (the kernel walks
     memory flat: a strided view would update wrongly), no sparse-gradient embedding
     in ``root``. CUDA keeps the default kernel (not measured faster there).
