@@ -275,10 +275,13 @@ def _recommendation(results, ctx, feats, max_forgetting, token_pool, **race_kw) 
             ctx["tgt"], ctx["used"]["target"], split, ctx["prep"], warnings
         )
     if pool is not None and ctx["src"] is not None and ctx["loaded"].head is not None:
-        meter = forgetting_meter(
-            ctx["src"], ctx["loaded"], ctx["prep"], ctx["layers"], n=RACE_SOURCE_IMAGES,
-            seed=race_kw["seed"], device=ctx["device"], pool=token_pool, warnings=warnings,
-        )  # fmt: skip
+        try:
+            meter = forgetting_meter(
+                ctx["src"], ctx["loaded"], ctx["prep"], ctx["layers"], n=RACE_SOURCE_IMAGES,
+                seed=race_kw["seed"], device=ctx["device"], pool=token_pool, warnings=warnings,
+            )  # fmt: skip
+        except ValueError as exc:  # e.g. non-finite source features: race without it, say so
+            warnings.append(f"The race did not measure forgetting: {exc}")
     return measured_recommendation(
         results, prior, model=ctx["net"], head=ctx["loaded"].head, blocks=ctx["layers"],
         pool=pool, splits=pool_splits, device=ctx["device"], warnings=warnings, meter=meter,
