@@ -11,8 +11,10 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import torch
 __all__ = [
     "atomic_torch_save",
     "atomic_write_bytes",
+    "atomic_write_dir",
     "atomic_write_text",
     "current_umask",
 ]
@@ -129,3 +132,31 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_dir(write: Callable[[Path], None], path: str | os.PathLike) -> Path:
+    """Fill a fresh directory with ``write(tmp)`` beside ``path``, then swap it in.
+
+    The directory counterpart of :func:`atomic_write_bytes` (a peft adapter is a folder):
+    a crash or an error leaves the previous directory (or none) in place, never half of a
+    new one; the previous one is removed only once the new one is in place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    old = path.with_name(f".{path.name}.old")
+    try:
+        write(tmp)
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if old.exists() and not path.exists():
+                os.replace(old, path)  # put the previous directory back
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    return path

@@ -92,6 +92,11 @@ class Candidate:
     lora_rank: int | None = None
 
     @property
+    def lora_alpha(self) -> float | None:
+        """LoRA's scale numerator: twice the rank (the update's scale alpha / r is 2)."""
+        return None if self.lora_rank is None else 2.0 * self.lora_rank
+
+    @property
     def arm(self) -> str:
         """Strategy and depth (or LoRA's rank) without the LR: ``"partial@2"``, ``"lora@r4"``,
         ``"lp_ft"``."""
@@ -108,7 +113,7 @@ class Candidate:
         """The engine's :class:`TrainConfig` for this candidate at ``epochs``."""
         unfreeze = None if self.depth is None else list(blocks[-self.depth :])
         r = self.lora_rank
-        rank = {} if r is None else {"lora_rank": r, "lora_alpha": 2.0 * r}
+        rank = {} if r is None else {"lora_rank": r, "lora_alpha": self.lora_alpha}
         return TrainConfig(
             epochs=int(epochs),
             batch_size=int(batch_size),

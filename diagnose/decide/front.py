@@ -52,16 +52,24 @@ class FrontPoint:
         return asdict(self)
 
 
-def front_points(strategies: Sequence[StrategyEntry | Mapping]) -> list[FrontPoint]:
+def front_points(
+    strategies: Sequence[StrategyEntry | Mapping], disagreement: bool = False
+) -> list[FrontPoint]:
     """Every strategy that finished with both a validation accuracy and a forgetting.
 
-    Training from scratch is left out: it starts from random weights, so what it
-    "forgot" of the source is a baseline, not forgetting.
+    Forgetting is :func:`~diagnose.decide.select.forgetting_of`'s, or with
+    ``disagreement`` one minus the agreement for every run. Training from scratch is
+    left out: it starts from random weights, so what it "forgot" of the source is a
+    baseline, not forgetting.
     """
     out = []
     for raw in strategies:
         e = as_entry(raw)
-        forgot, measure = forgetting_of(e)
+        if disagreement:
+            a = e.forgetting.agreement
+            forgot, measure = (None, None) if a is None else (1.0 - a, "disagreement")
+        else:
+            forgot, measure = forgetting_of(e)
         val = e.target.val_accuracy
         if e.ok and e.name != "scratch" and val is not None and forgot is not None:
             out.append(FrontPoint(str(e.name), float(val), float(forgot), measure, e.cost.flops))
@@ -85,14 +93,7 @@ def learning_forgetting_front(strategies: Sequence[StrategyEntry | Mapping]) -> 
     if len({p.measure for p in points}) > 1:
         # Mixed measures cannot be compared: fall back to disagreement, which every
         # run with a source pass measured.
-        points = []
-        for raw in strategies:
-            e = as_entry(raw)
-            agreement, val = e.forgetting.agreement, e.target.val_accuracy
-            if e.ok and e.name != "scratch" and val is not None and agreement is not None:
-                points.append(
-                    FrontPoint(str(e.name), val, 1.0 - agreement, "disagreement", e.cost.flops)
-                )
+        points = front_points(strategies, disagreement=True)
     front = [p for p in points if not any(_dominates(q, p) for q in points)]
     return sorted(front, key=lambda p: (p.forgetting, -p.val_accuracy, p.name))
 

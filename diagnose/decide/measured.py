@@ -288,11 +288,7 @@ def _picked(pick: dict, race_net, blocks, new_head: bool, full_epochs: int, prio
         would_change_if=tuple(change),
         lora=None
         if cand.lora_rank is None
-        else {
-            "rank": cand.lora_rank,
-            "alpha": 2.0 * cand.lora_rank,
-            "targets": list(unfreeze[:-1]),
-        },
+        else {"rank": cand.lora_rank, "alpha": cand.lora_alpha, "targets": list(unfreeze[:-1])},
         prior={
             "strategy": prior["strategy"],
             "confidence": prior["confidence"],

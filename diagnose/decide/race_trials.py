@@ -96,11 +96,9 @@ def train_trial(
     fixed, scaled = phase_flops(run.phases)
     ok = run.diverged is None and bool(np.isfinite(loss).all())
     shared = {ph.name: int(ph.flops_per_step or 0) * int(ph.steps) for ph in run.phases}
-    forgot = meter.measure(run.net) if meter is not None and ok else None
+    forgot = meter.agreement(run.net) if meter is not None and ok else None
     return {
-        "forgetting": None
-        if forgot is None
-        else {k: forgot.get(k) for k in ("agreement", "source_accuracy")},
+        "forgetting": forgot,
         "shared": {k: v for k, v in shared.items() if k in SHARED_PHASES},
         "correct": correct if ok else np.zeros_like(correct),
         "loss": loss if ok else np.full_like(loss, np.inf),
@@ -219,9 +217,8 @@ class RaceContext:
             for fold in range(n_folds):
                 outs.append(self.trial(a.cand, fold, e))
                 bar.update(1)
-        except (
-            Exception
-        ) as exc:  # one failing candidate (whatever the model raised) never ends the race
+        # One failing candidate, whatever the model raised, never ends the race.
+        except Exception as exc:
             bar.update(n_folds - len(outs))
             return exc
         return outs

@@ -193,8 +193,11 @@ class ForgettingMeter:
         with autocast_context(self.device):
             return time_memory_formats(reference, x)
 
-    def _pass(self, model: nn.Module) -> tuple[dict[str, np.ndarray], torch.Tensor]:
-        """One forward pass: pooled block outputs and original-head predictions."""
+    def _pass(
+        self, model: nn.Module, layers: list[str] | None = None
+    ) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+        """One forward pass: pooled outputs of ``layers`` (the blocks by default) and
+        original-head predictions."""
         model = base_model_of(model)  # a PeftModel: the adapted network, plain block names
         preds: list[torch.Tensor] = []
         finite: list[torch.Tensor] = []
@@ -218,7 +221,7 @@ class ForgettingMeter:
                 feats = capture(
                     model,
                     self.source_x,
-                    layers=self.blocks,
+                    layers=self.blocks if layers is None else layers,
                     batch_size=self.batch_size,
                     progress=False,
                     token_pool=self.token_pool,
@@ -271,15 +274,26 @@ class ForgettingMeter:
                 continue
             value = cka(self.reference_features[b], feats[b], kernel="linear")
             sims[b] = float(value) if math.isfinite(value) else None
+        return {**self._agreement(preds), "cka": sims}, preds
+
+    def agreement(self, model: nn.Module) -> dict[str, Any]:
+        """:meth:`measure` without the blocks' CKA: the original head's source accuracy and
+        agreement, from one forward pass that keeps nothing but the (new) head's small
+        output (what a race trial reads, and no more).
+
+        Returns:
+            ``{"source_accuracy", "agreement", "diverged"}`` as :meth:`measure` gives them.
+        """
+        return self._agreement(self._pass(model, layers=[self.head])[1])
+
+    def _agreement(self, preds: torch.Tensor | None) -> dict[str, Any]:
         if preds is None:  # non-finite features reach the head: predictions mean nothing
-            return {"source_accuracy": None, "agreement": None, "cka": sims, "diverged": True}, None
-        summary = {
+            return {"source_accuracy": None, "agreement": None, "diverged": True}
+        return {
             "source_accuracy": self._accuracy(preds),
             "agreement": float((preds == self.reference_predictions).double().mean()),
-            "cka": sims,
             "diverged": False,
         }
-        return summary, preds
 
 
 def suggest_source_samples(

@@ -24,15 +24,13 @@ from __future__ import annotations
 import difflib
 import functools
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from diagnose.core import atomic_write_dir
 from diagnose.models.groups import HEAD, module_groups
 
 __all__ = [
@@ -43,7 +41,6 @@ __all__ = [
     "bias_and_norm",
     "import_peft",
     "is_adapter_dir",
-    "install_dir",
     "lora_targets",
     "peft_available",
     "plain_pointwise_convs",
@@ -275,36 +272,10 @@ def adapter_dir_for(checkpoint: str | Path) -> Path:
 
 
 def save_adapter(peft_model: Any, path: str | Path) -> Path:
-    """``peft_model.save_pretrained`` into ``path`` atomically (:func:`install_dir`)."""
+    """``peft_model.save_pretrained`` into ``path`` atomically
+    (:func:`diagnose.core.atomic_write_dir`)."""
 
     def write(tmp: Path) -> None:
         peft_model.save_pretrained(str(tmp))
 
-    return install_dir(write, path)
-
-
-def install_dir(write, path: str | Path) -> Path:
-    """Fill a fresh directory with ``write(tmp)`` beside ``path``, then swap it in.
-
-    A crash or an error leaves the previous directory (or none) in place, never half of
-    a new one; the previous one is removed only once the new one is in place.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    old = path.with_name(f".{path.name}.old")
-    try:
-        write(tmp)
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            os.replace(path, old)
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            if old.exists() and not path.exists():
-                os.replace(old, path)  # put the previous adapter back
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-    return path
+    return atomic_write_dir(write, path)

@@ -22,7 +22,6 @@ from torch import nn
 __all__ = [
     "base_model_of",
     "effective_parameters",
-    "is_adapted",
     "is_lora_parameter",
     "is_original_copy",
     "merged_state_dict",
@@ -49,11 +48,6 @@ def is_lora_parameter(name: str) -> bool:
 def is_original_copy(name: str) -> bool:
     """Whether ``name`` is in the untouched original of a module peft trains as a copy."""
     return _ORIGINAL in name
-
-
-def is_adapted(model: nn.Module) -> bool:
-    """Whether ``model`` (or the network inside it) holds LoRA layers or saved-module copies."""
-    return any(".lora_" in n or _SAVED in n for n, _ in base_model_of(model).named_parameters())
 
 
 def _active(module: nn.Module) -> list[str]:

@@ -46,8 +46,13 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from diagnose.core import StrategyEntry, atomic_write_bytes, raise_if_interrupted, set_threads
-from diagnose.models import install_dir
+from diagnose.core import (
+    StrategyEntry,
+    atomic_write_bytes,
+    atomic_write_dir,
+    raise_if_interrupted,
+    set_threads,
+)
 from diagnose.training.config import TrainConfig
 from probes import free_device_memory, is_out_of_memory
 
@@ -256,7 +261,7 @@ def _write_checkpoint_files(folder: Path, files: dict[str, bytes]) -> None:
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / rel).write_bytes(data)
 
-        install_dir(write, folder / top)
+        atomic_write_dir(write, folder / top)
 
 
 class RaySession:

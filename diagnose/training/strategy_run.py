@@ -134,8 +134,12 @@ class StrategyRun(HeadStages):
         self.net = src.to(self.device, memory_format=self.layout.memory_format)
         plain = parameter_groups(self.net, self.blocks, self.head)
         head_names = set(plain[HEAD])
+        # The pretrained weights, for drift and L2-SP's pull: a race trial reads neither.
+        needed = not self.trial or self.plan.penalty is not None
         self.w0 = {
-            n: p.detach().clone() for n, p in self.net.named_parameters() if n not in head_names
+            n: p.detach().clone()
+            for n, p in self.net.named_parameters()
+            if needed and n not in head_names
         }
         self.drift = None if self.trial else WeightDrift(self.w0, plain)
         self.peft_model = self._adapt() if self.plan.params == "lora" else None

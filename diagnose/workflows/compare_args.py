@@ -14,6 +14,8 @@ from diagnose.core import (
 )
 from diagnose.models import LORA_EXTRA, import_peft, lora_targets, peft_available
 from diagnose.training import (
+    TrainConfig,
+    check_config,
     check_executor,
 )
 
@@ -161,25 +163,13 @@ def lora_settings(
     Returns:
         ``{"lora_rank", "lora_alpha", "lora_targets", "adapted_blocks"}``.
     """
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"'lora_rank' must be a whole number of at least 1. Got {rank!r}.")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(f"'lora_alpha' must be a positive number. Got {alpha!r}.")
     if isinstance(targets, str):
         targets = [t.strip() for t in targets.split(",") if t.strip()] or None
-    adapted = None
-    if (
-        isinstance(unfreeze, int)
-        and not isinstance(unfreeze, bool)
-        and 1 <= unfreeze <= len(blocks)
-    ):
-        adapted = list(blocks[-unfreeze:])
-    elif (
-        isinstance(unfreeze, (list, tuple))
-        and unfreeze
-        and all(isinstance(b, str) for b in unfreeze)
-    ):
-        adapted = list(unfreeze)
+    # The blocks an explicit unfreeze names (an int k: the last k; several depths: none).
+    adapted = None if unfreeze is None else resolve_unfreeze(unfreeze, [], blocks, None)[1]
+    fields = {"lora_rank": rank, "lora_alpha": alpha, "lora_targets": targets,
+              "adapted_blocks": None if adapted is None else list(adapted)}  # fmt: skip
+    check_config(TrainConfig(**fields))  # TrainConfig's own checks, before any training
     if "lora" in names:
         lora_targets(loaded.model, blocks, loaded.head, adapted=adapted, targets=targets)
         if bn == "train":
@@ -187,9 +177,4 @@ def lora_settings(
                 "lora keeps every BatchNorm's statistics frozen (the adapter alone holds the "
                 "change): --bn train applies to the other strategies."
             )
-    return {
-        "lora_rank": rank,
-        "lora_alpha": float(alpha),
-        "lora_targets": None if targets is None else list(targets),
-        "adapted_blocks": adapted,
-    }
+    return fields
