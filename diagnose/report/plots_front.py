@@ -72,7 +72,7 @@ def front_plot(results: dict) -> tuple[str, str] | None:
         # (A label runs to the right of its point: a neighbour up to ~a label's width away
         # along x still collides.)
         near = sum(
-            abs(x - px) < 0.2 * span[0] and abs(y - py) < 0.06 * span[1] for px, py in placed
+            abs(x - px) < 0.35 * span[0] and abs(y - py) < 0.06 * span[1] for px, py in placed
         )
         placed.append((x, y))
         lead = {"arrowstyle": "-", "color": "grey", "linewidth": 0.6} if near else None
