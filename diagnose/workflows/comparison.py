@@ -32,6 +32,7 @@ from diagnose.core import (
     environment,
     jsonable,
     resolve_device,
+    write_results,
 )
 from diagnose.decide import learning_forgetting_front, select_strategy
 from diagnose.models import resolve_preprocessing
@@ -300,9 +301,16 @@ def compare(
     return CompareResult.of(results, out_dir)
 
 
+# Redrawing every plot after every unit would cost more than short units take to
+# train, so between units the report is redrawn only once the time since its last
+# drawing is this many times what that drawing took: a small share of any run.
+# results.json is written after every unit, and the report always at the end.
+_REDRAW_AFTER = 10
+
+
 class _Writer:
-    """Writes a comparison as its units finish: ``strategies/<name>.json`` atomically,
-    then results.json and report.html with the selection so far."""
+    """Writes a comparison as its units finish: ``strategies/<name>.json`` and
+    results.json atomically, and report.html with the selection so far when due."""
 
     def __init__(self, results, records, names, seed_list, out_dir, run, tracker):
         self.results, self.records, self.names, self.seed_list = results, records, names, seed_list
@@ -311,6 +319,8 @@ class _Writer:
             results["warnings"].append(resumed_text(records, len(seed_list)))
         if out_dir is not None:
             (out_dir / "strategies").mkdir(parents=True, exist_ok=True)
+        self.drawn_at: float | None = None  # when report.html was last written
+        self.draw_s = 0.0  # and what writing it took
 
     def run(self, todo: list[Unit], job: Job, ray, run, progress: bool, address) -> None:
         """Train ``todo`` (:func:`diagnose.training.execute`), writing each unit as it ends."""
@@ -324,7 +334,7 @@ class _Writer:
             raise
         self.finish(partial=False)
 
-    def finish(self, partial: bool) -> None:
+    def finish(self, partial: bool, redraw: bool = True) -> None:
         results = self.results
         results["strategies"] = strategy_entries(self.names, self.seed_list, self.records)
         results["comparison_recommendation"] = select_strategy(
@@ -339,8 +349,15 @@ class _Writer:
         if self.tracker is not None:  # the layout of the forgetting passes, and why
             env["forgetting_layout"] = self.tracker.layout.describe()
         results["environment"] = env
-        if self.out_dir is not None:
+        if self.out_dir is None:
+            return
+        now = time.perf_counter()
+        if redraw or self.drawn_at is None or now - self.drawn_at >= _REDRAW_AFTER * self.draw_s:
             write_outputs(results, self.out_dir)
+            self.drawn_at = time.perf_counter()
+            self.draw_s = self.drawn_at - now
+        else:
+            write_results(results, self.out_dir / "results.json")
 
     def on_done(self, unit: Unit, record: dict, unit_warnings: list[str]) -> None:
         warnings = self.results["warnings"]
@@ -353,4 +370,4 @@ class _Writer:
             entry = strategy_entries([unit.name], self.seed_list, self.records)[0]
             text = json.dumps(entry, indent=2) + "\n"
             atomic_write_text(self.out_dir / "strategies" / f"{unit.name}.json", text)
-        self.finish(partial=True)
+        self.finish(partial=True, redraw=False)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from diagnose.core.names import STRATEGY_NAMES
+from diagnose.report import write_outputs
 from diagnose.training import run_strategy
 from diagnose.workflows.compare_args import parse_strategies
 from diagnose.workflows.comparison import compare
@@ -143,6 +144,33 @@ def test_interrupt_keeps_finished_and_resume_runs_only_the_rest(loaded_demo, tmp
     assert calls == ["scratch"]
     assert [s["name"] for s in res.strategies] == ["feature_extraction", "partial", "scratch"]
     assert res.strategies[0] == saved["strategies"][0]
+
+
+def test_results_json_after_every_unit_report_when_due(loaded_demo, tmp_path, monkeypatch):
+    import diagnose.workflows.comparison as comparison
+
+    real, draws, seen = run_strategy, [], []
+
+    def drawing(results, out_dir):
+        draws.append([s["name"] for s in results["strategies"]])
+        return write_outputs(results, out_dir)
+
+    def reading(name, *args, **kwargs):
+        path = tmp_path / "results.json"
+        seen.append(
+            [s["name"] for s in json.loads(path.read_text())["strategies"]] if path.exists() else []
+        )
+        return real(name, *args, **kwargs)
+
+    # A drawing that costs more than any unit is redrawn after the first unit and at the end.
+    monkeypatch.setattr(comparison, "write_outputs", drawing)
+    monkeypatch.setattr(comparison, "_REDRAW_AFTER", 1e9)
+    names = "feature_extraction,partial,scratch"
+    compare(loaded_demo, "demo:digits", "demo:digits-noise", runner=reading, out=tmp_path,
+            strategies=names, **SMALL)  # fmt: skip
+    assert seen == [[], ["feature_extraction"], ["feature_extraction", "partial"]]
+    assert draws == [["feature_extraction"], names.split(",")]
+    assert "scratch" in (tmp_path / "report.html").read_text()
 
 
 def test_resume_refuses_different_settings(loaded_demo, tmp_path):
