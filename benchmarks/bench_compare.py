@@ -54,7 +54,10 @@ import diagnose.training.strategy_run as strategy_run  # noqa: E402
 from diagnose.data import load_domain  # noqa: E402
 from diagnose.decide import recommended_epochs as _epochs  # noqa: E402
 from diagnose.measure import ForgettingMeter, suggest_source_samples  # noqa: E402
-from diagnose.models import load_model  # noqa: E402
+from diagnose.models import (
+    forget_layouts,  # noqa: E402
+    load_model,  # noqa: E402
+)
 from diagnose.training import (  # noqa: E402
     TargetData,
     TrainConfig,  # noqa: E402
@@ -62,7 +65,6 @@ from diagnose.training import (  # noqa: E402
     plan,
     run_strategy,
 )
-from probes import forget_memory_formats  # noqa: E402
 
 BLOCKS = ["block1", "block2", "block3", "block4"]
 CPU = torch.device("cpu")
@@ -170,7 +172,7 @@ def row_feature_extraction(model, data, epochs, repeats):
     same = dataclasses.replace(cfg, epochs=trained)
 
     def ours():
-        forget_memory_formats()  # each run measures its capture's layout, as a fresh process does
+        forget_layouts()  # each run checks its layout, as a fresh process does
         return _run("feature_extraction", model, data, cfg)
 
     t_ours, entry = best_time(ours, repeats, warmup=True)
@@ -187,8 +189,8 @@ def row_feature_extraction(model, data, epochs, repeats):
         f"{t_peer / t_floor:.1f}x the peer; ours is {t_ours / t_floor:.2f}x that floor (the head's "
         "SGD steps, which the peer runs too, cost about as much as the forward pass; the floor "
         "uses our SGD kernel and validation chunk, the peer PyTorch's defaults). Ours "
-        "captures channels-last after its four-batch layout trial where that (timed in every run) "
-        "measures that faster; the peer and the floor run NCHW, as model(x) does",
+        "trains and captures in the architecture's layout (channels-last for a convolutional "
+        "network); the peer and the floor run NCHW, as model(x) does",
         "row": f"feature extraction, cached vs backbone every epoch ({trained} epochs: the plan's "
         f"max(epochs {epochs}, lp_epochs {cfg.lp_epochs}); {n_tr} train)",
         "ours": f"{t_ours:.2f} s, best val acc {entry['target']['val_accuracy']:.3f}",

@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _timing import best_time, timed  # noqa: E402
 
+from diagnose.models import choose_layout  # noqa: E402
 from probes.capture import capture  # noqa: E402
 from probes.linear import DEFAULT_L2_GRID, linear_probe  # noqa: E402
 
@@ -132,8 +133,11 @@ def _demo_like_cnn():
     )
 
 
-def capture_at(model, x, threads, memory_format="auto"):
-    """``(seconds, features)`` of one capture at ``threads`` torch threads (then restored)."""
+def capture_at(model, x, threads, memory_format=None):
+    """``(seconds, features)`` of one capture at ``threads`` torch threads (then restored), in
+    ``memory_format`` (None: the architecture's layout, as ``assess`` captures)."""
+    if memory_format is None:
+        memory_format = choose_layout(model, x[:2], torch.device("cpu"), training=False).name
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -142,12 +146,10 @@ def capture_at(model, x, threads, memory_format="auto"):
         torch.set_num_threads(before)
 
 
-def capture_time(model, x, repeats, memory_format="auto"):
+def capture_time(model, x, repeats, memory_format=None):
     """Best capture time over torch's default thread count and one thread: the
     floor at its fastest (on a busy machine threads waiting on each other can
-    make the default 10x slower; on an idle one it is the faster). With "auto",
-    the layout trial runs in the first call of each setting; the best time is
-    a pass that reuses its decision, the fastest capture a process runs."""
+    make the default 10x slower; on an idle one it is the faster)."""
     default = torch.get_num_threads()
     t_default, feats = best_time(lambda: capture_at(model, x, default, memory_format), repeats)
     t_single, _ = best_time(lambda: capture_at(model, x, 1, memory_format), repeats)
@@ -212,8 +214,7 @@ def row_capture(name, model, x, y, repeats):
             for layer, f in feats.features.items()
         }
 
-    feats = capture_at(model, x, default)[1]  # the probes' features; the layout trial of
-    capture_at(model, x, 1)  # each thread setting runs in its first call, as capture_time's
+    feats = capture_at(model, x, default)[1]  # the probes' features
     caps, probes_t, rounds = [], [], []
     for _ in range(repeats):
         round_caps = [capture_at(model, x, threads)[0] for threads in (default, 1)]
@@ -230,7 +231,6 @@ def row_capture(name, model, x, y, repeats):
     accs = ",".join(f"{r.accuracy:.2f}" for r in results.values())
     ratio = t_probe / t_cap
     t_nchw, _ = capture_time(model, x, repeats, memory_format="contiguous")
-    layout = feats.memory_format or {}
     gaps = {
         layer: chosen_cv_gap(f[:cut], y[:cut], results[layer].l2)
         for layer, f in feats.features.items()
@@ -240,7 +240,7 @@ def row_capture(name, model, x, y, repeats):
         "(each grid strength solved from zero in float64 to a gradient of 1e-7) is "
         + ", ".join(f"{layer} {g:.0f}" for layer, g in gaps.items())
         + " validation rows below the exact path's best. The capture ran "
-        + f"{layout.get('memory_format')} after its four-batch layout trial ({layout.get('reason')}); "
+        + f"{feats.memory_format} (the architecture's layout); "
         + f"an NCHW capture takes {t_nchw:.2f} s, and probing is {t_probe / t_nchw:.3f} of it. "
         + f"Per-round ratios ({repeats} interleaved rounds): "
         + ", ".join(f"{r:.3f}" for r in rounds)

@@ -77,7 +77,7 @@ import bench_compare  # noqa: E402
 import bench_probe  # noqa: E402
 import bench_race  # noqa: E402
 
-from probes import forget_memory_formats  # noqa: E402
+from diagnose.models import choose_layout, forget_layouts  # noqa: E402
 from probes.capture import capture  # noqa: E402
 
 
@@ -106,9 +106,11 @@ def plain_forward(model, x, batch_size=64):
 
 
 def fresh_capture(model, x):
-    """``capture`` as the first pass of a fresh process: its channels-last trial included."""
-    forget_memory_formats()
-    return capture(model, x, batch_size=64, progress=False)
+    """``capture`` as ``assess`` runs it: in the architecture's layout, its check included."""
+    forget_layouts()
+    layout = choose_layout(model, x[:2], torch.device("cpu"), training=False)
+    feats = capture(model, x, batch_size=64, progress=False, memory_format=layout.name)
+    return feats, layout
 
 
 def row_capture_overhead(model, x, repeats):
@@ -119,12 +121,12 @@ def row_capture_overhead(model, x, repeats):
         },
         repeats,
     )
-    (t_cap, feats), (t_fwd, _) = res["capture"], res["forward"]
+    (t_cap, (feats, layout)), (t_fwd, _) = res["capture"], res["forward"]
     ratio = t_cap / t_fwd
     return {
-        "note": f"capture ran {feats.memory_format['memory_format']} after its four-batch trial "
-        f"({feats.memory_format['reason']}); each timed capture includes that trial, as the "
-        "first pass of a fresh process does; the plain forward runs NCHW, as model(x) does",
+        "note": f"capture ran {layout.describe()}; each timed capture includes the layout's "
+        "two-example check, as the first pass of a fresh process does; the plain forward runs "
+        "NCHW, as model(x) does",
         "row": f"capture ({len(feats.features)} layers) vs plain forward, resnet18 64px, N={len(x)}",
         "ours": f"{t_cap:.2f} s",
         "peer": f"{t_fwd:.2f} s",
@@ -157,7 +159,7 @@ def row_assess(max_samples, repeats, size=64):
     x = _assess_inputs(max_samples, size)
 
     def run_assess():
-        forget_memory_formats()  # as in a fresh process: the layout trials are timed too
+        forget_layouts()  # as in a fresh process: the layout's check is timed too
         return assess(
             "torchvision:resnet18",
             "demo:digits",
@@ -181,7 +183,7 @@ def row_assess(max_samples, repeats, size=64):
         if isinstance(c, dict) and c.get("memory_format")
     )
     return {
-        "note": f"capture passes after their four-batch layout trials ({layouts}), each timed in "
+        "note": f"capture passes in the architecture's layout ({layouts}), its check timed in "
         "every run; the plain forward runs NCHW",
         "row": f"assess vs plain forward over source+target ({len(x)} images, resnet18 {size}px)",
         "ours": f"{t_assess:.1f} s ({parts})",

@@ -1,5 +1,6 @@
 """Run the benchmarks (``make bench``): the performance suite, then the recommender's
-validation and the large-N memory benchmark; each prints its own table.
+validation, the large-N memory benchmark, the tracker's cost and the memory-layout rule;
+each prints its own table.
 
 ``bench_probe.py``, ``bench_compare.py`` and ``bench_race.py`` are not run on their own: the suite
 runs their rows. python benchmarks/run_all.py [--quick]
@@ -16,7 +17,8 @@ def main() -> int:
     here = Path(__file__).resolve().parent
     extra = [a for a in sys.argv[1:] if a == "--quick"]
     failed = []
-    names = ["perf_suite.py", "bench_recommend.py", "bench_large_n.py", "bench_tracker.py"]
+    names = ["perf_suite.py", "bench_recommend.py", "bench_large_n.py", "bench_tracker.py",
+             "bench_layout.py"]  # fmt: skip
     for script in (here / n for n in names if (here / n).exists()):
         print(f"\n=== {script.name} ===", flush=True)
         if subprocess.run([sys.executable, str(script), *extra]).returncode != 0:

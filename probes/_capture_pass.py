@@ -16,7 +16,7 @@ from torch import nn
 from probes._capture_data import split_batch, unreadable_note
 from probes._forward import call_error, free_device_memory, is_out_of_memory, logits_of, oom_note
 from probes._hooks import PooledHooks
-from probes._memory_format import PassLayout
+from probes._layout import in_format
 from probes._store import OUTPUT_KEY, CapturedFeatures, FeatureSink
 
 __all__ = ["CapturePass"]
@@ -29,7 +29,8 @@ class CapturePass:
         model: the model, in eval mode under ``no_grad`` while :meth:`add` runs.
         hooks: the pooling hooks on the captured layers (attached at the first batch).
         sink: where pooled batches go (memory or disk).
-        layout: the pass's memory layout.
+        memory_format: the layout of every batch (``"contiguous"`` or ``"channels_last"``;
+            the weights are the caller's to swap).
         device: where inputs go; ``in_dtype`` the floating dtype they take.
         keep_output: keep the model's output (logits) per example too.
         auto: the layers were discovered: one the forward never runs is dropped, with
@@ -37,9 +38,10 @@ class CapturePass:
     """
 
     def __init__(self, model: nn.Module, hooks: PooledHooks, sink: FeatureSink,
-                 layout: PassLayout, device: torch.device, in_dtype, *, keep_output: bool,
+                 memory_format: str, device: torch.device, in_dtype, *, keep_output: bool,
                  auto: bool, batch_size: int):  # fmt: skip
-        self.model, self.hooks, self.sink, self.layout = model, hooks, sink, layout
+        self.model, self.hooks, self.sink = model, hooks, sink
+        self.memory_format = memory_format
         self.device, self.in_dtype = device, in_dtype
         self.keep_output, self.auto, self.batch_size = keep_output, auto, int(batch_size)
         self.labels: list[torch.Tensor] = []
@@ -108,12 +110,10 @@ class CapturePass:
             x = x.to(self.device, dtype=self.in_dtype)
         else:
             x = x.to(self.device)
-        x_in = self.layout.start(x)
-        if not self._attached:  # after the layout's two-example check: it pools nothing
+        if not self._attached:
             self.hooks.attach()
             self._attached = True
-        pieces = self._run_split(x_in)
-        self.layout.done(x.shape[0])
+        pieces = self._run_split(in_format(x, self.memory_format))
         self.oom["of"] += 1
         if len(pieces) > 1:
             sizes = [n for n, _ in pieces]
@@ -172,6 +172,6 @@ class CapturePass:
             storage="memory" if store is None else "disk",
             store_dir=None if store is None else str(store.path),
             skipped=[index for index, _ in self.skipped],
-            memory_format=self.layout.choice.to_dict(),
+            memory_format=self.memory_format,
             _store=store,
         )

@@ -259,8 +259,8 @@ class CapturedFeatures:
         skipped: sorted indices (in data order) of the examples left out because
             they could not be read (``capture(..., skip_unreadable=True)``); the
             rows are the other examples, in order.
-        memory_format: the layout the pass ran in and why
-            (:meth:`probes.FormatChoice.to_dict`); None when built by hand.
+        memory_format: the layout the pass ran in (``"contiguous"`` or
+            ``"channels_last"``); None when built by hand.
 
     Example:
         >>> feats["layer4"].shape          # (N, 512)
@@ -277,7 +277,7 @@ class CapturedFeatures:
     storage: str = "memory"
     store_dir: str | None = None
     skipped: list[int] = field(default_factory=list)
-    memory_format: dict[str, Any] | None = None
+    memory_format: str | None = None
     _store: FeatureStore | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -346,7 +346,7 @@ class CapturedFeatures:
             pooling=dict(self.pooling),
             warnings=list(self.warnings),
             skipped=list(self.skipped),
-            memory_format=None if self.memory_format is None else dict(self.memory_format),
+            memory_format=self.memory_format,
         )
 
     def close(self) -> None:

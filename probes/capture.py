@@ -27,7 +27,7 @@ from probes._capture_data import batches_of, count_examples, resolve_device
 from probes._capture_pass import CapturePass
 from probes._hooks import PooledHooks
 from probes._layers import discover_layers, resolve_layers
-from probes._memory_format import MEMORY_FORMATS, PassLayout
+from probes._layout import MEMORY_FORMATS, SwappedWeights
 from probes._pooling import (
     TOKEN_POOL_NAMES,
     check_pool,
@@ -76,7 +76,7 @@ def capture(
     max_memory: int | str | None = None,
     store_dir: str | Path | None = None,
     skip_unreadable: bool = False,
-    memory_format: str = "auto",
+    memory_format: str = "contiguous",
 ) -> CapturedFeatures:
     """Run ``model`` once over ``data`` and keep each layer's pooled activation per example.
 
@@ -128,6 +128,11 @@ def capture(
             that fails to decode) instead of failing: its index is recorded in
             ``skipped`` and the pass gets one warning. Rows then no longer
             match dataset indices one to one; ``skipped`` says which are gone.
+        memory_format: ``"contiguous"`` (the default: the model's weights and
+            NCHW inputs as given) or ``"channels_last"`` (4-D inputs, and the
+            model's 4-D floating weights for the pass only, channels-last: often
+            faster on the CPU for convolutional networks). The layouts differ
+            only by float rounding.
 
     Returns:
         :class:`CapturedFeatures` with float32 (N, D) arrays per layer;
@@ -164,15 +169,16 @@ def capture(
     sink = FeatureSink(budget, store_dir, count_examples(data, max_samples))
 
     hooks = PooledHooks(targets, pool=pool, token_pool=token_pool, max_dim=max_dim, seed=seed)
-    layout = PassLayout(model, memory_format, total)
+    weights = SwappedWeights(model)
     run = CapturePass(
-        model, hooks, sink, layout, dev, in_dtype, keep_output=keep_output, auto=auto,
+        model, hooks, sink, memory_format, dev, in_dtype, keep_output=keep_output, auto=auto,
         batch_size=batch_size,
     )  # fmt: skip
     flags = [(m, m.training) for m in model.modules()]
     bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress)
     try:
         model.eval()
+        weights.apply(memory_format)
         with torch.no_grad():
             for batch, left_out in batches:
                 run.skipped.extend(left_out)
@@ -186,7 +192,7 @@ def capture(
         raise
     finally:
         hooks.remove()
-        layout.close()
+        weights.restore()
         for module, flag in flags:
             module.training = flag
         bar.close()

@@ -56,7 +56,8 @@ from diagnose.decide.race_lr import LRGrids, finetune_grid
 from diagnose.decide.race_scoring import Fold
 from diagnose.decide.race_trials import Arm, RaceContext
 from diagnose.decide.race_verdict import race_summary
-from diagnose.training import TargetData, import_ray, run_layout, steps_per_epoch
+from diagnose.models import choose_layout
+from diagnose.training import TargetData, import_ray, steps_per_epoch
 
 __all__ = [
     "ETA",
@@ -169,7 +170,7 @@ def run_race(
     # Head inputs and frozen-prefix outputs per fold are shared by the candidates in ``ctx``
     # (their FLOPs are counted once, where they ran).
     first = folds[0].train[:batch_size]
-    layout = run_layout(model, head, x[first], y[first], num_classes, device)
+    layout = choose_layout(model, x[first], device, training=True)
     ctx = RaceContext(
         _fold_data(folds, x, y, num_classes), folds, model, head, blocks, batch_size, seed,
         device, {}, warnings, memory_format=layout.name, meter=meter,

@@ -32,8 +32,7 @@ from torch import nn
 
 import diagnose.core as core
 from diagnose.core import autocast_context
-from diagnose.models import base_model_of
-from probes import MEMORY_FORMATS, FormatChoice, time_memory_formats
+from diagnose.models import Layout, base_model_of, choose_layout
 from probes.capture import capture
 from probes.similarity import cka
 
@@ -48,6 +47,7 @@ __all__ = [
 
 # How a block's token sequence becomes one vector per image (probes.capture's token_pool).
 TOKEN_POOLS = ("mean", "cls")
+_LAYOUTS = ("auto", "contiguous", "channels_last")
 
 
 def _as_tensor(value: Any, name: str) -> torch.Tensor:
@@ -101,14 +101,11 @@ class ForgettingMeter:
             the cost of every :meth:`measure` is one forward pass over them.
         token_pool: how a block's token sequence (N, T, D) is pooled: ``"mean"``
             or ``"cls"`` (see :func:`probes.capture`).
-        memory_format: the layout of every measuring pass: ``"auto"`` times
-            NCHW and channels-last on the first batch of source images once,
-            here (:func:`probes.time_memory_formats`: four extra batch
-            forwards), and keeps the faster; ``"contiguous"`` or
-            ``"channels_last"`` as requested. The choice and its reason are
-            :attr:`layout` (kept for the process: every meter of one model and
-            batch runs one layout). A model on another kind of device than the
-            one timed (a GPU, for a meter built on the CPU) runs NCHW.
+        memory_format: the layout of every measuring pass: ``"auto"`` (the
+            architecture's rule, :func:`diagnose.models.choose_layout`, for
+            inference on the device the measured model is on), ``"contiguous"``
+            or ``"channels_last"`` as requested. The choice and its reason are
+            :attr:`layout`.
     """
 
     def __init__(
@@ -146,10 +143,10 @@ class ForgettingMeter:
                 f"The 'token_pool' parameter of ForgettingMeter must be 'mean' or 'cls'. "
                 f"Got {token_pool!r}."
             )
-        if memory_format not in MEMORY_FORMATS:
+        if memory_format not in _LAYOUTS:
             raise ValueError(
                 f"The 'memory_format' parameter of ForgettingMeter must be one of "
-                f"{', '.join(map(repr, MEMORY_FORMATS))}. Got {memory_format!r}."
+                f"{', '.join(map(repr, _LAYOUTS))}. Got {memory_format!r}."
             )
         self.token_pool = token_pool
         self.head = head
@@ -169,8 +166,8 @@ class ForgettingMeter:
             reference = copy.deepcopy(pretrained).to(
                 self.device, memory_format=core.memory_format(self.device)
             )
-        self.layout = self._time_layout(reference, memory_format)
-        self._layout_device = self.device
+        self.requested_layout = memory_format
+        self.layout = self._layout(reference, self.device)
         self.reference_features, preds = self._pass(reference)
         if preds is None or not all(np.isfinite(f).all() for f in self.reference_features.values()):
             raise ValueError("The pretrained model gives non-finite features on 'source_x'.")
@@ -182,16 +179,15 @@ class ForgettingMeter:
         """Number of source images each measurement uses."""
         return int(self.source_x.shape[0])
 
-    def _time_layout(self, reference: nn.Module, requested: str) -> FormatChoice:
-        """The layout of every pass: requested, or timed on the first batch of source images."""
-        if requested != "auto":
-            return FormatChoice(requested, "requested")
-        floats = [p for p in reference.parameters() if p.is_floating_point()]
-        x = self.source_x[: self.batch_size].to(self.device)
+    def _layout(self, model: nn.Module, device: torch.device) -> Layout:
+        """The layout of a pass of ``model`` on ``device``: requested, or the rule's."""
+        if self.requested_layout != "auto":
+            return Layout(self.requested_layout, "requested")
+        floats = [p for p in model.parameters() if p.is_floating_point()]
+        x = self.source_x[:2]
         if floats and x.is_floating_point():
             x = x.to(floats[0].dtype)
-        with autocast_context(self.device):
-            return time_memory_formats(reference, x)
+        return choose_layout(model, x, device, training=False)
 
     def _pass(
         self, model: nn.Module, layers: list[str] | None = None
@@ -209,12 +205,11 @@ class ForgettingMeter:
             finite.append(torch.isfinite(z).all())
             preds.append(self._head(z).argmax(dim=1).to("cpu"))
 
-        # The timing holds for the kind of device it ran on (a CPU-built tracker measuring a
-        # model moved to a GPU, or a copy sent to a GPU worker, runs NCHW there).
+        # A CPU-built tracker may measure a model moved to a GPU (or a copy sent to a GPU
+        # worker): the layout is the one for the device the model is on.
         first = next(model.parameters(), None)
         here = first.device if first is not None else self.device
-        timed_here = here.type == self._layout_device.type
-        layout = self.layout.memory_format if timed_here else "contiguous"
+        layout = self.layout if here.type == self.device.type else self._layout(model, here)
         handle = model.get_submodule(self.head).register_forward_pre_hook(pre_hook)
         try:
             with autocast_context(self.device):
@@ -225,7 +220,7 @@ class ForgettingMeter:
                     batch_size=self.batch_size,
                     progress=False,
                     token_pool=self.token_pool,
-                    memory_format=layout,
+                    memory_format=layout.name,
                 )
         finally:
             handle.remove()

@@ -207,15 +207,17 @@ def _role_probe(role: str, name: str, feats, labels, split, seed: int, warnings:
     )
 
 
-def storage_summary(captured: dict, budget: int | None, share: int | None) -> dict:
+def storage_summary(
+    captured: dict, budget: int | None, share: int | None, layout: dict | None = None
+) -> dict:
     """results.json's ``capture``: the memory budget, where each pass kept its
     features (rows, bytes, "memory" or "disk"), the memory layout its batches ran in
-    (:class:`probes.FormatChoice`) and the large-N subsample limits."""
+    (``layout``: :meth:`diagnose.models.Layout.to_dict`) and the large-N subsample limits."""
     return {
         "max_memory_bytes": budget,
         "per_pass_bytes": share,
         **{
-            k: {"storage": c.storage, "n": c.n, "bytes": c.nbytes, "memory_format": c.memory_format}
+            k: {"storage": c.storage, "n": c.n, "bytes": c.nbytes, "memory_format": layout}
             for k, c in captured.items()
         },
         "subsample": {

@@ -44,6 +44,7 @@ from diagnose.models.loaded import (
     replace_module,
 )
 from diagnose.models.loading import demo_model, demo_model_info, load_model
+from diagnose.models.memory_layout import Layout, choose_layout, forget_layouts
 from diagnose.models.new_head import BODY, NEW_HEAD, NewHead, unprefixed, with_new_head
 from diagnose.models.peft_view import (
     base_model_of,
@@ -66,6 +67,7 @@ __all__ = [
     "bias_and_norm",
     "BODY",
     "cache_file",
+    "choose_layout",
     "cut_description",
     "demo_model",
     "demo_model_info",
@@ -76,11 +78,13 @@ __all__ = [
     "expected_size_hint",
     "extract_state_dict",
     "find_head",
+    "forget_layouts",
     "HEAD",
     "import_peft",
     "is_adapter_dir",
     "is_lora_parameter",
     "is_original_copy",
+    "Layout",
     "load_model",
     "load_or_pretrain",
     "load_state_dict_checked",

@@ -31,13 +31,6 @@ from diagnose.training.executor import (
     run_unit,
 )
 from diagnose.training.head_stages import HeadStages, cpu_state
-from diagnose.training.layout import (
-    LAYOUT_MARGIN,
-    TrainLayout,
-    forget_train_layouts,
-    run_layout,
-    train_layout,
-)
 from diagnose.training.loop import Fitter, Phase, evaluate, fused_sgd_supported
 from diagnose.training.runner import TargetData, run_strategy
 from diagnose.training.seeds import (
@@ -74,14 +67,12 @@ __all__ = [
     "finished_units",
     "finite_or_none",
     "Fitter",
-    "forget_train_layouts",
     "FROZEN_NORMS",
     "fused_sgd_supported",
     "HeadStages",
     "import_ray",
     "iterate_batches",
     "Job",
-    "LAYOUT_MARGIN",
     "make_loader",
     "Outcome",
     "PeakMemory",
@@ -97,7 +88,6 @@ __all__ = [
     "resumed_text",
     "ROUTES",
     "RUN_KEYS",
-    "run_layout",
     "run_strategy",
     "run_unit",
     "select_trained",
@@ -107,9 +97,7 @@ __all__ = [
     "strategy_entry",
     "StrategyRun",
     "TargetData",
-    "train_layout",
     "trainable_params",
     "TrainConfig",
-    "TrainLayout",
     "Unit",
 ]

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 
-import probes
 from diagnose.core import autocast_context, autocast_dtype, is_cuda, to_device
 from diagnose.models import replace_module
 from diagnose.training.batches import iterate_batches
@@ -49,14 +48,14 @@ def capture_head_inputs(
     batch_size: int,
     device: torch.device,
     phase: Phase,
+    memory_format: torch.memory_format | None = None,
 ) -> list[torch.Tensor]:
     """The (N, D) float32 input of module ``head`` for each tensor in ``xs``, on ``device``.
 
     One forward pass per tensor in eval mode without gradients (flags
     restored, the hook removed even on error). ``phase`` receives the FLOPs of
-    one batch and the number of batches. The batches run channels-last where
-    that is measured faster (:class:`probes.PassLayout`, as
-    :func:`probes.capture`'s ``memory_format="auto"``); the weights are put back.
+    one batch and the number of batches. The batches go in ``memory_format``
+    (the layout ``net`` was put in; None: the device's default).
     """
     store: list[torch.Tensor] = []
 
@@ -71,19 +70,16 @@ def capture_head_inputs(
 
     flags = [(m, m.training) for m in net.modules()]
     handle = None
-    layout = probes.PassLayout(net, "auto", sum(-(-len(x) // batch_size) for x in xs))
     out = []
     try:
         net.eval()
         with torch.no_grad(), autocast_context(device):
             for x in xs:
                 for (xb,) in iterate_batches((x,), batch_size, None):
-                    xb = to_device(xb, device)
-                    xb = layout.start(xb)
-                    if handle is None:  # after the layout's two-example check: no rows
+                    xb = to_device(xb, device, memory_format)
+                    if handle is None:
                         handle = net.get_submodule(head).register_forward_pre_hook(hook)
                     count(xb)
-                    layout.done(xb.shape[0])
                     phase.steps += 1
                 feats = torch.cat(store) if store else torch.empty(0)
                 store.clear()
@@ -97,7 +93,6 @@ def capture_head_inputs(
     finally:
         if handle is not None:
             handle.remove()
-        layout.close()
         _restore_modes(flags)
     return out
 

@@ -41,10 +41,9 @@ class TrainConfig:
             ``nn.Linear`` and 2-D ``nn.Conv2d`` of the adapted blocks.
         adapted_blocks: the blocks LoRA adapts; None: every block.
         memory_format: the layout the network trains in (``"contiguous"`` or
-            ``"channels_last"``); None measures it in the process that trains
-            (:func:`diagnose.training.layout.train_layout`). A run of several
-            strategies decides once (:func:`~diagnose.training.layout.run_layout`), so
-            every strategy, local or on Ray, trains in one layout.
+            ``"channels_last"``); None: the architecture's rule
+            (:func:`diagnose.models.choose_layout`). A run of several strategies
+            decides once, so every strategy, local or on Ray, trains in one layout.
 
     Example:
         >>> TrainConfig(epochs=5, head_lr=0.05).to_dict()["epochs"]

@@ -90,8 +90,9 @@ class HeadStages:
         if self.reuse is not None and key in self.reuse:
             return self.reuse[key]
         feats = capture_head_inputs(
-            self.net, self.head, xs, self.config.batch_size, self.device, cap
-        )
+            self.net, self.head, xs, self.config.batch_size, self.device, cap,
+            self.layout.memory_format,
+        )  # fmt: skip
         if self.reuse is not None:
             self.reuse[key] = feats
         return feats

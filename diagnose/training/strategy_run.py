@@ -19,7 +19,9 @@ from diagnose.core import autocast_context, is_cuda, to_device
 from diagnose.measure import WeightDrift, forgetting_interval
 from diagnose.models import (
     HEAD,
+    Layout,
     apply_lora,
+    choose_layout,
     lora_targets,
     module_groups,
     parameter_groups,
@@ -31,7 +33,6 @@ from diagnose.training.adapted import FROZEN_NORMS, select_trained
 from diagnose.training.batches import iterate_batches, make_loader, steps_per_epoch
 from diagnose.training.curves import BestState, detect_overfitting, finite_or_none
 from diagnose.training.head_stages import HeadStages, cpu_state
-from diagnose.training.layout import TrainLayout, train_layout
 from diagnose.training.loop import Fitter, Phase, evaluate
 from diagnose.training.strategies import Plan, Stage, plan
 from probes import logits_of
@@ -127,9 +128,9 @@ class StrategyRun(HeadStages):
         replace_module(src, self.head, new_head)
         b = cfg.batch_size
         self.layout = (
-            train_layout(src, self.data.x_train[:b], self.data.y_train[:b], self.device)
+            choose_layout(src, self.data.x_train[:b], self.device, training=True)
             if cfg.memory_format is None
-            else TrainLayout(cfg.memory_format, "decided once for the run (TrainConfig)")
+            else Layout(cfg.memory_format, "decided once for the run (TrainConfig)")
         )
         self.net = src.to(self.device, memory_format=self.layout.memory_format)
         plain = parameter_groups(self.net, self.blocks, self.head)

@@ -1,6 +1,6 @@
 """The workflows users run (assess, compare, audit, demo) and their shared start-up."""
 
-from diagnose.workflows.assess_capture import capture_domains, memory_share
+from diagnose.workflows.assess_capture import capture_domains, capture_layout, memory_share
 from diagnose.workflows.assessment import AssessResult, assess
 from diagnose.workflows.checkpoint_audit import (
     ACCURACY_DROP_NOTABLE,
@@ -41,6 +41,7 @@ __all__ = [
     "AuditResult",
     "build_finetuned",
     "capture_domains",
+    "capture_layout",
     "check_compare_args",
     "CKA_UNCHANGED",
     "compare",

@@ -104,9 +104,9 @@ def head_measurements(
                 "relative gradient norms", warnings, _measure.target_rgn, ctx["net"],
                 loaded.head, layers, tgt, ctx["used"]["target"], split["train"], ctx["prep"],
                 seed, ctx["device"],
-                # The layout the target pass measured faster (a speed choice only: the
-                # values differ by float rounding between layouts).
-                memory_format=_chosen_layout(captured["target"]),
+                # The capture passes' layout (a speed choice only: the values differ by
+                # float rounding between layouts).
+                memory_format=captured["target"].memory_format,
             )  # fmt: skip
             rows = [replace(row, rgn=(rgn or {}).get(row.name)) for row in rows]
         if has_head and loaded.source_classes and tgt.classes == loaded.source_classes:
@@ -115,12 +115,6 @@ def head_measurements(
     if has_head and sl is not None and src.classes == loaded.source_classes:
         heads["source_head_accuracy"] = float((captured["source"].output.argmax(1) == sl).mean())
     return transfer, lr_find, heads, rows
-
-
-def _chosen_layout(captured) -> str | None:
-    """ "channels_last" when a capture pass ran in it, else None (the model's own layout)."""
-    choice = getattr(captured, "memory_format", None) or {}
-    return "channels_last" if choice.get("memory_format") == "channels_last" else None
 
 
 def image_statistics(

@@ -24,10 +24,11 @@ from diagnose.data import (
     restricted_splits,
     subsample,
 )
-from diagnose.models import LoadedModel, expected_size_hint, random_init_copy
+from diagnose.models import Layout, LoadedModel, choose_layout, expected_size_hint, random_init_copy
 
 __all__ = [
     "capture_domains",
+    "capture_layout",
     "memory_share",
 ]
 
@@ -66,6 +67,16 @@ def _capture(loaded: LoadedModel, prep, what: str, model: nn.Module, *args, **kw
         ) from exc
 
 
+def capture_layout(net: nn.Module, prep: Preprocessing, device: torch.device) -> Layout:
+    """The layout of the capture passes of ``net`` on images as ``prep`` makes them
+    (:func:`diagnose.models.choose_layout`, checked on two seeded random images)."""
+    floats = [p for p in net.parameters() if p.is_floating_point()]
+    dtype = floats[0].dtype if floats else torch.float32
+    (h, w), g = prep.image_size, torch.Generator().manual_seed(0)
+    x = torch.randn(2, prep.channels, h, w, generator=g).to(dtype)
+    return choose_layout(net, x, device, training=False)
+
+
 def capture_domains(
     loaded: LoadedModel,
     prep: Preprocessing,
@@ -80,6 +91,7 @@ def capture_domains(
     progress: bool,
     max_memory: int | None,
     pool: str,
+    layout: Layout,
 ) -> tuple[dict[str, Any], dict[str, ImageStats], dict[str, np.ndarray], dict[str, dict | None]]:
     """``(captured, image stats, used image indices, splits)`` per domain ("target", "source").
 
@@ -121,6 +133,7 @@ def capture_domains(
             max_memory=share,
             skip_unreadable=True,
             token_pool=pool,
+            memory_format=layout.name,
         )
         used[what], splits[what] = drop_positions(used[what], splits[what], captured[what].skipped)
     return captured, stats, used, splits

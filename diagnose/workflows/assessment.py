@@ -35,7 +35,7 @@ from diagnose.measure import layers as _measure
 from diagnose.models import resolve_preprocessing
 from diagnose.training import check_executor
 from diagnose.workflows._assess_stages import features_by_role, head_measurements, image_statistics
-from diagnose.workflows.assess_capture import capture_domains, memory_share
+from diagnose.workflows.assess_capture import capture_domains, capture_layout, memory_share
 from diagnose.workflows.startup import as_domain, as_loaded, forgetting_meter, written
 from probes.capture import parse_size
 
@@ -151,17 +151,15 @@ def assess(
         model, weights=weights, trust_checkpoint=trust_checkpoint, head=head,
         progress=progress, image_size=image_size,
     )  # fmt: skip
-    src, tgt = as_domain(source, "source"), as_domain(target, "target")
-    warnings = _domain_warnings(src, tgt)
-    domains = [d for d in (src, tgt) if d is not None]
-    prep = resolve_preprocessing(loaded, domains, image_size, normalize)
-    warnings.extend(upscale_warnings(domains, prep.image_size))
+    src, tgt, prep, warnings = _domains(loaded, source, target, image_size, normalize)
     net = loaded.model.to(dev)
     layer_names = _layer_names(net, layers)
     timings = {"load": time.perf_counter() - t_start}
+    layout = capture_layout(net, prep, dev)
     captured, stats, used, splits = capture_domains(
         loaded, prep, src, tgt, layer_names, max_samples=max_samples, seed=seed,
         batch_size=batch_size, device=dev, progress=progress, max_memory=budget, pool=pool,
+        layout=layout,
     )  # fmt: skip
     timings["capture"] = time.perf_counter() - t_start - timings["load"]
     feats = features_by_role(captured, layer_names, warnings)
@@ -184,7 +182,9 @@ def assess(
         transferability=transfer, head_accuracy=heads, lr_find=lr_find,
         image_stats=image_statistics(stats, prep, loaded, warnings),
         samples=sample_thumbnails({"source": src, "target": tgt}, seed=seed),
-        capture=_measure.storage_summary(captured, budget, memory_share(budget, src, tgt)),
+        capture=_measure.storage_summary(
+            captured, budget, memory_share(budget, src, tgt), layout.to_dict()
+        ),
     )  # fmt: skip
     for cap in captured.values():
         cap.close()  # a temporary on-disk store is deleted now, not at exit
@@ -199,6 +199,17 @@ def assess(
     env = {"wall_s": timings["total"], "timings_s": timings}
     results["environment"] = {**environment(str(dev), seed), **env}
     return written(AssessResult(results), out)
+
+
+def _domains(loaded, source, target, image_size, normalize):
+    """``(source, target, preprocessing, warnings)``: the data as domains, and how its
+    images are prepared for the model."""
+    src, tgt = as_domain(source, "source"), as_domain(target, "target")
+    warnings = _domain_warnings(src, tgt)
+    domains = [d for d in (src, tgt) if d is not None]
+    prep = resolve_preprocessing(loaded, domains, image_size, normalize)
+    warnings.extend(upscale_warnings(domains, prep.image_size))
+    return src, tgt, prep, warnings
 
 
 def _checked(source, target, pool, batch_size, max_forgetting, max_memory, trial_budget):

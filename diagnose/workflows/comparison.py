@@ -35,7 +35,7 @@ from diagnose.core import (
     write_results,
 )
 from diagnose.decide import learning_forgetting_front, select_strategy
-from diagnose.models import resolve_preprocessing
+from diagnose.models import choose_layout, resolve_preprocessing
 from diagnose.report import check_out_dir, write_outputs
 from diagnose.training import (
     Job,
@@ -46,7 +46,6 @@ from diagnose.training import (
     import_ray,
     read_previous,
     resumed_text,
-    run_layout,
     run_strategy,
     strategy_entries,
 )
@@ -111,10 +110,7 @@ def _train_config(base: dict, lr, epochs, batch_size, unfreeze, bn, seed, lora: 
 def _with_layout(config: TrainConfig, loaded, data, device):
     """``(config, layout)``: the layout every strategy of the run trains in, decided once
     here (local and Ray units alike), carried by the config."""
-    b = config.batch_size
-    layout = run_layout(
-        loaded.model, loaded.head, data.x_train[:b], data.y_train[:b], data.num_classes, device
-    )
+    layout = choose_layout(loaded.model, data.x_train[: config.batch_size], device, training=True)
     return dataclasses.replace(config, memory_format=layout.name), layout
 
 

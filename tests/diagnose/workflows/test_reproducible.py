@@ -6,13 +6,17 @@ else, every metric, interval and p-value, must be bit-for-bit equal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
 import diagnose
 from diagnose.core.schema import jsonable
+from diagnose.models import forget_layouts
 from diagnose.workflows.comparison import compare
 
 # Keys whose values measure time or memory of this particular run.
@@ -71,13 +75,29 @@ def test_differences_helper_sees_changes_and_skips_timings() -> None:
     assert _differences(["2e9 FLOPs, 4.1 s."], ["1e9 FLOPs, 4.1 s."]) != []
 
 
-def test_assess_twice_gives_identical_results(demo_cache_dir) -> None:
+@contextlib.contextmanager
+def _busy_machine(processes: int = 2):
+    """Processes spinning on every core while the block runs (a machine under load)."""
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+
+
+def test_assess_twice_gives_identical_results_with_a_busy_machine_beside_one(
+    demo_cache_dir,
+) -> None:
     # A small race too: its trials are part of results.json and must repeat exactly.
     kwargs = dict(
         max_samples=200, n_permutations=50, device="cpu", seed=0, progress=False, trial_budget=0.02
     )
     first = _plain(diagnose.assess("demo", "demo:digits", "demo:digits-noise", **kwargs))
-    second = _plain(diagnose.assess("demo", "demo:digits", "demo:digits-noise", **kwargs))
+    forget_layouts()  # the second run chooses its layouts afresh, as a new process would
+    with _busy_machine():
+        second = _plain(diagnose.assess("demo", "demo:digits", "demo:digits-noise", **kwargs))
     assert _differences(first, second) == []
     _check_environment(first, seed=0)
     # The comparison is not vacuous: there are layers with probe numbers in it.
