@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from diagnose.cli_parser import build_parser, flags_of, in_flag_words
+from diagnose.core import ParamError
 from diagnose.core.interrupts import stop_on_signals
 from diagnose.core.threads import set_threads
 
@@ -164,8 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, ImportError, OSError) as exc:  # the input or the set-up
         if args.debug:
             raise
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"diagnose: error: {in_flag_words(message, flags_of(parser))}", file=sys.stderr)
+        if isinstance(exc, ParamError):  # a declared parameter: its flag, in one form
+            message = exc.in_flag_words()
+        else:
+            message = in_flag_words(" ".join(str(exc).split()) or type(exc).__name__,
+                                    flags_of(parser))  # fmt: skip
+        print(f"diagnose: error: {message}", file=sys.stderr)
         return 2
     except Exception as exc:  # an internal error: still one line unless --debug
         if args.debug:

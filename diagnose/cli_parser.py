@@ -9,35 +9,42 @@ the flags.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
+
+from diagnose.core import PARAMS
 
 __all__ = ["build_parser", "flags_of", "in_flag_words"]
 
 
 class _Parser(argparse.ArgumentParser):
+    """One-line errors, and a record of every option's parameter name and flag
+    (``flags``, shared by a parser and its subcommands)."""
+
+    def __init__(self, *args, flags: dict[str, str] | None = None, **kwargs):
+        self.flags = {} if flags is None else flags  # before argparse adds --help
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        if action.option_strings:
+            self.flags.setdefault(action.dest, max(action.option_strings, key=len))
+        return action
+
     def error(self, message: str):  # one line, like every other bad-input error
         where = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
         self.exit(2, f"diagnose: error: {where}{message} (see --help)\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+def _declared(p: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """The flag of a declared parameter: its type and range, or its choices, from
+    :data:`diagnose.core.PARAMS`."""
+    param = PARAMS[name]
+    if param.kind == "choice":
+        kwargs["choices"] = param.choices
+    else:
+        kwargs["type"] = param.parse
+    p.add_argument(param.flag, **kwargs)
 
 
 def _memory_size(text: str) -> int:
@@ -92,14 +99,14 @@ def _model_and_data_args(
     p.add_argument(
         "--layers", type=_layers, default="auto", help="auto, or comma-separated module names"
     )
-    p.add_argument(
-        "--image-size",
-        type=_positive_int,
+    _declared(
+        p,
+        "image_size",
         help="resize images to N x N pixels (a timm ViT is created at this size)",
     )
-    p.add_argument(
-        "--pool",
-        choices=("mean", "cls"),
+    _declared(
+        p,
+        "pool",
         default="mean",
         help="token pooling of transformer blocks: mean over tokens or the class token",
     )
@@ -108,9 +115,9 @@ def _model_and_data_args(
         "--out", default=default_out, help=f"output directory (default: ./{default_out})"
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--max-samples", type=_positive_int, help="use at most N images per domain")
+    _declared(p, "seed", default=0)
+    _declared(p, "batch_size", default=64)
+    _declared(p, "max_samples", help="use at most N images per domain")
 
 
 def _depths(value: str) -> int | list[int]:
@@ -131,9 +138,9 @@ def _depths(value: str) -> int | list[int]:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or info lines")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    p.add_argument(
-        "--threads",
-        type=_positive_int,
+    _declared(
+        p,
+        "threads",
         help="CPU threads for torch and the BLAS libraries, set once for the run (default: "
         "torch's default; on a machine shared with other CPU-bound work, fewer than the cores)",
     )
@@ -146,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Diagnostics for transfer learning: how far is the target from what a "
         "pretrained model knows, and how should it be adapted?",
     )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="command", required=True, parser_class=functools.partial(_Parser, flags=parser.flags)
+    )
 
     for add in (_assess_parser, _compare_parser, _audit_parser, _report_parser, _demo_parser):
         add(sub)
@@ -165,21 +174,21 @@ def _assess_parser(sub) -> None:
         help="memory budget for captured features, e.g. 2GB or 512MiB: over it they are "
         "kept in temporary files on disk (default: no limit)",
     )
-    a.add_argument(
-        "--max-forgetting",
-        type=float,
+    _declared(
+        a,
+        "max_forgetting",
         help="forgetting budget (source-accuracy drop, 0-1) the recommendation must respect",
     )
-    a.add_argument(
-        "--trial-budget",
-        type=float,
+    _declared(
+        a,
+        "trial_budget",
         default=0.2,
         help="fraction (0-1) of a full sweep's training FLOPs the recommendation's trial race "
         "may spend; 0 skips the race and keeps the rules' unmeasured prediction (default 0.2)",
     )
-    a.add_argument(
-        "--executor",
-        choices=["local", "ray"],
+    _declared(
+        a,
+        "executor",
         default="local",
         help="local: the race's trials one after another; ray: one Ray task (one GPU or CPU) "
         "per trial, each rung at once",
@@ -192,12 +201,10 @@ def _assess_parser(sub) -> None:
 
 def _lora_args(c: argparse.ArgumentParser) -> None:
     """``compare``'s LoRA settings."""
-    c.add_argument(
-        "--lora-rank", type=_positive_int, default=8, help="rank of lora's update (default: 8)"
-    )
-    c.add_argument(
-        "--lora-alpha",
-        type=_positive_float,
+    _declared(c, "lora_rank", default=8, help="rank of lora's update (default: 8)")
+    _declared(
+        c,
+        "lora_alpha",
         default=16.0,
         help="lora's scale numerator, the update is B A * alpha / rank (default: 16)",
     )
@@ -213,10 +220,8 @@ def _compare_parser(sub) -> None:
     c = sub.add_parser("compare", help="fine-tune with each strategy: accuracy, forgetting, cost")
     _model_and_data_args(c, target_required=True, default_out="diagnose-compare")
     c.add_argument("--strategies", default="all", help="all, or comma-separated strategy names")
-    c.add_argument("--epochs", type=_positive_int, default=3)
-    c.add_argument(
-        "--lr", type=_positive_float, help="head LR (default: the LR range test's suggestion)"
-    )
+    _declared(c, "epochs", default=3)
+    _declared(c, "lr", help="head LR (default: the LR range test's suggestion)")
     c.add_argument(
         "--unfreeze",
         type=_depths,
@@ -224,15 +229,15 @@ def _compare_parser(sub) -> None:
         "once per depth, each its own row",
     )
     _lora_args(c)
-    c.add_argument(
-        "--bn",
-        choices=["frozen", "train"],
+    _declared(
+        c,
+        "bn",
         default="frozen",
         help="BatchNorm statistics in frozen blocks (default: frozen)",
     )
-    c.add_argument(
-        "--max-forgetting",
-        type=float,
+    _declared(
+        c,
+        "max_forgetting",
         help="forgetting budget (source-accuracy drop, or 1 - agreement) for the measured recommendation",
     )
     c.add_argument(
@@ -243,15 +248,15 @@ def _compare_parser(sub) -> None:
         action="store_true",
         help="save each fine-tuned state dict under --out/checkpoints (first seed only)",
     )
-    c.add_argument(
-        "--seeds",
-        type=_positive_int,
+    _declared(
+        c,
+        "seeds",
         default=1,
         help="training seeds per strategy (--seed, --seed+1, ...): means with error bars",
     )
-    c.add_argument(
-        "--executor",
-        choices=["local", "ray"],
+    _declared(
+        c,
+        "executor",
         default="local",
         help="local: one run after another; ray: one Ray task (one GPU or CPU) per run",
     )
@@ -291,10 +296,10 @@ def _demo_parser(sub) -> None:
         "--out", default="diagnose-report", help="output directory (default: ./diagnose-report)"
     )
     d.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument(
-        "--trial-budget",
-        type=float,
+    _declared(d, "seed", default=0)
+    _declared(
+        d,
+        "trial_budget",
         default=0.2,
         help="each assessment's trial race budget, as for assess (0 skips the races)",
     )
@@ -302,17 +307,9 @@ def _demo_parser(sub) -> None:
 
 
 def flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """Every option's parameter name (its ``dest``) and its flag, over all subcommands."""
-    out: dict[str, str] = {}
-    parsers = [parser]
-    while parsers:
-        p = parsers.pop()
-        for action in p._actions:  # argparse keeps no public list of a parser's actions
-            if isinstance(action, argparse._SubParsersAction):
-                parsers.extend(action.choices.values())
-            elif action.option_strings:
-                out.setdefault(action.dest, max(action.option_strings, key=len))
-    return out
+    """Every option's parameter name (its ``dest``) and its flag, over all subcommands
+    (recorded as :func:`build_parser` added them)."""
+    return dict(getattr(parser, "flags", {}))
 
 
 def in_flag_words(message: str, flags: dict[str, str]) -> str:

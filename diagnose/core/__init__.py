@@ -27,6 +27,7 @@ from diagnose.core.interrupts import (
 )
 from diagnose.core.layer import PROBE_ROLES, LayerResult, ProbeScore
 from diagnose.core.names import STRATEGY_LABELS, STRATEGY_NAMES, join_labels, strategy_label
+from diagnose.core.params import PARAMS, Param, ParamError, check_params, flag_of
 from diagnose.core.recommendation import Recommendation
 from diagnose.core.record import (
     Record,
@@ -78,6 +79,7 @@ __all__ = [
     "autocast_context",
     "autocast_dtype",
     "call_spec",
+    "check_params",
     "configure_backends",
     "Cost",
     "current_umask",
@@ -85,6 +87,7 @@ __all__ = [
     "Divergence",
     "environment",
     "finite",
+    "flag_of",
     "Forgetting",
     "interrupt_requested",
     "is_callable_spec",
@@ -96,6 +99,9 @@ __all__ = [
     "load_results",
     "loader_kwargs",
     "memory_format",
+    "Param",
+    "ParamError",
+    "PARAMS",
     "PROBE_ROLES",
     "ProbeScore",
     "raise_if_interrupted",

@@ -15,7 +15,6 @@ and ``unfreeze_blocks`` the probed blocks the engine's ``partial`` trains.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diagnose.core import Recommendation
+from diagnose.core import Recommendation, check_params
 from diagnose.data import materialize_readable
 from diagnose.decide.candidates import RACE_STRATEGIES, Candidate, build_candidates
 from diagnose.decide.front import learning_forgetting_front, race_front_rows
@@ -59,19 +58,9 @@ __all__ = [
 DEFAULT_TRIAL_BUDGET = 0.2
 
 
-def check_trial_budget(trial_budget: Any) -> float:
-    """``trial_budget`` as a float in [0, 1], or a ValueError naming the parameter."""
-    ok = (
-        isinstance(trial_budget, (int, float))
-        and not isinstance(trial_budget, bool)
-        and math.isfinite(trial_budget)
-        and 0 <= trial_budget <= 1
-    )
-    if not ok:
-        raise ValueError(
-            "The 'trial_budget' parameter must be a fraction of the full sweep's FLOPs in [0, 1] "
-            f"(0 skips the race). Got {trial_budget!r} instead."
-        )
+def check_trial_budget(trial_budget: Any, where: str = "assess") -> float:
+    """``trial_budget`` as a float in [0, 1], or a :class:`~diagnose.core.ParamError`."""
+    check_params(where, trial_budget=trial_budget)
     return float(trial_budget)
 
 

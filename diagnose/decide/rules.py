@@ -38,7 +38,7 @@ runs assess and every strategy on the four demo targets over several seeds.
 
 from __future__ import annotations
 
-from diagnose.core import STRATEGY_NAMES, LayerResult
+from diagnose.core import STRATEGY_NAMES, LayerResult, check_params
 from diagnose.decide.recipe import (
     DISCRIMINATIVE_FACTOR,
     OPTIMIZER,
@@ -291,8 +291,7 @@ def recommend(results: dict, *, max_forgetting: float | None = None) -> dict:
         rec = recommend(assess_result.to_dict())
         rec["strategy"], rec["lr"]["head"], rec["reasons"][0]
     """
-    if max_forgetting is not None and not 0 <= max_forgetting <= 1:
-        raise ValueError(f"'max_forgetting' must be between 0 and 1. Got {max_forgetting}.")
+    check_params("recommend", max_forgetting=max_forgetting)
     every = [LayerResult.from_dict(layer) for layer in results.get("layers") or []]
     layers = [layer for layer in every if layer.accuracy("target") is not None]
     names = [layer.name for layer in every]

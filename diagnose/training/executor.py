@@ -50,6 +50,7 @@ from diagnose.core import (
     StrategyEntry,
     atomic_write_bytes,
     atomic_write_dir,
+    check_params,
     raise_if_interrupted,
     set_threads,
 )
@@ -174,10 +175,9 @@ def _failed(unit: Unit, exc: BaseException) -> dict:
     ).to_dict()
 
 
-def check_executor(executor: Any, ray_address: Any) -> None:
+def check_executor(executor: Any, ray_address: Any, where: str = "assess") -> None:
     """``ValueError`` naming ``executor`` or ``ray_address`` when they are not usable together."""
-    if executor not in EXECUTORS:
-        raise ValueError(f"'executor' must be 'local' or 'ray'. Got {executor!r}.")
+    check_params(where, executor=executor)
     if ray_address is not None and executor != "ray":
         raise ValueError("'ray_address' needs executor=ray; add it or drop 'ray_address'.")
 

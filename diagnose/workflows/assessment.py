@@ -19,18 +19,17 @@ import probes
 from diagnose.core import (
     SCHEMA_VERSION,
     RunResult,
+    check_params,
     environment,
     resolve_device,
 )
 from diagnose.data import check_two_classes, domain_info, sample_thumbnails, upscale_warnings
 from diagnose.decide import (
     DEFAULT_TRIAL_BUDGET,
-    check_trial_budget,
     measured_recommendation,
     race_pool,
     recommend,
 )
-from diagnose.measure import TOKEN_POOLS
 from diagnose.measure import layers as _measure
 from diagnose.models import resolve_preprocessing
 from diagnose.training import check_executor
@@ -141,11 +140,11 @@ def assess(
     """
     t_start = time.perf_counter()
     budget, trial_budget = _checked(
-        source, target, pool, batch_size, max_forgetting, max_memory, trial_budget
-    )
-    check_executor(executor, ray_address)
+        source, target, max_memory, (out, ray_address), pool=pool, batch_size=batch_size,
+        max_samples=max_samples, image_size=image_size, max_forgetting=max_forgetting,
+        trial_budget=trial_budget, executor=executor,
+    )  # fmt: skip
     dev = resolve_device(device)
-    _check_out(out)
     torch.manual_seed(seed)
     loaded = as_loaded(
         model, weights=weights, trust_checkpoint=trust_checkpoint, head=head,
@@ -212,25 +211,21 @@ def _domains(loaded, source, target, image_size, normalize):
     return src, tgt, prep, warnings
 
 
-def _checked(source, target, pool, batch_size, max_forgetting, max_memory, trial_budget):
-    """``(memory budget in bytes or None, trial budget)`` after the arguments' checks."""
+def _checked(source, target, max_memory, out_and_ray, **declared):
+    """``(memory budget in bytes or None, trial budget)`` after the arguments' checks
+    (``declared``: the parameters of :data:`diagnose.core.PARAMS` that assess takes), before
+    minutes of measuring."""
     if source is None and target is None:
         raise ValueError("assess needs 'target' (and ideally 'source') data; neither was given.")
-    if pool not in TOKEN_POOLS:
-        raise ValueError(f"'pool' must be 'mean' or 'cls' (token pooling). Got {pool!r}.")
-    if batch_size < 1:
-        raise ValueError(f"'batch_size' must be at least 1. Got {batch_size}.")
-    if max_forgetting is not None and not 0 <= max_forgetting <= 1:
-        raise ValueError(f"'max_forgetting' must be between 0 and 1. Got {max_forgetting}.")
-    budget = None if max_memory is None else parse_size(max_memory, "max_memory")
-    return budget, check_trial_budget(trial_budget)
-
-
-def _check_out(out) -> None:
+    check_params("assess", **declared)
+    out, ray_address = out_and_ray
+    check_executor(declared["executor"], ray_address)
     if out is not None:
-        from diagnose.report import check_out_dir
+        from diagnose.report import check_out_dir  # the report's plotting stack, only here
 
-        check_out_dir(out)  # before minutes of measuring, not after
+        check_out_dir(out)
+    budget = None if max_memory is None else parse_size(max_memory, "max_memory")
+    return budget, float(declared["trial_budget"])
 
 
 def _layer_names(net, layers) -> list[str]:

@@ -44,6 +44,7 @@ from diagnose.core import (
     AuditLayer,
     RunResult,
     SourceAccuracy,
+    check_params,
     environment,
     jsonable,
     resolve_device,
@@ -275,6 +276,8 @@ def audit(
         audit("demo", "cmp/checkpoints/full_low_lr.pt", "demo:digits").verdict
     """
     t_start = time.perf_counter()
+    check_params("audit", batch_size=batch_size, max_samples=max_samples, image_size=image_size,
+                 pool=pool)  # fmt: skip
     dev = _checked(source_eval_samples, device, out)
     loaded, src, tgt = model_and_data(
         "audit", model, source, target, weights=weights, trust_checkpoint=trust_checkpoint,
@@ -312,12 +315,7 @@ def audit(
         schema=SCHEMA_VERSION,
         kind="audit",
         model=loaded.to_dict(),
-        finetuned={
-            "path": str(finetuned),
-            "format": "peft adapter, merged" if is_adapter_dir(finetuned) else "state dict",
-            "head_replaced": replaced,
-            "head_outputs": getattr(ft.get_submodule(loaded.head), "out_features", None),
-        },
+        finetuned=_finetuned_info(finetuned, replaced, ft.get_submodule(loaded.head)),
         source={**src.summary(), "n_eval": tracker.n},
         target=None if tgt is None else {**tgt.summary(), "n_eval": n_target},
         blocks=tuple(blocks),
@@ -334,6 +332,16 @@ def audit(
     results = jsonable(record.to_dict(), warnings)
     results["warnings"] = warnings
     return written(AuditResult(results), out)
+
+
+def _finetuned_info(finetuned, replaced: bool, head: nn.Module) -> dict:
+    """results.json's ``finetuned``: the file, its format and the head it carries."""
+    return {
+        "path": str(finetuned),
+        "format": "peft adapter, merged" if is_adapter_dir(finetuned) else "state dict",
+        "head_replaced": replaced,
+        "head_outputs": getattr(head, "out_features", None),
+    }
 
 
 def _checked(source_eval_samples, device, out) -> torch.device:

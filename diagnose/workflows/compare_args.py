@@ -7,11 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from diagnose.core import (
-    STRATEGY_NAMES,
-)
+from diagnose.core import STRATEGY_NAMES, check_params
 from diagnose.models import LORA_EXTRA, import_peft, lora_targets, peft_available
 from diagnose.training import (
     TrainConfig,
@@ -38,24 +34,18 @@ def check_compare_args(
     executor: str,
     ray_address: str | None,
     seeds: int,
+    **declared: Any,
 ) -> None:
-    """``ValueError`` naming the first of ``compare``'s parameters that is out of range."""
-    if epochs < 1:
-        raise ValueError(f"'epochs' must be at least 1. Got {epochs}.")
-    if lr is not None and not (lr > 0 and np.isfinite(lr)):
-        raise ValueError(f"'lr' must be a positive number. Got {lr}.")
-    if bn not in ("frozen", "train"):
-        raise ValueError(f"'bn' must be 'frozen' or 'train'. Got {bn!r}.")
-    if max_forgetting is not None and not 0 <= max_forgetting <= 1:
-        raise ValueError(f"'max_forgetting' must be between 0 and 1. Got {max_forgetting}.")
+    """:class:`~diagnose.core.ParamError` naming the first of ``compare``'s parameters
+    that is out of its declared range (:data:`diagnose.core.PARAMS`); ``declared``: more
+    of them (``batch_size``, ``max_samples``, ``image_size``, ``pool``)."""
+    check_params(
+        "compare", epochs=epochs, lr=lr, bn=bn, max_forgetting=max_forgetting, seeds=seeds,
+        **declared,
+    )  # fmt: skip
     if resume and out is None:
         raise ValueError("'resume' needs 'out', the directory of the run to continue.")
-    check_executor(executor, ray_address)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(
-            f"'seeds' must be a whole number of at least 1 (training runs per strategy). "
-            f"Got {seeds!r}."
-        )
+    check_executor(executor, ray_address, "compare")
 
 
 def resolve_unfreeze(
@@ -163,6 +153,7 @@ def lora_settings(
     Returns:
         ``{"lora_rank", "lora_alpha", "lora_targets", "adapted_blocks"}``.
     """
+    check_params("compare", lora_rank=rank, lora_alpha=alpha)
     if isinstance(targets, str):
         targets = [t.strip() for t in targets.split(",") if t.strip()] or None
     # The blocks an explicit unfreeze names (an int k: the last k; several depths: none).

@@ -240,7 +240,8 @@ def compare(
     names = parse_strategies(strategies, skipped := [])
     check_compare_args(
         epochs=epochs, lr=lr, bn=bn, max_forgetting=max_forgetting, resume=resume, out=out,
-        executor=executor, ray_address=ray_address, seeds=seeds,
+        executor=executor, ray_address=ray_address, seeds=seeds, batch_size=batch_size,
+        max_samples=max_samples, image_size=image_size, pool=pool,
     )  # fmt: skip
     dev = _checked(runner, device, out)
     loaded, src, tgt = model_and_data(

@@ -108,7 +108,7 @@ def run_demo(
     ``run_compare`` (the default) every strategy is then fine-tuned for ``epochs``
     epochs on each target, and the row sets the race's pick beside the measured best.
     """
-    trial_budget = check_trial_budget(trial_budget)  # before any scenario runs
+    trial_budget = check_trial_budget(trial_budget, "demo")  # before any scenario runs
     t0 = time.perf_counter()
     out = Path(out)
     loaded = load_model("demo", progress=progress)

@@ -104,13 +104,22 @@ def test_python_errors_name_parameters_and_the_cli_names_flags(capsys):
 
     import diagnose
     from diagnose.cli_parser import build_parser, flags_of, in_flag_words
+    from diagnose.core import PARAMS, ParamError
 
-    with pytest.raises(ValueError, match=r"^'epochs' must be at least 1\. Got 0\.$"):
+    match = r"^The 'epochs' parameter of compare must be an int >= 1\. Got 0\.$"
+    with pytest.raises(ParamError, match=match) as err:
         diagnose.compare("demo", "demo:digits", "demo:digits-noise", epochs=0, progress=False)
+    assert err.value.in_flag_words() == "--epochs must be an int >= 1. Got 0."
+    # The flag checks what the parameter's declaration says, as argparse parses it.
     argv = ["assess", "--model", "demo", "--target", "demo:digits", "--max-forgetting", "2"]
-    assert main(argv) == 2
+    with pytest.raises(SystemExit):
+        main(argv)
     err = capsys.readouterr().err
-    assert err == "diagnose: error: --max-forgetting must be between 0 and 1. Got 2.0.\n"
+    assert err == (
+        "diagnose: error: assess: argument --max-forgetting: must be a number in [0, 1], got '2' "
+        "(see --help)\n"
+    )
+    assert PARAMS["max_forgetting"].flag == "--max-forgetting"
     flags = flags_of(build_parser())
     cases = {
         "'resume' needs 'out', the directory": "--resume needs --out, the directory",

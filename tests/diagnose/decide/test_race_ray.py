@@ -41,7 +41,9 @@ def test_ray_race_matches_the_local_race_on_the_demo(ray_local, loaded_demo):
 def test_executor_errors_name_the_parameter(loaded_demo):
     from diagnose.workflows.assessment import assess
 
-    with pytest.raises(ValueError, match="'executor' must be 'local' or 'ray'"):
+    with pytest.raises(
+        ValueError, match="'executor' parameter of assess must be one of 'local', 'ray'"
+    ):
         assess(loaded_demo, "demo:digits", "demo:digits-noise", executor="dask")
     with pytest.raises(ValueError, match="'ray_address' needs executor=ray"):
         assess(loaded_demo, "demo:digits", "demo:digits-noise", ray_address="auto")

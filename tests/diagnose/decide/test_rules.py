@@ -99,7 +99,9 @@ def test_loose_forgetting_budget_does_not_force_feature_extraction():
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5])
 def test_forgetting_budget_out_of_range_is_a_one_line_error(bad):
-    with pytest.raises(ValueError, match=r"'max_forgetting' must be between 0 and 1"):
+    with pytest.raises(
+        ValueError, match=r"'max_forgetting' parameter of recommend must be a number in \[0, 1\]"
+    ):
         recommend(_close(), max_forgetting=bad)
 
 
@@ -281,11 +283,14 @@ def test_assess_passes_the_forgetting_budget_to_the_recommendation(loaded_demo, 
 def test_cli_rejects_a_forgetting_budget_outside_0_1(capsys):
     from diagnose.cli import main
 
-    code = main(
-        ["assess", "--model", "demo", "--target", "demo:digits", "--max-forgetting", "2", "--quiet"]
-    )
+    with pytest.raises(SystemExit) as code:
+        main(
+            ["assess", "--model", "demo", "--target", "demo:digits", "--max-forgetting", "2",
+             "--quiet"]
+        )  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "--max-forgetting must be between 0 and 1" in err[0]
+    assert code.value.code == 2 and len(err) == 1
+    assert "--max-forgetting: must be a number in [0, 1]" in err[0]
 
 
 def test_the_rules_read_the_training_defaults_and_the_plan_s_lrs():

@@ -114,5 +114,8 @@ def test_assess_a_vit_with_class_token_pooling_and_a_cnn():
     # The class token and the token mean are different features: the probes differ.
     probe = lambda r: [layer["probe"]["target"]["accuracy"] for layer in r["layers"]]  # noqa: E731
     assert probe(cls) != probe(mean)
-    with pytest.raises(ValueError, match=r"'pool' must be 'mean' or 'cls'"):
+    with pytest.raises(
+        ValueError,
+        match=r"'pool' parameter of assess must be one of 'mean', 'cls' \(token pooling\)",
+    ):
         diagnose.assess("demo", "demo:digits", "demo:digits-noise", pool="max", **FAST)

@@ -475,9 +475,12 @@ def test_a_seed_missing_failed_or_diverged_shows_in_the_status():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"executor": "dask"}, r"'executor' must be 'local' or 'ray'\. Got 'dask'"),
-        ({"seeds": 0}, r"'seeds' must be a whole number of at least 1 .* Got 0"),
-        ({"seeds": True}, r"'seeds' must be a whole number"),
+        (
+            {"executor": "dask"},
+            r"'executor' parameter of compare must be one of 'local', 'ray'\. Got 'dask'",
+        ),
+        ({"seeds": 0}, r"'seeds' parameter of compare must be an int >= 1 .* Got 0"),
+        ({"seeds": True}, r"'seeds' parameter of compare must be an int >= 1"),
         ({"ray_address": "auto"}, r"'ray_address' needs executor=ray"),
     ],
 )

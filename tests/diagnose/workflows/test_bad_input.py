@@ -347,9 +347,11 @@ def test_malicious_checkpoint_is_never_unpickled(as_weights, good_folder, tmp_pa
     "extra, fragment",
     [
         (["--layers", ",,"], "argument --layers: expected 'auto' or comma-separated layer names"),
-        (["--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
-        (["--lr", "-0.1"], "argument --lr: must be a positive number, got -0.1"),
-        (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+        (["--epochs", "0"], "argument --epochs: must be an int >= 1, got '0'"),
+        (["--epochs", "1.5"], "argument --epochs: must be an int >= 1, got '1.5'"),
+        (["--lr", "-0.1"], "argument --lr: must be a number > 0, got '-0.1'"),
+        (["--lr", "inf"], "argument --lr: must be a number > 0, got 'inf'"),
+        (["--batch-size", "0"], "argument --batch-size: must be an int >= 1, got '0'"),
     ],
 )
 def test_invalid_numeric_and_layer_options(extra, fragment, tmp_path, capsys):

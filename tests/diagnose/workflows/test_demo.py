@@ -43,6 +43,9 @@ def test_demo_writes_overview_scenarios_and_audit(tmp_path):
 def test_a_bad_trial_budget_is_refused_before_any_scenario_runs(tmp_path):
     import pytest
 
-    with pytest.raises(ValueError, match="'trial_budget' parameter must be a fraction"):
+    with pytest.raises(
+        ValueError,
+        match=r"'trial_budget' parameter of demo must be a number in \[0, 1\] \(a fraction",
+    ):
         run_demo(tmp_path / "demo", trial_budget=2.0, progress=False)
     assert not (tmp_path / "demo").exists()

@@ -1,0 +1,177 @@
+"""Declared constraints of the public entry points' parameters: one table, three uses.
+
+Each entry point (``assess``, ``compare``, ``audit``, ``demo``) declares its
+scalar parameters once, as :class:`Param` rows of :data:`PARAMS`, in the spirit
+of scikit-learn's ``validate_params``. From a row come:
+
+- the API's check and its error, in one form (:class:`ParamError`):
+  ``The 'batch_size' parameter of assess must be an int >= 1. Got 0.``;
+- the CLI's argparse ``type=`` (the same check on the flag's text) and ``choices=``;
+- the parameter's flag, so the CLI words an API error with the flag:
+  ``--batch-size must be an int >= 1. Got 0.``
+
+Parameters that are data or specs (a model, a folder, a strategy list) keep their
+own checks and their own words.
+
+Example:
+    >>> check_params("assess", batch_size=64, trial_budget=0.2)
+    >>> PARAMS["batch_size"].rule
+    'an int >= 1'
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["PARAMS", "Param", "ParamError", "check_params", "flag_of"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One public parameter: its type and range, and its CLI flag.
+
+    Attributes:
+        name: the Python parameter.
+        kind: ``"int"``, ``"float"`` or ``"choice"``.
+        low, high: the closed range (None: unbounded on that side).
+        positive: the value must be above 0 (a float's open lower bound).
+        choices: the allowed values of a ``"choice"``.
+        optional: None is allowed (the parameter's "not given").
+        meaning: a few words after the rule, for the error (``"(0 skips the race)"``).
+    """
+
+    name: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    positive: bool = False
+    choices: tuple[str, ...] = ()
+    optional: bool = False
+    meaning: str = ""
+
+    @property
+    def flag(self) -> str:
+        """The CLI flag: ``batch_size`` -> ``--batch-size``."""
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def rule(self) -> str:
+        """What a value must be, as the error says it (``"an int >= 1"``)."""
+        if self.kind == "choice":
+            return "one of " + ", ".join(map(repr, self.choices))
+        what = "an int" if self.kind == "int" else "a number"
+        if self.low is not None and self.high is not None:
+            return f"{what} in [{self.low:g}, {self.high:g}]"
+        if self.positive:
+            return f"{what} > 0"
+        return f"{what} >= {self.low:g}" if self.low is not None else what
+
+    def ok(self, value: Any) -> bool:
+        """True when ``value`` is allowed."""
+        if value is None:
+            return self.optional
+        if self.kind == "choice":
+            return isinstance(value, str) and value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind == "int" and not float(value).is_integer():
+            return False
+        return (
+            math.isfinite(value)
+            and (self.low is None or value >= self.low)
+            and (self.high is None or value <= self.high)
+            and (not self.positive or value > 0)
+        )
+
+    def parse(self, text: str) -> Any:
+        """The flag's text as a value (argparse's ``type=``), checked against the rule."""
+        try:
+            value: Any = int(text) if self.kind == "int" else float(text)
+        except ValueError:
+            value = None
+        if self.kind == "choice":
+            value = text
+        if value is None or not self.ok(value):
+            raise argparse.ArgumentTypeError(f"must be {self.rule}, got {text!r}")
+        return value
+
+
+class ParamError(ValueError):
+    """A public parameter outside its declared range: names the parameter, the entry
+    point, the rule and the value; :meth:`in_flag_words` says it with the flag."""
+
+    def __init__(self, param: Param, where: str, value: Any):
+        self.param, self.where, self.value = param, where, value
+        meaning = f" {param.meaning}" if param.meaning else ""
+        self.tail = f"must be {param.rule}{meaning}. Got {value!r}."
+        super().__init__(f"The '{param.name}' parameter of {where} {self.tail}")
+
+    def in_flag_words(self) -> str:
+        """The error as the CLI says it: ``--batch-size must be an int >= 1. Got 0.``"""
+        return f"{self.param.flag} {self.tail}"
+
+
+def _table(*rows: Param) -> dict[str, Param]:
+    return {row.name: row for row in rows}
+
+
+PARAMS: dict[str, Param] = _table(
+    Param("batch_size", "int", low=1),
+    Param("max_samples", "int", low=1, optional=True),
+    Param("image_size", "int", low=1, optional=True),
+    Param("seed", "int"),
+    Param("pool", "choice", choices=("mean", "cls"), meaning="(token pooling)"),
+    Param(
+        "max_forgetting", "float", low=0, high=1, optional=True, meaning="(a source-accuracy drop)"
+    ),  # fmt: skip
+    Param(
+        "trial_budget",
+        "float",
+        low=0,
+        high=1,
+        meaning="(a fraction of the full sweep's FLOPs; 0 skips the race)",
+    ),  # fmt: skip
+    Param("executor", "choice", choices=("local", "ray")),
+    Param("epochs", "int", low=1),
+    Param("lr", "float", positive=True, optional=True, meaning="(the head LR)"),
+    Param("bn", "choice", choices=("frozen", "train")),
+    Param("seeds", "int", low=1, meaning="(training runs per strategy)"),
+    Param("lora_rank", "int", low=1),
+    Param("lora_alpha", "float", positive=True),
+    Param("threads", "int", low=1, optional=True),
+)
+
+# Which entry point takes which declared parameter.
+_ENTRY_POINTS = {
+    "assess": ("batch_size", "max_samples", "image_size", "seed", "pool", "max_forgetting",
+               "trial_budget", "executor"),
+    "compare": ("batch_size", "max_samples", "image_size", "seed", "pool", "max_forgetting",
+                "executor", "epochs", "lr", "bn", "seeds", "lora_rank", "lora_alpha"),
+    "audit": ("batch_size", "max_samples", "image_size", "seed", "pool"),
+    "demo": ("seed", "epochs", "trial_budget"),
+    "recommend": ("max_forgetting",),
+}  # fmt: skip
+
+
+def check_params(where: str, **values: Any) -> None:
+    """:class:`ParamError` for the first of ``values`` outside its declared rule.
+
+    Args:
+        where: the entry point (``"assess"``, ``"compare"``, ``"audit"``, ``"demo"``,
+            ``"recommend"``).
+        **values: the parameters to check, by name; each must be declared for ``where``.
+    """
+    for name, value in values.items():
+        if name not in _ENTRY_POINTS[where]:
+            raise KeyError(f"{where} declares no parameter {name!r}")
+        param = PARAMS[name]
+        if not param.ok(value):
+            raise ParamError(param, where, value)
+
+
+def flag_of(name: str) -> str | None:
+    """The CLI flag of a declared parameter, or None."""
+    return PARAMS[name].flag if name in PARAMS else None
