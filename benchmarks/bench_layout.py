@@ -1,11 +1,13 @@
-"""Does the memory-layout rule pick the faster layout? (issue 27)
+"""Does the kept memory layout pick the faster one? (issue 27)
 
-The toolkit picks NCHW or channels-last from the architecture and the device
-(:func:`diagnose.models.choose_layout`), never from a timing, so results do not
-depend on the machine's load. This benchmark times, for each model, an
-inference batch and a training step (new 10-way head, SGD) in both layouts on
-the CPU, each the best of ``--repeats`` after a warm-up, and prints what the rule
-picks beside the measured speedup (NCHW time / channels-last time).
+The toolkit measures NCHW against channels-last once per architecture, input
+shape and pass on a machine and keeps the decision on disk
+(:func:`diagnose.models.choose_layout`), so later runs never time again and
+their results do not depend on the machine's load. This benchmark makes that
+decision in a fresh cache directory, then times, independently, an inference
+batch and a training step (new 10-way head, SGD) in both layouts on the CPU,
+each the best of ``--repeats`` after a warm-up, and prints the kept layout
+beside the measured speedup (NCHW time / channels-last time).
 
 A pick is "right" when it is the faster layout, or within ``TIE`` of it.
 
@@ -17,7 +19,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -33,8 +37,9 @@ from _timing import best_time  # noqa: E402
 from diagnose.models import choose_layout, forget_layouts, load_model, replace_module  # noqa: E402
 from probes import logits_of  # noqa: E402
 
-# A layout within 5% of the faster one is as good: that is the timing noise of a few steps.
-TIE = 0.05
+# A layout within 10% of the faster one is as good: the decision's own margin (it keeps
+# NCHW unless channels-last saves a tenth), and the timing noise of a few steps.
+TIE = 0.10
 MODELS = {
     "demo": ("demo", 32),
     "resnet18": ("torchvision:resnet18", 64),
@@ -94,11 +99,11 @@ def row(name: str, repeats: int, batch: int) -> list[dict]:
         chosen = t["channels_last" if pick.name == "channels_last" else "contiguous_format"]
         right = chosen <= (1 + TIE) * min(t.values())
         out.append({
-            "model": name, "px": px, "batch": batch, "kind": kind, "rule": pick.name,
+            "model": name, "px": px, "batch": batch, "kind": kind, "kept": pick.name,
             "reason": pick.reason, "faster": faster, "speedup_cl": round(speedup, 3),
             "right": bool(right),
         })  # fmt: skip
-        print(f"{name:20s} {kind:9s} rule {pick.name:13s} faster {faster:13s} "
+        print(f"{name:20s} {kind:9s} kept {pick.name:13s} faster {faster:13s} "
               f"CL speedup {speedup:.2f}x  {'ok' if right else 'MISS'}", flush=True)  # fmt: skip
     return out
 
@@ -111,12 +116,14 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--quick", action="store_true", help="three models, two repeats")
     args = ap.parse_args()
+    os.environ["DIAGNOSE_CACHE_DIR"] = tempfile.mkdtemp(prefix="layouts-")  # decide afresh
     if args.quick:
         args.models, args.repeats = "demo,resnet18,mobilenet_v3_small", 2
     rows = [r for m in args.models.split(",") for r in row(m, args.repeats, args.batch)]
     right = sum(r["right"] for r in rows)
     print(
-        f"rule right (or within {TIE:.0%}) on {right} of {len(rows)}; threads {torch.get_num_threads()}"
+        f"kept layout right (or within {TIE:.0%}) on {right} of {len(rows)}; "
+        f"threads {torch.get_num_threads()}"
     )
     if args.json:
         Path(args.json).write_text(

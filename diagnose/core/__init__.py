@@ -13,6 +13,7 @@ from diagnose.core.device import (
     to_device,
 )
 from diagnose.core.entry import Cost, Divergence, Forgetting, StrategyEntry, TargetScores
+from diagnose.core.evidence import Evidence
 from diagnose.core.files import (
     atomic_torch_save,
     atomic_write_bytes,
@@ -86,6 +87,7 @@ __all__ = [
     "describe",
     "Divergence",
     "environment",
+    "Evidence",
     "finite",
     "flag_of",
     "Forgetting",

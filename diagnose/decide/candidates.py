@@ -19,9 +19,10 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
-from diagnose.core import LayerResult
+from diagnose.core import Evidence, LayerResult
 from diagnose.decide.rules import DEFAULT_HEAD_LR
 from diagnose.training import TrainConfig
 
@@ -194,7 +195,7 @@ def _prior_order(prior_strategy: str | None) -> list[str]:
 
 
 def build_candidates(
-    assessment: dict,
+    assessment: Mapping | Evidence,
     prior: dict,
     *,
     safe_forgetting: float,
@@ -203,8 +204,8 @@ def build_candidates(
     """The race's candidates, in the prior's order.
 
     Args:
-        assessment: the assessment results (``layers`` with probes and Auto-RGN,
-            ``lr_find``).
+        assessment: the assessment's :class:`~diagnose.core.Evidence` (layers with probes
+            and Auto-RGN, the LR range test's suggestion), or its results dict.
         prior: the rule prior's recommendation (:func:`diagnose.decide.rules.recommend`);
             its strategy is tried first and breaks exact ties.
         safe_forgetting: a ``prior["max_forgetting"]`` below this keeps only
@@ -217,9 +218,9 @@ def build_candidates(
             f"The 'strategies' parameter must name some of {', '.join(RACE_STRATEGIES)}. "
             f"Got {list(strategies)!r} instead."
         )
-    layers = [LayerResult.from_dict(x) for x in assessment.get("layers") or []]
-    layers = [layer for layer in layers if layer.name]
-    suggested = (assessment.get("lr_find") or {}).get("suggested_lr") or DEFAULT_HEAD_LR
+    ev = assessment if isinstance(assessment, Evidence) else Evidence.of(assessment)
+    layers = [layer for layer in ev.layers if layer.name]
+    suggested = ev.suggested_lr or DEFAULT_HEAD_LR
     budget = prior.get("max_forgetting")
     allowed = (
         ["feature_extraction"] if budget is not None and budget < safe_forgetting else strategies

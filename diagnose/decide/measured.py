@@ -16,13 +16,14 @@ and ``unfreeze_blocks`` the probed blocks the engine's ``partial`` trains.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from diagnose.core import Recommendation, check_params
+from diagnose.core import Evidence, Recommendation, check_params
 from diagnose.data import materialize_readable
 from diagnose.decide.candidates import RACE_STRATEGIES, Candidate, build_candidates
 from diagnose.decide.front import learning_forgetting_front, race_front_rows
@@ -163,7 +164,7 @@ def _race_strategies(warnings: list[str]) -> tuple[str, ...]:
 
 
 def measured_recommendation(
-    results: dict,
+    results: Mapping | Evidence,
     prior: dict,
     *,
     model: nn.Module | None,
@@ -184,7 +185,7 @@ def measured_recommendation(
     """The assessment's recommendation: the race's pick, or the prior marked unmeasured.
 
     Args:
-        results: the assessment results so far (layers, lr_find, target).
+        results: the assessment's :class:`~diagnose.core.Evidence` (or its results so far).
         prior: the rule prior's recommendation for the same results.
         model: the pretrained network with its source head at ``head`` (copied, never changed).
         head: qualified name of the final ``nn.Linear`` (None: a headless backbone, raced
@@ -222,11 +223,12 @@ def measured_recommendation(
         warnings.append(f"The recommendation is the rule prior, unmeasured: {why}.")
         return _unmeasured(prior, model, blocks, head, why)
     y_np = y.numpy()
-    n_classes = int(len((results.get("target") or {}).get("classes") or []) or int(y.max()) + 1)
+    ev = results if isinstance(results, Evidence) else Evidence.of(results)
+    n_classes = len(ev.target_classes or ()) or int(y.max()) + 1
     full_epochs = recommended_epochs(len(y_np) / n_classes, "full_low_lr")
     folds, protocol = scoring_folds(y_np, splits["train"], splits["val"], seed=seed)
     cands = build_candidates(
-        results, prior, safe_forgetting=SAFE_FORGETTING, strategies=_race_strategies(warnings)
+        ev, prior, safe_forgetting=SAFE_FORGETTING, strategies=_race_strategies(warnings)
     )
     meter = meter if head is not None else None  # a new head: no original head to ask
     trials = run_race(

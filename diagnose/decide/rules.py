@@ -38,7 +38,9 @@ runs assess and every strategy on the four demo targets over several seeds.
 
 from __future__ import annotations
 
-from diagnose.core import STRATEGY_NAMES, LayerResult, check_params
+from collections.abc import Mapping
+
+from diagnose.core import STRATEGY_NAMES, Evidence, LayerResult, check_params
 from diagnose.decide.recipe import (
     DISCRIMINATIVE_FACTOR,
     OPTIMIZER,
@@ -82,14 +84,13 @@ RGN_QUIET = 0.25
 GAP_SIGNIFICANCE = 0.05
 
 
-def _signals(results: dict, layers: list[LayerResult]) -> dict:
+def _signals(ev: Evidence, layers: list[LayerResult]) -> dict:
     """Every measurement a rule reads, in one flat dict (and nothing else)."""
     names = [layer.name for layer in layers]
     target = [layer.accuracy("target") for layer in layers]
     control = [c for c in (layer.accuracy("control") for layer in layers) if c is not None]
     best_i = max(range(len(layers)), key=lambda i: target[i])
-    src_classes = (results.get("source") or {}).get("classes")
-    tgt_classes = (results.get("target") or {}).get("classes")
+    src_classes, tgt_classes = ev.source_classes, ev.target_classes
     source0 = layers[0].accuracy("source")
     same_task = bool(src_classes) and src_classes == tgt_classes and source0 is not None
     rgn = {layer.name: layer.rgn for layer in layers if layer.rgn is not None}
@@ -281,8 +282,9 @@ def _lp_ft(s: dict, ctx: dict):
     )
 
 
-def recommend(results: dict, *, max_forgetting: float | None = None) -> dict:
-    """Recommend a strategy, blocks to unfreeze and LRs from an assessment's results.
+def recommend(results: Mapping | Evidence, *, max_forgetting: float | None = None) -> dict:
+    """Recommend a strategy, blocks to unfreeze and LRs from an assessment's results
+    (its results dict, or the typed :class:`~diagnose.core.Evidence` ``assess`` builds).
 
     ``max_forgetting`` is the user's forgetting budget (a fraction of source
     accuracy, as ``diagnose compare --max-forgetting``): a tight one leaves
@@ -292,23 +294,24 @@ def recommend(results: dict, *, max_forgetting: float | None = None) -> dict:
         rec["strategy"], rec["lr"]["head"], rec["reasons"][0]
     """
     check_params("recommend", max_forgetting=max_forgetting)
-    every = [LayerResult.from_dict(layer) for layer in results.get("layers") or []]
+    ev = results if isinstance(results, Evidence) else Evidence.of(results)
+    every = list(ev.layers)
     layers = [layer for layer in every if layer.accuracy("target") is not None]
     names = [layer.name for layer in every]
-    head_lr = (results.get("lr_find") or {}).get("suggested_lr")
+    head_lr = ev.suggested_lr
     reasons = [
         f"The LR range test gave no suggestion, so the head LR falls back to {DEFAULT_HEAD_LR:g}."
         if head_lr is None
         else f"The LR range test's steepest stable descent is at {head_lr:.3g}: the head LR."
     ]
     head_lr = DEFAULT_HEAD_LR if head_lr is None else head_lr
-    n_per_class = _per_class(results.get("target") or {})
+    n_per_class = ev.per_class
     if not layers:
         reasons.append("No target probe could be measured, so nothing supports freezing any block.")
         strategy, unfreeze, confidence = "full_low_lr", names, "low"
         would_change = ["Labelled target data let the layer-wise probes run."]
     else:
-        s = _signals(results, layers)
+        s = _signals(ev, layers)
         strategy, unfreeze, confidence, rule_reasons, would_change = _decide(
             s, n_per_class, max_forgetting
         )
@@ -328,15 +331,6 @@ def recommend(results: dict, *, max_forgetting: float | None = None) -> dict:
         "reasons": reasons,
         "would_change_if": would_change,
     }
-
-
-def _per_class(target: dict) -> float:
-    """Labelled images per class a fine-tuning run can learn from or select on (train+val)."""
-    n_classes = max(1, len(target.get("classes") or []) or 1)
-    n_train = int(
-        (target.get("n_train") or 0) + (target.get("n_val") or 0) or target.get("n_used") or 0
-    )
-    return n_train / n_classes if n_train else 0.0
 
 
 def _benefit_reasons(s: dict, would_change: list[str]) -> list[str]:

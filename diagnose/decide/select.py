@@ -94,12 +94,16 @@ def _check_fraction(name: str, value, *, upper: float | None = 1.0) -> float | N
     return number
 
 
-def _predicted(assessment: dict | None, names: set[str]) -> str | None:
-    # Accept the assessment's results dict or its "recommendation" sub-dict.
-    if not isinstance(assessment, dict):
+def _predicted(assessment: Recommendation | dict | None, names: set[str]) -> str | None:
+    # The typed recommendation, or (a user's script) the assessment's results dict or its
+    # "recommendation" sub-dict.
+    if isinstance(assessment, Recommendation):
+        rec = assessment
+    elif isinstance(assessment, dict):
+        sub = assessment.get("recommendation")
+        rec = Recommendation.from_dict(sub if isinstance(sub, dict) else assessment)
+    else:
         return None
-    rec = assessment.get("recommendation")
-    rec = Recommendation.from_dict(rec if isinstance(rec, dict) else assessment)
     # A measured partial recommendation names its depth: the row of that depth when
     # the comparison ran partial at several (compare --unfreeze 1,2,4).
     return rec.row if rec.row in names else rec.strategy
@@ -148,7 +152,7 @@ def select_strategy(
     strategies: list[dict],
     *,
     max_forgetting: float | None = None,
-    assessment: dict | None = None,
+    assessment: Recommendation | dict | None = None,
     tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
 ) -> dict:
     """The measured best strategy of a comparison, with its reasons.
@@ -156,7 +160,8 @@ def select_strategy(
     ``strategies`` are the comparison's entries (results.json ``strategies``);
     ``max_forgetting`` is the largest tolerated forgetting (fraction in [0, 1],
     see :func:`forgetting_of`; None: no budget); ``assessment`` is the
-    assessment's results dict or its ``recommendation``, whose predicted strategy
+    assessment's :class:`~diagnose.core.Recommendation` (or, from a script, its results
+    dict or that dict's ``recommendation``), whose predicted strategy
     is checked against the measured one; ``tie_tolerance`` is the validation-
     accuracy difference (fraction) below which the cheaper run wins.
 

@@ -184,7 +184,7 @@ class ForgettingMeter:
         if self.requested_layout != "auto":
             return Layout(self.requested_layout, "requested")
         floats = [p for p in model.parameters() if p.is_floating_point()]
-        x = self.source_x[:2]
+        x = self.source_x[: self.batch_size]
         if floats and x.is_floating_point():
             x = x.to(floats[0].dtype)
         return choose_layout(model, x, device, training=False)

@@ -44,7 +44,13 @@ from diagnose.models.loaded import (
     replace_module,
 )
 from diagnose.models.loading import demo_model, demo_model_info, load_model
-from diagnose.models.memory_layout import Layout, choose_layout, forget_layouts
+from diagnose.models.memory_layout import (
+    MARGIN,
+    Layout,
+    choose_layout,
+    forget_layouts,
+    layouts_file,
+)
 from diagnose.models.new_head import BODY, NEW_HEAD, NewHead, unprefixed, with_new_head
 from diagnose.models.peft_view import (
     base_model_of,
@@ -85,6 +91,7 @@ __all__ = [
     "is_lora_parameter",
     "is_original_copy",
     "Layout",
+    "layouts_file",
     "load_model",
     "load_or_pretrain",
     "load_state_dict_checked",
@@ -95,6 +102,7 @@ __all__ = [
     "LORA_EXTRA",
     "lora_targets",
     "LR",
+    "MARGIN",
     "MAX_SHIFT",
     "merged_state_dict",
     "module_groups",

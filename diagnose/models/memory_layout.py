@@ -1,21 +1,24 @@
-"""The memory layout a network runs in: decided from its architecture, never from a timing.
+"""The memory layout a network runs in: measured once per architecture, then kept on disk.
 
-A layout is a speed choice (NCHW and channels-last differ only by float
-rounding), so it must not make results depend on the machine: it is decided
-from the architecture, the input's shape and the device, never from a timing,
-the thread count or the load, and the same inputs and seed give the same
-numbers however busy the machine is. The rule:
+NCHW and channels-last differ only by float rounding, but which is faster
+depends on the network and the machine: on the CPU, depthwise networks and
+small convolutional ones run 1.2-3x faster channels-last, while ResNets run up
+to a tenth slower (benchmarks/bench_layout.py; the figures are in the README).
+So the layout is measured, and the decision is kept where results stay the
+same whatever the machine is doing:
 
-- inputs that are not 4-D floating images, or a model without 2-D
-  convolutions: NCHW;
-- otherwise channels-last, for inference and training alike: tensor-core
-  convolutions on CUDA, and oneDNN's on the CPU, where benchmarks/bench_layout.py
-  finds it faster or tied on every network it times but ResNets, whose two
-  layouts trade places from run to run (the figures are in the README).
-
-A channels-last pick is then checked once per architecture and input shape on
-two examples: a model whose forward raises, or whose outputs differ, in
-channels-last (a ``.view()`` of an activation, raw strides) keeps NCHW.
+- inputs that are not 4-D floating images, a model without 2-D convolutions
+  or with lazy parameters: NCHW, without a trial;
+- on CUDA: channels-last (tensor-core convolutions), without a trial;
+- otherwise, the first time an architecture runs at an input shape on this
+  machine (per kind: inference or training), a copy is checked on two examples
+  (a forward that raises or differs channels-last keeps NCHW) and then timed
+  in both layouts on the sample batch; channels-last is kept when it takes at
+  most :data:`MARGIN` of the NCHW time. The decision is written to
+  ``layouts.json`` in the cache directory (:func:`diagnose.models.resolve_cache_dir`)
+  and every later run, in this process or another, reads it: never a timing
+  again, never the thread count, so the same inputs and seed give the same
+  numbers however busy the machine is. Deleting the file measures again.
 
 Example:
     >>> layout = choose_layout(net, x[:32], torch.device("cpu"), training=True)
@@ -25,23 +28,35 @@ Example:
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from diagnose.core import is_cuda
+from diagnose.core import atomic_write_text, is_cuda
+from diagnose.models.cache import resolve_cache_dir
 from probes import logits_of
 
-__all__ = ["Layout", "choose_layout", "forget_layouts"]
+__all__ = ["MARGIN", "Layout", "choose_layout", "forget_layouts", "layouts_file"]
 
+# Channels-last must take at most this share of the NCHW time: a gain within the timing
+# noise of a few batches keeps the layout the model was built in.
+MARGIN = 0.9
 # The check's tolerance is semantic, not a rounding one: the layouts differ by float
 # rounding (about 1e-6 of the output's scale in float32), while a forward that depends
 # on the layout differs by O(1). 1% of the largest output separates the two for float32,
 # float16 and bfloat16 alike.
 _AGREE = 1e-2
+# The timed sequence: each layout's first call pays its one-off kernel set-up, so the
+# best of the later ones counts.
+_SEQUENCE = ("contiguous", "channels_last", "contiguous", "channels_last", "channels_last",
+             "contiguous")  # fmt: skip
 
-_checked: dict[tuple, str | None] = {}
+_kept: dict[str, Layout] = {}  # this process's reads of the file, and its decisions
 
 
 @dataclass(frozen=True)
@@ -50,7 +65,7 @@ class Layout:
 
     Attributes:
         name: ``"contiguous"`` (NCHW) or ``"channels_last"``.
-        reason: one line: the rule that decided it.
+        reason: one line: why (the measurement, or why none ran).
     """
 
     name: str
@@ -71,12 +86,17 @@ class Layout:
 
 
 def forget_layouts() -> None:
-    """Drop the checks kept for this process (the next choice checks again)."""
-    _checked.clear()
+    """Forget this process's decisions (the next choice reads the file again)."""
+    _kept.clear()
 
 
-def _rule(model: nn.Module, x: torch.Tensor, device) -> Layout:
-    """The layout the rule (module docstring) gives, before the check."""
+def layouts_file() -> Path:
+    """Where the decisions are kept: ``layouts.json`` in the cache directory."""
+    return resolve_cache_dir() / "layouts.json"
+
+
+def _fixed(model: nn.Module, x: torch.Tensor, device) -> Layout | None:
+    """The layout that needs no trial, or None when it is to be measured."""
     if x.ndim != 4 or not x.is_floating_point():
         return Layout("contiguous", "inputs are not 4-D floating images")
     if any(nn.parameter.is_lazy(p) for p in model.parameters()):
@@ -85,14 +105,37 @@ def _rule(model: nn.Module, x: torch.Tensor, device) -> Layout:
         return Layout("contiguous", "the model has no 2-D convolutions")
     if is_cuda(device):
         return Layout("channels_last", "CUDA: tensor-core convolutions")
-    return Layout("channels_last", "CPU: oneDNN convolutions")
+    return None
 
 
-def _key(model: nn.Module, x: torch.Tensor, device, training: bool) -> tuple:
+def _key(model: nn.Module, x: torch.Tensor, device, training: bool) -> str:
+    """The architecture (class, parameter names and shapes), the input's shape and dtype,
+    the device kind, the pass and the torch version: never the thread count."""
     cls = type(model)
-    arch = tuple((n, tuple(p.shape), p.dtype) for n, p in model.named_parameters())
-    return (cls.__module__, cls.__qualname__, arch, tuple(x.shape[1:]), x.dtype,
-            torch.device(device).type, training)  # fmt: skip
+    arch = repr([(n, tuple(p.shape), str(p.dtype)) for n, p in model.named_parameters()])
+    digest = hashlib.sha1(arch.encode()).hexdigest()[:16]
+    kind = "training" if training else "inference"
+    return (f"{cls.__module__}.{cls.__qualname__}/{digest}/{tuple(x.shape[1:])}/{x.dtype}/"
+            f"{torch.device(device).type}/{kind}/torch {torch.__version__}")  # fmt: skip
+
+
+def _read() -> dict:
+    try:
+        data = json.loads(layouts_file().read_text())
+    except (OSError, ValueError):  # none yet, or damaged: measured again and rewritten
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _keep(key: str, layout: Layout) -> None:
+    """Add the decision to the file (read again first: another process may have added some)."""
+    data = _read()
+    data[key] = layout.to_dict()
+    try:
+        layouts_file().parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(layouts_file(), json.dumps(data, indent=1, sort_keys=True) + "\n")
+    except OSError:  # a read-only cache: the decision holds for this process only
+        pass
 
 
 def _agree(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -103,49 +146,88 @@ def _agree(a: torch.Tensor, b: torch.Tensor) -> bool:
     return not a.numel() or float((a - b).abs().max()) <= _AGREE * scale
 
 
-def _check(model: nn.Module, x: torch.Tensor, device, training: bool) -> str | None:
-    """None when channels-last runs ``model`` on two examples of ``x`` as NCHW does
-    (and, for ``training``, a backward runs); else why it keeps NCHW. On a copy."""
-    net = copy.deepcopy(model).to(device).eval()
-    small = x[:2].to(device)
-    try:
+def _step(net: nn.Module, x: torch.Tensor, training: bool) -> torch.Tensor:
+    """One pass: a forward without gradients, or a forward and backward."""
+    if not training:
         with torch.no_grad():
-            ref = logits_of(net(small))
+            return logits_of(net(x))
+    out = logits_of(net(x))
+    out.float().sum().backward()
+    net.zero_grad(set_to_none=True)
+    return out.detach()
+
+
+def _check(net: nn.Module, x: torch.Tensor, training: bool) -> str | None:
+    """None when channels-last runs ``net`` (a copy) on two examples as NCHW does;
+    else why it keeps NCHW. ``net`` is left channels-last."""
+    small = x[:2]
+    try:
+        ref = _step(net.eval(), small, False)
     except Exception as exc:  # the run itself reports the error in its own words
         return f"the model's forward raised {type(exc).__name__}"
     net = net.to(memory_format=torch.channels_last)
     small = small.contiguous(memory_format=torch.channels_last)
     try:
-        with torch.no_grad():
-            out = logits_of(net(small))
+        out = _step(net, small, False)
         if training:
-            net.train()
-            with torch.enable_grad():
-                logits_of(net(small)).float().sum().backward()
+            _step(net.train(), small, True)
     except Exception as exc:  # e.g. .view() on a channels-last activation
         return f"a channels-last {'step' if training else 'forward'} raised {type(exc).__name__}"
-    if not _agree(ref, out):
-        return "channels-last outputs differed from NCHW ones"
-    return None
+    return None if _agree(ref, out) else "channels-last outputs differed from NCHW ones"
+
+
+def _measure(net: nn.Module, x: torch.Tensor, device, training: bool) -> Layout:
+    """Check, then time ``net`` (a copy, changed here) on ``x`` in both layouts."""
+    for p in net.parameters():  # a frozen backbone still times (and checks) its backward
+        p.requires_grad_(True)
+    why = _check(net, x, training)
+    if why is not None:
+        return Layout("contiguous", f"{why}; kept NCHW")
+    net.train(training)
+    times: dict[str, list[float]] = {"contiguous": [], "channels_last": []}
+    for name in _SEQUENCE:
+        fmt = torch.channels_last if name == "channels_last" else torch.contiguous_format
+        net, xb = net.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+        start = time.perf_counter()
+        _step(net, xb, training)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+        times[name].append(time.perf_counter() - start)
+    nchw, cl = min(times["contiguous"][1:]), min(times["channels_last"][1:])
+    what = "a training step" if training else "a forward"
+    timing = f"{what} of {len(x)} took {1000 * nchw:.0f} ms NCHW, {1000 * cl:.0f} ms channels-last"
+    if cl <= MARGIN * nchw:
+        return Layout("channels_last", f"measured once on this machine: {timing}")
+    return Layout("contiguous", f"measured once on this machine: {timing}; kept NCHW")
 
 
 def choose_layout(model: nn.Module, x: torch.Tensor, device, *, training: bool) -> Layout:
     """The layout ``model`` runs in on batches like ``x`` on ``device`` (module docstring).
 
     Args:
-        model: the network (left unchanged: the check runs on a copy).
-        x: a sample batch (two examples are enough), in the dtype the model runs in.
+        model: the network (left unchanged: the check and the timing run on a copy).
+        x: a sample batch (the timing runs on it; a batch of the size the run uses
+            times what the run does), in the dtype the model runs in.
         device: where the network runs.
         training: for training steps (True) or inference passes (False).
 
     Returns:
-        The layout and the rule, or the check, that decided it.
+        The layout and why: the rule that needs no trial, or the measurement kept in
+        :func:`layouts_file`.
     """
-    layout = _rule(model, x, device)
-    if layout.name == "contiguous":
-        return layout
+    fixed = _fixed(model, x, device)
+    if fixed is not None:
+        return fixed
     key = _key(model, x, device, training)
-    if key not in _checked:
-        _checked[key] = _check(model, x, device, training)
-    why = _checked[key]
-    return layout if why is None else Layout("contiguous", f"{why}; kept NCHW")
+    if key not in _kept:
+        stored = _read().get(key)
+        if isinstance(stored, dict) and stored.get("memory_format") in (
+            "contiguous",
+            "channels_last",
+        ):
+            _kept[key] = Layout(stored["memory_format"], str(stored.get("reason")))
+        else:
+            net = copy.deepcopy(model).to(device)
+            _kept[key] = _measure(net, x.to(device), device, training)
+            _keep(key, _kept[key])
+    return _kept[key]

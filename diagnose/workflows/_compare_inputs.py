@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from diagnose.core import SCHEMA_VERSION
+from diagnose.core import SCHEMA_VERSION, Recommendation
 from diagnose.data import drop_positions, materialize_readable, restricted_splits, subsample
 from diagnose.models import LoadedModel
 from diagnose.training import RUN_KEYS, TargetData
 from diagnose.workflows.assessment import assess
 
-__all__ = ["base_results", "target_data"]
+__all__ = ["assessment_prediction", "base_results", "target_data"]
 
 
 def base_results(
@@ -38,6 +38,13 @@ def base_results(
     if with_assessment:
         return assess(loaded, src, tgt, **assess_kw).to_dict()
     return {"schema": SCHEMA_VERSION, "model": loaded.to_dict(), "warnings": [], "layers": []}
+
+
+def assessment_prediction(base: dict) -> Recommendation | None:
+    """The recommendation of the assessment a comparison builds on, typed (read once, here,
+    from its results: run now or read back from disk on ``--resume``); None without one."""
+    rec = base.get("recommendation")
+    return Recommendation.from_dict(rec) if isinstance(rec, dict) and rec else None
 
 
 def target_data(

@@ -18,6 +18,7 @@ import torch
 import probes
 from diagnose.core import (
     SCHEMA_VERSION,
+    Evidence,
     RunResult,
     check_params,
     environment,
@@ -154,7 +155,7 @@ def assess(
     net = loaded.model.to(dev)
     layer_names = _layer_names(net, layers)
     timings = {"load": time.perf_counter() - t_start}
-    layout = capture_layout(net, prep, dev)
+    layout = capture_layout(net, prep, dev, batch_size)
     captured, stats, used, splits = capture_domains(
         loaded, prep, src, tgt, layer_names, max_samples=max_samples, seed=seed,
         batch_size=batch_size, device=dev, progress=progress, max_memory=budget, pool=pool,
@@ -189,9 +190,9 @@ def assess(
         cap.close()  # a temporary on-disk store is deleted now, not at exit
     t0 = time.perf_counter()  # the race
     results["recommendation"] = _recommendation(
-        results, ctx, feats, max_forgetting, token_pool=pool, trial_budget=trial_budget,
-        batch_size=batch_size, seed=seed, progress=progress, executor=executor,
-        ray_address=ray_address,
+        _evidence(ctx, rows, lr_find), results, ctx, feats, max_forgetting, token_pool=pool,
+        trial_budget=trial_budget, batch_size=batch_size, seed=seed, progress=progress,
+        executor=executor, ray_address=ray_address,
     )  # fmt: skip
     timings["race"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
@@ -270,10 +271,24 @@ def _domain_warnings(src, tgt) -> list[str]:
     return warnings
 
 
-def _recommendation(results, ctx, feats, max_forgetting, token_pool, **race_kw) -> dict:
+def _evidence(ctx: dict, rows: list, lr_find: dict | None) -> Evidence:
+    """What the decisions read: the typed layer rows, the LR range test's suggestion,
+    the domains' classes and the target's labelled train+val count."""
+    src, tgt, split = ctx["src"], ctx["tgt"], ctx["splits"].get("target")
+    labelled = sum(len(split[k]) for k in ("train", "val") if k in split) if split else 0
+    return Evidence(
+        layers=tuple(rows),
+        suggested_lr=(lr_find or {}).get("suggested_lr"),
+        source_classes=tuple(src.classes) if src is not None and src.classes else None,
+        target_classes=tuple(tgt.classes) if tgt is not None and tgt.classes else None,
+        target_labelled=labelled or (len(ctx["used"]["target"]) if tgt is not None else 0),
+    )
+
+
+def _recommendation(evidence, results, ctx, feats, max_forgetting, token_pool, **race_kw):
     """The rule prior, then the race's measured recommendation on the target's train+val
     (with what its finalists forgot, on held-out source images, where there are some)."""
-    prior = recommend(results, max_forgetting=max_forgetting)
+    prior = recommend(evidence, max_forgetting=max_forgetting)
     warnings, split = results["warnings"], ctx["splits"].get("target")
     pool, pool_splits, meter = None, None, None
     if race_kw["trial_budget"] > 0 and feats.target_labels is not None and split is not None:
@@ -289,7 +304,7 @@ def _recommendation(results, ctx, feats, max_forgetting, token_pool, **race_kw) 
         except ValueError as exc:  # e.g. non-finite source features: race without it, say so
             warnings.append(f"The race did not measure forgetting: {exc}")
     return measured_recommendation(
-        results, prior, model=ctx["net"], head=ctx["loaded"].head, blocks=ctx["layers"],
+        evidence, prior, model=ctx["net"], head=ctx["loaded"].head, blocks=ctx["layers"],
         pool=pool, splits=pool_splits, device=ctx["device"], warnings=warnings, meter=meter,
         **race_kw,
     )  # fmt: skip

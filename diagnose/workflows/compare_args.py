@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from diagnose.core import STRATEGY_NAMES, check_params
+from diagnose.core import STRATEGY_NAMES, Recommendation, check_params
 from diagnose.models import LORA_EXTRA, import_peft, lora_targets, peft_available
 from diagnose.training import (
     TrainConfig,
@@ -52,7 +52,7 @@ def resolve_unfreeze(
     unfreeze: list[str] | list[int] | int | None,
     names: list[str],
     blocks: list[str],
-    recommendation: dict | None,
+    recommendation: Recommendation | None,
 ) -> tuple[list[str], list[str] | None]:
     """``(strategy rows, blocks partial unfreezes)`` from ``compare``'s ``unfreeze``.
 
@@ -85,13 +85,10 @@ def resolve_unfreeze(
                 f"'unfreeze' must be between 1 and {len(blocks)} blocks. Got {unfreeze}."
             )
         unfreeze = blocks[-unfreeze:]
-    elif unfreeze is None:
-        rec = recommendation or {}
-        unfreeze = (
-            rec.get("unfreeze_blocks", rec.get("unfreeze"))
-            if rec.get("strategy") == "partial"
-            else None
-        )
+    elif unfreeze is None and recommendation is not None and recommendation.strategy == "partial":
+        rec = recommendation
+        chosen = rec.unfreeze_blocks if rec.unfreeze_blocks is not None else rec.unfreeze
+        unfreeze = None if chosen is None else list(chosen)
     return names, unfreeze
 
 

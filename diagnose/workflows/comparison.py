@@ -49,7 +49,7 @@ from diagnose.training import (
     run_strategy,
     strategy_entries,
 )
-from diagnose.workflows._compare_inputs import base_results, target_data
+from diagnose.workflows._compare_inputs import assessment_prediction, base_results, target_data
 from diagnose.workflows.compare_args import (
     check_compare_args,
     lora_settings,
@@ -264,7 +264,7 @@ def compare(
     warnings = [*base.get("warnings", []), *skipped]
     domains = [d for d in (src, tgt) if d is not None]
     prep = resolve_preprocessing(loaded, domains, image_size, normalize)
-    names, unfreeze = resolve_unfreeze(unfreeze, names, blocks, base.get("recommendation"))
+    names, unfreeze = resolve_unfreeze(unfreeze, names, blocks, assessment_prediction(base))
     config, head_lr_from = _train_config(base, lr, epochs, batch_size, unfreeze, bn, seed, lora)
     keys = {"max_samples": max_samples, "image_size": image_size, "normalize": str(normalize), "blocks": blocks}  # fmt: skip
     fingerprint = _fingerprint(loaded.name, src, tgt, config, keys, seeds, "lora" in names)
@@ -316,6 +316,7 @@ class _Writer:
             results["warnings"].append(resumed_text(records, len(seed_list)))
         if out_dir is not None:
             (out_dir / "strategies").mkdir(parents=True, exist_ok=True)
+        self.prediction = assessment_prediction(results)  # what the selection checks
         self.drawn_at: float | None = None  # when report.html was last written
         self.draw_s = 0.0  # and what writing it took
 
@@ -337,7 +338,7 @@ class _Writer:
         results["comparison_recommendation"] = select_strategy(
             results["strategies"],
             max_forgetting=results["compare_config"]["max_forgetting"],
-            assessment=results.get("recommendation"),
+            assessment=self.prediction,
         )
         results["front"] = [p.to_dict() for p in learning_forgetting_front(results["strategies"])]
         env = environment(str(self.dev), self.seed)

@@ -95,7 +95,9 @@ def test_assess_twice_gives_identical_results_with_a_busy_machine_beside_one(
         max_samples=200, n_permutations=50, device="cpu", seed=0, progress=False, trial_budget=0.02
     )
     first = _plain(diagnose.assess("demo", "demo:digits", "demo:digits-noise", **kwargs))
-    forget_layouts()  # the second run chooses its layouts afresh, as a new process would
+    # As a new process: the second run's layouts come from the decisions kept on disk, never
+    # from a timing taken while the machine is busy.
+    forget_layouts()
     with _busy_machine():
         second = _plain(diagnose.assess("demo", "demo:digits", "demo:digits-noise", **kwargs))
     assert _differences(first, second) == []
