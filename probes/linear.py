@@ -248,6 +248,21 @@ def _check_shapes(xtr, ytr, xte, yte) -> None:
         )
 
 
+def _not_converged(n_iter: int, message: str) -> str:
+    """The warning of a probe that stopped short of its tolerance, with the fix that applies:
+    more iterations for the iteration limit; for a line search that found no lower point
+    (scipy's "ABNORMAL"), the objective is flat to float precision where it stopped, which
+    more iterations do not change."""
+    head = f"linear_probe did not converge after {n_iter} L-BFGS iterations ({message.strip()})"
+    if message.upper().startswith("ABNORMAL"):
+        return (
+            f"{head}: the line search found no lower point, so the objective is flat to float "
+            "precision there and the accuracy is that of the point reached; scale the features "
+            "if their magnitudes differ widely."
+        )
+    return f"{head}: raise max_iter, or scale the features."
+
+
 def linear_probe(
     x_train: Any,
     y_train: Any,
@@ -353,10 +368,7 @@ def linear_probe(
     correct = int(np.sum(pred == yte_idx))
     if not final.converged[0]:
         warnings.warn(
-            f"linear_probe did not converge after {final.iters[0]} L-BFGS iterations "
-            f"({final.messages[0]}): raise max_iter, or scale the features.",
-            ConvergenceWarning,
-            stacklevel=2,
+            _not_converged(final.iters[0], final.messages[0]), ConvergenceWarning, stacklevel=2
         )
     return ProbeResult(
         accuracy=correct / n_test,

@@ -440,6 +440,15 @@ def test_a_probe_stopped_at_max_iter_says_it_did_not_converge():
     assert r.to_dict()["converged"] is False
 
 
+def test_the_warning_gives_the_fix_that_applies_to_why_the_solve_stopped():
+    from probes.linear import _not_converged
+
+    limit = _not_converged(1, "STOP: TOTAL NO. OF ITERATIONS REACHED LIMIT")
+    assert limit.endswith("raise max_iter, or scale the features.")
+    flat = _not_converged(3, "ABNORMAL: ")
+    assert "(ABNORMAL:)" in flat and "no lower point" in flat and "max_iter" not in flat
+
+
 def test_chosen_strength_predicts_like_sklearn_at_that_c():
     from sklearn.linear_model import LogisticRegression
 
