@@ -172,7 +172,7 @@ def row_feature_extraction(model, data, epochs, repeats):
     same = dataclasses.replace(cfg, epochs=trained)
 
     def ours():
-        forget_layouts()  # each run checks its layout, as a fresh process does
+        forget_layouts()  # each run reads its kept layout, as a fresh process does
         return _run("feature_extraction", model, data, cfg)
 
     t_ours, entry = best_time(ours, repeats, warmup=True)
@@ -189,8 +189,8 @@ def row_feature_extraction(model, data, epochs, repeats):
         f"{t_peer / t_floor:.1f}x the peer; ours is {t_ours / t_floor:.2f}x that floor (the head's "
         "SGD steps, which the peer runs too, cost about as much as the forward pass; the floor "
         "uses our SGD kernel and validation chunk, the peer PyTorch's defaults). Ours "
-        "trains and captures in the architecture's layout (channels-last for a convolutional "
-        "network); the peer and the floor run NCHW, as model(x) does",
+        "trains and captures in the layout kept for the architecture; the peer and the "
+        "floor run NCHW, as model(x) does",
         "row": f"feature extraction, cached vs backbone every epoch ({trained} epochs: the plan's "
         f"max(epochs {epochs}, lp_epochs {cfg.lp_epochs}); {n_tr} train)",
         "ours": f"{t_ours:.2f} s, best val acc {entry['target']['val_accuracy']:.3f}",

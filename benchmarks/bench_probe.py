@@ -135,9 +135,9 @@ def _demo_like_cnn():
 
 def capture_at(model, x, threads, memory_format=None):
     """``(seconds, features)`` of one capture at ``threads`` torch threads (then restored), in
-    ``memory_format`` (None: the architecture's layout, as ``assess`` captures)."""
+    ``memory_format`` (None: the layout kept for the architecture, as ``assess`` captures)."""
     if memory_format is None:
-        memory_format = choose_layout(model, x[:2], torch.device("cpu"), training=False).name
+        memory_format = choose_layout(model, x[:64], torch.device("cpu"), training=False).name
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -240,7 +240,7 @@ def row_capture(name, model, x, y, repeats):
         "(each grid strength solved from zero in float64 to a gradient of 1e-7) is "
         + ", ".join(f"{layer} {g:.0f}" for layer, g in gaps.items())
         + " validation rows below the exact path's best. The capture ran "
-        + f"{feats.memory_format} (the architecture's layout); "
+        + f"{feats.memory_format} (the layout kept for the architecture); "
         + f"an NCHW capture takes {t_nchw:.2f} s, and probing is {t_probe / t_nchw:.3f} of it. "
         + f"Per-round ratios ({repeats} interleaved rounds): "
         + ", ".join(f"{r:.3f}" for r in rounds)

@@ -28,7 +28,7 @@ from diagnose.core.interrupts import (
 )
 from diagnose.core.layer import PROBE_ROLES, LayerResult, ProbeScore
 from diagnose.core.names import STRATEGY_LABELS, STRATEGY_NAMES, join_labels, strategy_label
-from diagnose.core.params import PARAMS, Param, ParamError, check_params, flag_of
+from diagnose.core.params import PARAMS, Param, ParamError, check_params
 from diagnose.core.recommendation import Recommendation
 from diagnose.core.record import (
     Record,
@@ -89,7 +89,6 @@ __all__ = [
     "environment",
     "Evidence",
     "finite",
-    "flag_of",
     "Forgetting",
     "interrupt_requested",
     "is_callable_spec",

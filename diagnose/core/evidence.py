@@ -48,8 +48,10 @@ class Evidence:
         return self.target_labelled / n_classes if self.target_labelled else 0.0
 
     @classmethod
-    def of(cls, results: Mapping[str, Any]) -> Evidence:
-        """The evidence in a results dict (an assessment's results.json)."""
+    def of(cls, results: Mapping[str, Any] | Evidence) -> Evidence:
+        """The evidence in a results dict (an assessment's results.json); evidence as it is."""
+        if isinstance(results, Evidence):
+            return results
         layers = tuple(
             LayerResult.from_dict(x) for x in results.get("layers") or [] if isinstance(x, Mapping)
         )

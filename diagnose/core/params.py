@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PARAMS", "Param", "ParamError", "check_params", "flag_of"]
+__all__ = ["PARAMS", "Param", "ParamError", "check_params"]
 
 
 @dataclass(frozen=True)
@@ -86,14 +86,13 @@ class Param:
             and (not self.positive or value > 0)
         )
 
-    def parse(self, text: str) -> Any:
-        """The flag's text as a value (argparse's ``type=``), checked against the rule."""
+    def parse(self, text: str) -> int | float:
+        """A number flag's text as a value (argparse's ``type=``; a choice's flag takes
+        ``choices=`` instead), checked against the rule."""
         try:
             value: Any = int(text) if self.kind == "int" else float(text)
         except ValueError:
             value = None
-        if self.kind == "choice":
-            value = text
         if value is None or not self.ok(value):
             raise argparse.ArgumentTypeError(f"must be {self.rule}, got {text!r}")
         return value
@@ -170,8 +169,3 @@ def check_params(where: str, **values: Any) -> None:
         param = PARAMS[name]
         if not param.ok(value):
             raise ParamError(param, where, value)
-
-
-def flag_of(name: str) -> str | None:
-    """The CLI flag of a declared parameter, or None."""
-    return PARAMS[name].flag if name in PARAMS else None

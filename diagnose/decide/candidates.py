@@ -218,7 +218,7 @@ def build_candidates(
             f"The 'strategies' parameter must name some of {', '.join(RACE_STRATEGIES)}. "
             f"Got {list(strategies)!r} instead."
         )
-    ev = assessment if isinstance(assessment, Evidence) else Evidence.of(assessment)
+    ev = Evidence.of(assessment)
     layers = [layer for layer in ev.layers if layer.name]
     suggested = ev.suggested_lr or DEFAULT_HEAD_LR
     budget = prior.get("max_forgetting")

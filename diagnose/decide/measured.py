@@ -223,7 +223,7 @@ def measured_recommendation(
         warnings.append(f"The recommendation is the rule prior, unmeasured: {why}.")
         return _unmeasured(prior, model, blocks, head, why)
     y_np = y.numpy()
-    ev = results if isinstance(results, Evidence) else Evidence.of(results)
+    ev = Evidence.of(results)
     n_classes = len(ev.target_classes or ()) or int(y.max()) + 1
     full_epochs = recommended_epochs(len(y_np) / n_classes, "full_low_lr")
     folds, protocol = scoring_folds(y_np, splits["train"], splits["val"], seed=seed)

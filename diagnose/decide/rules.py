@@ -294,7 +294,7 @@ def recommend(results: Mapping | Evidence, *, max_forgetting: float | None = Non
         rec["strategy"], rec["lr"]["head"], rec["reasons"][0]
     """
     check_params("recommend", max_forgetting=max_forgetting)
-    ev = results if isinstance(results, Evidence) else Evidence.of(results)
+    ev = Evidence.of(results)
     every = list(ev.layers)
     layers = [layer for layer in every if layer.accuracy("target") is not None]
     names = [layer.name for layer in every]

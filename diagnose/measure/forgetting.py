@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 import diagnose.core as core
-from diagnose.core import autocast_context
+from diagnose.core import PARAMS, autocast_context
 from diagnose.models import Layout, base_model_of, choose_layout
 from probes.capture import capture
 from probes.similarity import cka
@@ -46,7 +46,7 @@ __all__ = [
 
 
 # How a block's token sequence becomes one vector per image (probes.capture's token_pool).
-TOKEN_POOLS = ("mean", "cls")
+TOKEN_POOLS = PARAMS["pool"].choices
 _LAYOUTS = ("auto", "contiguous", "channels_last")
 
 
@@ -102,8 +102,9 @@ class ForgettingMeter:
         token_pool: how a block's token sequence (N, T, D) is pooled: ``"mean"``
             or ``"cls"`` (see :func:`probes.capture`).
         memory_format: the layout of every measuring pass: ``"auto"`` (the
-            architecture's rule, :func:`diagnose.models.choose_layout`, for
-            inference on the device the measured model is on), ``"contiguous"``
+            layout measured once for the architecture and kept,
+            :func:`diagnose.models.choose_layout`, for inference on the device the
+            measured model is on), ``"contiguous"``
             or ``"channels_last"`` as requested. The choice and its reason are
             :attr:`layout`.
     """
@@ -180,14 +181,10 @@ class ForgettingMeter:
         return int(self.source_x.shape[0])
 
     def _layout(self, model: nn.Module, device: torch.device) -> Layout:
-        """The layout of a pass of ``model`` on ``device``: requested, or the rule's."""
+        """The layout of a pass of ``model`` on ``device``: requested, or the kept one."""
         if self.requested_layout != "auto":
             return Layout(self.requested_layout, "requested")
-        floats = [p for p in model.parameters() if p.is_floating_point()]
-        x = self.source_x[: self.batch_size]
-        if floats and x.is_floating_point():
-            x = x.to(floats[0].dtype)
-        return choose_layout(model, x, device, training=False)
+        return choose_layout(model, self.source_x[: self.batch_size], device, training=False)
 
     def _pass(
         self, model: nn.Module, layers: list[str] | None = None

@@ -176,7 +176,7 @@ def _check(net: nn.Module, x: torch.Tensor, training: bool) -> str | None:
     return None if _agree(ref, out) else "channels-last outputs differed from NCHW ones"
 
 
-def _measure(net: nn.Module, x: torch.Tensor, device, training: bool) -> Layout:
+def _measure(net: nn.Module, x: torch.Tensor, training: bool) -> Layout:
     """Check, then time ``net`` (a copy, changed here) on ``x`` in both layouts."""
     for p in net.parameters():  # a frozen backbone still times (and checks) its backward
         p.requires_grad_(True)
@@ -189,9 +189,7 @@ def _measure(net: nn.Module, x: torch.Tensor, device, training: bool) -> Layout:
         fmt = torch.channels_last if name == "channels_last" else torch.contiguous_format
         net, xb = net.to(memory_format=fmt), x.contiguous(memory_format=fmt)
         start = time.perf_counter()
-        _step(net, xb, training)
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize(device)
+        _step(net, xb, training)  # on the CPU: CUDA never gets here (_fixed)
         times[name].append(time.perf_counter() - start)
     nchw, cl = min(times["contiguous"][1:]), min(times["channels_last"][1:])
     what = "a training step" if training else "a forward"
@@ -207,7 +205,8 @@ def choose_layout(model: nn.Module, x: torch.Tensor, device, *, training: bool) 
     Args:
         model: the network (left unchanged: the check and the timing run on a copy).
         x: a sample batch (the timing runs on it; a batch of the size the run uses
-            times what the run does), in the dtype the model runs in.
+            times what the run does); floating inputs are cast to the dtype of the
+            model's first floating parameter, as the run's batches are.
         device: where the network runs.
         training: for training steps (True) or inference passes (False).
 
@@ -215,6 +214,9 @@ def choose_layout(model: nn.Module, x: torch.Tensor, device, *, training: bool) 
         The layout and why: the rule that needs no trial, or the measurement kept in
         :func:`layouts_file`.
     """
+    floats = [p for p in model.parameters() if p.is_floating_point()]
+    if floats and x.is_floating_point():
+        x = x.to(floats[0].dtype)
     fixed = _fixed(model, x, device)
     if fixed is not None:
         return fixed
@@ -228,6 +230,6 @@ def choose_layout(model: nn.Module, x: torch.Tensor, device, *, training: bool) 
             _kept[key] = Layout(stored["memory_format"], str(stored.get("reason")))
         else:
             net = copy.deepcopy(model).to(device)
-            _kept[key] = _measure(net, x.to(device), device, training)
+            _kept[key] = _measure(net, x.to(device), training)
             _keep(key, _kept[key])
     return _kept[key]

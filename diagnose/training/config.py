@@ -41,8 +41,8 @@ class TrainConfig:
             ``nn.Linear`` and 2-D ``nn.Conv2d`` of the adapted blocks.
         adapted_blocks: the blocks LoRA adapts; None: every block.
         memory_format: the layout the network trains in (``"contiguous"`` or
-            ``"channels_last"``); None: the architecture's rule
-            (:func:`diagnose.models.choose_layout`). A run of several strategies
+            ``"channels_last"``); None: the layout measured once for the
+            architecture and kept (:func:`diagnose.models.choose_layout`). A run of several strategies
             decides once, so every strategy, local or on Ray, trains in one layout.
 
     Example:

@@ -47,6 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diagnose.core import (
+    PARAMS,
     StrategyEntry,
     atomic_write_bytes,
     atomic_write_dir,
@@ -71,7 +72,7 @@ __all__ = [
     "run_unit",
 ]
 
-EXECUTORS = ("local", "ray")
+EXECUTORS = PARAMS["executor"].choices
 RAY_MISSING = (
     "ray is not installed (pip install 'transfer-diagnose[ray]'); "
     "running the strategies locally, one after another."

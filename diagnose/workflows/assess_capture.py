@@ -72,10 +72,8 @@ def capture_layout(
 ) -> Layout:
     """The layout of the capture passes of ``net`` on batches of images as ``prep`` makes
     them (:func:`diagnose.models.choose_layout`, on a batch of seeded random images)."""
-    floats = [p for p in net.parameters() if p.is_floating_point()]
-    dtype = floats[0].dtype if floats else torch.float32
     (h, w), g = prep.image_size, torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, prep.channels, h, w, generator=g).to(dtype)
+    x = torch.randn(batch_size, prep.channels, h, w, generator=g)
     return choose_layout(net, x, device, training=False)
 
 

@@ -141,7 +141,7 @@ def assess(
     """
     t_start = time.perf_counter()
     budget, trial_budget = _checked(
-        source, target, max_memory, (out, ray_address), pool=pool, batch_size=batch_size,
+        source, target, max_memory, out, ray_address, pool=pool, batch_size=batch_size,
         max_samples=max_samples, image_size=image_size, max_forgetting=max_forgetting,
         trial_budget=trial_budget, executor=executor,
     )  # fmt: skip
@@ -212,14 +212,13 @@ def _domains(loaded, source, target, image_size, normalize):
     return src, tgt, prep, warnings
 
 
-def _checked(source, target, max_memory, out_and_ray, **declared):
+def _checked(source, target, max_memory, out, ray_address, **declared):
     """``(memory budget in bytes or None, trial budget)`` after the arguments' checks
     (``declared``: the parameters of :data:`diagnose.core.PARAMS` that assess takes), before
     minutes of measuring."""
     if source is None and target is None:
         raise ValueError("assess needs 'target' (and ideally 'source') data; neither was given.")
     check_params("assess", **declared)
-    out, ray_address = out_and_ray
     check_executor(declared["executor"], ray_address)
     if out is not None:
         from diagnose.report import check_out_dir  # the report's plotting stack, only here
