@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
                 progress=False,
                 seed=case.seed,
             )
-            rec = res.recommendation
+            rec = res.to_dict()["recommendation"]  # as results.json holds it
             trials = rec.get("trials") or {}
             config = oracle_config(rec, tuple(case.stages))
             rows.append(

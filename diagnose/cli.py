@@ -72,10 +72,10 @@ def _assess(args) -> Path:
         ray_address=args.ray_address,
     )
     rec = res.recommendation
-    how = "measured by the trial race" if rec.get("measured") else "rules only, unmeasured"
-    _info(args, f"recommended strategy: {rec['strategy']} ({how}; confidence {rec['confidence']})")
-    if rec.get("cut"):
-        _info(args, f"  {rec['cut']}")
+    how = "measured by the trial race" if rec.measured else "rules only, unmeasured"
+    _info(args, f"recommended strategy: {rec.strategy} ({how}; confidence {rec.confidence})")
+    if rec.cut:
+        _info(args, f"  {rec.cut}")
     for w in res.results.get("warnings", []):
         _info(args, f"warning: {w}")
     return res.report_path

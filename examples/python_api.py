@@ -21,10 +21,10 @@ def run(out: str = "api-report", open_report: bool = True, trial_budget: float =
         trial_budget=trial_budget,  # the trial race that measures the recommendation
     )
     rec = result.recommendation
-    how = "measured by the trial race" if rec.get("measured") else "rules only"
-    print(f"strategy: {rec['strategy']} ({how})  head LR: {rec['lr']['head']:.3g}")
-    print(f"  {rec.get('cut') or rec['unfreeze']}")
-    for reason in rec["reasons"]:
+    how = "measured by the trial race" if rec.measured else "rules only"
+    print(f"strategy: {rec.strategy} ({how})  head LR: {rec.lr['head']:.3g}")
+    print(f"  {rec.cut or rec.unfreeze}")
+    for reason in rec.reasons:
         print(" -", reason)
     for layer in result.to_dict()["layers"]:
         gap = layer["gap"] or {}

@@ -22,7 +22,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
-from diagnose.core import Evidence, LayerResult
+from diagnose.core import Evidence, LayerResult, Recommendation
 from diagnose.decide.rules import DEFAULT_HEAD_LR
 from diagnose.training import TrainConfig
 
@@ -196,7 +196,7 @@ def _prior_order(prior_strategy: str | None) -> list[str]:
 
 def build_candidates(
     assessment: Mapping | Evidence,
-    prior: dict,
+    prior: Recommendation,
     *,
     safe_forgetting: float,
     strategies: tuple[str, ...] = RACE_STRATEGIES,
@@ -208,7 +208,7 @@ def build_candidates(
             and Auto-RGN, the LR range test's suggestion), or its results dict.
         prior: the rule prior's recommendation (:func:`diagnose.decide.rules.recommend`);
             its strategy is tried first and breaks exact ties.
-        safe_forgetting: a ``prior["max_forgetting"]`` below this keeps only
+        safe_forgetting: a ``prior.max_forgetting`` below this keeps only
             feature extraction, the one candidate that cannot forget.
         strategies: the strategies to include (a subset of :data:`RACE_STRATEGIES`).
     """
@@ -221,11 +221,11 @@ def build_candidates(
     ev = Evidence.of(assessment)
     layers = [layer for layer in ev.layers if layer.name]
     suggested = ev.suggested_lr or DEFAULT_HEAD_LR
-    budget = prior.get("max_forgetting")
+    budget = prior.max_forgetting
     allowed = (
         ["feature_extraction"] if budget is not None and budget < safe_forgetting else strategies
     )
-    order = [s for s in _prior_order(prior.get("strategy")) if s in allowed]
+    order = [s for s in _prior_order(prior.strategy) if s in allowed]
     depths = partial_depths(layers) if len(layers) >= 2 else {}
     out: list[Candidate] = []
     for rank, strategy in enumerate(order):

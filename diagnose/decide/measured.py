@@ -65,27 +65,26 @@ def check_trial_budget(trial_budget: Any, where: str = "assess") -> float:
     return float(trial_budget)
 
 
-def with_modules(rec: dict, model: nn.Module | None, blocks: list[str], head: str | None) -> dict:
+def with_modules(
+    rec: Recommendation, model: nn.Module | None, blocks: list[str], head: str | None
+) -> Recommendation:
     """``rec`` with ``unfreeze`` as every trainable module and ``unfreeze_blocks`` as blocks."""
-    out = dict(rec)
-    groups = [b for b in rec.get("unfreeze") or [] if b in blocks]
-    out["unfreeze_blocks"] = groups
-    if model is not None and head is not None and blocks:
-        out["unfreeze"] = trainable_modules(model, blocks, head, groups)
-        out["cut"] = cut_description(model, blocks, head, groups)
-    return out
+    groups = tuple(b for b in rec.unfreeze or () if b in blocks)
+    if model is None or head is None or not blocks:
+        return rec.with_fields(unfreeze_blocks=groups)
+    return rec.with_fields(
+        unfreeze_blocks=groups,
+        unfreeze=tuple(trainable_modules(model, blocks, head, list(groups))),
+        cut=cut_description(model, blocks, head, list(groups)),
+    )
 
 
-def _unmeasured(prior: dict, model, blocks, head, why: str) -> dict:
-    return (
-        Recommendation.from_dict(with_modules(prior, model, blocks, head))
-        .with_fields(
-            measured=False,
-            unmeasured_reason=why,
-            prior={"strategy": prior["strategy"], "confidence": prior["confidence"]},
-            trials=None,
-        )
-        .to_dict()
+def _unmeasured(prior: Recommendation, model, blocks, head, why: str) -> Recommendation:
+    return with_modules(prior, model, blocks, head).with_fields(
+        measured=False,
+        unmeasured_reason=why,
+        prior={"strategy": prior.strategy, "confidence": prior.confidence},
+        trials=None,
     )
 
 
@@ -165,7 +164,7 @@ def _race_strategies(warnings: list[str]) -> tuple[str, ...]:
 
 def measured_recommendation(
     results: Mapping | Evidence,
-    prior: dict,
+    prior: Recommendation,
     *,
     model: nn.Module | None,
     head: str | None,
@@ -181,7 +180,7 @@ def measured_recommendation(
     executor: str = "local",
     ray_address: str | None = None,
     meter: Any = None,
-) -> dict:
+) -> Recommendation:
     """The assessment's recommendation: the race's pick, or the prior marked unmeasured.
 
     Args:
@@ -252,8 +251,8 @@ def measured_recommendation(
                    reasons=reasons, change=change, confidence=confidence, trials=trials)  # fmt: skip
 
 
-def _picked(pick: dict, race_net, blocks, new_head: bool, full_epochs: int, prior: dict, *,
-            reasons, change, confidence, trials) -> dict:  # fmt: skip
+def _picked(pick: dict, race_net, blocks, new_head: bool, full_epochs: int,
+            prior: Recommendation, *, reasons, change, confidence, trials) -> Recommendation:  # fmt: skip
     """The recommendation of the race's ``pick``, in the user's module names."""
     cand = Candidate.from_dict(pick)  # a given candidate, or an LR the race added past an edge
     groups, unfreeze, cut = _trained(cand, *race_net, new_head=new_head)
@@ -274,16 +273,13 @@ def _picked(pick: dict, race_net, blocks, new_head: bool, full_epochs: int, prio
         weight_decay=defaults.weight_decay,
         optimizer=f"SGD, momentum {defaults.momentum:g}",
         confidence=confidence,
-        max_forgetting=prior.get("max_forgetting"),
+        max_forgetting=prior.max_forgetting,
         reasons=tuple(reasons),
         would_change_if=tuple(change),
         lora=None
         if cand.lora_rank is None
         else {"rank": cand.lora_rank, "alpha": cand.lora_alpha, "targets": list(unfreeze[:-1])},
-        prior={
-            "strategy": prior["strategy"],
-            "confidence": prior["confidence"],
-            "reasons": prior["reasons"],
-        },
+        prior={"strategy": prior.strategy, "confidence": prior.confidence,
+               "reasons": list(prior.reasons or ())},
         trials=trials,
-    ).to_dict()
+    )  # fmt: skip

@@ -7,6 +7,8 @@ sentence cites the measured values it rests on.
 
 from __future__ import annotations
 
+from diagnose.core import Recommendation
+
 __all__ = ["race_reasons"]
 
 
@@ -19,7 +21,9 @@ def _pct(v: float) -> str:
     return f"{100 * v:+.1f}"
 
 
-def race_reasons(trials: dict, pick: dict, prior: dict, protocol: dict) -> tuple[list, list, str]:
+def race_reasons(
+    trials: dict, pick: dict, prior: Recommendation, protocol: dict
+) -> tuple[list, list, str]:
     """``(reasons, would_change_if, confidence)`` of the race's ``pick`` (an entry of
     ``trials["candidates"]``) against the rule ``prior``, scored by ``protocol``."""
     gap, last = trials["gap"], pick["rungs"][-1]
@@ -53,13 +57,13 @@ def race_reasons(trials: dict, pick: dict, prior: dict, protocol: dict) -> tuple
         )
     else:
         confidence = "low"
-    if prior["strategy"] != pick["strategy"]:
+    if prior.strategy != pick["strategy"]:
         reasons.append(
-            f"The rule prior predicted {prior['strategy']}; the race measured otherwise, and the "
+            f"The rule prior predicted {prior.strategy}; the race measured otherwise, and the "
             "measurement decides."
         )
     else:
-        reasons.append(f"The rule prior predicted the same strategy ({prior['strategy']}).")
+        reasons.append(f"The rule prior predicted the same strategy ({prior.strategy}).")
     return reasons, change, confidence
 
 

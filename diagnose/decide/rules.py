@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from diagnose.core import STRATEGY_NAMES, Evidence, LayerResult, check_params
+from diagnose.core import STRATEGY_NAMES, Evidence, LayerResult, Recommendation, check_params
 from diagnose.decide.recipe import (
     DISCRIMINATIVE_FACTOR,
     OPTIMIZER,
@@ -282,7 +282,9 @@ def _lp_ft(s: dict, ctx: dict):
     )
 
 
-def recommend(results: Mapping | Evidence, *, max_forgetting: float | None = None) -> dict:
+def recommend(
+    results: Mapping | Evidence, *, max_forgetting: float | None = None
+) -> Recommendation:
     """Recommend a strategy, blocks to unfreeze and LRs from an assessment's results
     (its results dict, or the typed :class:`~diagnose.core.Evidence` ``assess`` builds).
 
@@ -291,7 +293,10 @@ def recommend(results: Mapping | Evidence, *, max_forgetting: float | None = Non
     only strategies that keep the backbone frozen. Example::
 
         rec = recommend(assess_result.to_dict())
-        rec["strategy"], rec["lr"]["head"], rec["reasons"][0]
+        rec.strategy, rec.lr["head"], rec.reasons[0]
+
+    Returns the rule prior as a :class:`~diagnose.core.Recommendation`, ``measured``
+    False (no race chose it).
     """
     check_params("recommend", max_forgetting=max_forgetting)
     ev = Evidence.of(results)
@@ -319,18 +324,19 @@ def recommend(results: Mapping | Evidence, *, max_forgetting: float | None = Non
         if s["benefit"] is not None and s["benefit"] < BENEFIT_MIN:
             confidence = "low"
         names = s["names"]
-    return {
-        "strategy": strategy,
-        "unfreeze": list(unfreeze),
-        "lr": group_lrs(strategy, names, unfreeze, head_lr),
-        "epochs": recommended_epochs(n_per_class, strategy),
-        "weight_decay": TRAIN_DEFAULTS.weight_decay,
-        "optimizer": OPTIMIZER,
-        "confidence": confidence,
-        "max_forgetting": max_forgetting,
-        "reasons": reasons,
-        "would_change_if": would_change,
-    }
+    return Recommendation(
+        measured=False,
+        strategy=strategy,
+        unfreeze=tuple(unfreeze),
+        lr=group_lrs(strategy, names, unfreeze, head_lr),
+        epochs=recommended_epochs(n_per_class, strategy),
+        weight_decay=TRAIN_DEFAULTS.weight_decay,
+        optimizer=OPTIMIZER,
+        confidence=confidence,
+        max_forgetting=max_forgetting,
+        reasons=tuple(reasons),
+        would_change_if=tuple(would_change),
+    )
 
 
 def _benefit_reasons(s: dict, would_change: list[str]) -> list[str]:

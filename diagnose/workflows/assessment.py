@@ -19,6 +19,7 @@ import probes
 from diagnose.core import (
     SCHEMA_VERSION,
     Evidence,
+    Recommendation,
     RunResult,
     check_params,
     environment,
@@ -49,8 +50,10 @@ class AssessResult(RunResult):
     """An assessment: ``to_dict()`` is results.json; paths are set when ``out`` was given."""
 
     @property
-    def recommendation(self) -> dict:
-        return self.results["recommendation"]
+    def recommendation(self) -> Recommendation:
+        """The recommended strategy, cut, LRs and epochs, typed (results.json's
+        ``recommendation``)."""
+        return Recommendation.from_dict(self.results["recommendation"])
 
 
 # Held-out source images the race's finalists are measured on (compare's default).
@@ -137,7 +140,7 @@ def assess(
     Example::
 
         res = assess("demo", "demo:digits", "demo:digits-noise", out="report/")
-        res.recommendation["strategy"]
+        res.recommendation.strategy
     """
     t_start = time.perf_counter()
     budget, trial_budget = _checked(
@@ -193,7 +196,7 @@ def assess(
         _evidence(ctx, rows, lr_find), results, ctx, feats, max_forgetting, token_pool=pool,
         trial_budget=trial_budget, batch_size=batch_size, seed=seed, progress=progress,
         executor=executor, ray_address=ray_address,
-    )  # fmt: skip
+    ).to_dict()  # fmt: skip
     timings["race"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     env = {"wall_s": timings["total"], "timings_s": timings}

@@ -10,6 +10,7 @@ import torch
 import torchvision
 
 import probes
+from diagnose.core import Recommendation
 from diagnose.decide.candidates import LR_GRID, Candidate, build_candidates, partial_depths
 from diagnose.decide.measured import check_trial_budget
 from diagnose.decide.race import run_race, rung_epochs
@@ -37,7 +38,7 @@ def _race(budget=0.5, seed=0, strategies=("feature_extraction", "partial", "lp_f
     ]
     results = {"layers": layers, "lr_find": {"suggested_lr": 0.05}}
     cands = build_candidates(
-        results, {"strategy": "lp_ft"}, safe_forgetting=0.05, strategies=strategies
+        results, Recommendation(strategy="lp_ft"), safe_forgetting=0.05, strategies=strategies
     )
     idx = np.arange(len(y))
     rng = np.random.default_rng(0)
@@ -132,7 +133,7 @@ def test_candidates_cover_the_strategies_depths_and_an_lr_grid_in_prior_order():
     layers = [{"name": f"b{i}", "probe": {"target": {"accuracy": 0.5}}} for i in range(4)]
     cands = build_candidates(
         {"layers": layers, "lr_find": {"suggested_lr": 0.03}},
-        {"strategy": "discriminative"},
+        Recommendation(strategy="discriminative"),
         safe_forgetting=0.05,
     )
     arms = {c.arm for c in cands}
@@ -146,7 +147,9 @@ def test_candidates_cover_the_strategies_depths_and_an_lr_grid_in_prior_order():
     assert len({c.key for c in cands}) == len(cands)
     # A tight forgetting budget prunes every candidate that moves the backbone.
     tight = build_candidates(
-        {"layers": layers}, {"strategy": "lp_ft", "max_forgetting": 0.01}, safe_forgetting=0.05
+        {"layers": layers},
+        Recommendation(strategy="lp_ft", max_forgetting=0.01),
+        safe_forgetting=0.05,
     )
     assert {c.strategy for c in tight} == {"feature_extraction"}
 
@@ -304,12 +307,12 @@ def demo_race(loaded_demo, tmp_path_factory):
 def test_assess_on_the_demo_recommends_from_a_measured_race(demo_race):
     res, out = demo_race
     rec = res.recommendation
-    trials = rec["trials"]
-    assert rec["measured"] is True and trials["pick"] is not None
+    trials = rec.trials
+    assert rec.measured is True and trials["pick"] is not None
     cand = next(c for c in trials["candidates"] if c["key"] == trials["pick"])
-    assert rec["strategy"] == cand["strategy"] and rec["depth"] == cand["depth"]
-    assert rec["lr"]["head"] == pytest.approx(cand["head_lr"], rel=1e-12)
-    assert rec["unfreeze"][-1] == "head"  # every trainable module, the new head last
+    assert rec.strategy == cand["strategy"] and rec.depth == cand["depth"]
+    assert rec.lr["head"] == pytest.approx(cand["head_lr"], rel=1e-12)
+    assert rec.unfreeze[-1] == "head"  # every trainable module, the new head last
     assert trials["budget"] == 0.05
     assert trials["flops_spent"] <= trials["budget_flops"] + trials["rungs"][0]["flops"]
     n = res.to_dict()["target"]
@@ -332,9 +335,9 @@ def test_trial_budget_zero_keeps_the_rules_marked_unmeasured(loaded_demo, tmp_pa
         out=tmp_path,
     )
     rec = res.recommendation
-    assert rec["measured"] is False and rec["trials"] is None
-    assert "--trial-budget 0" in rec["unmeasured_reason"]
-    assert rec["strategy"] == rec["prior"]["strategy"]
+    assert rec.measured is False and rec.trials is None
+    assert "--trial-budget 0" in rec.unmeasured_reason
+    assert rec.strategy == rec.prior["strategy"]
     assert "unmeasured" in (tmp_path / "report.html").read_text()
     assert (
         json.loads((tmp_path / "results.json").read_text())["recommendation"]["measured"] is False
@@ -425,7 +428,7 @@ def test_lora_and_bitfit_are_candidates_with_a_rank_grid():
     layers = [{"name": f"b{i}", "probe": {"target": {"accuracy": 0.5}}} for i in range(4)]
     cands = build_candidates(
         {"layers": layers, "lr_find": {"suggested_lr": 0.03}},
-        {"strategy": "lp_ft"},
+        Recommendation(strategy="lp_ft"),
         safe_forgetting=0.05,
     )
     lora = [c for c in cands if c.strategy == "lora"]

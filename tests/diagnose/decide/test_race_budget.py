@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from diagnose.core import Recommendation
 from diagnose.decide.candidates import Candidate, build_candidates
 from diagnose.decide.race import run_race
 from diagnose.decide.race_budget import (
@@ -28,7 +29,7 @@ def _cands(suggested=0.05, strategies=None):
     ]
     results = {"layers": layers, "lr_find": {"suggested_lr": suggested}}
     kw = {"strategies": strategies} if strategies else {}
-    return build_candidates(results, {"strategy": "lp_ft"}, safe_forgetting=0.05, **kw)
+    return build_candidates(results, Recommendation(strategy="lp_ft"), safe_forgetting=0.05, **kw)
 
 
 def test_cost_model_counts_the_forward_and_where_each_block_starts():
@@ -137,7 +138,7 @@ def test_a_headless_backbone_is_raced_under_a_new_head():
         "lr_find": {"suggested_lr": 0.05},
         "target": {"classes": ["a", "b", "c"]},
     }
-    prior = {"strategy": "lp_ft", "confidence": "low", "reasons": ["prior"], "max_forgetting": None}
+    prior = Recommendation(strategy="lp_ft", confidence="low", reasons=("prior",))
     warnings: list[str] = []
     with single_thread():
         rec = measured_recommendation(
@@ -145,11 +146,11 @@ def test_a_headless_backbone_is_raced_under_a_new_head():
             splits={"train": idx[:16], "val": idx[16:]}, trial_budget=0.2, batch_size=64,
             seed=0, device=torch.device("cpu"), progress=False, warnings=warnings,
         )  # fmt: skip
-    assert rec["measured"] is True and rec["trials"]["new_head"] is True
-    assert rec["trials"]["flops_spent"] <= 0.2 * rec["trials"]["full_flops_estimate"]
-    assert rec["unfreeze"][-1] == "head" and rec["new_head"] is True
-    assert all(not u.startswith("body.") for u in rec["unfreeze"])  # the user's own names
-    assert set(rec["unfreeze_blocks"]) <= set(BLOCKS)
+    assert rec.measured is True and rec.trials["new_head"] is True
+    assert rec.trials["flops_spent"] <= 0.2 * rec.trials["full_flops_estimate"]
+    assert rec.unfreeze[-1] == "head" and rec.new_head is True
+    assert all(not u.startswith("body.") for u in rec.unfreeze)  # the user's own names
+    assert set(rec.unfreeze_blocks) <= set(BLOCKS)
     assert any("no classification head" in w and "new linear head" in w for w in warnings)
     assert all(torch.equal(v, body.state_dict()[k]) for k, v in before.items())  # untouched
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from diagnose.core import Recommendation
 from diagnose.decide.candidates import build_candidates, lr_grid
 from diagnose.decide.race import run_race
 from diagnose.decide.race_budget import TRAIN_PASSES, CostModel, TrialSizes
@@ -33,7 +34,7 @@ def _cands():
         {"name": b, "probe": {"target": {"accuracy": a}}} for b, a in zip(BLOCKS, (0.5, 0.8, 0.7))
     ]
     results = {"layers": layers, "lr_find": {"suggested_lr": 0.05}}
-    return build_candidates(results, {"strategy": "lp_ft"}, safe_forgetting=0.05)
+    return build_candidates(results, Recommendation(strategy="lp_ft"), safe_forgetting=0.05)
 
 
 def _grid(n_per_class, budget=0.5, batch_size=4):

@@ -111,7 +111,7 @@ def test_output_level_shift_shows_low_last_layer_probe(relabel):
     acc = [layer["probe"]["target"]["accuracy"] for layer in layers]
     assert layers[0]["gap"]["pad"] < 0.5  # same images as the source distribution
     assert acc[-1] < max(acc) - 0.05
-    assert relabel.recommendation["strategy"] != "feature_extraction"
+    assert relabel.recommendation.strategy != "feature_extraction"
 
 
 def test_pretrained_beats_random_control_on_source_like_data(noise):
