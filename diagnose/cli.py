@@ -10,8 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from diagnose.cli_parser import build_parser, flags_of, in_flag_words
-from diagnose.core import ParamError
+from diagnose.cli_parser import build_parser
+from diagnose.core import UsageError
 from diagnose.core.interrupts import stop_on_signals
 from diagnose.core.threads import set_threads
 
@@ -165,11 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, ImportError, OSError) as exc:  # the input or the set-up
         if args.debug:
             raise
-        if isinstance(exc, ParamError):  # a declared parameter: its flag, in one form
-            message = exc.in_flag_words()
-        else:
-            message = in_flag_words(" ".join(str(exc).split()) or type(exc).__name__,
-                                    flags_of(parser))  # fmt: skip
+        # An error that names a public parameter says its flag.
+        message = exc.in_flag_words() if isinstance(exc, UsageError) else str(exc)
+        message = " ".join(message.split()) or type(exc).__name__
         print(f"diagnose: error: {message}", file=sys.stderr)
         return 2
     except Exception as exc:  # an internal error: still one line unless --debug

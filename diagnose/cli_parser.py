@@ -1,20 +1,20 @@
-"""The ``diagnose`` command line: its subcommands and flags, and errors in the flags' words.
+"""The ``diagnose`` command line: its subcommands and flags.
 
 :func:`build_parser` defines every subcommand (assess, compare, audit, report,
-demo) and validates flag values as argparse parses them; :func:`in_flag_words`
-turns an error of the Python API, which names parameters, into one that names
-the flags.
+demo) and validates flag values as argparse parses them. An error of the Python
+API that names a parameter is a :class:`diagnose.core.UsageError`, which says
+its flag on the CLI (``--`` and the parameter's name with dashes; :func:`flags_of`
+lists the flags, which a test holds to that rule).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import re
 
 from diagnose.core import PARAMS
 
-__all__ = ["build_parser", "flags_of", "in_flag_words"]
+__all__ = ["build_parser", "flags_of"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -310,24 +310,3 @@ def flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
     """Every option's parameter name (its ``dest``) and its flag, over all subcommands
     (recorded as :func:`build_parser` added them)."""
     return dict(getattr(parser, "flags", {}))
-
-
-def in_flag_words(message: str, flags: dict[str, str]) -> str:
-    """An error of the Python API in the CLI's words: ``'batch_size'`` -> ``--batch-size``.
-
-    The Python API names its parameters as ``'name'`` (the subject of a sentence)
-    or ``name=VALUE`` (what to pass); both become the flag.
-    """
-
-    def quoted(m: re.Match) -> str:
-        return flags.get(m.group(1), m.group(0))
-
-    def assigned(m: re.Match) -> str:
-        flag = flags.get(m.group(1))
-        return f"{flag} " if flag else m.group(0)
-
-    message = re.sub(r"The '([a-z_]+)' parameter(?: of \w+)?", quoted, message)
-    message = re.sub(r"'([a-z_]+)'", quoted, message)
-    # A switch: ``trust_checkpoint=True`` is the bare flag.
-    message = re.sub(r"(?<![\w.])([a-z_]+)=True\b", quoted, message)
-    return re.sub(r"(?<![\w.])([a-z_]+)=(?=[^\s=])", assigned, message)

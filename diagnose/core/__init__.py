@@ -28,7 +28,7 @@ from diagnose.core.interrupts import (
 )
 from diagnose.core.layer import PROBE_ROLES, LayerResult, ProbeScore
 from diagnose.core.names import STRATEGY_LABELS, STRATEGY_NAMES, join_labels, strategy_label
-from diagnose.core.params import PARAMS, Param, ParamError, check_params
+from diagnose.core.params import PARAMS, Arg, Param, ParamError, UsageError, check_params
 from diagnose.core.recommendation import Recommendation
 from diagnose.core.record import (
     Record,
@@ -72,6 +72,7 @@ __all__ = [
     "as_text",
     "as_tuple",
     "atomic_torch_save",
+    "Arg",
     "atomic_write_bytes",
     "atomic_write_dir",
     "atomic_write_text",
@@ -123,5 +124,6 @@ __all__ = [
     "TargetScores",
     "thread_summary",
     "to_device",
+    "UsageError",
     "write_results",
 ]

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from diagnose.core.params import Arg, UsageError
+
 __all__ = [
     "autocast_context",
     "autocast_dtype",
@@ -127,7 +129,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = str(device)
     if not (dev == "cpu" or dev.startswith("cuda")):
-        raise ValueError(f"'device' must be one of auto, cpu, cuda[:N]. Got {dev!r}.")
+        raise UsageError(Arg("device"), f" must be one of auto, cpu, cuda[:N]. Got {dev!r}.")
     if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device=cuda was requested but no CUDA GPU is available; use device=cpu.")
+        raise UsageError(
+            Arg("device", "cuda"), " was requested but no CUDA GPU is available; use ",
+            Arg("device", "cpu"), ".",
+        )  # fmt: skip
     return torch.device(dev)

@@ -11,7 +11,9 @@ of scikit-learn's ``validate_params``. From a row come:
   ``--batch-size must be an int >= 1. Got 0.``
 
 Parameters that are data or specs (a model, a folder, a strategy list) keep their
-own checks and their own words.
+own checks and their own words; an error that names a public parameter in those
+words is a :class:`UsageError` whose parts say which words are the parameter
+(:class:`Arg`), so the CLI says ``--out DIR`` where the API says ``out=DIR``.
 
 Example:
     >>> check_params("assess", batch_size=64, trial_budget=0.2)
@@ -26,7 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PARAMS", "Param", "ParamError", "check_params"]
+__all__ = ["PARAMS", "Arg", "Param", "ParamError", "UsageError", "check_params"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class Param:
     @property
     def flag(self) -> str:
         """The CLI flag: ``batch_size`` -> ``--batch-size``."""
-        return "--" + self.name.replace("_", "-")
+        return _flag(self.name)
 
     @property
     def rule(self) -> str:
@@ -98,19 +100,71 @@ class Param:
         return value
 
 
-class ParamError(ValueError):
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Arg:
+    """A public parameter named in an error's words.
+
+    Attributes:
+        name: the Python parameter; its flag is ``--`` and the name with dashes.
+        value: what to pass: ``Arg("out", "DIR")`` is ``out=DIR`` in the API and
+            ``--out DIR`` on the CLI; ``True`` a switch (``trust_checkpoint=True``,
+            ``--trust-checkpoint``); None the name alone (``'out'``, ``--out``).
+        of: the entry point of a sentence's subject: ``The 'epochs' parameter of
+            compare`` in the API, ``--epochs`` on the CLI.
+    """
+
+    name: str
+    value: str | bool | None = None
+    of: str | None = None
+
+    def api(self) -> str:
+        """The parameter in the Python API's words."""
+        if self.of is not None:
+            return f"The '{self.name}' parameter of {self.of}"
+        return f"'{self.name}'" if self.value is None else f"{self.name}={self.value}"
+
+    def cli(self) -> str:
+        """The parameter in the CLI's words: its flag, and the value it takes."""
+        if self.value is None or self.value is True:
+            return _flag(self.name)
+        return f"{_flag(self.name)} {self.value}"
+
+
+class UsageError(ValueError):
+    """A bad public parameter, in words that name it: text and :class:`Arg` parts.
+
+    ``str(error)`` says it in the API's words; :meth:`in_flag_words` in the CLI's.
+
+    Example:
+        >>> e = UsageError("output directory x is a file; pass ", Arg("out", "DIR"), ".")
+        >>> str(e), e.in_flag_words()
+        ('output directory x is a file; pass out=DIR.', 'output directory x is a file; pass --out DIR.')
+    """
+
+    def __init__(self, *parts: str | Arg):
+        self.parts = parts
+        super().__init__("".join(p.api() if isinstance(p, Arg) else p for p in parts))
+
+    def in_flag_words(self) -> str:
+        """The error as the CLI says it, with flags for the parameters."""
+        return "".join(p.cli() if isinstance(p, Arg) else p for p in self.parts)
+
+
+class ParamError(UsageError):
     """A public parameter outside its declared range: names the parameter, the entry
-    point, the rule and the value; :meth:`in_flag_words` says it with the flag."""
+    point, the rule and the value (``--batch-size must be an int >= 1. Got 0.`` on the
+    CLI)."""
 
     def __init__(self, param: Param, where: str, value: Any):
         self.param, self.where, self.value = param, where, value
         meaning = f" {param.meaning}" if param.meaning else ""
-        self.tail = f"must be {param.rule}{meaning}. Got {value!r}."
-        super().__init__(f"The '{param.name}' parameter of {where} {self.tail}")
-
-    def in_flag_words(self) -> str:
-        """The error as the CLI says it: ``--batch-size must be an int >= 1. Got 0.``"""
-        return f"{self.param.flag} {self.tail}"
+        super().__init__(
+            Arg(param.name, of=where), f" must be {param.rule}{meaning}. Got {value!r}."
+        )
 
 
 def _table(*rows: Param) -> dict[str, Param]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from diagnose.core import Arg, UsageError
 from diagnose.data.domains import Domain, undecodable_note
 from diagnose.data.imagestats import ImageStats
 from diagnose.data.preprocessing import Preprocessing, prepared_dataset
@@ -86,10 +87,10 @@ def _stack(domain: Domain, batches) -> tuple[torch.Tensor, torch.Tensor]:
     for x, y in batches:
         total += x.numel() * 4
         if total > MAX_TENSOR_BYTES:
-            raise ValueError(
-                f"the preprocessed images of {domain.name} exceed 4 GiB in memory; pass "
-                "max_samples=N or a smaller 'image_size'."
-            )
+            raise UsageError(
+                f"the preprocessed images of {domain.name} exceed 4 GiB in memory; pass ",
+                Arg("max_samples", "N"), " or a smaller ", Arg("image_size"), ".",
+            )  # fmt: skip
         xs.append(x.float())
         ys.append(torch.as_tensor(y, dtype=torch.long))
     if not xs:

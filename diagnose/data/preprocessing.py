@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
+from diagnose.core import Arg, UsageError
 from diagnose.data.batches import same_shape_groups
 from diagnose.data.domains import Domain
 from diagnose.data.imagestats import ImageStats, RecordingDataset
@@ -59,22 +60,24 @@ def parse_normalize(value: str | Sequence | None) -> tuple[list[float], list[flo
         try:
             numbers = [float(v) for v in value.split(",") if v.strip()]
         except ValueError:
-            raise ValueError(
-                f"'normalize' must be 'none' or comma-separated numbers MEAN,STD (one pair or one "
-                f"per channel). Got {value!r}."
+            raise UsageError(
+                Arg("normalize"),
+                " must be 'none' or comma-separated numbers MEAN,STD (one pair "
+                f"or one per channel). Got {value!r}.",
             ) from None
     else:
         mean, std = value
         numbers = [*mean, *std]
     if len(numbers) < 2 or len(numbers) % 2:
-        raise ValueError(
-            f"'normalize' needs a mean and a std, either one pair or one per channel "
-            f"(e.g. 0.5,0.25 or 0.485,0.456,0.406,0.229,0.224,0.225). Got {len(numbers)} numbers."
+        raise UsageError(
+            Arg("normalize"),
+            " needs a mean and a std, either one pair or one per channel "
+            f"(e.g. 0.5,0.25 or 0.485,0.456,0.406,0.229,0.224,0.225). Got {len(numbers)} numbers.",
         )
     half = len(numbers) // 2
     mean, std = numbers[:half], numbers[half:]
     if any(s <= 0 for s in std):
-        raise ValueError(f"'normalize' std values must be positive. Got {std}.")
+        raise UsageError(Arg("normalize"), f" std values must be positive. Got {std}.")
     return mean, std
 
 

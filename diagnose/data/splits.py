@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from diagnose.core import Arg, UsageError
 from diagnose.data.domains import Domain
 
 __all__ = [
@@ -20,7 +21,7 @@ def subsample(domain: Domain, max_samples: int | None, seed: int) -> np.ndarray:
     if max_samples is None or max_samples >= n:
         return np.arange(n)
     if max_samples < 1:
-        raise ValueError(f"'max_samples' must be at least 1. Got {max_samples}.")
+        raise UsageError(Arg("max_samples"), f" must be at least 1. Got {max_samples}.")
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n, size=max_samples, replace=False))
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from diagnose.core import Arg, UsageError
 from diagnose.decide.race_trials import Arm, RaceContext
 from diagnose.training import RaySession, pin_worker_threads
 
@@ -65,10 +66,11 @@ class RayTrials:
         self.cuda = ctx.device.type == "cuda"
         if self.cuda and ray.cluster_resources().get("GPU", 0) < 1:
             self.close()
-            raise ValueError(
-                "executor=ray with a CUDA 'device' needs GPUs in the Ray cluster, and it has "
-                "none; pass device=cpu or start Ray on machines with GPUs."
-            )
+            raise UsageError(
+                Arg("executor", "ray"), " with a CUDA ", Arg("device"), " needs GPUs in the Ray "
+                "cluster, and it has none; pass ", Arg("device", "cpu"), " or start Ray on "
+                "machines with GPUs.",
+            )  # fmt: skip
         model = ctx.model
         if any(p.device.type != "cpu" for p in model.parameters()):
             model = copy.deepcopy(model).cpu()  # a worker's GPU numbering differs from ours

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from diagnose.core import Arg, UsageError
 from diagnose.data import Domain, Preprocessing, parse_normalize
 from diagnose.models.loaded import LoadedModel
 
@@ -32,7 +33,9 @@ def resolve_preprocessing(
     channels = loaded.input_channels
     if image_size is not None:
         if int(image_size) < 1:
-            raise ValueError(f"'image_size' must be a positive number of pixels. Got {image_size}.")
+            raise UsageError(
+                Arg("image_size"), f" must be a positive number of pixels. Got {image_size}."
+            )
         size = (int(image_size), int(image_size))
         notes.append(f"Images resized to {size[0]}x{size[1]} (--image-size).")
     elif loaded.input_size is not None:
@@ -47,10 +50,10 @@ def resolve_preprocessing(
                 "input size; pass --image-size to change it)."
             )
         else:
-            raise ValueError(
-                "the images do not share one size and the model declares no input size; "
-                "pass image_size=N."
-            )
+            raise UsageError(
+                "the images do not share one size and the model declares no input size; pass ",
+                Arg("image_size", "N"), ".",
+            )  # fmt: skip
     parsed = parse_normalize(normalize)
     if parsed == "none":
         mean = std = None
@@ -68,8 +71,9 @@ def resolve_preprocessing(
             "(pass --normalize MEAN,STD if it was trained with one)."
         )
     if mean is not None and len(mean) not in (1, channels):
-        raise ValueError(
-            f"'normalize' gives {len(mean)} channel means but the model takes {channels} channels."
+        raise UsageError(
+            Arg("normalize"),
+            f" gives {len(mean)} channel means but the model takes {channels} channels.",
         )
     if mean is not None and len(mean) == 1 and channels > 1:
         mean, std = mean * channels, std * channels
@@ -82,14 +86,16 @@ def resolve_preprocessing(
     return Preprocessing(size, channels, mean, std, notes)
 
 
-def expected_size_hint(model: nn.Module, channels: int) -> str:
-    """What input a model with a Linear on flattened pixels expects, when it can be told."""
+def expected_size_hint(model: nn.Module, channels: int) -> tuple[str | Arg, ...]:
+    """What input a model with a Linear on flattened pixels expects, when it can be told:
+    the parts of a :class:`~diagnose.core.UsageError`."""
     first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
     if isinstance(first, nn.Linear) and first.in_features % channels == 0:
         side = math.isqrt(first.in_features // channels)
         if side * side * channels == first.in_features:
             return (
                 f"its first layer takes {first.in_features} features, i.e. {channels}x{side}x{side} "
-                f"images: pass --image-size {side}"
+                "images: pass ",
+                Arg("image_size", str(side)),
             )
-    return "pass --image-size N with the size the model was built for"
+    return "pass ", Arg("image_size", "N"), " with the size the model was built for"

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from diagnose.core import call_spec, is_callable_spec
+from diagnose.core import Arg, UsageError, call_spec, is_callable_spec
 from diagnose.models.demo_cnn import DemoCNN, load_or_pretrain
 from diagnose.models.loaded import LoadedModel, apply_weights, describe_model
 from diagnose.models.weights_io import torch_load
@@ -152,10 +152,10 @@ def _load_checkpoint(spec: str, weights: str | None, trust_checkpoint: bool) -> 
         obj = obj["model"]
     if not isinstance(obj, nn.Module):
         if isinstance(obj, Mapping):
-            raise ValueError(
-                f"{spec} is a state dict with no architecture: pass model=ARCH weights={spec} "
-                "(ARCH: torchvision:NAME or module.path:function)."
-            )
+            raise UsageError(
+                f"{spec} is a state dict with no architecture: pass ", Arg("model", "ARCH"), " ",
+                Arg("weights", str(spec)), " (ARCH: torchvision:NAME or module.path:function).",
+            )  # fmt: skip
         raise ValueError(f"checkpoint '{spec}' holds a {type(obj).__name__}, not an nn.Module.")
     notes = [f"full model unpickled from {spec} (trusted with --trust-checkpoint)"]
     model, pretrained = apply_weights(obj, weights, trust_checkpoint, notes)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+from diagnose.core import Arg, UsageError
 from diagnose.models.loaded import LoadedModel, describe_model, random_init_copy
 from diagnose.models.weights_io import extract_state_dict, load_state_dict_checked, torch_load
 
@@ -94,11 +95,11 @@ def _from_cache(timm, spec: str, name: str, image_size: int | None, notes: list[
     cfg = dict(probe.pretrained_cfg)
     path = timm_cached_file(cfg)
     if path is None:
-        raise ValueError(
+        raise UsageError(
             f"the pretrained weights of {spec} ({cfg.get('hf_hub_id') or 'no hub id'}) are "
-            "not in timm's local cache; nothing is downloaded: pass weights=PATH (a state "
-            "dict or .safetensors file) or weights=random."
-        )
+            "not in timm's local cache; nothing is downloaded: pass ", Arg("weights", "PATH"),
+            " (a state dict or .safetensors file) or ", Arg("weights", "random"), ".",
+        )  # fmt: skip
     # timm loads the file itself, adapting it (position embeddings resampled to
     # image_size, classifier kept): exactly what pretrained=True would do, offline.
     model = _create(

@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from diagnose.core import Arg, UsageError
 from diagnose.models.loaded import LoadedModel, apply_weights, describe_model
 from diagnose.models.weights_io import load_state_dict_checked, torch_load
 
@@ -68,17 +69,17 @@ def load_torchvision(spec: str, weights: str | None, trust_checkpoint: bool) -> 
     notes: list[str] = []
     if weights is None:
         if default is None:
-            raise ValueError(
-                f"torchvision model {name!r} has no default weights: pass weights=PATH "
-                "(a state dict file) or weights=random."
-            )
+            raise UsageError(
+                f"torchvision model {name!r} has no default weights: pass ",
+                Arg("weights", "PATH"), " (a state dict file) or ", Arg("weights", "random"), ".",
+            )  # fmt: skip
         path = torchvision_weights_path(default.url)
         if not path.is_file():
-            raise ValueError(
+            raise UsageError(
                 f"the default weights of {spec} ({default}) are not in the local torchvision "
-                f"cache at {path}; nothing is downloaded: pass weights=PATH (a state dict "
-                "file) or weights=random."
-            )
+                f"cache at {path}; nothing is downloaded: pass ", Arg("weights", "PATH"),
+                " (a state dict file) or ", Arg("weights", "random"), ".",
+            )  # fmt: skip
         state = torch_load(path, False, "weights file")
         load_state_dict_checked(model, state, str(path))
         notes.append(f"{default} read from the local torchvision cache {path}")

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from diagnose.core import Arg, UsageError
+
 __all__ = [
     "extract_state_dict",
     "load_state_dict_checked",
@@ -56,18 +58,20 @@ def torch_load(path: str | os.PathLike, trust_checkpoint: bool, what: str) -> An
                 f"{str(exc).splitlines()[0] if str(exc) else ''})."
             ) from exc
         if not trust_checkpoint:
-            raise ValueError(
+            raise UsageError(
                 f"{what} '{path}' holds pickled Python objects, not only tensors (a whole saved "
-                "model?); unpickling it could run arbitrary code, so it was not loaded. Pass "
-                "trust_checkpoint=True only if you trust the file, or save "
-                "a state dict (torch.save(model.state_dict(), path))."
+                "model?); unpickling it could run arbitrary code, so it was not loaded. Pass ",
+                Arg("trust_checkpoint", True),
+                " only if you trust the file, or save a state "
+                "dict (torch.save(model.state_dict(), path)).",
             ) from exc
     try:
         return torch.load(p, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise ValueError(
-            f"{what} '{path}' could not be unpickled even with 'trust_checkpoint' "
-            f"({type(exc).__name__}: {exc}); is the code that defines its classes importable?"
+        raise UsageError(
+            f"{what} '{path}' could not be unpickled even with ",
+            Arg("trust_checkpoint", True),
+            f" ({type(exc).__name__}: {exc}); is the code that defines its classes importable?",
         ) from exc
 
 

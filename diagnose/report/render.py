@@ -16,7 +16,14 @@ from pathlib import Path
 
 import jinja2
 
-from diagnose.core import atomic_write_text, load_results, strategy_label, write_results
+from diagnose.core import (
+    Arg,
+    UsageError,
+    atomic_write_text,
+    load_results,
+    strategy_label,
+    write_results,
+)
 from diagnose.report import plots as _plots
 from diagnose.report import plots_audit as _plots_audit
 from diagnose.report import plots_compare as _plots_compare
@@ -142,20 +149,23 @@ def check_out_dir(out_dir: str | Path) -> Path:
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"output directory {out} is a file; pass out=DIR, a directory path.")
+        raise UsageError(
+            f"output directory {out} is a file; pass ", Arg("out", "DIR"), ", a directory path."
+        )
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise ValueError(
-            f"output directory {out} cannot be created: {existing} is a file; "
-            "pass out=DIR, a directory path."
-        )
+        raise UsageError(
+            f"output directory {out} cannot be created: {existing} is a file; pass ",
+            Arg("out", "DIR"), ", a directory path.",
+        )  # fmt: skip
     if not os.access(existing, os.W_OK | os.X_OK):
         where = "" if existing == out else f" (its parent {existing} is not writable)"
-        raise ValueError(
-            f"output directory {out} is not writable{where}; pass out=DIR, a folder you can write to."
-        )
+        raise UsageError(
+            f"output directory {out} is not writable{where}; pass ", Arg("out", "DIR"),
+            ", a folder you can write to.",
+        )  # fmt: skip
     return out
 
 
@@ -169,9 +179,10 @@ def write_outputs(results: dict, out_dir: str | Path) -> tuple[Path, Path]:
     try:
         results_path = write_results(results, out / "results.json")
     except PermissionError:
-        raise ValueError(
-            f"output directory {out} is not writable; pass out=DIR, a folder you can write to."
-        ) from None
+        raise UsageError(
+            f"output directory {out} is not writable; pass ", Arg("out", "DIR"),
+            ", a folder you can write to.",
+        ) from None  # fmt: skip
     report_path = atomic_write_text(out / "report.html", render_html(load_results(results_path)))
     return results_path, report_path
 

@@ -48,7 +48,9 @@ from tqdm.auto import tqdm
 
 from diagnose.core import (
     PARAMS,
+    Arg,
     StrategyEntry,
+    UsageError,
     atomic_write_bytes,
     atomic_write_dir,
     check_params,
@@ -180,7 +182,10 @@ def check_executor(executor: Any, ray_address: Any, where: str = "assess") -> No
     """``ValueError`` naming ``executor`` or ``ray_address`` when they are not usable together."""
     check_params(where, executor=executor)
     if ray_address is not None and executor != "ray":
-        raise ValueError("'ray_address' needs executor=ray; add it or drop 'ray_address'.")
+        raise UsageError(
+            Arg("ray_address"), " needs ", Arg("executor", "ray"), "; add it or drop ",
+            Arg("ray_address"), ".",
+        )  # fmt: skip
 
 
 def import_ray(executor: str, warnings: list[str], progress: bool = True):
@@ -297,10 +302,11 @@ def _run_ray(ray, units, job, on_done, progress, address) -> None:
     pending: dict = {}
     try:
         if cuda and ray.cluster_resources().get("GPU", 0) < 1:
-            raise ValueError(
-                "executor=ray with a CUDA 'device' needs GPUs in the Ray cluster, and it has "
-                "none; pass device=cpu or start Ray on machines with GPUs."
-            )
+            raise UsageError(
+                Arg("executor", "ray"), " with a CUDA ", Arg("device"), " needs GPUs in the Ray "
+                "cluster, and it has none; pass ", Arg("device", "cpu"), " or start Ray on "
+                "machines with GPUs.",
+            )  # fmt: skip
         shared = ray.put(_portable(job))  # once: every task reads the same copy
         need = {"num_gpus": 1} if cuda else {"num_cpus": 1}
         task = ray.remote(_ray_unit).options(**need)

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diagnose.core import finite, load_results, section
+from diagnose.core import Arg, UsageError, finite, load_results, section
 
 __all__ = [
     "AVERAGED",
@@ -220,17 +220,20 @@ def read_previous(out: Path) -> dict | None:
         return None
     previous = load_results(path)
     if previous.get("kind") != "compare":
-        raise ValueError(f"'resume': {path} is not a comparison (kind {previous.get('kind')!r}).")
+        raise UsageError(
+            Arg("resume"), f": {path} is not a comparison (kind {previous.get('kind')!r})."
+        )
     return previous
 
 
 def finished(previous: dict, fingerprint: dict, path: Path, seeds: list[int]) -> dict:
     """The previous run's finished (strategy, seed) records, once its settings are ours."""
     if previous.get("compare_config", {}).get("fingerprint") != fingerprint:
-        raise ValueError(
-            f"'resume': {path} was written with different settings (model, data, epochs, LR, "
-            "seed or seeds); use another 'out' or drop 'resume' to start afresh."
-        )
+        raise UsageError(
+            Arg("resume"), f": {path} was written with different settings (model, data, epochs, "
+            "LR, seed or seeds); use another ", Arg("out"), " or drop ", Arg("resume"),
+            " to start afresh.",
+        )  # fmt: skip
     return finished_units(previous.get("strategies", []), seeds)
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import probes
+from diagnose.core import UsageError
 from diagnose.data import (
     Domain,
     ImageStats,
@@ -61,9 +62,11 @@ def _capture(loaded: LoadedModel, prep, what: str, model: nn.Module, *args, **kw
             raise
         c, (h, w) = prep.channels, prep.image_size
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ValueError(
+        raise UsageError(
             f"model {loaded.name} failed on the {what} images, given as {c}x{h}x{w} "
-            f"({type(exc).__name__}: {first}); {expected_size_hint(loaded.model, c)}."
+            f"({type(exc).__name__}: {first}); ",
+            *expected_size_hint(loaded.model, c),
+            ".",
         ) from exc
 
 

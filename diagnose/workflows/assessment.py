@@ -18,9 +18,11 @@ import torch
 import probes
 from diagnose.core import (
     SCHEMA_VERSION,
+    Arg,
     Evidence,
     Recommendation,
     RunResult,
+    UsageError,
     check_params,
     environment,
     resolve_device,
@@ -220,7 +222,10 @@ def _checked(source, target, max_memory, out, ray_address, **declared):
     (``declared``: the parameters of :data:`diagnose.core.PARAMS` that assess takes), before
     minutes of measuring."""
     if source is None and target is None:
-        raise ValueError("assess needs 'target' (and ideally 'source') data; neither was given.")
+        raise UsageError(
+            "assess needs ", Arg("target"), " (and ideally ", Arg("source"), ") data; neither "
+            "was given.",
+        )  # fmt: skip
     check_params("assess", **declared)
     check_executor(declared["executor"], ray_address)
     if out is not None:
@@ -234,7 +239,9 @@ def _checked(source, target, max_memory, out, ray_address, **declared):
 def _layer_names(net, layers) -> list[str]:
     names = probes.discover_layers(net) if layers == "auto" else list(layers)
     if not names:
-        raise ValueError("no layers to measure: pass layers=a,b,c (see probes.discover_layers).")
+        raise UsageError(
+            "no layers to measure: pass ", Arg("layers", "a,b,c"), " (see probes.discover_layers)."
+        )
     probes.resolve_layers(net, names)  # name errors against the user's model, not a wrapper
     return names
 

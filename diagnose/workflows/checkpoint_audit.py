@@ -40,10 +40,12 @@ from torch import nn
 import probes
 from diagnose.core import (
     SCHEMA_VERSION,
+    Arg,
     Audit,
     AuditLayer,
     RunResult,
     SourceAccuracy,
+    UsageError,
     check_params,
     environment,
     jsonable,
@@ -284,7 +286,9 @@ def audit(
         head=head, progress=progress, image_size=image_size,
     )  # fmt: skip
     if src is None:
-        raise ValueError("audit needs 'source' data: forgetting is measured on the source task.")
+        raise UsageError(
+            "audit needs ", Arg("source"), " data: forgetting is measured on the source task."
+        )
     ft, replaced = build_finetuned(
         loaded.model, loaded.head, finetuned, trust_checkpoint=trust_checkpoint
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from diagnose.core import STRATEGY_NAMES, Recommendation, check_params
+from diagnose.core import STRATEGY_NAMES, Arg, Recommendation, UsageError, check_params
 from diagnose.models import LORA_EXTRA, import_peft, lora_targets, peft_available
 from diagnose.training import (
     TrainConfig,
@@ -44,7 +44,9 @@ def check_compare_args(
         **declared,
     )  # fmt: skip
     if resume and out is None:
-        raise ValueError("'resume' needs 'out', the directory of the run to continue.")
+        raise UsageError(
+            Arg("resume"), " needs ", Arg("out"), ", the directory of the run to continue."
+        )
     check_executor(executor, ray_address, "compare")
 
 
@@ -69,9 +71,8 @@ def resolve_unfreeze(
         # Several depths: partial runs once per depth, each its own row "partial@k".
         bad = [k for k in unfreeze if not 1 <= k <= len(blocks)]
         if bad:
-            raise ValueError(
-                f"The 'unfreeze' parameter's depths must be between 1 and {len(blocks)} blocks. "
-                f"Got {bad}."
+            raise UsageError(
+                Arg("unfreeze"), f" depths must be between 1 and {len(blocks)} blocks. Got {bad}."
             )
         depths = sorted(set(unfreeze))
         if "partial" not in names:
@@ -81,8 +82,8 @@ def resolve_unfreeze(
         unfreeze = None
     elif isinstance(unfreeze, int):
         if not 1 <= unfreeze <= len(blocks):
-            raise ValueError(
-                f"'unfreeze' must be between 1 and {len(blocks)} blocks. Got {unfreeze}."
+            raise UsageError(
+                Arg("unfreeze"), f" must be between 1 and {len(blocks)} blocks. Got {unfreeze}."
             )
         unfreeze = blocks[-unfreeze:]
     elif unfreeze is None and recommendation is not None and recommendation.strategy == "partial":
@@ -106,9 +107,10 @@ def parse_strategies(
     names = list(names)  # never the caller's list
     unknown = [n for n in names if n not in STRATEGY_NAMES]
     if unknown or not names:
-        raise ValueError(
-            f"'strategies' must be 'all' or names from {', '.join(STRATEGY_NAMES)}. "
-            f"Got {', '.join(unknown) or 'nothing'}."
+        raise UsageError(
+            Arg("strategies"),
+            f" must be 'all' or names from {', '.join(STRATEGY_NAMES)}. "
+            f"Got {', '.join(unknown) or 'nothing'}.",
         )
     if "lora" in names and not peft_available():
         if value != "all":

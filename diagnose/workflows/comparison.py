@@ -27,7 +27,9 @@ import torch
 
 import probes
 from diagnose.core import (
+    Arg,
     RunResult,
+    UsageError,
     atomic_write_text,
     environment,
     jsonable,
@@ -249,7 +251,7 @@ def compare(
         head=head, progress=progress, image_size=image_size,
     )  # fmt: skip
     if tgt is None or tgt.labels is None:
-        raise ValueError("compare needs labelled 'target' data.")
+        raise UsageError("compare needs labelled ", Arg("target"), " data.")
     out_dir = Path(out) if out is not None else None
     previous = read_previous(out_dir) if resume else None
     blocks = probes.discover_layers(loaded.model) if layers == "auto" else list(layers)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diagnose.core import RunResult
+from diagnose.core import Arg, RunResult, UsageError
 from diagnose.data import (
     Domain,
     Preprocessing,
@@ -134,7 +134,9 @@ def model_and_data(
         image_size=image_size,
     )
     if loaded.head is None:
-        raise ValueError(f"{workflow} needs the model's classification head; name it with 'head'.")
+        raise UsageError(
+            f"{workflow} needs the model's classification head; name it with ", Arg("head"), "."
+        )
     return loaded, as_domain(source, "source"), as_domain(target, "target")
 
 

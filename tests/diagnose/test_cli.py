@@ -103,8 +103,7 @@ def test_python_errors_name_parameters_and_the_cli_names_flags(capsys):
     import pytest
 
     import diagnose
-    from diagnose.cli_parser import build_parser, flags_of, in_flag_words
-    from diagnose.core import PARAMS, ParamError
+    from diagnose.core import PARAMS, Arg, ParamError, UsageError
 
     match = r"^The 'epochs' parameter of compare must be an int >= 1\. Got 0\.$"
     with pytest.raises(ParamError, match=match) as err:
@@ -120,15 +119,20 @@ def test_python_errors_name_parameters_and_the_cli_names_flags(capsys):
         "(see --help)\n"
     )
     assert PARAMS["max_forgetting"].flag == "--max-forgetting"
-    flags = flags_of(build_parser())
-    cases = {
-        "'resume' needs 'out', the directory": "--resume needs --out, the directory",
-        "pass weights=PATH or weights=random.": "pass --weights PATH or --weights random.",
-        "Pass trust_checkpoint=True only if": "Pass --trust-checkpoint only if",
-        "The 'unfreeze' parameter's depths": "--unfreeze's depths",
-        # Quoted values that are not parameters, and keyword text, are left alone.
-        "'bn' must be 'frozen' or 'train'.": "--bn must be 'frozen' or 'train'.",
-        "f(x=1) and 'nope'": "f(x=1) and 'nope'",
-    }
-    for python, cli in cases.items():
-        assert in_flag_words(python, flags) == cli
+    # An error that names a parameter in other words says which words are the parameter.
+    cases = [
+        ((Arg("resume"), " needs ", Arg("out"), ", the directory"),
+         "'resume' needs 'out', the directory", "--resume needs --out, the directory"),
+        (("pass ", Arg("weights", "PATH"), " or ", Arg("weights", "random"), "."),
+         "pass weights=PATH or weights=random.", "pass --weights PATH or --weights random."),
+        (("Pass ", Arg("trust_checkpoint", True), " only if"),
+         "Pass trust_checkpoint=True only if", "Pass --trust-checkpoint only if"),
+        # Quoted words that are not parameters are left alone, whatever they spell.
+        (("dataset path 'out' holds ", Arg("model"), " 'state_dict'"),
+         "dataset path 'out' holds 'model' 'state_dict'",
+         "dataset path 'out' holds --model 'state_dict'"),
+    ]  # fmt: skip
+    for parts, python, cli in cases:
+        err = UsageError(*parts)
+        assert isinstance(err, ValueError) and str(err) == python
+        assert err.in_flag_words() == cli

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from diagnose.cli_parser import build_parser, flags_of
-from diagnose.core import PARAMS, ParamError, check_params
+from diagnose.core import PARAMS, Arg, ParamError, check_params
 
 
 @pytest.mark.parametrize(
@@ -69,4 +69,6 @@ def test_the_cli_flags_are_the_declared_ones():
     for name in PARAMS:
         assert flags[name] == PARAMS[name].flag, name
     assert flags["trust_checkpoint"] == "--trust-checkpoint"  # undeclared flags are recorded too
+    # UsageError's Arg says "--" and the name with dashes: every flag must be that.
+    assert all(flag == Arg(name).cli() for name, flag in flags.items()), flags
     assert "weights" not in PARAMS  # a data or spec parameter keeps its own words
