@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from diagnose.cli_parser import build_parser
-from diagnose.core import UsageError
+from diagnose.core import Selection, UsageError
 from diagnose.core.interrupts import stop_on_signals
 from diagnose.core.threads import set_threads
 
@@ -111,7 +111,7 @@ def _compare(args) -> Path:
         shown = f"{acc:.3f}" if isinstance(acc, float) else "-"
         shown += f" ± {std:.3f}" if isinstance(std, float) else ""
         _info(args, f"{s['name']:>18}: {s['status']:<10} test accuracy {shown}")
-    best = res.results.get("comparison_recommendation", {}).get("strategy")
+    best = Selection.from_dict(res.results.get("comparison_recommendation")).strategy
     _info(args, f"measured best: {best}")
     return res.report_path
 

@@ -56,10 +56,12 @@ from diagnose.core.schema import (
     section,
     write_results,
 )
+from diagnose.core.selection import EXCLUSION_CAUSES, Exclusion, Selection
 from diagnose.core.specs import call_spec, is_callable_spec
 from diagnose.core.threads import set_threads, thread_summary
 
 __all__ = [
+    "Arg",
     "as_bool",
     "as_dict",
     "as_integer",
@@ -72,7 +74,6 @@ __all__ = [
     "as_text",
     "as_tuple",
     "atomic_torch_save",
-    "Arg",
     "atomic_write_bytes",
     "atomic_write_dir",
     "atomic_write_text",
@@ -89,6 +90,8 @@ __all__ = [
     "Divergence",
     "environment",
     "Evidence",
+    "Exclusion",
+    "EXCLUSION_CAUSES",
     "finite",
     "Forgetting",
     "interrupt_requested",
@@ -114,6 +117,7 @@ __all__ = [
     "RunResult",
     "SCHEMA_VERSION",
     "section",
+    "Selection",
     "set_threads",
     "SourceAccuracy",
     "stop_on_signals",

@@ -1,7 +1,7 @@
 """The measured recommendation: which strategy actually did best.
 
-A pure function: the comparison's strategy entries in, a recommendation dict
-out, no I/O. Where :mod:`diagnose.recommend` predicts a strategy from
+A pure function: the comparison's strategy entries in, a typed
+:class:`~diagnose.core.Selection` out, no I/O. Where :mod:`diagnose.recommend` predicts a strategy from
 measurements taken before any training, this one reads the outcome of each
 fine-tuning run and picks the winner by the rules a practitioner would apply:
 
@@ -27,24 +27,33 @@ Example::
 
     rec = select_strategy(results["strategies"], max_forgetting=0.05,
                           assessment=results["recommendation"])
-    rec["strategy"], rec["reasons"][0], rec["regret"]
+    rec.strategy, rec.reasons[0], rec.regret
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
-from diagnose.core import Recommendation, StrategyEntry, finite, join_labels, strategy_label
+from diagnose.core import (
+    Exclusion,
+    Recommendation,
+    Selection,
+    StrategyEntry,
+    finite,
+    join_labels,
+    strategy_label,
+)
 from diagnose.decide.select_reasons import (
     as_entry,
     cost_text,
     entry_label,
+    excluded,
     forgetting_reason,
     no_winner_reasons,
     prediction_check,
     val_text,
     wall_text,
-    why_not_ok,
     within_spread,
 )
 
@@ -123,41 +132,17 @@ def _same_flops(a: StrategyEntry, b: StrategyEntry) -> bool:
     return fa is not None and fb is not None and math.isclose(fa, fb, rel_tol=1e-9)
 
 
-def _empty(max_forgetting, tolerance, excluded, reasons, predicted) -> dict:
-    return {
-        "strategy": None,
-        "val_accuracy": None,
-        "val_accuracy_std": None,
-        "seeds": None,
-        "within_spread": [],
-        "test_accuracy": None,
-        "forgetting": None,
-        "forgetting_measure": None,
-        "cost_flops": None,
-        "wall_s": None,
-        "max_forgetting": max_forgetting,
-        "budget_cost": None,
-        "tie_tolerance": tolerance,
-        "tied": [],
-        "excluded": excluded,
-        "ranking": [],
-        "reasons": reasons,
-        "assessment_prediction": predicted,
-        "agrees_with_assessment": None,
-        "regret": None,
-    }
-
-
 def select_strategy(
-    strategies: list[dict],
+    strategies: Sequence[StrategyEntry | Mapping],
     *,
     max_forgetting: float | None = None,
     assessment: Recommendation | dict | None = None,
     tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
-) -> dict:
+) -> Selection:
     """The measured best strategy of a comparison, with its reasons.
 
-    ``strategies`` are the comparison's entries (results.json ``strategies``);
+    ``strategies`` are the comparison's entries (:class:`~diagnose.core.StrategyEntry`, or
+    results.json's ``strategies`` dicts);
     ``max_forgetting`` is the largest tolerated forgetting (fraction in [0, 1],
     see :func:`forgetting_of`; None: no budget); ``assessment`` is the
     assessment's :class:`~diagnose.core.Recommendation` (or, from a script, its results
@@ -165,12 +150,14 @@ def select_strategy(
     is checked against the measured one; ``tie_tolerance`` is the validation-
     accuracy difference (fraction) below which the cheaper run wins.
 
-    Returns a dict with ``strategy`` (None when no run qualifies), its
+    Returns a :class:`~diagnose.core.Selection` with ``strategy`` (None when no run
+    qualifies), its
     ``val_accuracy`` (the mean over seeds when there are several, with
     ``val_accuracy_std`` and the number of ``seeds``; ``within_spread`` names
     the strategies less than one std from it), ``test_accuracy``,
     ``forgetting``, ``cost_flops``, the
-    ``excluded`` runs with a reason each, the ``ranking`` of qualifying runs
+    ``excluded`` runs (:class:`~diagnose.core.Exclusion`: a cause code, the values it
+    cites and a reason in words), the ``ranking`` of qualifying runs
     (best first), ``reasons`` citing the values, the ``assessment_prediction``,
     ``agrees_with_assessment`` and ``regret``: the measured best's validation
     accuracy minus the predicted strategy's (None when it was not measured).
@@ -182,20 +169,19 @@ def select_strategy(
              "target": {"val_accuracy": 0.90}, "cost": {"flops": 1e9}},
             {"name": "full_low_lr", "status": "ok",
              "target": {"val_accuracy": 0.903}, "cost": {"flops": 1e11}},
-        ])["strategy"]  # "feature_extraction": tied within 0.005, 100x cheaper
+        ]).strategy  # "feature_extraction": tied within 0.005, 100x cheaper
     """
-    _check_entries(strategies)
+    entries = _check_entries(strategies)
     budget = _check_fraction("max_forgetting", max_forgetting)
     tolerance = _check_fraction("tie_tolerance", tie_tolerance, upper=None)
-    predicted = _predicted(assessment, {e.get("name") for e in strategies})
-    excluded, measured, eligible = _partition(
-        [StrategyEntry.from_dict(e) for e in strategies], budget
-    )
+    predicted = _predicted(assessment, {e.name for e in entries})
+    left_out, measured, eligible = _partition(entries, budget)
     if not eligible:
         least = [(forgetting_of(e)[0], entry_label(e)) for e in measured]
         least = [k for k in least if k[0] is not None]
-        reasons = no_winner_reasons(len(strategies), len(measured), excluded, budget, least)
-        return _empty(budget, tolerance, excluded, reasons, predicted)
+        reasons = no_winner_reasons(len(entries), len(measured), left_out, budget, least)
+        return Selection(max_forgetting=budget, tie_tolerance=tolerance, excluded=left_out,
+                         reasons=tuple(reasons), assessment_prediction=predicted)  # fmt: skip
     best_val = max(_val(e) for e in eligible)
     tied = [e for e in eligible if _val(e) >= best_val - tolerance - FLOAT_SLACK]
     order = {id(e): i for i, e in enumerate(eligible)}
@@ -218,32 +204,32 @@ def select_strategy(
     close, spread_reason = within_spread(winner, rest, _val)
     reasons += [spread_reason] if spread_reason else []
     reasons.append(forgetting_reason(strategy_label(name, start=True), forgot, measure, budget))
-    reasons += _context_reasons(excluded, measured, name, val)
+    reasons += _context_reasons(left_out, measured, name, val)
     agrees, regret, said = prediction_check(
-        predicted, name, val, _measured_val(measured, predicted), excluded
+        predicted, name, val, _measured_val(measured, predicted), left_out
     )
-    return {
-        "strategy": name,
-        "val_accuracy": val,
-        "val_accuracy_std": winner.spread_std("target", "val_accuracy"),
-        "seeds": winner.n_seeds,
-        "within_spread": [str(e.name) for e in close],
-        "test_accuracy": winner.target.test_accuracy,
-        "forgetting": forgot,
-        "forgetting_measure": measure,
-        "cost_flops": winner.cost.flops,
-        "wall_s": winner.cost.wall_s,
-        "max_forgetting": budget,
-        "budget_cost": budget_cost(excluded, measured, val)[0],
-        "tie_tolerance": tolerance,
-        "tied": [str(e.name) for e in tied],
-        "excluded": excluded,
-        "ranking": [name, *(str(e.name) for e in rest)],
-        "reasons": reasons + said,
-        "assessment_prediction": predicted,
-        "agrees_with_assessment": agrees,
-        "regret": regret,
-    }
+    return Selection(
+        strategy=name,
+        val_accuracy=val,
+        val_accuracy_std=winner.spread_std("target", "val_accuracy"),
+        seeds=winner.n_seeds,
+        within_spread=tuple(str(e.name) for e in close),
+        test_accuracy=winner.target.test_accuracy,
+        forgetting=forgot,
+        forgetting_measure=measure,
+        cost_flops=winner.cost.flops,
+        wall_s=winner.cost.wall_s,
+        max_forgetting=budget,
+        budget_cost=budget_cost(left_out, measured, val)[0],
+        tie_tolerance=tolerance,
+        tied=tuple(str(e.name) for e in tied),
+        excluded=left_out,
+        ranking=(name, *(str(e.name) for e in rest)),
+        reasons=(*reasons, *said),
+        assessment_prediction=predicted,
+        agrees_with_assessment=agrees,
+        regret=regret,
+    )
 
 
 def _val(entry: StrategyEntry) -> float:
@@ -256,55 +242,48 @@ def _measured_val(measured: list[StrategyEntry], name: str | None) -> float | No
     return max(vals) if vals else None
 
 
-def _check_entries(strategies) -> None:
+def _check_entries(strategies) -> list[StrategyEntry]:
+    """The entries as :class:`StrategyEntry` records (a dict is read with ``from_dict``)."""
+    what = "a list of StrategyEntry records or results.json dicts"
     if not isinstance(strategies, (list, tuple)):
         raise TypeError(
-            "The 'strategies' parameter of select_strategy must be a list of dicts. "
+            f"The 'strategies' parameter of select_strategy must be {what}. "
             f"Got {type(strategies).__name__} instead."
         )
     for i, entry in enumerate(strategies):
-        if not isinstance(entry, dict):
+        if not isinstance(entry, (StrategyEntry, Mapping)):
             raise TypeError(
-                f"The 'strategies' parameter of select_strategy must be a list of dicts. "
+                f"The 'strategies' parameter of select_strategy must be {what}. "
                 f"Got {type(entry).__name__} at index {i} instead."
             )
-
-
-def _excluded(name: str, cause: str, reason: str) -> dict:
-    """An excluded run: its name, the cause as a code (what decisions read), the reason."""
-    return {"name": name, "cause": cause, "reason": reason}
+    return [as_entry(e) for e in strategies]
 
 
 def _partition(entries: list[StrategyEntry], budget: float | None):
-    """``(excluded, measured, eligible)``: runs left out (with a cause and a reason),
-    runs that finished with a validation accuracy, and those within the budget."""
-    excluded: list[dict] = []
+    """``(excluded, measured, eligible)``: runs left out (:class:`Exclusion`), runs that
+    finished with a validation accuracy, and those within the budget."""
+    left_out: list[Exclusion] = []
     measured: list[StrategyEntry] = []
     eligible: list[StrategyEntry] = []
     for entry in entries:
         name = str(entry.name or "?")
         if not entry.ok:
-            excluded.append(_excluded(name, "not_ok", why_not_ok(entry)))
+            left_out.append(excluded(name, "not_ok", entry=entry))
             continue
         if entry.target.val_accuracy is None:
-            why = "finished without a validation accuracy"
-            excluded.append(_excluded(name, "no_val_accuracy", why))
+            left_out.append(excluded(name, "no_val_accuracy"))
             continue
         measured.append(entry)
         forgot, measure = forgetting_of(entry)
         if budget is not None and forgot is None:
-            why = (
-                "its forgetting was not measured, so it cannot be shown to stay within the "
-                f"budget of {budget:.3f}"
-            )
-            excluded.append(_excluded(name, "forgetting_unmeasured", why))
+            left_out.append(excluded(name, "forgetting_unmeasured", budget=budget))
         elif budget is not None and forgot > budget:
-            label = "source accuracy drop" if measure == "source_accuracy_drop" else "disagreement"
-            why = f"forgets too much: {label} {forgot:.3f} is above the budget of {budget:.3f}"
-            excluded.append(_excluded(name, "over_budget", why))
+            left_out.append(
+                excluded(name, "over_budget", measured=forgot, measure=measure, budget=budget)
+            )
         else:
             eligible.append(entry)
-    return excluded, measured, eligible
+    return tuple(left_out), measured, eligible
 
 
 def _winner_reason(winner, tied, tolerance: float, best_val: float, scope: str) -> str:
@@ -354,12 +333,12 @@ def _winner_reason(winner, tied, tolerance: float, best_val: float, scope: str) 
 
 
 def budget_cost(
-    excluded: list[dict], measured: list[StrategyEntry], val: float
+    left_out: Sequence[Exclusion], measured: list[StrategyEntry], val: float
 ) -> tuple[float | None, StrategyEntry | None]:
     """``(accuracy given up, the run that would have given it)``: how far the most
     accurate run over the forgetting budget beats the pick (``val``); ``(None, None)``
     when no run over the budget is more accurate."""
-    over = {x["name"] for x in excluded if x["cause"] == "over_budget"}
+    over = {x.name for x in left_out if x.cause == "over_budget"}
     above = [e for e in measured if str(e.name) in over and _val(e) > val]
     if not above:
         return None, None
@@ -367,17 +346,17 @@ def budget_cost(
     return _val(best) - val, best
 
 
-def _context_reasons(excluded: list[dict], measured, name: str, val: float) -> list[str]:
+def _context_reasons(left_out, measured, name: str, val: float) -> list[str]:
     """What the runs around the winner say: those over the budget, and from scratch."""
     out = []
-    over = [x["name"] for x in excluded if x["cause"] == "over_budget"]
+    over = [x.name for x in left_out if x.cause == "over_budget"]
     if over:
         out.append(
             "Excluded for exceeding the forgetting budget: "
             + join_labels(strategy_label(n) for n in over)
             + "."
         )
-    cost, best = budget_cost(excluded, measured, val)
+    cost, best = budget_cost(left_out, measured, val)
     if cost is not None:
         forgot, _ = forgetting_of(best)
         out.append(

@@ -1,20 +1,23 @@
 """The reasons of the measured selection (:mod:`diagnose.decide.select`), in words.
 
-Each function turns one part of the selection (a run that did not finish, the
-winner's forgetting, the check of the assessment's prediction, no qualifying
-run) into sentences that cite the measured values.
+Each function turns one part of the selection (a run left out, the winner's
+forgetting, the check of the assessment's prediction, no qualifying run) into
+sentences that cite the measured values. A run left out is data first
+(:func:`excluded`: a cause code and the values it cites, which the selection
+reads) and words second (its ``reason``, made here and nowhere else).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
-from diagnose.core import StrategyEntry, strategy_label
+from diagnose.core import EXCLUSION_CAUSES, Exclusion, StrategyEntry, strategy_label
 
 __all__ = [
     "as_entry",
     "cost_text",
     "entry_label",
+    "excluded",
     "forgetting_reason",
     "no_winner_reasons",
     "prediction_check",
@@ -28,6 +31,46 @@ __all__ = [
 def as_entry(entry: StrategyEntry | Mapping) -> StrategyEntry:
     """``entry`` as a :class:`StrategyEntry` (a results.json dict is read with ``from_dict``)."""
     return entry if isinstance(entry, StrategyEntry) else StrategyEntry.from_dict(entry)
+
+
+def excluded(
+    name: str,
+    cause: str,
+    *,
+    entry: StrategyEntry | None = None,
+    measured: float | None = None,
+    measure: str | None = None,
+    budget: float | None = None,
+) -> Exclusion:
+    """A run left out of the selection: ``cause`` (one of
+    :data:`~diagnose.core.EXCLUSION_CAUSES`) with the values it cites, and its reason.
+
+    ``entry`` is the run, for ``not_ok`` (its status and message); ``measured``,
+    ``measure`` and ``budget`` the forgetting and the budget, for ``over_budget``
+    (``budget`` alone for ``forgetting_unmeasured``).
+
+    Example:
+        >>> excluded("full_low_lr", "over_budget", measured=0.12,
+        ...          measure="source_accuracy_drop", budget=0.05).reason
+        'forgets too much: source accuracy drop 0.120 is above the budget of 0.050'
+    """
+    if cause not in EXCLUSION_CAUSES:
+        raise ValueError(f"unknown exclusion cause {cause!r}; one of {EXCLUSION_CAUSES}")
+    if cause == "not_ok":
+        reason = why_not_ok(entry) if entry is not None else "did not finish"
+    elif cause == "no_val_accuracy":
+        reason = "finished without a validation accuracy"
+    elif cause == "forgetting_unmeasured":
+        reason = (
+            "its forgetting was not measured, so it cannot be shown to stay within the "
+            f"budget of {budget:.3f}"
+        )
+    else:
+        label = "source accuracy drop" if measure == "source_accuracy_drop" else "disagreement"
+        reason = f"forgets too much: {label} {measured:.3f} is above the budget of {budget:.3f}"
+    return Exclusion(
+        name=name, cause=cause, reason=reason, measured=measured, measure=measure, budget=budget
+    )
 
 
 def why_not_ok(entry: StrategyEntry) -> str:
@@ -91,7 +134,7 @@ def forgetting_reason(opening: str, forgot: float | None, measure: str | None, b
 def no_winner_reasons(
     n_runs: int,
     n_measured: int,
-    excluded: list[dict],
+    left_out: Sequence[Exclusion],
     budget: float | None,
     forgetting: list[tuple[float, str]],
 ) -> list[str]:
@@ -105,7 +148,7 @@ def no_winner_reasons(
     if not n_measured:
         return [
             "No strategy finished with a validation accuracy: "
-            + "; ".join(f"{strategy_label(x['name'])} {x['reason']}" for x in excluded)
+            + "; ".join(f"{strategy_label(x.name)} {x.reason}" for x in left_out)
             + "."
         ]
     reasons = [
@@ -126,7 +169,7 @@ def prediction_check(
     name: str,
     val: float,
     predicted_val: float | None,
-    excluded: list[dict],
+    left_out: Sequence[Exclusion],
 ) -> tuple[bool | None, float | None, list[str]]:
     """``(agrees, regret, reasons)``: the measured winner ``name`` against the prediction.
 
@@ -149,7 +192,7 @@ def prediction_check(
             f"following the prediction would have lost {regret:.3f} validation accuracy."
         )
     elif predicted_val is not None:
-        why = next((x["reason"] for x in excluded if x["name"] == predicted), None)
+        why = next((x.reason for x in left_out if x.name == predicted), None)
         reasons.append(
             f"The assessment predicted {said}, which reached {predicted_val:.3f} "
             f"({-regret:.3f} more) but "

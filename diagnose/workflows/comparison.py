@@ -341,7 +341,7 @@ class _Writer:
             results["strategies"],
             max_forgetting=results["compare_config"]["max_forgetting"],
             assessment=self.prediction,
-        )
+        ).to_dict()
         results["front"] = [p.to_dict() for p in learning_forgetting_front(results["strategies"])]
         env = environment(str(self.dev), self.seed)
         env["wall_s"] = time.perf_counter() - self.t_start

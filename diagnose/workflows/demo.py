@@ -15,6 +15,7 @@ from diagnose.core import (
     SCHEMA_VERSION,
     LayerResult,
     Recommendation,
+    Selection,
     environment,
 )
 from diagnose.data import DEMO_DOMAINS, load_domain
@@ -44,12 +45,12 @@ def _scenario_row(target: str, res: dict, folder: str) -> dict:
     accs = [layer.accuracy("target") for layer in layers]
     valid = [a for a in accs if a is not None]
     rec = Recommendation.from_dict(res.get("recommendation"))
-    measured = res.get("comparison_recommendation") or {}
+    measured = Selection.from_dict(res.get("comparison_recommendation"))
     return {
-        "measured_best": measured.get("strategy"),
-        "measured_test_accuracy": measured.get("test_accuracy"),
-        "agrees": measured.get("agrees_with_assessment"),
-        "regret": measured.get("regret"),
+        "measured_best": measured.strategy,
+        "measured_test_accuracy": measured.test_accuracy,
+        "agrees": measured.agrees_with_assessment,
+        "regret": measured.regret,
         "target": target,
         "description": DEMO_DOMAINS.get(target, ""),
         "status": "ok",

@@ -62,9 +62,9 @@ def test_mixed_measures_fall_back_to_disagreement():
 
 def test_a_budget_picks_the_most_accurate_on_the_front_within_it_and_says_the_cost():
     rec = select_strategy(ROWS, max_forgetting=0.05)
-    assert rec["strategy"] == "lp_ft"
-    assert rec["strategy"] in [p.name for p in learning_forgetting_front(ROWS)]
-    assert rec["budget_cost"] == pytest.approx(0.90 - 0.86)
-    said = [r for r in rec["reasons"] if "budget costs" in r]
+    assert rec.strategy == "lp_ft"
+    assert rec.strategy in [p.name for p in learning_forgetting_front(ROWS)]
+    assert rec.budget_cost == pytest.approx(0.90 - 0.86)
+    said = [r for r in rec.reasons if "budget costs" in r]
     assert len(said) == 1 and "0.040" in said[0] and "0.100" in said[0]
-    assert select_strategy(ROWS)["budget_cost"] is None  # no budget: nothing given up
+    assert select_strategy(ROWS).budget_cost is None  # no budget: nothing given up

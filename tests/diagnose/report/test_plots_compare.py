@@ -146,7 +146,7 @@ def _results():
         "strategies": strategies,
         "comparison_recommendation": select_strategy(
             strategies, max_forgetting=0.2, assessment={"strategy": "partial"}
-        ),
+        ).to_dict(),
         "compare_config": {"strategies": list(SPEC), "max_forgetting": 0.2, "train": {"epochs": 6}},
         "warnings": [],
         "environment": {"seed": 0},
@@ -316,7 +316,7 @@ def test_compare_report_renders_partial_files():
     assert "No measured recommendation" in html and EVIL not in html
     assert all(f'id="{s}"' in html for s in NEW_SECTIONS)
     assert "could not be drawn" not in html
-    res["comparison_recommendation"] = select_strategy(res["strategies"])
+    res["comparison_recommendation"] = select_strategy(res["strategies"]).to_dict()
     html = render_html(res)
     assert "No strategy qualifies" in html and "&lt;script&gt;" in html and EVIL not in html
     # hand-edited nonsense still renders, without a broken plot

@@ -12,7 +12,7 @@ def _results(budget=None):
     return {
         "strategies": ROWS,
         "front": [p.to_dict() for p in learning_forgetting_front(ROWS)],
-        "comparison_recommendation": select_strategy(ROWS, max_forgetting=budget),
+        "comparison_recommendation": select_strategy(ROWS, max_forgetting=budget).to_dict(),
     }
 
 

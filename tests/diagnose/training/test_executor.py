@@ -382,13 +382,13 @@ def test_select_reads_the_mean_and_cites_the_spread(seeded):
         }
 
     close = select_strategy([run("partial", 0.80, 0.05, 1e9), run("full_low_lr", 0.78, 0.01, 1e10)])
-    assert close["strategy"] == "partial" and close["within_spread"] == ["full_low_lr"]
-    text = " ".join(close["reasons"])
+    assert close.strategy == "partial" and close.within_spread == ("full_low_lr",)
+    text = " ".join(close.reasons)
     assert "within one standard deviation" in text and "0.800 ± 0.050" in text
     assert "0.780 ± 0.010" in text
     far = select_strategy([run("partial", 0.80, 0.01, 1e9), run("full_low_lr", 0.70, 0.02, 1e10)])
-    assert far["within_spread"] == []
-    assert any("exceeds one standard deviation (0.010 and 0.020)" in r for r in far["reasons"])
+    assert far.within_spread == ()
+    assert any("exceeds one standard deviation (0.010 and 0.020)" in r for r in far.reasons)
 
 
 def test_tradeoff_plot_draws_one_std_error_bars(seeded, monkeypatch):
@@ -466,7 +466,7 @@ def test_a_seed_missing_failed_or_diverged_shows_in_the_status():
     assert diverged["status"] == "diverged" and diverged["diverged"] == {"step": 3}
     assert diverged["target"]["val_accuracy"] == pytest.approx(0.4)
     assert strategy_entry("p", [7], {7: ok}) is ok  # one seed: the record itself
-    assert select_strategy([part, failed])["strategy"] is None
+    assert select_strategy([part, failed]).strategy is None
 
 
 # -- argument checks --------------------------------------------------------------------------
