@@ -2,8 +2,8 @@
 
 NCHW and channels-last differ only by float rounding, but which is faster
 depends on the network and the machine: on the CPU, depthwise networks and
-small convolutional ones run 1.2-3x faster channels-last, while ResNets run up
-to a tenth slower (benchmarks/bench_layout.py; the figures are in the README).
+small convolutional ones run faster channels-last, while ResNets can run
+slower (benchmarks/bench_layout.py measures them; the figures are in the README).
 So the layout is measured, and the decision is kept where results stay the
 same whatever the machine is doing:
 
