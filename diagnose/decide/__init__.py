@@ -26,9 +26,16 @@ from diagnose.decide.measured import (
     with_modules,
 )
 from diagnose.decide.race import (
+    CHOSEN_BY,
+    COST_TIE,
     ETA,
     MAX_RUNGS,
     MIN_RUNG_STEPS,
+    TIE_TOLERANCE,
+    choose_pick,
+    paired_arms,
+    paired_loss,
+    race_summary,
     run_race,
     rung_epochs,
 )
@@ -44,13 +51,16 @@ from diagnose.decide.race_budget import (
     calibration,
     plan_race,
 )
-from diagnose.decide.race_edges import EDGE_STEP, MAX_EDGE_STEPS, edge_extensions, unbracketed
 from diagnose.decide.race_lr import (
+    EDGE_STEP,
     FINETUNE_STRATEGIES,
     FINETUNE_TEST_SHARE,
     FINETUNE_TEST_STEPS,
+    MAX_EDGE_STEPS,
     LRGrids,
+    edge_extensions,
     finetune_grid,
+    unbracketed,
 )
 from diagnose.decide.race_ray import RayTrials
 from diagnose.decide.race_reasons import race_reasons
@@ -71,15 +81,6 @@ from diagnose.decide.race_trials import (
     phase_flops,
     shared_tag,
     train_trial,
-)
-from diagnose.decide.race_verdict import (
-    CHOSEN_BY,
-    COST_TIE,
-    TIE_TOLERANCE,
-    choose_pick,
-    paired_arms,
-    paired_loss,
-    race_summary,
 )
 from diagnose.decide.recipe import (
     BACKBONE_LR_RATIO,
@@ -110,18 +111,16 @@ from diagnose.decide.rules import (
 from diagnose.decide.select import (
     DEFAULT_TIE_TOLERANCE,
     FLOAT_SLACK,
-    budget_cost,
-    forgetting_of,
-    select_strategy,
-)
-from diagnose.decide.select_reasons import (
     as_entry,
+    budget_cost,
     cost_text,
     entry_label,
     excluded,
+    forgetting_of,
     forgetting_reason,
     no_winner_reasons,
     prediction_check,
+    select_strategy,
     val_text,
     wall_text,
     why_not_ok,

@@ -22,8 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from diagnose.core import StrategyEntry
-from diagnose.decide.select import forgetting_of
-from diagnose.decide.select_reasons import as_entry
+from diagnose.decide.select import as_entry, forgetting_of
 
 __all__ = ["FrontPoint", "front_points", "learning_forgetting_front", "race_front_rows"]
 

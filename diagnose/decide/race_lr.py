@@ -1,4 +1,4 @@
-"""The fine-tuning strategies' own LR grid: a range test of the unfrozen network.
+"""The race's LRs: the fine-tuning strategies' own grid, and each grid bracketed.
 
 The head's range test (:func:`diagnose.measure.lr_find_head`) trains a new linear
 head alone on cached features. Fine-tuning also trains the backbone (at
@@ -18,6 +18,14 @@ few images (its suggestion is their noise, and repeating it over the network cos
 more than the race can spend), and a test costing more than
 :data:`FINETUNE_TEST_SHARE` of the race's budget is not run.
 
+A grid is still a guess, so it is bracketed as the race runs: on the same real
+case two fine-tuning strategies were still climbing at the grid's top LR and lost
+to a tuned feature extraction by 4 points. After the first rung every strategy and
+depth whose best LR is the top or bottom of what it tried gets one more LR past that
+edge (:func:`edge_extensions`), and again after that one ran, until its accuracy
+turns down, at most :data:`MAX_EDGE_STEPS` times and within the budget; a grid still
+climbing then is reported as :func:`unbracketed`.
+
 Example:
     >>> cands, grids = finetune_grid(cands, model=net, head="fc", x=x, y=y, classes=10,
     ...     train_idx=folds[0].train, cost=cost, full_estimate=full, budget=0.2,
@@ -35,18 +43,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from diagnose.decide.candidates import Candidate, lr_grid
-from diagnose.decide.race_budget import TRAIN_PASSES, CostModel
+from diagnose.decide.candidates import LR_GRID, Candidate, lr_grid
+from diagnose.decide.race_budget import HEAD_LR_RANGE, TRAIN_PASSES, CostModel
+from diagnose.decide.race_trials import Arm
 from diagnose.decide.recipe import BACKBONE_LR_RATIO
 from diagnose.measure import LR_TEST_MOMENTUM, MIN_DISTINCT_BATCHES, lr_range_test
 from diagnose.models import replace_module
 
 __all__ = [
+    "edge_extensions",
+    "EDGE_STEP",
+    "finetune_grid",
     "FINETUNE_STRATEGIES",
     "FINETUNE_TEST_SHARE",
     "FINETUNE_TEST_STEPS",
     "LRGrids",
-    "finetune_grid",
+    "MAX_EDGE_STEPS",
+    "unbracketed",
 ]
 
 # The race's strategies that train the backbone from a new head; they get the grid of
@@ -214,3 +227,51 @@ def _network_range_test(model, head, data, train_idx, batch_size, seed, device, 
         device=device,
         progress=progress,
     )
+
+
+# The factor beyond a grid's winning edge: the grid's own spacing.
+EDGE_STEP = LR_GRID[1] / LR_GRID[0]
+# At most this many steps past an edge (27x beyond it): a grid still climbing there is
+# reported as unbracketed rather than extended without end.
+MAX_EDGE_STEPS = 3
+
+
+def _edges(arms: list[Arm]) -> list[tuple[Arm, float]]:
+    """``(best arm, next LR)`` for each strategy and depth whose best LR is on its grid's edge."""
+    by_arm: dict[str, list[Arm]] = {}
+    for a in arms:
+        by_arm.setdefault(a.cand.arm, []).append(a)
+    out = []
+    for group in by_arm.values():
+        finished = [a for a in group if a.status == "ok" and a.correct is not None]
+        lrs = sorted({a.cand.head_lr for a in group})
+        if len(lrs) < 2 or not finished:
+            continue
+        best = min(finished, key=Arm.rank_key)
+        if best.cand.head_lr == lrs[-1]:
+            out.append((best, float(f"{lrs[-1] * EDGE_STEP:.3g}")))
+        elif best.cand.head_lr == lrs[0]:
+            out.append((best, float(f"{lrs[0] / EDGE_STEP:.3g}")))
+    return out
+
+
+def edge_extensions(arms: list[Arm]) -> list[Arm]:
+    """One new arm per strategy and depth whose best LR so far is the top or bottom of its grid.
+
+    The new LR is :data:`EDGE_STEP` times beyond that edge, inside
+    :data:`diagnose.decide.race_budget.HEAD_LR_RANGE`. Called again after the new arms
+    have run, it extends a grid until its accuracy turns down (the best LR is inside);
+    an arm whose grid has a single LR gets none.
+    """
+    lo, hi = HEAD_LR_RANGE
+    out: list[Arm] = []
+    for best, lr in _edges(arms):
+        if lo <= lr <= hi:
+            cand = replace(best.cand, head_lr=lr, lr_edge=True)
+            out.append(Arm(len(arms) + len(out), cand))
+    return out
+
+
+def unbracketed(arms: list[Arm]) -> list[str]:
+    """Strategies and depths whose best LR is still on the edge of the LRs tried."""
+    return [best.cand.arm for best, _ in _edges(arms)]

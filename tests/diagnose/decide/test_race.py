@@ -14,7 +14,7 @@ from diagnose.core import Recommendation
 from diagnose.decide.candidates import LR_GRID, Candidate, build_candidates, partial_depths
 from diagnose.decide.measured import check_trial_budget
 from diagnose.decide.race import run_race, rung_epochs
-from diagnose.decide.race_edges import MAX_EDGE_STEPS
+from diagnose.decide.race_lr import MAX_EDGE_STEPS
 from diagnose.decide.race_scoring import KFOLD_REPEATS, SMALL_VAL, paired_gap, scoring_folds
 from diagnose.models.cuts import cut_description, network_units, trainable_modules
 from tests.diagnose.tiny_models import Tiny, single_thread
@@ -180,7 +180,7 @@ def test_race_on_the_tiny_model_holds_its_budget_and_reports_every_candidate():
 
 
 def test_a_grid_whose_best_lr_is_on_its_edge_gets_one_point_beyond_it():
-    from diagnose.decide.race_edges import EDGE_STEP, edge_extensions
+    from diagnose.decide.race_lr import EDGE_STEP, edge_extensions
     from diagnose.decide.race_trials import Arm
 
     def arm(i, strategy, lr, acc):
@@ -367,8 +367,8 @@ def _finalist(i, strategy, correct, loss, per_epoch):
 def test_an_accuracy_tie_goes_to_the_cheaper_only_when_the_loss_does_not_separate_them(
     cheap_loss, picked
 ):
+    from diagnose.decide.race import race_summary
     from diagnose.decide.race_trials import Arm
-    from diagnose.decide.race_verdict import race_summary
 
     n = 60
     rng = np.random.default_rng(0)
@@ -391,9 +391,9 @@ def test_an_accuracy_tie_goes_to_the_cheaper_only_when_the_loss_does_not_separat
     "cheap_cost, kind", [(100.0, "accuracy"), (97.0, "accuracy"), (50.0, "cost")]
 )
 def test_a_cost_tie_is_called_a_tie_not_cheaper(cheap_cost, kind):
+    from diagnose.decide.race import COST_TIE, race_summary
     from diagnose.decide.race_reasons import _tie_break
     from diagnose.decide.race_trials import Arm
-    from diagnose.decide.race_verdict import COST_TIE, race_summary
 
     n = 60
     rng = np.random.default_rng(0)

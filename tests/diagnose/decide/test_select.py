@@ -9,8 +9,7 @@ import math
 import pytest
 
 from diagnose.core import Selection, StrategyEntry
-from diagnose.decide.select import forgetting_of, select_strategy
-from diagnose.decide.select_reasons import excluded
+from diagnose.decide.select import excluded, forgetting_of, select_strategy
 
 
 def _run(name, val, *, test=None, drop=None, agreement=None, flops=None, wall=None, status="ok"):
