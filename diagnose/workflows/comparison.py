@@ -29,6 +29,7 @@ import probes
 from diagnose.core import (
     Arg,
     RunResult,
+    StrategyEntry,
     UsageError,
     atomic_write_text,
     environment,
@@ -336,13 +337,17 @@ class _Writer:
 
     def finish(self, partial: bool, redraw: bool = True) -> None:
         results = self.results
-        results["strategies"] = strategy_entries(self.names, self.seed_list, self.records)
+        entries = [
+            StrategyEntry.from_dict(e)
+            for e in strategy_entries(self.names, self.seed_list, self.records)
+        ]
+        results["strategies"] = [e.to_dict() for e in entries]
         results["comparison_recommendation"] = select_strategy(
-            results["strategies"],
+            entries,
             max_forgetting=results["compare_config"]["max_forgetting"],
             assessment=self.prediction,
         ).to_dict()
-        results["front"] = [p.to_dict() for p in learning_forgetting_front(results["strategies"])]
+        results["front"] = [p.to_dict() for p in learning_forgetting_front(entries)]
         env = environment(str(self.dev), self.seed)
         env["wall_s"] = time.perf_counter() - self.t_start
         env["partial"] = partial
