@@ -8,6 +8,7 @@ and an image that fails to decode is skipped and dropped from the splits.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -54,9 +55,15 @@ class _Pair(nn.Module):
 
 
 def _capture(loaded: LoadedModel, prep, what: str, model: nn.Module, *args, **kwargs):
-    """``probes.capture``, with a model that rejects the images' shape reported as bad input."""
+    """``probes.capture``, with a model that rejects the images' shape reported as bad input.
+
+    What the pass skipped is in its ``warnings``, which the results keep (and the CLI
+    prints unless ``--quiet``): the same note is not also shown as a Python warning.
+    """
     try:
-        return probes.capture(model, *args, **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cap = probes.capture(model, *args, **kwargs)
     except RuntimeError as exc:
         if isinstance(exc, torch.OutOfMemoryError):
             raise
@@ -68,6 +75,10 @@ def _capture(loaded: LoadedModel, prep, what: str, model: nn.Module, *args, **kw
             *expected_size_hint(loaded.model, c),
             ".",
         ) from exc
+    for w in caught:
+        if str(w.message) not in cap.warnings:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return cap
 
 
 def capture_layout(

@@ -258,10 +258,6 @@ class ForgettingTracker:
         if diverged:  # nothing of the source task survives: total forgetting, the alarm rings
             forgetting = ref if ref is not None else 1.0
             drop = ref  # every correct source prediction is lost (None without labels)
-            self._warn_once(
-                f"The model diverged by step {step}: its outputs on the source images are not "
-                "finite, which counts as total forgetting (over any budget)."
-            )
         record = {
             "step": int(step),
             "source_accuracy": acc,
@@ -282,6 +278,21 @@ class ForgettingTracker:
         if record["over_budget"] and not self.exceeded:
             self.exceeded, self.exceeded_at = True, int(step)
         return record
+
+    def _divergence_warning(self) -> list[str]:
+        """One line however many measurements diverged: the first step, and how many."""
+        steps = [r["step"] for r in self.history if r.get("diverged")]
+        if not steps:
+            return []
+        more = (
+            f" (and at {len(steps) - 1} later of the {len(self.history)} measurements)"
+            if len(steps) > 1
+            else ""
+        )
+        return [
+            f"The model diverged by step {steps[0]}{more}: its outputs on the source images "
+            "are not finite, which counts as total forgetting (over any budget)."
+        ]
 
     def _budget_warning(self) -> list[str]:
         """One line for every measurement over the budget: how often, first, worst."""
@@ -327,7 +338,7 @@ class ForgettingTracker:
             "history": copy.deepcopy(self.history),
             "exceeded": self.exceeded,
             "exceeded_at": self.exceeded_at,
-            "warnings": [*self.warnings, *self._budget_warning()],
+            "warnings": [*self.warnings, *self._divergence_warning(), *self._budget_warning()],
             "environment": {
                 **environment(str(self.meter.device), self.seed),
                 "wall_s": time.perf_counter() - self._started,

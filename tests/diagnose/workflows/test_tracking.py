@@ -175,6 +175,12 @@ def test_a_diverged_model_is_total_forgetting_not_silence(demo, tracker_factory,
     assert (tracker.exceeded, tracker.exceeded_at) == (True, 2)
     lines = [w for w in tracker.to_dict()["warnings"] if "diverged" in w]
     assert len(lines) == 1 and "step 2" in lines[0]
+    with single_thread():
+        tracker.measure(model, step=3)
+        tracker.measure(model, step=4)
+    # Still one line, however long the run goes on diverged: the first step and a count.
+    (line,) = [w for w in tracker.to_dict()["warnings"] if "diverged" in w]
+    assert "by step 2 (and at 2 later of the 4 measurements)" in line
 
 
 def test_the_issue_s_diverging_loop_raises_the_alarm(demo, tracker_factory):
