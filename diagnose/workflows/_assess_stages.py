@@ -13,14 +13,43 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
+from torch import nn
 
 from diagnose.core import LayerResult
-from diagnose.data import ImageStats, Preprocessing, drift_table, normalization_check
+from diagnose.data import Domain, ImageStats, Preprocessing, drift_table, normalization_check
 from diagnose.measure import layers as _measure
 from diagnose.measure import lr_find_head
 from diagnose.models import LoadedModel
 
-__all__ = ["Features", "features_by_role", "head_measurements", "image_statistics"]
+__all__ = ["Features", "Prepared", "features_by_role", "head_measurements", "image_statistics"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the assessment's steps after the capture read: the model and the data as
+    they were prepared for it.
+
+    Attributes:
+        loaded: the model, its head and its declared input.
+        net: the network, on ``device``.
+        layers: the probed blocks, in forward order.
+        src, tgt: the source and target domains (None: not given).
+        used: per role (``"source"``, ``"target"``), the images used (indices into the domain).
+        splits: per role, the train/val/test positions into ``used`` (None: no split).
+        prep: how images are prepared for the model.
+        device: where the network runs.
+    """
+
+    loaded: LoadedModel
+    net: nn.Module
+    layers: list[str]
+    src: Domain | None
+    tgt: Domain | None
+    used: dict[str, np.ndarray]
+    splits: dict[str, dict | None]
+    prep: Preprocessing
+    device: torch.device
 
 
 @dataclass
@@ -71,7 +100,7 @@ def head_measurements(
     feats: Features,
     rows: list[LayerResult],
     captured: dict,
-    ctx: dict,
+    run: Prepared,
     *,
     seed: int,
     progress: bool,
@@ -79,17 +108,15 @@ def head_measurements(
 ) -> tuple[dict | None, dict | None, dict[str, float], list[LayerResult]]:
     """``(transferability, LR range test, head accuracies, rows with Auto-RGN)``.
 
-    ``ctx`` holds the run's ``loaded`` model, ``net`` (on its device), ``layers``,
-    ``src``/``tgt`` domains, ``used`` images and ``splits`` per role, ``prep`` and
-    ``device``. Without labelled target features only the source head is scored.
+    ``run`` is the prepared model and data. Without labelled target features only the source head is scored.
     """
-    loaded, layers, src, tgt = ctx["loaded"], ctx["layers"], ctx["src"], ctx["tgt"]
+    loaded, layers, src, tgt = run.loaded, run.layers, run.src, run.tgt
     has_head, last = loaded.head is not None, layers[-1]
     transfer = lr_find = None
     heads: dict[str, float] = {}
     tf, tl = feats.target, feats.target_labels
     if tf is not None and tl is not None:
-        split = ctx["splits"]["target"]
+        split = run.splits["target"]
         logits = captured["target"].output if has_head else None
         transfer = _measure.transferability(
             tf[last], tl, logits, layer=last, warnings=warnings, seed=seed
@@ -101,9 +128,9 @@ def head_measurements(
         )  # fmt: skip
         if has_head:
             rgn = _measure.safe(
-                "relative gradient norms", warnings, _measure.target_rgn, ctx["net"],
-                loaded.head, layers, tgt, ctx["used"]["target"], split["train"], ctx["prep"],
-                seed, ctx["device"],
+                "relative gradient norms", warnings, _measure.target_rgn, run.net,
+                loaded.head, layers, tgt, run.used["target"], split["train"], run.prep,
+                seed, run.device,
                 # The capture passes' layout (a speed choice only: the values differ by
                 # float rounding between layouts).
                 memory_format=captured["target"].memory_format,

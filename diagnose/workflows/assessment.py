@@ -37,7 +37,12 @@ from diagnose.decide import (
 from diagnose.measure import layers as _measure
 from diagnose.models import resolve_preprocessing
 from diagnose.training import check_executor
-from diagnose.workflows._assess_stages import features_by_role, head_measurements, image_statistics
+from diagnose.workflows._assess_stages import (
+    Prepared,
+    features_by_role,
+    head_measurements,
+    image_statistics,
+)
 from diagnose.workflows.assess_capture import capture_domains, capture_layout, memory_share
 from diagnose.workflows.startup import as_domain, as_loaded, forgetting_meter, written
 from probes.capture import parse_size
@@ -176,13 +181,12 @@ def assess(
     )  # fmt: skip
     timings["probes_and_gap"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ctx = {"loaded": loaded, "net": net, "layers": layer_names, "src": src, "tgt": tgt,
-           "used": used, "splits": splits, "prep": prep, "device": dev}  # fmt: skip
+    run = Prepared(loaded, net, layer_names, src, tgt, used, splits, prep, dev)
     transfer, lr_find, heads, rows = head_measurements(
-        feats, rows, captured, ctx, seed=seed, progress=progress, warnings=warnings
+        feats, rows, captured, run, seed=seed, progress=progress, warnings=warnings
     )
     timings["transfer_and_lr_find"] = time.perf_counter() - t0
-    results = _results(ctx, rows, warnings, layers_from="auto" if layers == "auto" else "user")
+    results = _results(run, rows, warnings, layers_from="auto" if layers == "auto" else "user")
     results.update(
         transferability=transfer, head_accuracy=heads, lr_find=lr_find,
         image_stats=image_statistics(stats, prep, loaded, warnings),
@@ -195,7 +199,7 @@ def assess(
         cap.close()  # a temporary on-disk store is deleted now, not at exit
     t0 = time.perf_counter()  # the race
     results["recommendation"] = _recommendation(
-        _evidence(ctx, rows, lr_find), results, ctx, feats, max_forgetting, token_pool=pool,
+        _evidence(run, rows, lr_find), results, run, feats, max_forgetting, token_pool=pool,
         trial_budget=trial_budget, batch_size=batch_size, seed=seed, progress=progress,
         executor=executor, ray_address=ray_address,
     ).to_dict()  # fmt: skip
@@ -246,18 +250,18 @@ def _layer_names(net, layers) -> list[str]:
     return names
 
 
-def _results(ctx: dict, rows, warnings: list[str], *, layers_from: str) -> dict:
+def _results(run: Prepared, rows, warnings: list[str], *, layers_from: str) -> dict:
     """results.json's frame: the model, the domains and the per-layer rows, in key order."""
-    src, tgt, used, splits = ctx["src"], ctx["tgt"], ctx["used"], ctx["splits"]
+    src, tgt, used, splits = run.src, run.tgt, run.used, run.splits
     return {
         "schema": SCHEMA_VERSION,
         "kind": "assess",
-        "model": {**ctx["loaded"].to_dict(), "layers_from": layers_from},
+        "model": {**run.loaded.to_dict(), "layers_from": layers_from},
         "source": domain_info(src, used["source"], splits["source"]) if src is not None else None,
         "target": domain_info(tgt, used["target"], splits["target"]) if tgt is not None else None,
-        "preprocessing": ctx["prep"].to_dict(),
+        "preprocessing": run.prep.to_dict(),
         "layers": [row.to_dict() for row in rows],
-        "penultimate_layer": ctx["layers"][-1],
+        "penultimate_layer": run.layers[-1],
         "transferability": None,
         "head_accuracy": {},
         "image_stats": {},
@@ -280,40 +284,38 @@ def _domain_warnings(src, tgt) -> list[str]:
     return warnings
 
 
-def _evidence(ctx: dict, rows: list, lr_find: dict | None) -> Evidence:
+def _evidence(run: Prepared, rows: list, lr_find: dict | None) -> Evidence:
     """What the decisions read: the typed layer rows, the LR range test's suggestion,
     the domains' classes and the target's labelled train+val count."""
-    src, tgt, split = ctx["src"], ctx["tgt"], ctx["splits"].get("target")
+    src, tgt, split = run.src, run.tgt, run.splits.get("target")
     labelled = sum(len(split[k]) for k in ("train", "val") if k in split) if split else 0
     return Evidence(
         layers=tuple(rows),
         suggested_lr=(lr_find or {}).get("suggested_lr"),
         source_classes=tuple(src.classes) if src is not None and src.classes else None,
         target_classes=tuple(tgt.classes) if tgt is not None and tgt.classes else None,
-        target_labelled=labelled or (len(ctx["used"]["target"]) if tgt is not None else 0),
+        target_labelled=labelled or (len(run.used["target"]) if tgt is not None else 0),
     )
 
 
-def _recommendation(evidence, results, ctx, feats, max_forgetting, token_pool, **race_kw):
+def _recommendation(evidence, results, run: Prepared, feats, max_forgetting, token_pool, **race_kw):
     """The rule prior, then the race's measured recommendation on the target's train+val
     (with what its finalists forgot, on held-out source images, where there are some)."""
     prior = recommend(evidence, max_forgetting=max_forgetting)
-    warnings, split = results["warnings"], ctx["splits"].get("target")
+    warnings, split = results["warnings"], run.splits.get("target")
     pool, pool_splits, meter = None, None, None
     if race_kw["trial_budget"] > 0 and feats.target_labels is not None and split is not None:
-        pool, pool_splits = race_pool(
-            ctx["tgt"], ctx["used"]["target"], split, ctx["prep"], warnings
-        )
-    if pool is not None and ctx["src"] is not None and ctx["loaded"].head is not None:
+        pool, pool_splits = race_pool(run.tgt, run.used["target"], split, run.prep, warnings)
+    if pool is not None and run.src is not None and run.loaded.head is not None:
         try:
             meter = forgetting_meter(
-                ctx["src"], ctx["loaded"], ctx["prep"], ctx["layers"], n=RACE_SOURCE_IMAGES,
-                seed=race_kw["seed"], device=ctx["device"], pool=token_pool, warnings=warnings,
+                run.src, run.loaded, run.prep, run.layers, n=RACE_SOURCE_IMAGES,
+                seed=race_kw["seed"], device=run.device, pool=token_pool, warnings=warnings,
             )  # fmt: skip
         except ValueError as exc:  # e.g. non-finite source features: race without it, say so
             warnings.append(f"The race did not measure forgetting: {exc}")
     return measured_recommendation(
-        evidence, prior, model=ctx["net"], head=ctx["loaded"].head, blocks=ctx["layers"],
-        pool=pool, splits=pool_splits, device=ctx["device"], warnings=warnings, meter=meter,
+        evidence, prior, model=run.net, head=run.loaded.head, blocks=run.layers,
+        pool=pool, splits=pool_splits, device=run.device, warnings=warnings, meter=meter,
         **race_kw,
     )  # fmt: skip
