@@ -39,6 +39,7 @@ runs assess and every strategy on the four demo targets over several seeds.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from diagnose.core import STRATEGY_NAMES, Evidence, LayerResult, Recommendation, check_params
 from diagnose.decide.recipe import (
@@ -84,8 +85,54 @@ RGN_QUIET = 0.25
 GAP_SIGNIFICANCE = 0.05
 
 
-def _signals(ev: Evidence, layers: list[LayerResult]) -> dict:
-    """Every measurement a rule reads, in one flat dict (and nothing else)."""
+@dataclass(frozen=True)
+class _Signals:
+    """Every measurement a rule reads (and nothing else): the probed block names, the
+    best target probe's index and accuracy, the last and first blocks' target probes,
+    the first block's source probe (same task only), the best-to-last drop, the best
+    control probe and the pretrained benefit over it, the first block's PAD and MMD
+    p-value, and Auto-RGN per block."""
+
+    names: list[str]
+    best_i: int
+    best: float
+    last: float
+    first: float
+    source_first: float | None
+    drop: float
+    best_control: float | None
+    benefit: float | None
+    pad0: float | None
+    p0: float | None
+    rgn: dict[str, float]
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What the rules read besides the signals: labelled images per class, the forgetting
+    budget, the first block's gap in words, the early features' loss, an input shift."""
+
+    n: float
+    budget: float | None
+    gap: str
+    loss: float | None
+    shift: bool
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """A rule's outcome; ``rgn_said``: its reasons cite Auto-RGN already."""
+
+    strategy: str
+    unfreeze: list[str]
+    confidence: str
+    reasons: list[str]
+    would_change: list[str]
+    rgn_said: bool = False
+
+
+def _signals(ev: Evidence, layers: list[LayerResult]) -> _Signals:
+    """Every measurement a rule reads, from the evidence's layers with a target probe."""
     names = [layer.name for layer in layers]
     target = [layer.accuracy("target") for layer in layers]
     control = [c for c in (layer.accuracy("control") for layer in layers) if c is not None]
@@ -94,44 +141,40 @@ def _signals(ev: Evidence, layers: list[LayerResult]) -> dict:
     source0 = layers[0].accuracy("source")
     same_task = bool(src_classes) and src_classes == tgt_classes and source0 is not None
     rgn = {layer.name: layer.rgn for layer in layers if layer.rgn is not None}
-    return {
-        "names": names,
-        "best_i": best_i,
-        "best": target[best_i],
-        "last": target[-1],
-        "first": target[0],
-        "source_first": source0 if same_task else None,
-        "drop": target[best_i] - target[-1],
-        "best_control": max(control) if control else None,
-        "benefit": target[best_i] - max(control) if control else None,
-        "pad0": layers[0].gap_value("pad"),
-        "p0": layers[0].gap_value("mmd_pvalue"),
-        "rgn": rgn,
-    }
-
-
-def _input_shift(s: dict) -> bool:
-    return (
-        s["pad0"] is not None and s["pad0"] >= INPUT_GAP_PAD and (s["p0"] or 0.0) < GAP_SIGNIFICANCE
+    return _Signals(
+        names=names,
+        best_i=best_i,
+        best=target[best_i],
+        last=target[-1],
+        first=target[0],
+        source_first=source0 if same_task else None,
+        drop=target[best_i] - target[-1],
+        best_control=max(control) if control else None,
+        benefit=target[best_i] - max(control) if control else None,
+        pad0=layers[0].gap_value("pad"),
+        p0=layers[0].gap_value("mmd_pvalue"),
+        rgn=rgn,
     )
 
 
-def _early_loss(s: dict) -> float | None:
-    return None if s["source_first"] is None else s["source_first"] - s["first"]
+def _input_shift(s: _Signals) -> bool:
+    return s.pad0 is not None and s.pad0 >= INPUT_GAP_PAD and (s.p0 or 0.0) < GAP_SIGNIFICANCE
 
 
-def _decide(s: dict, n_per_class: float, max_forgetting: float | None):
-    """(strategy, unfreeze, confidence, reasons, would_change) from the signals: the first
-    rule that applies, in the order of :data:`_RULES`, else LP-FT."""
-    first = s["names"][0]
+def _early_loss(s: _Signals) -> float | None:
+    return None if s.source_first is None else s.source_first - s.first
+
+
+def _decide(s: _Signals, n_per_class: float, max_forgetting: float | None) -> _Verdict:
+    """The :class:`_Verdict` of the first rule that applies, in the order of
+    :data:`_RULES`, else LP-FT's."""
+    first = s.names[0]
     gap_txt = (
-        f"PAD at {first} is {s['pad0']:.2f}"
-        + (f" (MMD p={s['p0']:.3g})" if s["p0"] is not None else "")
-        if s["pad0"] is not None
+        f"PAD at {first} is {s.pad0:.2f}" + (f" (MMD p={s.p0:.3g})" if s.p0 is not None else "")
+        if s.pad0 is not None
         else f"no gap was measured at {first}"
     )
-    ctx = {"n": n_per_class, "budget": max_forgetting, "gap": gap_txt,
-           "loss": _early_loss(s), "shift": _input_shift(s)}  # fmt: skip
+    ctx = _Context(n_per_class, max_forgetting, gap_txt, _early_loss(s), _input_shift(s))
     for rule in _RULES:
         out = rule(s, ctx)
         if out is not None:
@@ -139,11 +182,11 @@ def _decide(s: dict, n_per_class: float, max_forgetting: float | None):
     return _lp_ft(s, ctx)
 
 
-def _tight_budget(s: dict, ctx: dict):
-    budget = ctx["budget"]
+def _tight_budget(s: _Signals, ctx: _Context) -> _Verdict | None:
+    budget = ctx.budget
     if budget is None or budget >= SAFE_FORGETTING:
         return None
-    return (
+    return _Verdict(
         "feature_extraction",
         [],
         "high",
@@ -156,18 +199,18 @@ def _tight_budget(s: dict, ctx: dict):
     )
 
 
-def _small_target(s: dict, ctx: dict):
-    n, first = ctx["n"], s["names"][0]
-    if not (n and n < SMALL_PER_CLASS and not ctx["shift"]):
+def _small_target(s: _Signals, ctx: _Context) -> _Verdict | None:
+    n, first = ctx.n, s.names[0]
+    if not (n and n < SMALL_PER_CLASS and not ctx.shift):
         return None
-    return (
+    return _Verdict(
         "feature_extraction",
         [],
-        "high" if s["drop"] < PROBE_DROP else "medium",
+        "high" if s.drop < PROBE_DROP else "medium",
         [
             f"The target has {n:.0f} training images per class and no input-level "
-            f"shift ({ctx['gap']}): a new head on frozen features is the least likely to "
-            f"overfit; its last-layer probe reaches {s['last']:.3f}."
+            f"shift ({ctx.gap}): a new head on frozen features is the least likely to "
+            f"overfit; its last-layer probe reaches {s.last:.3f}."
         ],
         [
             f"{SMALL_PER_CLASS} or more training images per class, which would afford tuning "
@@ -177,28 +220,27 @@ def _small_target(s: dict, ctx: dict):
     )
 
 
-def _destroyed_early_features(s: dict, ctx: dict):
-    names, first, loss = s["names"], s["names"][0], ctx["loss"]
-    if not (ctx["shift"] and loss is not None and loss >= EARLY_LOSS):
+def _destroyed_early_features(s: _Signals, ctx: _Context) -> _Verdict | None:
+    names, first, loss = s.names, s.names[0], ctx.loss
+    if not (ctx.shift and loss is not None and loss >= EARLY_LOSS):
         return None
-    rgn_top = max(s["rgn"], key=s["rgn"].get) if s["rgn"] else None
+    rgn_top = max(s.rgn, key=s.rgn.get) if s.rgn else None
     reasons = [
-        f"An input-level shift ({ctx['gap']}) that destroys what the early features carry: the "
-        f"target probe at {first} is {s['first']:.3f} against {s['source_first']:.3f} on the "
+        f"An input-level shift ({ctx.gap}) that destroys what the early features carry: the "
+        f"target probe at {first} is {s.first:.3f} against {s.source_first:.3f} on the "
         f"source ({loss:.3f} lost). Every block is unfrozen so the early filters can adapt "
         "(Lee et al. 2023: input-level shifts want the early blocks), with LRs falling by "
         f"{DISCRIMINATIVE_FACTOR} per block going down from the head (ULMFiT): the head and "
         "late blocks, which re-map the shifted features, move most."
     ]
     if rgn_top is not None:
-        s["rgn_said"] = True  # the caller adds no second Auto-RGN reason
         reasons.append(
             f"Auto-RGN {'agrees' if rgn_top == first else 'disagrees'}: the largest relative "
             f"gradient norm is at {rgn_top}."
         )
     # On the demo's noise target the full fine-tuning variants and feature extraction
     # land within about 1.5 points of each other from seed to seed: never "high".
-    return (
+    return _Verdict(
         "discriminative",
         list(names),
         "medium" if rgn_top in (None, first) else "low",
@@ -208,22 +250,23 @@ def _destroyed_early_features(s: dict, ctx: dict):
             f"(now {loss:.3f} below): then LP-FT, which keeps the early features, would do.",
             f"PAD at {first} below {INPUT_GAP_PAD:.1f}: no input-level shift.",
         ],
+        rgn_said=rgn_top is not None,  # the caller adds no second Auto-RGN reason
     )
 
 
-def _large_target(s: dict, ctx: dict):
-    n = ctx["n"]
-    if not (n >= LARGE_PER_CLASS and s["drop"] < PROBE_DROP):
+def _large_target(s: _Signals, ctx: _Context) -> _Verdict | None:
+    n = ctx.n
+    if not (n >= LARGE_PER_CLASS and s.drop < PROBE_DROP):
         return None
-    return (
+    return _Verdict(
         "discriminative",
-        list(s["names"]),
+        list(s.names),
         "medium",
         [
             f"The target has {n:.0f} images per class, enough to fine-tune every "
             f"block, with LRs falling by {DISCRIMINATIVE_FACTOR} per block going down so the "
-            f"general early features move least (ULMFiT); the last-layer probe ({s['last']:.3f}) "
-            f"is within {s['drop']:.3f} of the best layer."
+            f"general early features move least (ULMFiT); the last-layer probe ({s.last:.3f}) "
+            f"is within {s.drop:.3f} of the best layer."
         ],
         [f"Fewer than {LARGE_PER_CLASS} images per class: then LP-FT, head first."],
     )
@@ -232,26 +275,26 @@ def _large_target(s: dict, ctx: dict):
 _RULES = (_tight_budget, _small_target, _destroyed_early_features, _large_target)
 
 
-def _lp_ft(s: dict, ctx: dict):
+def _lp_ft(s: _Signals, ctx: _Context) -> _Verdict:
     """LP-FT: the features keep what the target needs; fit the head first, then tune."""
-    names, first, shift = s["names"], s["names"][0], ctx["shift"]
+    names, first, shift = s.names, s.names[0], ctx.shift
     if shift:
         why = (
-            f"An input-level shift ({ctx['gap']}), but the early features still carry the "
-            f"classes: the target probe at {first} is {s['first']:.3f} against "
-            f"{s['source_first']:.3f} on the source."
-            if ctx["loss"] is not None
-            else f"An input-level shift ({ctx['gap']}); without source labels on the same "
+            f"An input-level shift ({ctx.gap}), but the early features still carry the "
+            f"classes: the target probe at {first} is {s.first:.3f} against "
+            f"{s.source_first:.3f} on the source."
+            if ctx.loss is not None
+            else f"An input-level shift ({ctx.gap}); without source labels on the same "
             "classes it cannot be told whether the early features lost the classes."
         )
         change = (
             f"The target probe at {first} falling {EARLY_LOSS:.2f} or more below the source's: "
             "then the early filters must be re-learnt (full fine-tuning)."
         )
-    elif s["drop"] >= PROBE_DROP and s["best_i"] < len(names) - 1:
+    elif s.drop >= PROBE_DROP and s.best_i < len(names) - 1:
         why = (
-            f"An output-level shift: the target probe peaks at {names[s['best_i']]} "
-            f"({s['best']:.3f}) and falls to {s['last']:.3f} at the last block. Tuning the later "
+            f"An output-level shift: the target probe peaks at {names[s.best_i]} "
+            f"({s.best:.3f}) and falls to {s.last:.3f} at the last block. Tuning the later "
             "blocks from a random head distorts them before the head is useful; fitting the "
             "head first keeps the intermediate information while the blocks adapt."
         )
@@ -261,17 +304,17 @@ def _lp_ft(s: dict, ctx: dict):
         )
     else:
         why = (
-            f"A close target ({ctx['gap']}; the last-layer probe {s['last']:.3f} is within "
-            f"{s['drop']:.3f} of the best layer) with {ctx['n']:.0f} training images per class."
+            f"A close target ({ctx.gap}; the last-layer probe {s.last:.3f} is within "
+            f"{s.drop:.3f} of the best layer) with {ctx.n:.0f} training images per class."
         )
         change = (
             f"Fewer than {SMALL_PER_CLASS} images per class (feature extraction) or "
             f"{LARGE_PER_CLASS} or more (discriminative full fine-tuning)."
         )
-    return (
+    return _Verdict(
         "lp_ft",
         list(names),
-        "medium" if shift or s["drop"] >= PROBE_DROP else "high",
+        "medium" if shift or s.drop >= PROBE_DROP else "high",
         [
             why,
             "LP-FT fits the head on the frozen features, then fine-tunes every block at a low LR: "
@@ -317,13 +360,14 @@ def recommend(
         would_change = ["Labelled target data let the layer-wise probes run."]
     else:
         s = _signals(ev, layers)
-        strategy, unfreeze, confidence, rule_reasons, would_change = _decide(
-            s, n_per_class, max_forgetting
-        )
-        reasons += rule_reasons + _benefit_reasons(s, would_change) + _rgn_reasons(s)
-        if s["benefit"] is not None and s["benefit"] < BENEFIT_MIN:
+        v = _decide(s, n_per_class, max_forgetting)
+        strategy, unfreeze, confidence = v.strategy, v.unfreeze, v.confidence
+        would_change = list(v.would_change)
+        reasons += v.reasons + _benefit_reasons(s, would_change)
+        reasons += [] if v.rgn_said else _rgn_reasons(s)
+        if s.benefit is not None and s.benefit < BENEFIT_MIN:
             confidence = "low"
-        names = s["names"]
+        names = s.names
     return Recommendation(
         measured=False,
         strategy=strategy,
@@ -339,39 +383,39 @@ def recommend(
     )
 
 
-def _benefit_reasons(s: dict, would_change: list[str]) -> list[str]:
+def _benefit_reasons(s: _Signals, would_change: list[str]) -> list[str]:
     """What the pretrained probe buys over the random-init control, in words."""
-    benefit = s["benefit"]
+    benefit = s.benefit
     if benefit is None:
         return []
     if benefit >= BENEFIT_MIN:
         return [
-            f"Pretraining helps: the best pretrained probe ({s['best']:.3f}) beats the random-init "
-            f"control ({s['best_control']:.3f}) by {benefit:.3f}."
+            f"Pretraining helps: the best pretrained probe ({s.best:.3f}) beats the random-init "
+            f"control ({s.best_control:.3f}) by {benefit:.3f}."
         ]
     versus = (
-        f"is {-benefit:.3f} below the random-init control's ({s['best_control']:.3f}): the "
+        f"is {-benefit:.3f} below the random-init control's ({s.best_control:.3f}): the "
         "control is better"
         if benefit < 0
-        else f"is only {benefit:.3f} above the random-init control's ({s['best_control']:.3f})"
+        else f"is only {benefit:.3f} above the random-init control's ({s.best_control:.3f})"
     )
     would_change.append(
         f"The best pretrained probe beating the control by more than {BENEFIT_MIN:.2f}."
     )
     return [
-        f"The pretrained probe's best accuracy ({s['best']:.3f}) {versus}; frozen pretrained "
+        f"The pretrained probe's best accuracy ({s.best:.3f}) {versus}; frozen pretrained "
         "features buy little on this target, so the confidence is low; diagnose compare "
         "measures whether the pretrained weights still help as a starting point (against "
         "scratch)."
     ]
 
 
-def _rgn_reasons(s: dict) -> list[str]:
+def _rgn_reasons(s: _Signals) -> list[str]:
     """Where Auto-RGN is largest and quiet, unless a rule said it already."""
-    if not s["rgn"] or s.get("rgn_said"):
+    if not s.rgn:
         return []
-    top = max(s["rgn"], key=s["rgn"].get)
-    quiet = [n for n, v in s["rgn"].items() if v < RGN_QUIET]
+    top = max(s.rgn, key=s.rgn.get)
+    quiet = [n for n, v in s.rgn.items() if v < RGN_QUIET]
     return [
         f"Relative gradient norms (Auto-RGN) are largest at {top}"
         + (f" and below {RGN_QUIET} at {', '.join(quiet)}" if quiet else "")
