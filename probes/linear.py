@@ -26,7 +26,9 @@ principal basis where that pays (an orthogonal change of variables: same
 objective, same penalty; for ``d > 2n`` an exact reduction to the row space),
 and ``1 / (c * variance + l2)`` preconditions L-BFGS as a change of variables.
 Strengths are ranked at a gradient tolerance of 1e-3; the chosen one is then
-polished to 1e-4, going on from where the path's solve of the full split stopped.
+polished to 1e-4, going on from where the path's solve of the full split stopped
+(in float64, from zero, when float32 products leave the line search no lower
+point to find).
 The result says how many iterations that took and whether it converged.
 """
 
@@ -361,6 +363,11 @@ def linear_probe(
     final = cv_path(
         design, y_idx, n_classes, None, 0, [lam], max_iter=max_iter, tol=_TOL, warm=warm
     )
+    if not final.converged[0] and final.messages[0].startswith("ABNORMAL"):
+        # The line search found no lower point the float32 products resolve (near the
+        # optimum of a small, separable problem): the chosen strength in float64.
+        design = prepare(xtr, dev, torch.float64, stream=stream)
+        final = cv_path(design, y_idx, n_classes, None, 0, [lam], max_iter=max_iter, tol=_TOL)
     pred = predict(design, xte, final.fulls[0])
     pos = np.clip(np.searchsorted(classes, yte), 0, n_classes - 1)
     yte_idx = np.where(classes[pos] == yte, pos, -1)  # unseen labels never match
