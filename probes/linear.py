@@ -265,6 +265,20 @@ def _not_converged(n_iter: int, message: str) -> str:
     return f"{head}: raise max_iter, or scale the features."
 
 
+def _polish(design, xtr, y_idx, n_classes: int, lam: float, warm, max_iter: int, stream: bool):
+    """``(design, path)`` of the chosen strength solved to the reported tolerance, going on
+    from where the path's full-split solve stopped there (``warm``)."""
+    final = cv_path(
+        design, y_idx, n_classes, None, 0, [lam], max_iter=max_iter, tol=_TOL, warm=warm
+    )
+    if not final.converged[0] and final.messages[0].startswith("ABNORMAL"):
+        # The line search found no lower point the float32 products resolve (near the
+        # optimum of a small, separable problem): the chosen strength in float64.
+        design = prepare(xtr, design.device, torch.float64, stream=stream)
+        final = cv_path(design, y_idx, n_classes, None, 0, [lam], max_iter=max_iter, tol=_TOL)
+    return design, final
+
+
 def linear_probe(
     x_train: Any,
     y_train: Any,
@@ -358,16 +372,7 @@ def linear_probe(
     else:
         lam = grid[0] if len(grid) == 1 else geometric_middle(grid)
         cv_acc, warm = None, None
-    # The chosen strength polished to the reported tolerance, going on from where
-    # the path's full-split solve stopped there.
-    final = cv_path(
-        design, y_idx, n_classes, None, 0, [lam], max_iter=max_iter, tol=_TOL, warm=warm
-    )
-    if not final.converged[0] and final.messages[0].startswith("ABNORMAL"):
-        # The line search found no lower point the float32 products resolve (near the
-        # optimum of a small, separable problem): the chosen strength in float64.
-        design = prepare(xtr, dev, torch.float64, stream=stream)
-        final = cv_path(design, y_idx, n_classes, None, 0, [lam], max_iter=max_iter, tol=_TOL)
+    design, final = _polish(design, xtr, y_idx, n_classes, lam, warm, max_iter, stream)
     pred = predict(design, xte, final.fulls[0])
     pos = np.clip(np.searchsorted(classes, yte), 0, n_classes - 1)
     yte_idx = np.where(classes[pos] == yte, pos, -1)  # unseen labels never match

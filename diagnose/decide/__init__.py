@@ -27,7 +27,6 @@ from diagnose.decide.measured import (
 )
 from diagnose.decide.race import (
     CHOSEN_BY,
-    COST_TIE,
     ETA,
     MAX_RUNGS,
     MIN_RUNG_STEPS,
@@ -109,6 +108,7 @@ from diagnose.decide.rules import (
     recommend,
 )
 from diagnose.decide.select import (
+    COST_TIE,
     DEFAULT_TIE_TOLERANCE,
     FLOAT_SLACK,
     as_entry,

@@ -60,14 +60,13 @@ from diagnose.decide.race_lr import (
 )
 from diagnose.decide.race_scoring import Fold, paired_gap
 from diagnose.decide.race_trials import Arm, RaceContext
-from diagnose.decide.select import DEFAULT_TIE_TOLERANCE, FLOAT_SLACK
+from diagnose.decide.select import COST_TIE, DEFAULT_TIE_TOLERANCE, FLOAT_SLACK
 from diagnose.models import choose_layout
 from diagnose.training import TargetData, import_ray, steps_per_epoch
 
 __all__ = [
     "choose_pick",
     "CHOSEN_BY",
-    "COST_TIE",
     "ETA",
     "MAX_RUNGS",
     "MIN_RUNG_STEPS",
@@ -90,12 +89,12 @@ MAX_RUNGS = 4
 MIN_RUNG_STEPS = 20
 # A leader this close to the winner's accuracy (fraction) is tied with it: the cheaper wins.
 TIE_TOLERANCE = DEFAULT_TIE_TOLERANCE
-# Full-run FLOPs within this fraction of each other are a tie in cost: the cost model and
-# FlopCounterMode agree to a few percent (the race calibrates one on the other), so a
-# smaller difference is not "cheaper", and the winner, the best estimate, stays. (Breaking
-# such ties by the rule prior instead cost 5.7 points on a real case: LP-FT taken over a
-# full fine-tuning winner of the same accuracy, cost and a lower held-out loss.)
-COST_TIE = 0.05
+# Full-run FLOPs within COST_TIE of each other (decide.select's) are a tie in cost: the
+# cost model and FlopCounterMode agree to a few percent (the race calibrates one on the
+# other), so a smaller difference is not "cheaper", and the winner, the best estimate,
+# stays. (Breaking such ties by the rule prior instead cost 5.7 points on a real case:
+# LP-FT taken over a full fine-tuning winner of the same accuracy, cost and a lower
+# held-out loss.)
 # How the pick was chosen among the leaders (results.json's ``chosen_by_kind``).
 CHOSEN_BY = ("accuracy", "cost")
 

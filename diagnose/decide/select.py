@@ -13,9 +13,10 @@ fine-tuning run and picks the winner by the rules a practitioner would apply:
 3. the highest validation accuracy wins (never the test accuracy: that would
    select on the test set), but runs within ``tie_tolerance`` of it are tied
    and the cheapest of them (fewest training FLOPs) wins, because a difference
-   that small is within the noise of one seed. Equal FLOPs go to the higher
-   validation accuracy: wall time varies from run to run, so it decides only
-   when FLOPs are unknown, and the reasons say when FLOPs tie.
+   that small is within the noise of one seed. FLOPs within :data:`COST_TIE` of
+   the cheapest are a tie in cost (as in the trial race), and the higher
+   validation accuracy among them wins: wall time varies from run to run, so it
+   decides only when FLOPs are unknown, and the reasons say when FLOPs tie.
 
 With several training seeds per strategy (``diagnose compare --seeds N``)
 each entry's numbers are means over the seeds and ``spread`` holds their
@@ -56,6 +57,7 @@ __all__ = [
     "as_entry",
     "budget_cost",
     "cost_text",
+    "COST_TIE",
     "DEFAULT_TIE_TOLERANCE",
     "entry_label",
     "excluded",
@@ -72,6 +74,10 @@ __all__ = [
 ]
 
 DEFAULT_TIE_TOLERANCE = 0.005
+# Training FLOPs within this fraction of each other are a tie in cost, never "cheaper":
+# the counts of two strategies that train the same modules differ by a head or a bias
+# (and the race's cost model agrees with FlopCounterMode to a few percent).
+COST_TIE = 0.05
 # Accuracies are k / n in float: a difference exactly at the tolerance may round past it.
 FLOAT_SLACK = 1e-12
 
@@ -134,8 +140,9 @@ def _cost_key(entry: StrategyEntry) -> tuple[float, float]:
 
 
 def _same_flops(a: StrategyEntry, b: StrategyEntry) -> bool:
+    """Both FLOPs known, and neither more than :data:`COST_TIE` below the other."""
     fa, fb = a.cost.flops, b.cost.flops
-    return fa is not None and fb is not None and math.isclose(fa, fb, rel_tol=1e-9)
+    return fa is not None and fb is not None and min(fa, fb) >= max(fa, fb) * (1 - COST_TIE)
 
 
 def select_strategy(
@@ -191,8 +198,7 @@ def select_strategy(
     best_val = max(_val(e) for e in eligible)
     tied = [e for e in eligible if _val(e) >= best_val - tolerance - FLOAT_SLACK]
     order = {id(e): i for i, e in enumerate(eligible)}
-    # Cheapest first; equal cost falls back to the higher accuracy, then the input order.
-    winner = min(tied, key=lambda e: (*_cost_key(e), -_val(e), order[id(e)]))
+    winner = _cheapest(tied, order)
     rest = sorted(
         (e for e in eligible if e is not winner),
         key=lambda e: (-_val(e), *_cost_key(e), order[id(e)]),
@@ -325,7 +331,7 @@ def _winner_reason(winner, tied, tolerance: float, best_val: float, scope: str) 
         text += (
             f"; it {'also ' if dearer else ''}ties on training compute with "
             + join_labels(entry_label(e) for e in same)
-            + f" ({winner.cost.flops:.3g} FLOPs each), so "
+            + f" ({_flops_text([winner, *same])}), so "
             + (
                 "its higher validation accuracy decides"
                 if higher
@@ -336,6 +342,22 @@ def _winner_reason(winner, tied, tolerance: float, best_val: float, scope: str) 
             + ")"
         )
     return text + "."
+
+
+def _cheapest(tied: list[StrategyEntry], order: dict[int, int]) -> StrategyEntry:
+    """The cheapest tied run, unless one of the same cost (within :data:`COST_TIE`) is
+    more accurate; then the input order."""
+    cheapest = min(tied, key=lambda e: (*_cost_key(e), -_val(e), order[id(e)]))
+    band = [e for e in tied if e is cheapest or _same_flops(e, cheapest)]
+    return max(band, key=lambda e: (_val(e), -order[id(e)]))
+
+
+def _flops_text(entries: list[StrategyEntry]) -> str:
+    """'1e+09 FLOPs each', or '3.26e+08 to 3.27e+08 FLOPs, within 5%'."""
+    flops = sorted(float(e.cost.flops) for e in entries)
+    if f"{flops[0]:.3g}" == f"{flops[-1]:.3g}":
+        return f"{flops[0]:.3g} FLOPs each"
+    return f"{flops[0]:.3g} to {flops[-1]:.3g} FLOPs, within {COST_TIE:.0%}"
 
 
 def budget_cost(

@@ -391,9 +391,10 @@ def test_an_accuracy_tie_goes_to_the_cheaper_only_when_the_loss_does_not_separat
     "cheap_cost, kind", [(100.0, "accuracy"), (97.0, "accuracy"), (50.0, "cost")]
 )
 def test_a_cost_tie_is_called_a_tie_not_cheaper(cheap_cost, kind):
-    from diagnose.decide.race import COST_TIE, race_summary
+    from diagnose.decide.race import race_summary
     from diagnose.decide.race_reasons import _tie_break
     from diagnose.decide.race_trials import Arm
+    from diagnose.decide.select import COST_TIE
 
     n = 60
     rng = np.random.default_rng(0)

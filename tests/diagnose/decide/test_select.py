@@ -9,7 +9,7 @@ import math
 import pytest
 
 from diagnose.core import Selection, StrategyEntry
-from diagnose.decide.select import excluded, forgetting_of, select_strategy
+from diagnose.decide.select import COST_TIE, excluded, forgetting_of, select_strategy
 
 
 def _run(name, val, *, test=None, drop=None, agreement=None, flops=None, wall=None, status="ok"):
@@ -115,6 +115,26 @@ def test_a_flops_tie_is_called_a_tie_not_the_cheaper_run():
     rec = select_strategy(runs)
     assert rec.strategy == "partial"
     assert "the order of --strategies decides" in rec.reasons[0]
+
+
+def test_flops_within_the_cost_tie_are_a_tie_and_the_more_accurate_wins():
+    # As in a real report: four strategies at chance, feature extraction 0.3% cheaper
+    # than partial fine-tuning was called "the cheapest".
+    runs = [
+        _run("partial", 0.902, flops=3.27e8, wall=0.4),
+        _run("feature_extraction", 0.900, flops=3.26e8, wall=0.3),
+        _run("lora", 0.901, flops=5.06e8, wall=0.7),
+    ]
+    rec = select_strategy(runs)
+    assert rec.strategy == "partial"  # the same cost (within COST_TIE): accuracy decides
+    first = rec.reasons[0]
+    assert "ties on training compute with feature extraction" in first
+    assert f"3.26e+08 to 3.27e+08 FLOPs, within {COST_TIE:.0%}" in first
+    assert "its higher validation accuracy decides" in first
+    assert "it is the cheapest" in first and "LoRA 5.06e+08 FLOPs" in first  # > COST_TIE
+    # More than COST_TIE cheaper is cheaper: that run wins the tie.
+    runs[1] = _run("feature_extraction", 0.900, flops=3.27e8 * (1 - 2 * COST_TIE), wall=0.3)
+    assert select_strategy(runs).strategy == "feature_extraction"
 
 
 def test_reasons_use_display_names():
