@@ -23,7 +23,7 @@ def run(out: str = "api-report", open_report: bool = True, trial_budget: float =
     rec = result.recommendation
     how = "measured by the trial race" if rec.measured else "rules only"
     print(f"strategy: {rec.strategy} ({how})  head LR: {rec.lr['head']:.3g}")
-    print(f"  {rec.cut or rec.unfreeze}")
+    print(f"  {rec.cut or list(rec.unfreeze or ())}")
     for reason in rec.reasons:
         print(" -", reason)
     for layer in result.to_dict()["layers"]:

@@ -271,7 +271,8 @@ def _polish(design, xtr, y_idx, n_classes: int, lam: float, warm, max_iter: int,
     final = cv_path(
         design, y_idx, n_classes, None, 0, [lam], max_iter=max_iter, tol=_TOL, warm=warm
     )
-    if not final.converged[0] and final.messages[0].startswith("ABNORMAL"):
+    stalled = not final.converged[0] and final.messages[0].startswith("ABNORMAL")
+    if stalled and design.device.type != "mps":  # MPS has no float64
         # The line search found no lower point the float32 products resolve (near the
         # optimum of a small, separable problem): the chosen strength in float64.
         design = prepare(xtr, design.device, torch.float64, stream=stream)
@@ -324,8 +325,9 @@ def linear_probe(
             and below 1e-4 (sklearn's default) for the reported model.
         device: where to solve; default the device of ``x_train`` if it is a
             tensor, else CPU. Solves run in float32 (the standardisation and
-            accuracies in float64). On CPU, small problems run on one torch
-            thread for the duration of the call (the setting is restored).
+            accuracies in float64; a polish that stalls in float32 is solved
+            again in float64, and ``n_iter`` is then that solve's), at the
+            caller's torch threads.
         seed: seeds the fold assignment; results are deterministic given it.
 
     Returns:

@@ -81,6 +81,10 @@ class Recommendation(Record):
             return not self.measured
         if name == "lora":
             return self.lora is not None
+        if name == "new_head":  # a measured recommendation's; the rules' prior trains none
+            return bool(self.measured)
+        if name == "cut":  # worded only where the model's modules are known
+            return self.cut is not None
         return True
 
     @property

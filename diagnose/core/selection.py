@@ -1,7 +1,8 @@
 """The comparison's measured selection, typed: the winner, the runs left out and why.
 
 Written by :func:`diagnose.decide.select.select_strategy` (results.json's
-``comparison_recommendation``) and read by the CLI, the demo and the report. A
+``comparison_recommendation``) and read by the CLI and the demo (the report reads
+the same section of results.json). A
 run left out is an :class:`Exclusion`: its cause is a code with the values it
 cites (what decisions read), and ``reason`` is the same in words (what people
 read), made once where the exclusion is made.
@@ -98,7 +99,3 @@ class Selection(Record):
     assessment_prediction: str | None = read_as(as_text)
     agrees_with_assessment: bool | None = read_as(as_bool)
     regret: float | None = read_as(as_number)
-
-    def excluded_for(self, cause: str) -> list[str]:
-        """The rows left out for ``cause`` (one of :data:`EXCLUSION_CAUSES`)."""
-        return [str(x.name) for x in self.excluded if x.cause == cause]

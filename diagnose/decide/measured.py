@@ -251,8 +251,10 @@ def measured_recommendation(
                    reasons=reasons, change=change, confidence=confidence, trials=trials)  # fmt: skip
 
 
-def _picked(pick: dict, race_net, blocks, new_head: bool, full_epochs: int,
-            prior: Recommendation, *, reasons, change, confidence, trials) -> Recommendation:  # fmt: skip
+def _picked(
+    pick: dict, race_net, blocks, new_head: bool, full_epochs: int, prior: Recommendation, *,
+    reasons, change, confidence, trials,
+) -> Recommendation:  # fmt: skip
     """The recommendation of the race's ``pick``, in the user's module names."""
     cand = Candidate.from_dict(pick)  # a given candidate, or an LR the race added past an edge
     groups, unfreeze, cut = _trained(cand, *race_net, new_head=new_head)

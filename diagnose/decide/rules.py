@@ -1,8 +1,9 @@
 """From measurements to a fine-tuning recommendation.
 
-A pure function: the assessment's results dict in, a recommendation dict out,
-no I/O. Every reason cites the measurement and its value, and
-``would_change_if`` says which measurement would flip the decision.
+A pure function: the assessment's :class:`~diagnose.core.Evidence` (or its results
+dict) in, a typed :class:`~diagnose.core.Recommendation` out, no I/O. Every reason
+cites the measurement and its value, and ``would_change_if`` says which
+measurement would flip the decision.
 
 The rules, in the order they are tried (see shared/REFERENCES.md):
 
@@ -411,7 +412,8 @@ def _benefit_reasons(s: _Signals, would_change: list[str]) -> list[str]:
 
 
 def _rgn_reasons(s: _Signals) -> list[str]:
-    """Where Auto-RGN is largest and quiet, unless a rule said it already."""
+    """Where Auto-RGN is largest and where it is quiet (the caller leaves it out when the
+    deciding rule cited Auto-RGN: its verdict's ``rgn_said``)."""
     if not s.rgn:
         return []
     top = max(s.rgn, key=s.rgn.get)

@@ -1,8 +1,8 @@
 """The measured recommendation: which strategy actually did best.
 
 A pure function: the comparison's strategy entries in, a typed
-:class:`~diagnose.core.Selection` out, no I/O. Where :mod:`diagnose.recommend` predicts a strategy from
-measurements taken before any training, this one reads the outcome of each
+:class:`~diagnose.core.Selection` out, no I/O. Where :mod:`diagnose.decide.rules`
+predicts a strategy from measurements taken before any training, this one reads the outcome of each
 fine-tuning run and picks the winner by the rules a practitioner would apply:
 
 1. only runs that finished (status ``"ok"``) with a validation accuracy count;
@@ -57,6 +57,7 @@ __all__ = [
     "as_entry",
     "budget_cost",
     "cost_text",
+    "cost_tie",
     "COST_TIE",
     "DEFAULT_TIE_TOLERANCE",
     "entry_label",
@@ -139,10 +140,15 @@ def _cost_key(entry: StrategyEntry) -> tuple[float, float]:
     return (math.inf, math.inf if wall is None else wall)
 
 
+def cost_tie(a: float, b: float) -> bool:
+    """Two costs (FLOPs) in a tie: neither more than :data:`COST_TIE` below the other.
+    The comparison's selection and the trial race's pick both use it."""
+    return min(a, b) >= max(a, b) * (1 - COST_TIE)
+
+
 def _same_flops(a: StrategyEntry, b: StrategyEntry) -> bool:
-    """Both FLOPs known, and neither more than :data:`COST_TIE` below the other."""
     fa, fb = a.cost.flops, b.cost.flops
-    return fa is not None and fb is not None and min(fa, fb) >= max(fa, fb) * (1 - COST_TIE)
+    return fa is not None and fb is not None and cost_tie(fa, fb)
 
 
 def select_strategy(
@@ -198,7 +204,7 @@ def select_strategy(
     best_val = max(_val(e) for e in eligible)
     tied = [e for e in eligible if _val(e) >= best_val - tolerance - FLOAT_SLACK]
     order = {id(e): i for i, e in enumerate(eligible)}
-    winner = _cheapest(tied, order)
+    winner, band = _cheapest(tied, order)
     rest = sorted(
         (e for e in eligible if e is not winner),
         key=lambda e: (-_val(e), *_cost_key(e), order[id(e)]),
@@ -206,7 +212,7 @@ def select_strategy(
     name, val = str(winner.name), _val(winner)
     forgot, measure = forgetting_of(winner)
     scope = " within the forgetting budget" if budget is not None else ""
-    reasons = [_winner_reason(winner, tied, tolerance, best_val, scope)]
+    reasons = [_winner_reason(winner, tied, band, tolerance, best_val, scope)]
     if rest:
         runner = rest[0]
         reasons.append(
@@ -298,8 +304,9 @@ def _partition(entries: list[StrategyEntry], budget: float | None):
     return tuple(left_out), measured, eligible
 
 
-def _winner_reason(winner, tied, tolerance: float, best_val: float, scope: str) -> str:
-    """The first reason: the winner's accuracy and, among tied runs, why it won."""
+def _winner_reason(winner, tied, band, tolerance: float, best_val: float, scope: str) -> str:
+    """The first reason: the winner's accuracy and, among tied runs, why it won (``band``:
+    the tied runs of the cheapest one's cost, the winner among them)."""
     val, test, seeds = _val(winner), winner.target.test_accuracy, winner.n_seeds
     opening = strategy_label(str(winner.name), start=True)
     notes = [f"mean ± std over {seeds} seeds"] if seeds > 1 else []
@@ -311,15 +318,17 @@ def _winner_reason(winner, tied, tolerance: float, best_val: float, scope: str) 
             f"{val_text(winner, val)}{test_text}."
         )
     others = [e for e in tied if e is not winner]
-    same = [e for e in others if _same_flops(e, winner)]
-    dearer = [e for e in others if e not in same]
+    same = [e for e in others if e in band]
+    dearer = [e for e in others if e not in band]
     text = (
         f"{opening} reached a validation accuracy of {val_text(winner, val)}{test_text}, within "
         f"{tolerance:.3f} of the best{scope} ({best_val:.3f})"
     )
     if dearer:
+        least = min(band, key=_cost_key)
+        rank = "the cheapest" if _cost_key(winner) == _cost_key(least) else "of the cheapest cost"
         text += (
-            f"; among the {len(tied)} tied strategies it is the cheapest "
+            f"; among the {len(tied)} tied strategies it is {rank} "
             f"({cost_text(winner)}, vs "
             + "; ".join(f"{entry_label(e)} {cost_text(e)}" for e in dearer)
             + ")"
@@ -344,20 +353,22 @@ def _winner_reason(winner, tied, tolerance: float, best_val: float, scope: str) 
     return text + "."
 
 
-def _cheapest(tied: list[StrategyEntry], order: dict[int, int]) -> StrategyEntry:
-    """The cheapest tied run, unless one of the same cost (within :data:`COST_TIE`) is
-    more accurate; then the input order."""
+def _cheapest(
+    tied: list[StrategyEntry], order: dict[int, int]
+) -> tuple[StrategyEntry, list[StrategyEntry]]:
+    """``(winner, band)``: the band is the cheapest tied run and those of the same cost
+    (:func:`cost_tie`), and the winner its most accurate, then the first in input order."""
     cheapest = min(tied, key=lambda e: (*_cost_key(e), -_val(e), order[id(e)]))
     band = [e for e in tied if e is cheapest or _same_flops(e, cheapest)]
-    return max(band, key=lambda e: (_val(e), -order[id(e)]))
+    return max(band, key=lambda e: (_val(e), -order[id(e)])), band
 
 
 def _flops_text(entries: list[StrategyEntry]) -> str:
-    """'1e+09 FLOPs each', or '3.26e+08 to 3.27e+08 FLOPs, within 5%'."""
+    """'1e+09 FLOPs each', or '3.26e+08 to 3.27e+08 FLOPs, within 5% of the cheapest'."""
     flops = sorted(float(e.cost.flops) for e in entries)
     if f"{flops[0]:.3g}" == f"{flops[-1]:.3g}":
         return f"{flops[0]:.3g} FLOPs each"
-    return f"{flops[0]:.3g} to {flops[-1]:.3g} FLOPs, within {COST_TIE:.0%}"
+    return f"{flops[0]:.3g} to {flops[-1]:.3g} FLOPs, within {COST_TIE:.0%} of the cheapest"
 
 
 def budget_cost(

@@ -30,7 +30,7 @@ from typing import Any
 
 from torch import nn
 
-from diagnose.core import atomic_write_dir
+from diagnose.core import Arg, UsageError, atomic_write_dir
 from diagnose.models.groups import HEAD, module_groups
 
 __all__ = [
@@ -196,10 +196,10 @@ def lora_targets(
                 )
             found.extend(h for h in hits if h not in found)
     if not found:
-        raise ValueError(
+        raise UsageError(
             f"No nn.Linear or 2-D nn.Conv2d layer in blocks {sorted(chosen)} for LoRA; "
-            "pass the layers to adapt as lora_targets (--lora-targets)."
-        )
+            "pass the layers to adapt as ", Arg("lora_targets", "a,b"), ".",
+        )  # fmt: skip
     return found
 
 
@@ -235,10 +235,10 @@ def apply_lora(model: nn.Module, targets: list[str], *, rank: int, alpha: float,
     done = [n for n, m in model.named_modules() if hasattr(m, "lora_A") and n]
     if sorted(done) != sorted(targets):
         extra, missing = sorted(set(done) - set(targets)), sorted(set(targets) - set(done))
-        raise ValueError(
+        raise UsageError(
             f"peft adapted other layers than asked: extra {extra[:3]}, missing {missing[:3]}; "
-            "name the layers with lora_targets (--lora-targets)."
-        )
+            "name the layers with ", Arg("lora_targets", "a,b"), ".",
+        )  # fmt: skip
     return wrapped
 
 

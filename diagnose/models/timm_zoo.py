@@ -116,11 +116,11 @@ def _load_weights(model, spec: str, weights: str, trust_checkpoint: bool) -> Non
     except ValueError as exc:
         built = _fixed_size(model)
         if built is not None and "pos_embed" in str(exc):
-            raise ValueError(
-                f"weights in '{weights}' are for another input size than the "
-                f"{built} px {spec} was created at (image_size); pass the "
-                "image_size they were saved at."
-            ) from exc
+            raise UsageError(
+                f"weights in '{weights}' are for another input size than the {built} px "
+                f"{spec} was created at; pass ", Arg("image_size", "N"),
+                " with the size they were saved at.",
+            ) from exc  # fmt: skip
         raise
 
 

@@ -108,7 +108,8 @@ def head_measurements(
 ) -> tuple[dict | None, dict | None, dict[str, float], list[LayerResult]]:
     """``(transferability, LR range test, head accuracies, rows with Auto-RGN)``.
 
-    ``run`` is the prepared model and data. Without labelled target features only the source head is scored.
+    ``run`` is the prepared model and data. Without labelled target features only the
+    source head is scored.
     """
     loaded, layers, src, tgt = run.loaded, run.layers, run.src, run.tgt
     has_head, last = loaded.head is not None, layers[-1]

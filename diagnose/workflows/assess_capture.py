@@ -42,6 +42,10 @@ def memory_share(max_memory: int | None, src, tgt) -> int | None:
     return max(1, max_memory // ((src is not None) + (tgt is not None)))
 
 
+# The warnings of capture passes shown again, per place: the "default" filter's once.
+_SHOWN: dict = {}
+
+
 class _Pair(nn.Module):
     """Runs the pretrained model and its random-init control on the same batch."""
 
@@ -76,8 +80,8 @@ def _capture(loaded: LoadedModel, prep, what: str, model: nn.Module, *args, **kw
             ".",
         ) from exc
     for w in caught:
-        if str(w.message) not in cap.warnings:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if str(w.message) not in cap.warnings:  # e.g. a layer the forward never runs
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, registry=_SHOWN)
     return cap
 
 

@@ -95,8 +95,9 @@ def test_depthwise_convolutions_are_left_out():
 
 def test_no_layer_to_adapt_says_which_flag_to_pass():
     model = nn.Sequential(nn.Identity(), nn.Flatten(), nn.Linear(4, 2))
-    with pytest.raises(ValueError, match=r"--lora-targets"):
+    with pytest.raises(ValueError, match=r"pass the layers to adapt as lora_targets=a,b") as err:
         lora_targets(model, ["0", "1"], "2")
+    assert err.value.in_flag_words().endswith("pass the layers to adapt as --lora-targets a,b.")
 
 
 def _adapted_tiny(rank=2):
