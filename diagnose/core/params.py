@@ -166,6 +166,9 @@ class ParamError(UsageError):
             Arg(param.name, of=where), f" must be {param.rule}{meaning}. Got {value!r}."
         )
 
+    def __reduce__(self):  # rebuilt from its own arguments in another process (Ray, spawn)
+        return type(self), (self.param, self.where, self.value)
+
 
 def _table(*rows: Param) -> dict[str, Param]:
     return {row.name: row for row in rows}

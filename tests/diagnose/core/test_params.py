@@ -72,3 +72,16 @@ def test_the_cli_flags_are_the_declared_ones():
     # UsageError's Arg says "--" and the name with dashes: every flag must be that.
     assert all(flag == Arg(name).cli() for name, flag in flags.items()), flags
     assert "weights" not in PARAMS  # a data or spec parameter keeps its own words
+
+
+def test_errors_cross_process_boundaries_with_their_flag_words():
+    import pickle
+
+    from diagnose.core import UsageError
+
+    with pytest.raises(ParamError) as err:
+        check_params("compare", epochs=0)
+    again = pickle.loads(pickle.dumps(err.value))  # as a Ray task or a spawned worker raises it
+    assert str(again) == str(err.value) and again.in_flag_words() == err.value.in_flag_words()
+    usage = UsageError("pass ", Arg("out", "DIR"), ".")
+    assert pickle.loads(pickle.dumps(usage)).in_flag_words() == "pass --out DIR."
