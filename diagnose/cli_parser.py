@@ -67,6 +67,9 @@ def _layers(text: str) -> str | list[str]:
         raise argparse.ArgumentTypeError(
             f"expected 'auto' or comma-separated layer names, got {text!r}"
         )
+    twice = [n for n in dict.fromkeys(names) if names.count(n) > 1]
+    if twice:
+        raise argparse.ArgumentTypeError(f"names a layer more than once: {', '.join(twice)}")
     return names
 
 

@@ -326,8 +326,9 @@ def linear_probe(
         device: where to solve; default the device of ``x_train`` if it is a
             tensor, else CPU. Solves run in float32 (the standardisation and
             accuracies in float64; a polish that stalls in float32 is solved
-            again in float64, and ``n_iter`` is then that solve's), at the
-            caller's torch threads.
+            again in float64, and ``n_iter`` is then that solve's; not on MPS,
+            which has no float64: the probe then warns), at the caller's torch
+            threads.
         seed: seeds the fold assignment; results are deterministic given it.
 
     Returns:

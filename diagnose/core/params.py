@@ -167,7 +167,7 @@ class ParamError(UsageError):
         )
 
     def __reduce__(self):  # rebuilt from its own arguments in another process (Ray, spawn)
-        return type(self), (self.param, self.where, self.value)
+        return type(self), (self.param, self.where, self.value), self.__dict__
 
 
 def _table(*rows: Param) -> dict[str, Param]:

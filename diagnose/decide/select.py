@@ -317,40 +317,69 @@ def _winner_reason(winner, tied, band, tolerance: float, best_val: float, scope:
             f"{opening} reached the highest validation accuracy{scope}: "
             f"{val_text(winner, val)}{test_text}."
         )
-    others = [e for e in tied if e is not winner]
-    same = [e for e in others if e in band]
-    dearer = [e for e in others if e not in band]
     text = (
         f"{opening} reached a validation accuracy of {val_text(winner, val)}{test_text}, within "
         f"{tolerance:.3f} of the best{scope} ({best_val:.3f})"
     )
-    if dearer:
-        least = min(band, key=_cost_key)
-        rank = "the cheapest" if _cost_key(winner) == _cost_key(least) else "of the cheapest cost"
-        text += (
-            f"; among the {len(tied)} tied strategies it is {rank} "
-            f"({cost_text(winner)}, vs "
-            + "; ".join(f"{entry_label(e)} {cost_text(e)}" for e in dearer)
-            + ")"
+    return text + _tie_clause(winner, tied, band) + "."
+
+
+def _tie_clause(winner: StrategyEntry, tied: list, band: list) -> str:
+    """Why ``winner`` won among the runs ``tied`` in accuracy: the cost, a cost tie within
+    ``band`` (the cheapest run and those of its cost), or uncounted FLOPs."""
+    in_band = {id(e) for e in band}
+    others = [e for e in tied if e is not winner]
+    if winner.cost.flops is None:  # then no tied run's FLOPs were counted
+        wall = winner.cost.wall_s
+        shorter = wall is not None and all(
+            e.cost.wall_s is not None and wall < e.cost.wall_s for e in others
+        )
+        how = (
+            "its shorter wall time decides"
+            if shorter
+            else "wall time does not separate them, so the higher validation accuracy, then "
+            "the order of --strategies, decides"
+        )
+        return (
+            f"; no tied run's FLOPs were counted: {how} ({join_labels(wall_text(e) for e in tied)})"
+        )
+    same = [e for e in others if id(e) in in_band]
+    counted = [e for e in others if id(e) not in in_band and e.cost.flops is not None]
+    uncounted = [e for e in others if e.cost.flops is None]
+    parts = []
+    if counted:
+        least = min(float(e.cost.flops) for e in band)
+        where = (
+            f"the cheapest ({cost_text(winner)})"
+            if winner.cost.flops == least
+            else f"in the cost tie of the cheapest ({_flops_text(band)})"
+        )
+        dearer = "; ".join(f"{entry_label(e)} {cost_text(e)}" for e in counted)
+        parts.append(
+            f"among the {len(tied)} tied strategies it is {where}, vs {dearer}, more than "
+            f"{COST_TIE:.0%} above the cheapest"
         )
     if same:
         # Never "cheapest" against a run of the same FLOPs: say they tie, and on what
         # the choice then rests; wall time is shown but, being noise, not used.
-        higher = all(val > _val(e) for e in same)
-        text += (
-            f"; it {'also ' if dearer else ''}ties on training compute with "
-            + join_labels(entry_label(e) for e in same)
-            + f" ({_flops_text([winner, *same])}), so "
-            + (
-                "its higher validation accuracy decides"
-                if higher
-                else "the order of --strategies decides"
-            )
-            + " (wall time varies from run to run and is not used: "
-            + join_labels(wall_text(e) for e in [winner, *same])
-            + ")"
+        higher = all(_val(winner) > _val(e) for e in same)
+        decides = (
+            "its higher validation accuracy decides"
+            if higher
+            else "the order of --strategies decides"
         )
-    return text + "."
+        parts.append(
+            f"it {'also ' if counted else ''}ties on training compute with "
+            + join_labels(entry_label(e) for e in same)
+            + f" ({_flops_text([winner, *same])}), so {decides} (wall time varies from run to "
+            "run and is not used: " + join_labels(wall_text(e) for e in [winner, *same]) + ")"
+        )
+    if uncounted:
+        parts.append(
+            join_labels(entry_label(e) for e in uncounted)
+            + " had no counted FLOPs, and runs with counted FLOPs come first"
+        )
+    return "".join("; " + p for p in parts)
 
 
 def _cheapest(

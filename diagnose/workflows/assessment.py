@@ -246,10 +246,6 @@ def _layer_names(net, layers) -> list[str]:
         raise UsageError(
             "no layers to measure: pass ", Arg("layers", "a,b,c"), " (see probes.discover_layers)."
         )
-    seen: set[str] = set()
-    twice = [n for n in names if n in seen or seen.add(n)]
-    if twice:
-        raise UsageError(Arg("layers"), f" names a layer more than once: {twice}.")
     probes.resolve_layers(net, names)  # name errors against the user's model, not a wrapper
     return names
 

@@ -108,7 +108,7 @@ def test_a_flops_tie_is_called_a_tie_not_the_cheaper_run():
     # a three-way tie: cheapest against the dearer run, a tie against the equal one
     runs.append(_run("discriminative", 0.900, flops=9e10, wall=1.0))
     first = select_strategy(runs).reasons[0]
-    assert "it is the cheapest (2.5e+10 FLOPs, 14.9 s, vs discriminative LRs 9e+10 FLOPs" in first
+    assert "it is the cheapest (2.5e+10 FLOPs, 14.9 s), vs discriminative LRs 9e+10 FLOPs" in first
     assert "it also ties on training compute with L2-SP" in first
     # equal accuracy and FLOPs: the input order decides, and the text says so
     runs = [_run("partial", 0.9, flops=1e9, wall=5.0), _run("lp_ft", 0.9, flops=1e9, wall=1.0)]
@@ -131,7 +131,7 @@ def test_flops_within_the_cost_tie_are_a_tie_and_the_more_accurate_wins():
     assert "ties on training compute with feature extraction" in first
     assert f"3.26e+08 to 3.27e+08 FLOPs, within {COST_TIE:.0%}" in first
     assert "its higher validation accuracy decides" in first
-    assert "of the cheapest cost" in first and "LoRA 5.06e+08 FLOPs" in first  # > COST_TIE
+    assert "in the cost tie of the cheapest" in first and "LoRA 5.06e+08 FLOPs" in first
     # More than COST_TIE cheaper is cheaper: that run wins the tie.
     runs[1] = _run("feature_extraction", 0.900, flops=3.27e8 * (1 - 2 * COST_TIE), wall=0.3)
     assert select_strategy(runs).strategy == "feature_extraction"
@@ -147,10 +147,26 @@ def test_a_cost_tie_is_with_the_cheapest_run_and_the_reason_says_which():
     rec = select_strategy(runs)
     assert rec.strategy == "b_ft"  # of the cheapest's cost, and the more accurate there
     first = rec.reasons[0]
-    assert "of the cheapest cost (104 FLOPs, vs c_ft 108 FLOPs)" in first
+    assert (
+        "in the cost tie of the cheapest (100 to 104 FLOPs, within 5% of the cheapest), " in first
+    )
+    assert "vs c_ft 108 FLOPs, more than 5% above the cheapest" in first
     assert "ties on training compute with a_lp (100 to 104 FLOPs, within 5% of the" in first
     assert "its higher validation accuracy decides" in first
     assert "c_ft" not in first.split("ties on training compute")[1]
+
+
+def test_runs_without_counted_flops_are_said_so_and_never_cheaper():
+    # Two identical runs without FLOPs (as a hand-edited file may hold) do not crash.
+    rec = select_strategy([_run("full_low_lr", 0.9, wall=1.0)] * 2)
+    assert "no tied run's FLOPs were counted" in rec.reasons[0]
+    rec = select_strategy([_run("a", 0.9, flops=1e12, wall=1.0), _run("b", 0.9, wall=0.5)])
+    assert rec.strategy == "a" and "cheapest" not in rec.reasons[0]
+    assert "b had no counted FLOPs, and runs with counted FLOPs come first" in rec.reasons[0]
+    rec = select_strategy([_run("a", 0.9, wall=2.0), _run("b", 0.899, wall=1.0)])
+    assert rec.strategy == "b" and "its shorter wall time decides" in rec.reasons[0]
+    rec = select_strategy([_run("a", 0.9, wall=1.0), _run("b", 0.9, wall=1.0)])
+    assert rec.strategy == "a" and "the order of --strategies, decides" in rec.reasons[0]
 
 
 def test_reasons_use_display_names():
