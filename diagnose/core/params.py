@@ -209,6 +209,7 @@ _ENTRY_POINTS = {
     "audit": ("batch_size", "max_samples", "image_size", "seed", "pool"),
     "demo": ("seed", "epochs", "trial_budget"),
     "recommend": ("max_forgetting",),
+    "select_strategy": ("max_forgetting",),
 }  # fmt: skip
 
 

@@ -20,7 +20,6 @@ from diagnose.decide.front import (
 )
 from diagnose.decide.measured import (
     DEFAULT_TRIAL_BUDGET,
-    check_trial_budget,
     measured_recommendation,
     race_pool,
     with_modules,
@@ -137,7 +136,6 @@ __all__ = [
     "build_candidates",
     "calibration",
     "Candidate",
-    "check_trial_budget",
     "choose_pick",
     "CHOSEN_BY",
     "cost_text",

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diagnose.core import Evidence, Recommendation, check_params
+from diagnose.core import Evidence, Recommendation
 from diagnose.data import materialize_readable
 from diagnose.decide.candidates import RACE_STRATEGIES, Candidate, build_candidates
 from diagnose.decide.front import learning_forgetting_front, race_front_rows
@@ -47,7 +47,6 @@ from diagnose.training import TrainConfig, plan
 
 __all__ = [
     "DEFAULT_TRIAL_BUDGET",
-    "check_trial_budget",
     "measured_recommendation",
     "race_pool",
     "with_modules",
@@ -57,12 +56,6 @@ __all__ = [
 # candidate at the full epochs): successive halving with ETA = 3 over about 20
 # configurations needs about that much to carry its best few to the full epochs.
 DEFAULT_TRIAL_BUDGET = 0.2
-
-
-def check_trial_budget(trial_budget: Any, where: str = "assess") -> float:
-    """``trial_budget`` as a float in [0, 1], or a :class:`~diagnose.core.ParamError`."""
-    check_params(where, trial_budget=trial_budget)
-    return float(trial_budget)
 
 
 def with_modules(

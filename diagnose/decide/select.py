@@ -45,10 +45,12 @@ from collections.abc import Callable, Mapping, Sequence
 from diagnose.core import (
     EXCLUSION_CAUSES,
     Exclusion,
+    Param,
+    ParamError,
     Recommendation,
     Selection,
     StrategyEntry,
-    finite,
+    check_params,
     join_labels,
     strategy_label,
 )
@@ -75,6 +77,9 @@ __all__ = [
 ]
 
 DEFAULT_TIE_TOLERANCE = 0.005
+_TIE_TOLERANCE = Param(
+    "tie_tolerance", "float", low=0, meaning="(a validation-accuracy difference)"
+)
 # Training FLOPs within this fraction of each other are a tie in cost, never "cheaper":
 # the counts of two strategies that train the same modules differ by a head or a bias
 # (and the race's cost model agrees with FlopCounterMode to a few percent).
@@ -101,19 +106,6 @@ def forgetting_of(entry: StrategyEntry | dict) -> tuple[float | None, str | None
     if agreement is not None:
         return 1.0 - agreement, "disagreement"
     return None, None
-
-
-def _check_fraction(name: str, value, *, upper: float | None = 1.0) -> float | None:
-    if value is None:
-        return None
-    number = finite(value)
-    bound = "in [0, 1]" if upper is not None else "at least 0"
-    if number is None or number < 0 or (upper is not None and number > upper):
-        raise ValueError(
-            f"The '{name}' parameter of select_strategy must be a number {bound} or None. "
-            f"Got {value!r} instead."
-        )
-    return number
 
 
 def _predicted(assessment: Recommendation | dict | None, names: set[str]) -> str | None:
@@ -190,9 +182,7 @@ def select_strategy(
              "target": {"val_accuracy": 0.903}, "cost": {"flops": 1e11}},
         ]).strategy  # "feature_extraction": tied within 0.005, 100x cheaper
     """
-    entries = _check_entries(strategies)
-    budget = _check_fraction("max_forgetting", max_forgetting)
-    tolerance = _check_fraction("tie_tolerance", tie_tolerance, upper=None)
+    entries, budget, tolerance = _checked(strategies, max_forgetting, tie_tolerance)
     predicted = _predicted(assessment, {e.name for e in entries})
     left_out, measured, eligible = _partition(entries, budget)
     if not eligible:
@@ -258,6 +248,15 @@ def _measured_val(measured: list[StrategyEntry], name: str | None) -> float | No
     """The best validation accuracy a run of ``name`` measured (None: none did)."""
     vals = [_val(e) for e in measured if e.name == name]
     return max(vals) if vals else None
+
+
+def _checked(strategies, max_forgetting, tie_tolerance):
+    """``(entries, budget, tolerance)`` after the arguments' checks."""
+    check_params("select_strategy", max_forgetting=max_forgetting)
+    if not _TIE_TOLERANCE.ok(tie_tolerance):  # the Python API's own: no CLI flag
+        raise ParamError(_TIE_TOLERANCE, "select_strategy", tie_tolerance)
+    budget = None if max_forgetting is None else float(max_forgetting)
+    return _check_entries(strategies), budget, float(tie_tolerance)
 
 
 def _check_entries(strategies) -> list[StrategyEntry]:

@@ -32,7 +32,7 @@ from torch import nn
 
 import diagnose.core as core
 from diagnose.core import PARAMS, autocast_context
-from diagnose.models import Layout, base_model_of, choose_layout
+from diagnose.models import TORCH_FORMATS, Layout, base_model_of, choose_layout
 from probes.capture import capture
 from probes.similarity import cka
 
@@ -47,7 +47,7 @@ __all__ = [
 
 # How a block's token sequence becomes one vector per image (probes.capture's token_pool).
 TOKEN_POOLS = PARAMS["pool"].choices
-_LAYOUTS = ("auto", "contiguous", "channels_last")
+_LAYOUTS = ("auto", *TORCH_FORMATS)
 
 
 def _as_tensor(value: Any, name: str) -> torch.Tensor:

@@ -18,14 +18,12 @@ import copy
 import torch
 from torch import nn
 
-from diagnose.models import parameter_groups
+from diagnose.models import TORCH_FORMATS, parameter_groups
 from probes import logits_of
 
 __all__ = [
     "relative_gradient_norms",
 ]
-
-_LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def relative_gradient_norms(
@@ -54,12 +52,12 @@ def relative_gradient_norms(
                                       x=images, y=labels, num_classes=5)
         rgn["layer1"]  # e.g. 0.4: half the pull of the most-pulled block
     """
-    if memory_format is not None and memory_format not in _LAYOUTS:
+    if memory_format is not None and memory_format not in TORCH_FORMATS:
         raise ValueError(
             f"The 'memory_format' parameter of relative_gradient_norms must be one of "
-            f"{', '.join(_LAYOUTS)}. Got {memory_format!r} instead."
+            f"{', '.join(TORCH_FORMATS)}. Got {memory_format!r} instead."
         )
-    layout = _LAYOUTS.get(memory_format, torch.preserve_format)
+    layout = TORCH_FORMATS.get(memory_format, torch.preserve_format)
     if len(x) == 0 or len(x) != len(y):
         raise ValueError(
             f"relative_gradient_norms needs matching, non-empty x and y. Got {len(x)} and {len(y)}."

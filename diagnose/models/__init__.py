@@ -46,6 +46,7 @@ from diagnose.models.loaded import (
 from diagnose.models.loading import demo_model, demo_model_info, load_model
 from diagnose.models.memory_layout import (
     MARGIN,
+    TORCH_FORMATS,
     Layout,
     choose_layout,
     forget_layouts,
@@ -121,6 +122,7 @@ __all__ = [
     "save_adapter",
     "saved_targets",
     "timm_cached_file",
+    "TORCH_FORMATS",
     "torch_load",
     "torchvision_weights_path",
     "trainable_groups_at_depth",

@@ -41,7 +41,10 @@ from diagnose.core import atomic_write_text, is_cuda
 from diagnose.models.cache import resolve_cache_dir
 from probes import logits_of
 
-__all__ = ["MARGIN", "Layout", "choose_layout", "forget_layouts", "layouts_file"]
+__all__ = ["MARGIN", "TORCH_FORMATS", "Layout", "choose_layout", "forget_layouts", "layouts_file"]
+
+#: The layouts by name, as results.json and ``probes.capture`` say them, and torch's format.
+TORCH_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 # Channels-last must take at most this share of the NCHW time: a gain within the timing
 # noise of a few batches keeps the layout the model was built in.
@@ -74,7 +77,7 @@ class Layout:
     @property
     def memory_format(self) -> torch.memory_format:
         """The torch memory format of :attr:`name`."""
-        return torch.channels_last if self.name == "channels_last" else torch.contiguous_format
+        return TORCH_FORMATS[self.name]
 
     def describe(self) -> str:
         """One line for a report: the layout and, in brackets, why."""
@@ -186,7 +189,7 @@ def _measure(net: nn.Module, x: torch.Tensor, training: bool) -> Layout:
     net.train(training)
     times: dict[str, list[float]] = {"contiguous": [], "channels_last": []}
     for name in _SEQUENCE:
-        fmt = torch.channels_last if name == "channels_last" else torch.contiguous_format
+        fmt = TORCH_FORMATS[name]
         net, xb = net.to(memory_format=fmt), x.contiguous(memory_format=fmt)
         start = time.perf_counter()
         _step(net, xb, training)  # on the CPU: CUDA never gets here (_fixed)
@@ -223,10 +226,7 @@ def choose_layout(model: nn.Module, x: torch.Tensor, device, *, training: bool) 
     key = _key(model, x, device, training)
     if key not in _kept:
         stored = _read().get(key)
-        if isinstance(stored, dict) and stored.get("memory_format") in (
-            "contiguous",
-            "channels_last",
-        ):
+        if isinstance(stored, dict) and stored.get("memory_format") in TORCH_FORMATS:
             _kept[key] = Layout(stored["memory_format"], str(stored.get("reason")))
         else:
             net = copy.deepcopy(model).to(device)

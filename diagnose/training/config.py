@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from diagnose.models import TORCH_FORMATS
+
 __all__ = [
     "BN_MODES",
     "TrainConfig",
@@ -117,7 +119,7 @@ def check_config(config: TrainConfig) -> None:
                 f"The '{name}' parameter of TrainConfig must be None or a non-empty list of "
                 f"module names. Got {value!r} instead."
             )
-    if config.memory_format not in (None, "contiguous", "channels_last"):
+    if config.memory_format is not None and config.memory_format not in TORCH_FORMATS:
         raise ValueError(
             "The 'memory_format' parameter of TrainConfig must be None, 'contiguous' or "
             f"'channels_last'. Got {config.memory_format!r} instead."

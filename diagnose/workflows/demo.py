@@ -16,10 +16,11 @@ from diagnose.core import (
     LayerResult,
     Recommendation,
     Selection,
+    check_params,
     environment,
 )
 from diagnose.data import DEMO_DOMAINS, load_domain
-from diagnose.decide import DEFAULT_TRIAL_BUDGET, check_trial_budget
+from diagnose.decide import DEFAULT_TRIAL_BUDGET
 from diagnose.models import load_model
 from diagnose.report import write_outputs
 from diagnose.workflows.assessment import assess
@@ -109,7 +110,7 @@ def run_demo(
     ``run_compare`` (the default) every strategy is then fine-tuned for ``epochs``
     epochs on each target, and the row sets the race's pick beside the measured best.
     """
-    trial_budget = check_trial_budget(trial_budget, "demo")  # before any scenario runs
+    check_params("demo", trial_budget=trial_budget)  # before any scenario runs
     t0 = time.perf_counter()
     out = Path(out)
     loaded = load_model("demo", progress=progress)

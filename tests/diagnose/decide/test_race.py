@@ -10,9 +10,8 @@ import torch
 import torchvision
 
 import probes
-from diagnose.core import Recommendation
+from diagnose.core import Recommendation, check_params
 from diagnose.decide.candidates import LR_GRID, Candidate, build_candidates, partial_depths
-from diagnose.decide.measured import check_trial_budget
 from diagnose.decide.race import run_race, rung_epochs
 from diagnose.decide.race_lr import MAX_EDGE_STEPS
 from diagnose.decide.race_scoring import KFOLD_REPEATS, SMALL_VAL, paired_gap, scoring_folds
@@ -226,7 +225,7 @@ def test_a_tiny_budget_stops_after_the_first_rung():
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.2", True])
 def test_trial_budget_errors_name_the_parameter(bad):
     with pytest.raises(ValueError, match="'trial_budget' parameter"):
-        check_trial_budget(bad)
+        check_params("assess", trial_budget=bad)
 
 
 @pytest.mark.parametrize(
