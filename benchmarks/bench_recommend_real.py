@@ -14,6 +14,13 @@ Figures per case and budget:
   recommended configuration, in points, beside the oracle's seed spread;
 - compute: the race's FLOPs over the full sweep's (every candidate at the full
   epochs under the same folds).
+- the peer: the regret of a full sweep that picks by its own validation split
+  (every oracle configuration trained on the same seed's images, the best
+  ``val_acc`` taken; ties averaged), read from the same oracle file. It is what
+  the labelled images allow a careful engineer with five times the race's
+  compute, so a regret near it is at the data's noise floor;
+- seed regret: the same two picks scored on that seed's own oracle runs only
+  (its best test accuracy minus the pick's).
 Goal: regret <= 1 point at <= 20% of the compute.
 
     python benchmarks/bench_recommend_real.py [--seeds 0,1] [--budget 0.2] [--cases a,b] [--budgets 10,40]
@@ -133,6 +140,25 @@ def rule_picks(row: dict, n_stages: int, tolerance: float = 0.005) -> dict:
     return {rule: None if c is None else candidate_config(c, n_stages) for rule, c in picks.items()}
 
 
+def _seed_figures(cell: dict, seed: int, config: str | None) -> dict:
+    """The sweep-by-validation peer's regret, and both picks' regret on ``seed``'s own runs."""
+    configs = {c: s for c, s in cell["configs"].items() if seed in s.get("seeds", ())}
+    if not configs:
+        return {}
+    at = {c: s["seeds"].index(seed) for c, s in configs.items()}
+    val = {c: configs[c]["val_acc"][at[c]] for c in configs}
+    test = {c: configs[c]["test_acc"][at[c]] for c in configs}
+    chosen = [c for c in configs if val[c] == max(val.values())]
+    peer = 100 * sum(cell["best_mean"] - configs[c]["mean"] for c in chosen) / len(chosen)
+    top = max(test.values())
+    return {
+        "sweep_val_pick": chosen,
+        "sweep_val_regret_points": peer,
+        "sweep_val_seed_regret_points": 100 * sum(top - test[c] for c in chosen) / len(chosen),
+        "seed_regret_points": None if config not in test else 100 * (top - test[config]),
+    }
+
+
 def score(row: dict, summary: dict) -> dict:
     """``row`` (the product's recommendation on one case) with the oracle's figures added.
 
@@ -161,6 +187,7 @@ def score(row: dict, summary: dict) -> dict:
         "oracle_recommended_mean": None if picked is None else picked["mean"],
         "oracle_recommended_std": None if picked is None else picked["std"],
         "regret_points": regret,
+        **_seed_figures(cell, row["seed"], row["oracle_config"]),
         "oracle_tie": None
         if picked is None
         else row["oracle_config"] in (cell["best"], *cell.get("tied_with_best", ())),
@@ -196,6 +223,21 @@ def print_table(rows: list[dict]) -> None:
                     for k, v in r["regret_by_rule"].items()
                 )
             )
+
+
+def _print_peer(rows: list[dict]) -> None:
+    """The race's mean regrets beside the sweep-by-validation peer's, on the same rows."""
+
+    def mean(key: str) -> str:
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return f"{sum(vals) / len(vals):.1f}" if vals else "—"
+
+    print(
+        f"peer (a full sweep picking by its validation split): mean regret "
+        f"{mean('sweep_val_regret_points')} points against the race's {mean('regret_points')}; "
+        f"on each seed's own runs {mean('sweep_val_seed_regret_points')} against "
+        f"{mean('seed_regret_points')}"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -311,6 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{sum(v <= 1 + 1e-9 for v in scored)} of {len(scored)} runs; within the oracle's "
             f"seed spread on {sum(bool(r.get('oracle_tie')) for r in rows)} of {len(rows)}"
         )
+        _print_peer(rows)
     return {"rows": rows}
 
 
