@@ -41,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from diagnose.decide.candidates import Candidate
 from diagnose.decide.race_trials import shared_tag
-from diagnose.training import TrainConfig
+from diagnose.training import FLOP_FORMULAS, TrainConfig
 
 __all__ = [
     "FIRST_RUNG_SHARE",
@@ -92,7 +92,7 @@ class CostModel:
         """Count one forward pass of ``example`` (one image) through ``model`` in eval mode."""
         before: dict[str, float] = {}
         was_training = model.training
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
 
             def mark(name: str):
                 def hook(*_) -> None:  # returns None: the block's input is left as it is

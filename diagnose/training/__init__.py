@@ -10,6 +10,7 @@ from diagnose.training.adapted import FROZEN_NORMS, select_trained
 from diagnose.training.batches import iterate_batches, make_loader, steps_per_epoch
 from diagnose.training.config import BN_MODES, TrainConfig, check_config
 from diagnose.training.cost import (
+    FLOP_FORMULAS,
     PeakMemory,
     count_train_step_flops,
     current_rss_bytes,
@@ -67,6 +68,7 @@ __all__ = [
     "finished_units",
     "finite_or_none",
     "Fitter",
+    "FLOP_FORMULAS",
     "FROZEN_NORMS",
     "fused_sgd_supported",
     "HeadStages",

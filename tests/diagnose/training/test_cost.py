@@ -40,6 +40,25 @@ def test_conv_flops_known_value():
     assert flops == 2 * 3 * 4 * 6 * 6 * 2 * 3 * 3
 
 
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "groups", "stride"),
+    [(6, 6, 6, 1), (6, 12, 3, 2), (4, 8, 1, 1)],
+    ids=["depthwise", "grouped-strided", "dense"],
+)
+def test_conv_backward_counts_each_gradient_as_the_forward(c_in, c_out, groups, stride):
+    # Multiply-adds of a convolution, the published formula: every output element takes
+    # k*k*(C_in / groups) of them (2 FLOPs each). Its input gradient and weight gradient
+    # take as many again each; torch's own formula leaves groups out of the weight
+    # gradient (pytorch/pytorch#183405), counting a depthwise layer C times over.
+    conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, groups=groups, bias=False)
+    x = torch.randn(2, c_in, 8, 8, requires_grad=True)
+    out_numel = conv(x).numel()
+    forward = 2 * out_numel * 3 * 3 * (c_in // groups)
+    assert count_train_step_flops(lambda: conv(x).sum().backward()) == 3 * forward
+    x.requires_grad_(False)  # a first layer: no input gradient, only the weight's
+    assert count_train_step_flops(lambda: conv(x).sum().backward()) == 2 * forward
+
+
 def test_trainable_params_counts_requires_grad_once():
     shared = nn.Linear(4, 4)
     model = nn.Sequential(shared, nn.ReLU(), shared, nn.Linear(4, 2))
