@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from diagnose.core import StrategyEntry
+from diagnose.decide.race_record import RaceEntry, RungScore
 from diagnose.decide.select import as_entry, forgetting_of
 
 __all__ = ["FrontPoint", "front_points", "learning_forgetting_front", "race_front_rows"]
@@ -97,37 +98,38 @@ def learning_forgetting_front(strategies: Sequence[StrategyEntry | Mapping]) -> 
     return sorted(front, key=lambda p: (p.forgetting, -p.val_accuracy, p.name))
 
 
-def race_front_rows(candidates: Sequence[Mapping], reference_accuracy: float | None) -> list[dict]:
-    """The race's arms as comparison rows for :func:`learning_forgetting_front`.
+def race_front_rows(entries: Sequence[RaceEntry], reference_accuracy: float | None) -> list[dict]:
+    """The race's arms as comparison rows (results.json's ``trials.front_rows``) for
+    :func:`learning_forgetting_front`.
 
     Per arm (a strategy and its depth or rank), the LR with the best held-out accuracy
     among the candidates whose last rung measured forgetting (the race measures it at
     its full epochs only); ``reference_accuracy`` is the pretrained model's source
     accuracy, which turns a source accuracy into a drop (None: agreement only).
     """
-    best: dict[str, tuple[Mapping, Mapping]] = {}
-    for c in candidates:
-        last = (c.get("rungs") or [None])[-1]
-        if c.get("status") != "ok" or not last or last.get("agreement") is None:
+    best: dict[str, tuple[RaceEntry, RungScore]] = {}
+    for e in entries:
+        last = e.rungs[-1] if e.rungs else None
+        if e.status != "ok" or last is None or last.agreement is None:
             continue
-        held = best.get(c["arm"])
-        if held is None or last["val_accuracy"] > held[1]["val_accuracy"]:
-            best[c["arm"]] = (c, last)
+        held = best.get(e.candidate.arm)
+        if held is None or last.val_accuracy > held[1].val_accuracy:
+            best[e.candidate.arm] = (e, last)
     rows = []
-    for arm, (c, last) in best.items():
-        acc = last.get("source_accuracy")
+    for arm, (e, last) in best.items():
+        acc = last.source_accuracy
         drop = None if acc is None or reference_accuracy is None else reference_accuracy - acc
         rows.append(
             {
                 "name": arm,
                 "status": "ok",
-                "target": {"val_accuracy": last["val_accuracy"]},
+                "target": {"val_accuracy": last.val_accuracy},
                 "forgetting": {
-                    "agreement": last["agreement"],
+                    "agreement": last.agreement,
                     "source_accuracy": acc,
                     "source_accuracy_drop": drop,
                 },
-                "cost": {"flops": c.get("full_run_flops_estimate")},
+                "cost": {"flops": e.full_run_flops_estimate},
             }
         )
     return rows

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -193,7 +194,7 @@ def measured_recommendation(
             (:mod:`diagnose.decide.race_ray`), on the cluster at ``ray_address`` if given.
         meter: a :class:`diagnose.measure.ForgettingMeter` of the source images (None: no
             source): the trials at the full epochs measure what they forgot, and
-            ``trials["front"]`` lists the race's learning-forgetting front.
+            ``trials.front`` lists the race's learning-forgetting front.
     """
     if trial_budget == 0:
         return _unmeasured(prior, model, blocks, head, "--trial-budget 0 skipped the race")
@@ -229,27 +230,26 @@ def measured_recommendation(
         device=device, progress=progress, warnings=warnings, executor=executor,
         ray_address=ray_address, meter=meter,
     )  # fmt: skip
+    front: dict = {}
     if meter is not None:
-        rows = race_front_rows(trials["candidates"], meter.reference_source_accuracy)
-        trials["front_rows"] = rows
-        trials["front"] = [p.to_dict() for p in learning_forgetting_front(rows)]
-    trials["protocol"] = protocol
-    trials["new_head"] = head is None
-    if trials["pick"] is None:
+        rows = race_front_rows(trials.entries, meter.reference_source_accuracy)
+        front = {"front_rows": tuple(rows), "front": tuple(learning_forgetting_front(rows))}
+    trials = replace(trials, protocol=protocol, new_head=head is None, **front)
+    if trials.pick is None:
         warnings.append("Every race candidate failed: the recommendation is the rule prior.")
         return _unmeasured(prior, model, blocks, head, "every race candidate failed")
-    pick = next(c for c in trials["candidates"] if c["key"] == trials["pick"])
-    reasons, change, confidence = race_reasons(trials, pick, prior, protocol)
-    return _picked(pick, (net, race_head, race_blocks), blocks, head is None, full_epochs, prior,
-                   reasons=reasons, change=change, confidence=confidence, trials=trials)  # fmt: skip
+    pick = trials.entry(trials.pick)
+    reasons, change, confidence = race_reasons(trials, pick, prior)
+    return _picked(pick.candidate, (net, race_head, race_blocks), blocks, head is None,
+                   full_epochs, prior, reasons=reasons, change=change, confidence=confidence,
+                   trials=trials.to_dict())  # fmt: skip
 
 
 def _picked(
-    pick: dict, race_net, blocks, new_head: bool, full_epochs: int, prior: Recommendation, *,
+    cand: Candidate, race_net, blocks, new_head: bool, full_epochs: int, prior: Recommendation, *,
     reasons, change, confidence, trials,
 ) -> Recommendation:  # fmt: skip
-    """The recommendation of the race's ``pick``, in the user's module names."""
-    cand = Candidate.from_dict(pick)  # a given candidate, or an LR the race added past an edge
+    """The recommendation of the race's pick ``cand``, in the user's module names."""
     groups, unfreeze, cut = _trained(cand, *race_net, new_head=new_head)
     defaults = TrainConfig()
     return Recommendation(

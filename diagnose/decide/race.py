@@ -30,7 +30,7 @@ Example:
     >>> trials = run_race(cands, folds, x, y, 10, model=net, head="fc", blocks=blocks,
     ...                   full_epochs=15, budget=0.2, batch_size=64, seed=0,
     ...                   device=torch.device("cpu"))
-    >>> trials["winner"], trials["flops_spent"] / trials["full_flops_estimate"]
+    >>> trials.winner, trials.spent_fraction
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from diagnose.decide.race_lr import (
     finetune_grid,
     unbracketed,
 )
+from diagnose.decide.race_record import PairedGap, RaceEntry, RaceRecord, RaceSpend
 from diagnose.decide.race_scoring import Fold, paired_gap
 from diagnose.decide.race_trials import Arm, RaceContext
 from diagnose.decide.select import COST_TIE, DEFAULT_TIE_TOLERANCE, FLOAT_SLACK, cost_tie
@@ -140,7 +141,7 @@ def run_race(
     executor: str = "local",
     ray_address: str | None = None,
     meter: Any = None,
-) -> dict:
+) -> RaceRecord:
     """Race ``candidates`` by successive halving within ``budget`` x the full sweep's FLOPs.
 
     ``x``/``y`` are the labelled pool the folds index (preprocessed images,
@@ -153,8 +154,9 @@ def run_race(
     joins a cluster), with the same candidates and scores. With a forgetting ``meter``
     (:class:`diagnose.measure.ForgettingMeter` of the source images) every trial at the
     full epochs also measures what it forgot (each rung's ``agreement`` and
-    ``source_accuracy``): the race's learning-forgetting front. Returns the ``trials``
-    dict of results.json (see :func:`diagnose.decide.measured.measured_recommendation`).
+    ``source_accuracy``): the race's learning-forgetting front. Returns the race's
+    :class:`~diagnose.decide.race_record.RaceRecord` (results.json's ``trials`` is its
+    ``to_dict()``).
     """
     if not candidates:
         raise ValueError("The 'candidates' parameter of run_race is empty: nothing to race.")
@@ -194,22 +196,23 @@ def run_race(
     ray = import_ray(executor, warnings if warnings is not None else [], progress)
     arms, rung_log, full = _raced(ctx, plan, float(budget), grids, ray, ray_address, progress)
     ranked = sorted(arms, key=lambda a: (-(len(a.rungs)),) + a.rank_key())
-    schedule = {"rungs": rung_log, "rung_epochs": list(plan.epochs), "eta": ETA}
-    spend = {
-        "flops_spent": int(grids.flops + sum(r["flops"] for r in rung_log)),
-        "full_flops_estimate": float(full),
-        "full_flops_prior_estimate": float(plan.full_estimate),
-        "budget": float(budget),
-        "budget_flops": float(budget * full),
-        "cuts": [c.to_dict() for c in plan.cuts],
-        "lr_grids": grids.to_dict(),
-        "memory_format": layout.to_dict(),
-        "unbracketed": unbracketed(arms),
-        "executor": "ray" if ray is not None else "local",
-        "flops_discarded": float(ctx.discarded),
-        "wall_s": round(time.perf_counter() - start, 4),
-    }
-    return race_summary(arms, ranked, schedule, spend, n_folds=n_folds, full_epochs=full_epochs)
+    spend = RaceSpend(
+        rungs=tuple(rung_log),
+        rung_epochs=tuple(plan.epochs),
+        eta=ETA,
+        flops_spent=int(grids.flops + sum(r["flops"] for r in rung_log)),
+        full_flops_estimate=float(full),
+        full_flops_prior_estimate=float(plan.full_estimate),
+        budget=float(budget),
+        cuts=tuple(plan.cuts),
+        lr_grids=grids,
+        memory_format=layout.to_dict(),
+        unbracketed=tuple(unbracketed(arms)),
+        executor="ray" if ray is not None else "local",
+        flops_discarded=float(ctx.discarded),
+        wall_s=round(time.perf_counter() - start, 4),
+    )
+    return race_summary(arms, ranked, spend, n_folds=n_folds, full_epochs=full_epochs)
 
 
 def _raced(ctx: RaceContext, plan: RacePlan, budget: float, grids: LRGrids, ray, address, progress):
@@ -394,7 +397,7 @@ def _fit_rung(alive, keep, cost, spent, budget_flops, floors, n_folds) -> tuple[
     return 1, floors[-1]
 
 
-def paired_arms(a, b) -> dict:
+def paired_arms(a, b) -> PairedGap:
     """The paired gap (:func:`paired_gap`) between two arms' per-image correctness."""
     # Both score the same folds in the same order, one rung possibly on fewer of them:
     # pair the entries they share (a prefix of the longer one).
@@ -402,7 +405,7 @@ def paired_arms(a, b) -> dict:
     return paired_gap(a.correct[:n], b.correct[:n], a.ids[:n])
 
 
-def paired_loss(a, b) -> dict:
+def paired_loss(a, b) -> PairedGap:
     """The paired gap of ``b``'s per-image held-out cross-entropy over ``a``'s (positive:
     ``b`` is worse), with its 95% interval."""
     n = min(len(a.loss), len(b.loss))
@@ -410,74 +413,74 @@ def paired_loss(a, b) -> dict:
 
 
 def race_summary(
-    arms: list, ranked: list, schedule: dict, spend: dict, *, n_folds: int, full_epochs: int
-) -> dict:
-    """The race's record and verdict (``recommendation["trials"]`` in results.json).
+    arms: list, ranked: list, spend: RaceSpend, *, n_folds: int, full_epochs: int
+) -> RaceRecord:
+    """The race's record and verdict (results.json's ``recommendation.trials``).
 
     ``arms`` are the race's candidates in candidate order and ``ranked`` the same
-    best first; ``schedule`` holds ``rungs``, ``rung_epochs`` and ``eta``, and
-    ``spend`` the FLOPs and seconds spent against the budget. The winner is the
-    best-ranked finished candidate; the *leaders* are it and every finalist whose
-    paired 95% interval on the gap to it includes 0; the *tied* are the leaders
-    within :data:`TIE_TOLERANCE` of its accuracy whose held-out loss is not
-    measurably worse (``loss_gap_to_winner``; the others within that tolerance are
-    ``worse_by_loss``), and the *pick* is the cheapest of those when it costs more
-    than :data:`COST_TIE` less than the winner at the full epochs, else the winner
-    (:func:`choose_pick`).
-    Every finalist's entry holds its ``gap_to_winner``.
+    best first; ``spend`` what the race ran and spent against its budget. The
+    winner is the best-ranked finished candidate; the *leaders* are it and every
+    finalist whose paired 95% interval on the gap to it includes 0; the *tied* are
+    the leaders within :data:`TIE_TOLERANCE` of its accuracy whose held-out loss is
+    not measurably worse (``loss_gap_to_winner``; the others within that tolerance
+    are ``worse_by_loss``), and the *pick* is the cheapest of those when it costs
+    more than :data:`COST_TIE` less than the winner at the full epochs, else the
+    winner (:func:`choose_pick`). Every finalist's entry holds its ``gap_to_winner``.
     """
     ok = [a for a in ranked if a.status == "ok" and a.correct is not None]
     winner = ok[0] if ok else None
-    top_rung = len(winner.rungs) if winner else 0
     leaders, tied, gap, runner, gaps, loss_gaps = [], [], None, None, {}, {}
     worse_by_loss: list = []
     if winner is not None:
-        finalists = [a for a in ok if len(a.rungs) == top_rung]
+        finalists = [a for a in ok if len(a.rungs) == len(winner.rungs)]
         others = [a for a in ok if a is not winner]
         runner = others[0] if others else None
         if runner is not None:
             gap = paired_arms(winner, runner)
         gaps = {id(a): paired_arms(winner, a) for a in finalists if a is not winner}
-        leaders = [winner] + [a for a in finalists if id(a) in gaps and gaps[id(a)]["ci_low"] <= 0]
+        leaders = [winner] + [a for a in finalists if id(a) in gaps and gaps[id(a)].ci_low <= 0]
         loss_gaps = {id(a): paired_loss(winner, a) for a in finalists if a is not winner}
-        close = [a for a in leaders[1:] if gaps[id(a)]["mean"] <= TIE_TOLERANCE + FLOAT_SLACK]
-        worse_by_loss = [a for a in close if loss_gaps[id(a)]["ci_low"] > 0]
+        close = [a for a in leaders[1:] if gaps[id(a)].mean <= TIE_TOLERANCE + FLOAT_SLACK]
+        worse_by_loss = [a for a in close if loss_gaps[id(a)].ci_low > 0]
         tied = [winner] + [a for a in close if a not in worse_by_loss]
     pick, kind = choose_pick(winner, tied, full_epochs, n_folds) if tied else (None, None)
     for a in arms:
         if a.status == "ok" and a.eliminated_at is None and a is not winner and a.reason is None:
-            a.reason = f"reached the last rung ({a.rungs[-1]['epochs']} epochs) below the winner"
-    return {
-        "candidates": [
-            {
-                **a.cand.to_dict(),
-                "rungs": a.rungs,
-                "flops": int(a.flops),
-                "wall_s": round(a.wall, 4),
-                "full_run_flops_estimate": a.estimate(full_epochs, n_folds) if a.rungs else None,
-                "status": a.status,
-                "eliminated_at": a.eliminated_at,
-                "reason": a.reason,
-                "gap_to_winner": gaps.get(id(a)),
-                "loss_gap_to_winner": loss_gaps.get(id(a)),
-            }
-            for a in arms
-        ],
-        **schedule,
-        **spend,
-        "winner": None if winner is None else winner.cand.key,
-        "runner_up": None if runner is None else runner.cand.key,
-        "gap": gap,
-        "leaders": [a.cand.key for a in leaders],
-        "within_noise": bool(len(leaders) > 1),
-        "tied": [a.cand.key for a in tied],
-        "worse_by_loss": [a.cand.key for a in worse_by_loss],
-        "tie_tolerance": TIE_TOLERANCE,
-        "pick": None if pick is None else pick.cand.key,
-        "chosen_by_kind": kind,
-        "chosen_by": None if kind is None else _CHOSEN_WORDS[kind],
-        "cost_tie": COST_TIE,
-    }
+            a.reason = f"reached the last rung ({a.rungs[-1].epochs} epochs) below the winner"
+    entries = tuple(
+        RaceEntry(
+            candidate=a.cand,
+            rungs=tuple(a.rungs),
+            flops=int(a.flops),
+            wall_s=round(a.wall, 4),
+            full_run_flops_estimate=a.estimate(full_epochs, n_folds) if a.rungs else None,
+            status=a.status,
+            eliminated_at=a.eliminated_at,
+            reason=a.reason,
+            gap_to_winner=gaps.get(id(a)),
+            loss_gap_to_winner=loss_gaps.get(id(a)),
+        )
+        for a in arms
+    )
+
+    def keys(chosen: list) -> tuple[str, ...]:
+        return tuple(a.cand.key for a in chosen)
+
+    return RaceRecord(
+        entries=entries,
+        spend=spend,
+        winner=None if winner is None else winner.cand.key,
+        runner_up=None if runner is None else runner.cand.key,
+        gap=gap,
+        leaders=keys(leaders),
+        tied=keys(tied),
+        worse_by_loss=keys(worse_by_loss),
+        pick=None if pick is None else pick.cand.key,
+        chosen_by_kind=kind,
+        chosen_by=None if kind is None else _CHOSEN_WORDS[kind],
+        tie_tolerance=TIE_TOLERANCE,
+        cost_tie=COST_TIE,
+    )
 
 
 _CHOSEN_WORDS = {

@@ -1,6 +1,6 @@
 """The race's recommendation in words: what was measured, the lead, the tie-break.
 
-:func:`race_reasons` turns the race's ``trials`` record into the
+:func:`race_reasons` turns the race's record (:class:`RaceRecord`) into the
 recommendation's reasons, what would change it, and its confidence; every
 sentence cites the measured values it rests on.
 """
@@ -8,6 +8,7 @@ sentence cites the measured values it rests on.
 from __future__ import annotations
 
 from diagnose.core import Recommendation
+from diagnose.decide.race_record import RaceEntry, RaceRecord
 
 __all__ = ["race_reasons"]
 
@@ -22,42 +23,42 @@ def _pct(v: float) -> str:
 
 
 def race_reasons(
-    trials: dict, pick: dict, prior: Recommendation, protocol: dict
+    trials: RaceRecord, pick: RaceEntry, prior: Recommendation
 ) -> tuple[list, list, str]:
-    """``(reasons, would_change_if, confidence)`` of the race's ``pick`` (an entry of
-    ``trials["candidates"]``) against the rule ``prior``, scored by ``protocol``."""
-    gap, last = trials["gap"], pick["rungs"][-1]
+    """``(reasons, would_change_if, confidence)`` of the race's ``pick`` (one of
+    ``trials.entries``) against the rule ``prior``."""
+    gap, last = trials.gap, pick.rungs[-1]
     reasons = [
-        _measured_reason(trials, protocol),
-        f"{pick['key']} reached {last['val_accuracy']:.3f} held-out accuracy after "
-        f"{last['epochs']} epochs.",
+        _measured_reason(trials),
+        f"{pick.key} reached {last.val_accuracy:.3f} held-out accuracy after {last.epochs} epochs.",
     ]
     if gap is not None:
         reasons.append(
             (
                 "Its lead"
-                if pick["key"] == trials["winner"]
-                else f"The best held-out accuracy is {trials['winner']}'s; its lead"
+                if pick.key == trials.winner
+                else f"The best held-out accuracy is {trials.winner}'s; its lead"
             )
-            + f" over the runner-up {trials['runner_up']} is {_pct(gap['mean'])} points "
-            f"(95% CI {_pct(gap['ci_low'])} to {_pct(gap['ci_high'])}, paired on the same "
-            f"{gap['n_images']} images)."
+            + f" over the runner-up {trials.runner_up} is {_pct(gap.mean)} points "
+            f"(95% CI {_pct(gap.ci_low)} to {_pct(gap.ci_high)}, paired on the same "
+            f"{gap.n_images} images)."
         )
     change: list[str] = []
-    if trials["within_noise"]:
+    if trials.within_noise:
         reasons += _noise_reasons(trials, pick)
         change.append("More labelled target images, which would separate the leaders.")
         confidence = "low"
     elif gap is not None:
-        complete = len(pick["rungs"]) == len(trials["rung_epochs"])
-        confidence = "high" if gap["ci_low"] > 0 and complete else "medium"
+        complete = len(pick.rungs) == len(trials.spend.rung_epochs)
+        confidence = "high" if gap.ci_low > 0 and complete else "medium"
         change.append(
             "A runner-up within the interval of the gap: then the cheaper of the two. A larger "
             "--trial-budget carries more candidates to the full epochs."
         )
     else:
         confidence = "low"
-    if prior.strategy != pick["strategy"]:
+    strategy = pick.candidate.strategy
+    if prior.strategy != strategy:
         reasons.append(
             f"The rule prior predicted {prior.strategy}; the race measured otherwise, and the "
             "measurement decides."
@@ -67,58 +68,54 @@ def race_reasons(
     return reasons, change, confidence
 
 
-def _measured_reason(trials: dict, protocol: dict) -> str:
+def _measured_reason(trials: RaceRecord) -> str:
     """What was trained, how it was scored, and for what share of the full sweep."""
-    full = trials["full_flops_estimate"]
-    frac = trials["flops_spent"] / full if full else None
+    frac, protocol = trials.spent_fraction, trials.protocol
     folds = (
-        f" ({protocol['folds']} folds, {protocol['repeats']} "
-        f"repeat{'s' if protocol['repeats'] > 1 else ''})"
-        if protocol["folds"] > 1
+        f" ({protocol.folds} folds, {protocol.repeats} repeat{'s' if protocol.repeats > 1 else ''})"
+        if protocol.folds > 1
         else ""
     )
     share = f", for {100 * frac:.0f}% of the full sweep's FLOPs." if frac is not None else "."
+    rungs = ", ".join(map(str, trials.spend.rung_epochs))
     return (
-        f"Measured: {len(trials['candidates'])} candidate configurations trained on the target "
-        f"in a successive-halving race (rungs of {', '.join(map(str, trials['rung_epochs']))} "
-        f"epochs), scored by {protocol['kind']} on {protocol['n_held_out']} held-out images"
+        f"Measured: {len(trials.entries)} candidate configurations trained on the target "
+        f"in a successive-halving race (rungs of {rungs} "
+        f"epochs), scored by {protocol.kind} on {protocol.n_held_out} held-out images"
         + folds
         + share
     )
 
 
-def _noise_reasons(trials: dict, pick: dict) -> list[str]:
+def _noise_reasons(trials: RaceRecord, pick: RaceEntry) -> list[str]:
     """The leaders the held-out images cannot separate, and how the pick was broken out."""
-    leaders = trials["leaders"]
+    leaders = list(trials.leaders)
     out = [
         f"{len(leaders)} leaders ({_names(leaders)}) are within noise of the winner (each "
         "paired interval includes 0): these held-out images cannot separate them. "
-        + _tie_break(trials, pick, trials["tie_tolerance"])
+        + _tie_break(trials, pick, trials.tie_tolerance)
     ]
-    by_loss = trials.get("worse_by_loss") or []
-    if by_loss:
+    if trials.worse_by_loss:
         out.append(
-            f"{_names(by_loss)} tie with the winner on accuracy but their held-out "
-            "cross-entropy is higher (paired 95% interval above 0), so the cheaper of them "
-            "is not taken."
+            f"{_names(list(trials.worse_by_loss))} tie with the winner on accuracy but their "
+            "held-out cross-entropy is higher (paired 95% interval above 0), so the cheaper "
+            "of them is not taken."
         )
     return out
 
 
-def _tie_break(trials: dict, pick: dict, tol: float) -> str:
+def _tie_break(trials: RaceRecord, pick: RaceEntry, tol: float) -> str:
     """Why the pick among the leaders, naming the tie-break actually used."""
-    kind = trials.get("chosen_by_kind")
-    if kind == "cost":
+    if trials.chosen_by_kind == "cost":
         return (
-            f"{pick['key']} is within {tol:.3f} of the winner's accuracy, not measurably "
+            f"{pick.key} is within {tol:.3f} of the winner's accuracy, not measurably "
             f"worse in held-out loss, and cheaper (full-run FLOPs more than "
-            f"{trials['cost_tie']:.0%} below the winner's), so it is recommended."
+            f"{trials.cost_tie:.0%} below the winner's), so it is recommended."
         )
-    tied = len(trials.get("tied") or []) > 1
     return "The winner, the best estimate, is recommended: " + (
         f"the leaders tied with it in accuracy cost the same (full-run FLOPs within "
-        f"{trials['cost_tie']:.0%}), which is a tie, not cheaper."
-        if tied
+        f"{trials.cost_tie:.0%}), which is a tie, not cheaper."
+        if len(trials.tied) > 1
         else f"no cheaper leader is within {tol:.3f} of its accuracy without a measurably "
         "higher held-out loss."
     )

@@ -12,10 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import RepeatedStratifiedKFold
 
+from diagnose.decide.race_record import PairedGap
+
 __all__ = [
     "Fold",
     "KFOLD_REPEATS",
     "KFOLD_SPLITS",
+    "ScoringProtocol",
     "SMALL_VAL",
     "Z95",
     "paired_gap",
@@ -39,9 +42,39 @@ class Fold:
     held_out: np.ndarray
 
 
+@dataclass(frozen=True)
+class ScoringProtocol:
+    """How the race's candidates were scored.
+
+    Attributes:
+        kind: ``"val split"`` or ``"repeated stratified k-fold over train+val"``.
+        folds: folds per partition; repeats: partitions.
+        n_images: labelled images in the pool; n_held_out: images scored at least once.
+        note: why k-fold was not possible, when it was wanted.
+    """
+
+    kind: str
+    folds: int
+    repeats: int
+    n_images: int
+    n_held_out: int
+    note: str | None = None
+
+    def to_dict(self) -> dict:
+        """Plain JSON fields (``note`` only when there is one)."""
+        out = {
+            "kind": self.kind,
+            "folds": self.folds,
+            "repeats": self.repeats,
+            "n_images": self.n_images,
+            "n_held_out": self.n_held_out,
+        }
+        return out if self.note is None else out | {"note": self.note}
+
+
 def scoring_folds(
     y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, *, seed: int
-) -> tuple[list[Fold], dict]:
+) -> tuple[list[Fold], ScoringProtocol]:
     """The race's scoring folds over the labelled pool ``y`` and how they were made.
 
     A val split of at least :data:`SMALL_VAL` images is used as it is; a
@@ -52,41 +85,29 @@ def scoring_folds(
     """
     train_idx, val_idx = np.asarray(train_idx), np.asarray(val_idx)
     if len(val_idx) >= SMALL_VAL:
-        return [Fold(train_idx, val_idx)], {
-            "kind": "val split",
-            "folds": 1,
-            "repeats": 1,
-            "n_images": int(len(train_idx) + len(val_idx)),
-            "n_held_out": int(len(val_idx)),
-        }
+        return [Fold(train_idx, val_idx)], ScoringProtocol(
+            "val split", 1, 1, int(len(train_idx) + len(val_idx)), int(len(val_idx))
+        )
     pool = np.sort(np.concatenate([train_idx, val_idx]))
     counts = np.bincount(y[pool])
     smallest = int(counts[counts > 0].min())
     splits = min(KFOLD_SPLITS, smallest)
     if splits < 2:
-        return [Fold(train_idx, val_idx)], {
-            "kind": "val split",
-            "folds": 1,
-            "repeats": 1,
-            "n_images": int(len(pool)),
-            "n_held_out": int(len(val_idx)),
-            "note": "a class has a single labelled image, so no stratified k-fold is possible",
-        }
+        return [Fold(train_idx, val_idx)], ScoringProtocol(
+            "val split", 1, 1, int(len(pool)), int(len(val_idx)),
+            note="a class has a single labelled image, so no stratified k-fold is possible",
+        )  # fmt: skip
     # A second partition only where one is noisy: on a pool of SMALL_VAL images or more,
     # every image scored once already resolves about +-5 points.
     repeats = KFOLD_REPEATS if len(pool) < SMALL_VAL else 1
     rskf = RepeatedStratifiedKFold(n_splits=splits, n_repeats=repeats, random_state=seed)
     folds = [Fold(pool[tr], pool[te]) for tr, te in rskf.split(pool, y[pool])]
-    return folds, {
-        "kind": "repeated stratified k-fold over train+val",
-        "folds": splits,
-        "repeats": repeats,
-        "n_images": int(len(pool)),
-        "n_held_out": int(len(pool)),
-    }
+    return folds, ScoringProtocol(
+        "repeated stratified k-fold over train+val", splits, repeats, int(len(pool)), int(len(pool))
+    )
 
 
-def paired_gap(a: np.ndarray, b: np.ndarray, image_ids: np.ndarray) -> dict:
+def paired_gap(a: np.ndarray, b: np.ndarray, image_ids: np.ndarray) -> PairedGap:
     """Per-image accuracy gap of ``a`` over ``b`` (bool arrays on the same held-out entries).
 
     Repeated folds score an image more than once, so the differences are
@@ -100,4 +121,4 @@ def paired_gap(a: np.ndarray, b: np.ndarray, image_ids: np.ndarray) -> dict:
     mean = float(per_image.mean())
     sd = float(per_image.std(ddof=1)) if m > 1 else 0.0
     half = Z95 * sd / math.sqrt(m) if m > 1 else float("inf")
-    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "n_images": int(m)}
+    return PairedGap(mean, mean - half, mean + half, int(m))

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diagnose.decide.candidates import Candidate
+from diagnose.decide.race_record import RungScore
 from diagnose.training import StrategyRun
 
 __all__ = [
@@ -114,7 +115,7 @@ class Arm:
 
     def __init__(self, index: int, cand: Candidate):
         self.index, self.cand = index, cand
-        self.rungs: list[dict] = []
+        self.rungs: list[RungScore] = []
         self.correct = self.loss = None
         self.fixed = self.per_epoch = 0.0  # FLOPs per fold, from its latest rung
         self.ids = None  # the held-out image of each entry of ``correct``
@@ -258,27 +259,27 @@ class RaceContext:
             a.status, a.eliminated_at = "diverged", r
             a.reason = f"diverged ({bad.get('loss')}) after at most {e} epochs"
         a.rungs.append(
-            {
-                "rung": r,
-                "epochs": int(e),
-                "val_accuracy": float(a.correct.mean()),
-                "val_loss": float(a.loss.mean()) if np.isfinite(a.loss).all() else None,
-                "fold_accuracy": [float(o["correct"].mean()) for o in outs],
-                "folds": len(outs),
-                "flops": int(fixed + scaled),
-                "wall_s": round(wall, 4),
+            RungScore(
+                rung=r,
+                epochs=int(e),
+                val_accuracy=float(a.correct.mean()),
+                val_loss=float(a.loss.mean()) if np.isfinite(a.loss).all() else None,
+                fold_accuracy=tuple(float(o["correct"].mean()) for o in outs),
+                folds=len(outs),
+                flops=int(fixed + scaled),
+                wall_s=round(wall, 4),
                 **_mean_forgetting([o.get("forgetting") for o in outs]),
-            }
+            )
         )
         return fixed + scaled
 
 
 def _mean_forgetting(per_fold: list[dict | None]) -> dict:
-    """``{"agreement", "source_accuracy"}`` averaged over the folds that measured them
+    """:class:`RungScore`'s forgetting fields, averaged over the folds that measured them
     (nothing when a fold did not: the rung was not measured)."""
     if not per_fold or any(f is None for f in per_fold):
         return {}
-    out = {}
+    out: dict = {"forgetting_measured": True}
     for key in ("agreement", "source_accuracy"):
         values = [f[key] for f in per_fold if f.get(key) is not None]
         out[key] = float(np.mean(values)) if len(values) == len(per_fold) else None

@@ -14,6 +14,7 @@ from diagnose.core import Recommendation, check_params
 from diagnose.decide.candidates import LR_GRID, Candidate, build_candidates, partial_depths
 from diagnose.decide.race import run_race, rung_epochs
 from diagnose.decide.race_lr import MAX_EDGE_STEPS
+from diagnose.decide.race_record import RaceSpend, RungScore
 from diagnose.decide.race_scoring import KFOLD_REPEATS, SMALL_VAL, paired_gap, scoring_folds
 from diagnose.models.cuts import cut_description, network_units, trainable_modules
 from tests.diagnose.tiny_models import Tiny, single_thread
@@ -28,6 +29,12 @@ def _pool(n_per_class=12, classes=3, seed=0):
 
 
 def _race(budget=0.5, seed=0, strategies=("feature_extraction", "partial", "lp_ft"), meter=None):
+    """``(candidates, results.json's trials, protocol)`` of a race on the tiny pool."""
+    cands, record, protocol = _race_record(budget, seed, strategies, meter)
+    return cands, record.to_dict(), protocol
+
+
+def _race_record(budget, seed, strategies, meter):
     x, y = _pool()
     torch.manual_seed(0)
     net = Tiny(classes=5)
@@ -77,23 +84,23 @@ def test_small_val_splits_are_replaced_by_repeated_stratified_kfold():
     y = np.repeat(np.arange(4), 10)
     train, val = np.arange(0, 40, 2), np.arange(1, 40, 2)
     folds, protocol = scoring_folds(y, train, val, seed=0)
-    assert len(val) < SMALL_VAL and protocol["kind"].startswith("repeated stratified k-fold")
-    assert len(folds) == protocol["folds"] * protocol["repeats"]
-    assert protocol["repeats"] == KFOLD_REPEATS
+    assert len(val) < SMALL_VAL and protocol.kind.startswith("repeated stratified k-fold")
+    assert len(folds) == protocol.folds * protocol.repeats
+    assert protocol.repeats == KFOLD_REPEATS
     for f in folds:
         assert not set(f.train) & set(f.held_out)
         assert set(f.train) | set(f.held_out) == set(range(40))  # train+val, nothing else
         assert np.bincount(y[f.held_out]).min() >= 1  # stratified
     # Each repeat scores every image exactly once.
     ids = np.concatenate([f.held_out for f in folds])
-    assert np.all(np.bincount(ids) == protocol["repeats"])
+    assert np.all(np.bincount(ids) == protocol.repeats)
 
 
 def test_a_large_val_split_is_used_as_it_is():
     y = np.repeat(np.arange(2), 300)
     train, val = np.arange(0, 600, 2), np.arange(1, 600, 2)
     folds, protocol = scoring_folds(y, train, val, seed=0)
-    assert len(folds) == 1 and protocol["kind"] == "val split"
+    assert len(folds) == 1 and protocol.kind == "val split"
     assert np.array_equal(folds[0].held_out, val)
 
 
@@ -104,12 +111,12 @@ def test_paired_gap_matches_the_formula_and_averages_repeated_images():
     gap = paired_gap(a, b, ids)
     d = a.astype(float) - b.astype(float)
     half = 1.959963984540054 * d.std(ddof=1) / np.sqrt(8)
-    assert gap["mean"] == pytest.approx(d.mean(), abs=1e-15)
-    assert gap["ci_low"] == pytest.approx(d.mean() - half, abs=1e-15)
-    assert gap["n_images"] == 8
+    assert gap.mean == pytest.approx(d.mean(), abs=1e-15)
+    assert gap.ci_low == pytest.approx(d.mean() - half, abs=1e-15)
+    assert gap.n_images == 8
     # The same images scored twice (two repeats) are still 8 images, not 16.
     twice = paired_gap(np.tile(a, 2), np.tile(b, 2), np.tile(ids, 2))
-    assert twice["n_images"] == 8 and twice["ci_high"] == pytest.approx(gap["ci_high"], abs=1e-15)
+    assert twice.n_images == 8 and twice.ci_high == pytest.approx(gap.ci_high, abs=1e-15)
 
 
 def test_partial_depths_include_the_fixed_ones_and_the_measured_cuts():
@@ -358,7 +365,7 @@ def _finalist(i, strategy, correct, loss, per_epoch):
     a.correct, a.loss = np.asarray(correct, dtype=bool), np.asarray(loss, dtype=np.float64)
     a.ids = np.arange(len(correct))
     a.per_epoch = per_epoch
-    a.rungs = [{"rung": 0, "epochs": 5, "val_accuracy": float(a.correct.mean())}]
+    a.rungs = [RungScore(0, 5, float(a.correct.mean()), None, (), 1, 0, 0.0)]
     return a
 
 
@@ -377,13 +384,17 @@ def test_an_accuracy_tie_goes_to_the_cheaper_only_when_the_loss_does_not_separat
     cheap = _finalist(1, "feature_extraction", correct, base + (cheap_loss - 0.3), per_epoch=1.0)
     arms = [dear, cheap]
     ranked = sorted(arms, key=Arm.rank_key)
-    spend = {"flops_spent": 0, "full_flops_estimate": 1.0, "budget": 0.2}
-    trials = race_summary(arms, ranked, {"rungs": []}, spend, n_folds=1, full_epochs=5)
-    assert trials["winner"] == "lp_ft lr=0.01"  # equal accuracy: the lower loss ranks first
-    assert trials["within_noise"] and trials["pick"].startswith(picked)
-    assert trials["worse_by_loss"] == ([] if picked == "feature_extraction" else [cheap.cand.key])
-    gap = next(c for c in trials["candidates"] if c["strategy"] == "feature_extraction")
-    assert gap["loss_gap_to_winner"]["mean"] == pytest.approx(cheap_loss - 0.3)
+    spend = RaceSpend(full_flops_estimate=1.0, budget=0.2)
+    trials = race_summary(arms, ranked, spend, n_folds=1, full_epochs=5)
+    assert trials.winner == "lp_ft lr=0.01"  # equal accuracy: the lower loss ranks first
+    assert trials.within_noise and trials.pick.startswith(picked)
+    assert trials.worse_by_loss == (() if picked == "feature_extraction" else (cheap.cand.key,))
+    gap = trials.entry(cheap.cand.key).loss_gap_to_winner
+    assert gap.mean == pytest.approx(cheap_loss - 0.3)
+    # results.json holds the same verdict, in JSON
+    as_json = json.loads(json.dumps(trials.to_dict()))
+    assert as_json["pick"] == trials.pick and as_json["within_noise"] is True
+    assert as_json["candidates"][1]["loss_gap_to_winner"]["mean"] == pytest.approx(gap.mean)
 
 
 @pytest.mark.parametrize(
@@ -406,15 +417,13 @@ def test_a_cost_tie_is_called_a_tie_not_cheaper(cheap_cost, kind):
     other = _finalist(1, "discriminative", correct, noisy, per_epoch=cheap_cost)
     other.cand = Candidate("discriminative", None, 0.01, "strategy", 0)  # the prior's pick
     arms = [winner, other]
-    spend = {"flops_spent": 0, "full_flops_estimate": 1.0, "budget": 0.2}
-    trials = race_summary(arms, sorted(arms, key=Arm.rank_key), {"rungs": []}, spend,
-                          n_folds=1, full_epochs=5)  # fmt: skip
-    assert trials["winner"].startswith("full_low_lr") and len(trials["tied"]) == 2
-    assert trials["chosen_by_kind"] == kind and trials["cost_tie"] == COST_TIE
+    spend = RaceSpend(full_flops_estimate=1.0, budget=0.2)
+    trials = race_summary(arms, sorted(arms, key=Arm.rank_key), spend, n_folds=1, full_epochs=5)
+    assert trials.winner.startswith("full_low_lr") and len(trials.tied) == 2
+    assert trials.chosen_by_kind == kind and trials.cost_tie == COST_TIE
     # the same cost (or within 5%): the winner stays, whatever the prior prefers
-    assert trials["pick"].startswith("discrim" if kind == "cost" else "full_low_lr")
-    pick = next(c for c in trials["candidates"] if c["key"] == trials["pick"])
-    text = _tie_break(trials, pick, trials["tie_tolerance"])
+    assert trials.pick.startswith("discrim" if kind == "cost" else "full_low_lr")
+    text = _tie_break(trials, trials.entry(trials.pick), trials.tie_tolerance)
     if kind == "cost":
         assert "cheaper (full-run FLOPs more than 5% below" in text
     else:
@@ -464,7 +473,8 @@ def test_the_race_measures_what_its_finalists_forgot_and_draws_their_front():
         return ForgettingMeter(net, head="head", blocks=["block1", "block2", "block3"],
                                source_x=source, source_y=None, device="cpu", batch_size=8)  # fmt: skip
 
-    _, trials, _ = _race(budget=0.8, meter=meter)
+    _, record, _ = _race_record(0.8, 0, ("feature_extraction", "partial", "lp_ft"), meter)
+    trials = record.to_dict()
     last = max(len(c["rungs"]) for c in trials["candidates"])
     for c in trials["candidates"]:
         for r in c["rungs"]:
@@ -474,7 +484,7 @@ def test_the_race_measures_what_its_finalists_forgot_and_draws_their_front():
                 assert 0 <= r["agreement"] <= 1 and r["source_accuracy"] is None
     fe = [c for c in trials["candidates"] if c["strategy"] == "feature_extraction"]
     assert all(c["rungs"][-1]["agreement"] == 1.0 for c in fe if len(c["rungs"]) == last)
-    rows = race_front_rows(trials["candidates"], None)
+    rows = race_front_rows(record.entries, None)
     assert rows and {r["name"] for r in rows} <= {c["arm"] for c in trials["candidates"]}
     front = learning_forgetting_front(rows)
     assert front and all(p.measure == "disagreement" for p in front)

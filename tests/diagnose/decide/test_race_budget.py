@@ -106,7 +106,7 @@ def test_a_tiny_target_keeps_its_budget_first_rung_included(budget):
             _cands(), folds, x, y, 3, model=Tiny(classes=5), head="head", blocks=BLOCKS,
             full_epochs=50, budget=budget, batch_size=64, seed=0,
             device=torch.device("cpu"), progress=False,
-        )  # fmt: skip
+        ).to_dict()  # fmt: skip
     assert trials["flops_spent"] <= budget * trials["full_flops_estimate"]
     assert trials["flops_spent"] == sum(c["flops"] for c in trials["candidates"])
     assert trials["rung_epochs"][0] < 50  # a shorter first rung, not a sweep at full length

@@ -142,7 +142,7 @@ def test_the_race_charges_the_test_and_holds_its_budget():
             seed=0,
             device=torch.device("cpu"),
             progress=False,
-        )
+        ).to_dict()
     grids = trials["lr_grids"]
     assert grids["source"] == "network_range_test", grids["why"]
     assert trials["flops_spent"] >= grids["flops"] + sum(r["flops"] for r in trials["rungs"])
