@@ -68,7 +68,8 @@ class Domain:
     ) -> dict[str, np.ndarray]:
         """Disjoint ``"train"``, ``"val"``, ``"test"`` index arrays covering every item.
 
-        Stratified by label when labelled (each class is split by
+        An item of a labelled domain that could not be read (label -1) is in none of
+        them. Stratified by label when labelled (each class is split by
         ``fractions``, every split getting at least one item of a class that
         has at least three), deterministic given ``seed``, indices sorted. A
         class with fewer items than there are non-empty splits goes wholly to
@@ -85,7 +86,9 @@ class Domain:
         groups = (
             [np.arange(n)]
             if self.labels is None
-            else [np.flatnonzero(self.labels == c) for c in np.unique(self.labels)]
+            else [
+                np.flatnonzero(self.labels == c) for c in np.unique(self.labels[self.labels >= 0])
+            ]
         )
         needed = int(sum(f > 0 for f in fr))
         parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}

@@ -17,13 +17,20 @@ __all__ = [
 
 
 def subsample(domain: Domain, max_samples: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``max_samples`` items of ``domain``, drawn with ``seed``.
+
+    Items a labelled domain already failed to read (label -1, counted in its warnings
+    when it was loaded) are never drawn: reading them again would fail again and be
+    reported twice.
+    """
     n = len(domain.dataset)
-    if max_samples is None or max_samples >= n:
-        return np.arange(n)
+    pool = np.arange(n) if domain.labels is None else np.flatnonzero(domain.labels >= 0)
+    if max_samples is None or max_samples >= len(pool):
+        return pool
     if max_samples < 1:
         raise UsageError(Arg("max_samples"), f" must be at least 1. Got {max_samples}.")
     rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, size=max_samples, replace=False))
+    return np.sort(rng.choice(pool, size=max_samples, replace=False))
 
 
 def restricted_splits(domain: Domain, used: np.ndarray, seed: int) -> dict[str, np.ndarray] | None:

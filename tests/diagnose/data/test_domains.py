@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from PIL import Image
 
 from diagnose.data.demo_data import DEMO_DOMAINS, demo_arrays
 from diagnose.data.domains import Domain, load_domain
+from diagnose.data.splits import subsample
 from probes import UnreadableExample, fetch_items
 
 SHIFTED = ["demo:digits-noise", "demo:digits-invert", "demo:digits-rotate", "demo:digits-relabel"]
@@ -385,5 +387,15 @@ def test_items_that_raise_are_skipped_and_counted(user_module):
     assert "2 of 12 items" in note and "OSError: network share hiccup reading item 3" in note
     with pytest.raises(UnreadableExample, match="item 3 could not be read"):
         d.dataset[3]  # the readers skip it and count it
+    # Never drawn or split again: a second read would fail again and be reported twice,
+    # and its label -1 is not a class (no "too few items" warning for it).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split = d.splits(seed=0)
+    assert sorted(np.concatenate(list(split.values())).tolist()) == [
+        i for i in range(12) if i not in (3, 7)
+    ]
+    assert 3 not in subsample(d, None, seed=0) and 7 not in subsample(d, None, seed=0)
+    assert not {3, 7} & set(subsample(d, 5, seed=0).tolist())
     with pytest.raises(ValueError, match=r"9 of the 12 items read raised an error, too many"):
         load_domain(f"{user_module}:mostly_broken")

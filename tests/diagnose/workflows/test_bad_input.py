@@ -569,4 +569,7 @@ def test_a_user_dataset_with_failing_items_and_string_labels_runs(tmp_path, monk
     assert res["target"]["classes"] == ["bar", "cross", "ring"]  # sorted class names
     lines = [w for w in res["warnings"] if "raised an error" in w]
     assert len(lines) == 1 and "2 of 48 items" in lines[0] and "item 3" in lines[0]
+    # said once: the failed items are not read again (nor split as a class of label -1)
+    assert not [w for w in res["warnings"] if "could not be read" in w or "too few" in w]
+    assert sum(res["target"][f"n_{k}"] for k in ("train", "val", "test")) == 46
     assert res["recommendation"]["measured"] is True
