@@ -226,6 +226,7 @@ def _network_range_test(model, head, data, train_idx, batch_size, seed, device, 
         momentum=LR_TEST_MOMENTUM,
         device=device,
         progress=progress,
+        desc="lr range test (whole network)",
     )
 
 

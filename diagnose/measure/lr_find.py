@@ -157,6 +157,7 @@ def lr_range_test(
     momentum: float = 0.9,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    desc: str = "lr range test",
 ) -> LRFindResult:
     """Run an LR range test with SGD (momentum) on ``model`` and restore it afterwards.
 
@@ -166,7 +167,7 @@ def lr_range_test(
     LR, so the test sweeps one LR of a fixed ratio between groups. The default loss is the
     cross-entropy of the logits (:func:`probes.logits_of` of the model's
     output, so dict and tuple outputs work); a ``loss_fn`` gets the output as
-    the model returns it. Example::
+    the model returns it. ``desc`` labels the progress bar. Example::
 
         head = nn.Linear(128, 10)
         res = lr_range_test(head, [(feats, labels)], num_steps=100)
@@ -194,7 +195,7 @@ def lr_range_test(
         raise ValueError("lr_range_test got no batches.")
     try:
         model.train()
-        bar = tqdm(range(num_steps), desc="lr range test", disable=not progress, leave=False)
+        bar = tqdm(range(num_steps), desc=desc, disable=not progress, leave=False)
         for step in bar:
             lr = start_lr * gamma**step
             for group in optimizer.param_groups:
@@ -251,7 +252,16 @@ def lr_find_head(
     n_batches = math.ceil(len(train_idx) / batch_size)
     repeats = 1 if n_batches >= MIN_DISTINCT_BATCHES else RANGE_REPEATS
     runs = [
-        _head_range_test(features, labels, train_idx, seed + i, progress, batch_size, num_steps)
+        _head_range_test(
+            features,
+            labels,
+            train_idx,
+            seed + i,
+            progress,
+            batch_size,
+            num_steps,
+            desc="lr range test" + (f" (pass {i + 1}/{repeats})" if repeats > 1 else ""),
+        )  # fmt: skip
         for i in range(repeats)
     ]
     out = runs[0]
@@ -263,7 +273,7 @@ def lr_find_head(
     return out
 
 
-def _head_range_test(features, labels, train_idx, seed, progress, batch_size, num_steps):
+def _head_range_test(features, labels, train_idx, seed, progress, batch_size, num_steps, desc):
     y_all = labels[train_idx]
     classes = np.unique(y_all)
     gen = torch.Generator().manual_seed(seed)
@@ -275,7 +285,12 @@ def _head_range_test(features, labels, train_idx, seed, progress, batch_size, nu
     torch.manual_seed(seed)
     head = torch.nn.Linear(x.shape[1], len(classes))
     res = lr_range_test(
-        head, batches, num_steps=num_steps, momentum=LR_TEST_MOMENTUM, progress=progress
+        head,
+        batches,
+        num_steps=num_steps,
+        momentum=LR_TEST_MOMENTUM,
+        progress=progress,
+        desc=desc,
     )
     out = res.to_dict()
     out["batch_size"] = batch_size
