@@ -227,13 +227,20 @@ def print_table(rows: list[dict]) -> None:
 
 def _print_peer(rows: list[dict]) -> None:
     """The race's mean regrets beside the sweep-by-validation peer's, on the same rows."""
+    keys = (
+        "regret_points",
+        "sweep_val_regret_points",
+        "seed_regret_points",
+        "sweep_val_seed_regret_points",
+    )
+    both = [r for r in rows if all(r.get(k) is not None for k in keys)]
 
     def mean(key: str) -> str:
-        vals = [r[key] for r in rows if r.get(key) is not None]
-        return f"{sum(vals) / len(vals):.1f}" if vals else "—"
+        return f"{sum(r[key] for r in both) / len(both):.1f}" if both else "—"
 
     print(
-        f"peer (a full sweep picking by its validation split): mean regret "
+        f"peer (a full sweep picking by its validation split), on the {len(both)} rows with "
+        f"both: mean regret "
         f"{mean('sweep_val_regret_points')} points against the race's {mean('regret_points')}; "
         f"on each seed's own runs {mean('sweep_val_seed_regret_points')} against "
         f"{mean('seed_regret_points')}"

@@ -48,6 +48,8 @@ class Domain:
         size_range: smallest and largest (H, W) seen.
         description: one human-readable line.
         warnings: problems met while loading (skipped files, assumptions).
+        unreadable: items whose read already raised while loading (counted in
+            ``warnings``); no split holds them and no workflow reads them again.
     """
 
     name: str
@@ -59,6 +61,7 @@ class Domain:
     size_range: tuple[tuple[int, int], tuple[int, int]]
     description: str
     warnings: list[str] = field(default_factory=list)
+    unreadable: frozenset[int] = frozenset()
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -66,9 +69,9 @@ class Domain:
     def splits(
         self, seed: int = 0, fractions: Sequence[float] = (0.6, 0.2, 0.2)
     ) -> dict[str, np.ndarray]:
-        """Disjoint ``"train"``, ``"val"``, ``"test"`` index arrays covering every item.
+        """Disjoint ``"train"``, ``"val"``, ``"test"`` index arrays covering every readable item.
 
-        An item of a labelled domain that could not be read (label -1) is in none of
+        Items that could not be read while loading (:meth:`readable`) are in none of
         them. Stratified by label when labelled (each class is split by
         ``fractions``, every split getting at least one item of a class that
         has at least three), deterministic given ``seed``, indices sorted. A
@@ -82,13 +85,11 @@ class Domain:
         """
         fr = _check_fractions(fractions)
         rng = np.random.default_rng(seed)
-        n = len(self)
+        ok = self.readable()
         groups = (
-            [np.arange(n)]
+            [ok]
             if self.labels is None
-            else [
-                np.flatnonzero(self.labels == c) for c in np.unique(self.labels[self.labels >= 0])
-            ]
+            else [ok[self.labels[ok] == c] for c in np.unique(self.labels[ok])]
         )
         needed = int(sum(f > 0 for f in fr))
         parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
@@ -121,6 +122,15 @@ class Domain:
             k: np.sort(np.concatenate(v)).astype(np.int64) if v else np.zeros(0, np.int64)
             for k, v in parts.items()
         }
+
+    def readable(self) -> np.ndarray:
+        """Sorted indices of the items not already known to be unreadable (``unreadable``,
+        or the label -1 a labelled domain gives such an item)."""
+        keep = np.ones(len(self), dtype=bool)
+        keep[list(self.unreadable)] = False
+        if self.labels is not None:
+            keep &= self.labels >= 0
+        return np.flatnonzero(keep)
 
     def _class_name(self, label: int) -> str:
         if self.classes is not None and 0 <= label < len(self.classes):

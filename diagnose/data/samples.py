@@ -86,7 +86,7 @@ def sample_thumbnails(
                 ]
             else:
                 picks = []
-                for c in np.unique(labels)[:max_classes]:
+                for c in np.unique(labels[labels >= 0])[:max_classes]:
                     idx = np.flatnonzero(labels == c)
                     for i in rng.choice(idx, size=min(per_class, len(idx)), replace=False):
                         picks.append((int(c), int(i)))

@@ -19,12 +19,11 @@ __all__ = [
 def subsample(domain: Domain, max_samples: int | None, seed: int) -> np.ndarray:
     """Sorted indices of at most ``max_samples`` items of ``domain``, drawn with ``seed``.
 
-    Items a labelled domain already failed to read (label -1, counted in its warnings
-    when it was loaded) are never drawn: reading them again would fail again and be
-    reported twice.
+    Items the domain already failed to read (:meth:`Domain.readable`, counted in its
+    warnings when it was loaded) are never drawn: reading them again would fail again
+    and be reported twice.
     """
-    n = len(domain.dataset)
-    pool = np.arange(n) if domain.labels is None else np.flatnonzero(domain.labels >= 0)
+    pool = domain.readable()
     if max_samples is None or max_samples >= len(pool):
         return pool
     if max_samples < 1:

@@ -179,29 +179,29 @@ def _read_facts(x: Any, where: str, bad: list[str]) -> tuple | None:
 _FAILED = object()  # the label of an item whose __getitem__ raised
 
 
-def _probe_item(ds, i: int, where: str, bad: list[str], failed: list[str]) -> tuple:
+def _probe_item(ds, i: int, where: str, bad: list[str], failed: dict[int, str]) -> tuple:
     """``(facts or None, label)`` of item ``i``; a read error is noted in ``failed`` (label
     :data:`_FAILED`), an undecodable image in ``bad``."""
     try:
         x, y = _read_item(ds, i, where)
     except UndecodableImage as exc:
-        failed.append(exc.describe())
+        failed[i] = exc.describe()
         return None, _FAILED
     return _read_facts(x, where, bad), y
 
 
-def _check_failed(spec: str, failed: list[str], n_read: int, notes: list[str]) -> None:
+def _check_failed(spec: str, failed: dict[int, str], n_read: int, notes: list[str]) -> None:
     if not failed:
         return
+    first = next(iter(failed.values()))
     if len(failed) > MAX_FAILED_SHARE * n_read:
         raise ValueError(
             f"dataset spec {spec!r}: {len(failed)} of the {n_read} items read raised an error, "
-            f"too many to measure anything (the first: {failed[0]}); fix the dataset or its "
+            f"too many to measure anything (the first: {first}); fix the dataset or its "
             "source."
         )
     notes.append(
-        f"{len(failed)} of {n_read} items read raised an error and are skipped (the first: "
-        f"{failed[0]})"
+        f"{len(failed)} of {n_read} items read raised an error and are skipped (the first: {first})"
     )
 
 
@@ -277,7 +277,7 @@ def callable_domain_fields(spec: str) -> dict[str, Any]:
     ds, n = _dataset(spec)
     notes: list[str] = []
     bad: list[str] = []
-    failed: list[str] = []
+    failed: dict[int, str] = {}  # item -> what its read raised
     targets = getattr(ds, "targets", None)
     if targets is not None:
         ys = targets.tolist() if isinstance(targets, torch.Tensor) else list(targets)
@@ -304,7 +304,7 @@ def callable_domain_fields(spec: str) -> dict[str, Any]:
         notes.append(f"{len(bad)} item(s) whose image could not be decoded: {shown}")
     if not facts:
         raise ValueError(
-            f"dataset spec {spec!r}: none of the items read could be decoded ({(bad + failed)[0]})."
+            f"dataset spec {spec!r}: none of the items read could be decoded ({(bad + list(failed.values()))[0]})."
         )
     channels = 3 if {f[0] for f in facts} - {1} else 1
     lo, hi = min(f[3] for f in facts), max(f[4] for f in facts)
@@ -326,4 +326,5 @@ def callable_domain_fields(spec: str) -> dict[str, Any]:
         size_range=size_range,
         description=f"dataset from {spec}: {n} images, {label_text}, {channels} channel(s)",
         warnings=notes,
+        unreadable=frozenset(failed),
     )

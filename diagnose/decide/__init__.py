@@ -62,14 +62,20 @@ from diagnose.decide.race_lr import (
 )
 from diagnose.decide.race_ray import RayTrials
 from diagnose.decide.race_reasons import race_reasons
-from diagnose.decide.race_record import PairedGap, RaceEntry, RaceRecord, RaceSpend, RungScore
+from diagnose.decide.race_record import (
+    PairedGap,
+    RaceEntry,
+    RaceRecord,
+    RaceSpend,
+    RungScore,
+    ScoringProtocol,
+)
 from diagnose.decide.race_scoring import (
     KFOLD_REPEATS,
     KFOLD_SPLITS,
     SMALL_VAL,
     Z95,
     Fold,
-    ScoringProtocol,
     paired_gap,
     scoring_folds,
 )

@@ -228,13 +228,13 @@ def measured_recommendation(
         cands, folds, x, y, n_classes, model=net, head=race_head, blocks=race_blocks,
         full_epochs=full_epochs, budget=trial_budget, batch_size=batch_size, seed=seed,
         device=device, progress=progress, warnings=warnings, executor=executor,
-        ray_address=ray_address, meter=meter,
+        ray_address=ray_address, meter=meter, protocol=protocol,
     )  # fmt: skip
     front: dict = {}
     if meter is not None:
         rows = race_front_rows(trials.entries, meter.reference_source_accuracy)
         front = {"front_rows": tuple(rows), "front": tuple(learning_forgetting_front(rows))}
-    trials = replace(trials, protocol=protocol, new_head=head is None, **front)
+    trials = replace(trials, new_head=head is None, **front)
     if trials.pick is None:
         warnings.append("Every race candidate failed: the recommendation is the rule prior.")
         return _unmeasured(prior, model, blocks, head, "every race candidate failed")

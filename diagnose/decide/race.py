@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -58,7 +59,13 @@ from diagnose.decide.race_lr import (
     finetune_grid,
     unbracketed,
 )
-from diagnose.decide.race_record import PairedGap, RaceEntry, RaceRecord, RaceSpend
+from diagnose.decide.race_record import (
+    PairedGap,
+    RaceEntry,
+    RaceRecord,
+    RaceSpend,
+    ScoringProtocol,
+)
 from diagnose.decide.race_scoring import Fold, paired_gap
 from diagnose.decide.race_trials import Arm, RaceContext
 from diagnose.decide.select import COST_TIE, DEFAULT_TIE_TOLERANCE, FLOAT_SLACK, cost_tie
@@ -141,6 +148,7 @@ def run_race(
     executor: str = "local",
     ray_address: str | None = None,
     meter: Any = None,
+    protocol: ScoringProtocol | None = None,
 ) -> RaceRecord:
     """Race ``candidates`` by successive halving within ``budget`` x the full sweep's FLOPs.
 
@@ -154,7 +162,9 @@ def run_race(
     joins a cluster), with the same candidates and scores. With a forgetting ``meter``
     (:class:`diagnose.measure.ForgettingMeter` of the source images) every trial at the
     full epochs also measures what it forgot (each rung's ``agreement`` and
-    ``source_accuracy``): the race's learning-forgetting front. Returns the race's
+    ``source_accuracy``): the race's learning-forgetting front. ``protocol`` (from
+    :func:`~diagnose.decide.race_scoring.scoring_folds`) says how ``folds`` were made, for
+    the record. Returns the race's
     :class:`~diagnose.decide.race_record.RaceRecord` (results.json's ``trials`` is its
     ``to_dict()``).
     """
@@ -212,7 +222,8 @@ def run_race(
         flops_discarded=float(ctx.discarded),
         wall_s=round(time.perf_counter() - start, 4),
     )
-    return race_summary(arms, ranked, spend, n_folds=n_folds, full_epochs=full_epochs)
+    record = race_summary(arms, ranked, spend, n_folds=n_folds, full_epochs=full_epochs)
+    return replace(record, protocol=protocol)
 
 
 def _raced(ctx: RaceContext, plan: RacePlan, budget: float, grids: LRGrids, ray, address, progress):

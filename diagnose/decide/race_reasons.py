@@ -71,19 +71,19 @@ def race_reasons(
 def _measured_reason(trials: RaceRecord) -> str:
     """What was trained, how it was scored, and for what share of the full sweep."""
     frac, protocol = trials.spent_fraction, trials.protocol
-    folds = (
-        f" ({protocol.folds} folds, {protocol.repeats} repeat{'s' if protocol.repeats > 1 else ''})"
-        if protocol.folds > 1
-        else ""
-    )
+    scored = "held-out images"  # a race run without saying how its folds were made
+    if protocol is not None:
+        plural = "s" if protocol.repeats > 1 else ""
+        scored = f"{protocol.kind} on {protocol.n_held_out} held-out images" + (
+            f" ({protocol.folds} folds, {protocol.repeats} repeat{plural})"
+            if protocol.folds > 1
+            else ""
+        )
     share = f", for {100 * frac:.0f}% of the full sweep's FLOPs." if frac is not None else "."
     rungs = ", ".join(map(str, trials.spend.rung_epochs))
     return (
         f"Measured: {len(trials.entries)} candidate configurations trained on the target "
-        f"in a successive-halving race (rungs of {rungs} "
-        f"epochs), scored by {protocol.kind} on {protocol.n_held_out} held-out images"
-        + folds
-        + share
+        f"in a successive-halving race (rungs of {rungs} epochs), scored by {scored}" + share
     )
 
 

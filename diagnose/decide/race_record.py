@@ -9,6 +9,7 @@ learning-forgetting front) as these records, and becomes results.json's
 - :class:`RungScore`: one candidate's score after one rung.
 - :class:`RaceEntry`: one candidate across the race.
 - :class:`RaceSpend`: what the race did and spent against its budget.
+- :class:`ScoringProtocol`: how the candidates were scored (the folds).
 - :class:`RaceRecord`: all of it, with the verdict (winner, leaders, ties, pick).
 
 Example:
@@ -28,9 +29,8 @@ from diagnose.decide.candidates import Candidate
 if TYPE_CHECKING:  # the trials record rungs (RungScore) and the budget imports the trials
     from diagnose.decide.race_budget import Cut
     from diagnose.decide.race_lr import LRGrids
-    from diagnose.decide.race_scoring import ScoringProtocol
 
-__all__ = ["PairedGap", "RaceEntry", "RaceRecord", "RaceSpend", "RungScore"]
+__all__ = ["PairedGap", "RaceEntry", "RaceRecord", "RaceSpend", "RungScore", "ScoringProtocol"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,36 @@ class PairedGap:
     def to_dict(self) -> dict:
         """Plain JSON fields."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ScoringProtocol:
+    """How the race's candidates were scored.
+
+    Attributes:
+        kind: ``"val split"`` or ``"repeated stratified k-fold over train+val"``.
+        folds: folds per partition; repeats: partitions.
+        n_images: labelled images in the pool; n_held_out: images scored at least once.
+        note: why k-fold was not possible, when it was wanted.
+    """
+
+    kind: str
+    folds: int
+    repeats: int
+    n_images: int
+    n_held_out: int
+    note: str | None = None
+
+    def to_dict(self) -> dict:
+        """Plain JSON fields (``note`` only when there is one)."""
+        out = {
+            "kind": self.kind,
+            "folds": self.folds,
+            "repeats": self.repeats,
+            "n_images": self.n_images,
+            "n_held_out": self.n_held_out,
+        }
+        return out if self.note is None else out | {"note": self.note}
 
 
 @dataclass(frozen=True)
@@ -152,9 +182,9 @@ class RaceSpend:
         wall_s: seconds the race took.
     """
 
+    eta: int
     rungs: tuple[dict, ...] = ()
     rung_epochs: tuple[int, ...] = ()
-    eta: int = 3
     flops_spent: int = 0
     full_flops_estimate: float = 0.0
     full_flops_prior_estimate: float = 0.0

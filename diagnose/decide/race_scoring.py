@@ -12,13 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import RepeatedStratifiedKFold
 
-from diagnose.decide.race_record import PairedGap
+from diagnose.decide.race_record import PairedGap, ScoringProtocol
 
 __all__ = [
     "Fold",
     "KFOLD_REPEATS",
     "KFOLD_SPLITS",
-    "ScoringProtocol",
     "SMALL_VAL",
     "Z95",
     "paired_gap",
@@ -40,36 +39,6 @@ class Fold:
 
     train: np.ndarray
     held_out: np.ndarray
-
-
-@dataclass(frozen=True)
-class ScoringProtocol:
-    """How the race's candidates were scored.
-
-    Attributes:
-        kind: ``"val split"`` or ``"repeated stratified k-fold over train+val"``.
-        folds: folds per partition; repeats: partitions.
-        n_images: labelled images in the pool; n_held_out: images scored at least once.
-        note: why k-fold was not possible, when it was wanted.
-    """
-
-    kind: str
-    folds: int
-    repeats: int
-    n_images: int
-    n_held_out: int
-    note: str | None = None
-
-    def to_dict(self) -> dict:
-        """Plain JSON fields (``note`` only when there is one)."""
-        out = {
-            "kind": self.kind,
-            "folds": self.folds,
-            "repeats": self.repeats,
-            "n_images": self.n_images,
-            "n_held_out": self.n_held_out,
-        }
-        return out if self.note is None else out | {"note": self.note}
 
 
 def scoring_folds(

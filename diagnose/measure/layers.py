@@ -293,7 +293,7 @@ def target_rgn(
     )
     # Images that fail to decode are left out; the capture pass over them reports such files.
     x, y, _ = materialize_readable(tgt, used[pick], prep, warnings=[])
-    classes = np.unique(tgt.labels)
+    classes = np.unique(tgt.labels[tgt.labels >= 0])  # -1: an item that could not be read
     y = torch.as_tensor(np.searchsorted(classes, np.asarray(y)), dtype=torch.long)
     return relative_gradient_norms(
         net,

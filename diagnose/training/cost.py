@@ -9,9 +9,8 @@ phase of a run and multiplied by that phase's number of steps.
 A convolution's backward is counted as what it computes: each of its two
 gradients (input, weight) costs the multiply-adds of the forward convolution.
 torch's own formula leaves ``groups`` out of the weight gradient, so a
-depthwise convolution of C channels is counted C times over (on an
-EfficientNet-Lite0 at 32 px a training step counted 40x its forward pass;
-see pytorch/pytorch#183405), which made every run that trains depthwise
+depthwise convolution of C channels is counted C times over (pull request
+pytorch/pytorch#183405), which made every run that trains depthwise
 convolutions look tens of times dearer than one that does not.
 
 Example:
@@ -24,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import resource
 import sys
 import threading
@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = [
     "FLOP_FORMULAS",
@@ -44,15 +44,21 @@ __all__ = [
 
 
 def _conv_backward_flops(
-    grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-    _output_padding, _groups, output_mask, out_shape=None, **_kwargs,
+    grad_out, x, w, _bias, _stride, _padding, _dilation, transposed, _output_padding, _groups,
+    output_mask, **_kwargs,
 ) -> int:  # fmt: skip
     """FLOPs of ``aten.convolution_backward``: the forward's for each gradient it computes.
 
-    The weight shape ``(C_out, C_in / groups, k...)`` already holds the grouping, so the
-    forward count is right for grouped and depthwise convolutions alike.
+    The forward convolution takes 2 x (every weight element) x (every spatial position of
+    its output, or of its input when transposed) x batch FLOPs. The weight's shape
+    ``(C_out, C_in / groups, k...)`` (``(C_in, C_out / groups, k...)`` transposed) already
+    holds the grouping, so the count is right for grouped and depthwise layers alike.
+    Arguments are tensors or their shapes (FlopCounterMode passes shapes).
     """
-    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
+    # grad_out has the forward output's shape
+    out_shape, x_shape, w_shape = (tuple(getattr(a, "shape", a)) for a in (grad_out, x, w))
+    spatial = (x_shape if transposed else out_shape)[2:]
+    forward = 2 * x_shape[0] * math.prod(spatial) * math.prod(w_shape)
     return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
@@ -63,7 +69,7 @@ FLOP_FORMULAS = {torch.ops.aten.convolution_backward: _conv_backward_flops}
 def count_train_step_flops(step_fn: Callable[[], Any]) -> int:
     """FLOPs of one call of ``step_fn`` (forward and backward if it does both).
 
-    Runs ``step_fn`` once under ``FlopCounterMode(display=False)``: its side
+    Runs ``step_fn`` once under ``FlopCounterMode`` (with :data:`FLOP_FORMULAS`): its side
     effects happen as usual, so count a real training step rather than an
     extra one. A Linear layer (N x in -> out) counts 2*N*in*out forward and
     twice that backward (input and weight gradients).

@@ -397,5 +397,16 @@ def test_items_that_raise_are_skipped_and_counted(user_module):
     ]
     assert 3 not in subsample(d, None, seed=0) and 7 not in subsample(d, None, seed=0)
     assert not {3, 7} & set(subsample(d, 5, seed=0).tolist())
+    assert d.unreadable == {3, 7}
     with pytest.raises(ValueError, match=r"9 of the 12 items read raised an error, too many"):
         load_domain(f"{user_module}:mostly_broken")
+
+
+def test_an_unlabelled_domain_never_splits_or_draws_its_unreadable_items():
+    d = Domain("unlabelled", list(range(10)), None, None, 1, (4, 4), ((4, 4), (4, 4)), "x",
+               unreadable=frozenset({2, 5}))  # fmt: skip
+    assert d.readable().tolist() == [0, 1, 3, 4, 6, 7, 8, 9]
+    split = d.splits(seed=0)
+    assert sorted(np.concatenate(list(split.values())).tolist()) == d.readable().tolist()
+    assert subsample(d, None, seed=0).tolist() == d.readable().tolist()
+    assert not {2, 5} & set(subsample(d, 4, seed=1).tolist())

@@ -14,6 +14,7 @@ from diagnose.core import Recommendation, check_params
 from diagnose.decide.candidates import LR_GRID, Candidate, build_candidates, partial_depths
 from diagnose.decide.race import run_race, rung_epochs
 from diagnose.decide.race_lr import MAX_EDGE_STEPS
+from diagnose.decide.race_reasons import race_reasons
 from diagnose.decide.race_record import RaceSpend, RungScore
 from diagnose.decide.race_scoring import KFOLD_REPEATS, SMALL_VAL, paired_gap, scoring_folds
 from diagnose.models.cuts import cut_description, network_units, trainable_modules
@@ -67,6 +68,7 @@ def _race_record(budget, seed, strategies, meter):
             device=torch.device("cpu"),
             progress=False,
             meter=meter(net) if meter is not None else None,
+            protocol=protocol,
         )
     return cands, trials, protocol
 
@@ -384,7 +386,7 @@ def test_an_accuracy_tie_goes_to_the_cheaper_only_when_the_loss_does_not_separat
     cheap = _finalist(1, "feature_extraction", correct, base + (cheap_loss - 0.3), per_epoch=1.0)
     arms = [dear, cheap]
     ranked = sorted(arms, key=Arm.rank_key)
-    spend = RaceSpend(full_flops_estimate=1.0, budget=0.2)
+    spend = RaceSpend(eta=3, full_flops_estimate=1.0, budget=0.2)
     trials = race_summary(arms, ranked, spend, n_folds=1, full_epochs=5)
     assert trials.winner == "lp_ft lr=0.01"  # equal accuracy: the lower loss ranks first
     assert trials.within_noise and trials.pick.startswith(picked)
@@ -417,7 +419,7 @@ def test_a_cost_tie_is_called_a_tie_not_cheaper(cheap_cost, kind):
     other = _finalist(1, "discriminative", correct, noisy, per_epoch=cheap_cost)
     other.cand = Candidate("discriminative", None, 0.01, "strategy", 0)  # the prior's pick
     arms = [winner, other]
-    spend = RaceSpend(full_flops_estimate=1.0, budget=0.2)
+    spend = RaceSpend(eta=3, full_flops_estimate=1.0, budget=0.2)
     trials = race_summary(arms, sorted(arms, key=Arm.rank_key), spend, n_folds=1, full_epochs=5)
     assert trials.winner.startswith("full_low_lr") and len(trials.tied) == 2
     assert trials.chosen_by_kind == kind and trials.cost_tie == COST_TIE
@@ -473,8 +475,14 @@ def test_the_race_measures_what_its_finalists_forgot_and_draws_their_front():
         return ForgettingMeter(net, head="head", blocks=["block1", "block2", "block3"],
                                source_x=source, source_y=None, device="cpu", batch_size=8)  # fmt: skip
 
-    _, record, _ = _race_record(0.8, 0, ("feature_extraction", "partial", "lp_ft"), meter)
+    _, record, protocol = _race_record(0.8, 0, ("feature_extraction", "partial", "lp_ft"), meter)
     trials = record.to_dict()
+    assert trials["protocol"] == protocol.to_dict() and record.protocol is protocol
+    # the recommendation's words read the typed record as run_race returns it
+    reasons, _, _ = race_reasons(
+        record, record.entry(record.pick), Recommendation(strategy="lp_ft")
+    )
+    assert f"on {protocol.n_held_out} held-out images" in reasons[0]
     last = max(len(c["rungs"]) for c in trials["candidates"])
     for c in trials["candidates"]:
         for r in c["rungs"]:

@@ -59,6 +59,16 @@ def test_conv_backward_counts_each_gradient_as_the_forward(c_in, c_out, groups, 
     assert count_train_step_flops(lambda: conv(x).sum().backward()) == 2 * forward
 
 
+def test_a_transposed_grouped_convolution_backward_counts_as_its_forward_twice_more():
+    # A transposed convolution visits every *input* position with every weight element.
+    conv = nn.ConvTranspose2d(6, 12, 3, stride=2, groups=3, bias=False)
+    x = torch.randn(2, 6, 5, 5, requires_grad=True)
+    forward = 2 * 2 * 5 * 5 * (3 * 3) * 6 * (12 // 3)
+    with torch.no_grad():
+        assert count_train_step_flops(lambda: conv(x)) == forward
+    assert count_train_step_flops(lambda: conv(x).sum().backward()) == 3 * forward
+
+
 def test_trainable_params_counts_requires_grad_once():
     shared = nn.Linear(4, 4)
     model = nn.Sequential(shared, nn.ReLU(), shared, nn.Linear(4, 2))
