@@ -64,6 +64,7 @@ from diagnose.decide.race_record import (
     RaceEntry,
     RaceRecord,
     RaceSpend,
+    RungLog,
     ScoringProtocol,
 )
 from diagnose.decide.race_scoring import Fold, paired_gap
@@ -210,7 +211,7 @@ def run_race(
         rungs=tuple(rung_log),
         rung_epochs=tuple(plan.epochs),
         eta=ETA,
-        flops_spent=int(grids.flops + sum(r["flops"] for r in rung_log)),
+        flops_spent=int(grids.flops + sum(r.flops for r in rung_log)),
         full_flops_estimate=float(full),
         full_flops_prior_estimate=float(plan.full_estimate),
         budget=float(budget),
@@ -296,9 +297,7 @@ def _rungs(ctx: RaceContext, plan: RacePlan, budget: float, grids: LRGrids, prog
         rung_flops = sum(f for _, f in ctx.run_batch(alive, bar, e=e, r=r, n_folds=rung_folds))
         bar.close()
         ledger.spent += rung_flops
-        rung_log.append(
-            {"rung": r, "epochs": int(e), "candidates": len(alive), "flops": rung_flops}
-        )
+        rung_log.append(RungLog(r, int(e), len(alive), rung_flops))
     return arms, rung_log, full
 
 
@@ -384,7 +383,7 @@ def _first_rung(ctx: RaceContext, arms: list[Arm], ledger: Ledger, progress: boo
         if not fitting:
             break
     bar.close()
-    log = [{"rung": 0, "epochs": int(e), "candidates": len(arms), "flops": ledger.first_measured}]
+    log = [RungLog(0, int(e), len(arms), ledger.first_measured)]
     return arms, log
 
 

@@ -8,6 +8,7 @@ learning-forgetting front) as these records, and becomes results.json's
   held-out images, with its 95% interval.
 - :class:`RungScore`: one candidate's score after one rung.
 - :class:`RaceEntry`: one candidate across the race.
+- :class:`RungLog`: one rung of the schedule: its epochs, candidates and FLOPs.
 - :class:`RaceSpend`: what the race did and spent against its budget.
 - :class:`ScoringProtocol`: how the candidates were scored (the folds).
 - :class:`RaceRecord`: all of it, with the verdict (winner, leaders, ties, pick).
@@ -30,7 +31,15 @@ if TYPE_CHECKING:  # the trials record rungs (RungScore) and the budget imports 
     from diagnose.decide.race_budget import Cut
     from diagnose.decide.race_lr import LRGrids
 
-__all__ = ["PairedGap", "RaceEntry", "RaceRecord", "RaceSpend", "RungScore", "ScoringProtocol"]
+__all__ = [
+    "PairedGap",
+    "RaceEntry",
+    "RaceRecord",
+    "RaceSpend",
+    "RungLog",
+    "RungScore",
+    "ScoringProtocol",
+]
 
 
 @dataclass(frozen=True)
@@ -164,11 +173,25 @@ class RaceEntry:
 
 
 @dataclass(frozen=True)
+class RungLog:
+    """One rung of the race: its epochs, how many candidates ran it, and their FLOPs."""
+
+    rung: int
+    epochs: int
+    candidates: int
+    flops: float
+
+    def to_dict(self) -> dict:
+        """Plain JSON fields."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class RaceSpend:
     """What the race ran and spent against its budget.
 
     Attributes:
-        rungs: per rung, ``{"rung", "epochs", "candidates", "flops"}``.
+        rungs: each rung of the schedule (:class:`RungLog`).
         rung_epochs: the epochs of each rung; eta: successive halving's factor.
         flops_spent: training FLOPs of the race, its LR range test included.
         full_flops_estimate: the full sweep's FLOPs (calibrated on the trials that ran);
@@ -183,7 +206,7 @@ class RaceSpend:
     """
 
     eta: int
-    rungs: tuple[dict, ...] = ()
+    rungs: tuple[RungLog, ...] = ()
     rung_epochs: tuple[int, ...] = ()
     flops_spent: int = 0
     full_flops_estimate: float = 0.0
@@ -200,7 +223,7 @@ class RaceSpend:
     def to_dict(self) -> dict:
         """Plain JSON fields."""
         return {
-            "rungs": [dict(r) for r in self.rungs],
+            "rungs": [r.to_dict() for r in self.rungs],
             "rung_epochs": list(self.rung_epochs),
             "eta": self.eta,
             "flops_spent": self.flops_spent,
