@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -223,8 +222,9 @@ def run_race(
         flops_discarded=float(ctx.discarded),
         wall_s=round(time.perf_counter() - start, 4),
     )
-    record = race_summary(arms, ranked, spend, n_folds=n_folds, full_epochs=full_epochs)
-    return replace(record, protocol=protocol)
+    return race_summary(
+        arms, ranked, spend, n_folds=n_folds, full_epochs=full_epochs, protocol=protocol
+    )
 
 
 def _raced(ctx: RaceContext, plan: RacePlan, budget: float, grids: LRGrids, ray, address, progress):
@@ -423,12 +423,19 @@ def paired_loss(a, b) -> PairedGap:
 
 
 def race_summary(
-    arms: list, ranked: list, spend: RaceSpend, *, n_folds: int, full_epochs: int
+    arms: list,
+    ranked: list,
+    spend: RaceSpend,
+    *,
+    n_folds: int,
+    full_epochs: int,
+    protocol: ScoringProtocol | None = None,
 ) -> RaceRecord:
     """The race's record and verdict (results.json's ``recommendation.trials``).
 
     ``arms`` are the race's candidates in candidate order and ``ranked`` the same
-    best first; ``spend`` what the race ran and spent against its budget. The
+    best first; ``spend`` what the race ran and spent against its budget, ``protocol``
+    how its folds were made. The
     winner is the best-ranked finished candidate; the *leaders* are it and every
     finalist whose paired 95% interval on the gap to it includes 0; the *tied* are
     the leaders within :data:`TIE_TOLERANCE` of its accuracy whose held-out loss is
@@ -487,17 +494,10 @@ def race_summary(
         worse_by_loss=keys(worse_by_loss),
         pick=None if pick is None else pick.cand.key,
         chosen_by_kind=kind,
-        chosen_by=None if kind is None else _CHOSEN_WORDS[kind],
         tie_tolerance=TIE_TOLERANCE,
         cost_tie=COST_TIE,
+        protocol=protocol,
     )
-
-
-_CHOSEN_WORDS = {
-    "accuracy": "accuracy",
-    "cost": f"the lowest cost among candidates within {TIE_TOLERANCE} of the winner's accuracy "
-    "and not measurably worse in held-out loss",
-}
 
 
 def choose_pick(winner, tied: list, full_epochs: int, n_folds: int) -> tuple:

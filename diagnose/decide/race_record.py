@@ -76,14 +76,10 @@ class ScoringProtocol:
 
     def to_dict(self) -> dict:
         """Plain JSON fields (``note`` only when there is one)."""
-        out = {
-            "kind": self.kind,
-            "folds": self.folds,
-            "repeats": self.repeats,
-            "n_images": self.n_images,
-            "n_held_out": self.n_held_out,
-        }
-        return out if self.note is None else out | {"note": self.note}
+        out = asdict(self)
+        if self.note is None:
+            del out["note"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -109,18 +105,10 @@ class RungScore:
 
     def to_dict(self) -> dict:
         """Plain JSON fields (the forgetting keys only where the rung measured them)."""
-        out = {
-            "rung": self.rung,
-            "epochs": self.epochs,
-            "val_accuracy": self.val_accuracy,
-            "val_loss": self.val_loss,
-            "fold_accuracy": list(self.fold_accuracy),
-            "folds": self.folds,
-            "flops": self.flops,
-            "wall_s": self.wall_s,
-        }
-        if self.forgetting_measured:
-            out |= {"agreement": self.agreement, "source_accuracy": self.source_accuracy}
+        out = asdict(self)
+        out["fold_accuracy"] = list(self.fold_accuracy)
+        if not out.pop("forgetting_measured"):
+            del out["agreement"], out["source_accuracy"]
         return out
 
 
@@ -253,8 +241,8 @@ class RaceRecord:
         leaders: the winner and every finalist whose interval on the gap includes 0.
         tied: the leaders within ``tie_tolerance`` of the winner and not measurably worse
             in held-out loss; worse_by_loss: the others within that tolerance.
-        pick: the key recommended; chosen_by_kind: ``"accuracy"`` or ``"cost"``.
-        chosen_by: how the pick was chosen, in words.
+        pick: the key recommended; chosen_by_kind: ``"accuracy"`` or ``"cost"``
+            (:attr:`chosen_by` says it in words).
         tie_tolerance, cost_tie: the accuracy and cost ties the verdict used.
         protocol: how the candidates were scored (:func:`~diagnose.decide.scoring_folds`).
         new_head: whether the model was raced under a new head (a headless backbone).
@@ -272,13 +260,22 @@ class RaceRecord:
     worse_by_loss: tuple[str, ...]
     pick: str | None
     chosen_by_kind: str | None
-    chosen_by: str | None
     tie_tolerance: float
     cost_tie: float
     protocol: ScoringProtocol | None = None
     new_head: bool = False
     front_rows: tuple[dict, ...] | None = None
     front: tuple[Any, ...] | None = None
+
+    @property
+    def chosen_by(self) -> str | None:
+        """How the pick was chosen among the leaders, in words."""
+        if self.chosen_by_kind == "cost":
+            return (
+                f"the lowest cost among candidates within {self.tie_tolerance} of the winner's "
+                "accuracy and not measurably worse in held-out loss"
+            )
+        return self.chosen_by_kind
 
     @property
     def within_noise(self) -> bool:
