@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -84,9 +85,11 @@ def _as_image(x: Any, where: str, index: int | None = None) -> torch.Tensor:
         )
     if x.ndim == 2:
         x = x.unsqueeze(0)
+    if x.ndim == 3 and x.shape[0] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
+        x = x.permute(2, 0, 1)  # H x W x C (numpy, OpenCV, albumentations): channels first
     if x.ndim != 3 or x.shape[0] not in (1, 3, 4):
         raise ValueError(
-            f"{where}: expected an image tensor of shape C x H x W with C in 1, 3, 4, "
+            f"{where}: expected an image of shape C x H x W (or H x W x C) with C in 1, 3, 4, "
             f"got shape {tuple(x.shape)}."
         )
     if x.shape[0] == 4:  # RGBA: alpha carries no appearance for a classifier
@@ -138,33 +141,75 @@ def _label_index(y: str, class_index: dict[str, int] | None, where: str) -> int:
     return class_index[y]
 
 
-def _split_item(item: Any, where: str) -> tuple[Any, int | None]:
+# Keys of a dict item (Hugging Face ``datasets`` rows, many user Datasets), in the order
+# they are looked for.
+IMAGE_KEYS = ("image", "img", "pixel_values", "images", "input", "inputs", "x")
+LABEL_KEYS = ("label", "labels", "target", "targets", "fine_label", "class", "y")
+
+
+def _split_item(item: Any, where: str) -> tuple[Any, int | str | None]:
+    """``(image, label or None)`` of one item: ``(image, label, *extras)``, ``(image,)``, a
+    dict with an image key (:data:`IMAGE_KEYS`) and maybe a label key (:data:`LABEL_KEYS`),
+    or a bare image."""
+    if isinstance(item, Mapping):
+        image_key = next((k for k in IMAGE_KEYS if k in item), None)
+        if image_key is None:
+            raise ValueError(
+                f"{where}: a dict item needs its image under one of {', '.join(IMAGE_KEYS)}; "
+                f"its keys are {', '.join(map(str, list(item)[:10]))}."
+            )
+        label_key = next((k for k in LABEL_KEYS if k in item), None)
+        y = None if label_key is None else _label_value(item[label_key], where)
+        return item[image_key], y
     if isinstance(item, (tuple, list)):
         if len(item) == 1:
             return item[0], None
-        if len(item) != 2:
-            raise ValueError(
-                f"{where}: expected (image, label) or an image, got {len(item)} values."
-            )
-        x, y = item
-        if isinstance(y, torch.Tensor):
-            if y.numel() != 1:
-                raise ValueError(
-                    f"{where}: the label must be one integer, got shape {tuple(y.shape)}."
-                )
-            y = y.item()
-        if isinstance(y, (np.integer, np.floating)):
-            y = y.item()
-        if isinstance(y, float) and y.is_integer():
-            y = int(y)
-        if isinstance(y, str):  # a class name: mapped to its index in the sorted names
-            return x, y
-        if not isinstance(y, int) or isinstance(y, bool):
-            raise ValueError(
-                f"{where}: the label must be an integer class index or a class name, got {y!r}."
-            )
-        return x, y
+        # (image, label, path) and (image, label, index) are common: extras are ignored.
+        return item[0], _label_value(item[1], where)
     return item, None
+
+
+def _label_value(y: Any, where: str) -> int | str:
+    """A label as an int class index or a class name (str)."""
+    if isinstance(y, torch.Tensor):
+        if y.numel() != 1:
+            raise ValueError(
+                f"{where}: the label (the second value) must be one integer, got shape "
+                f"{tuple(y.shape)}."
+            )
+        y = y.item()
+    if isinstance(y, (np.integer, np.floating)):
+        y = y.item()
+    if isinstance(y, float) and y.is_integer():
+        y = int(y)
+    if isinstance(y, str):  # a class name: mapped to its index in the sorted names
+        return y
+    if not isinstance(y, int) or isinstance(y, bool):
+        raise ValueError(
+            f"{where}: the label must be an integer class index or a class name, got {y!r}."
+        )
+    return y
+
+
+def _item_form(ds: Any, n: int) -> str | None:
+    """A note on how the first readable item was read, when it is not ``(image, label)``."""
+    for i in range(min(n, 3)):
+        try:
+            item = ds[i]
+        except Exception:  # the user's code; the readers report it
+            continue
+        if isinstance(item, Mapping):
+            image_key = next((k for k in IMAGE_KEYS if k in item), None)
+            label_key = next((k for k in LABEL_KEYS if k in item), None)
+            label = f"{label_key!r} as the label" if label_key else "no label key (unlabelled)"
+            return f"items are dicts: {image_key!r} is read as the image and {label}"
+        if isinstance(item, (tuple, list)) and len(item) > 2:
+            return (
+                f"items have {len(item)} values: the first two are read as (image, label) "
+                "and the rest ignored"
+            )
+        return None
+    return None
 
 
 def _read_facts(x: Any, where: str, bad: list[str]) -> tuple | None:
@@ -240,7 +285,10 @@ def _labels_of(spec: str, ys: list) -> tuple[np.ndarray | None, list[str] | None
 def _dataset(spec: str) -> tuple[Dataset, int]:
     """The map-style Dataset a spec returns, and its length (at least 1)."""
     ds = call_spec(spec, "a torch Dataset", "dataset spec")
-    if not isinstance(ds, Dataset):
+    # Any map-style dataset (a Hugging Face ``datasets.Dataset``, a class with __getitem__
+    # and __len__) reads like a torch one; a builtin container is more likely a mistake.
+    mapped = hasattr(ds, "__getitem__") and hasattr(ds, "__len__")
+    if not isinstance(ds, Dataset) and (not mapped or isinstance(ds, (list, tuple, dict, str))):
         raise ValueError(
             f"dataset spec {spec!r} returned a {type(ds).__name__}, not a "
             "torch.utils.data.Dataset: return a Dataset whose items are (image, label)."
@@ -260,6 +308,8 @@ def _dataset(spec: str) -> tuple[Dataset, int]:
 def _class_names(spec: str, ds, names, labels) -> list[str] | None:
     """The class names: from string labels, the Dataset's ``classes``, or the label range."""
     classes = names if names is not None else getattr(ds, "classes", None)
+    if classes is None:
+        classes = _feature_names(ds)
     if classes is not None:
         classes = [str(c) for c in classes]
     elif labels is not None:
@@ -272,10 +322,21 @@ def _class_names(spec: str, ds, names, labels) -> list[str] | None:
     return classes
 
 
+def _feature_names(ds) -> list[str] | None:
+    """Class names of a Hugging Face dataset: its label feature's ``ClassLabel.names``."""
+    features = getattr(ds, "features", None)
+    if not isinstance(features, Mapping):
+        return None
+    key = next((k for k in LABEL_KEYS if k in features), None)
+    names = getattr(features[key], "names", None) if key is not None else None
+    return list(names) if isinstance(names, (list, tuple)) and names else None
+
+
 def callable_domain_fields(spec: str) -> dict[str, Any]:
     """The fields of a ``Domain`` for a ``module.path:function`` spec (see ``load_domain``)."""
     ds, n = _dataset(spec)
-    notes: list[str] = []
+    form = _item_form(ds, n)
+    notes: list[str] = [form] if form else []
     bad: list[str] = []
     failed: dict[int, str] = {}  # item -> what its read raised
     targets = getattr(ds, "targets", None)

@@ -258,6 +258,7 @@ def test_image_folder_errors(tmp_path):
 def user_module(tmp_path, monkeypatch):
     code = textwrap.dedent(
         """
+        import numpy as np
         import torch
         from PIL import Image
         from torch.utils.data import Dataset
@@ -322,6 +323,37 @@ def user_module(tmp_path, monkeypatch):
 
         def mostly_broken():
             return Flaky(set(range(9)))
+
+        class Rows:  # a Hugging Face datasets.Dataset's shape: not a torch Dataset
+            class _Label:
+                names = ["ant", "bee"]
+            features = {"img": object(), "label": _Label()}
+            def __len__(self):
+                return 4
+            def __getitem__(self, i):
+                return {"img": Image.new("RGB", (6, 5), color=(40 * i, 0, 0)), "label": i % 2}
+
+        class Triples(Dataset):
+            def __len__(self):
+                return 4
+            def __getitem__(self, i):
+                hwc = np.full((5, 7, 3), 10 * i, dtype=np.uint8)  # H x W x C, as OpenCV reads
+                return hwc, np.int64(i % 2), f"img{i}.png"
+
+        def rows():
+            return Rows()
+
+        def triples():
+            return Triples()
+
+        class NoImageKey(Dataset):
+            def __len__(self):
+                return 2
+            def __getitem__(self, i):
+                return {"pixels": torch.zeros(3, 4, 4), "label": 0}
+
+        def no_image_key():
+            return NoImageKey()
 
         answer = 42
         """
@@ -410,3 +442,26 @@ def test_an_unlabelled_domain_never_splits_or_draws_its_unreadable_items():
     assert sorted(np.concatenate(list(split.values())).tolist()) == d.readable().tolist()
     assert subsample(d, None, seed=0).tolist() == d.readable().tolist()
     assert not {2, 5} & set(subsample(d, 4, seed=1).tolist())
+
+
+def test_dict_items_and_a_hugging_face_shaped_dataset(user_module):
+    d = load_domain(f"{user_module}:rows")
+    assert d.labels.tolist() == [0, 1, 0, 1]
+    assert d.classes == ["ant", "bee"]  # from features["label"].names
+    x, y = d.dataset[3]
+    assert x.shape == (3, 5, 6) and y == 1
+    torch.testing.assert_close(x[0, 0, 0], torch.tensor(120 / 255))
+    assert any("'img' is read as the image and 'label' as the label" in w for w in d.warnings)
+    with pytest.raises(
+        ValueError, match=r"needs its image under one of image, img.*keys are pixels"
+    ):
+        load_domain(f"{user_module}:no_image_key")
+
+
+def test_items_with_extras_and_channels_last_arrays(user_module):
+    d = load_domain(f"{user_module}:triples")
+    assert d.labels.tolist() == [0, 1, 0, 1] and d.native_size == (5, 7) and d.channels == 3
+    x, y = d.dataset[2]
+    assert x.shape == (3, 5, 7) and y == 0
+    torch.testing.assert_close(x, torch.full((3, 5, 7), 20 / 255))
+    assert any("items have 3 values: the first two are read" in w for w in d.warnings)
