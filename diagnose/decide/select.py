@@ -213,8 +213,9 @@ def select_strategy(
     reasons += [spread_reason] if spread_reason else []
     reasons.append(forgetting_reason(strategy_label(name, start=True), forgot, measure, budget))
     reasons += _context_reasons(left_out, measured, name, val)
+    ran = any(e.name == predicted for e in entries)
     agrees, regret, said = prediction_check(
-        predicted, name, val, _measured_val(measured, predicted), left_out
+        predicted, name, val, _measured_val(measured, predicted), left_out, ran=ran
     )
     return Selection(
         strategy=name,
@@ -581,11 +582,14 @@ def prediction_check(
     val: float,
     predicted_val: float | None,
     left_out: Sequence[Exclusion],
+    *,
+    ran: bool = True,
 ) -> tuple[bool | None, float | None, list[str]]:
     """``(agrees, regret, reasons)``: the measured winner ``name`` against the prediction.
 
     ``regret`` is the winner's validation accuracy minus the predicted
-    strategy's (None when the prediction was not measured).
+    strategy's (None when the prediction was not measured: ``ran`` says whether the
+    comparison ran it at all).
     """
     reasons: list[str] = []
     if predicted is None:
@@ -609,9 +613,14 @@ def prediction_check(
             f"({-regret:.3f} more) but "
             + (f"was excluded: {why}." if why else "costs more for a tie.")
         )
-    else:
+    elif ran:
         reasons.append(
             f"The assessment predicted {said}, which was not measured successfully here."
+        )
+    else:
+        reasons.append(
+            f"The assessment predicted {said}, which is not among the strategies compared "
+            "here, so the prediction is not checked."
         )
     return agrees, regret, reasons
 

@@ -243,6 +243,11 @@ def test_agreement_with_the_assessment_and_regret():
     # predicted strategy not measured: no regret
     rec = select_strategy(runs, assessment={"strategy": "lp_ft"})
     assert rec.agrees_with_assessment is False and rec.regret is None
+    assert any("LP-FT, which is not among the strategies compared" in r for r in rec.reasons)
+    # ... or run and failed
+    failed = [*runs, {"name": "lp_ft", "status": "error", "message": "boom"}]
+    rec = select_strategy(failed, assessment={"strategy": "lp_ft"})
+    assert any("LP-FT, which was not measured successfully" in r for r in rec.reasons)
     # no assessment at all
     rec = select_strategy(runs)
     assert rec.assessment_prediction is None
