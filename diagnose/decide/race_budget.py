@@ -309,7 +309,7 @@ def _cut_first_rung(cands, epochs: list[int], folds: int, min_epochs: int, fits,
     short = next(
         (e for e in range(epochs[0] - 1, min_epochs, -1) if fits(cands, e, folds)), min_epochs
     )
-    why = f"the first rung trains {short} epochs (the engine's floor is {min_epochs})"
+    why = f"the first rung trains {short} epochs, no fewer than the engine's floor of {min_epochs}"
     cuts.append(Cut("first_rung", epochs[0], short, why))
     # A single rung at the full epochs becomes two; otherwise the first is shortened.
     return [short, *epochs[1:]] if len(epochs) > 1 else [short, epochs[0]]
