@@ -33,6 +33,10 @@ __all__ = [
 ]
 
 
+# The train, val and test fractions of :meth:`Domain.splits`.
+DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
+
+
 @dataclass
 class Domain:
     """A set of images from one domain, with what is known about it up front.
@@ -63,11 +67,35 @@ class Domain:
     warnings: list[str] = field(default_factory=list)
     unreadable: frozenset[int] = frozenset()
 
+    def __post_init__(self) -> None:
+        # Said with the other loading problems, so that every workflow's results carry it
+        # (the splits themselves are drawn later, after the results' warnings are read).
+        note = self._too_small_note(self._too_small(DEFAULT_FRACTIONS))
+        if note and note not in self.warnings:
+            self.warnings.append(note)
+
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
+    def _too_small(self, fractions: Sequence[float]) -> list[str]:
+        """Names of the classes with fewer readable items than ``fractions`` has splits."""
+        if self.labels is None:
+            return []
+        needed = int(sum(f > 0 for f in fractions))
+        ok = self.readable()
+        values, counts = np.unique(self.labels[ok], return_counts=True)
+        return [self._class_name(int(c)) for c, n in zip(values, counts) if n < needed]
+
+    def _too_small_note(self, too_small: list[str]) -> str | None:
+        if not too_small:
+            return None
+        return (
+            f"{len(too_small)} class(es) of {self.name} have too few items to split "
+            f"and were put in train only: {', '.join(too_small[:5])}"
+        )
+
     def splits(
-        self, seed: int = 0, fractions: Sequence[float] = (0.6, 0.2, 0.2)
+        self, seed: int = 0, fractions: Sequence[float] = DEFAULT_FRACTIONS
     ) -> dict[str, np.ndarray]:
         """Disjoint ``"train"``, ``"val"``, ``"test"`` index arrays covering every readable item.
 
@@ -93,13 +121,10 @@ class Domain:
         )
         needed = int(sum(f > 0 for f in fr))
         parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
-        too_small: list[str] = []
         for idx in groups:
             idx = rng.permutation(idx)
             if len(idx) < needed:
                 parts["train"].append(idx)
-                if self.labels is not None and len(idx):
-                    too_small.append(self._class_name(int(self.labels[idx[0]])))
                 continue
             n_val = max(1, round(len(idx) * fr[1])) if fr[1] > 0 else 0
             n_test = max(1, round(len(idx) * fr[2])) if fr[2] > 0 else 0
@@ -110,13 +135,9 @@ class Domain:
             parts["train"].append(idx[:n_train])
             parts["val"].append(idx[n_train : n_train + n_val])
             parts["test"].append(idx[n_train + n_val :])
-        if too_small:
-            msg = (
-                f"{len(too_small)} class(es) of {self.name} have too few items to split "
-                f"and were put in train only: {', '.join(too_small[:5])}"
-            )
-            if msg not in self.warnings:
-                self.warnings.append(msg)
+        msg = self._too_small_note(self._too_small(fr))
+        if msg and msg not in self.warnings:  # said once: in the warnings, and to Python's
+            self.warnings.append(msg)
             _warnings.warn(msg, stacklevel=2)
         return {
             k: np.sort(np.concatenate(v)).astype(np.int64) if v else np.zeros(0, np.int64)

@@ -309,7 +309,10 @@ def _cut_first_rung(cands, epochs: list[int], folds: int, min_epochs: int, fits,
     short = next(
         (e for e in range(epochs[0] - 1, min_epochs, -1) if fits(cands, e, folds)), min_epochs
     )
-    why = f"the first rung trains {short} epochs, no fewer than the engine's floor of {min_epochs}"
+    floor = (
+        "the engine's floor" if short == min_epochs else f"above the engine's floor of {min_epochs}"
+    )
+    why = f"the first rung trains {short} epochs, {floor}"
     cuts.append(Cut("first_rung", epochs[0], short, why))
     # A single rung at the full epochs becomes two; otherwise the first is shortened.
     return [short, *epochs[1:]] if len(epochs) > 1 else [short, epochs[0]]
@@ -325,9 +328,11 @@ def _cut_lrs(cands: list[Candidate], fits, cuts: list[Cut]) -> list[Candidate]:
             cands = _one_lr_per_arm(cands, arm)
             trimmed.append(arm)
     if trimmed:
-        why = (
-            "only the middle LR of the grid was raced for the rule prior's least likely "
-            "strategies and depths"
+        every = len(trimmed) == len({c.arm for c in cands})
+        why = "only the middle LR of the grid was raced for " + (
+            "every strategy and depth"
+            if every
+            else "the rule prior's least likely strategies and depths"
         )
         cuts.append(Cut("lr_grid", n_before, len(cands), why, tuple(trimmed)))
     return cands

@@ -64,7 +64,7 @@ class ScoringProtocol:
         kind: ``"val split"`` or ``"repeated stratified k-fold over train+val"``.
         folds: folds per partition; repeats: partitions.
         n_images: labelled images in the pool; n_held_out: images scored at least once.
-        note: why k-fold was not possible, when it was wanted.
+        note: why k-fold was not possible, or which images it never scores.
     """
 
     kind: str

@@ -49,7 +49,10 @@ def scoring_folds(
     A val split of at least :data:`SMALL_VAL` images is used as it is; a
     smaller one is merged with train and re-split by repeated stratified
     k-fold (:data:`KFOLD_SPLITS` folds, fewer when a class has fewer images;
-    :data:`KFOLD_REPEATS` repeats on a pool under :data:`SMALL_VAL` images, else one). Indices are into ``y``; the test split never
+    :data:`KFOLD_REPEATS` repeats on a pool under :data:`SMALL_VAL` images, else one).
+    The images of a class with a single labelled image train in every fold and are
+    never scored: held out, that class would be unseen in training, and a val split
+    kept instead would score a few images. Indices are into ``y``; the test split never
     enters.
     """
     train_idx, val_idx = np.asarray(train_idx), np.asarray(val_idx)
@@ -59,21 +62,33 @@ def scoring_folds(
         )
     pool = np.sort(np.concatenate([train_idx, val_idx]))
     counts = np.bincount(y[pool])
-    smallest = int(counts[counts > 0].min())
-    splits = min(KFOLD_SPLITS, smallest)
-    if splits < 2:
+    single = pool[counts[y[pool]] == 1]
+    scored = pool[counts[y[pool]] >= 2]
+    if len(np.unique(y[scored])) < 2:
         return [Fold(train_idx, val_idx)], ScoringProtocol(
             "val split", 1, 1, int(len(pool)), int(len(val_idx)),
-            note="a class has a single labelled image, so no stratified k-fold is possible",
+            note="fewer than two classes have two labelled images, so no stratified "
+            "k-fold is possible",
         )  # fmt: skip
+    splits = min(KFOLD_SPLITS, int(counts[y[scored]].min()))
     # A second partition only where one is noisy: on a pool of SMALL_VAL images or more,
     # every image scored once already resolves about +-5 points.
     repeats = KFOLD_REPEATS if len(pool) < SMALL_VAL else 1
     rskf = RepeatedStratifiedKFold(n_splits=splits, n_repeats=repeats, random_state=seed)
-    folds = [Fold(pool[tr], pool[te]) for tr, te in rskf.split(pool, y[pool])]
+    folds = [
+        Fold(np.sort(np.concatenate([scored[tr], single])), scored[te])
+        for tr, te in rskf.split(scored, y[scored])
+    ]
+    note = None
+    if len(single):
+        note = (
+            f"{len(single)} image(s) of classes with a single labelled image train in every "
+            "fold and are never scored"
+        )
     return folds, ScoringProtocol(
-        "repeated stratified k-fold over train+val", splits, repeats, int(len(pool)), int(len(pool))
-    )
+        "repeated stratified k-fold over train+val", splits, repeats, int(len(pool)),
+        int(len(scored)), note=note,
+    )  # fmt: skip
 
 
 def paired_gap(a: np.ndarray, b: np.ndarray, image_ids: np.ndarray) -> PairedGap:

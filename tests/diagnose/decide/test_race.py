@@ -98,6 +98,23 @@ def test_small_val_splits_are_replaced_by_repeated_stratified_kfold():
     assert np.all(np.bincount(ids) == protocol.repeats)
 
 
+def test_a_class_with_one_image_trains_in_every_fold_and_is_never_scored():
+    y = np.array([0] * 6 + [1] * 5 + [2])  # class 2 has a single labelled image
+    train, val = np.arange(0, 12, 2), np.arange(1, 12, 2)
+    folds, protocol = scoring_folds(y, train, val, seed=0)
+    assert protocol.kind.startswith("repeated stratified k-fold") and protocol.folds == 3
+    assert protocol.n_held_out == 11 and "1 image(s) of classes with a single" in protocol.note
+    for f in folds:
+        assert 11 in f.train and 11 not in f.held_out
+        assert not set(f.train) & set(f.held_out)
+        assert set(f.train) | set(f.held_out) == set(range(12))
+    ids = np.concatenate([f.held_out for f in folds])
+    assert np.all(np.bincount(ids, minlength=11)[:11] == protocol.repeats)
+    # Only one class with two images: nothing to stratify, the val split stays.
+    folds, protocol = scoring_folds(np.array([0, 0, 0, 1, 2]), [0, 1, 3], [2, 4], seed=0)
+    assert protocol.kind == "val split" and "fewer than two classes" in protocol.note
+
+
 def test_a_large_val_split_is_used_as_it_is():
     y = np.repeat(np.arange(2), 300)
     train, val = np.arange(0, 600, 2), np.arange(1, 600, 2)

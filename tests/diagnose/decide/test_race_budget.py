@@ -90,6 +90,10 @@ def test_plan_fits_the_first_rung_in_its_share_by_cuts_in_order(budget):
         assert plan.first_rung_estimate <= FIRST_RUNG_SHARE * budget * plan.full_estimate
     assert plan.candidates[0].strategy == "lp_ft"  # the prior's pick is never dropped
     assert [c.key for c in plan.candidates] == [c.key for c in cands if c in plan.candidates]
+    for cut in plan.cuts:
+        if cut.kind == "lr_grid":  # "least likely" only when some kept their grid
+            every = len(cut.dropped) == len({c.arm for c in cands})
+            assert ("for every strategy and depth" in cut.why) == every
 
 
 @pytest.mark.parametrize("budget", [0.2, 0.05])
