@@ -30,7 +30,7 @@ def _read_item(ds: Any, index: int, where: str) -> tuple[Any, int | str | None]:
     network share hiccup, a missing file) becomes an :class:`UndecodableImage` naming the
     item, which the readers skip and count."""
     try:
-        item = ds[index]
+        item = ds[int(index)]  # a plain int: some datasets (Hugging Face) refuse numpy's
     except Exception as exc:  # the user's code: any type
         why = f"{type(exc).__name__}: {exc}"
         raise UndecodableImage(
@@ -152,13 +152,12 @@ def _split_item(item: Any, where: str) -> tuple[Any, int | str | None]:
     dict with an image key (:data:`IMAGE_KEYS`) and maybe a label key (:data:`LABEL_KEYS`),
     or a bare image."""
     if isinstance(item, Mapping):
-        image_key = next((k for k in IMAGE_KEYS if k in item), None)
+        image_key, label_key = _keys(item)
         if image_key is None:
             raise ValueError(
                 f"{where}: a dict item needs its image under one of {', '.join(IMAGE_KEYS)}; "
                 f"its keys are {', '.join(map(str, list(item)[:10]))}."
             )
-        label_key = next((k for k in LABEL_KEYS if k in item), None)
         y = None if label_key is None else _label_value(item[label_key], where)
         return item[image_key], y
     if isinstance(item, (tuple, list)):
@@ -169,14 +168,17 @@ def _split_item(item: Any, where: str) -> tuple[Any, int | str | None]:
     return item, None
 
 
+def _keys(item: Mapping) -> tuple[Any, Any]:
+    """The image key and the label key (None: none) of a dict item."""
+    image_key = next((k for k in IMAGE_KEYS if k in item), None)
+    return image_key, next((k for k in LABEL_KEYS if k in item), None)
+
+
 def _label_value(y: Any, where: str) -> int | str:
     """A label as an int class index or a class name (str)."""
     if isinstance(y, torch.Tensor):
         if y.numel() != 1:
-            raise ValueError(
-                f"{where}: the label (the second value) must be one integer, got shape "
-                f"{tuple(y.shape)}."
-            )
+            raise ValueError(f"{where}: the label must be one integer, got shape {tuple(y.shape)}.")
         y = y.item()
     if isinstance(y, (np.integer, np.floating)):
         y = y.item()
@@ -199,8 +201,7 @@ def _item_form(ds: Any, n: int) -> str | None:
         except Exception:  # the user's code; the readers report it
             continue
         if isinstance(item, Mapping):
-            image_key = next((k for k in IMAGE_KEYS if k in item), None)
-            label_key = next((k for k in LABEL_KEYS if k in item), None)
+            image_key, label_key = _keys(item)
             label = f"{label_key!r} as the label" if label_key else "no label key (unlabelled)"
             return f"items are dicts: {image_key!r} is read as the image and {label}"
         if isinstance(item, (tuple, list)) and len(item) > 2:
