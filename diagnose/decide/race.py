@@ -276,7 +276,7 @@ def _rungs(ctx: RaceContext, plan: RacePlan, budget: float, grids: LRGrids, prog
                         unpaid[(f, *shared[0])] = shared[1] * ratio
             return sum(a.estimate(e, folds) for a in chosen) + sum(unpaid.values())
 
-        floors = _fold_floors(n_folds, plan.first_folds, final=r == len(epochs) - 1)
+        floors = (max(1, math.ceil(n_folds / ETA)), plan.first_folds)
         keep, rung_folds = _fit_rung(
             alive, keep, cost, ledger.spent, budget * full, floors, n_folds
         )
@@ -387,25 +387,16 @@ def _first_rung(ctx: RaceContext, arms: list[Arm], ledger: Ledger, progress: boo
     return arms, log
 
 
-def _fold_floors(n_folds: int, first_folds: int, *, final: bool) -> tuple[int, ...]:
-    """The fewest folds a rung scores on, in the order :func:`_fit_rung` gives way.
-
-    The last rung ranks at the full epochs, and there the folds decide: at 40 labels per
-    class the finalists of a real case were scored on one fold of 150 images (22 of
-    them), and the pick was 4.5 points below the oracle's best, outside its seed spread.
-    So finalists are scored on at least half of the protocol's folds before fewer of
-    them run; an earlier rung only drops the clearly worse, on a third of the folds.
-    """
-    floors = (max(1, math.ceil(n_folds / ETA)), first_folds)
-    return (math.ceil(n_folds / 2), *floors) if final else floors
-
-
 def _fit_rung(alive, keep, cost, spent, budget_flops, floors, n_folds) -> tuple[int, int]:
     """(survivors, folds) of the next rung that fit the budget (``cost(arms, folds)``).
 
     Folds give way first, then survivors (down to 2; fewer: the race stops), with folds
     no fewer than ``floors[0]``; only when no two survivors fit that many does the floor
-    fall to the next of ``floors`` (:func:`_fold_floors`). Finalists are scored on at least the protocol's first-rung
+    fall to ``floors[1]``. More folds for fewer finalists was tried on the real cases
+    (finalists on at least half the folds): the final then carried one LR per strategy,
+    and at 40 labels per class LoRA's best LR after the first rung collapsed to chance
+    at the full epochs while its next LR, cut from the final, was the oracle's best (4.5
+    points lost on one seed, none gained on the others). Finalists are scored on at least the protocol's first-rung
     folds: at 10 labels per class a finalist scored on a single fold of 40 images won a
     real case by one lucky fold (5.7 points below the oracle's best).
     """

@@ -192,12 +192,3 @@ def test_a_lora_or_bitfit_pick_names_what_trains():
     bitfit = Candidate("bitfit", None, 0.01, "strategy", 5)
     _, _, cut = _trained(bitfit, net, "head", BLOCKS, new_head=False)
     assert cut == "the biases and normalisation parameters of every block train, and head"
-
-
-def test_the_last_rung_scores_on_half_the_protocol_s_folds_before_fewer_finalists():
-    from diagnose.decide.race import _fold_floors
-
-    assert _fold_floors(3, 1, final=True) == (2, 1, 1)  # 3 folds: finalists on 2
-    assert _fold_floors(6, 2, final=True) == (3, 2, 2)
-    assert _fold_floors(6, 1, final=False) == (2, 1)  # earlier rungs: a third
-    assert _fold_floors(1, 1, final=True) == (1, 1, 1)  # a val split: its one fold
