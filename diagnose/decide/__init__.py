@@ -59,6 +59,7 @@ from diagnose.decide.race_lr import (
     edge_extensions,
     finetune_grid,
     unbracketed,
+    unstable_arms,
 )
 from diagnose.decide.race_ray import RayTrials
 from diagnose.decide.race_reasons import race_reasons
@@ -241,6 +242,7 @@ __all__ = [
     "train_trial",
     "TrialSizes",
     "unbracketed",
+    "unstable_arms",
     "USUAL_LR_BAND",
     "val_text",
     "wall_text",

@@ -57,6 +57,7 @@ from diagnose.decide.race_lr import (
     edge_extensions,
     finetune_grid,
     unbracketed,
+    unstable_arms,
 )
 from diagnose.decide.race_record import (
     PairedGap,
@@ -218,6 +219,7 @@ def run_race(
         lr_grids=grids,
         memory_format=layout.to_dict(),
         unbracketed=tuple(unbracketed(arms)),
+        unstable=tuple(unstable_arms(arms)),
         executor="ray" if ray is not None else "local",
         flops_discarded=float(ctx.discarded),
         wall_s=round(time.perf_counter() - start, 4),

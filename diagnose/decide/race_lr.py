@@ -60,6 +60,7 @@ __all__ = [
     "LRGrids",
     "MAX_EDGE_STEPS",
     "unbracketed",
+    "unstable_arms",
 ]
 
 # The race's strategies that train the backbone from a new head; they get the grid of
@@ -271,6 +272,31 @@ def edge_extensions(arms: list[Arm]) -> list[Arm]:
             cand = replace(best.cand, head_lr=lr, lr_edge=True)
             out.append(Arm(len(arms) + len(out), cand))
     return out
+
+
+def unstable_arms(arms: list[Arm]) -> list[str]:
+    """Strategies and depths measured at the last rung only at LRs too high for the run.
+
+    An arm is unstable when each of its candidates that finished the last rung had its
+    training loss end above where it started on most of its folds. A short first rung
+    favours high LRs: on a real case (EfficientNet-Lite0, 40 labels per class) LoRA's
+    best LR after 7 epochs scored 0.82 there and 0.10, chance, after 25, with its
+    training loss rising; such an arm's place in the ranking says nothing about it at a
+    stable LR.
+    """
+    ok = [a for a in arms if a.status == "ok" and a.rungs]
+    if not ok:
+        return []
+    last = max(a.rungs[-1].rung for a in ok)
+    finals: dict[str, list] = {}
+    for a in ok:
+        if a.rungs[-1].rung == last:
+            finals.setdefault(a.cand.arm, []).append(a.rungs[-1])
+    return [
+        arm
+        for arm, scores in finals.items()
+        if all(2 * s.loss_rose_folds > s.folds for s in scores)
+    ]
 
 
 def unbracketed(arms: list[Arm]) -> list[str]:

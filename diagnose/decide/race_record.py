@@ -88,7 +88,9 @@ class RungScore:
 
     ``agreement`` and ``source_accuracy`` are measured at the full epochs only, when the
     race had source images (``forgetting_measured``); ``source_accuracy`` is None when
-    the source images are unlabelled.
+    the source images are unlabelled. ``loss_rose_folds`` counts the folds whose mean
+    training loss was higher in the last fine-tuning epoch than in the first: the LR was
+    too high for that many epochs.
     """
 
     rung: int
@@ -99,6 +101,7 @@ class RungScore:
     folds: int
     flops: int
     wall_s: float
+    loss_rose_folds: int = 0
     forgetting_measured: bool = False
     agreement: float | None = None
     source_accuracy: float | None = None
@@ -189,6 +192,8 @@ class RaceSpend:
         lr_grids: the LR grids raced and where they came from.
         memory_format: the trials' memory layout and why (its ``to_dict``).
         unbracketed: arms whose best LR is still on the edge of what they tried.
+        unstable: arms whose every LR at the last rung had its training loss rise over
+            the run on most folds (:func:`unstable_arms`): not measured at a stable LR.
         executor: ``"local"`` or ``"ray"``; flops_discarded: Ray trials refused by the budget.
         wall_s: seconds the race took.
     """
@@ -204,6 +209,7 @@ class RaceSpend:
     lr_grids: LRGrids | None = None
     memory_format: dict | None = None
     unbracketed: tuple[str, ...] = ()
+    unstable: tuple[str, ...] = ()
     executor: str = "local"
     flops_discarded: float = 0.0
     wall_s: float = 0.0
@@ -223,6 +229,7 @@ class RaceSpend:
             "lr_grids": _dict_or_none(self.lr_grids),
             "memory_format": self.memory_format,
             "unbracketed": list(self.unbracketed),
+            "unstable": list(self.unstable),
             "executor": self.executor,
             "flops_discarded": self.flops_discarded,
             "wall_s": self.wall_s,

@@ -98,7 +98,9 @@ def train_trial(
     ok = run.diverged is None and bool(np.isfinite(loss).all())
     shared = {ph.name: int(ph.flops_per_step or 0) * int(ph.steps) for ph in run.phases}
     forgot = meter.agreement(run.net) if meter is not None and ok else None
+    losses = run.trial_losses
     return {
+        "loss_rose": len(losses) >= 2 and losses[-1] > losses[0],
         "forgetting": forgot,
         "shared": {k: v for k, v in shared.items() if k in SHARED_PHASES},
         "correct": correct if ok else np.zeros_like(correct),
@@ -268,6 +270,7 @@ class RaceContext:
                 folds=len(outs),
                 flops=int(fixed + scaled),
                 wall_s=round(wall, 4),
+                loss_rose_folds=sum(bool(o.get("loss_rose")) for o in outs),
                 **_mean_forgetting([o.get("forgetting") for o in outs]),
             )
         )

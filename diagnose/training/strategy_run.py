@@ -92,6 +92,9 @@ class StrategyRun(HeadStages):
         self.phases: list[Phase] = []
         self.stage_records = [s.to_dict() for s in self.plan.stages]
         self.diverged = self.overfitting = None
+        # A trial's mean training loss per fine-tuning epoch: nothing else is measured, and
+        # a loss that ends above where it started says the LR was too high for the run.
+        self.trial_losses: list[float] = []
         self.prefix_cache, self.prefix_reason = False, "no block stays frozen through training"
         self.lora_layers: list[str] | None = None  # the layers LoRA adapted, once built
         self.steps_done = 0
@@ -339,6 +342,7 @@ class StrategyRun(HeadStages):
                     )
                     break
                 if self.trial:  # scored by its last epoch alone: nothing to measure now
+                    self.trial_losses.append(float(res["train_loss"]))
                     self.steps_done = base + fitter.step
                     self.bar.update(1)
                     continue

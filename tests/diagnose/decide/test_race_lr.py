@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from diagnose.core import Recommendation
-from diagnose.decide.candidates import build_candidates, lr_grid
+from diagnose.decide.candidates import Candidate, build_candidates, lr_grid
 from diagnose.decide.race import run_race
 from diagnose.decide.race_budget import TRAIN_PASSES, CostModel, TrialSizes
 from diagnose.decide.race_lr import (
@@ -14,6 +14,7 @@ from diagnose.decide.race_lr import (
     FINETUNE_TEST_SHARE,
     FINETUNE_TEST_STEPS,
     finetune_grid,
+    unstable_arms,
 )
 from diagnose.decide.race_scoring import scoring_folds
 from diagnose.measure import MIN_DISTINCT_BATCHES, lr_range_test
@@ -151,3 +152,44 @@ def test_the_race_charges_the_test_and_holds_its_budget():
     for strategy, lr in raced:
         grid = grids["fine_tuning"] if strategy in FINETUNE_STRATEGIES else grids["head"]
         assert lr in grid, (strategy, lr)
+
+
+def _arm(i, strategy, lr, rungs):
+    from diagnose.decide.race_record import RungScore
+    from diagnose.decide.race_trials import Arm
+
+    a = Arm(i, Candidate(strategy, None, lr, "strategy", 0))
+    a.rungs = [
+        RungScore(r, 10 * (r + 1), 0.5, 1.0, (0.5,) * folds, folds, 1, 0.1, loss_rose_folds=rose)
+        for r, (folds, rose) in enumerate(rungs)
+    ]
+    return a
+
+
+def test_an_arm_whose_every_finalist_lost_its_training_is_unstable():
+    arms = [
+        _arm(0, "lora", 0.067, [(1, 0), (2, 2)]),  # both final folds: the loss rose
+        _arm(1, "lora", 0.03, [(1, 0)]),  # not carried to the last rung
+        _arm(2, "full_low_lr", 0.2, [(1, 0), (2, 2)]),
+        _arm(3, "full_low_lr", 0.06, [(1, 0), (2, 1)]),  # one of two folds: not most
+        _arm(4, "partial", 0.1, [(1, 0), (2, 0)]),
+    ]
+    assert unstable_arms(arms) == ["lora"]
+    arms[0].status = "diverged"  # said as diverged, not here
+    assert unstable_arms(arms) == []
+
+
+def test_a_trial_records_whether_its_training_loss_rose():
+    from diagnose.decide.race_trials import train_trial
+    from diagnose.training import TargetData
+
+    x, y = _pool(8)
+    torch.manual_seed(0)
+    net = Tiny(classes=5)
+    data = TargetData(x[::2], y[::2], x[1::2], y[1::2], x[:1], y[:1], 3)
+    # A sane LR, and one far too high that still keeps every loss finite (not diverged).
+    for lr, rose in ((0.05, False), (10.0, True)):
+        cand = Candidate("full_low_lr", None, lr, "strategy", 0)
+        with single_thread():
+            out = train_trial(cand, data, net, "head", BLOCKS, 6, 4, 0, torch.device("cpu"), {})
+        assert out["diverged"] is None and out["loss_rose"] is rose
