@@ -135,7 +135,9 @@ def model_and_data(
     )
     if loaded.head is None:
         raise UsageError(
-            f"{workflow} needs the model's classification head; name it with ", Arg("head"), "."
+            f"{workflow} measures forgetting through the model's classification head, and "
+            "none was found: name it with ", Arg("head"), "; a backbone without one is "
+            "assessed by assess, whose race trains a new head.",
         )
     return loaded, as_domain(source, "source"), as_domain(target, "target")
 

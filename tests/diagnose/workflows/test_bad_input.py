@@ -281,6 +281,26 @@ def test_model_function_that_fails(body, fragments, good_folder, tmp_path, monke
     assert "model spec 'bad_model_fn:build'" in line and all(f in line for f in fragments), line
 
 
+@pytest.mark.parametrize("workflow", ["compare", "audit"])
+def test_a_headless_backbone_points_compare_and_audit_to_assess(
+    workflow, good_folder, tmp_path, monkeypatch, capsys
+):
+    body = (
+        "import torch.nn as nn\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())\n"
+    )
+    name = _module(tmp_path, monkeypatch, "headless_fn", body)
+    extra = (
+        ["--finetuned", tmp_path / "none.pt", "--source", good_folder]
+        if workflow == "audit"
+        else []
+    )
+    argv = [workflow, "--model", f"{name}:build", "--target", good_folder, *extra, "--quiet"]
+    line = _error_line(*_run(argv, capsys)[::2])
+    assert "none was found: name it with --head" in line and "assess" in line, line
+
+
 def test_unknown_layer_lists_close_matches(good_folder, capsys):
     argv = ["assess", "--model", "demo", "--target", good_folder, "--layers", "blok4", "--quiet"]
     line = _error_line(*_run(argv, capsys)[::2])
