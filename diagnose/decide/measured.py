@@ -238,6 +238,12 @@ def measured_recommendation(
     if trials.pick is None:
         warnings.append("Every race candidate failed: the recommendation is the rule prior.")
         return _unmeasured(prior, model, blocks, head, "every race candidate failed")
+    if trials.spend.unstable:
+        warnings.append(
+            f"The race measured {', '.join(trials.spend.unstable)} only at LRs too high for "
+            "the full run (the training loss ended above where it started): its rank says "
+            "nothing about a stable LR (trials.unstable)."
+        )
     pick = trials.entry(trials.pick)
     reasons, change, confidence = race_reasons(trials, pick, prior)
     return _picked(pick.candidate, (net, race_head, race_blocks), blocks, head is None,

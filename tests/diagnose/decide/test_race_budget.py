@@ -192,3 +192,28 @@ def test_a_lora_or_bitfit_pick_names_what_trains():
     bitfit = Candidate("bitfit", None, 0.01, "strategy", 5)
     _, _, cut = _trained(bitfit, net, "head", BLOCKS, new_head=False)
     assert cut == "the biases and normalisation parameters of every block train, and head"
+
+
+def test_an_unstable_strategy_is_said_in_the_warnings(monkeypatch):
+    from diagnose.decide import race
+    from diagnose.decide.measured import measured_recommendation
+
+    # Whether a trial's loss rose is tested in test_race_lr; here, what the race says.
+    monkeypatch.setattr(race, "unstable_arms", lambda arms: ["discriminative"])
+    torch.manual_seed(0)
+    net = Tiny(classes=3)
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(3).repeat_interleave(8)
+    x = torch.randn(24, 1, 8, 8, generator=g) * 0.3 + 1.5 * y.view(-1, 1, 1, 1).float()
+    idx = np.random.default_rng(0).permutation(24)
+    results = {"layers": [{"name": b} for b in BLOCKS], "lr_find": {"suggested_lr": 0.05}}
+    warnings: list[str] = []
+    with single_thread():
+        rec = measured_recommendation(
+            results, Recommendation(strategy="lp_ft"), model=net, head="head", blocks=BLOCKS,
+            pool=(x, y), splits={"train": idx[:16], "val": idx[16:]}, trial_budget=0.05,
+            batch_size=64, seed=0, device=torch.device("cpu"), progress=False,
+            warnings=warnings,
+        )  # fmt: skip
+    assert rec.trials["unstable"] == ["discriminative"]
+    assert any("measured discriminative only at LRs too high" in w for w in warnings)
