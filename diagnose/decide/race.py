@@ -394,13 +394,15 @@ def _fit_rung(alive, keep, cost, spent, budget_flops, floors, n_folds) -> tuple[
 
     Folds give way first, then survivors (down to 2; fewer: the race stops), with folds
     no fewer than ``floors[0]``; only when no two survivors fit that many does the floor
-    fall to ``floors[1]``. More folds for fewer finalists was tried on the real cases
-    (finalists on at least half the folds): the final then carried one LR per strategy,
-    and at 40 labels per class LoRA's best LR after the first rung collapsed to chance
-    at the full epochs while its next LR, cut from the final, was the oracle's best (4.5
-    points lost on one seed, none gained on the others). Finalists are scored on at least the protocol's first-rung
+    fall to ``floors[1]``. Finalists are scored on at least the protocol's first-rung
     folds: at 10 labels per class a finalist scored on a single fold of 40 images won a
     real case by one lucky fold (5.7 points below the oracle's best).
+
+    Why not more folds for fewer finalists: tried on the real cases (finalists on at
+    least half the folds), the final then carried one LR per strategy, and at 40 labels
+    per class LoRA's best LR after the first rung collapsed to chance at the full epochs
+    while its next LR, cut from the final, was the oracle's best (4.5 points lost on one
+    seed, none gained on the others).
     """
     for floor in dict.fromkeys(floors):
         k = keep
