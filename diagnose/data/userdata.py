@@ -333,6 +333,20 @@ def _feature_names(ds) -> list[str] | None:
     return list(names) if isinstance(names, (list, tuple)) and names else None
 
 
+def _label_column(ds, n: int) -> list | None:
+    """A Hugging Face dataset's label column (``ds["label"]``), read without decoding a
+    single image; None for any other dataset."""
+    features = getattr(ds, "features", None)
+    if not isinstance(features, Mapping):
+        return None
+    key = next((k for k in LABEL_KEYS if k in features), None)
+    try:
+        column = ds[key] if key is not None else None
+    except Exception:  # not a column store after all: read the items
+        return None
+    return list(column) if isinstance(column, (list, tuple)) and len(column) == n else None
+
+
 def callable_domain_fields(spec: str) -> dict[str, Any]:
     """The fields of a ``Domain`` for a ``module.path:function`` spec (see ``load_domain``)."""
     ds, n = _dataset(spec)
@@ -341,6 +355,8 @@ def callable_domain_fields(spec: str) -> dict[str, Any]:
     bad: list[str] = []
     failed: dict[int, str] = {}  # item -> what its read raised
     targets = getattr(ds, "targets", None)
+    if targets is None:
+        targets = _label_column(ds, n)
     if targets is not None:
         ys = targets.tolist() if isinstance(targets, torch.Tensor) else list(targets)
         if len(ys) != n or any(isinstance(y, (list, tuple)) for y in ys):

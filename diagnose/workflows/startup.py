@@ -136,8 +136,9 @@ def model_and_data(
     if loaded.head is None:
         raise UsageError(
             f"{workflow} measures forgetting through the model's classification head, and "
-            "none was found: name it with ", Arg("head"), "; a backbone without one is "
-            "assessed by assess, whose race trains a new head.",
+            "none was found: name it with ",
+            Arg("head"),
+            "; a backbone without one is assessed by assess, whose race trains a new head.",
         )
     return loaded, as_domain(source, "source"), as_domain(target, "target")
 

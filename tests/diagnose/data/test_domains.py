@@ -339,7 +339,11 @@ def user_module(tmp_path, monkeypatch):
             features = {"img": object(), "label": _Label()}
             def __len__(self):
                 return 4
+            column_reads = 0
             def __getitem__(self, i):
+                if i == "label":  # a column, as datasets.Dataset gives it
+                    Rows.column_reads += 1
+                    return [j % 2 for j in range(4)]
                 return {"img": Image.new("RGB", (6, 5), color=(40 * i, 0, 0)), "label": i % 2}
 
         class Triples(Dataset):
@@ -456,6 +460,8 @@ def test_an_unlabelled_domain_never_splits_or_draws_its_unreadable_items():
 def test_dict_items_and_a_hugging_face_shaped_dataset(user_module):
     d = load_domain(f"{user_module}:rows")
     assert d.labels.tolist() == [0, 1, 0, 1]
+    # The labels come from the label column, not from decoding every image.
+    assert sys.modules[user_module].Rows.column_reads == 1
     assert d.classes == ["ant", "bee"]  # from features["label"].names
     x, y = d.dataset[3]
     assert x.shape == (3, 5, 6) and y == 1
