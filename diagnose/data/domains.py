@@ -70,23 +70,21 @@ class Domain:
     def __post_init__(self) -> None:
         # Said with the other loading problems, so that every workflow's results carry it
         # (the splits themselves are drawn later, after the results' warnings are read).
-        note = self._too_small_note(self._too_small(DEFAULT_FRACTIONS))
+        note = self._too_small_note(DEFAULT_FRACTIONS)
         if note and note not in self.warnings:
             self.warnings.append(note)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def _too_small(self, fractions: Sequence[float]) -> list[str]:
-        """Names of the classes with fewer readable items than ``fractions`` has splits."""
+    def _too_small_note(self, fractions: Sequence[float]) -> str | None:
+        """The warning naming the classes with fewer readable items than ``fractions`` has
+        splits (they go wholly to train), or None."""
         if self.labels is None:
-            return []
+            return None
         needed = int(sum(f > 0 for f in fractions))
-        ok = self.readable()
-        values, counts = np.unique(self.labels[ok], return_counts=True)
-        return [self._class_name(int(c)) for c, n in zip(values, counts) if n < needed]
-
-    def _too_small_note(self, too_small: list[str]) -> str | None:
+        values, counts = np.unique(self.labels[self.readable()], return_counts=True)
+        too_small = [self._class_name(int(c)) for c, n in zip(values, counts) if n < needed]
         if not too_small:
             return None
         return (
@@ -135,7 +133,7 @@ class Domain:
             parts["train"].append(idx[:n_train])
             parts["val"].append(idx[n_train : n_train + n_val])
             parts["test"].append(idx[n_train + n_val :])
-        msg = self._too_small_note(self._too_small(fr))
+        msg = self._too_small_note(fr)
         if msg and msg not in self.warnings:  # said once: in the warnings, and to Python's
             self.warnings.append(msg)
             _warnings.warn(msg, stacklevel=2)

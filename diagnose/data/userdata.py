@@ -168,10 +168,14 @@ def _split_item(item: Any, where: str) -> tuple[Any, int | str | None]:
     return item, None
 
 
-def _keys(item: Mapping) -> tuple[Any, Any]:
+def _first_key(keys: tuple[str, ...], mapping: Mapping) -> str | None:
+    """The first of ``keys`` that ``mapping`` holds (None: none)."""
+    return next((k for k in keys if k in mapping), None)
+
+
+def _keys(item: Mapping) -> tuple[str | None, str | None]:
     """The image key and the label key (None: none) of a dict item."""
-    image_key = next((k for k in IMAGE_KEYS if k in item), None)
-    return image_key, next((k for k in LABEL_KEYS if k in item), None)
+    return _first_key(IMAGE_KEYS, item), _first_key(LABEL_KEYS, item)
 
 
 def _label_value(y: Any, where: str) -> int | str:
@@ -323,25 +327,28 @@ def _class_names(spec: str, ds, names, labels) -> list[str] | None:
     return classes
 
 
+def _label_feature(ds) -> tuple[str | None, Any]:
+    """``(key, feature)`` of a Hugging Face dataset's label column (``ds.features``);
+    ``(None, None)`` for any other dataset."""
+    features = getattr(ds, "features", None)
+    key = _first_key(LABEL_KEYS, features) if isinstance(features, Mapping) else None
+    return (key, features[key]) if key is not None else (None, None)
+
+
 def _feature_names(ds) -> list[str] | None:
     """Class names of a Hugging Face dataset: its label feature's ``ClassLabel.names``."""
-    features = getattr(ds, "features", None)
-    if not isinstance(features, Mapping):
-        return None
-    key = next((k for k in LABEL_KEYS if k in features), None)
-    names = getattr(features[key], "names", None) if key is not None else None
+    names = getattr(_label_feature(ds)[1], "names", None)
     return list(names) if isinstance(names, (list, tuple)) and names else None
 
 
 def _label_column(ds, n: int) -> list | None:
     """A Hugging Face dataset's label column (``ds["label"]``), read without decoding a
     single image; None for any other dataset."""
-    features = getattr(ds, "features", None)
-    if not isinstance(features, Mapping):
+    key = _label_feature(ds)[0]
+    if key is None:
         return None
-    key = next((k for k in LABEL_KEYS if k in features), None)
     try:
-        column = ds[key] if key is not None else None
+        column = ds[key]
     except Exception:  # not a column store after all: read the items
         return None
     return list(column) if isinstance(column, (list, tuple)) and len(column) == n else None
